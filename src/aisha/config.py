@@ -1,0 +1,170 @@
+"""Settings, read once from the environment and an optional `.env` file."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_WEBHOOK_SECRET_LENGTH = 16
+
+
+class Locale(StrEnum):
+    RU = "ru"
+    EN = "en"
+
+
+class ConfigError(Exception):
+    """Bad configuration; the message is one line naming the variable."""
+
+
+def _check_http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{name} must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Telegram
+    bot_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    telegram_api_local: bool = False
+
+    # Data
+    database_url: str = "sqlite+aiosqlite:///./data/aisha.db"
+    redis_url: str | None = None
+    storage_url: str = "file://./data/files"
+    s3_endpoint_url: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str | None = None
+
+    # HTTP
+    public_base_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=1, le=65535)
+
+    # Providers
+    fal_key: SecretStr | None = None
+    fal_queue_url: str = "https://queue.fal.run"
+    fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+
+    # People
+    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    default_locale: Locale = Locale.RU
+
+    # Credits
+    welcome_bonus: int = Field(default=0, ge=0)
+    hold_ttl_seconds: int = Field(default=6 * 3600, ge=60)
+    prices_file: Path | None = None
+
+    # Background work
+    recovery_interval_seconds: int = Field(default=60, ge=1)
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_admin_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p for p in value.replace(";", ",").replace(" ", ",").split(",") if p]
+            try:
+                return frozenset(int(p) for p in parts)
+            except ValueError:
+                raise ValueError("ADMIN_IDS must be Telegram user ids separated by commas") from None
+        if isinstance(value, int):
+            return frozenset({value})
+        return value
+
+    @field_validator("telegram_api_url", "fal_queue_url", "fal_jwks_url")
+    @classmethod
+    def _http_url(cls, value: str, info: object) -> str:
+        name = getattr(info, "field_name", "URL") or "URL"
+        return _check_http_url(name.upper(), value)
+
+    @field_validator("public_base_url", "openai_base_url", "s3_endpoint_url")
+    @classmethod
+    def _optional_http_url(cls, value: str | None, info: object) -> str | None:
+        if value is None or value == "":
+            return None
+        name = getattr(info, "field_name", "URL") or "URL"
+        return _check_http_url(name.upper(), value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme.startswith("postgres"):
+            # Accept the usual spellings and always drive PostgreSQL through asyncpg.
+            rest = value.split("://", 1)[1]
+            return f"postgresql+asyncpg://{rest}"
+        if scheme in ("sqlite", "sqlite+aiosqlite"):
+            return "sqlite+aiosqlite://" + value.split("://", 1)[1]
+        raise ValueError(f"DATABASE_URL must be a sqlite:// or postgresql:// URL, got scheme {scheme!r}")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "file" or (parts.scheme == "s3" and parts.netloc):
+            return value
+        raise ValueError(f"STORAGE_URL must be file://PATH or s3://BUCKET, got {value!r}")
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Settings:
+        if self.public_base_url:
+            secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+            if len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
+                raise ValueError(
+                    f"WEBHOOK_SECRET must be at least {MIN_WEBHOOK_SECRET_LENGTH} characters "
+                    "when PUBLIC_BASE_URL is set (webhook mode)"
+                )
+            allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+            if not set(secret) <= allowed:
+                raise ValueError("WEBHOOK_SECRET may only contain A-Z, a-z, 0-9, _ and - (Telegram's rule)")
+        return self
+
+    @property
+    def webhook_mode(self) -> bool:
+        return self.public_base_url is not None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def require_bot_token(self) -> str:
+        if self.bot_token is None or not self.bot_token.get_secret_value().strip():
+            raise ConfigError(
+                "BOT_TOKEN is not set: create a bot with @BotFather and export BOT_TOKEN=<token>"
+            )
+        return self.bot_token.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; turn a validation failure into one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        message = first["msg"].removeprefix("Value error, ")
+        if field.lower() in message.lower() or "WEBHOOK_SECRET" in message:
+            raise ConfigError(message) from None
+        raise ConfigError(f"{field}: {message}") from None
