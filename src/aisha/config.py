@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     webhook_secret: SecretStr | None = None
     http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8080, ge=1, le=65535)
+    http_port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (tests)
 
     # Providers
     fal_key: SecretStr | None = None

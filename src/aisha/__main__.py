@@ -1,0 +1,3 @@
+from aisha.cli import app
+
+app(prog_name="aisha")

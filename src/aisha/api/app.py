@@ -1,0 +1,21 @@
+"""The HTTP app: Telegram's webhook, health, and (with features) FAL webhooks and file links."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from aisha import __version__
+from aisha.api import health, telegram
+
+if TYPE_CHECKING:
+    from aisha.runtime import Runtime
+
+
+def create_api(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="Aisha", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime = runtime
+    app.include_router(health.router)
+    app.include_router(telegram.router)
+    return app

@@ -1,0 +1,78 @@
+"""Per-update plumbing: one database unit of work, exactly-once delivery, the user and their texts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiogram import BaseMiddleware
+from aiogram.types import TelegramObject, Update
+from aiogram.types import User as TelegramUser
+
+from aisha.db.models import ProcessedUpdate
+from aisha.db.upsert import insert_ignore
+from aisha.users.service import TelegramProfile
+
+if TYPE_CHECKING:
+    from aisha.container import Services
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+log = structlog.get_logger(__name__)
+
+
+class UnitOfWorkMiddleware(BaseMiddleware):
+    """Opens one transaction per update and drops an update id that was already handled.
+
+    The update id is recorded in the same transaction as everything the handlers change, so a
+    crash leaves neither, and a repeated delivery (also a concurrent one, on PostgreSQL the second
+    insert waits for the first transaction) is handled exactly once.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        assert isinstance(event, Update)
+        async with self._services.sessions() as session, session.begin():
+            first_time = await insert_ignore(
+                session,
+                ProcessedUpdate.__table__,  # type: ignore[arg-type]
+                {"update_id": event.update_id, "processed_at": self._services.clock.now()},
+                conflict_columns=["update_id"],
+            )
+            if not first_time:
+                log.info("update.duplicate_dropped", update_id=event.update_id)
+                return None
+            data["session"] = session
+            return await handler(event, data)
+
+
+class UserMiddleware(BaseMiddleware):
+    """Registers the user on first contact, refreshes them after, and binds their texts."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        tg_user: TelegramUser | None = data.get("event_from_user")
+        translator = self._services.translator
+        if tg_user is None or tg_user.is_bot:
+            data["t"] = translator.bind(translator.default_locale)
+            return await handler(event, data)
+        profile = TelegramProfile(
+            telegram_id=tg_user.id,
+            username=tg_user.username,
+            first_name=tg_user.first_name,
+            last_name=tg_user.last_name,
+            language_code=tg_user.language_code,
+        )
+        user, created = await self._services.users.register_or_touch(
+            data["session"], profile=profile, locale=translator.resolve_locale(tg_user.language_code)
+        )
+        if created:
+            log.info("user.registered", user_id=user.telegram_id, language=user.language)
+        data["user"] = user
+        data["user_created"] = created
+        data["t"] = translator.bind(user.language)
+        return await handler(event, data)

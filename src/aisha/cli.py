@@ -1,0 +1,101 @@
+"""The `aisha` command."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from aisha.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    help="Aisha: a Telegram bot for AI avatars, images and transcription.", no_args_is_help=True
+)
+T = TypeVar("T")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"aisha: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable, for the type checker
+
+
+def _secrets(settings: Settings) -> list[str]:
+    values = [settings.bot_token, settings.webhook_secret, settings.fal_key, settings.openai_api_key]
+    values.append(settings.s3_secret_key)
+    return [v.get_secret_value() for v in values if v is not None]
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Configuration errors found while starting become one line and exit code 2."""
+    try:
+        return action()
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise
+
+
+def _serve(role_name: str) -> None:
+    from aisha.db.migrate import upgrade
+    from aisha.logs import configure_logging
+    from aisha.runtime import Role, Runtime
+
+    settings = _settings()
+    _guarded(settings.require_bot_token)
+    configure_logging(secrets=_secrets(settings))
+    role = Role(role_name)
+    if role is Role.ALL:
+        # One process on the embedded defaults needs no other setup: bring the schema up to date.
+        upgrade(settings.database_url)
+
+    async def main() -> None:
+        runtime = Runtime(settings)
+        await runtime.run_until_signal(role)
+
+    _guarded(lambda: asyncio.run(main()))
+
+
+@app.command()
+def run() -> None:
+    """Run everything in one process: the bot (polling, or webhook with PUBLIC_BASE_URL), the HTTP
+    app and the background jobs. Migrates the database first."""
+    _serve("all")
+
+
+@app.command()
+def api() -> None:
+    """Run an HTTP process taking webhooks (needs PUBLIC_BASE_URL); jobs go to workers via Redis."""
+    _serve("api")
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker process: queued jobs from Redis and the recovery sweep (needs REDIS_URL)."""
+    _serve("worker")
+
+
+@app.command()
+def migrate(revision: str = typer.Argument("head", help="Alembic revision to upgrade to")) -> None:
+    """Create or upgrade the database schema."""
+    from aisha.db.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    typer.echo(f"database is at revision {revision}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from aisha import __version__
+
+    typer.echo(__version__)

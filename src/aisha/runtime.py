@@ -1,0 +1,158 @@
+"""Running processes: `aisha run` (everything in one), `aisha api` and `aisha worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Iterator
+from enum import StrEnum
+from typing import Any
+
+import structlog
+import uvicorn
+from aiogram import Bot, Dispatcher
+
+from aisha.api.app import create_api
+from aisha.bot.app import create_bot, create_dispatcher
+from aisha.clock import Clock
+from aisha.config import ConfigError, Settings
+from aisha.container import Services, build_services
+
+log = structlog.get_logger(__name__)
+WEBHOOK_PATH = "/telegram/webhook"
+
+
+class Role(StrEnum):
+    ALL = "all"  # bot (polling or webhook), HTTP app and jobs in one process
+    API = "api"  # HTTP app taking webhooks; jobs go to the Redis queue
+    WORKER = "worker"  # runs queued jobs and the recovery sweep
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the runtime decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.services: Services = build_services(settings, clock=clock)
+        self.bot: Bot = create_bot(settings)
+        self.dispatcher: Dispatcher = create_dispatcher(self.services)
+        self._server: _QuietServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._polling = False
+        self._receiver: asyncio.Task[None] | None = None
+
+    def check_role(self, role: Role) -> None:
+        if role is Role.API and not self.settings.webhook_mode:
+            raise ConfigError("aisha api takes webhooks: set PUBLIC_BASE_URL (or use `aisha run` to poll)")
+        if role is Role.WORKER and not self.settings.redis_url:
+            raise ConfigError(
+                "aisha worker takes jobs from Redis: set REDIS_URL (`aisha run` runs jobs itself)"
+            )
+
+    @property
+    def allowed_updates(self) -> list[str]:
+        return self.dispatcher.resolve_used_update_types()
+
+    async def start(self, role: Role = Role.ALL, *, serve_http: bool = True) -> None:
+        self.check_role(role)
+        me = await self.bot.get_me()
+        log.info("runtime.starting", role=role.value, bot=me.username, webhook=self.settings.webhook_mode)
+        await self.services.queue.startup()
+        if role in (Role.ALL, Role.API) and serve_http:
+            await self._start_http()
+        if role in (Role.ALL, Role.API) and self.settings.webhook_mode:
+            await self.bot.set_webhook(
+                url=f"{self.settings.public_base_url}{WEBHOOK_PATH}",
+                secret_token=self.settings.webhook_secret.get_secret_value()
+                if self.settings.webhook_secret
+                else None,
+                allowed_updates=self.allowed_updates,
+            )
+        elif role is Role.ALL:
+            # Telegram refuses getUpdates while a webhook is set.
+            await self.bot.delete_webhook(drop_pending_updates=False)
+            self._polling = True
+            self._spawn(self._poll())
+        if role in (Role.ALL, Role.WORKER):
+            self._spawn(
+                self.services.recovery.run_forever(self.settings.recovery_interval_seconds, self._stopping)
+            )
+        if role is Role.WORKER:
+            from taskiq.api import run_receiver_task
+
+            # The receiver only ends when cancelled; stop() does that.
+            self._receiver = asyncio.create_task(run_receiver_task(self.services.queue.broker))
+
+    async def _start_http(self) -> None:
+        config = uvicorn.Config(
+            create_api(self),
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = _QuietServer(config)
+        self._spawn(self._server.serve())
+        while not self._server.started:
+            if self._tasks[-1].done():
+                self._tasks[-1].result()  # the bind failed: raise why
+                raise ConfigError(f"HTTP server could not start on {config.host}:{config.port}")
+            await asyncio.sleep(0.02)
+
+    async def _poll(self) -> None:
+        await self.dispatcher.start_polling(
+            self.bot,
+            handle_signals=False,
+            close_bot_session=False,
+            allowed_updates=self.allowed_updates,
+            polling_timeout=10,
+        )
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coroutine))
+
+    @property
+    def http_port(self) -> int:
+        """The bound port (useful with HTTP_PORT=0 in tests)."""
+        assert self._server is not None and self._server.servers
+        sockets = self._server.servers[0].sockets
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._polling:
+            with contextlib.suppress(RuntimeError):
+                await self.dispatcher.stop_polling()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._receiver is not None:
+            self._receiver.cancel()
+            self._tasks.append(self._receiver)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.services.queue.shutdown()
+        await self.dispatcher.storage.close()
+        await self.bot.session.close()
+        await self.services.aclose()
+        log.info("runtime.stopped")
+
+    async def run_until_signal(self, role: Role) -> None:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, done.set)
+        await self.start(role)
+        try:
+            await done.wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,77 @@
+"""Users: registration on first contact, last-seen tracking, preferences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aisha.clock import Clock
+from aisha.db.upsert import insert_ignore
+from aisha.users.models import User
+
+
+@dataclass(frozen=True)
+class TelegramProfile:
+    """What Telegram tells us about a user on every update."""
+
+    telegram_id: int
+    username: str | None
+    first_name: str | None
+    last_name: str | None
+    language_code: str | None
+
+
+class UserService:
+    def __init__(self, *, clock: Clock) -> None:
+        self._clock = clock
+
+    async def register_or_touch(
+        self, session: AsyncSession, *, profile: TelegramProfile, locale: str
+    ) -> tuple[User, bool]:
+        """Create the user on first contact (exactly once, also under concurrency) or refresh them.
+
+        Returns the user and whether this call created them.
+        """
+        now = self._clock.now()
+        created = await insert_ignore(
+            session,
+            User.__table__,  # type: ignore[arg-type]
+            {
+                "telegram_id": profile.telegram_id,
+                "username": profile.username,
+                "first_name": profile.first_name,
+                "last_name": profile.last_name,
+                "language": locale,
+                "telegram_language_code": profile.language_code,
+                "is_blocked": False,
+                "created_at": now,
+                "last_seen_at": now,
+            },
+            conflict_columns=["telegram_id"],
+        )
+        if not created:
+            await session.execute(
+                update(User)
+                .where(User.telegram_id == profile.telegram_id)
+                .values(
+                    username=profile.username,
+                    first_name=profile.first_name,
+                    last_name=profile.last_name,
+                    last_seen_at=now,
+                )
+            )
+        user = await session.scalar(
+            select(User)
+            .where(User.telegram_id == profile.telegram_id)
+            .execution_options(populate_existing=True)
+        )
+        assert user is not None
+        return user, created
+
+    async def get(self, session: AsyncSession, *, telegram_id: int) -> User | None:
+        return await session.get(User, telegram_id)
+
+    async def set_language(self, session: AsyncSession, *, telegram_id: int, language: str) -> None:
+        await session.execute(update(User).where(User.telegram_id == telegram_id).values(language=language))

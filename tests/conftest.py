@@ -1,0 +1,149 @@
+"""Shared fixtures: real databases (SQLite always; PostgreSQL and Redis when reachable).
+
+PostgreSQL and Redis tests are skipped with a clear line when the servers can't be reached,
+unless AISHA_REQUIRE_SERVICES=1 (set by .ci/run), where an unreachable server fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from aisha.db.migrate import upgrade
+from aisha.db.models import Base
+from aisha.db.session import create_engine, create_session_factory
+
+PG_ADMIN_URL = os.environ.get("DATABASE_TEST_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
+REQUIRE_SERVICES = os.environ.get("AISHA_REQUIRE_SERVICES") == "1"
+T = TypeVar("T")
+
+
+def _in_thread(function: Callable[[], T]) -> T:
+    """Run blocking setup (Alembic, asyncio.run) outside any running event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function).result()
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url.replace("+asyncpg", ""))
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _require(name: str, url: str, default_port: int) -> None:
+    if _reachable(url, default_port):
+        return
+    redacted = urlsplit(url)._replace(netloc=urlsplit(url).hostname or "").geturl()
+    message = f"{name} not reachable at {redacted}: skipping the tests that need it"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{name} is required (AISHA_REQUIRE_SERVICES=1) but not reachable at {redacted}")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head, dropped afterwards."""
+    _require("PostgreSQL", PG_ADMIN_URL, 5432)
+    name = f"aisha_test_{uuid.uuid4().hex[:12]}"
+    admin = urlsplit(PG_ADMIN_URL)
+    url = admin._replace(path=f"/{name}").geturl()
+
+    async def admin_sql(statement: str) -> None:
+        engine = create_engine(PG_ADMIN_URL)
+        try:
+            async with engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    _in_thread(lambda: asyncio.run(admin_sql(f'CREATE DATABASE "{name}"')))
+    try:
+        _in_thread(lambda: upgrade(url))
+        yield url
+    finally:
+        _in_thread(lambda: asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file; each test gets a copy, which is much faster than migrating."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    _in_thread(lambda: upgrade(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@dataclass
+class Database:
+    url: str
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+
+async def _truncate_all(engine: AsyncEngine) -> None:
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {names} CASCADE"))
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "aisha.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+async def sqlite_db(sqlite_url: str) -> AsyncIterator[Database]:
+    engine = create_engine(sqlite_url)
+    yield Database(sqlite_url, engine, create_session_factory(engine))
+    await engine.dispose()
+
+
+@pytest.fixture
+async def postgres_db(postgres_url: str) -> AsyncIterator[Database]:
+    engine = create_engine(postgres_url, pool_size=25)
+    await _truncate_all(engine)
+    yield Database(postgres_url, engine, create_session_factory(engine))
+    await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest) -> Database:
+    """The same test on SQLite (the embedded default) and on PostgreSQL."""
+    fixture = "sqlite_db" if request.param == "sqlite" else "postgres_db"
+    database: Database = request.getfixturevalue(fixture)
+    return database
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A Redis database emptied before each test."""
+    _require("Redis", REDIS_TEST_URL, 6379)
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_TEST_URL)
+    await client.flushdb()
+    await client.aclose()
+    yield REDIS_TEST_URL

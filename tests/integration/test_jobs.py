@@ -1,0 +1,83 @@
+"""Background jobs run in-process by default and through Redis with a separate receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiogram.fsm.storage.base import StorageKey
+from aiogram.fsm.storage.redis import RedisStorage
+from taskiq.api import run_receiver_task
+
+from aisha.bot.app import create_fsm_storage
+from aisha.config import load_settings
+from aisha.jobs.queue import JobQueue, create_broker
+from aisha.jobs.recovery import RecoverySweep
+
+
+async def test_in_memory_queue_runs_the_job_in_this_process() -> None:
+    done: asyncio.Queue[str] = asyncio.Queue()
+
+    async def greet(*, name: str) -> None:
+        await done.put(f"hello {name}")
+
+    queue = JobQueue(create_broker(None))
+    queue.register("test.greet", greet)
+    await queue.startup()
+    try:
+        await queue.enqueue("test.greet", name="world")
+        assert await asyncio.wait_for(done.get(), 5) == "hello world"
+    finally:
+        await queue.shutdown()
+
+
+async def test_redis_queue_job_runs_in_the_worker_not_the_sender(redis_url: str) -> None:
+    ran_in: asyncio.Queue[str] = asyncio.Queue()
+
+    def make_queue(process: str) -> JobQueue:
+        async def record(*, row_id: str) -> None:
+            await ran_in.put(f"{process}:{row_id}")
+
+        queue = JobQueue(create_broker(redis_url))
+        queue.register("test.record", record)
+        return queue
+
+    sender, worker = make_queue("api"), make_queue("worker")
+    await sender.startup()
+    await worker.startup()
+    receiver = asyncio.create_task(run_receiver_task(worker.broker))
+    try:
+        await sender.enqueue("test.record", row_id="42")
+        assert await asyncio.wait_for(ran_in.get(), 10) == "worker:42"
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver
+        await sender.shutdown()
+        await worker.shutdown()
+
+
+async def test_fsm_state_lives_in_redis_when_configured(redis_url: str) -> None:
+    settings = load_settings(redis_url=redis_url)
+    key = StorageKey(bot_id=1, chat_id=10, user_id=10)
+    first = create_fsm_storage(settings)
+    assert isinstance(first, RedisStorage)
+    await first.set_state(key, "Wizard:name")
+    await first.close()
+    second = create_fsm_storage(settings)  # another process, or after a restart
+    assert await second.get_state(key) == "Wizard:name"
+    await second.close()
+
+
+async def test_recovery_sweep_runs_every_check_even_when_one_fails() -> None:
+    sweep = RecoverySweep()
+
+    async def broken() -> int:
+        raise RuntimeError("provider down")
+
+    async def healthy() -> int:
+        return 3
+
+    sweep.register("broken", broken)
+    sweep.register("healthy", healthy)
+    assert await sweep.run_once() == {"broken": 0, "healthy": 3}
