@@ -1,0 +1,82 @@
+"""`aisha migrate` creates the schema on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import inspect, text
+
+from aisha.db.models import Base
+from aisha.db.session import create_engine
+from tests.conftest import PG_ADMIN_URL, _require
+
+
+def _migrate(database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "aisha", "migrate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+async def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+def test_migrate_creates_the_schema_on_sqlite(tmp_path: Path) -> None:
+    result = _migrate("sqlite:///./data/fresh.db", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "fresh.db").exists()
+    tables = asyncio.run(_tables(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'fresh.db'}"))
+    assert set(Base.metadata.tables) | {"alembic_version"} == tables
+
+
+def test_migrate_creates_the_schema_on_postgresql(tmp_path: Path) -> None:
+    _require("PostgreSQL", PG_ADMIN_URL, 5432)
+    name = f"aisha_cli_{uuid.uuid4().hex[:10]}"
+
+    async def admin(statement: str) -> None:
+        engine = create_engine(PG_ADMIN_URL)
+        try:
+            async with engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}").geturl()
+        plain = url.replace("postgresql+asyncpg://", "postgresql://")
+        result = _migrate(plain, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert set(Base.metadata.tables) | {"alembic_version"} == asyncio.run(_tables(url))
+        again = _migrate(plain, tmp_path)  # already at head: nothing to do, no error
+        assert again.returncode == 0, again.stderr
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.parametrize("bad", ["mysql://x/y", "not a url"])
+def test_migrate_with_a_bad_url_is_one_line(tmp_path: Path, bad: str) -> None:
+    result = _migrate(bad, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "DATABASE_URL" in result.stderr
