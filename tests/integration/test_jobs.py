@@ -7,12 +7,16 @@ import contextlib
 
 from aiogram.fsm.storage.base import StorageKey
 from aiogram.fsm.storage.redis import RedisStorage
+from sqlalchemy import func, select
 from taskiq.api import run_receiver_task
 
 from aisha.bot.app import create_fsm_storage
+from aisha.bot.fsm import SqlStorage
 from aisha.config import load_settings
+from aisha.db.models import FsmRecord
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
+from tests.conftest import Database
 
 
 async def test_in_memory_queue_runs_the_job_in_this_process() -> None:
@@ -57,16 +61,37 @@ async def test_redis_queue_job_runs_in_the_worker_not_the_sender(redis_url: str)
         await worker.shutdown()
 
 
-async def test_fsm_state_lives_in_redis_when_configured(redis_url: str) -> None:
+async def test_fsm_state_lives_in_redis_when_configured(redis_url: str, sqlite_db: Database) -> None:
     settings = load_settings(redis_url=redis_url)
     key = StorageKey(bot_id=1, chat_id=10, user_id=10)
-    first = create_fsm_storage(settings)
+    first = create_fsm_storage(settings, sqlite_db.sessions)
     assert isinstance(first, RedisStorage)
     await first.set_state(key, "Wizard:name")
     await first.close()
-    second = create_fsm_storage(settings)  # another process, or after a restart
+    second = create_fsm_storage(settings, sqlite_db.sessions)  # another process, or after a restart
     assert await second.get_state(key) == "Wizard:name"
     await second.close()
+
+
+async def test_fsm_state_without_redis_survives_a_restart(db: Database) -> None:
+    settings = load_settings(redis_url=None, database_url=db.url)
+    key = StorageKey(bot_id=1, chat_id=10, user_id=10)
+    first = create_fsm_storage(settings, db.sessions)
+    assert isinstance(first, SqlStorage)
+    await first.set_state(key, "Wizard:photos")
+    await first.update_data(key, {"avatar_id": "a1", "accepted": 3})
+    other = StorageKey(bot_id=1, chat_id=20, user_id=20)
+    assert await first.get_state(other) is None
+
+    second = create_fsm_storage(settings, db.sessions)  # a new process after a restart
+    assert await second.get_state(key) == "Wizard:photos"
+    assert await second.get_data(key) == {"avatar_id": "a1", "accepted": 3}
+    await second.set_state(key, None)
+    await second.set_data(key, {})
+    assert await second.get_state(key) is None
+    assert await second.get_data(key) == {}
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(FsmRecord)) == 0
 
 
 async def test_recovery_sweep_runs_every_check_even_when_one_fails() -> None:

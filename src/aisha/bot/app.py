@@ -10,9 +10,10 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.fsm.storage.base import BaseStorage
-from aiogram.fsm.storage.memory import MemoryStorage
 from aiogram.fsm.storage.redis import RedisStorage
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from aisha.bot.fsm import SqlStorage
 from aisha.bot.middlewares import UnitOfWorkMiddleware, UserMiddleware
 from aisha.bot.routers import settings, start
 from aisha.config import Settings
@@ -30,14 +31,17 @@ def create_bot(settings: Settings) -> Bot:
     )
 
 
-def create_fsm_storage(settings: Settings) -> BaseStorage:
+def create_fsm_storage(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> BaseStorage:
+    """Redis when configured (shared by every process), else the database: never only memory,
+    so a wizard survives a restart."""
     if settings.redis_url:
         return RedisStorage.from_url(settings.redis_url)
-    return MemoryStorage()
+    return SqlStorage(sessions)
 
 
 def create_dispatcher(services: Services) -> Dispatcher:
-    dispatcher = Dispatcher(storage=create_fsm_storage(services.settings), services=services)
+    storage = create_fsm_storage(services.settings, services.sessions)
+    dispatcher = Dispatcher(storage=storage, services=services)
     dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services))
     dispatcher.update.outer_middleware(UserMiddleware(services))
     dispatcher.include_routers(

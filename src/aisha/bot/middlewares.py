@@ -10,6 +10,7 @@ from aiogram import BaseMiddleware
 from aiogram.types import TelegramObject, Update
 from aiogram.types import User as TelegramUser
 
+from aisha.db.context import current_session
 from aisha.db.models import ProcessedUpdate
 from aisha.db.upsert import insert_ignore
 from aisha.users.service import TelegramProfile
@@ -45,7 +46,11 @@ class UnitOfWorkMiddleware(BaseMiddleware):
                 log.info("update.duplicate_dropped", update_id=event.update_id)
                 return None
             data["session"] = session
-            return await handler(event, data)
+            token = current_session.set(session)
+            try:
+                return await handler(event, data)
+            finally:
+                current_session.reset(token)
 
 
 class UserMiddleware(BaseMiddleware):

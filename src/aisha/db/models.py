@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import JSON, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aisha.avatars.models import Avatar, AvatarPhoto
@@ -23,6 +25,17 @@ class ProcessedUpdate(Base):
     processed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class FsmRecord(Base):
+    """Conversation state (wizards) when there is no Redis, so it survives a restart."""
+
+    __tablename__ = "fsm_states"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str | None] = mapped_column(String(255))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 __all__ = [
     "Avatar",
     "AvatarPhoto",
@@ -30,6 +43,7 @@ __all__ = [
     "CreditAccount",
     "CreditEntry",
     "CreditHold",
+    "FsmRecord",
     "ImageGeneration",
     "Payment",
     "ProcessedUpdate",

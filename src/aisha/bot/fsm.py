@@ -1,0 +1,73 @@
+"""FSM storage in the database, for the embedded mode (no Redis): wizards survive a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiogram.fsm.state import State
+from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from aisha.db.context import current_session
+from aisha.db.models import FsmRecord
+from aisha.db.session import unit_of_work
+
+
+def _key(key: StorageKey) -> str:
+    parts = (key.bot_id, key.chat_id, key.user_id, key.thread_id, key.business_connection_id, key.destiny)
+    return ":".join("" if part is None else str(part) for part in parts)
+
+
+class SqlStorage(BaseStorage):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def _read(self, key: StorageKey) -> FsmRecord | None:
+        session = current_session.get()
+        if session is not None:
+            return await session.get(FsmRecord, _key(key), populate_existing=True)
+        async with self._sessions() as own:
+            return await own.get(FsmRecord, _key(key))
+
+    async def _write(self, key: StorageKey, **values: Any) -> None:
+        # Inside an update, write in its transaction: on SQLite a second connection would wait
+        # for the lock that this very update holds.
+        session = current_session.get()
+        if session is not None:
+            await self._upsert(session, _key(key), values)
+            return
+        async with unit_of_work(self._sessions) as own:
+            await self._upsert(own, _key(key), values)
+
+    @staticmethod
+    async def _upsert(session: AsyncSession, key: str, values: dict[str, Any]) -> None:
+        record = await session.get(FsmRecord, key)
+        state = values.get("state", record.state if record else None)
+        data = values.get("data", record.data if record else {})
+        if state is None and not data:
+            if record is not None:
+                await session.delete(record)  # nothing left to remember
+        elif record is None:
+            session.add(FsmRecord(key=key, state=state, data=data))
+        else:
+            record.state, record.data = state, data
+        await session.flush()
+
+    async def set_state(self, key: StorageKey, state: StateType = None) -> None:
+        value = state.state if isinstance(state, State) else state
+        await self._write(key, state=value)
+
+    async def get_state(self, key: StorageKey) -> str | None:
+        record = await self._read(key)
+        return record.state if record else None
+
+    async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
+        await self._write(key, data=dict(data))
+
+    async def get_data(self, key: StorageKey) -> dict[str, Any]:
+        record = await self._read(key)
+        return dict(record.data) if record else {}
+
+    async def close(self) -> None:
+        return None
