@@ -1,0 +1,1911 @@
+"""A fake Telegram Bot API server that the real aiogram ``Bot`` talks to over HTTP.
+
+Tests and the browser sandbox point aiogram at it with
+``AiohttpSession(api=TelegramAPIServer.from_base(server.base_url))``, so the whole client stack
+(multipart encoding, pydantic parsing, error mapping, long polling) runs for real. The server
+answers with result shapes from the Bot API docs, remembers what the bot sent per chat, stores
+uploaded files so ``getFile`` + download return the same bytes, and reproduces the errors a bot
+meets in production (unparseable HTML, "message is not modified", flood waits, stale callback
+queries) so those paths can be tested too.
+
+It runs inside the caller's event loop (``aiohttp.web``); nothing here blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import mimetypes
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from aiohttp import web
+
+__all__ = [
+    "FakeTelegramServer",
+    "FakeUser",
+    "RecordedCall",
+    "StoredFile",
+    "WebhookConfig",
+    "image_size",
+    "parse_html",
+]
+
+log = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+
+# Form fields that are plain strings even when they look like JSON ("42", "true", "[x]").
+_STRING_FIELDS = frozenset(
+    {
+        "text",
+        "caption",
+        "title",
+        "description",
+        "payload",
+        "start_parameter",
+        "provider_token",
+        "provider_data",
+        "url",
+        "secret_token",
+        "ip_address",
+        "callback_query_id",
+        "pre_checkout_query_id",
+        "shipping_query_id",
+        "inline_query_id",
+        "inline_message_id",
+        "telegram_payment_charge_id",
+        "error_message",
+        "file_id",
+        "parse_mode",
+        "currency",
+        "action",
+        "performer",
+        "emoji",
+        "name",
+        "short_description",
+        "language_code",
+        "business_connection_id",
+        "message_effect_id",
+        "first_name",
+        "last_name",
+        "phone_number",
+        "vcard",
+        "address",
+        "question",
+        "explanation",
+        "photo",
+        "document",
+        "audio",
+        "voice",
+        "video",
+        "video_note",
+        "animation",
+        "sticker",
+        "thumbnail",
+        "cover",
+    }
+)
+# Fields that carry JSON objects; some clients send them as JSON strings even in a JSON body.
+_JSON_FIELDS = frozenset(
+    {
+        "reply_markup",
+        "entities",
+        "caption_entities",
+        "media",
+        "prices",
+        "commands",
+        "scope",
+        "allowed_updates",
+        "menu_button",
+        "link_preview_options",
+        "reply_parameters",
+        "suggested_tip_amounts",
+        "message_ids",
+    }
+)
+_CHAT_ACTIONS = frozenset(
+    {
+        "typing",
+        "upload_photo",
+        "record_video",
+        "upload_video",
+        "record_voice",
+        "upload_voice",
+        "upload_document",
+        "choose_sticker",
+        "find_location",
+        "record_video_note",
+        "upload_video_note",
+    }
+)
+# Update types Telegram leaves out unless asked for explicitly.
+_OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+_MEDIA_KINDS = ("photo", "video", "animation", "audio", "document", "voice", "video_note", "sticker")
+_BUTTON_ACTIONS = frozenset(
+    {
+        "callback_data",
+        "url",
+        "web_app",
+        "login_url",
+        "switch_inline_query",
+        "switch_inline_query_current_chat",
+        "switch_inline_query_chosen_chat",
+        "copy_text",
+        "callback_game",
+        "pay",
+    }
+)
+_COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+_LEADING_COMMAND_RE = re.compile(r"^/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{1,64})?")
+_SECRET_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_TEXT_LIMIT = 4096
+_CAPTION_LIMIT = 1024
+_CALLBACK_ANSWER_LIMIT = 200
+_NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup are "
+    "exactly the same as a current content and reply markup of the message"
+)
+_STALE_QUERY = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+_WRONG_FILE = "Bad Request: wrong file identifier/HTTP URL specified"
+_MAX_BODY = 64 * 1024 * 1024  # bots may upload documents up to 50 MB
+
+# Folder and default extension per media kind, mirroring Telegram's file_path layout.
+_FILE_LAYOUT: dict[str, tuple[str, str]] = {
+    "photo": ("photos", ".jpg"),
+    "document": ("documents", ""),
+    "audio": ("music", ".mp3"),
+    "voice": ("voice", ".oga"),
+    "video": ("videos", ".mp4"),
+    "video_note": ("video_notes", ".mp4"),
+    "animation": ("animations", ".mp4"),
+    "sticker": ("stickers", ".webp"),
+}
+_DEFAULT_MIME: dict[str, str] = {
+    "audio": "audio/mpeg",
+    "voice": "audio/ogg",
+    "video": "video/mp4",
+    "video_note": "video/mp4",
+    "animation": "video/mp4",
+}
+
+
+# --------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True, slots=True)
+class FakeUser:
+    """A Telegram user that sends updates to the bot."""
+
+    id: int
+    first_name: str = "Test"
+    last_name: str | None = None
+    username: str | None = None
+    language_code: str | None = "en"
+
+    def to_dict(self) -> JsonDict:
+        """The Bot API ``User`` object."""
+        user: JsonDict = {"id": self.id, "is_bot": False, "first_name": self.first_name}
+        if self.last_name is not None:
+            user["last_name"] = self.last_name
+        if self.username is not None:
+            user["username"] = self.username
+        if self.language_code is not None:
+            user["language_code"] = self.language_code
+        return user
+
+    def private_chat(self) -> JsonDict:
+        """The Bot API ``Chat`` object of this user's private chat with the bot."""
+        chat: JsonDict = {"id": self.id, "type": "private", "first_name": self.first_name}
+        if self.last_name is not None:
+            chat["last_name"] = self.last_name
+        if self.username is not None:
+            chat["username"] = self.username
+        return chat
+
+
+@dataclass(slots=True)
+class RecordedCall:
+    """One Bot API request as the server saw it."""
+
+    method: str
+    params: JsonDict
+    files: dict[str, bytes]
+    time: datetime
+    failed: bool = False
+    # The error JSON returned when failed, else the "result" returned (filled once answered).
+    error: JsonDict | None = None
+    result: Any = None
+
+
+@dataclass(slots=True)
+class StoredFile:
+    """A file known to the server: uploaded by the bot, sent by a fake user, or a URL."""
+
+    file_id: str
+    file_unique_id: str
+    file_path: str
+    content: bytes | None
+    url: str | None = None
+    file_name: str | None = None
+    mime_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def file_size(self) -> int | None:
+        return None if self.content is None else len(self.content)
+
+    def to_file(self) -> JsonDict:
+        """The Bot API ``File`` object returned by ``getFile``."""
+        result: JsonDict = {
+            "file_id": self.file_id,
+            "file_unique_id": self.file_unique_id,
+            "file_path": self.file_path,
+        }
+        if self.file_size is not None:
+            result["file_size"] = self.file_size
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """What the bot passed to ``setWebhook``."""
+
+    url: str
+    secret_token: str | None = None
+    allowed_updates: tuple[str, ...] | None = None
+    max_connections: int | None = None
+
+
+@dataclass(slots=True)
+class _Upload:
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass(slots=True)
+class _Request:
+    params: JsonDict
+    uploads: dict[str, _Upload]
+
+
+@dataclass(slots=True)
+class _StoredMessage:
+    message: JsonDict
+    edited: bool = False
+
+
+@dataclass(slots=True)
+class _ChatLog:
+    last_message_id: int = 0
+    messages: dict[int, _StoredMessage] = field(default_factory=dict)
+    reply_keyboard: JsonDict | None = None
+
+
+@dataclass(slots=True)
+class _Failure:
+    error_code: int
+    description: str
+    retry_after: int | None
+    remaining: int
+
+
+@dataclass(slots=True)
+class _Charge:
+    user_id: int
+    refunded: bool = False
+
+
+class _ApiError(Exception):
+    """An error answer in Telegram's format, raised by a method handler."""
+
+    def __init__(self, error_code: int, description: str, parameters: JsonDict | None = None) -> None:
+        super().__init__(description)
+        self.error_code = error_code
+        self.description = description
+        self.parameters = parameters
+
+    def to_json(self) -> JsonDict:
+        body: JsonDict = {"ok": False, "error_code": self.error_code, "description": self.description}
+        if self.parameters:
+            body["parameters"] = self.parameters
+        return body
+
+
+def _bad_request(description: str) -> _ApiError:
+    return _ApiError(400, f"Bad Request: {description}")
+
+
+_Handler = Callable[[_Request], Awaitable[Any]]
+
+
+# ----------------------------------------------------------------------------------- the server
+
+
+class FakeTelegramServer:
+    """An in-process Telegram Bot API server for one bot token.
+
+    Use it as ``async with FakeTelegramServer() as server:`` and give ``server.base_url`` to
+    aiogram's ``TelegramAPIServer.from_base``. Every request is recorded in ``calls``.
+    """
+
+    def __init__(
+        self,
+        token: str = "123456:TEST",  # noqa: S107 - a fake token for the fake server
+        *,
+        bot_username: str = "aisha_test_bot",
+        bot_first_name: str = "Aisha",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self._token = token
+        prefix = token.split(":", 1)[0]
+        self._bot_id = int(prefix) if prefix.isdigit() else 123456
+        self._bot_username = bot_username
+        self._bot_first_name = bot_first_name
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self._closing = False
+        self._client: aiohttp.ClientSession | None = None
+
+        self.calls: list[RecordedCall] = []
+        self.downloads: list[str] = []  # file paths fetched through /file/bot<token>/...
+        # Unexpected exceptions inside the fake itself: tests can assert this stays empty.
+        self.errors: list[str] = []
+        self.callback_answers: dict[str, JsonDict] = {}
+        self.pre_checkout_answers: dict[str, JsonDict] = {}
+
+        self._cursors: dict[str, int] = {}
+        self._call_event = asyncio.Event()
+        self._failures: dict[str, deque[_Failure]] = {}
+
+        self._last_update_id = 0
+        self._updates: list[JsonDict] = []
+        self._allowed_updates: tuple[str, ...] | None = None
+        self._update_event = asyncio.Event()
+        self._poll_generation = 0
+        self._webhook: WebhookConfig | None = None
+        self._webhook_error: tuple[int, str] | None = None
+
+        self._users: dict[int, FakeUser] = {}
+        self._chats: dict[int, _ChatLog] = {}
+        self._files: dict[str, StoredFile] = {}
+        self._files_by_path: dict[str, StoredFile] = {}
+        self._file_counter = itertools.count(1)
+        self._query_counter = itertools.count(1)
+        self._open_callback_queries: dict[str, JsonDict] = {}
+        self._open_pre_checkouts: dict[str, JsonDict] = {}
+        self._charges: dict[str, _Charge] = {}
+        self._commands: dict[tuple[str, str], list[JsonDict]] = {}
+        self._menu_buttons: dict[int | None, JsonDict] = {}
+        self._invoice_links: dict[str, JsonDict] = {}
+
+        handlers: dict[str, _Handler] = {
+            "getMe": self._get_me,
+            "getUpdates": self._get_updates,
+            "setWebhook": self._set_webhook,
+            "deleteWebhook": self._delete_webhook,
+            "getWebhookInfo": self._get_webhook_info,
+            "sendMessage": self._send_message,
+            "editMessageText": self._edit_message_text,
+            "editMessageCaption": self._edit_message_caption,
+            "editMessageReplyMarkup": self._edit_message_reply_markup,
+            "editMessageMedia": self._edit_message_media,
+            "deleteMessage": self._delete_message,
+            "deleteMessages": self._delete_messages,
+            "answerCallbackQuery": self._answer_callback_query,
+            "sendChatAction": self._send_chat_action,
+            "sendMediaGroup": self._send_media_group,
+            "getFile": self._get_file,
+            "sendInvoice": self._send_invoice,
+            "createInvoiceLink": self._create_invoice_link,
+            "answerPreCheckoutQuery": self._answer_pre_checkout_query,
+            "refundStarPayment": self._refund_star_payment,
+            "setMyCommands": self._set_my_commands,
+            "deleteMyCommands": self._delete_my_commands,
+            "getMyCommands": self._get_my_commands,
+            "setChatMenuButton": self._set_chat_menu_button,
+            "getChatMenuButton": self._get_chat_menu_button,
+            "getChat": self._get_chat,
+            "close": self._return_true,
+            "logOut": self._return_true,
+        }
+        for kind in _MEDIA_KINDS:
+            handlers["send" + "".join(part.title() for part in kind.split("_"))] = self._media_sender(kind)
+        self._handlers: dict[str, tuple[str, _Handler]] = {
+            name.lower(): (name, handler) for name, handler in handlers.items()
+        }
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one)."""
+        if self._runner is not None:
+            raise RuntimeError("FakeTelegramServer is already running")
+        self._closing = False
+        app = web.Application(client_max_size=_MAX_BODY)
+        app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
+        app.router.add_get("/file/bot{token}/{file_path:.+}", self._handle_file)
+        # No access log: request paths contain the bot token. Handler cancellation ends long
+        # polls whose client went away, as Telegram does.
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        await site.start()
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        display_host = f"[{host}]" if ":" in host else host
+        self._base_url = f"http://{display_host}:{port}"
+
+    async def stop(self) -> None:
+        """Answer pending long polls at once, then shut the server down."""
+        if self._runner is None:
+            return
+        self._closing = True
+        self._wake_pollers()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` — the value for TELEGRAM_API_URL / ``TelegramAPIServer.from_base``."""
+        if self._base_url is None:
+            raise RuntimeError("FakeTelegramServer is not started")
+        return self._base_url
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    @property
+    def bot_id(self) -> int:
+        return self._bot_id
+
+    @property
+    def bot_username(self) -> str:
+        return self._bot_username
+
+    @property
+    def webhook(self) -> WebhookConfig | None:
+        return self._webhook
+
+    # ------------------------------------------------------------------------- call recording
+
+    def calls_of(self, method: str) -> list[RecordedCall]:
+        key = method.lower()
+        return [call for call in self.calls if call.method.lower() == key]
+
+    async def wait_for_call(
+        self,
+        method: str,
+        predicate: Callable[[RecordedCall], bool] | None = None,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - tests read better with a per-call timeout
+    ) -> RecordedCall:
+        """Return the next ``method`` call after the one this returned last time.
+
+        Each method has its own cursor, so repeated ``wait_for_call("sendMessage")`` walks
+        through the bot's messages in order. With a predicate, calls before the match are
+        skipped for good.
+        """
+        key = method.lower()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = self._call_event
+                    for index in range(self._cursors.get(key, 0), len(self.calls)):
+                        call = self.calls[index]
+                        if call.method.lower() == key and (predicate is None or predicate(call)):
+                            self._cursors[key] = index + 1
+                            return call
+                    await event.wait()
+        except TimeoutError:
+            recent = ", ".join(call.method for call in self.calls[-10:]) or "none"
+            raise TimeoutError(
+                f"no matching {method} call within {timeout}s (last calls: {recent})"
+            ) from None
+
+    def clear_calls(self) -> None:
+        self.calls.clear()
+        self.downloads.clear()
+        self._cursors.clear()
+
+    def fail_next(
+        self,
+        method: str,
+        error_code: int = 429,
+        *,
+        description: str | None = None,
+        retry_after: int | None = 1,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` calls of ``method`` with a Telegram error.
+
+        ``retry_after`` only applies to 429 (Telegram sends it with flood waits alone, and
+        aiogram would turn any error carrying it into ``TelegramRetryAfter``).
+        """
+        if error_code == 429 and retry_after is not None:
+            default = f"Too Many Requests: retry after {retry_after}"
+        else:
+            retry_after = None
+            default = {
+                400: "Bad Request",
+                401: "Unauthorized",
+                403: "Forbidden: bot was blocked by the user",
+                404: "Not Found",
+                409: "Conflict",
+                429: "Too Many Requests",
+            }.get(error_code, "Internal Server Error")
+        failure = _Failure(error_code, description or default, retry_after, times)
+        self._failures.setdefault(method.lower(), deque()).append(failure)
+
+    def _take_failure(self, method: str) -> _ApiError | None:
+        queue = self._failures.get(method.lower())
+        if not queue:
+            return None
+        failure = queue[0]
+        failure.remaining -= 1
+        if failure.remaining <= 0:
+            queue.popleft()
+        parameters = {"retry_after": failure.retry_after} if failure.retry_after is not None else None
+        return _ApiError(failure.error_code, failure.description, parameters)
+
+    def _notify_calls(self) -> None:
+        event, self._call_event = self._call_event, asyncio.Event()
+        event.set()
+
+    # ----------------------------------------------------------------------------- HTTP layer
+
+    def _token_ok(self, request: web.Request) -> bool:
+        return hmac.compare_digest(request.match_info["token"].encode(), self._token.encode())
+
+    async def _handle_method(self, request: web.Request) -> web.Response:
+        raw_method = request.match_info["method"]
+        name, handler = self._handlers.get(raw_method.lower(), (raw_method, None))
+        try:
+            params, uploads = await _read_request(request)
+        except _ApiError as error:
+            return self._respond(self._record(name, {}, {}), error)
+        call = self._record(name, params, uploads)
+        if not self._token_ok(request):
+            return self._respond(call, _ApiError(401, "Unauthorized"))
+        return await self._execute(call, handler, _Request(params, uploads))
+
+    async def _execute(self, call: RecordedCall, handler: _Handler | None, req: _Request) -> web.Response:
+        failure = self._take_failure(call.method)
+        if failure is not None:
+            return self._respond(call, failure)
+        try:
+            result = True if handler is None else await handler(req)
+        except _ApiError as error:
+            return self._respond(call, error)
+        except Exception as exc:  # a bug in the fake must reach the test, not hang it
+            log.exception("fake telegram: %s failed", call.method)
+            self.errors.append(f"{call.method}: {exc!r}")
+            return self._respond(call, _ApiError(500, f"Internal Server Error: {exc!r}"))
+        call.result = result
+        self._notify_calls()
+        return web.json_response({"ok": True, "result": result})
+
+    def _record(self, method: str, params: JsonDict, uploads: dict[str, _Upload]) -> RecordedCall:
+        files = {name: upload.data for name, upload in uploads.items()}
+        call = RecordedCall(method=method, params=params, files=files, time=datetime.now(UTC))
+        self.calls.append(call)
+        self._notify_calls()
+        return call
+
+    def _respond(self, call: RecordedCall, error: _ApiError) -> web.Response:
+        call.failed = True
+        call.error = error.to_json()
+        self._notify_calls()
+        return web.json_response(call.error, status=error.error_code)
+
+    async def _handle_file(self, request: web.Request) -> web.StreamResponse:
+        if not self._token_ok(request):
+            return web.json_response(_ApiError(401, "Unauthorized").to_json(), status=401)
+        path = request.match_info["file_path"]
+        stored = self._files_by_path.get(path)
+        if stored is None or stored.content is None:
+            return web.json_response(_ApiError(404, "Not Found").to_json(), status=404)
+        self.downloads.append(path)
+        return web.Response(body=stored.content, content_type=stored.mime_type or "application/octet-stream")
+
+    # ---------------------------------------------------------------------------------- files
+
+    def register_file(
+        self,
+        content: bytes,
+        *,
+        file_path_hint: str,
+        file_name: str | None = None,
+        mime_type: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> tuple[str, str]:
+        """Store bytes the bot can ``getFile`` and download; return ``(file_id, file_unique_id)``.
+
+        ``file_path_hint`` gives the folder and extension, e.g. ``"photos/x.jpg"``.
+        """
+        stored = self._store_file(
+            content,
+            file_path_hint=file_path_hint,
+            file_name=file_name,
+            mime_type=mime_type,
+            width=width,
+            height=height,
+        )
+        return stored.file_id, stored.file_unique_id
+
+    def get_file(self, file_id: str) -> StoredFile | None:
+        return self._files.get(file_id)
+
+    def _store_file(
+        self,
+        content: bytes | None,
+        *,
+        file_path_hint: str,
+        url: str | None = None,
+        file_name: str | None = None,
+        mime_type: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> StoredFile:
+        number = next(self._file_counter)
+        folder, _, base = file_path_hint.rpartition("/")
+        suffix = "." + base.rsplit(".", 1)[1] if "." in base else ""
+        file_path = f"{folder or 'documents'}/file_{number}{suffix}"
+        digest_source = content if content is not None else (url or "").encode()
+        # Same bytes, same file_unique_id — as Telegram does; file_id differs per upload.
+        unique = "AQAD" + hashlib.sha256(digest_source).hexdigest()[:16]
+        if mime_type is None or mime_type == "application/octet-stream":
+            guessed = mimetypes.guess_type(file_name or base)[0]
+            mime_type = guessed or mime_type
+        if content is not None and (width is None or height is None):
+            size = image_size(content)
+            if size is not None:
+                width, height = size
+        stored = StoredFile(
+            file_id=f"BQAC{number:05d}{secrets.token_hex(8)}",
+            file_unique_id=unique,
+            file_path=file_path,
+            content=content,
+            url=url,
+            file_name=file_name,
+            mime_type=mime_type,
+            width=width,
+            height=height,
+        )
+        self._files[stored.file_id] = stored
+        self._files_by_path[file_path] = stored
+        return stored
+
+    def _resolve_input_file(self, value: Any, uploads: dict[str, _Upload], *, kind: str) -> StoredFile:
+        """Turn an InputFile parameter (attach://, direct part, URL or file_id) into a StoredFile."""
+        folder, ext = _FILE_LAYOUT.get(kind, ("documents", ""))
+        upload: _Upload | None = None
+        if isinstance(value, str) and value.startswith("attach://"):
+            upload = uploads.get(value.removeprefix("attach://"))
+            if upload is None:
+                raise _bad_request(f'file "{value}" not found in the request')
+        elif value is None and kind in uploads:
+            upload = uploads[kind]
+        if upload is not None:
+            if not upload.data:
+                raise _bad_request("file must be non-empty")
+            name = upload.filename
+            hint_name = name if name and "." in name else f"file{ext}"
+            return self._store_file(
+                upload.data,
+                file_path_hint=f"{folder}/{hint_name}",
+                file_name=name,
+                mime_type=upload.content_type,
+            )
+        if value is None or value == "":
+            raise _bad_request(f"there is no {kind} in the request")
+        if not isinstance(value, str):
+            raise _bad_request(_WRONG_FILE.removeprefix("Bad Request: "))
+        if value.startswith(("http://", "https://")):
+            # Telegram would fetch the URL; the fake only remembers it.
+            name = value.rsplit("/", 1)[-1].split("?", 1)[0]
+            hint_name = name if "." in name else f"file{ext}"
+            return self._store_file(None, file_path_hint=f"{folder}/{hint_name}", url=value, file_name=name)
+        stored = self._files.get(value)
+        if stored is None:
+            raise _ApiError(400, _WRONG_FILE)
+        return stored
+
+    # ------------------------------------------------------------------------------ updates
+
+    def next_update_id(self) -> int:
+        self._last_update_id += 1
+        return self._last_update_id
+
+    def queue_update(self, update: JsonDict) -> None:
+        """Queue an update for ``getUpdates`` (and wake a pending long poll)."""
+        if "update_id" not in update:
+            update["update_id"] = self.next_update_id()
+        else:
+            self._last_update_id = max(self._last_update_id, int(update["update_id"]))
+        self._remember_update(update)
+        self._updates.append(update)
+        self._wake_pollers()
+
+    @property
+    def pending_updates(self) -> list[JsonDict]:
+        """Updates queued and not yet confirmed by a ``getUpdates`` offset."""
+        return list(self._updates)
+
+    async def post_webhook(self, url: str, update: JsonDict, *, secret: str | None = None) -> int:
+        """POST an update to a webhook like Telegram does; return the HTTP status.
+
+        A method call in the webhook's reply body (aiogram's "reply into webhook") is executed
+        and recorded like a normal request.
+        """
+        if "update_id" not in update:
+            update["update_id"] = self.next_update_id()
+        self._remember_update(update)
+        headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        async with self._client.post(url, json=update, headers=headers) as response:
+            status = response.status
+            if 200 <= status < 300:
+                await self._run_webhook_reply(response)
+        return status
+
+    async def deliver(self, update: JsonDict) -> int | None:
+        """Send an update the way the bot asked for: to its webhook if set, else to getUpdates.
+
+        Returns the webhook's HTTP status, or None when the update was queued or filtered out
+        by the webhook's ``allowed_updates``.
+        """
+        webhook = self._webhook
+        if webhook is None:
+            self.queue_update(update)
+            return None
+        if not _update_allowed(update, webhook.allowed_updates):
+            return None
+        try:
+            status = await self.post_webhook(webhook.url, update, secret=webhook.secret_token)
+        except aiohttp.ClientError as exc:
+            self._webhook_error = (int(time.time()), f"Connection failed: {exc!r}")
+            raise
+        if not 200 <= status < 300:
+            self._webhook_error = (int(time.time()), f"Wrong response from the webhook: {status}")
+        return status
+
+    async def _run_webhook_reply(self, response: aiohttp.ClientResponse) -> None:
+        if response.content_type == "application/json":
+            try:
+                body = await response.json()
+            except ValueError:
+                return
+            if not isinstance(body, dict) or "method" not in body:
+                return
+            raw: JsonDict = dict(body)
+            uploads: dict[str, _Upload] = {}
+        elif response.content_type.startswith("multipart/"):
+            reader = aiohttp.MultipartReader(response.headers, response.content)
+            fields, uploads = await _read_multipart(reader)
+            raw = {key: _decode_form_value(key, value) for key, value in fields.items()}
+        else:
+            return
+        method = str(raw.pop("method", ""))
+        if not method:
+            return
+        params = _decode_json_fields(raw)
+        name, handler = self._handlers.get(method.lower(), (method, None))
+        await self._execute(self._record(name, params, uploads), handler, _Request(params, uploads))
+
+    def _wake_pollers(self) -> None:
+        event, self._update_event = self._update_event, asyncio.Event()
+        event.set()
+
+    def _remember_update(self, update: JsonDict) -> None:
+        """Put the user's side of the conversation into the chat log."""
+        for key, edited in (("message", False), ("edited_message", True)):
+            message = update.get(key)
+            if not isinstance(message, dict):
+                continue
+            chat_id = int(message["chat"]["id"])
+            chat_log = self._chat_log(chat_id)
+            message_id = int(message["message_id"])
+            chat_log.last_message_id = max(chat_log.last_message_id, message_id)
+            chat_log.messages[message_id] = _StoredMessage(copy.deepcopy(message), edited=edited)
+        payment = (update.get("message") or {}).get("successful_payment")
+        if isinstance(payment, dict) and "telegram_payment_charge_id" in payment:
+            user_id = int(update["message"]["from"]["id"])
+            self._charges.setdefault(str(payment["telegram_payment_charge_id"]), _Charge(user_id))
+
+    # ------------------------------------------------------------------------ update builders
+
+    def message_update(
+        self,
+        user: FakeUser,
+        text: str | None = None,
+        *,
+        chat_id: int | None = None,
+        photo: bytes | None = None,
+        photo_size: tuple[int, int] | None = None,
+        document: tuple[bytes, str, str] | None = None,
+        voice: tuple[bytes, int] | None = None,
+        audio: tuple[bytes, int, str] | None = None,
+        video: tuple[bytes, int] | None = None,
+        video_note: tuple[bytes, int] | None = None,
+        caption: str | None = None,
+        media_group_id: str | None = None,
+        reply_to_message: JsonDict | None = None,
+        successful_payment: JsonDict | None = None,
+        update_id: int | None = None,
+    ) -> JsonDict:
+        """A ``message`` update from ``user``; file bytes are registered so the bot can fetch them.
+
+        ``document`` is ``(bytes, file_name, mime_type)``, ``voice`` and ``video`` and
+        ``video_note`` are ``(bytes, duration)``, ``audio`` is ``(bytes, duration, file_name)``.
+        ``photo_size`` overrides the width/height read from the image header.
+        """
+        self._users[user.id] = user
+        chat = user.id if chat_id is None else chat_id
+        chat_log = self._chat_log(chat)
+        chat_log.last_message_id += 1
+        message: JsonDict = {
+            "message_id": chat_log.last_message_id,
+            "from": user.to_dict(),
+            "chat": self._chat_dict(chat),
+            "date": int(time.time()),
+        }
+        if text is not None:
+            message["text"] = text
+            match = _LEADING_COMMAND_RE.match(text)
+            if match:
+                message["entities"] = [{"type": "bot_command", "offset": 0, "length": _utf16_len(match[0])}]
+        if photo is not None:
+            width, height = photo_size or image_size(photo) or (1280, 1280)
+            stored = self._store_file(
+                photo, file_path_hint="photos/photo.jpg", mime_type="image/jpeg", width=width, height=height
+            )
+            message["photo"] = [_photo_size(stored, width, height)]
+        if document is not None:
+            content, file_name, mime = document
+            stored = self._store_file(
+                content, file_path_hint=f"documents/{file_name}", file_name=file_name, mime_type=mime
+            )
+            message["document"] = self._media_object("document", stored, {})
+        if voice is not None:
+            stored = self._store_file(voice[0], file_path_hint="voice/voice.oga", mime_type="audio/ogg")
+            message["voice"] = self._media_object("voice", stored, {"duration": voice[1]})
+        if audio is not None:
+            content, duration, file_name = audio
+            stored = self._store_file(content, file_path_hint=f"music/{file_name}", file_name=file_name)
+            message["audio"] = self._media_object("audio", stored, {"duration": duration})
+        if video is not None:
+            stored = self._store_file(video[0], file_path_hint="videos/video.mp4", mime_type="video/mp4")
+            message["video"] = self._media_object("video", stored, {"duration": video[1]})
+        if video_note is not None:
+            stored = self._store_file(
+                video_note[0], file_path_hint="video_notes/note.mp4", mime_type="video/mp4"
+            )
+            message["video_note"] = self._media_object("video_note", stored, {"duration": video_note[1]})
+        if caption is not None:
+            message["caption"] = caption
+        if media_group_id is not None:
+            message["media_group_id"] = media_group_id
+        if reply_to_message is not None:
+            message["reply_to_message"] = _api_message(reply_to_message)
+        if successful_payment is not None:
+            payment: JsonDict = {
+                "currency": "XTR",
+                "total_amount": 1,
+                "invoice_payload": "",
+                "telegram_payment_charge_id": f"stxFake{secrets.token_hex(12)}",
+                "provider_payment_charge_id": f"fake_{secrets.token_hex(8)}",
+            }
+            payment.update(successful_payment)
+            message["successful_payment"] = payment
+            # Known from now on, so refundStarPayment works even if the update bypasses the server.
+            self._charges.setdefault(str(payment["telegram_payment_charge_id"]), _Charge(user.id))
+        return {"update_id": self.next_update_id() if update_id is None else update_id, "message": message}
+
+    def successful_payment_update(
+        self,
+        user: FakeUser,
+        *,
+        currency: str,
+        total_amount: int,
+        invoice_payload: str,
+        telegram_payment_charge_id: str | None = None,
+    ) -> JsonDict:
+        """A ``message`` update carrying ``successful_payment`` (what follows an approved pre-checkout)."""
+        payment: JsonDict = {
+            "currency": currency,
+            "total_amount": total_amount,
+            "invoice_payload": invoice_payload,
+        }
+        if telegram_payment_charge_id is not None:
+            payment["telegram_payment_charge_id"] = telegram_payment_charge_id
+        return self.message_update(user, successful_payment=payment)
+
+    def callback_update(self, user: FakeUser, data: str, *, message: JsonDict) -> JsonDict:
+        """A ``callback_query`` update: ``user`` pressed a button with ``data`` under ``message``.
+
+        The current version of the message (after edits) is sent, as Telegram does.
+        """
+        self._users[user.id] = user
+        chat_id = int(message["chat"]["id"])
+        stored = self._chat_log(chat_id).messages.get(int(message["message_id"]))
+        current = _api_message(stored.message if stored is not None else message)
+        query_id = f"{self._bot_id}{next(self._query_counter):08d}"
+        query: JsonDict = {
+            "id": query_id,
+            "from": user.to_dict(),
+            "message": current,
+            "chat_instance": str(int(hashlib.sha256(str(chat_id).encode()).hexdigest()[:15], 16)),
+            "data": data,
+        }
+        self._open_callback_queries[query_id] = query
+        return {"update_id": self.next_update_id(), "callback_query": query}
+
+    def pre_checkout_update(
+        self, user: FakeUser, *, currency: str, total_amount: int, invoice_payload: str
+    ) -> JsonDict:
+        """A ``pre_checkout_query`` update: ``user`` pressed Pay on an invoice."""
+        self._users[user.id] = user
+        query_id = f"{self._bot_id}{next(self._query_counter):08d}"
+        query: JsonDict = {
+            "id": query_id,
+            "from": user.to_dict(),
+            "currency": currency,
+            "total_amount": total_amount,
+            "invoice_payload": invoice_payload,
+        }
+        self._open_pre_checkouts[query_id] = query
+        return {"update_id": self.next_update_id(), "pre_checkout_query": query}
+
+    # ----------------------------------------------------------------------- chat inspection
+
+    def chat_messages(self, chat_id: int) -> list[JsonDict]:
+        """The conversation in ``chat_id`` (both sides), oldest first, with an ``edited`` flag.
+
+        Deleted messages are gone; edited ones show their latest content.
+        """
+        chat_log = self._chats.get(chat_id)
+        if chat_log is None:
+            return []
+        ordered = (chat_log.messages[message_id] for message_id in sorted(chat_log.messages))
+        return [{**copy.deepcopy(stored.message), "edited": stored.edited} for stored in ordered]
+
+    def reply_keyboard(self, chat_id: int) -> JsonDict | None:
+        """The reply keyboard currently shown in ``chat_id`` (set by the last ReplyKeyboardMarkup)."""
+        chat_log = self._chats.get(chat_id)
+        return (
+            None
+            if chat_log is None or chat_log.reply_keyboard is None
+            else copy.deepcopy(chat_log.reply_keyboard)
+        )
+
+    def my_commands(self, *, scope: JsonDict | None = None, language_code: str = "") -> list[JsonDict]:
+        return copy.deepcopy(self._commands.get(_commands_key(scope, language_code), []))
+
+    def menu_button(self, chat_id: int | None = None) -> JsonDict | None:
+        return copy.deepcopy(self._menu_buttons.get(chat_id))
+
+    def invoice_for_link(self, link: str) -> JsonDict | None:
+        """The ``createInvoiceLink`` parameters behind a link the bot created."""
+        return copy.deepcopy(self._invoice_links.get(link))
+
+    def _chat_log(self, chat_id: int) -> _ChatLog:
+        return self._chats.setdefault(chat_id, _ChatLog())
+
+    def _chat_dict(self, chat_id: int) -> JsonDict:
+        if chat_id > 0:
+            user = self._users.get(chat_id)
+            return user.private_chat() if user else {"id": chat_id, "type": "private", "first_name": "User"}
+        kind = "supergroup" if str(chat_id).startswith("-100") else "group"
+        return {"id": chat_id, "type": kind, "title": "Test group"}
+
+    def _bot_user(self) -> JsonDict:
+        return {
+            "id": self._bot_id,
+            "is_bot": True,
+            "first_name": self._bot_first_name,
+            "username": self._bot_username,
+        }
+
+    # ------------------------------------------------------------------------ method handlers
+
+    async def _return_true(self, req: _Request) -> bool:
+        return True
+
+    async def _get_me(self, req: _Request) -> JsonDict:
+        return {
+            **self._bot_user(),
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+            "can_connect_to_business": False,
+            "has_main_web_app": False,
+        }
+
+    async def _get_updates(self, req: _Request) -> list[JsonDict]:
+        params = req.params
+        if self._webhook is not None:
+            raise _ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset = _int(params, "offset", 0)
+        limit = min(max(_int(params, "limit", 100), 1), 100)
+        timeout = max(_float(params, "timeout", 0.0), 0.0)
+        if "allowed_updates" in params:
+            allowed = params["allowed_updates"]
+            self._allowed_updates = tuple(str(kind) for kind in allowed) if allowed else None
+        if offset < 0:
+            self._updates = self._updates[offset:]
+        elif offset > 0:
+            self._updates = [update for update in self._updates if int(update["update_id"]) >= offset]
+        # The newest poll wins; an older one still waiting gets 409 like on Telegram.
+        self._poll_generation += 1
+        generation = self._poll_generation
+        self._wake_pollers()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._closing:
+                return []
+            if generation != self._poll_generation:
+                raise _ApiError(
+                    409,
+                    "Conflict: terminated by other getUpdates request; "
+                    "make sure that only one bot instance is running",
+                )
+            # Telegram drops updates of types the bot did not ask for.
+            self._updates = [u for u in self._updates if _update_allowed(u, self._allowed_updates)]
+            if self._updates:
+                return copy.deepcopy(self._updates[:limit])
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            event = self._update_event
+            try:
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            except TimeoutError:
+                return []
+
+    async def _set_webhook(self, req: _Request) -> bool:
+        params = req.params
+        url = _str(params, "url", "")
+        if not url:
+            self._webhook = None
+            return True
+        if not url.startswith(("http://", "https://")):
+            raise _bad_request("bad webhook: An HTTPS URL must be provided for webhook")
+        secret = params.get("secret_token")
+        if secret is not None and not _SECRET_TOKEN_RE.match(str(secret)):
+            raise _bad_request("secret token contains unallowed characters")
+        allowed = params.get("allowed_updates")
+        self._webhook = WebhookConfig(
+            url=url,
+            secret_token=None if secret is None else str(secret),
+            allowed_updates=tuple(str(kind) for kind in allowed) if allowed else None,
+            max_connections=_int(params, "max_connections", 40),
+        )
+        self._webhook_error = None
+        if _bool(params, "drop_pending_updates"):
+            self._updates.clear()
+        self._wake_pollers()
+        return True
+
+    async def _delete_webhook(self, req: _Request) -> bool:
+        self._webhook = None
+        self._webhook_error = None
+        if _bool(req.params, "drop_pending_updates"):
+            self._updates.clear()
+        return True
+
+    async def _get_webhook_info(self, req: _Request) -> JsonDict:
+        webhook = self._webhook
+        info: JsonDict = {
+            "url": webhook.url if webhook else "",
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._updates),
+        }
+        if webhook is not None:
+            info["max_connections"] = webhook.max_connections
+            if webhook.allowed_updates is not None:
+                info["allowed_updates"] = list(webhook.allowed_updates)
+            if self._webhook_error is not None:
+                info["last_error_date"], info["last_error_message"] = self._webhook_error
+        return info
+
+    async def _send_message(self, req: _Request) -> JsonDict:
+        chat_id = _chat_id(req.params)
+        text, entities = _formatted(req.params, "text", "entities")
+        if text is None or not text.strip():
+            raise _bad_request("message text is empty")
+        if len(text) > _TEXT_LIMIT:
+            raise _bad_request("message is too long")
+        content: JsonDict = {"text": text}
+        if entities:
+            content["entities"] = entities
+        if isinstance(req.params.get("link_preview_options"), dict):
+            content["link_preview_options"] = req.params["link_preview_options"]
+        return self._new_bot_message(chat_id, req.params, content)
+
+    def _media_sender(self, kind: str) -> _Handler:
+        async def send(req: _Request) -> JsonDict:
+            chat_id = _chat_id(req.params)
+            stored = self._resolve_input_file(req.params.get(kind), req.uploads, kind=kind)
+            content = {kind: self._media_object(kind, stored, req.params)}
+            content.update(_caption_content(req.params))
+            return self._new_bot_message(chat_id, req.params, content)
+
+        return send
+
+    def _media_object(self, kind: str, stored: StoredFile, params: JsonDict) -> Any:
+        """The Bot API object (PhotoSize list, Document, Voice, ...) describing ``stored``."""
+        if kind == "photo":
+            return [_photo_size(stored, stored.width or 1280, stored.height or 1280)]
+        media: JsonDict = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id}
+        if kind in ("video", "animation"):
+            media["width"] = _int(params, "width", stored.width or 640)
+            media["height"] = _int(params, "height", stored.height or 360)
+        if kind in ("video", "animation", "audio", "voice", "video_note"):
+            media["duration"] = _int(params, "duration", 0)
+        if kind == "video_note":
+            media["length"] = _int(params, "length", 240)
+        if kind == "audio":
+            for key in ("performer", "title"):
+                if params.get(key):
+                    media[key] = str(params[key])
+        if kind == "sticker":
+            media.update(
+                type="regular",
+                width=stored.width or 512,
+                height=stored.height or 512,
+                is_animated=False,
+                is_video=False,
+            )
+        if kind in ("document", "audio", "video", "animation") and stored.file_name:
+            media["file_name"] = stored.file_name
+        mime = stored.mime_type or _DEFAULT_MIME.get(kind)
+        if kind not in ("video_note", "sticker") and mime:
+            media["mime_type"] = mime
+        if stored.file_size is not None:
+            media["file_size"] = stored.file_size
+        return media
+
+    async def _send_media_group(self, req: _Request) -> list[JsonDict]:
+        chat_id = _chat_id(req.params)
+        media = req.params.get("media")
+        if not isinstance(media, list) or not media:
+            raise _bad_request('parameter "media" is required')
+        if len(media) > 10:
+            raise _bad_request("too much messages to send as an album")
+        group_id = str(10**17 + secrets.randbelow(10**17))
+        contents: list[JsonDict] = []
+        for item in media:
+            if not isinstance(item, dict) or item.get("type") not in ("photo", "video", "audio", "document"):
+                raise _bad_request("can't parse InputMedia: unsupported media type")
+            kind = str(item["type"])
+            stored = self._resolve_input_file(item.get("media"), req.uploads, kind=kind)
+            content: JsonDict = {kind: self._media_object(kind, stored, item), "media_group_id": group_id}
+            content.update(_caption_content(item))
+            contents.append(content)
+        return [self._new_bot_message(chat_id, req.params, content) for content in contents]
+
+    def _new_bot_message(self, chat_id: int, params: JsonDict, content: JsonDict) -> JsonDict:
+        markup = _reply_markup(params)
+        chat_log = self._chat_log(chat_id)
+        chat_log.last_message_id += 1
+        message: JsonDict = {
+            "message_id": chat_log.last_message_id,
+            "from": self._bot_user(),
+            "chat": self._chat_dict(chat_id),
+            "date": int(time.time()),
+        }
+        reply_to = self._reply_target(params, chat_log)
+        if reply_to is not None:
+            message["reply_to_message"] = reply_to
+        message.update(content)
+        if markup is not None:
+            if "inline_keyboard" in markup:
+                # Message.reply_markup can only be an inline keyboard in the Bot API.
+                message["reply_markup"] = markup
+            elif "keyboard" in markup:
+                chat_log.reply_keyboard = markup
+            elif markup.get("remove_keyboard"):
+                chat_log.reply_keyboard = None
+        chat_log.messages[message["message_id"]] = _StoredMessage(message)
+        return copy.deepcopy(message)
+
+    def _reply_target(self, params: JsonDict, chat_log: _ChatLog) -> JsonDict | None:
+        reply = params.get("reply_parameters")
+        message_id = reply.get("message_id") if isinstance(reply, dict) else params.get("reply_to_message_id")
+        if message_id is None:
+            return None
+        stored = chat_log.messages.get(int(message_id))
+        if stored is None:
+            allow = isinstance(reply, dict) and bool(reply.get("allow_sending_without_reply"))
+            if allow or _bool(params, "allow_sending_without_reply"):
+                return None
+            raise _bad_request("message to be replied not found")
+        target = _api_message(stored.message)
+        target.pop("reply_to_message", None)  # Telegram does not nest replies further
+        return target
+
+    def _editable(self, params: JsonDict) -> _StoredMessage | None:
+        """The bot message an edit refers to; None for inline messages (nothing stored)."""
+        if params.get("inline_message_id"):
+            return None
+        chat_id = _chat_id(params)
+        message_id = _int(params, "message_id")
+        stored = self._chats.get(chat_id, _ChatLog()).messages.get(message_id)
+        if stored is None:
+            raise _bad_request("message to edit not found")
+        if stored.message.get("from", {}).get("id") != self._bot_id:
+            raise _bad_request("message can't be edited")
+        return stored
+
+    def _apply_edit(self, stored: _StoredMessage, changes: JsonDict, markup: JsonDict | None) -> JsonDict:
+        message = stored.message
+        before = {key: message.get(key) for key in changes}
+        before_markup = message.get("reply_markup")
+        after = {key: value or None for key, value in changes.items()}
+        if {k: v or None for k, v in before.items()} == after and before_markup == markup:
+            raise _ApiError(400, _NOT_MODIFIED)
+        for key, value in changes.items():
+            if value:
+                message[key] = value
+            else:
+                message.pop(key, None)
+        # An edit without reply_markup removes the inline keyboard, as on Telegram.
+        if markup is None:
+            message.pop("reply_markup", None)
+        else:
+            message["reply_markup"] = markup
+        message["edit_date"] = int(time.time())
+        stored.edited = True
+        return copy.deepcopy(message)
+
+    async def _edit_message_text(self, req: _Request) -> JsonDict | bool:
+        text, entities = _formatted(req.params, "text", "entities")
+        if text is None or not text.strip():
+            raise _bad_request("message text is empty")
+        if len(text) > _TEXT_LIMIT:
+            raise _bad_request("MESSAGE_TOO_LONG")
+        markup = _inline_markup(req.params)
+        stored = self._editable(req.params)
+        if stored is None:
+            return True
+        if "text" not in stored.message:
+            raise _bad_request("there is no text in the message to edit")
+        return self._apply_edit(stored, {"text": text, "entities": entities}, markup)
+
+    async def _edit_message_caption(self, req: _Request) -> JsonDict | bool:
+        caption = _caption_content(req.params)
+        markup = _inline_markup(req.params)
+        stored = self._editable(req.params)
+        if stored is None:
+            return True
+        if not any(kind in stored.message for kind in _MEDIA_KINDS):
+            raise _bad_request("there is no caption in the message to edit")
+        changes = {"caption": caption.get("caption"), "caption_entities": caption.get("caption_entities")}
+        return self._apply_edit(stored, changes, markup)
+
+    async def _edit_message_reply_markup(self, req: _Request) -> JsonDict | bool:
+        markup = _inline_markup(req.params)
+        stored = self._editable(req.params)
+        if stored is None:
+            return True
+        return self._apply_edit(stored, {}, markup)
+
+    async def _edit_message_media(self, req: _Request) -> JsonDict | bool:
+        media = req.params.get("media")
+        if not isinstance(media, dict) or media.get("type") not in _MEDIA_KINDS:
+            raise _bad_request("can't parse InputMedia: media not found")
+        kind = str(media["type"])
+        markup = _inline_markup(req.params)
+        stored = self._editable(req.params)
+        if stored is None:
+            return True
+        if not any(key in stored.message for key in _MEDIA_KINDS):
+            raise _bad_request("there is no media in the message to edit")
+        new_file = self._resolve_input_file(media.get("media"), req.uploads, kind=kind)
+        for key in (*_MEDIA_KINDS, "caption", "caption_entities"):
+            stored.message.pop(key, None)
+        stored.message[kind] = self._media_object(kind, new_file, media)
+        stored.message.update(_caption_content(media))
+        stored.message.pop("reply_markup", None)
+        if markup is not None:
+            stored.message["reply_markup"] = markup
+        stored.message["edit_date"] = int(time.time())
+        stored.edited = True
+        return copy.deepcopy(stored.message)
+
+    async def _delete_message(self, req: _Request) -> bool:
+        chat_id = _chat_id(req.params)
+        message_id = _int(req.params, "message_id")
+        chat_log = self._chats.get(chat_id)
+        if chat_log is None or chat_log.messages.pop(message_id, None) is None:
+            raise _bad_request("message to delete not found")
+        return True
+
+    async def _delete_messages(self, req: _Request) -> bool:
+        chat_id = _chat_id(req.params)
+        ids = req.params.get("message_ids")
+        if not isinstance(ids, list) or not ids:
+            raise _bad_request("message_ids is empty")
+        chat_log = self._chats.get(chat_id)
+        for message_id in ids:
+            if chat_log is not None:
+                chat_log.messages.pop(int(message_id), None)
+        return True
+
+    async def _answer_callback_query(self, req: _Request) -> bool:
+        query_id = _str(req.params, "callback_query_id", "")
+        if self._open_callback_queries.pop(query_id, None) is None:
+            raise _ApiError(400, _STALE_QUERY)
+        text = req.params.get("text")
+        if text is not None and len(str(text)) > _CALLBACK_ANSWER_LIMIT:
+            raise _bad_request("MESSAGE_TOO_LONG")
+        self.callback_answers[query_id] = dict(req.params)
+        return True
+
+    async def _send_chat_action(self, req: _Request) -> bool:
+        _chat_id(req.params)
+        if _str(req.params, "action", "") not in _CHAT_ACTIONS:
+            raise _bad_request("wrong parameter action in request")
+        return True
+
+    async def _get_file(self, req: _Request) -> JsonDict:
+        stored = self._files.get(_str(req.params, "file_id", ""))
+        if stored is None:
+            raise _bad_request("invalid file_id")
+        return stored.to_file()
+
+    def _invoice_params(self, params: JsonDict) -> JsonDict:
+        for key in ("title", "description", "payload", "currency"):
+            if not params.get(key):
+                raise _bad_request(f"{key} is empty")
+        prices = params.get("prices")
+        if not isinstance(prices, list) or not prices:
+            raise _bad_request("prices are empty")
+        currency = str(params["currency"])
+        if currency == "XTR" and (len(prices) != 1 or params.get("provider_token")):
+            # Stars invoices take exactly one price and no provider token.
+            raise _bad_request("STARS_INVOICE_INVALID")
+        total = sum(int(price["amount"]) for price in prices)
+        if total <= 0:
+            raise _bad_request("CURRENCY_TOTAL_AMOUNT_INVALID")
+        return {
+            "title": str(params["title"]),
+            "description": str(params["description"]),
+            "start_parameter": str(params.get("start_parameter") or ""),
+            "currency": currency,
+            "total_amount": total,
+        }
+
+    async def _send_invoice(self, req: _Request) -> JsonDict:
+        chat_id = _chat_id(req.params)
+        invoice = self._invoice_params(req.params)
+        return self._new_bot_message(chat_id, req.params, {"invoice": invoice})
+
+    async def _create_invoice_link(self, req: _Request) -> str:
+        self._invoice_params(req.params)
+        link = f"https://t.me/${secrets.token_urlsafe(12)}"
+        self._invoice_links[link] = dict(req.params)
+        return link
+
+    async def _answer_pre_checkout_query(self, req: _Request) -> bool:
+        query_id = _str(req.params, "pre_checkout_query_id", "")
+        if query_id not in self._open_pre_checkouts:
+            raise _ApiError(400, _STALE_QUERY)
+        ok = _bool(req.params, "ok")
+        if not ok and not req.params.get("error_message"):
+            raise _bad_request("error_message is empty")
+        del self._open_pre_checkouts[query_id]
+        self.pre_checkout_answers[query_id] = {"ok": ok, "error_message": req.params.get("error_message")}
+        return True
+
+    async def _refund_star_payment(self, req: _Request) -> bool:
+        user_id = _int(req.params, "user_id")
+        charge = self._charges.get(_str(req.params, "telegram_payment_charge_id", ""))
+        if charge is None or charge.user_id != user_id:
+            raise _bad_request("CHARGE_NOT_FOUND")
+        if charge.refunded:
+            raise _bad_request("CHARGE_ALREADY_REFUNDED")
+        charge.refunded = True
+        return True
+
+    def refunded(self, telegram_payment_charge_id: str) -> bool:
+        """Whether the bot refunded this Stars payment."""
+        charge = self._charges.get(telegram_payment_charge_id)
+        return charge is not None and charge.refunded
+
+    async def _set_my_commands(self, req: _Request) -> bool:
+        commands = req.params.get("commands")
+        if not isinstance(commands, list) or len(commands) > 100:
+            raise _bad_request("commands must be a list of at most 100 BotCommand")
+        for command in commands:
+            name = str(command.get("command", "")) if isinstance(command, dict) else ""
+            description = str(command.get("description", "")) if isinstance(command, dict) else ""
+            if not _COMMAND_RE.match(name) or not 1 <= len(description) <= 256:
+                raise _bad_request("BOT_COMMAND_INVALID")
+        key = _commands_key(req.params.get("scope"), _str(req.params, "language_code", ""))
+        self._commands[key] = [{"command": c["command"], "description": c["description"]} for c in commands]
+        return True
+
+    async def _delete_my_commands(self, req: _Request) -> bool:
+        key = _commands_key(req.params.get("scope"), _str(req.params, "language_code", ""))
+        self._commands.pop(key, None)
+        return True
+
+    async def _get_my_commands(self, req: _Request) -> list[JsonDict]:
+        key = _commands_key(req.params.get("scope"), _str(req.params, "language_code", ""))
+        return copy.deepcopy(self._commands.get(key, []))
+
+    async def _set_chat_menu_button(self, req: _Request) -> bool:
+        chat_id = _chat_id(req.params) if req.params.get("chat_id") is not None else None
+        button = req.params.get("menu_button")
+        if button is None:
+            self._menu_buttons.pop(chat_id, None)
+        elif isinstance(button, dict) and button.get("type") in ("commands", "web_app", "default"):
+            self._menu_buttons[chat_id] = button
+        else:
+            raise _bad_request("can't parse menu button")
+        return True
+
+    async def _get_chat_menu_button(self, req: _Request) -> JsonDict:
+        chat_id = _chat_id(req.params) if req.params.get("chat_id") is not None else None
+        return copy.deepcopy(
+            self._menu_buttons.get(chat_id) or self._menu_buttons.get(None) or {"type": "default"}
+        )
+
+    async def _get_chat(self, req: _Request) -> JsonDict:
+        chat = self._chat_dict(_chat_id(req.params))
+        return {
+            **chat,
+            "accent_color_id": 0,
+            "max_reaction_count": 11,
+            "accepted_gift_types": {
+                "unlimited_gifts": True,
+                "limited_gifts": True,
+                "unique_gifts": True,
+                "premium_subscription": True,
+                "gifts_from_channels": True,
+            },
+        }
+
+
+# ------------------------------------------------------------------------- request parsing
+
+
+async def _read_request(request: web.Request) -> tuple[JsonDict, dict[str, _Upload]]:
+    """Parameters from the query string and a JSON, urlencoded or multipart body."""
+    raw: JsonDict = {key: _decode_form_value(key, value) for key, value in request.query.items()}
+    uploads: dict[str, _Upload] = {}
+    if request.method == "POST" and request.can_read_body:
+        content_type = request.content_type
+        if content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                raise _bad_request("can't parse JSON encoded request") from None
+            if not isinstance(body, dict):
+                raise _bad_request("JSON object expected")
+            raw.update(body)
+        elif content_type.startswith("multipart/"):
+            fields, uploads = await _read_multipart(await request.multipart())
+            raw.update({key: _decode_form_value(key, value) for key, value in fields.items()})
+        elif content_type == "application/x-www-form-urlencoded":
+            form = await request.post()
+            raw.update(
+                {key: _decode_form_value(key, value) for key, value in form.items() if isinstance(value, str)}
+            )
+    return _decode_json_fields(raw), uploads
+
+
+async def _read_multipart(reader: aiohttp.MultipartReader) -> tuple[dict[str, str], dict[str, _Upload]]:
+    fields: dict[str, str] = {}
+    uploads: dict[str, _Upload] = {}
+    while True:
+        part = await reader.next()
+        if part is None:
+            break
+        if not isinstance(part, aiohttp.BodyPartReader) or part.name is None:
+            continue
+        data = bytes(await part.read(decode=True))
+        if part.filename is not None:
+            uploads[part.name] = _Upload(part.filename, part.headers.get(aiohttp.hdrs.CONTENT_TYPE), data)
+        else:
+            fields[part.name] = data.decode(part.get_charset(default="utf-8"))
+    return fields, uploads
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _decode_form_value(key: str, value: str) -> Any:
+    """Form values are strings; numbers, booleans and objects arrive JSON-encoded (as aiogram sends them)."""
+    if key in _STRING_FIELDS or value.startswith("attach://"):
+        return value
+    try:
+        decoded = json.loads(value, parse_constant=_reject_constant)
+    except ValueError:
+        return value
+    # A JSON string literal was not meant as JSON: keep the text exactly as sent.
+    return value if isinstance(decoded, str) else decoded
+
+
+def _decode_json_fields(params: JsonDict) -> JsonDict:
+    for key in _JSON_FIELDS & params.keys():
+        value = params[key]
+        if isinstance(value, str):
+            try:
+                params[key] = json.loads(value)
+            except ValueError:
+                raise _bad_request(f"can't parse {key} JSON object") from None
+    return params
+
+
+def _int(params: JsonDict, name: str, default: int | None = None) -> int:
+    value = params.get(name)
+    if value is None or value == "":
+        if default is None:
+            raise _bad_request(f"{name} is empty")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise _bad_request(f"invalid {name} specified") from None
+
+
+def _float(params: JsonDict, name: str, default: float) -> float:
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _bad_request(f"invalid {name} specified") from None
+
+
+def _str(params: JsonDict, name: str, default: str) -> str:
+    value = params.get(name)
+    return default if value is None else str(value)
+
+
+def _bool(params: JsonDict, name: str) -> bool:
+    value = params.get(name)
+    if isinstance(value, str):
+        return value.lower() in ("true", "1")
+    return bool(value)
+
+
+def _chat_id(params: JsonDict) -> int:
+    value = params.get("chat_id")
+    if value is None or value == "":
+        raise _bad_request("chat_id is empty")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        # "@channelusername" chats are not modelled.
+        raise _bad_request("chat not found") from None
+
+
+def _formatted(
+    params: JsonDict, text_key: str, entities_key: str
+) -> tuple[str | None, list[JsonDict] | None]:
+    """Text and entities the way Telegram stores them: explicit entities win over parse_mode."""
+    raw = params.get(text_key)
+    if raw is None:
+        return None, None
+    text = str(raw)
+    entities = params.get(entities_key)
+    if isinstance(entities, list):
+        return text, entities or None
+    if str(params.get("parse_mode") or "").lower() == "html":
+        try:
+            plain, parsed = parse_html(text)
+        except ValueError as exc:
+            raise _bad_request(f"can't parse entities: {exc}") from None
+        return plain, parsed or None
+    # Markdown and MarkdownV2 are passed through unparsed.
+    return text, None
+
+
+def _caption_content(params: JsonDict) -> JsonDict:
+    caption, entities = _formatted(params, "caption", "caption_entities")
+    if not caption:
+        return {}
+    if len(caption) > _CAPTION_LIMIT:
+        raise _bad_request("message caption is too long")
+    content: JsonDict = {"caption": caption}
+    if entities:
+        content["caption_entities"] = entities
+    return content
+
+
+def _reply_markup(params: JsonDict) -> JsonDict | None:
+    markup = params.get("reply_markup")
+    if markup is None:
+        return None
+    if not isinstance(markup, dict):
+        raise _bad_request("can't parse reply keyboard markup JSON object")
+    if "inline_keyboard" in markup:
+        _check_inline_keyboard(markup)
+    return markup
+
+
+def _inline_markup(params: JsonDict) -> JsonDict | None:
+    markup = _reply_markup(params)
+    return markup if markup is not None and "inline_keyboard" in markup else None
+
+
+def _check_inline_keyboard(markup: JsonDict) -> None:
+    rows = markup["inline_keyboard"]
+    if not isinstance(rows, list):
+        raise _bad_request('can\'t parse inline keyboard button: field "inline_keyboard" must be an Array')
+    for row in rows:
+        for button in row if isinstance(row, list) else []:
+            if not isinstance(button, dict) or not button.get("text"):
+                raise _bad_request(
+                    "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"
+                )
+            if not _BUTTON_ACTIONS & button.keys():
+                raise _bad_request(
+                    "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"
+                )
+            data = button.get("callback_data")
+            if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                raise _bad_request("BUTTON_DATA_INVALID")
+
+
+def _commands_key(scope: Any, language_code: str) -> tuple[str, str]:
+    scope_dict = scope if isinstance(scope, dict) and scope else {"type": "default"}
+    return json.dumps(scope_dict, sort_keys=True), language_code
+
+
+def _update_allowed(update: JsonDict, allowed: tuple[str, ...] | None) -> bool:
+    kind = next((key for key in update if key != "update_id"), "")
+    if allowed:
+        return kind in allowed
+    return kind not in _OPT_IN_UPDATES
+
+
+def _api_message(message: JsonDict) -> JsonDict:
+    """A stored message without the fake's own bookkeeping keys."""
+    result = copy.deepcopy(message)
+    result.pop("edited", None)
+    return result
+
+
+def _photo_size(stored: StoredFile, width: int, height: int) -> JsonDict:
+    size: JsonDict = {
+        "file_id": stored.file_id,
+        "file_unique_id": stored.file_unique_id,
+        "width": width,
+        "height": height,
+    }
+    if stored.file_size is not None:
+        size["file_size"] = stored.file_size
+    return size
+
+
+def _utf16_len(text: str) -> int:
+    # Telegram measures entity offsets and lengths in UTF-16 code units.
+    return len(text.encode("utf-16-le")) // 2
+
+
+# ---------------------------------------------------------------------------- image headers
+
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` read from a PNG, JPEG, GIF or WebP header; None if unknown.
+
+    Only the header is read, so this needs no image library.
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8 ":
+            return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(
+                data[28:30], "little"
+            ) & 0x3FFF
+        if chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8X":
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    index = 2
+    while index + 4 <= len(data):
+        if data[index] != 0xFF:
+            return None
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+            index += 2
+            continue
+        length = int.from_bytes(data[index + 2 : index + 4], "big")
+        if marker in _JPEG_SOF:
+            if index + 9 > len(data):
+                return None
+            height = int.from_bytes(data[index + 5 : index + 7], "big")
+            width = int.from_bytes(data[index + 7 : index + 9], "big")
+            return width, height
+        index += 2 + length
+    return None
+
+
+# ------------------------------------------------------------------------------ HTML entities
+
+_TAG_RE = re.compile(
+    r"<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s+[A-Za-z-]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'>]+))?)*)\s*>"
+)
+_ATTR_RE = re.compile(r"([A-Za-z-]+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s\"'>]+)))?")
+_CHAR_REF_RE = re.compile(r"&(#[xX][0-9A-Fa-f]{1,6}|#[0-9]{1,7}|lt|gt|amp|quot);")
+_NAMED_REFS = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
+_HTML_TAGS = {
+    "b": "bold",
+    "strong": "bold",
+    "i": "italic",
+    "em": "italic",
+    "u": "underline",
+    "ins": "underline",
+    "s": "strikethrough",
+    "strike": "strikethrough",
+    "del": "strikethrough",
+    "tg-spoiler": "spoiler",
+    "span": "spoiler",
+    "a": "text_link",
+    "code": "code",
+    "pre": "pre",
+    "blockquote": "blockquote",
+    "tg-emoji": "custom_emoji",
+}
+
+
+def parse_html(source: str) -> tuple[str, list[JsonDict]]:
+    """Telegram's HTML parse mode: plain text plus MessageEntity dicts (UTF-16 offsets).
+
+    Raises ValueError with a Telegram-like message for tags Telegram rejects (unknown tags,
+    unclosed or mismatched tags, a bare ``<``), so bots that forget to escape user input fail
+    here as they would in production.
+    """
+    out: list[str] = []
+    offset = 0  # UTF-16 units written so far
+    stack: list[tuple[str, JsonDict | None]] = []
+    entities: list[JsonDict] = []
+    index = 0
+    while index < len(source):
+        char = source[index]
+        if char == "<":
+            match = _TAG_RE.match(source, index)
+            byte_offset = len(source[:index].encode())
+            if match is None:
+                raise ValueError(f"Unsupported start tag at byte offset {byte_offset}")
+            closing, name, attr_text = match[1], match[2].lower(), match[3]
+            if closing:
+                if not stack or stack[-1][0] != name:
+                    expected = f'"</{stack[-1][0]}>"' if stack else "no end tag"
+                    raise ValueError(
+                        f'Unmatched end tag at byte offset {byte_offset}, expected {expected}, found "</{name}>"'
+                    )
+                _, entity = stack.pop()
+                if entity is not None:
+                    entity["length"] = offset - entity["offset"]
+                    if entity["length"] > 0:
+                        entities.append(entity)
+            else:
+                stack.append((name, _open_tag(name, attr_text, offset, stack, byte_offset)))
+            index = match.end()
+            continue
+        if char == "&":
+            ref = _CHAR_REF_RE.match(source, index)
+            if ref is not None:
+                decoded = _decode_ref(ref)
+                out.append(decoded)
+                offset += _utf16_len(decoded)
+                index = ref.end()
+                continue
+        out.append(char)
+        offset += 2 if ord(char) > 0xFFFF else 1
+        index += 1
+    if stack:
+        raise ValueError(f'Can\'t find end tag corresponding to start tag "{stack[-1][0]}"')
+    entities.sort(key=lambda entity: (entity["offset"], -entity["length"]))
+    return "".join(out), entities
+
+
+def _decode_ref(ref: re.Match[str]) -> str:
+    name = ref[1]
+    if name.startswith(("#x", "#X")):
+        code = int(name[2:], 16)
+    elif name.startswith("#"):
+        code = int(name[1:])
+    else:
+        return _NAMED_REFS[name]
+    if code > 0x10FFFF:
+        raise ValueError(f"Invalid character reference {ref[0]}")
+    return chr(code)
+
+
+def _decode_refs(text: str) -> str:
+    return _CHAR_REF_RE.sub(_decode_ref, text)
+
+
+def _open_tag(
+    name: str, attr_text: str, offset: int, stack: list[tuple[str, JsonDict | None]], byte_offset: int
+) -> JsonDict | None:
+    kind = _HTML_TAGS.get(name)
+    if kind is None:
+        raise ValueError(f'Unsupported start tag "{name}" at byte offset {byte_offset}')
+    attrs = {m[1].lower(): _decode_refs(m[2] or m[3] or m[4] or "") for m in _ATTR_RE.finditer(attr_text)}
+    entity: JsonDict = {"type": kind, "offset": offset}
+    if name == "span" and attrs.get("class") != "tg-spoiler":
+        raise ValueError('Tag "span" must have class "tg-spoiler"')
+    if name == "a":
+        href = attrs.get("href")
+        if not href:
+            return None  # Telegram keeps the text and drops a link without href
+        entity["url"] = href
+    if name == "tg-emoji":
+        entity["custom_emoji_id"] = attrs.get("emoji-id", "")
+    if name == "blockquote" and "expandable" in attrs:
+        entity["type"] = "expandable_blockquote"
+    if name == "code" and stack and stack[-1][0] == "pre":
+        # <pre><code class="language-x"> is one pre entity with a language.
+        pre = stack[-1][1]
+        language = attrs.get("class", "")
+        if pre is not None and language.startswith("language-"):
+            pre["language"] = language.removeprefix("language-")
+        return None
+    return entity
