@@ -1,0 +1,686 @@
+"""A fake FAL queue server that the real ``FalClient`` and ``FalWebhookVerifier`` talk to over HTTP.
+
+``async with FakeFalServer() as fal:`` then use ``fal.base_url`` as FAL_QUEUE_URL, ``fal.jwks_url``
+as FAL_JWKS_URL and ``fal.key`` as FAL_KEY. It speaks the queue protocol (submit, status, result,
+cancel; status/result/cancel under the owner/app part of the endpoint id only, as FAL does),
+records every accepted submission in ``fal.submissions``, and when a job ends delivers the webhook
+signed exactly as FAL signs it, with an Ed25519 key generated at start and published in its JWKS.
+A second key (``"unknown"``) is not published, for forging.
+
+Jobs end when the test says so (``await fal.complete(request_id, output=... | error=...)``) or,
+with ``complete_after=<seconds>``, on their own. Default outputs: endpoints whose id contains
+"train" answer like the FLUX LoRA trainers (a ``.safetensors`` file and a config file served
+under ``/files/``); every other endpoint answers like fal-ai/flux-lora and fal-ai/flux/*:
+``num_images`` real PNG images served under ``/files/`` (always PNG, whatever ``output_format``
+asks; an image flagged NSFW is black, as FAL's safety checker returns it), ``has_nsfw_concepts``
+taken from ``fal.nsfw_flags``, the seed echoed or drawn.
+
+It runs inside the caller's event loop (``aiohttp.web``); image encoding runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import struct
+import time
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import aiohttp
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+__all__ = [
+    "FakeFalJob",
+    "FakeFalServer",
+    "WebhookDelivery",
+    "png_bytes",
+    "sign_webhook",
+]
+
+log = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+KeyName = Literal["test", "unknown"]
+
+_NAMESPACES = frozenset({"workflows", "comfy"})
+_IMAGE_SIZES = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+
+
+def png_bytes(width: int, height: int, rgb: tuple[int, int, int] = (128, 128, 128)) -> bytes:
+    """A valid PNG of one colour (8-bit RGB), encoded with zlib alone."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
+
+    row = b"\x00" + bytes(rgb) * width  # filter byte 0, then the pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height, 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def sign_webhook(
+    key: Ed25519PrivateKey, *, request_id: str, user_id: str, timestamp: int | str, body: bytes
+) -> dict[str, str]:
+    """The four headers FAL sends with a webhook, signed with ``key``."""
+    ts = str(timestamp)
+    message = f"{request_id}\n{user_id}\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
+    return {
+        "X-Fal-Webhook-Request-Id": request_id,
+        "X-Fal-Webhook-User-Id": user_id,
+        "X-Fal-Webhook-Timestamp": ts,
+        "X-Fal-Webhook-Signature": key.sign(message).hex(),
+    }
+
+
+def _app_path(endpoint: str) -> str:
+    parts = endpoint.split("/")
+    return "/".join(parts[:3] if parts[0] in _NAMESPACES else parts[:2])
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _colour(seed: int) -> tuple[int, int, int]:
+    rng = random.Random(seed)
+    return rng.randrange(40, 230), rng.randrange(40, 230), rng.randrange(40, 230)
+
+
+def _field_error(field_name: str, msg: str, kind: str = "value_error") -> JsonDict:
+    return {"loc": ["body", field_name], "msg": msg, "type": kind}
+
+
+@dataclass
+class FakeFalJob:
+    """One accepted submission and what became of it."""
+
+    request_id: str
+    endpoint: str
+    app: str
+    payload: JsonDict
+    webhook_url: str | None
+    state: str = "IN_QUEUE"  # IN_QUEUE | IN_PROGRESS | COMPLETED
+    output: JsonDict | None = None
+    error: str | None = None
+    error_status: int | None = None
+    error_type: str | None = None
+    cancel_requested: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)
+    completed_at: float | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    request_id: str
+    url: str
+    status: int  # the receiver's HTTP status; 0 when it could not be reached
+    body: bytes
+    headers: dict[str, str]
+    signed_with: str | None
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    status: int
+    detail: Any
+
+
+class FakeFalServer:
+    """An in-process FAL queue (plus JWKS and file host) for one API key."""
+
+    def __init__(
+        self,
+        *,
+        key: str = "fake-fal-key",
+        user_id: str = "fake-fal-user",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        complete_after: float | None = None,
+        webhook_timeout: float = 10.0,
+    ) -> None:
+        self.key = key
+        self.user_id = user_id
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._webhook_timeout = webhook_timeout
+        self._signing_keys: dict[str, Ed25519PrivateKey] = {
+            "test": Ed25519PrivateKey.generate(),
+            "unknown": Ed25519PrivateKey.generate(),
+        }
+        self._refusals: deque[_Refusal] = deque()
+        self._outages: deque[int] = deque()
+        self._submitted = asyncio.Condition()
+
+        # Knobs a test may turn at any time.
+        self.complete_after = complete_after  # seconds until a job ends by itself; None: only on complete()
+        self.nsfw_flags: list[bool] = []  # has_nsfw_concepts of the next image outputs (missing: False)
+        self.published_keys: list[str] = ["test"]  # key names served in the JWKS (append "unknown" to rotate)
+
+        # What happened, for assertions.
+        self.jobs: dict[str, FakeFalJob] = {}
+        self.submissions: list[FakeFalJob] = []
+        self.deliveries: list[WebhookDelivery] = []
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.jwks_requests = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path?query) of every queue API call
+        self.errors: list[str] = []  # unexpected exceptions inside the fake; should stay empty
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("FakeFalServer is already running")
+        app = web.Application(middlewares=[self._guard], client_max_size=32 * 1024 * 1024)
+        app.router.add_get("/.well-known/jwks.json", self._jwks)
+        app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/{app:.+}/requests/{request_id}/status", self._status)
+        app.router.add_put("/{app:.+}/requests/{request_id}/cancel", self._cancel)
+        app.router.add_get("/{app:.+}/requests/{request_id}", self._result)
+        app.router.add_post("/{endpoint:.+}", self._submit)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        await site.start()
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        display_host = f"[{host}]" if ":" in host else host
+        self._base_url = f"http://{display_host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port``: the value for FAL_QUEUE_URL."""
+        if self._base_url is None:
+            raise RuntimeError("FakeFalServer is not started")
+        return self._base_url
+
+    @property
+    def jwks_url(self) -> str:
+        """The value for FAL_JWKS_URL."""
+        return f"{self.base_url}/.well-known/jwks.json"
+
+    def private_key(self, name: KeyName = "test") -> Ed25519PrivateKey:
+        return self._signing_keys[name]
+
+    # ------------------------------------------------------------------------------ test controls
+
+    def refuse_next(self, status: int = 422, detail: Any = None) -> None:
+        """Answer the next submission with ``status`` and ``{"detail": detail}``; nothing is queued."""
+        if detail is None:
+            detail = [_field_error("prompt", "refused by the fake FAL server")]
+        self._refusals.append(_Refusal(status, detail))
+
+    def outage(self, times: int = 1, status: int = 503) -> None:
+        """Answer the next ``times`` queue API calls (any kind) with an ingress error page."""
+        self._outages.extend([status] * times)
+
+    def start_job(self, request_id: str) -> None:
+        """Move a queued job to IN_PROGRESS."""
+        job = self._job(request_id)
+        if job.state == "IN_QUEUE":
+            job.state = "IN_PROGRESS"
+
+    async def complete(
+        self,
+        request_id: str,
+        *,
+        output: JsonDict | None = None,
+        error: str | None = None,
+        error_status: int = 422,
+        error_type: str | None = None,
+        nsfw: list[bool] | None = None,
+        deliver: bool = True,
+    ) -> int | None:
+        """End a job: with ``output`` (or the endpoint's default output) or, given ``error``, failed.
+
+        A failure with a 4xx status looks like a model's validation error (``detail`` list), with
+        a 5xx like a request error (``detail`` text and ``error_type``). When the job has a
+        webhook and ``deliver`` is true the signed webhook is sent; its HTTP status is returned.
+        """
+        job = self._job(request_id)
+        if job.state == "COMPLETED":
+            raise ValueError(f"job {request_id} has already completed")
+        if error is not None:
+            job.error = error
+            job.error_status = error_status
+            job.error_type = error_type or ("runner_server_error" if error_status >= 500 else None)
+        else:
+            job.output = output if output is not None else await self._default_output(job, nsfw)
+        job.state = "COMPLETED"
+        job.completed_at = time.monotonic()
+        if deliver and job.webhook_url:
+            return await self.deliver(request_id)
+        return None
+
+    async def deliver(
+        self,
+        request_id: str,
+        *,
+        sign_with: KeyName | None = "test",
+        timestamp_offset: int = 0,
+        tamper_body: bool = False,
+        times: int = 1,
+        url: str | None = None,
+    ) -> int:
+        """POST the job's webhook (again), signed like FAL or forged; returns the last HTTP status.
+
+        ``sign_with=None`` sends no signature header; ``"unknown"`` signs with a key missing from
+        the JWKS; ``timestamp_offset`` shifts the signed timestamp; ``tamper_body`` changes the
+        body after signing; ``times`` sends the identical request repeatedly (a replay).
+        """
+        job = self._job(request_id)
+        if job.state != "COMPLETED":
+            raise ValueError(f"job {request_id} has not completed")
+        target = url or job.webhook_url
+        if target is None:
+            raise ValueError(f"job {request_id} was submitted without a webhook")
+        body = self.webhook_body(request_id)
+        headers = {"Content-Type": "application/json"}
+        if sign_with is not None:
+            headers |= sign_webhook(
+                self._signing_keys[sign_with],
+                request_id=request_id,
+                user_id=self.user_id,
+                timestamp=int(time.time()) + timestamp_offset,
+                body=body,
+            )
+        else:
+            headers |= {
+                "X-Fal-Webhook-Request-Id": request_id,
+                "X-Fal-Webhook-User-Id": self.user_id,
+                "X-Fal-Webhook-Timestamp": str(int(time.time()) + timestamp_offset),
+            }
+        if tamper_body:
+            data = json.loads(body)
+            data["status"] = "ERROR" if data["status"] == "OK" else "OK"
+            body = json.dumps(data).encode()
+        status = 0
+        for _ in range(times):
+            status = await self._post_webhook(target, body, headers)
+            self.deliveries.append(
+                WebhookDelivery(request_id, target, status, body, dict(headers), sign_with)
+            )
+        return status
+
+    def webhook_body(self, request_id: str) -> bytes:
+        """The JSON FAL posts when the job ends (the same bytes every time)."""
+        job = self._job(request_id)
+        data: JsonDict = {"request_id": job.request_id, "gateway_request_id": job.request_id}
+        if job.failed:
+            data |= {
+                "status": "ERROR",
+                "error": f"Invalid status code: {job.error_status}",
+                "payload": self._error_body(job),
+            }
+        else:
+            data |= {"status": "OK", "payload": job.output, "error": None}
+        return json.dumps(data).encode()
+
+    async def wait_submissions(self, count: int) -> list[FakeFalJob]:
+        """Wait until at least ``count`` submissions were accepted; return them all.
+
+        Bound it with ``asyncio.timeout`` in the test.
+        """
+        async with self._submitted:
+            await self._submitted.wait_for(lambda: len(self.submissions) >= count)
+        return list(self.submissions)
+
+    # ------------------------------------------------------------------------------ HTTP: queue
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        public = request.path == "/.well-known/jwks.json" or request.path.startswith("/files/")
+        if not public:
+            self.requests.append((request.method, request.path_qs))
+            if self._outages:
+                status = self._outages.popleft()
+                page = (
+                    f"<html><body><center><h1>{status}</h1></center><hr><center>nginx</center></body></html>"
+                )
+                return web.Response(status=status, text=page, content_type="text/html")
+            if request.headers.get("Authorization") != f"Key {self.key}":
+                return web.json_response({"detail": "Invalid or missing FAL key"}, status=401)
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            self.errors.append(f"{request.method} {request.path}: {type(exc).__name__}: {exc}")
+            log.exception("fake FAL server error")
+            return web.json_response({"detail": "internal error in the fake"}, status=500)
+
+    async def _submit(self, request: web.Request) -> web.Response:
+        endpoint = request.match_info["endpoint"].strip("/")
+        if self._refusals:
+            refusal = self._refusals.popleft()
+            return web.json_response({"detail": refusal.detail}, status=refusal.status)
+        try:
+            payload = await request.json()
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return web.json_response({"detail": [_field_error("body", "must be a JSON object")]}, status=422)
+        problems = self._validate(endpoint, payload)
+        if problems:
+            return web.json_response({"detail": problems}, status=422)
+
+        request_id = str(uuid.uuid4())
+        job = FakeFalJob(
+            request_id=request_id,
+            endpoint=endpoint,
+            app=_app_path(endpoint),
+            payload=payload,
+            webhook_url=request.query.get("fal_webhook"),
+        )
+        self.jobs[request_id] = job
+        async with self._submitted:
+            self.submissions.append(job)
+            self._submitted.notify_all()
+        if self.complete_after is not None:
+            self._spawn(self._auto_complete(job, self.complete_after))
+        urls = self._urls(job)
+        return web.json_response(
+            {
+                "status": "IN_QUEUE",
+                "request_id": request_id,
+                "gateway_request_id": request_id,
+                "queue_position": self._queue_position(job),
+                **urls,
+            }
+        )
+
+    async def _status(self, request: web.Request) -> web.Response:
+        job = self._lookup(request)
+        if job is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        with_logs = request.query.get("logs") in ("1", "true", "True")
+        logs = (
+            [{"message": f"fake {job.endpoint} running", "level": "INFO", "source": "user"}]
+            if with_logs
+            else None
+        )
+        body: JsonDict = {"status": job.state, "request_id": job.request_id, **self._urls(job)}
+        if job.state == "IN_QUEUE":
+            body["queue_position"] = self._queue_position(job)
+            return web.json_response(body, status=202)
+        body["logs"] = logs
+        if job.state == "IN_PROGRESS":
+            return web.json_response(body, status=202)
+        elapsed = (job.completed_at or job.submitted_at) - job.submitted_at
+        body["metrics"] = {"inference_time": round(elapsed, 3)}
+        if job.failed:
+            body["error"] = job.error
+            body["error_type"] = job.error_type
+        return web.json_response(body, status=200)
+
+    async def _result(self, request: web.Request) -> web.Response:
+        job = self._lookup(request)
+        if job is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        if job.state != "COMPLETED":
+            return web.json_response({"detail": "Request is still in progress"}, status=400)
+        if job.failed:
+            headers = {"X-Fal-Error-Type": job.error_type} if job.error_type else None
+            return web.json_response(self._error_body(job), status=job.error_status or 500, headers=headers)
+        return web.json_response(job.output)
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        job = self._lookup(request)
+        if job is None:
+            return web.json_response({"status": "NOT_FOUND"}, status=404)
+        if job.state == "COMPLETED":
+            return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
+        job.cancel_requested = True
+        if job.state == "IN_QUEUE":
+            # Removed from the queue: it ends failed, without a webhook.
+            job.error, job.error_status, job.error_type = "Request was cancelled", 499, "client_cancelled"
+            job.state = "COMPLETED"
+            job.completed_at = time.monotonic()
+        return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
+
+    # ------------------------------------------------------------------------------ HTTP: public
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.jwks_requests += 1
+        keys = [
+            {
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": _b64url(self._signing_keys[name].public_key().public_bytes_raw()),
+                "kid": name,
+                "use": "sig",
+                "alg": "EdDSA",
+            }
+            for name in self.published_keys
+        ]
+        return web.json_response({"keys": keys})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        stored = self.files.get(request.match_info["name"])
+        if stored is None:
+            return web.json_response({"detail": "File not found"}, status=404)
+        data, content_type = stored
+        return web.Response(body=data, content_type=content_type)
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _job(self, request_id: str) -> FakeFalJob:
+        try:
+            return self.jobs[request_id]
+        except KeyError:
+            raise KeyError(f"no fake FAL job {request_id}") from None
+
+    def _lookup(self, request: web.Request) -> FakeFalJob | None:
+        job = self.jobs.get(request.match_info["request_id"])
+        # FAL addresses requests by owner/app only; a URL with the endpoint's sub-path is wrong.
+        if job is None or job.app != request.match_info["app"].strip("/"):
+            return None
+        return job
+
+    def _urls(self, job: FakeFalJob) -> dict[str, str]:
+        base = f"{self.base_url}/{job.app}/requests/{job.request_id}"
+        return {"response_url": base, "status_url": base + "/status", "cancel_url": base + "/cancel"}
+
+    def _queue_position(self, job: FakeFalJob) -> int:
+        queued = [j for j in self.submissions if j.state == "IN_QUEUE"]
+        return queued.index(job) if job in queued else 0
+
+    @staticmethod
+    def _error_body(job: FakeFalJob) -> JsonDict:
+        if job.error_type:
+            return {"detail": job.error, "error_type": job.error_type}
+        return {"detail": [{"loc": ["body"], "msg": job.error, "type": "value_error"}]}
+
+    @staticmethod
+    def _is_trainer(endpoint: str) -> bool:
+        return "train" in endpoint
+
+    def _validate(self, endpoint: str, payload: JsonDict) -> list[JsonDict]:
+        """The few checks FAL's schemas make that tests are likely to trip (422 with field errors)."""
+        problems: list[JsonDict] = []
+        if self._is_trainer(endpoint):
+            if not isinstance(payload.get("images_data_url"), str) or not payload["images_data_url"]:
+                problems.append(_field_error("images_data_url", "field required", "value_error.missing"))
+            return problems
+        if not isinstance(payload.get("prompt"), str) or not payload["prompt"].strip():
+            problems.append(_field_error("prompt", "field required", "value_error.missing"))
+        num = payload.get("num_images", 1)
+        if not isinstance(num, int) or isinstance(num, bool) or not 1 <= num <= 4:
+            problems.append(_field_error("num_images", "ensure this value is between 1 and 4"))
+        loras = payload.get("loras", [])
+        if not isinstance(loras, list) or not all(
+            isinstance(x, dict)
+            and isinstance(x.get("path"), str)
+            and isinstance(x.get("scale", 1), int | float)
+            for x in loras
+        ):
+            problems.append(_field_error("loras", "each LoRA needs a path and a numeric scale"))
+        if self._image_size(payload.get("image_size", "landscape_4_3")) is None:
+            problems.append(_field_error("image_size", "unknown image size"))
+        return problems
+
+    @staticmethod
+    def _image_size(value: Any) -> tuple[int, int] | None:
+        if isinstance(value, str):
+            return _IMAGE_SIZES.get(value)
+        if isinstance(value, dict):
+            width, height = value.get("width", 512), value.get("height", 512)
+            if (
+                isinstance(width, int)
+                and isinstance(height, int)
+                and 1 <= width <= 4096
+                and 1 <= height <= 4096
+            ):
+                return width, height
+        return None
+
+    async def _default_output(self, job: FakeFalJob, nsfw: list[bool] | None) -> JsonDict:
+        file_id = uuid.uuid4().hex[:12]
+        if self._is_trainer(job.endpoint):
+            lora_name, config_name = f"{file_id}.safetensors", f"{file_id}.json"
+            header = b'{"__metadata__":{"format":"pt"}}'
+            header += b" " * (-len(header) % 8)
+            lora = struct.pack("<Q", len(header)) + header
+            config = json.dumps({"input": job.payload}).encode()
+            self.files[lora_name] = (lora, "application/octet-stream")
+            self.files[config_name] = (config, "application/json")
+            return {
+                "diffusers_lora_file": {
+                    "url": f"{self.base_url}/files/{lora_name}",
+                    "content_type": "application/octet-stream",
+                    "file_name": "pytorch_lora_weights.safetensors",
+                    "file_size": len(lora),
+                },
+                "config_file": {
+                    "url": f"{self.base_url}/files/{config_name}",
+                    "content_type": "application/json",
+                    "file_name": "config.json",
+                    "file_size": len(config),
+                },
+            }
+
+        payload = job.payload
+        count = payload.get("num_images", 1)
+        width, height = self._image_size(payload.get("image_size", "landscape_4_3")) or (1024, 768)
+        seed = payload.get("seed")
+        if not isinstance(seed, int):
+            seed = random.randrange(2**31)
+        flags = list(nsfw if nsfw is not None else self.nsfw_flags)[:count]
+        flags += [False] * (count - len(flags))
+        checker_on = payload.get("enable_safety_checker", True) is not False
+        colours = [(0, 0, 0) if flag and checker_on else _colour(seed + i) for i, flag in enumerate(flags)]
+        encoded = await asyncio.to_thread(lambda: [png_bytes(width, height, c) for c in colours])
+        images = []
+        for index, data in enumerate(encoded):
+            name = f"{file_id}-{index}.png"
+            self.files[name] = (data, "image/png")
+            images.append(
+                {
+                    "url": f"{self.base_url}/files/{name}",
+                    "width": width,
+                    "height": height,
+                    "content_type": "image/png",
+                    "file_name": name,
+                    "file_size": len(data),
+                }
+            )
+        return {
+            "images": images,
+            "timings": {"inference": 0.01},
+            "seed": seed,
+            "has_nsfw_concepts": flags,
+            "prompt": payload.get("prompt", ""),
+        }
+
+    async def _auto_complete(self, job: FakeFalJob, delay: float) -> None:
+        await asyncio.sleep(delay / 2)
+        if job.state == "IN_QUEUE":
+            job.state = "IN_PROGRESS"
+        await asyncio.sleep(delay / 2)
+        if job.state != "COMPLETED":
+            await self.complete(job.request_id)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.errors.append(f"background: {type(exc).__name__}: {exc}")
+                log.exception("fake FAL background task failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post_webhook(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._webhook_timeout))
+        try:
+            async with self._client.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("fake FAL webhook to %s failed: %s", url, type(exc).__name__)
+            return 0

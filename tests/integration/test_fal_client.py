@@ -1,0 +1,441 @@
+"""The real FalClient and FalWebhookVerifier against FakeFalServer, over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import httpx
+import pytest
+from aiohttp import web
+
+from aisha.providers.fal import (
+    CancelOutcome,
+    FalAuthFailed,
+    FalClient,
+    FalMalformedOutput,
+    FalNotFound,
+    FalNotReady,
+    FalRequestFailed,
+    FalRequestRefused,
+    FalState,
+    FalUnavailable,
+    app_path,
+    parse_images_result,
+    parse_training_result,
+)
+from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier, WebhookRejected
+from aisha.sandbox.fake_fal import FakeFalServer
+
+PORTRAIT = "fal-ai/flux-lora-portrait-trainer"
+FAST = "fal-ai/flux-lora-fast-training"
+FLUX_LORA = "fal-ai/flux-lora"
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def fal() -> AsyncIterator[FakeFalServer]:
+    async with FakeFalServer() as server:
+        yield server
+        assert server.errors == []
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def client(fal: FakeFalServer, http: httpx.AsyncClient) -> FalClient:
+    return FalClient(key=fal.key, queue_url=fal.base_url, http=http, timeout=5.0, sleep=no_sleep)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+# ------------------------------------------------------------------------------- the queue
+
+
+async def test_generation_submit_status_result(
+    fal: FakeFalServer, client: FalClient, http: httpx.AsyncClient
+) -> None:
+    fal.nsfw_flags = [False, True]
+    payload = {
+        "prompt": "portrait of TOK, cinematic",
+        "loras": [{"path": "https://cdn.example/lora.safetensors", "scale": 1.0}],
+        "image_size": "square",
+        "num_images": 2,
+        "seed": 1234,
+        "enable_safety_checker": True,
+        "output_format": "png",
+    }
+    submission = await client.submit(FLUX_LORA, payload)
+    assert submission.status_url == f"{fal.base_url}/{FLUX_LORA}/requests/{submission.request_id}/status"
+    assert [job.payload for job in fal.submissions] == [payload]
+
+    status = await client.status(FLUX_LORA, submission.request_id)
+    assert status.state is FalState.IN_QUEUE and status.queue_position == 0
+    with pytest.raises(FalNotReady):
+        await client.result(FLUX_LORA, submission.request_id)
+
+    fal.start_job(submission.request_id)
+    status = await client.status(FLUX_LORA, submission.request_id, logs=True)
+    assert status.state is FalState.IN_PROGRESS and status.logs
+
+    assert await fal.complete(submission.request_id) is None  # no webhook asked for
+    status = await client.status(FLUX_LORA, submission.request_id)
+    assert status.done and status.error is None
+
+    output = parse_images_result(await client.result(FLUX_LORA, submission.request_id))
+    assert output.seed == 1234
+    assert [image.nsfw for image in output.images] == [False, True]
+    assert all((image.width, image.height) == (512, 512) for image in output.images)
+    for image in output.images:
+        response = await http.get(image.url)
+        assert response.headers["content-type"] == image.content_type == "image/png"
+        assert png_size(response.content) == (512, 512)
+
+
+async def test_subpath_endpoint_is_polled_under_owner_and_app(fal: FakeFalServer, client: FalClient) -> None:
+    submission = await client.submit("fal-ai/flux/dev", {"prompt": "a cat"})
+    await fal.complete(submission.request_id)
+    assert (await client.status("fal-ai/flux/dev", submission.request_id)).done
+    output = parse_images_result(await client.result("fal-ai/flux/dev", submission.request_id))
+    assert len(output.images) == 1
+    paths = [path for _, path in fal.requests]
+    assert paths[0] == "/fal-ai/flux/dev"
+    assert all(p.startswith(f"/fal-ai/flux/requests/{submission.request_id}") for p in paths[1:])
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "payload"),
+    [
+        (
+            PORTRAIT,
+            {"images_data_url": "https://files.example/a.zip", "trigger_phrase": "TOK", "steps": 1000},
+        ),
+        (FAST, {"images_data_url": "https://files.example/a.zip", "trigger_word": "TOK", "is_style": True}),
+    ],
+)
+async def test_training_result(
+    fal: FakeFalServer, client: FalClient, http: httpx.AsyncClient, endpoint: str, payload: dict[str, object]
+) -> None:
+    submission = await client.submit(endpoint, payload)
+    await fal.complete(submission.request_id)
+    output = parse_training_result(await client.result(endpoint, submission.request_id))
+    lora = await http.get(output.lora_url)
+    assert lora.status_code == 200 and output.lora_url.endswith(".safetensors")
+    (header_length,) = struct.unpack("<Q", lora.content[:8])
+    assert lora.content[8 : 8 + header_length].strip().startswith(b"{")
+    assert output.config_url is not None and (await http.get(output.config_url)).status_code == 200
+
+
+async def test_auto_completion_after_a_delay(http: httpx.AsyncClient) -> None:
+    async with FakeFalServer(complete_after=0.2) as fal:
+        client = FalClient(key=fal.key, queue_url=fal.base_url, http=http)
+        submission = await client.submit(FLUX_LORA, {"prompt": "x"})
+        states = []
+        async with asyncio.timeout(5):
+            while True:
+                status = await client.status(FLUX_LORA, submission.request_id)
+                states.append(status.state)
+                if status.done:
+                    break
+                await asyncio.sleep(0.03)
+        assert states[0] is FalState.IN_QUEUE and FalState.IN_PROGRESS in states
+        assert parse_images_result(await client.result(FLUX_LORA, submission.request_id)).images
+
+
+# ------------------------------------------------------------------------------- refusals and failures
+
+
+async def test_refusal_carries_the_providers_message(fal: FakeFalServer, client: FalClient) -> None:
+    fal.refuse_next(422, [{"loc": ["body", "loras", 0, "path"], "msg": "LoRA file not found", "type": "x"}])
+    with pytest.raises(FalRequestRefused) as caught:
+        await client.submit(FLUX_LORA, {"prompt": "x"})
+    assert caught.value.status_code == 422
+    assert caught.value.message == "loras.0.path: LoRA file not found"
+    assert fal.submissions == []
+
+
+async def test_invalid_input_is_refused_with_field_errors(fal: FakeFalServer, client: FalClient) -> None:
+    with pytest.raises(FalRequestRefused, match="num_images") as caught:
+        await client.submit(FLUX_LORA, {"prompt": "x", "num_images": 9})
+    assert caught.value.status_code == 422
+    with pytest.raises(FalRequestRefused, match="images_data_url"):
+        await client.submit(PORTRAIT, {"trigger_phrase": "TOK"})
+    assert fal.submissions == []
+
+
+async def test_wrong_key_is_an_auth_failure_that_never_shows_the_key(
+    fal: FakeFalServer, http: httpx.AsyncClient
+) -> None:
+    secret = "wrong-secret-key-1234567890"
+    client = FalClient(key=secret, queue_url=fal.base_url, http=http, sleep=no_sleep)
+    with pytest.raises(FalAuthFailed) as caught:
+        await client.submit(FLUX_LORA, {"prompt": "x"})
+    assert caught.value.status_code == 401
+    assert secret not in str(caught.value) and fal.key not in str(caught.value)
+    assert secret not in repr(client)
+    with pytest.raises(FalRequestRefused):  # auth failures are refusals too
+        await client.submit(FLUX_LORA, {"prompt": "x"})
+
+
+@pytest.mark.parametrize(("error_status", "error_type"), [(422, None), (500, "runner_server_error")])
+async def test_failed_job_raises_request_failed_without_retrying(
+    fal: FakeFalServer, client: FalClient, error_status: int, error_type: str | None
+) -> None:
+    submission = await client.submit(PORTRAIT, {"images_data_url": "https://files.example/a.zip"})
+    await fal.complete(submission.request_id, error="no face found in the images", error_status=error_status)
+    status = await client.status(PORTRAIT, submission.request_id)
+    assert status.done and status.error == "no face found in the images"
+    before = len(fal.requests)
+    with pytest.raises(FalRequestFailed, match="no face found") as caught:
+        await client.result(PORTRAIT, submission.request_id)
+    assert caught.value.status_code == error_status and caught.value.error_type == error_type
+    assert len(fal.requests) == before + 1
+
+
+async def test_unknown_request_is_not_found(fal: FakeFalServer, client: FalClient) -> None:
+    with pytest.raises(FalNotFound):
+        await client.status(FLUX_LORA, "00000000-0000-0000-0000-000000000000")
+    with pytest.raises(FalNotFound):
+        await client.result(FLUX_LORA, "00000000-0000-0000-0000-000000000000")
+    with pytest.raises(ValueError, match="request id"):
+        await client.status(FLUX_LORA, "../../etc")
+
+
+async def test_cancel(fal: FakeFalServer, client: FalClient) -> None:
+    submission = await client.submit(FLUX_LORA, {"prompt": "x"})
+    assert await client.cancel(FLUX_LORA, submission.request_id) is CancelOutcome.CANCELLATION_REQUESTED
+    with pytest.raises(FalRequestFailed):
+        await client.result(FLUX_LORA, submission.request_id)
+    assert await client.cancel(FLUX_LORA, submission.request_id) is CancelOutcome.ALREADY_COMPLETED
+    assert await client.cancel(FLUX_LORA, "00000000-0000-0000-0000-000000000000") is CancelOutcome.NOT_FOUND
+
+
+# ------------------------------------------------------------------------------- retries
+
+
+async def test_idempotent_calls_retry_through_an_outage(fal: FakeFalServer, client: FalClient) -> None:
+    submission = await client.submit(FLUX_LORA, {"prompt": "x"})
+    fal.outage(times=2, status=503)
+    assert (await client.status(FLUX_LORA, submission.request_id)).state is FalState.IN_QUEUE
+    assert len(fal.requests) == 4  # submit + two 503s + the answer
+
+    fal.outage(times=10, status=502)
+    with pytest.raises(FalUnavailable) as caught:
+        await client.status(FLUX_LORA, submission.request_id)
+    assert caught.value.status_code == 502 and not caught.value.maybe_submitted
+
+
+async def test_submit_is_not_retried_when_a_job_may_have_started(
+    fal: FakeFalServer, client: FalClient
+) -> None:
+    fal.outage(times=1, status=503)
+    with pytest.raises(FalUnavailable) as caught:
+        await client.submit(FLUX_LORA, {"prompt": "x"})
+    assert caught.value.maybe_submitted
+    assert len(fal.requests) == 1
+
+
+async def test_submit_is_retried_when_nothing_was_queued(fal: FakeFalServer, client: FalClient) -> None:
+    fal.outage(times=1, status=429)
+    submission = await client.submit(FLUX_LORA, {"prompt": "x"})
+    assert [job.request_id for job in fal.submissions] == [submission.request_id]
+    assert len(fal.requests) == 2
+
+
+async def test_unreachable_fal_is_retried_then_unavailable(http: httpx.AsyncClient) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sleeps: list[float] = []
+
+    async def record(delay: float) -> None:
+        sleeps.append(delay)
+
+    client = FalClient(key="k", queue_url=f"http://127.0.0.1:{port}", http=http, max_attempts=3, sleep=record)
+    with pytest.raises(FalUnavailable) as caught:
+        await client.submit(FLUX_LORA, {"prompt": "x"})
+    assert not caught.value.maybe_submitted
+    assert len(sleeps) == 2 and sleeps[0] < sleeps[1] * 2
+
+
+# ------------------------------------------------------------------------------- webhooks
+
+
+@dataclass
+class Receiver:
+    """A tiny app endpoint that verifies FAL webhooks the way the API will."""
+
+    verifier: FalWebhookVerifier
+    url: str = ""
+    accepted: list[FalWebhook] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            webhook = await self.verifier.verify_and_parse(request.headers, body)
+        except WebhookRejected as exc:
+            self.rejected.append(exc.reason)
+            return web.json_response({"detail": "rejected"}, status=401)
+        self.accepted.append(webhook)
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def receiver(fal: FakeFalServer, http: httpx.AsyncClient) -> AsyncIterator[Receiver]:
+    receiver = Receiver(FalWebhookVerifier(fal.jwks_url, http=http))
+    app = web.Application()
+    app.router.add_post("/fal/webhook", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    receiver.url = f"http://{host}:{port}/fal/webhook?job=7f1c&x=a%26b"
+    yield receiver
+    await runner.cleanup()
+
+
+async def test_genuine_webhook_is_accepted(fal: FakeFalServer, client: FalClient, receiver: Receiver) -> None:
+    submission = await client.submit(FLUX_LORA, {"prompt": "x", "num_images": 3}, webhook_url=receiver.url)
+    assert fal.submissions[0].webhook_url == receiver.url  # the query survives the round trip
+    assert await fal.complete(submission.request_id) == 200
+    [webhook] = receiver.accepted
+    assert webhook.ok and webhook.request_id == submission.request_id
+    assert webhook.payload == await client.result(FLUX_LORA, submission.request_id)
+    assert len(parse_images_result(webhook.payload).images) == 3
+
+
+async def test_failure_webhook_is_accepted_with_its_error(
+    fal: FakeFalServer, client: FalClient, receiver: Receiver
+) -> None:
+    submission = await client.submit(FAST, {"images_data_url": "https://x/a.zip"}, webhook_url=receiver.url)
+    assert await fal.complete(submission.request_id, error="training diverged", error_status=500) == 200
+    [webhook] = receiver.accepted
+    assert not webhook.ok and webhook.error == "Invalid status code: 500"
+    assert webhook.payload == {"detail": "training diverged", "error_type": "runner_server_error"}
+
+
+@pytest.mark.parametrize(
+    ("forgery", "reason"),
+    [
+        ({"sign_with": "unknown"}, "signature matches no FAL key"),
+        ({"sign_with": None}, "missing header X-Fal-Webhook-Signature"),
+        ({"timestamp_offset": -600}, "timestamp is 600 s old"),
+        ({"timestamp_offset": 600}, "in the future"),
+        ({"tamper_body": True}, "signature matches no FAL key"),
+    ],
+)
+async def test_forged_webhooks_are_rejected(
+    fal: FakeFalServer, client: FalClient, receiver: Receiver, forgery: dict[str, object], reason: str
+) -> None:
+    submission = await client.submit(FLUX_LORA, {"prompt": "x"}, webhook_url=receiver.url)
+    await fal.complete(submission.request_id, deliver=False)
+    assert await fal.deliver(submission.request_id, **forgery) == 401  # type: ignore[arg-type]
+    assert receiver.accepted == []
+    assert reason in receiver.rejected[0]
+
+
+async def test_forgery_flood_fetches_the_jwks_at_most_once_more(
+    fal: FakeFalServer, client: FalClient, receiver: Receiver
+) -> None:
+    submission = await client.submit(FLUX_LORA, {"prompt": "x"}, webhook_url=receiver.url)
+    await fal.complete(submission.request_id)
+    assert fal.jwks_requests == 1
+    assert await fal.deliver(submission.request_id, sign_with="unknown", times=20) == 401
+    assert fal.jwks_requests == 1  # the JWKS was fetched moments ago: not again
+    assert len(receiver.rejected) == 20
+
+
+async def test_rotated_key_is_picked_up(fal: FakeFalServer, http: httpx.AsyncClient) -> None:
+    verifier = FalWebhookVerifier(fal.jwks_url, http=http, refresh_interval=timedelta(0))
+    client = FalClient(key=fal.key, queue_url=fal.base_url, http=http)
+    seen: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            await verifier.verify(request.headers, await request.read())
+        except WebhookRejected:
+            seen.append(401)
+            return web.Response(status=401)
+        seen.append(200)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        submission = await client.submit(FLUX_LORA, {"prompt": "x"}, webhook_url=f"http://{host}:{port}/hook")
+        await fal.complete(submission.request_id)
+        assert await fal.deliver(submission.request_id, sign_with="unknown") == 401
+        fal.published_keys.append("unknown")  # FAL rotates a new key in
+        assert await fal.deliver(submission.request_id, sign_with="unknown") == 200
+        assert seen == [200, 401, 200]
+    finally:
+        await runner.cleanup()
+
+
+async def test_replayed_delivery_reaches_the_handler_each_time(
+    fal: FakeFalServer, client: FalClient, receiver: Receiver
+) -> None:
+    # Within the time window a replay verifies; the job's status is what makes handling idempotent.
+    submission = await client.submit(FLUX_LORA, {"prompt": "x"}, webhook_url=receiver.url)
+    await fal.complete(submission.request_id, deliver=False)
+    assert await fal.deliver(submission.request_id, times=3) == 200
+    assert [w.request_id for w in receiver.accepted] == [submission.request_id] * 3
+    assert len({d.body for d in fal.deliveries}) == 1
+
+
+# ------------------------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "app"),
+    [
+        ("fal-ai/flux-lora", "fal-ai/flux-lora"),
+        ("fal-ai/flux/dev", "fal-ai/flux"),
+        ("fal-ai/flux-lora-portrait-trainer", "fal-ai/flux-lora-portrait-trainer"),
+        ("workflows/someone/my-flow/run", "workflows/someone/my-flow"),
+    ],
+)
+def test_app_path(endpoint: str, app: str) -> None:
+    assert app_path(endpoint) == app
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["flux", "fal-ai/../x", "fal-ai//x", "workflows/someone", "fal-ai/x?y=1"]
+)
+def test_bad_endpoint_ids_are_refused_before_sending(endpoint: str) -> None:
+    with pytest.raises(ValueError):
+        app_path(endpoint)
+
+
+def test_parsers_reject_outputs_without_their_files() -> None:
+    with pytest.raises(FalMalformedOutput):
+        parse_training_result({"config_file": {"url": "https://x/c.json"}})
+    with pytest.raises(FalMalformedOutput):
+        parse_images_result({"images": [], "seed": 1})
+    with pytest.raises(FalMalformedOutput):
+        parse_images_result({"images": [{"width": 1}]})
+    # Missing flags and sizes are tolerated: nothing is flagged, sizes are unknown.
+    output = parse_images_result({"images": [{"url": "https://x/a.jpg"}], "seed": 196619188014358660})
+    assert output.images[0].nsfw is False and output.images[0].width is None
+    assert output.seed == 196619188014358660
