@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TypeVar
 
 import typer
@@ -91,6 +92,47 @@ def migrate(revision: str = typer.Argument("head", help="Alembic revision to upg
     settings = _settings()
     upgrade(settings.database_url, revision)
     typer.echo(f"database is at revision {revision}")
+
+
+ledger_app = typer.Typer(help="The credit ledger.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Check that every account's balance equals the sum of its entries; exit 1 naming the
+    accounts that don't."""
+    from sqlalchemy import func, select
+
+    from aisha.billing.models import CreditAccount
+    from aisha.billing.service import AccountMismatch, LedgerService
+    from aisha.clock import SystemClock
+    from aisha.db.session import create_engine, create_session_factory
+
+    settings = _settings()
+
+    async def check() -> tuple[int, list[AccountMismatch]]:
+        engine = create_engine(settings.database_url)
+        try:
+            ledger = LedgerService(clock=SystemClock(), hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+            async with create_session_factory(engine)() as session:
+                accounts = int(await session.scalar(select(func.count()).select_from(CreditAccount)) or 0)
+                return accounts, await ledger.verify_all(session=session)
+        finally:
+            await engine.dispose()
+
+    accounts, mismatches = asyncio.run(check())
+    for bad in mismatches:
+        balance = "missing" if bad.balance is None else str(bad.balance)
+        typer.echo(
+            f"account {bad.user_id}: balance {balance}, entries sum {bad.entries_sum}"
+            f" ({'; '.join(bad.reasons)})",
+            err=True,
+        )
+    if mismatches:
+        typer.echo(f"ledger verify: {len(mismatches)} of {accounts} accounts do not add up", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ledger verify: all {accounts} accounts add up")
 
 
 @app.command()

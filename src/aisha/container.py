@@ -8,15 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from aisha.billing.payments import PaymentService
+from aisha.billing.prices import PriceList, load_prices
+from aisha.billing.service import LedgerService
 from aisha.clock import Clock, SystemClock
 from aisha.config import Settings
-from aisha.db.session import create_engine, create_session_factory
+from aisha.db.session import create_engine, create_session_factory, unit_of_work
 from aisha.i18n import Translator
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
+from aisha.messaging import Messenger
 from aisha.storage import ObjectStorage, create_storage
+from aisha.storage.links import LinkSigner, link_secret
 from aisha.users.service import UserService
 
 
@@ -28,8 +34,13 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     storage: ObjectStorage
     translator: Translator
+    prices: PriceList
+    ledger: LedgerService
+    payments: PaymentService
     users: UserService
     queue: JobQueue
+    messenger: Messenger
+    link_signer: LinkSigner | None = None
     recovery: RecoverySweep = field(default_factory=RecoverySweep)
 
     async def aclose(self) -> None:
@@ -37,25 +48,46 @@ class Services:
         await self.engine.dispose()
 
 
-def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None
+
+
+def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     engine = create_engine(settings.database_url)
-    secret = lambda value: value.get_secret_value() if value else None  # noqa: E731
-    storage = create_storage(
-        settings.storage_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        s3_access_key=secret(settings.s3_access_key),
-        s3_secret_key=secret(settings.s3_secret_key),
-        s3_region=settings.s3_region,
-    )
-    _ = timedelta
-    return Services(
+    sessions = create_session_factory(engine)
+    prices = load_prices(settings.prices_file)
+    # Signed links to local files exist only where FAL can reach us: webhook mode.
+    signer = None
+    if settings.public_base_url and settings.bot_token:
+        signer = LinkSigner(link_secret(settings.bot_token.get_secret_value()), settings.public_base_url)
+    ledger = LedgerService(clock=clock, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+    services = Services(
         settings=settings,
         clock=clock,
         engine=engine,
-        sessions=create_session_factory(engine),
-        storage=storage,
+        sessions=sessions,
+        storage=create_storage(
+            settings.storage_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_access_key=_secret(settings.s3_access_key),
+            s3_secret_key=_secret(settings.s3_secret_key),
+            s3_region=settings.s3_region,
+            url_signer=signer.sign if signer else None,
+        ),
         translator=Translator.load(settings.default_locale),
-        users=UserService(clock=clock),
+        prices=prices,
+        ledger=ledger,
+        payments=PaymentService(ledger=ledger, prices=prices),
+        users=UserService(clock=clock, ledger=ledger, welcome_bonus=settings.welcome_bonus),
         queue=JobQueue(create_broker(settings.redis_url)),
+        messenger=messenger,
+        link_signer=signer,
     )
+    services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
+    return services
+
+
+async def _expire_holds(services: Services) -> int:
+    async with unit_of_work(services.sessions) as session:
+        return len(await services.ledger.expire_holds(session=session))

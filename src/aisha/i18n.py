@@ -1,4 +1,5 @@
-"""Texts in Russian and English, from JSON files under `aisha/locales`, with plural forms.
+"""Texts in Russian and English, from JSON files under `aisha/locales/<locale>/` (one file per
+feature, merged), with plural forms.
 
 A text is a string with `{name}` placeholders, or a plural table
 `{"one": ..., "few": ..., "many": ..., "other": ...}` chosen by the `count` argument.
@@ -94,6 +95,13 @@ class Texts:
 @cache
 def _load_catalogs() -> dict[str, dict[str, Any]]:
     catalogs: dict[str, dict[str, Any]] = {}
-    for path in sorted(LOCALES_DIR.glob("*.json")):
-        catalogs[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+    for directory in sorted(p for p in LOCALES_DIR.iterdir() if p.is_dir()):
+        catalog: dict[str, Any] = {}
+        for path in sorted(directory.glob("*.json")):
+            texts = json.loads(path.read_text(encoding="utf-8"))
+            clash = catalog.keys() & texts.keys()
+            if clash:
+                raise ValueError(f"{path}: keys already defined in another file: {sorted(clash)}")
+            catalog.update(texts)
+        catalogs[directory.name] = catalog
     return catalogs

@@ -14,6 +14,7 @@ from aiogram import Bot, Dispatcher
 
 from aisha.api.app import create_api
 from aisha.bot.app import create_bot, create_dispatcher
+from aisha.bot.messenger import BotMessenger
 from aisha.clock import Clock
 from aisha.config import ConfigError, Settings
 from aisha.container import Services, build_services
@@ -39,8 +40,9 @@ class _QuietServer(uvicorn.Server):
 class Runtime:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.services: Services = build_services(settings, clock=clock)
         self.bot: Bot = create_bot(settings)
+        messenger = BotMessenger(self.bot, local_api=settings.telegram_api_local)
+        self.services: Services = build_services(settings, messenger=messenger, clock=clock)
         self.dispatcher: Dispatcher = create_dispatcher(self.services)
         self._server: _QuietServer | None = None
         self._tasks: list[asyncio.Task[None]] = []

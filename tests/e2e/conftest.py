@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aisha.sandbox import FakeTelegramServer
 from sqlalchemy import func, select
 
 from aisha.config import Settings, load_settings
 from aisha.runtime import Role, Runtime
+from aisha.sandbox import FakeTelegramServer
 from tests.conftest import Database
 
 WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"
@@ -62,6 +63,30 @@ async def start_app() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for runtime in started:
         await runtime.stop()
+
+
+async def sent_to(
+    telegram: FakeTelegramServer, chat_id: int, method: str = "sendMessage", *, timeout: float = 5.0
+) -> Any:
+    """The first `method` call to `chat_id`, waiting for it; unlike wait_for_call it skips nothing,
+    so calls to several chats can be awaited in any order."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        for call in telegram.calls_of(method):
+            if call.params.get("chat_id") == chat_id:
+                return call
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"no {method} to chat {chat_id} within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5.0) -> None:
+    """Handlers answer before their transaction commits: wait for the effect to be visible."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("the expected state was not reached in time")
+        await asyncio.sleep(0.02)
 
 
 async def count(db: Database, model: Any, *where: Any) -> int:

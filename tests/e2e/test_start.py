@@ -7,16 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from aisha.sandbox import FakeTelegramServer, FakeUser
 
 from aisha.db.models import ProcessedUpdate, User
+from aisha.sandbox import FakeTelegramServer, FakeUser
 from tests.conftest import Database
-from tests.e2e.conftest import WEBHOOK_SECRET, count
+from tests.e2e.conftest import WEBHOOK_SECRET, count, eventually, sent_to
 
 
 async def _welcome_to(telegram: FakeTelegramServer, user: FakeUser) -> str:
-    call = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == user.id)
-    return str(call.params["text"])
+    return str((await sent_to(telegram, user.id)).params["text"])
 
 
 async def test_start_by_polling_answers_in_the_users_language(
@@ -33,10 +32,14 @@ async def test_start_by_polling_answers_in_the_users_language(
 
     assert (await _welcome_to(telegram, ivan)).startswith("Привет, Иван!")
     assert (await _welcome_to(telegram, alice)).startswith("Hi, Alice!")
-    assert await count(db, User) == 2
+    await eventually(lambda: _users_are(db, 2))
     async with db.sessions() as session:
         stored = await session.get(User, 1001)
     assert stored is not None and stored.language == "ru" and stored.first_name == "Иван"
+
+
+async def _users_are(db: Database, expected: int) -> bool:
+    return await count(db, User) == expected
 
 
 async def test_repeated_update_by_polling_registers_once_and_answers_once(

@@ -80,3 +80,60 @@ def test_migrate_with_a_bad_url_is_one_line(tmp_path: Path, bad: str) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "DATABASE_URL" in result.stderr
+
+
+def test_ledger_verify_names_the_account_that_does_not_add_up(tmp_path: Path) -> None:
+    url = "sqlite:///./data/ledger.db"
+    assert _migrate(url, tmp_path).returncode == 0
+    path = tmp_path / "data" / "ledger.db"
+
+    async def books(statements: list[str]) -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            async with engine.begin() as connection:
+                for statement in statements:
+                    await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    now = "'2026-01-01 00:00:00+00:00'"
+    asyncio.run(
+        books(
+            [
+                f"INSERT INTO users (telegram_id, language, is_blocked, created_at, last_seen_at) VALUES (7, 'en', 0, {now}, {now})",
+                f"INSERT INTO users (telegram_id, language, is_blocked, created_at, last_seen_at) VALUES (8, 'en', 0, {now}, {now})",
+                f"INSERT INTO credit_accounts (user_id, balance, updated_at) VALUES (7, 10, {now})",
+                f"INSERT INTO credit_accounts (user_id, balance, updated_at) VALUES (8, 5, {now})",
+                "INSERT INTO credit_entries (id, user_id, kind, amount, balance_after, description, description_args,"
+                f" idempotency_key, created_at) VALUES ('00000000000000000000000000000001', 7, 'bonus', 10, 10,"
+                f" 'ledger.bonus', '{{}}', 'k1', {now})",
+                "INSERT INTO credit_entries (id, user_id, kind, amount, balance_after, description, description_args,"
+                f" idempotency_key, created_at) VALUES ('00000000000000000000000000000002', 8, 'bonus', 5, 5,"
+                f" 'ledger.bonus', '{{}}', 'k2', {now})",
+            ]
+        )
+    )
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": url}
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aisha", "ledger", "verify"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+
+    good = verify()
+    assert good.returncode == 0, good.stderr
+    assert "all 2 accounts add up" in good.stdout
+
+    asyncio.run(
+        books(["UPDATE credit_accounts SET balance = 99 WHERE user_id = 8"])
+    )  # someone edited a balance
+    bad = verify()
+    assert bad.returncode == 1
+    assert "account 8: balance 99, entries sum 5" in bad.stderr
+    assert "account 7" not in bad.stderr

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.bot.fsm import SqlStorage
 from aisha.bot.middlewares import UnitOfWorkMiddleware, UserMiddleware
-from aisha.bot.routers import settings, start
+from aisha.bot.routers import billing, settings, start
 from aisha.config import Settings
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ def create_dispatcher(services: Services) -> Dispatcher:
     dispatcher.include_routers(
         start.create_router(services),
         settings.create_router(services),
+        billing.create_router(services),
         # Feature routers go above this line; the fallback answers what none of them took.
         start.create_fallback_router(),
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aisha.billing.service import LedgerService
 from aisha.clock import Clock
 from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
@@ -24,8 +25,10 @@ class TelegramProfile:
 
 
 class UserService:
-    def __init__(self, *, clock: Clock) -> None:
+    def __init__(self, *, clock: Clock, ledger: LedgerService, welcome_bonus: int = 0) -> None:
         self._clock = clock
+        self._ledger = ledger
+        self._welcome_bonus = welcome_bonus
 
     async def register_or_touch(
         self, session: AsyncSession, *, profile: TelegramProfile, locale: str

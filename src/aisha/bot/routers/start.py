@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiogram import F, Router, html
 from aiogram.filters import Command, CommandStart
 from aiogram.fsm.context import FSMContext
-from aiogram.types import Message
+from aiogram.types import CallbackQuery, Message
 
 from aisha.bot.keyboards import main_menu, menu_button
 from aisha.i18n import Texts
@@ -51,5 +51,10 @@ def create_fallback_router() -> Router:
     @router.message(F.chat.type == "private")
     async def unknown(message: Message, t: Texts) -> None:
         await message.answer(t("fallback.unknown"), reply_markup=main_menu(t))
+
+    @router.callback_query()
+    async def unknown_button(query: CallbackQuery, t: Texts) -> None:
+        # Stale or tampered callback data that no feature could parse.
+        await query.answer(t("errors.bad_button"), show_alert=True)
 
     return router

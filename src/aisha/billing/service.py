@@ -1,0 +1,938 @@
+"""The credit ledger rules: balances, immutable entries, two-phase holds, idempotency.
+
+Every method runs inside the caller's transaction (`session`) and never commits. Each operation
+writes its entry and moves the cached balance together, inside a SAVEPOINT, so that a refused or
+duplicated operation leaves nothing behind while the caller's other work stays.
+
+Invariants:
+- `credit_accounts.balance` >= 0, enforced by a conditional UPDATE (plus the CHECK constraint);
+- `credit_accounts.balance` == sum(`credit_entries.amount`) per account;
+- each entry's `balance_after` == the previous entry's `balance_after` + its `amount`;
+- an idempotency key is applied at most once; the same key again returns the first result;
+- a hold resolves exactly once (captured, released or expired).
+
+Lock order is always "account row, then hold row", so two ledger operations never deadlock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aisha.billing.errors import (
+    HoldAlreadyResolved,
+    HoldNotFound,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidAmount,
+)
+from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, EntryKind, HoldStatus
+from aisha.clock import Clock
+from aisha.db.upsert import insert_ignore
+
+MAX_KEY_LENGTH = 160
+MAX_DESCRIPTION_LENGTH = 64
+MAX_REFERENCE_LENGTH = 128
+
+CREDIT_KINDS = frozenset({EntryKind.BONUS, EntryKind.TOPUP, EntryKind.REFUND, EntryKind.ADJUSTMENT})
+DEBIT_KINDS = frozenset({EntryKind.CHARGE, EntryKind.REFUND, EntryKind.ADJUSTMENT})
+
+# Locale keys of the entries the ledger writes on its own.
+DEFAULT_DESCRIPTIONS: Mapping[EntryKind, str] = {
+    EntryKind.BONUS: "ledger.bonus",
+    EntryKind.TOPUP: "ledger.topup",
+    EntryKind.REFUND: "ledger.refund",
+    EntryKind.ADJUSTMENT: "ledger.adjustment",
+    EntryKind.CHARGE: "ledger.charge",
+    EntryKind.HOLD: "ledger.hold",
+    EntryKind.CAPTURE: "ledger.capture",
+    EntryKind.RELEASE: "ledger.release",
+}
+WELCOME_DESCRIPTION = "ledger.welcome_bonus"
+EXPIRED_DESCRIPTION = "ledger.hold_expired"
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntryResult:
+    entry_id: uuid.UUID
+    balance: int  # the balance right after this entry (for a replay: after the first call)
+    amount: int  # signed
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    hold_id: uuid.UUID
+    amount: int
+    balance: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResolutionResult:
+    """A capture, release or expiry: `captured` was spent, `returned` went back to the balance."""
+
+    hold_id: uuid.UUID
+    status: HoldStatus
+    captured: int
+    returned: int
+    balance: int
+    entry_id: uuid.UUID
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldInfo:
+    id: uuid.UUID
+    user_id: int
+    amount: int
+    captured_amount: int
+    status: HoldStatus
+    reference: str
+    description: str
+    expires_at: datetime
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    id: uuid.UUID
+    kind: EntryKind
+    amount: int
+    balance_after: int
+    description: str
+    description_args: dict[str, Any]
+    reference: str | None
+    hold_id: uuid.UUID | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[HistoryItem]
+    total: int
+    limit: int
+    offset: int
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.total
+
+
+@dataclass(frozen=True, slots=True)
+class AccountMismatch:
+    """An account whose numbers don't add up; `balance` is None when the account row is missing."""
+
+    user_id: int
+    balance: int | None
+    entries_sum: int
+    first_bad_entry_id: uuid.UUID | None
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredEntry:
+    id: uuid.UUID
+    user_id: int
+    kind: EntryKind
+    amount: int
+    balance_after: int
+    hold_id: uuid.UUID | None
+
+
+class _HoldLost(Exception):
+    """Internal: the conditional hold UPDATE matched nothing (resolved concurrently)."""
+
+
+# --- ordered ids -------------------------------------------------------------------------------
+
+_id_lock = threading.Lock()
+_id_state = (0, 0)  # (milliseconds, counter) of the last id
+
+
+def ordered_uuid() -> uuid.UUID:
+    """A UUIDv7: wall-clock milliseconds, then a counter; increasing within a process.
+
+    Entries written with a frozen clock (or in one microsecond) share `created_at`; their ids
+    then still sort in the order they were written, which history and verify_all rely on.
+    """
+    global _id_state
+    now_ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        last_ms, last_counter = _id_state
+        if now_ms > last_ms:
+            state = (now_ms, secrets.randbits(72))  # headroom below 2**74 for increments
+        elif last_counter + 1 < 1 << 74:
+            state = (last_ms, last_counter + 1)
+        else:
+            state = (last_ms + 1, 0)
+        _id_state = state
+    ms, counter = state
+    value = (ms << 80) | (0x7 << 76) | ((counter >> 62) << 64) | (0b10 << 62) | (counter & ((1 << 62) - 1))
+    return uuid.UUID(int=value)
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+class LedgerService:
+    def __init__(self, *, clock: Clock, hold_ttl: timedelta) -> None:
+        if hold_ttl <= timedelta(0):
+            raise ValueError("hold_ttl must be positive")
+        self._clock = clock
+        self._hold_ttl = hold_ttl
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def hold_ttl(self) -> timedelta:
+        return self._hold_ttl
+
+    # --- accounts ------------------------------------------------------------------------------
+
+    async def ensure_account(self, *, session: AsyncSession, user_id: int) -> None:
+        """Create the user's account with balance 0 unless it exists (the user row must exist)."""
+        await insert_ignore(
+            session,
+            cast(Table, CreditAccount.__table__),
+            {"user_id": user_id, "balance": 0, "updated_at": self._clock.now()},
+            conflict_columns=["user_id"],
+        )
+
+    async def stored_entry(self, *, session: AsyncSession, key: str) -> EntryResult | None:
+        """The entry written under an idempotency key, as a replayed result; None if none."""
+        stored = await self._stored_entry(session, key)
+        if stored is None:
+            return None
+        return EntryResult(
+            entry_id=stored.id, balance=stored.balance_after, amount=stored.amount, replayed=True
+        )
+
+    async def get_balance(self, *, session: AsyncSession, user_id: int) -> int:
+        """What the user can spend now (held credits are already out); 0 without an account."""
+        balance = await session.scalar(select(CreditAccount.balance).where(CreditAccount.user_id == user_id))
+        return balance or 0
+
+    # --- credits and debits --------------------------------------------------------------------
+
+    async def credit(
+        self,
+        *,
+        session: AsyncSession,
+        user_id: int,
+        amount: int,
+        key: str,
+        kind: EntryKind = EntryKind.TOPUP,
+        description: str | None = None,
+        description_args: Mapping[str, Any] | None = None,
+        reference: str | None = None,
+    ) -> EntryResult:
+        """Add credits (a bonus, top-up, refund or positive adjustment)."""
+        if kind not in CREDIT_KINDS:
+            raise ValueError(f"credit kind must be one of {sorted(CREDIT_KINDS)}, got {kind!r}")
+        _require_positive(amount)
+        return await self._apply(
+            session,
+            user_id=user_id,
+            kind=kind,
+            delta=amount,
+            key=key,
+            description=description or DEFAULT_DESCRIPTIONS[kind],
+            description_args=description_args,
+            reference=reference,
+        )
+
+    async def debit(
+        self,
+        *,
+        session: AsyncSession,
+        user_id: int,
+        amount: int,
+        key: str,
+        kind: EntryKind = EntryKind.CHARGE,
+        description: str | None = None,
+        description_args: Mapping[str, Any] | None = None,
+        reference: str | None = None,
+    ) -> EntryResult:
+        """Take credits at once; InsufficientCredits (and nothing written) if they aren't there."""
+        if kind not in DEBIT_KINDS:
+            raise ValueError(f"debit kind must be one of {sorted(DEBIT_KINDS)}, got {kind!r}")
+        _require_positive(amount)
+        return await self._apply(
+            session,
+            user_id=user_id,
+            kind=kind,
+            delta=-amount,
+            key=key,
+            description=description or DEFAULT_DESCRIPTIONS[kind],
+            description_args=description_args,
+            reference=reference,
+        )
+
+    async def charge(
+        self,
+        *,
+        session: AsyncSession,
+        user_id: int,
+        amount: int,
+        key: str,
+        description: str | None = None,
+        description_args: Mapping[str, Any] | None = None,
+        reference: str | None = None,
+    ) -> EntryResult:
+        """A direct charge for an instant operation (no hold)."""
+        return await self.debit(
+            session=session,
+            user_id=user_id,
+            amount=amount,
+            key=key,
+            kind=EntryKind.CHARGE,
+            description=description,
+            description_args=description_args,
+            reference=reference,
+        )
+
+    async def adjust(
+        self,
+        *,
+        session: AsyncSession,
+        user_id: int,
+        amount: int,
+        key: str,
+        description: str | None = None,
+        description_args: Mapping[str, Any] | None = None,
+        reference: str | None = None,
+    ) -> EntryResult:
+        """An admin correction, signed; a negative one is refused if it would go below zero."""
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
+            raise InvalidAmount(f"adjustment must be a non-zero integer, got {amount!r}")
+        return await self._apply(
+            session,
+            user_id=user_id,
+            kind=EntryKind.ADJUSTMENT,
+            delta=amount,
+            key=key,
+            description=description or DEFAULT_DESCRIPTIONS[EntryKind.ADJUSTMENT],
+            description_args=description_args,
+            reference=reference,
+        )
+
+    async def grant_welcome_bonus(
+        self, *, session: AsyncSession, user_id: int, amount: int
+    ) -> EntryResult | None:
+        """The welcome bonus, once per user; None when the bonus is 0 (nothing is written)."""
+        if amount < 0:
+            raise InvalidAmount(f"welcome bonus can't be negative, got {amount}")
+        if amount == 0:
+            return None
+        return await self._apply(
+            session,
+            user_id=user_id,
+            kind=EntryKind.BONUS,
+            delta=amount,
+            key=f"welcome:{user_id}",
+            description=WELCOME_DESCRIPTION,
+            description_args={"amount": amount},
+            reference=None,
+            # The operator may change the bonus later; a user who had one keeps the first.
+            check_amount=False,
+        )
+
+    # --- holds ---------------------------------------------------------------------------------
+
+    async def hold(
+        self,
+        *,
+        session: AsyncSession,
+        user_id: int,
+        amount: int,
+        key: str,
+        reference: str,
+        description: str | None = None,
+        description_args: Mapping[str, Any] | None = None,
+    ) -> HoldResult:
+        """Reserve credits for a job; they leave the balance now and resolve exactly once later."""
+        _require_positive(amount)
+        description = description or DEFAULT_DESCRIPTIONS[EntryKind.HOLD]
+        _check_texts(key=key, description=description, reference=reference)
+        stored = await self._stored_entry(session, key)
+        if stored is not None:
+            return _replay_hold(stored, key=key, user_id=user_id, amount=amount)
+        try:
+            async with session.begin_nested():
+                balance = await self._move(session, user_id=user_id, delta=-amount)
+                # Read the time after the account row is locked: entry order = application order.
+                now = self._clock.now()
+                hold_id = ordered_uuid()  # time-ordered: the expiry sweep takes the oldest first
+                await session.execute(
+                    insert(CreditHold).values(
+                        id=hold_id,
+                        user_id=user_id,
+                        amount=amount,
+                        captured_amount=0,
+                        status=HoldStatus.ACTIVE,
+                        reference=reference,
+                        description=description,
+                        expires_at=now + self._hold_ttl,
+                        created_at=now,
+                        resolved_at=None,
+                    )
+                )
+                await self._insert_entry(
+                    session,
+                    user_id=user_id,
+                    kind=EntryKind.HOLD,
+                    amount=-amount,
+                    balance_after=balance,
+                    hold_id=hold_id,
+                    reference=reference,
+                    description=description,
+                    description_args=description_args,
+                    key=key,
+                    now=now,
+                )
+        except (IntegrityError, InsufficientCredits):
+            # A concurrent call with the same key may have committed first: its result is ours.
+            stored = await self._stored_entry(session, key)
+            if stored is None:
+                raise
+            return _replay_hold(stored, key=key, user_id=user_id, amount=amount)
+        return HoldResult(hold_id=hold_id, amount=amount, balance=balance, replayed=False)
+
+    async def capture(
+        self,
+        *,
+        session: AsyncSession,
+        hold_id: uuid.UUID,
+        amount: int,
+        key: str,
+        description: str | None = None,
+        description_args: Mapping[str, Any] | None = None,
+    ) -> ResolutionResult:
+        """The job succeeded: spend `amount` (0..held) and give the rest back in the same entry."""
+        return await self._resolve(
+            session,
+            hold_id=hold_id,
+            target=HoldStatus.CAPTURED,
+            spend=amount,
+            key=key,
+            description=description or DEFAULT_DESCRIPTIONS[EntryKind.CAPTURE],
+            description_args=description_args,
+        )
+
+    async def release(
+        self,
+        *,
+        session: AsyncSession,
+        hold_id: uuid.UUID,
+        key: str,
+        description: str | None = None,
+        description_args: Mapping[str, Any] | None = None,
+    ) -> ResolutionResult:
+        """The job failed: the whole held amount goes back."""
+        return await self._resolve(
+            session,
+            hold_id=hold_id,
+            target=HoldStatus.RELEASED,
+            spend=0,
+            key=key,
+            description=description or DEFAULT_DESCRIPTIONS[EntryKind.RELEASE],
+            description_args=description_args,
+        )
+
+    async def expire_holds(self, *, session: AsyncSession, limit: int = 100) -> list[ResolutionResult]:
+        """Release the active holds whose time is up (the recovery sweep); returns what it did.
+
+        A hold captured or released meanwhile is skipped. Call it again while it returns `limit`
+        results; each call may run in its own short transaction.
+        """
+        now = self._clock.now()
+        hold_ids = (
+            await session.scalars(
+                select(CreditHold.id)
+                .where(CreditHold.status == HoldStatus.ACTIVE, CreditHold.expires_at <= now)
+                # Accounts locked in one order by every sweep: concurrent sweeps can't deadlock.
+                .order_by(CreditHold.user_id, CreditHold.id)
+                .limit(limit)
+            )
+        ).all()
+        results: list[ResolutionResult] = []
+        for hold_id in hold_ids:
+            try:
+                result = await self._resolve(
+                    session,
+                    hold_id=hold_id,
+                    target=HoldStatus.EXPIRED,
+                    spend=0,
+                    key=f"hold:{hold_id}:expire",
+                    description=EXPIRED_DESCRIPTION,
+                    description_args=None,
+                )
+            except (HoldAlreadyResolved, HoldNotFound):
+                continue
+            if not result.replayed:
+                results.append(result)
+        return results
+
+    # --- queries -------------------------------------------------------------------------------
+
+    async def get_hold(self, *, session: AsyncSession, hold_id: uuid.UUID) -> HoldInfo | None:
+        return await self._hold_info(session, hold_id)
+
+    async def active_holds(self, *, session: AsyncSession, user_id: int) -> list[HoldInfo]:
+        rows = await session.execute(
+            select(*_HOLD_COLUMNS)
+            .where(CreditHold.user_id == user_id, CreditHold.status == HoldStatus.ACTIVE)
+            .order_by(CreditHold.created_at, CreditHold.id)
+        )
+        return [_hold_from_row(row) for row in rows]
+
+    async def held_total(self, *, session: AsyncSession, user_id: int) -> int:
+        """Credits reserved by the user's active holds (shown next to the balance)."""
+        total = await session.scalar(
+            select(func.coalesce(func.sum(CreditHold.amount), 0)).where(
+                CreditHold.user_id == user_id, CreditHold.status == HoldStatus.ACTIVE
+            )
+        )
+        return int(total or 0)
+
+    async def history(
+        self, *, session: AsyncSession, user_id: int, limit: int = 10, offset: int = 0
+    ) -> HistoryPage:
+        """One page of the user's entries, newest first, with the total count."""
+        if limit < 1 or offset < 0:
+            raise ValueError("limit must be >= 1 and offset >= 0")
+        total = await session.scalar(
+            select(func.count()).select_from(CreditEntry).where(CreditEntry.user_id == user_id)
+        )
+        rows = await session.execute(
+            select(
+                CreditEntry.id,
+                CreditEntry.kind,
+                CreditEntry.amount,
+                CreditEntry.balance_after,
+                CreditEntry.description,
+                CreditEntry.description_args,
+                CreditEntry.reference,
+                CreditEntry.hold_id,
+                CreditEntry.created_at,
+            )
+            .where(CreditEntry.user_id == user_id)
+            .order_by(CreditEntry.created_at.desc(), CreditEntry.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        items = [
+            HistoryItem(
+                id=row.id,
+                kind=row.kind,
+                amount=row.amount,
+                balance_after=row.balance_after,
+                description=row.description,
+                description_args=dict(row.description_args or {}),
+                reference=row.reference,
+                hold_id=row.hold_id,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+        return HistoryPage(items=items, total=int(total or 0), limit=limit, offset=offset)
+
+    async def verify_all(self, *, session: AsyncSession) -> list[AccountMismatch]:
+        """Every account whose balance != the sum of its entries, or whose balance_after chain
+        breaks (the first broken entry is named). Empty when the books are right."""
+        sums = (
+            select(CreditEntry.user_id, func.sum(CreditEntry.amount).label("total"))
+            .group_by(CreditEntry.user_id)
+            .subquery()
+        )
+        found: dict[int, dict[str, Any]] = {}
+
+        def note(user_id: int, balance: int | None, total: int, reason: str) -> dict[str, Any]:
+            item = found.setdefault(
+                user_id,
+                {"balance": balance, "total": total, "first_bad": None, "reasons": []},
+            )
+            item["reasons"].append(reason)
+            return item
+
+        total_col = func.coalesce(sums.c.total, 0)
+        rows = await session.execute(
+            select(CreditAccount.user_id, CreditAccount.balance, total_col)
+            .outerjoin(sums, sums.c.user_id == CreditAccount.user_id)
+            .where(CreditAccount.balance != total_col)
+        )
+        for user_id, balance, total in rows:
+            note(user_id, balance, int(total), "balance != sum(entries)")
+
+        orphans = await session.execute(
+            select(sums.c.user_id, sums.c.total)
+            .outerjoin(CreditAccount, CreditAccount.user_id == sums.c.user_id)
+            .where(CreditAccount.user_id.is_(None))
+        )
+        for user_id, total in orphans:
+            note(user_id, None, int(total), "entries without an account")
+
+        order = (CreditEntry.created_at, CreditEntry.id)
+        chain = select(
+            CreditEntry.id,
+            CreditEntry.user_id,
+            CreditEntry.amount,
+            CreditEntry.balance_after,
+            func.lag(CreditEntry.balance_after)
+            .over(partition_by=CreditEntry.user_id, order_by=order)
+            .label("previous"),
+            func.row_number().over(partition_by=CreditEntry.user_id, order_by=order).label("position"),
+        ).subquery()
+        breaks = await session.execute(
+            select(chain.c.id, chain.c.user_id)
+            .where(chain.c.balance_after - chain.c.amount != func.coalesce(chain.c.previous, 0))
+            .order_by(chain.c.user_id, chain.c.position)
+        )
+        for entry_id, user_id in breaks:
+            if user_id in found and found[user_id]["first_bad"] is not None:
+                continue
+            if user_id not in found:
+                balance = await self.get_balance(session=session, user_id=user_id)
+                total = await session.scalar(
+                    select(func.coalesce(func.sum(CreditEntry.amount), 0)).where(
+                        CreditEntry.user_id == user_id
+                    )
+                )
+                note(user_id, balance, int(total or 0), "balance_after chain broken")
+            else:
+                found[user_id]["reasons"].append("balance_after chain broken")
+            found[user_id]["first_bad"] = entry_id
+
+        return [
+            AccountMismatch(
+                user_id=user_id,
+                balance=item["balance"],
+                entries_sum=item["total"],
+                first_bad_entry_id=item["first_bad"],
+                reasons=tuple(item["reasons"]),
+            )
+            for user_id, item in sorted(found.items())
+        ]
+
+    # --- internals -----------------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        kind: EntryKind,
+        delta: int,
+        key: str,
+        description: str,
+        description_args: Mapping[str, Any] | None,
+        reference: str | None,
+        check_amount: bool = True,
+    ) -> EntryResult:
+        """One entry without a hold: move the balance by `delta` and record it, once per key."""
+        _check_texts(key=key, description=description, reference=reference)
+        stored = await self._stored_entry(session, key)
+        if stored is not None:
+            return _replay_entry(
+                stored, key=key, user_id=user_id, kind=kind, amount=delta if check_amount else None
+            )
+        try:
+            async with session.begin_nested():
+                balance = await self._move(session, user_id=user_id, delta=delta)
+                entry_id = await self._insert_entry(
+                    session,
+                    user_id=user_id,
+                    kind=kind,
+                    amount=delta,
+                    balance_after=balance,
+                    hold_id=None,
+                    reference=reference,
+                    description=description,
+                    description_args=description_args,
+                    key=key,
+                    now=self._clock.now(),
+                )
+        except (IntegrityError, InsufficientCredits):
+            # On PostgreSQL a concurrent insert of this key waited for the other transaction and
+            # then conflicted (or found the credits already gone): the stored result is ours.
+            stored = await self._stored_entry(session, key)
+            if stored is None:
+                raise
+            return _replay_entry(
+                stored, key=key, user_id=user_id, kind=kind, amount=delta if check_amount else None
+            )
+        return EntryResult(entry_id=entry_id, balance=balance, amount=delta, replayed=False)
+
+    async def _resolve(
+        self,
+        session: AsyncSession,
+        *,
+        hold_id: uuid.UUID,
+        target: HoldStatus,
+        spend: int,
+        key: str,
+        description: str,
+        description_args: Mapping[str, Any] | None,
+    ) -> ResolutionResult:
+        """Capture, release or expire a hold: the conditional UPDATE lets exactly one win."""
+        _check_texts(key=key, description=description, reference=None)
+        hold = await self._hold_info(session, hold_id)
+        if hold is None:
+            raise HoldNotFound(hold_id)
+        if isinstance(spend, bool) or not isinstance(spend, int) or not 0 <= spend <= hold.amount:
+            raise InvalidAmount(f"capture must be between 0 and the held {hold.amount}, got {spend!r}")
+        kind = EntryKind.CAPTURE if target is HoldStatus.CAPTURED else EntryKind.RELEASE
+        returned = hold.amount - spend
+
+        stored = await self._stored_entry(session, key)
+        if stored is not None:
+            return _replay_resolution(stored, hold=hold, key=key, kind=kind, returned=returned)
+        if hold.status is not HoldStatus.ACTIVE:
+            raise HoldAlreadyResolved(hold_id=hold_id, status=hold.status)
+        try:
+            async with session.begin_nested():
+                # Account first, hold second: the same lock order as hold() and every debit.
+                balance = await self._move(session, user_id=hold.user_id, delta=returned)
+                now = self._clock.now()
+                conditions = [CreditHold.id == hold_id, CreditHold.status == HoldStatus.ACTIVE]
+                if target is HoldStatus.EXPIRED:
+                    conditions.append(CreditHold.expires_at <= now)
+                won = (
+                    await session.execute(
+                        update(CreditHold)
+                        .where(*conditions)
+                        .values(status=target, captured_amount=spend, resolved_at=now)
+                        .returning(CreditHold.id)
+                        .execution_options(synchronize_session=False)
+                    )
+                ).first()
+                if won is None:
+                    raise _HoldLost
+                entry_id = await self._insert_entry(
+                    session,
+                    user_id=hold.user_id,
+                    kind=kind,
+                    amount=returned,
+                    balance_after=balance,
+                    hold_id=hold_id,
+                    reference=hold.reference,
+                    description=description,
+                    description_args=description_args,
+                    key=key,
+                    now=now,
+                )
+        except (IntegrityError, _HoldLost) as exc:
+            # Someone resolved it first: with this key it is our first result, else an error.
+            stored = await self._stored_entry(session, key)
+            current = await self._hold_info(session, hold_id)
+            if stored is not None and current is not None:
+                return _replay_resolution(stored, hold=current, key=key, kind=kind, returned=returned)
+            if isinstance(exc, _HoldLost) and current is not None:
+                raise HoldAlreadyResolved(hold_id=hold_id, status=current.status) from None
+            raise
+        return ResolutionResult(
+            hold_id=hold_id,
+            status=target,
+            captured=spend,
+            returned=returned,
+            balance=balance,
+            entry_id=entry_id,
+            replayed=False,
+        )
+
+    async def _move(self, session: AsyncSession, *, user_id: int, delta: int) -> int:
+        """Add `delta` to the balance unless it would go below zero; the new balance.
+
+        The condition sits in the UPDATE itself, so concurrent debits can't overdraw: on
+        PostgreSQL the second one waits for the row lock and re-checks against the new balance.
+        """
+        statement = (
+            update(CreditAccount)
+            .where(CreditAccount.user_id == user_id, CreditAccount.balance + delta >= 0)
+            .values(balance=CreditAccount.balance + delta, updated_at=self._clock.now())
+            .returning(CreditAccount.balance)
+            .execution_options(synchronize_session=False)
+        )
+        balance = (await session.execute(statement)).scalar_one_or_none()
+        if balance is not None:
+            return balance
+        current = await session.scalar(select(CreditAccount.balance).where(CreditAccount.user_id == user_id))
+        if current is None and delta >= 0:
+            await self.ensure_account(session=session, user_id=user_id)
+            balance = (await session.execute(statement)).scalar_one_or_none()
+            if balance is not None:
+                return balance
+        raise InsufficientCredits(balance=current or 0, required=-delta)
+
+    async def _insert_entry(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        kind: EntryKind,
+        amount: int,
+        balance_after: int,
+        hold_id: uuid.UUID | None,
+        reference: str | None,
+        description: str,
+        description_args: Mapping[str, Any] | None,
+        key: str,
+        now: datetime,
+    ) -> uuid.UUID:
+        entry_id = ordered_uuid()
+        await session.execute(
+            insert(CreditEntry).values(
+                id=entry_id,
+                user_id=user_id,
+                kind=kind,
+                amount=amount,
+                balance_after=balance_after,
+                hold_id=hold_id,
+                reference=reference,
+                description=description,
+                description_args=dict(description_args or {}),
+                idempotency_key=key,
+                created_at=now,
+            )
+        )
+        return entry_id
+
+    async def _stored_entry(self, session: AsyncSession, key: str) -> _StoredEntry | None:
+        row = (
+            await session.execute(
+                select(
+                    CreditEntry.id,
+                    CreditEntry.user_id,
+                    CreditEntry.kind,
+                    CreditEntry.amount,
+                    CreditEntry.balance_after,
+                    CreditEntry.hold_id,
+                ).where(CreditEntry.idempotency_key == key)
+            )
+        ).first()
+        if row is None:
+            return None
+        return _StoredEntry(
+            id=row.id,
+            user_id=row.user_id,
+            kind=row.kind,
+            amount=row.amount,
+            balance_after=row.balance_after,
+            hold_id=row.hold_id,
+        )
+
+    async def _hold_info(self, session: AsyncSession, hold_id: uuid.UUID) -> HoldInfo | None:
+        # Plain columns, not ORM objects: the identity map would serve a stale status after our
+        # Core UPDATEs within the same session.
+        row = (await session.execute(select(*_HOLD_COLUMNS).where(CreditHold.id == hold_id))).first()
+        return None if row is None else _hold_from_row(row)
+
+
+_HOLD_COLUMNS = (
+    CreditHold.id,
+    CreditHold.user_id,
+    CreditHold.amount,
+    CreditHold.captured_amount,
+    CreditHold.status,
+    CreditHold.reference,
+    CreditHold.description,
+    CreditHold.expires_at,
+    CreditHold.created_at,
+    CreditHold.resolved_at,
+)
+
+
+def _hold_from_row(row: Any) -> HoldInfo:
+    return HoldInfo(
+        id=row.id,
+        user_id=row.user_id,
+        amount=row.amount,
+        captured_amount=row.captured_amount,
+        status=HoldStatus(row.status),
+        reference=row.reference,
+        description=row.description,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        resolved_at=row.resolved_at,
+    )
+
+
+def _require_positive(amount: int) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise InvalidAmount(f"amount must be a positive integer, got {amount!r}")
+
+
+def _check_texts(*, key: str, description: str, reference: str | None) -> None:
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise ValueError(f"idempotency key must be 1..{MAX_KEY_LENGTH} characters")
+    if not description or len(description) > MAX_DESCRIPTION_LENGTH:
+        raise ValueError(f"description must be a locale key of 1..{MAX_DESCRIPTION_LENGTH} characters")
+    if reference is not None and len(reference) > MAX_REFERENCE_LENGTH:
+        raise ValueError(f"reference must be at most {MAX_REFERENCE_LENGTH} characters")
+
+
+def _conflict_reason(
+    stored: _StoredEntry, *, user_id: int, kind: EntryKind, amount: int | None
+) -> str | None:
+    if stored.user_id != user_id:
+        return "another user"
+    if stored.kind != kind:
+        return f"kind {stored.kind.value}, not {kind.value}"
+    if amount is not None and stored.amount != amount:
+        return f"amount {stored.amount}, not {amount}"
+    return None
+
+
+def _replay_entry(
+    stored: _StoredEntry, *, key: str, user_id: int, kind: EntryKind, amount: int | None
+) -> EntryResult:
+    reason = _conflict_reason(stored, user_id=user_id, kind=kind, amount=amount)
+    if reason is not None:
+        raise IdempotencyConflict(key=key, reason=reason)
+    return EntryResult(entry_id=stored.id, balance=stored.balance_after, amount=stored.amount, replayed=True)
+
+
+def _replay_hold(stored: _StoredEntry, *, key: str, user_id: int, amount: int) -> HoldResult:
+    reason = _conflict_reason(stored, user_id=user_id, kind=EntryKind.HOLD, amount=-amount)
+    if reason is None and stored.hold_id is None:
+        reason = "the hold is gone"
+    if reason is not None:
+        raise IdempotencyConflict(key=key, reason=reason)
+    assert stored.hold_id is not None
+    return HoldResult(hold_id=stored.hold_id, amount=amount, balance=stored.balance_after, replayed=True)
+
+
+def _replay_resolution(
+    stored: _StoredEntry, *, hold: HoldInfo, key: str, kind: EntryKind, returned: int
+) -> ResolutionResult:
+    reason = _conflict_reason(stored, user_id=hold.user_id, kind=kind, amount=returned)
+    if reason is None and stored.hold_id != hold.id:
+        reason = "another hold"
+    if reason is not None:
+        raise IdempotencyConflict(key=key, reason=reason)
+    return ResolutionResult(
+        hold_id=hold.id,
+        status=hold.status,
+        captured=hold.captured_amount,
+        returned=stored.amount,
+        balance=stored.balance_after,
+        entry_id=stored.id,
+        replayed=True,
+    )

@@ -1,0 +1,88 @@
+"""The Messenger over aiogram's Bot: retries 429s after `retry_after`, tolerates "not modified"."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+from aiogram import Bot
+from aiogram.exceptions import TelegramBadRequest, TelegramRetryAfter
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
+
+from aisha.messaging import Buttons, FileTooLarge
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+MAX_RETRIES = 3
+PUBLIC_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # what the public Bot API lets a bot download
+
+
+def keyboard(buttons: Buttons | None) -> InlineKeyboardMarkup | None:
+    if not buttons:
+        return None
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [InlineKeyboardButton(text=b.text, callback_data=b.callback_data) for b in row] for row in buttons
+        ]
+    )
+
+
+class BotMessenger:
+    def __init__(self, bot: Bot, *, local_api: bool = False) -> None:
+        self._bot = bot
+        self.download_limit = None if local_api else PUBLIC_API_DOWNLOAD_LIMIT
+
+    async def _call(self, request: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                return await request()
+            except TelegramRetryAfter as error:
+                if attempt == MAX_RETRIES:
+                    raise
+                log.warning("telegram.retry_after", seconds=error.retry_after)
+                await asyncio.sleep(error.retry_after)
+        raise AssertionError("unreachable")
+
+    async def send_text(
+        self, chat_id: int, text: str, *, buttons: Buttons | None = None, reply_to: int | None = None
+    ) -> int:
+        message = await self._call(
+            lambda: self._bot.send_message(
+                chat_id, text, reply_markup=keyboard(buttons), reply_to_message_id=reply_to
+            )
+        )
+        return message.message_id
+
+    async def edit_text(
+        self, chat_id: int, message_id: int, text: str, *, buttons: Buttons | None = None
+    ) -> None:
+        try:
+            await self._call(
+                lambda: self._bot.edit_message_text(
+                    text=text, chat_id=chat_id, message_id=message_id, reply_markup=keyboard(buttons)
+                )
+            )
+        except TelegramBadRequest as error:
+            if "not modified" not in error.message:
+                raise
+
+    async def send_document(
+        self, chat_id: int, *, file_name: str, data: bytes, caption: str | None = None
+    ) -> None:
+        document = BufferedInputFile(data, filename=file_name)
+        await self._call(lambda: self._bot.send_document(chat_id, document, caption=caption))
+
+    async def send_chat_action(self, chat_id: int, action: str) -> None:
+        await self._call(lambda: self._bot.send_chat_action(chat_id, action))
+
+    async def download(self, file_id: str, destination: Path) -> int:
+        file = await self._call(lambda: self._bot.get_file(file_id))
+        if self.download_limit is not None and (file.file_size or 0) > self.download_limit:
+            raise FileTooLarge(file.file_size or 0, self.download_limit)
+        assert file.file_path is not None
+        await asyncio.to_thread(destination.parent.mkdir, parents=True, exist_ok=True)
+        await self._bot.download_file(file.file_path, destination)
+        return (await asyncio.to_thread(destination.stat)).st_size

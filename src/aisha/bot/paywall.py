@@ -1,0 +1,35 @@
+"""What every paid action shows: its price and the balance, or the shortfall and a top-up button."""
+
+from __future__ import annotations
+
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+
+from aisha.billing.errors import InsufficientCredits
+from aisha.i18n import Texts
+
+
+class TopUp(CallbackData, prefix="topup"):
+    """Opens the list of Stars packages."""
+
+
+def topup_button(t: Texts) -> InlineKeyboardButton:
+    return InlineKeyboardButton(text=t("billing.topup_button"), callback_data=TopUp().pack())
+
+
+def price_line(t: Texts, *, price: int, balance: int) -> str:
+    return t("billing.price_line", price=price, balance=balance, count=price)
+
+
+def insufficient_text(t: Texts, error: InsufficientCredits) -> str:
+    return t(
+        "billing.insufficient",
+        required=error.required,
+        balance=error.balance,
+        shortfall=error.shortfall,
+        count=error.shortfall,
+    )
+
+
+def insufficient_keyboard(t: Texts) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[[topup_button(t)]])

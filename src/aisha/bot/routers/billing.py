@@ -1,0 +1,254 @@
+"""/balance with history, /prices, top-ups with Telegram Stars, /paysupport, /terms, admin refunds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from aiogram import Bot, F, Router, html
+from aiogram.exceptions import TelegramAPIError
+from aiogram.filters import Command, CommandObject
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import (
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LabeledPrice,
+    Message,
+    PreCheckoutQuery,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aisha.billing.errors import AlreadyRefunded, InsufficientCredits, PaymentNotFound
+from aisha.billing.payments import STARS_CURRENCY
+from aisha.billing.service import DEFAULT_DESCRIPTIONS, HistoryItem, HistoryPage
+from aisha.bot.keyboards import menu_button
+from aisha.bot.paywall import TopUp, topup_button
+from aisha.i18n import Texts
+from aisha.users.models import User
+
+if TYPE_CHECKING:
+    from aisha.container import Services
+
+HISTORY_PAGE_SIZE = 5
+log = structlog.get_logger(__name__)
+
+
+class History(CallbackData, prefix="hist"):
+    offset: int
+
+
+class Buy(CallbackData, prefix="buy"):
+    package: str
+
+
+def history_line(t: Texts, item: HistoryItem) -> str:
+    try:
+        what = t(item.description, **item.description_args)
+    except (KeyError, IndexError, ValueError):
+        what = t(DEFAULT_DESCRIPTIONS[item.kind])
+    when = item.created_at.strftime(t("billing.date_format"))
+    return t("billing.history_line", when=when, amount=f"{item.amount:+d}", what=what)
+
+
+def balance_text(t: Texts, *, balance: int, held: int, page: HistoryPage) -> str:
+    lines = [t("billing.balance", balance=balance, count=balance)]
+    if held:
+        lines.append(t("billing.held", held=held, count=held))
+    lines.append("")
+    if page.items:
+        first, last = page.offset + 1, page.offset + len(page.items)
+        lines.append(t("billing.history_title", first=first, last=last, total=page.total))
+        lines.extend(history_line(t, item) for item in page.items)
+    else:
+        lines.append(t("billing.history_empty"))
+    return "\n".join(lines)
+
+
+def balance_keyboard(t: Texts, page: HistoryPage) -> InlineKeyboardMarkup:
+    navigation = []
+    if page.offset > 0:
+        newer = max(page.offset - page.limit, 0)
+        navigation.append(
+            InlineKeyboardButton(text=t("billing.newer"), callback_data=History(offset=newer).pack())
+        )
+    if page.has_more:
+        older = page.offset + page.limit
+        navigation.append(
+            InlineKeyboardButton(text=t("billing.older"), callback_data=History(offset=older).pack())
+        )
+    rows = [navigation] if navigation else []
+    rows.append([topup_button(t)])
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def create_router(services: Services) -> Router:
+    router = Router(name="billing")
+    ledger, payments, prices = services.ledger, services.payments, services.prices
+
+    async def render_balance(
+        session: AsyncSession, user: User, t: Texts, offset: int
+    ) -> tuple[str, InlineKeyboardMarkup]:
+        balance = await ledger.get_balance(session=session, user_id=user.telegram_id)
+        held = await ledger.held_total(session=session, user_id=user.telegram_id)
+        page = await ledger.history(
+            session=session, user_id=user.telegram_id, limit=HISTORY_PAGE_SIZE, offset=offset
+        )
+        return balance_text(t, balance=balance, held=held, page=page), balance_keyboard(t, page)
+
+    @router.message(Command("balance"))
+    @router.message(menu_button(services.translator, "menu.balance"))
+    async def show_balance(message: Message, session: AsyncSession, user: User, t: Texts) -> None:
+        text, keyboard = await render_balance(session, user, t, 0)
+        await message.answer(text, reply_markup=keyboard)
+
+    @router.callback_query(History.filter())
+    async def turn_page(
+        query: CallbackQuery, callback_data: History, session: AsyncSession, user: User, t: Texts
+    ) -> None:
+        if callback_data.offset < 0 or not isinstance(query.message, Message):
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        text, keyboard = await render_balance(session, user, t, callback_data.offset)
+        await query.message.edit_text(text, reply_markup=keyboard)
+        await query.answer()
+
+    @router.message(Command("prices"))
+    async def show_prices(message: Message, t: Texts) -> None:
+        await message.answer(
+            t(
+                "billing.prices",
+                avatar_portrait=prices.avatar_portrait,
+                avatar_style=prices.avatar_style,
+                image=prices.image,
+                image_no_avatar=prices.image_no_avatar,
+                transcription_minute=prices.transcription_minute,
+                photo_to_prompt=prices.photo_to_prompt,
+            )
+        )
+
+    async def show_packages(message: Message, t: Texts) -> None:
+        rows = [
+            [
+                InlineKeyboardButton(
+                    text=t("billing.package", stars=p.stars, credits=p.credits, count=p.credits),
+                    callback_data=Buy(package=p.id).pack(),
+                )
+            ]
+            for p in payments.packages
+        ]
+        await message.answer(
+            t("billing.choose_package"), reply_markup=InlineKeyboardMarkup(inline_keyboard=rows)
+        )
+
+    @router.message(Command("topup"))
+    async def topup_command(message: Message, t: Texts) -> None:
+        await show_packages(message, t)
+
+    @router.callback_query(TopUp.filter())
+    async def topup_pressed(query: CallbackQuery, t: Texts) -> None:
+        await query.answer()
+        if isinstance(query.message, Message):
+            await show_packages(query.message, t)
+
+    @router.callback_query(Buy.filter())
+    async def buy(query: CallbackQuery, callback_data: Buy, user: User, t: Texts, bot: Bot) -> None:
+        package = prices.package(callback_data.package)
+        if package is None:
+            await query.answer(t("payments.error.package_gone"), show_alert=True)
+            return
+        await query.answer()
+        await bot.send_invoice(
+            chat_id=user.telegram_id,
+            title=t("billing.invoice_title", credits=package.credits, count=package.credits),
+            description=t("billing.invoice_description", credits=package.credits, count=package.credits),
+            payload=payments.make_invoice_payload(user_id=user.telegram_id, package=package),
+            currency=STARS_CURRENCY,
+            prices=[
+                LabeledPrice(
+                    label=t("billing.invoice_label", credits=package.credits, count=package.credits),
+                    amount=package.stars,
+                )
+            ],
+            provider_token="",
+        )
+
+    @router.pre_checkout_query()
+    async def pre_checkout(query: PreCheckoutQuery, session: AsyncSession, t: Texts) -> None:
+        # Telegram waits at most 10 seconds for this answer: only local checks happen here.
+        error = await payments.validate_pre_checkout(
+            session=session,
+            user_id=query.from_user.id,
+            currency=query.currency,
+            total_amount=query.total_amount,
+            payload=query.invoice_payload,
+        )
+        if error is None:
+            await query.answer(ok=True)
+        else:
+            log.warning("payment.pre_checkout_refused", user_id=query.from_user.id, reason=error)
+            await query.answer(ok=False, error_message=t(error))
+
+    @router.message(F.successful_payment)
+    async def paid(message: Message, session: AsyncSession, user: User, t: Texts) -> None:
+        payment = message.successful_payment
+        assert payment is not None
+        result = await payments.record_successful_payment(
+            session=session,
+            user_id=user.telegram_id,
+            telegram_payment_charge_id=payment.telegram_payment_charge_id,
+            provider_payment_charge_id=payment.provider_payment_charge_id,
+            currency=payment.currency,
+            total_amount=payment.total_amount,
+            payload=payment.invoice_payload,
+        )
+        log.info(
+            "payment.credited", user_id=user.telegram_id, credits=result.credits, replayed=result.replayed
+        )
+        if not result.replayed:
+            await message.answer(
+                t("billing.thanks", credits=result.credits, balance=result.balance, count=result.credits)
+            )
+
+    @router.message(Command("paysupport"))
+    async def paysupport(message: Message, t: Texts) -> None:
+        await message.answer(t("billing.paysupport"))
+
+    @router.message(Command("terms"))
+    async def terms(message: Message, t: Texts) -> None:
+        await message.answer(t("billing.terms"))
+
+    @router.message(Command("refund"), F.from_user.id.in_(services.settings.admin_ids))
+    async def refund(
+        message: Message, command: CommandObject, session: AsyncSession, t: Texts, bot: Bot
+    ) -> None:
+        charge_id = (command.args or "").strip()
+        if not charge_id:
+            await message.answer(t("admin.refund.usage"))
+            return
+        # The credits come back only if Telegram really refunds: both sides happen, or neither.
+        savepoint = await session.begin_nested()
+        try:
+            result = await payments.refund(session=session, telegram_payment_charge_id=charge_id)
+            await bot.refund_star_payment(user_id=result.user_id, telegram_payment_charge_id=charge_id)
+        except PaymentNotFound:
+            await savepoint.rollback()
+            await message.answer(t("admin.refund.not_found"))
+            return
+        except AlreadyRefunded:
+            await savepoint.rollback()
+            await message.answer(t("admin.refund.already"))
+            return
+        except InsufficientCredits as error:
+            await savepoint.rollback()
+            await message.answer(t("admin.refund.spent", balance=error.balance, credits=error.required))
+            return
+        except TelegramAPIError as error:
+            await savepoint.rollback()
+            await message.answer(t("admin.refund.telegram_failed", error=html.quote(error.message)))
+            return
+        await savepoint.commit()
+        log.info("payment.refunded", user_id=result.user_id, stars=result.stars, credits=result.credits)
+        await message.answer(t("admin.refund.done", stars=result.stars, credits=result.credits))
+
+    return router

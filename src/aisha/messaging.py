@@ -1,0 +1,53 @@
+"""How services talk to users and fetch their files without knowing about aiogram.
+
+The bot adapter (`bot/messenger.py`) implements this over the Bot API; tests use the real one
+against the fake Bot API server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Button:
+    text: str
+    callback_data: str
+
+
+Buttons = list[list[Button]]
+
+
+class FileTooLarge(Exception):
+    """The file is over what the Bot API lets a bot download."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"file of {size} bytes is over the {limit}-byte download limit")
+
+
+class Messenger(Protocol):
+    async def send_text(
+        self, chat_id: int, text: str, *, buttons: Buttons | None = None, reply_to: int | None = None
+    ) -> int:
+        """Sends a message; returns its message id."""
+        ...
+
+    async def edit_text(
+        self, chat_id: int, message_id: int, text: str, *, buttons: Buttons | None = None
+    ) -> None:
+        """Edits a message; an unchanged text is not an error."""
+        ...
+
+    async def send_document(
+        self, chat_id: int, *, file_name: str, data: bytes, caption: str | None = None
+    ) -> None: ...
+
+    async def send_chat_action(self, chat_id: int, action: str) -> None: ...
+
+    async def download(self, file_id: str, destination: Path) -> int:
+        """Saves a Telegram file to `destination`; returns its size. Raises FileTooLarge."""
+        ...
