@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 
@@ -133,6 +133,34 @@ def ledger_verify() -> None:
         typer.echo(f"ledger verify: {len(mismatches)} of {accounts} accounts do not add up", err=True)
         raise typer.Exit(1)
     typer.echo(f"ledger verify: all {accounts} accounts add up")
+
+
+@app.command()
+def doctor() -> None:
+    """Check every dependency (database, storage, Telegram, Redis, provider keys) and print a table;
+    exit 1 when a required one is down."""
+    from aisha.health import check_all
+    from aisha.runtime import Runtime
+
+    settings = _settings()
+    _guarded(settings.require_bot_token)
+
+    async def run_checks() -> list[Any]:
+        runtime = Runtime(settings)
+        try:
+            return await check_all(runtime.services, runtime.bot)
+        finally:
+            await runtime.bot.session.close()
+            await runtime.services.aclose()
+
+    results = asyncio.run(run_checks())
+    typer.echo(f"{'dependency':<10} {'status':<15} {'latency':>9}  detail")
+    for r in results:
+        latency = f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-"
+        status = r.status + ("" if r.required else " (optional)" if r.status != "ok" else "")
+        typer.echo(f"{r.name:<10} {status:<15} {latency:>9}  {r.detail}".rstrip())
+    if any(r.failing for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()

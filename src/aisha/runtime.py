@@ -68,7 +68,7 @@ class Runtime:
         log.info("runtime.starting", role=role.value, bot=me.username, webhook=self.settings.webhook_mode)
         await self.services.queue.startup()
         if role in (Role.ALL, Role.API) and serve_http:
-            await self._start_http()
+            await self.start_http()
         if role in (Role.ALL, Role.API) and self.settings.webhook_mode:
             await self.bot.set_webhook(
                 url=f"{self.settings.public_base_url}{WEBHOOK_PATH}",
@@ -92,7 +92,7 @@ class Runtime:
             # The receiver only ends when cancelled; stop() does that.
             self._receiver = asyncio.create_task(run_receiver_task(self.services.queue.broker))
 
-    async def _start_http(self) -> None:
+    async def start_http(self) -> None:
         config = uvicorn.Config(
             create_api(self),
             host=self.settings.http_host,

@@ -54,9 +54,12 @@ async def start_app() -> AsyncIterator[Callable[..., Any]]:
     """Starts Runtimes and stops every one of them after the test."""
     started: list[Runtime] = []
 
-    async def start(settings: Settings, role: Role = Role.ALL) -> Runtime:
+    async def start(settings: Settings, role: Role = Role.ALL, *, serve_only: bool = False) -> Runtime:
         runtime = Runtime(settings)
-        await runtime.start(role)
+        if serve_only:  # only the HTTP app: for dependencies that are down on purpose
+            await runtime.start_http()
+        else:
+            await runtime.start(role)
         started.append(runtime)
         return runtime
 

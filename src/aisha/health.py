@@ -1,0 +1,82 @@
+"""Readiness of every dependency, for GET /readyz and `aisha doctor`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import text
+
+if TYPE_CHECKING:
+    from aiogram import Bot
+
+    from aisha.container import Services
+
+CHECK_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # "ok", "down" or "not configured"
+    required: bool
+    latency_ms: float | None
+    detail: str = ""
+
+    @property
+    def failing(self) -> bool:
+        return self.required and self.status != "ok"
+
+
+async def _timed(name: str, required: bool, probe: Callable[[], Awaitable[object]]) -> CheckResult:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe(), timeout=CHECK_TIMEOUT_SECONDS)
+    except Exception as error:  # any failure means "down"; say why without secrets
+        elapsed = (time.perf_counter() - started) * 1000
+        return CheckResult(name, "down", required, round(elapsed, 1), type(error).__name__)
+    return CheckResult(name, "ok", required, round((time.perf_counter() - started) * 1000, 1))
+
+
+def _configured(name: str, value: object) -> CheckResult:
+    status = "ok" if value else "not configured"
+    return CheckResult(name, status, False, None)
+
+
+async def check_all(services: Services, bot: Bot) -> list[CheckResult]:
+    settings = services.settings
+
+    async def database() -> None:
+        async with services.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def redis() -> None:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(settings.redis_url or "", socket_connect_timeout=CHECK_TIMEOUT_SECONDS)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    async def storage() -> None:
+        await services.storage.exists("health/probe")
+
+    checks = [
+        _timed("database", True, database),
+        _timed("storage", True, storage),
+        _timed("telegram", True, bot.get_me),
+    ]
+    if settings.redis_url:
+        checks.append(_timed("redis", True, redis))
+    results = list(await asyncio.gather(*checks))
+    if not settings.redis_url:
+        results.append(
+            CheckResult("redis", "not configured", False, None, "in-memory jobs, FSM in the database")
+        )
+    results.append(_configured("fal", settings.fal_key))
+    results.append(_configured("openai", settings.openai_api_key))
+    return results
