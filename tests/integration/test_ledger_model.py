@@ -312,7 +312,7 @@ def machine_for(new_database: Callable[[], str], truncate: bool) -> type[RuleBas
 
 @pytest.mark.parametrize(
     ("backend", "examples", "steps"),
-    [("sqlite", 20, 50), pytest.param("postgres", 6, 40, marks=pytest.mark.postgres)],
+    [("sqlite", 20, 40), pytest.param("postgres", 5, 40, marks=pytest.mark.postgres)],
 )
 def test_ledger_matches_the_model(
     backend: str, examples: int, steps: int, request: pytest.FixtureRequest, tmp_path: Path

@@ -13,16 +13,22 @@ from aisha.billing.prices import DEFAULT_PACKAGES, PriceList, StarPackage, load_
 def test_defaults() -> None:
     prices = load_prices(environ={})
     assert prices == PriceList()
-    assert (prices.avatar_portrait, prices.avatar_style) == (150, 150)
+    assert (prices.avatar_portrait, prices.avatar_style) == (300, 300)
     assert (prices.image, prices.image_no_avatar) == (5, 3)
     assert (prices.transcription_minute, prices.photo_to_prompt) == (1, 2)
     assert prices.costs.avatar_portrait == 2_000_000  # $2.00 in micro-USD
     assert [(p.stars, p.credits) for p in prices.packages] == [(50, 50), (100, 110), (250, 300), (500, 650)]
-    # Per-use prices earn more than they cost even at the most generous package (500★ → 650
-    # credits, 1★ ≈ $0.013 to the operator: 1 credit ≈ 10_000 micro-USD). Avatars at 150 credits
-    # (≈ $1.50) do NOT cover a ≈ $2.00 training: the operator should raise them (reported).
+    # Every price earns more than it costs even at the most generous package (500★ → 650
+    # credits, 1★ ≈ $0.013 to the operator: 1 credit ≈ 10_000 micro-USD).
     credit_micro_usd = 500 * 13_000 // 650
-    for name in ("image", "image_no_avatar", "transcription_minute", "photo_to_prompt"):
+    for name in (
+        "avatar_portrait",
+        "avatar_style",
+        "image",
+        "image_no_avatar",
+        "transcription_minute",
+        "photo_to_prompt",
+    ):
         assert getattr(prices, name) * credit_micro_usd > getattr(prices.costs, name), name
 
 
@@ -56,7 +62,7 @@ def test_transcription_of_nothing_is_refused(seconds: float) -> None:
 def test_image_price() -> None:
     prices = PriceList()
     assert prices.image_price(4, with_avatar=True) == 20
-    assert prices.image_price(2, with_avatar=False) == 6
+    assert prices.image_price(2, False) == 6
     assert prices.image_cost_micro_usd(2, with_avatar=True) == 70_000
     with pytest.raises(ValueError, match="image count"):
         prices.image_price(0, with_avatar=True)
@@ -88,7 +94,7 @@ credits = 1500
     prices = load_prices(path, environ={})
     assert prices.image == 7
     assert prices.avatar_portrait == 200
-    assert prices.avatar_style == 150  # untouched default
+    assert prices.avatar_style == 300  # untouched default
     assert prices.costs.image == 40_000
     assert prices.costs.image_no_avatar == 25_000
     assert prices.packages == (

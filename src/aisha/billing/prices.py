@@ -94,8 +94,9 @@ class PriceList(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    avatar_portrait: PositiveCredits = 150
-    avatar_style: PositiveCredits = 150
+    # A training costs about $2.00 at FAL; 300 credits is about $3.00 at the most generous package.
+    avatar_portrait: PositiveCredits = 300
+    avatar_style: PositiveCredits = 300
     image: PositiveCredits = 5  # per image, with the user's avatar
     image_no_avatar: PositiveCredits = 3  # per image, without an avatar
     transcription_minute: PositiveCredits = 1  # per started minute
@@ -115,10 +116,10 @@ class PriceList(BaseModel):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def image_price(self, count: int, *, with_avatar: bool) -> int:
+    def image_price(self, count: int, with_avatar: bool) -> int:
         return _check_count(count) * (self.image if with_avatar else self.image_no_avatar)
 
-    def image_cost_micro_usd(self, count: int, *, with_avatar: bool) -> int:
+    def image_cost_micro_usd(self, count: int, with_avatar: bool) -> int:
         unit = self.costs.image if with_avatar else self.costs.image_no_avatar
         return _check_count(count) * unit
 

@@ -11,7 +11,8 @@ Invariants:
 - an idempotency key is applied at most once; the same key again returns the first result;
 - a hold resolves exactly once (captured, released or expired).
 
-Lock order is always "account row, then hold row", so two ledger operations never deadlock.
+Lock order is always "account row, then hold row", so transactions that each touch one account
+never deadlock each other; a unit of work spanning several accounts should lock them in user order.
 """
 
 from __future__ import annotations
@@ -693,7 +694,7 @@ class LedgerService:
     ) -> ResolutionResult:
         """Capture, release or expire a hold: the conditional UPDATE lets exactly one win."""
         _check_texts(key=key, description=description, reference=None)
-        hold = await self._hold_info(session, hold_id)
+        hold, stored = await self._hold_and_entry(session, hold_id, key)
         if hold is None:
             raise HoldNotFound(hold_id)
         if isinstance(spend, bool) or not isinstance(spend, int) or not 0 <= spend <= hold.amount:
@@ -701,7 +702,6 @@ class LedgerService:
         kind = EntryKind.CAPTURE if target is HoldStatus.CAPTURED else EntryKind.RELEASE
         returned = hold.amount - spend
 
-        stored = await self._stored_entry(session, key)
         if stored is not None:
             return _replay_resolution(stored, hold=hold, key=key, kind=kind, returned=returned)
         if hold.status is not HoldStatus.ACTIVE:
@@ -837,6 +837,39 @@ class LedgerService:
             balance_after=row.balance_after,
             hold_id=row.hold_id,
         )
+
+    async def _hold_and_entry(
+        self, session: AsyncSession, hold_id: uuid.UUID, key: str
+    ) -> tuple[HoldInfo | None, _StoredEntry | None]:
+        """The hold and the entry already stored under `key`, in one round trip."""
+        row = (
+            await session.execute(
+                select(
+                    *_HOLD_COLUMNS,
+                    CreditEntry.id.label("entry_id"),
+                    CreditEntry.user_id.label("entry_user_id"),
+                    CreditEntry.kind.label("entry_kind"),
+                    CreditEntry.amount.label("entry_amount"),
+                    CreditEntry.balance_after.label("entry_balance_after"),
+                    CreditEntry.hold_id.label("entry_hold_id"),
+                )
+                .outerjoin(CreditEntry, CreditEntry.idempotency_key == key)
+                .where(CreditHold.id == hold_id)
+            )
+        ).first()
+        if row is None:
+            return None, None
+        stored = None
+        if row.entry_id is not None:
+            stored = _StoredEntry(
+                id=row.entry_id,
+                user_id=row.entry_user_id,
+                kind=row.entry_kind,
+                amount=row.entry_amount,
+                balance_after=row.entry_balance_after,
+                hold_id=row.entry_hold_id,
+            )
+        return _hold_from_row(row), stored
 
     async def _hold_info(self, session: AsyncSession, hold_id: uuid.UUID) -> HoldInfo | None:
         # Plain columns, not ORM objects: the identity map would serve a stale status after our
