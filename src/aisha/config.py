@@ -68,8 +68,51 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=6 * 3600, ge=60)
     prices_file: Path | None = None
 
+    # Transcription
+    transcription_model: str = "whisper-1"
+    transcription_max_duration_seconds: int = Field(default=4 * 3600, ge=1)
+    transcription_chunk_seconds: int = Field(default=600, ge=10)
+    transcription_concurrency: int = Field(default=4, ge=1, le=32)
+    transcription_keep_audio: bool = False
+    transcription_max_attempts: int = Field(default=5, ge=1, le=20)
+    transcription_retry_base_seconds: float = Field(default=1.0, ge=0)
+
     # Background work
     recovery_interval_seconds: int = Field(default=60, ge=1)
+
+    # Avatars: FAL trainers, limits, timeouts, retention of the source photos
+    fal_portrait_endpoint: str = "fal-ai/flux-lora-portrait-trainer"
+    fal_style_endpoint: str = "fal-ai/flux-lora-fast-training"
+    avatar_portrait_steps: int = Field(default=2500, ge=1, le=20000)
+    avatar_style_steps: int = Field(default=1000, ge=1, le=20000)
+    avatar_min_photos: int = Field(default=10, ge=1)
+    avatar_max_photos: int = Field(default=20, ge=1)
+    avatar_training_timeout_seconds: int = Field(default=3 * 3600, ge=60)
+    avatar_poll_after_seconds: int = Field(default=15 * 60, ge=0)
+    avatar_photo_retention_seconds: int = Field(default=0, ge=0)  # 0: delete at once after training
+    avatar_draft_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    # Photo checks (the rest of ValidationThresholds keeps its tuned defaults).
+    photo_min_short_side: int = Field(default=512, ge=64)
+    photo_min_sharpness: float = Field(default=40.0, ge=0)
+    photo_duplicate_max_distance: int = Field(default=10, ge=0, le=64)
+    photo_nsfw_check: bool = True
+
+    # Image generation: FAL endpoints and defaults, OpenAI models for prompts and vision, limits
+    fal_image_lora_endpoint: str = "fal-ai/flux-lora"
+    fal_image_endpoint: str = "fal-ai/flux/dev"
+    generation_steps: int = Field(default=28, ge=1, le=50)
+    generation_guidance_scale: float = Field(default=3.5, ge=0, le=20)
+    generation_lora_scale: float = Field(default=1.0, ge=0, le=4)
+    openai_chat_model: str = "gpt-4o-mini"
+    openai_vision_model: str = "gpt-4o"
+    openai_timeout_seconds: float = Field(default=20.0, gt=0)
+    generation_max_in_flight: int = Field(default=2, ge=1)
+    generation_timeout_seconds: int = Field(default=600, ge=30)
+    generation_poll_after_seconds: int = Field(default=60, ge=0)
+    generation_poll_interval_seconds: float = Field(default=2.0, gt=0)
+    prompt_max_length: int = Field(default=1000, ge=10, le=4000)
+    generation_quality_check: bool = True
+    generation_free_regeneration: bool = True
 
     @field_validator("admin_ids", mode="before")
     @classmethod
@@ -126,6 +169,12 @@ class Settings(BaseSettings):
         if parts.scheme == "file" or (parts.scheme == "s3" and parts.netloc):
             return value
         raise ValueError(f"STORAGE_URL must be file://PATH or s3://BUCKET, got {value!r}")
+
+    @model_validator(mode="after")
+    def _avatar_photo_range(self) -> Settings:
+        if self.avatar_min_photos > self.avatar_max_photos:
+            raise ValueError("AVATAR_MIN_PHOTOS must not exceed AVATAR_MAX_PHOTOS")
+        return self
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> Settings:

@@ -5,24 +5,48 @@ The bot, the HTTP app and the workers all receive the same `Services`.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import httpx
+from openai import AsyncOpenAI
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from aisha.api.fal import FalWebhookRegistry
+from aisha.avatars.service import AvatarNotifier, AvatarRules, AvatarService, parse_avatar_id
+from aisha.avatars.training import FalTrainer, TrainerConfig
+from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThresholds
 from aisha.billing.payments import PaymentService
 from aisha.billing.prices import PriceList, load_prices
 from aisha.billing.service import LedgerService
 from aisha.clock import Clock, SystemClock
 from aisha.config import Settings
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
+from aisha.generation.enhance import OpenAIPromptWriter, PromptEnhancer
+from aisha.generation.service import (
+    FalImageGenerator,
+    GenerationNotifier,
+    GenerationRules,
+    GenerationService,
+    GeneratorConfig,
+    parse_generation_id,
+)
+from aisha.generation.vision import OpenAIVision
 from aisha.i18n import Translator
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
-from aisha.messaging import Messenger
+from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Messenger
+from aisha.providers.fal import FalClient
+from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier
+from aisha.providers.openai_transcriber import OpenAITranscriber
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
+from aisha.transcription.audio import AudioConfig
+from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
+from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
+from aisha.transcription.service import TranscriptionService, TranscriptionSettings
 from aisha.users.service import UserService
 
 
@@ -42,8 +66,19 @@ class Services:
     messenger: Messenger
     link_signer: LinkSigner | None = None
     recovery: RecoverySweep = field(default_factory=RecoverySweep)
+    # FAL: one HTTP pool for the queue client and the webhook keys; features route webhooks by kind.
+    http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+    fal_verifier: FalWebhookVerifier | None = None
+    fal_webhooks: FalWebhookRegistry = field(default_factory=FalWebhookRegistry)
+    avatars: AvatarService = field(init=False)
+    transcription: TranscriptionService = field(init=False)
+    generation: GenerationService = field(init=False)
+    openai_chat: AsyncOpenAI | None = None  # prompts and vision (generation)
 
     async def aclose(self) -> None:
+        if self.openai_chat is not None:
+            await self.openai_chat.close()
+        await self.http.aclose()
         await self.storage.aclose()
         await self.engine.dispose()
 
@@ -85,7 +120,202 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
         link_signer=signer,
     )
     services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
+    _wire_avatars(services)
+    _wire_transcription(services)
+    _wire_generation(services)
     return services
+
+
+def _wire_generation(services: Services) -> None:
+    """Image generation: FLUX on FAL, prompt enhancement and vision on OpenAI (each optional),
+    the `generation.run` job, the recovery check and the `generation` kind of FAL webhooks."""
+    settings = services.settings
+    generator = None
+    if settings.fal_key:
+        client = FalClient(
+            key=settings.fal_key.get_secret_value(), queue_url=settings.fal_queue_url, http=services.http
+        )
+        generator = FalImageGenerator(
+            client,
+            services.http,
+            GeneratorConfig(
+                lora_endpoint=settings.fal_image_lora_endpoint,
+                plain_endpoint=settings.fal_image_endpoint,
+                steps=settings.generation_steps,
+                guidance_scale=settings.generation_guidance_scale,
+                lora_scale=settings.generation_lora_scale,
+            ),
+        )
+    writer, vision = None, None
+    if settings.openai_api_key:
+        # One retry at most: a slow model must not hold a generation up; enhancement falls back.
+        services.openai_chat = AsyncOpenAI(
+            api_key=settings.openai_api_key.get_secret_value(),
+            base_url=settings.openai_base_url,
+            timeout=settings.openai_timeout_seconds,
+            max_retries=1,
+        )
+        writer = OpenAIPromptWriter(services.openai_chat, model=settings.openai_chat_model)
+        vision = OpenAIVision(services.openai_chat, model=settings.openai_vision_model)
+
+    async def enqueue(generation_id: uuid.UUID) -> None:
+        await services.queue.enqueue("generation.run", generation_id=str(generation_id))
+
+    services.generation = GenerationService(
+        sessions=services.sessions,
+        clock=services.clock,
+        storage=services.storage,
+        ledger=services.ledger,
+        prices=services.prices,
+        generator=generator,
+        enhancer=PromptEnhancer(writer=writer, timeout=settings.openai_timeout_seconds),
+        vision=vision,
+        messenger=services.messenger,
+        notifier=GenerationNotifier(
+            messenger=services.messenger, translator=services.translator, storage=services.storage
+        ),
+        rules=GenerationRules(
+            max_in_flight=settings.generation_max_in_flight,
+            timeout=timedelta(seconds=settings.generation_timeout_seconds),
+            poll_after=timedelta(seconds=settings.generation_poll_after_seconds),
+            poll_interval=settings.generation_poll_interval_seconds,
+            prompt_max_length=settings.prompt_max_length,
+            free_regeneration=settings.generation_free_regeneration,
+            quality_check=settings.generation_quality_check,
+            public_base_url=settings.public_base_url,
+        ),
+        enqueue=enqueue,
+    )
+    generation = services.generation
+
+    async def run_job(*, generation_id: str) -> None:
+        await generation.run(generation_id=uuid.UUID(generation_id))
+
+    async def on_webhook(row_id: str, webhook: FalWebhook) -> bool:
+        generation_id = parse_generation_id(row_id)
+        return generation_id is not None and await generation.apply_webhook(
+            generation_id=generation_id, webhook=webhook
+        )
+
+    services.queue.register("generation.run", run_job)
+    services.recovery.register("generation.stuck", generation.sweep)
+    services.fal_webhooks.register("generation", on_webhook)
+
+
+def _wire_transcription(services: Services) -> None:
+    """Transcription: the speech API (when OPENAI_API_KEY is set), the job and its recovery check."""
+    settings = services.settings
+    pipeline = None
+    if settings.openai_api_key:
+        transcriber = OpenAITranscriber(
+            settings.openai_api_key.get_secret_value(), settings.openai_base_url, settings.transcription_model
+        )
+        audio = AudioConfig(
+            max_duration=float(settings.transcription_max_duration_seconds),
+            max_chunk_seconds=float(settings.transcription_chunk_seconds),
+        )
+        retry = RetryPolicy(
+            max_attempts=settings.transcription_max_attempts,
+            base_delay=settings.transcription_retry_base_seconds,
+        )
+        pipeline = TranscriptionPipeline(
+            transcriber, audio=audio, concurrency=settings.transcription_concurrency, retry=retry
+        )
+    services.transcription = TranscriptionService(
+        sessions=services.sessions,
+        clock=services.clock,
+        ledger=services.ledger,
+        prices=services.prices,
+        storage=services.storage,
+        messenger=services.messenger,
+        pipeline=pipeline,
+        translator=services.translator,
+        settings=TranscriptionSettings(
+            keep_audio=settings.transcription_keep_audio,
+            model=settings.transcription_model,
+            download_limit=None if settings.telegram_api_local else PUBLIC_API_DOWNLOAD_LIMIT,
+        ),
+    )
+    services.queue.register(TRANSCRIPTION_JOB, services.transcription.run)
+
+    async def redrive() -> int:
+        stuck = await services.transcription.stuck()
+        for transcript_id in stuck:
+            await services.queue.enqueue(TRANSCRIPTION_JOB, transcript_id=str(transcript_id))
+        return len(stuck)
+
+    services.recovery.register("transcription.stuck", redrive)
+
+
+def _wire_avatars(services: Services) -> None:
+    """Avatars: the trainer on FAL, the photo checks, jobs, the recovery check and webhook routing."""
+    settings = services.settings
+    services.fal_verifier = FalWebhookVerifier(
+        settings.fal_jwks_url, http=services.http, clock=services.clock
+    )
+    trainer = None
+    if settings.fal_key:
+        client = FalClient(
+            key=settings.fal_key.get_secret_value(), queue_url=settings.fal_queue_url, http=services.http
+        )
+        trainer = FalTrainer(
+            client,
+            TrainerConfig(
+                portrait_endpoint=settings.fal_portrait_endpoint,
+                style_endpoint=settings.fal_style_endpoint,
+                portrait_steps=settings.avatar_portrait_steps,
+                style_steps=settings.avatar_style_steps,
+            ),
+        )
+    thresholds = ValidationThresholds(
+        min_short_side=settings.photo_min_short_side,
+        min_sharpness=settings.photo_min_sharpness,
+        duplicate_max_distance=settings.photo_duplicate_max_distance,
+    )
+
+    async def enqueue_training(avatar_id: uuid.UUID) -> None:
+        await services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))
+
+    services.avatars = AvatarService(
+        sessions=services.sessions,
+        clock=services.clock,
+        storage=services.storage,
+        ledger=services.ledger,
+        prices=services.prices,
+        validator=PhotoValidator(thresholds, NUDENET if settings.photo_nsfw_check else None),
+        trainer=trainer,
+        messenger=services.messenger,
+        notifier=AvatarNotifier(messenger=services.messenger, translator=services.translator),
+        rules=AvatarRules(
+            min_photos=settings.avatar_min_photos,
+            max_photos=settings.avatar_max_photos,
+            training_timeout=timedelta(seconds=settings.avatar_training_timeout_seconds),
+            poll_after=timedelta(seconds=settings.avatar_poll_after_seconds),
+            photo_retention=timedelta(seconds=settings.avatar_photo_retention_seconds),
+            draft_ttl=timedelta(seconds=settings.avatar_draft_ttl_seconds),
+            duplicate_max_distance=settings.photo_duplicate_max_distance,
+            public_base_url=settings.public_base_url,
+        ),
+        enqueue_training=enqueue_training,
+    )
+    avatars = services.avatars
+
+    async def photo_job(*, user_id: int, avatar_id: str, file_id: str, message_id: int) -> None:
+        await avatars.intake_photo(
+            user_id=user_id, avatar_id=uuid.UUID(avatar_id), file_id=file_id, reply_to=message_id
+        )
+
+    async def train_job(*, avatar_id: str) -> None:
+        await avatars.train(avatar_id=uuid.UUID(avatar_id))
+
+    async def on_webhook(row_id: str, webhook: FalWebhook) -> bool:
+        avatar_id = parse_avatar_id(row_id)
+        return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+
+    services.queue.register("avatars.photo", photo_job)
+    services.queue.register("avatars.train", train_job)
+    services.recovery.register("avatars.stuck", avatars.sweep)
+    services.fal_webhooks.register("avatar", on_webhook)
 
 
 async def _expire_holds(services: Services) -> int:

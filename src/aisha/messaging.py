@@ -18,6 +18,7 @@ class Button:
 
 
 Buttons = list[list[Button]]
+PUBLIC_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # what the public Bot API lets a bot download
 
 
 class FileTooLarge(Exception):
@@ -47,6 +48,16 @@ class Messenger(Protocol):
     ) -> None: ...
 
     async def send_chat_action(self, chat_id: int, action: str) -> None: ...
+
+    async def send_photo(
+        self, chat_id: int, data: bytes, *, caption: str | None = None, buttons: Buttons | None = None
+    ) -> int:
+        """Sends one image; returns its message id."""
+        ...
+
+    async def send_album(self, chat_id: int, photos: list[bytes], *, caption: str | None = None) -> list[int]:
+        """Sends 2–10 images as one album (the caption goes under the first); returns their ids."""
+        ...
 
     async def download(self, file_id: str, destination: Path) -> int:
         """Saves a Telegram file to `destination`; returns its size. Raises FileTooLarge."""

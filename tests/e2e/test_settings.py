@@ -32,14 +32,16 @@ async def test_language_switch_changes_every_following_answer(
     buttons = [
         b["callback_data"] for row in settings_message.params["reply_markup"]["inline_keyboard"] for b in row
     ]
-    assert buttons == ["lang:ru", "lang:en"]
+    assert buttons == ["lang:ru", "lang:en", "tlang:auto", "tlang:ru", "tlang:en"]
 
     message = telegram.chat_messages(user.id)[-1]
     telegram.queue_update(telegram.callback_update(user, "lang:ru", message=message))
     changed = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == user.id)
     assert changed.params["text"] == "Язык переключён на русский."
     keyboard = telegram.reply_keyboard(user.id)
-    assert keyboard is not None and keyboard["keyboard"][0][0]["text"] == "💰 Баланс"
+    assert keyboard is not None
+    labels = [button["text"] for row in keyboard["keyboard"] for button in row]
+    assert "💰 Баланс" in labels and "⚙️ Настройки" in labels
     assert (await _say(telegram, user, "/help")).params["text"].startswith("<b>Что я умею</b>")
     await eventually(lambda: _language_is(db, user.id, "ru"))
 
@@ -56,6 +58,31 @@ async def _language_is(db: Database, user_id: int, language: str) -> bool:
     async with db.sessions() as session:
         stored = await session.get(User, user_id)
     return stored is not None and stored.language == language
+
+
+async def test_transcription_language_is_chosen_in_settings(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    await start_app(make_settings())
+    user = FakeUser(id=6004, language_code="en")
+    await _say(telegram, user, "/settings")
+    message = telegram.chat_messages(user.id)[-1]
+    telegram.queue_update(telegram.callback_update(user, "tlang:ru", message=message))
+    answer = await telegram.wait_for_call("answerCallbackQuery")
+    assert answer.params["text"] == "Recordings will be transcribed as: 🎙 Russian"
+    await eventually(lambda: _transcription_language_is(db, user.id, "ru"))
+    telegram.queue_update(telegram.callback_update(user, "tlang:auto", message=message))
+    await telegram.wait_for_call("answerCallbackQuery")
+    await eventually(lambda: _transcription_language_is(db, user.id, None))
+
+
+async def _transcription_language_is(db: Database, user_id: int, language: str | None) -> bool:
+    async with db.sessions() as session:
+        stored = await session.get(User, user_id, populate_existing=True)
+    return stored is not None and stored.transcription_language == language
 
 
 async def test_cancel_leaves_any_wizard(

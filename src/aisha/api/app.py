@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from aisha import __version__
-from aisha.api import files, health, telegram
+from aisha.api import fal, files, health, telegram
 
 if TYPE_CHECKING:
     from aisha.runtime import Runtime
@@ -19,4 +19,5 @@ def create_api(runtime: Runtime) -> FastAPI:
     app.include_router(health.router)
     app.include_router(telegram.router)
     app.include_router(files.router)
+    app.include_router(fal.router)
     return app

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.bot.fsm import SqlStorage
 from aisha.bot.middlewares import UnitOfWorkMiddleware, UserMiddleware
-from aisha.bot.routers import billing, settings, start
+from aisha.bot.routers import avatars, billing, generation, settings, start, transcription
 from aisha.config import Settings
 
 if TYPE_CHECKING:
@@ -45,10 +45,16 @@ def create_dispatcher(services: Services) -> Dispatcher:
     dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services))
     dispatcher.update.outer_middleware(UserMiddleware(services))
     dispatcher.include_routers(
+        # Before start's /cancel: inside the avatar wizard, /cancel must also remove the uploads.
+        avatars.create_cancel_router(services),
         start.create_router(services),
         settings.create_router(services),
         billing.create_router(services),
+        avatars.create_router(services),
+        transcription.create_router(services),
         # Feature routers go above this line; the fallback answers what none of them took.
+        # Generation is the last of them: any text outside a wizard is a prompt.
+        generation.create_router(services),
         start.create_fallback_router(),
     )
     return dispatcher

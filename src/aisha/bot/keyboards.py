@@ -15,6 +15,8 @@ from aisha.i18n import Texts, Translator
 
 # Text keys of the main menu's buttons, row by row; features add theirs as they arrive.
 MAIN_MENU: list[list[str]] = [
+    ["menu.generate", "menu.gallery"],
+    ["menu.avatars", "menu.transcripts"],
     ["menu.balance"],
     ["menu.settings", "menu.help"],
 ]
@@ -31,11 +33,16 @@ def menu_button(translator: Translator, key: str) -> MagicFilter:
 
 
 def language_keyboard(t: Texts) -> InlineKeyboardMarkup:
+    """The interface language, then the language recordings are transcribed in."""
     return InlineKeyboardMarkup(
         inline_keyboard=[
             [
                 InlineKeyboardButton(text=t("settings.language.ru"), callback_data="lang:ru"),
                 InlineKeyboardButton(text=t("settings.language.en"), callback_data="lang:en"),
-            ]
+            ],
+            [
+                InlineKeyboardButton(text=t(f"settings.transcription.{code}"), callback_data=f"tlang:{code}")
+                for code in ("auto", "ru", "en")
+            ],
         ]
     )

@@ -10,14 +10,22 @@ from typing import TypeVar
 import structlog
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest, TelegramRetryAfter
-from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import (
+    BufferedInputFile,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaAudio,
+    InputMediaDocument,
+    InputMediaLivePhoto,
+    InputMediaPhoto,
+    InputMediaVideo,
+)
 
-from aisha.messaging import Buttons, FileTooLarge
+from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Buttons, FileTooLarge
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 MAX_RETRIES = 3
-PUBLIC_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # what the public Bot API lets a bot download
 
 
 def keyboard(buttons: Buttons | None) -> InlineKeyboardMarkup | None:
@@ -77,6 +85,28 @@ class BotMessenger:
 
     async def send_chat_action(self, chat_id: int, action: str) -> None:
         await self._call(lambda: self._bot.send_chat_action(chat_id, action))
+
+    async def send_photo(
+        self, chat_id: int, data: bytes, *, caption: str | None = None, buttons: Buttons | None = None
+    ) -> int:
+        photo = BufferedInputFile(data, filename="image.png")
+        message = await self._call(
+            lambda: self._bot.send_photo(chat_id, photo, caption=caption, reply_markup=keyboard(buttons))
+        )
+        return message.message_id
+
+    async def send_album(self, chat_id: int, photos: list[bytes], *, caption: str | None = None) -> list[int]:
+        media: list[
+            InputMediaAudio | InputMediaDocument | InputMediaLivePhoto | InputMediaPhoto | InputMediaVideo
+        ]
+        media = [
+            InputMediaPhoto(
+                media=BufferedInputFile(data, filename=f"image-{n}.png"), caption=caption if n == 1 else None
+            )
+            for n, data in enumerate(photos, start=1)
+        ]
+        messages = await self._call(lambda: self._bot.send_media_group(chat_id, media))
+        return [m.message_id for m in messages]
 
     async def download(self, file_id: str, destination: Path) -> int:
         file = await self._call(lambda: self._bot.get_file(file_id))

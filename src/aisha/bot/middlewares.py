@@ -9,9 +9,11 @@ import structlog
 from aiogram import BaseMiddleware
 from aiogram.types import TelegramObject, Update
 from aiogram.types import User as TelegramUser
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.db.context import current_session
 from aisha.db.models import ProcessedUpdate
+from aisha.db.session import run_after_commit
 from aisha.db.upsert import insert_ignore
 from aisha.users.service import TelegramProfile
 
@@ -35,22 +37,30 @@ class UnitOfWorkMiddleware(BaseMiddleware):
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, Update)
-        async with self._services.sessions() as session, session.begin():
-            first_time = await insert_ignore(
-                session,
-                ProcessedUpdate.__table__,  # type: ignore[arg-type]
-                {"update_id": event.update_id, "processed_at": self._services.clock.now()},
-                conflict_columns=["update_id"],
-            )
-            if not first_time:
-                log.info("update.duplicate_dropped", update_id=event.update_id)
-                return None
-            data["session"] = session
-            token = current_session.set(session)
-            try:
-                return await handler(event, data)
-            finally:
-                current_session.reset(token)
+        async with self._services.sessions() as session:
+            async with session.begin():
+                result = await self._handle(handler, event, data, session)
+            await run_after_commit(session)
+            return result
+
+    async def _handle(
+        self, handler: Handler, event: Update, data: dict[str, Any], session: AsyncSession
+    ) -> Any:
+        first_time = await insert_ignore(
+            session,
+            ProcessedUpdate.__table__,  # type: ignore[arg-type]
+            {"update_id": event.update_id, "processed_at": self._services.clock.now()},
+            conflict_columns=["update_id"],
+        )
+        if not first_time:
+            log.info("update.duplicate_dropped", update_id=event.update_id)
+            return None
+        data["session"] = session
+        token = current_session.set(session)
+        try:
+            return await handler(event, data)
+        finally:
+            current_session.reset(token)
 
 
 class UserMiddleware(BaseMiddleware):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,24 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+AfterCommit = Callable[[], Awaitable[object]]
+
+
+def after_commit(session: AsyncSession, action: AfterCommit) -> None:
+    """Run `action` once the unit of work this session belongs to has committed (not on rollback):
+    for enqueueing a job whose row must be visible to it."""
+    session.info.setdefault("after_commit", []).append(action)
+
+
+async def run_after_commit(session: AsyncSession) -> None:
+    for action in session.info.pop("after_commit", []):
+        await action()
+
+
 @asynccontextmanager
 async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """One session, one transaction: committed when the block ends, rolled back on an error."""
-    async with factory() as session, session.begin():
-        yield session
+    async with factory() as session:
+        async with session.begin():
+            yield session
+        await run_after_commit(session)

@@ -1,5 +1,7 @@
 """Fakes of external protocols for end-to-end tests and the sandbox mode."""
 
+from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.fake_openai import FakeOpenAIServer, FakeTranscript
 from aisha.sandbox.fake_telegram import (
     FakeTelegramServer,
     FakeUser,
@@ -11,7 +13,10 @@ from aisha.sandbox.fake_telegram import (
 )
 
 __all__ = [
+    "FakeFalServer",
+    "FakeOpenAIServer",
     "FakeTelegramServer",
+    "FakeTranscript",
     "FakeUser",
     "RecordedCall",
     "StoredFile",

@@ -76,5 +76,13 @@ class UserService:
     async def get(self, session: AsyncSession, *, telegram_id: int) -> User | None:
         return await session.get(User, telegram_id)
 
+    async def set_transcription_language(
+        self, session: AsyncSession, *, telegram_id: int, language: str | None
+    ) -> None:
+        """None: detect the language of each recording."""
+        await session.execute(
+            update(User).where(User.telegram_id == telegram_id).values(transcription_language=language)
+        )
+
     async def set_language(self, session: AsyncSession, *, telegram_id: int, language: str) -> None:
         await session.execute(update(User).where(User.telegram_id == telegram_id).values(language=language))

@@ -1,0 +1,74 @@
+"""POST /webhooks/fal: FAL's signed job results, routed to the feature that submitted the job.
+
+The URL we submit carries `?kind=<feature>&id=<row id>`; it only says where to look. What counts
+is FAL's Ed25519 signature over the request id and body: the feature acts only if the signed
+request id is the one its row holds. Anything unsigned, stale or forged gets 401 and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, HTTPException, Request, status
+
+from aisha.api.deps import RuntimeDep
+from aisha.providers.fal_webhook import FalWebhook, JwksUnavailable, WebhookRejected
+
+WEBHOOK_PATH = "/webhooks/fal"
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a training or image result is a few KB of JSON
+
+# (the id from the URL, the verified webhook) → whether anything changed
+WebhookTarget = Callable[[str, FalWebhook], Awaitable[bool]]
+
+router = APIRouter()
+log = structlog.get_logger(__name__)
+
+
+class FalWebhookRegistry:
+    """Features register the `kind` they put in their webhook URLs (avatars: "avatar")."""
+
+    def __init__(self) -> None:
+        self._targets: dict[str, WebhookTarget] = {}
+
+    def register(self, kind: str, target: WebhookTarget) -> None:
+        if kind in self._targets:
+            raise ValueError(f"FAL webhook kind {kind!r} is registered twice")
+        self._targets[kind] = target
+
+    def get(self, kind: str) -> WebhookTarget | None:
+        return self._targets.get(kind)
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._targets)
+
+
+@router.post(WEBHOOK_PATH, include_in_schema=False)
+async def fal_webhook(request: Request, runtime: RuntimeDep, kind: str = "", id: str = "") -> dict[str, Any]:
+    verifier = runtime.services.fal_verifier
+    if verifier is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "FAL is not configured")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "body too large")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "body too large")
+    try:
+        webhook = await verifier.verify_and_parse(request.headers, body)
+    except WebhookRejected as exc:
+        log.warning("webhook.fal.rejected", reason=exc.reason, kind=kind)
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid FAL signature") from None
+    except JwksUnavailable:
+        log.error("webhook.fal.no_keys")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "FAL keys unavailable") from None
+    target = runtime.services.fal_webhooks.get(kind)
+    if target is None:
+        # Genuine but not ours to route: answer 200 so FAL stops retrying.
+        log.warning("webhook.fal.unknown_kind", kind=kind[:32], request_id=webhook.request_id)
+        return {"ok": True, "changed": False}
+    changed = await target(id, webhook)
+    log.info("webhook.fal.handled", kind=kind, request_id=webhook.request_id, changed=changed)
+    return {"ok": True, "changed": changed}

@@ -1,0 +1,944 @@
+"""The avatar rules: drafts, photo intake, confirmation, training, outcomes, recovery, gallery.
+
+Money and status move together: the credit hold and the FAL request id are written in one
+transaction; every outcome (webhook, poll, timeout) is a conditional UPDATE on the avatar's status,
+so it applies exactly once however many webhooks, sweeps and processes race for it.
+
+Slow work never runs inside a transaction: downloads, photo checks and zipping happen first, then
+a short transaction locks the avatar row and re-checks what may have changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from aisha.avatars.errors import (
+    AvatarNotFound,
+    InvalidAvatarName,
+    NotEnoughPhotos,
+    TrainingUnavailable,
+    WrongAvatarStatus,
+)
+from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
+from aisha.avatars.training import Trainer, TrainingFailed, TrainingState
+from aisha.avatars.validation import (
+    PhotoValidator,
+    RejectReason,
+    build_training_zip,
+    hamming_distance,
+    normalize_for_training,
+)
+from aisha.billing.errors import HoldAlreadyResolved, HoldNotFound, InsufficientCredits
+from aisha.billing.prices import PriceList
+from aisha.billing.service import LedgerService
+from aisha.clock import Clock
+from aisha.db.session import unit_of_work
+from aisha.i18n import Translator
+from aisha.messaging import Button, FileTooLarge, Messenger
+from aisha.providers.fal import (
+    FalError,
+    FalMalformedOutput,
+    FalRequestRefused,
+    FalUnavailable,
+    TrainingOutput,
+    parse_training_result,
+)
+from aisha.providers.fal_webhook import FalWebhook
+from aisha.storage import ObjectStorage, StorageError
+from aisha.users.models import User
+
+log = structlog.get_logger(__name__)
+
+MAX_NAME_LENGTH = 64
+IN_TRAINING = (AvatarStatus.SUBMITTED, AvatarStatus.TRAINING)
+# Callback data the bot's avatar router answers (kept here so job messages carry the same buttons).
+REVIEW_CALLBACK = "avw:review"
+GENERATE_CALLBACK = "gen:new"  # handled by the generation feature
+_FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic", "AVIF": "avif"}
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarRules:
+    min_photos: int = 10
+    max_photos: int = 20
+    training_timeout: timedelta = timedelta(hours=3)
+    poll_after: timedelta = timedelta(minutes=15)
+    photo_retention: timedelta = timedelta(0)
+    draft_ttl: timedelta = timedelta(hours=24)
+    duplicate_max_distance: int = 10
+    # Where FAL posts its webhook; None: polling mode (the recovery sweep polls instead).
+    public_base_url: str | None = None
+    archive_link_ttl_seconds: int = 6 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoOutcome:
+    accepted: bool
+    accepted_count: int
+    reason: str | None = None  # a RejectReason value, or "limit"
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    avatar_id: uuid.UUID
+    name: str
+    type: AvatarType
+    accepted: int
+    price: int
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarView:
+    id: uuid.UUID
+    name: str
+    type: AvatarType
+    status: AvatarStatus
+    is_main: bool
+    photos: int  # photos still stored
+    queue_position: int | None  # among avatars waiting to be sent or trained
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    locale: str
+    accepted: int
+    hashes: list[str]
+    shas: set[str]
+
+
+def photo_prefix(user_id: int, avatar_id: uuid.UUID) -> str:
+    return f"avatars/{user_id}/{avatar_id}"
+
+
+def new_trigger_phrase() -> str:
+    # A rare token the base model knows nothing about; unique per avatar (DB constraint too).
+    return f"ohwx{secrets.token_hex(5)}"
+
+
+class AvatarNotifier:
+    """What jobs tell users, in their language, with the buttons that go with it."""
+
+    def __init__(self, *, messenger: Messenger, translator: Translator) -> None:
+        self._messenger = messenger
+        self._translator = translator
+
+    async def _send(
+        self,
+        user_id: int,
+        text: str,
+        *,
+        buttons: list[list[Button]] | None = None,
+        reply_to: int | None = None,
+    ) -> None:
+        try:
+            await self._messenger.send_text(user_id, text, buttons=buttons, reply_to=reply_to)
+        except Exception:
+            # The database already holds the truth; a blocked bot or a Telegram outage loses a message only.
+            log.warning("avatar.notify_failed", user_id=user_id, exc_info=True)
+
+    async def photo(
+        self,
+        *,
+        user_id: int,
+        locale: str,
+        outcome: PhotoOutcome,
+        min_photos: int,
+        max_photos: int,
+        reply_to: int,
+    ) -> None:
+        t = self._translator.bind(locale)
+        count = outcome.accepted_count
+        progress = t("avatars.photos.progress", accepted=count, required=min_photos, count=count)
+        buttons = None
+        if outcome.accepted:
+            lines = [t("avatars.photos.accepted"), progress]
+        else:
+            reason = t(f"avatars.reject.{outcome.reason}", max=max_photos)
+            lines = [t("avatars.photos.rejected", reason=reason), progress]
+        if count >= min_photos:
+            lines.append(t("avatars.photos.enough", max=max_photos))
+            buttons = [[Button(t("avatars.button.review"), REVIEW_CALLBACK)]]
+        await self._send(user_id, "\n".join(lines), buttons=buttons, reply_to=reply_to)
+
+    async def ready(self, *, user_id: int, locale: str, name: str) -> None:
+        t = self._translator.bind(locale)
+        await self._send(
+            user_id,
+            t("avatars.ready", name=_quote(name)),
+            buttons=[[Button(t("avatars.button.generate"), GENERATE_CALLBACK)]],
+        )
+
+    async def failed(self, *, user_id: int, locale: str, name: str, reason: str) -> None:
+        t = self._translator.bind(locale)
+        await self._send(
+            user_id, t("avatars.failed", name=_quote(name), reason=t(f"avatars.failure.{reason}"))
+        )
+
+
+def _quote(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class AvatarService:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        storage: ObjectStorage,
+        ledger: LedgerService,
+        prices: PriceList,
+        validator: PhotoValidator,
+        trainer: Trainer | None,
+        messenger: Messenger,
+        notifier: AvatarNotifier,
+        rules: AvatarRules,
+        enqueue_training: Callable[[uuid.UUID], Awaitable[None]],
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self._storage = storage
+        self._ledger = ledger
+        self._prices = prices
+        self._validator = validator
+        self._trainer = trainer
+        self._messenger = messenger
+        self._notifier = notifier
+        self.rules = rules
+        self._enqueue_training = enqueue_training
+
+    # --- prices --------------------------------------------------------------------------------
+
+    def price(self, avatar_type: AvatarType) -> int:
+        return (
+            self._prices.avatar_portrait if avatar_type is AvatarType.PORTRAIT else self._prices.avatar_style
+        )
+
+    @property
+    def available(self) -> bool:
+        return self._trainer is not None
+
+    # --- the wizard ----------------------------------------------------------------------------
+
+    async def create_draft(
+        self, *, session: AsyncSession, user_id: int, avatar_type: AvatarType, name: str
+    ) -> Avatar:
+        name = " ".join(name.split())
+        if not name or len(name) > MAX_NAME_LENGTH:
+            raise InvalidAvatarName(name)
+        avatar = Avatar(
+            user_id=user_id,
+            type=avatar_type,
+            status=AvatarStatus.DRAFT,
+            name=name,
+            trigger_phrase=new_trigger_phrase(),
+            price=self.price(avatar_type),
+            training_config={},
+            created_at=self._clock.now(),
+            updated_at=self._clock.now(),
+        )
+        session.add(avatar)
+        await session.flush()
+        return avatar
+
+    async def discard_draft(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> bool:
+        """/cancel: the draft, its photo rows and its files go. False if there was no draft."""
+        avatar = await self._locked(session, avatar_id, user_id)
+        if avatar is None or avatar.status is not AvatarStatus.DRAFT:
+            return False
+        await session.delete(avatar)
+        await session.flush()
+        # The row lock keeps a photo job from adding a file after this (it finds no draft).
+        await self._storage.delete_prefix(photo_prefix(user_id, avatar_id))
+        return True
+
+    async def intake_photo(
+        self, *, user_id: int, avatar_id: uuid.UUID, file_id: str, reply_to: int
+    ) -> PhotoOutcome | None:
+        """The `avatars.photo` job: download, check, then keep the photo or say why not.
+
+        None when the draft is gone (cancelled or confirmed meanwhile): nothing to say.
+        """
+        snapshot = await self._snapshot(user_id, avatar_id)
+        if snapshot is None:
+            return None
+        outcome: PhotoOutcome | None
+        if snapshot.accepted >= self.rules.max_photos:
+            outcome = PhotoOutcome(accepted=False, accepted_count=snapshot.accepted, reason="limit")
+        else:
+            outcome = await self._check_and_store(user_id, avatar_id, file_id, snapshot)
+        if outcome is None:
+            return None
+        await self._notifier.photo(
+            user_id=user_id,
+            locale=snapshot.locale,
+            outcome=outcome,
+            min_photos=self.rules.min_photos,
+            max_photos=self.rules.max_photos,
+            reply_to=reply_to,
+        )
+        return outcome
+
+    async def _snapshot(self, user_id: int, avatar_id: uuid.UUID) -> _Snapshot | None:
+        async with self._sessions() as session:
+            avatar = await session.scalar(
+                select(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
+            )
+            if avatar is None or avatar.status is not AvatarStatus.DRAFT:
+                return None
+            locale = await session.scalar(select(User.language).where(User.telegram_id == user_id))
+            rows = (
+                await session.execute(
+                    select(AvatarPhoto.sha256, AvatarPhoto.perceptual_hash).where(
+                        AvatarPhoto.avatar_id == avatar_id
+                    )
+                )
+            ).all()
+        return _Snapshot(
+            locale=locale or "en",
+            accepted=len(rows),
+            hashes=[r.perceptual_hash for r in rows],
+            shas={r.sha256 for r in rows},
+        )
+
+    async def _check_and_store(
+        self, user_id: int, avatar_id: uuid.UUID, file_id: str, snapshot: _Snapshot
+    ) -> PhotoOutcome | None:
+        with tempfile.TemporaryDirectory(prefix="aisha-photo-") as folder:
+            path = Path(folder) / "photo"
+            try:
+                await self._messenger.download(file_id, path)
+            except FileTooLarge:
+                return PhotoOutcome(False, snapshot.accepted, RejectReason.TOO_LARGE.value)
+            data = await asyncio.to_thread(path.read_bytes)
+        # CPU work in the validator's pool, with no transaction open.
+        verdict = await self._validator.validate_async(
+            data, accepted_hashes=snapshot.hashes, accepted_sha256=snapshot.shas
+        )
+        if not verdict.accepted:
+            assert verdict.reason is not None
+            return PhotoOutcome(False, snapshot.accepted, verdict.reason.value)
+        assert verdict.perceptual_hash is not None
+        extension = _FORMAT_EXTENSIONS.get(str(verdict.metrics.get("format", "")).upper(), "jpg")
+        key = f"{photo_prefix(user_id, avatar_id)}/photos/{verdict.sha256}.{extension}"
+
+        async with unit_of_work(self._sessions) as session:
+            avatar = await self._locked(session, avatar_id, user_id)
+            if avatar is None or avatar.status is not AvatarStatus.DRAFT:
+                return None
+            # Photos checked in parallel: only now, under the lock, is the set of accepted ones final.
+            rows = (
+                await session.execute(
+                    select(AvatarPhoto.sha256, AvatarPhoto.perceptual_hash).where(
+                        AvatarPhoto.avatar_id == avatar_id
+                    )
+                )
+            ).all()
+            if len(rows) >= self.rules.max_photos:
+                return PhotoOutcome(False, len(rows), "limit")
+            if any(
+                r.sha256 == verdict.sha256
+                or hamming_distance(r.perceptual_hash, verdict.perceptual_hash)
+                <= self.rules.duplicate_max_distance
+                for r in rows
+            ):
+                return PhotoOutcome(False, len(rows), RejectReason.DUPLICATE.value)
+            await self._storage.put(key, data, content_type=f"image/{extension}")
+            session.add(
+                AvatarPhoto(
+                    avatar_id=avatar_id,
+                    storage_key=key,
+                    sha256=verdict.sha256,
+                    perceptual_hash=verdict.perceptual_hash,
+                    size_bytes=verdict.size_bytes,
+                    width=verdict.width or 0,
+                    height=verdict.height or 0,
+                    metrics=verdict.metrics,
+                    created_at=self._clock.now(),
+                )
+            )
+            avatar.updated_at = self._clock.now()  # the draft's time-to-live counts from the last photo
+            return PhotoOutcome(True, len(rows) + 1)
+
+    async def review(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> Review:
+        avatar = await self._owned(session, avatar_id, user_id)
+        if avatar.status is not AvatarStatus.DRAFT:
+            raise WrongAvatarStatus(avatar.status.value)
+        return Review(
+            avatar_id=avatar.id,
+            name=avatar.name,
+            type=avatar.type,
+            accepted=await self._photo_count(session, avatar_id),
+            price=avatar.price,
+            balance=await self._ledger.get_balance(session=session, user_id=user_id),
+        )
+
+    async def confirm(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> Avatar:
+        """Checks photos and balance, then marks the avatar PENDING; the caller enqueues training
+        after the commit. Raises InsufficientCredits (nothing written) when the balance is short."""
+        avatar = await self._locked(session, avatar_id, user_id)
+        if avatar is None:
+            raise AvatarNotFound(str(avatar_id))
+        if avatar.status is not AvatarStatus.DRAFT:
+            raise WrongAvatarStatus(avatar.status.value)
+        if self._trainer is None:
+            raise TrainingUnavailable("FAL_KEY is not set")
+        accepted = await self._photo_count(session, avatar_id)
+        if accepted < self.rules.min_photos:
+            raise NotEnoughPhotos(accepted=accepted, required=self.rules.min_photos)
+        price = self.price(avatar.type)  # today's price, not the one when the wizard began
+        balance = await self._ledger.get_balance(session=session, user_id=user_id)
+        if balance < price:
+            raise InsufficientCredits(balance=balance, required=price)
+        avatar.price = price
+        avatar.status = AvatarStatus.PENDING
+        avatar.updated_at = self._clock.now()
+        await session.flush()
+        return avatar
+
+    # --- training --------------------------------------------------------------------------------
+
+    async def train(self, *, avatar_id: uuid.UUID) -> None:
+        """The `avatars.train` job: archive the photos, then hold credits and submit in one transaction."""
+        async with self._sessions() as session:
+            avatar = await session.get(Avatar, avatar_id)
+            if avatar is None or avatar.status is not AvatarStatus.PENDING:
+                return  # done by an earlier run, or gone
+            keys = (
+                await session.scalars(
+                    select(AvatarPhoto.storage_key)
+                    .where(AvatarPhoto.avatar_id == avatar_id)
+                    .order_by(AvatarPhoto.created_at, AvatarPhoto.id)
+                )
+            ).all()
+            user_id = avatar.user_id
+        trainer = self._trainer
+        if trainer is None:
+            await self._fail_unsubmitted(avatar_id, "unavailable", "FAL_KEY is not set")
+            return
+        archive_key = f"{photo_prefix(user_id, avatar_id)}/training.zip"
+        await self._storage.put(archive_key, await self._archive(keys), content_type="application/zip")
+        try:
+            images_url = await self._storage.url(archive_key, expires_in=self.rules.archive_link_ttl_seconds)
+        except StorageError:
+            log.error(
+                "avatar.no_public_url",
+                avatar_id=str(avatar_id),
+                fix="FAL can't fetch the training archive: set PUBLIC_BASE_URL (signed links) or use "
+                "s3:// storage (presigned URLs); FAL storage upload is not implemented",
+            )
+            await self._fail_unsubmitted(avatar_id, "unavailable", "no URL FAL can fetch the archive from")
+            return
+        webhook_url = None
+        if self.rules.public_base_url:
+            webhook_url = f"{self.rules.public_base_url}/webhooks/fal?kind=avatar&id={avatar_id}"
+
+        refused: str | None = None
+        async with unit_of_work(self._sessions) as session:
+            avatar = await self._locked(session, avatar_id)
+            if avatar is None or avatar.status is not AvatarStatus.PENDING:
+                return
+            name = avatar.name  # read before the savepoint: a rollback expires what it touched
+            locale = await self._locale(session, user_id)
+            try:
+                # A savepoint: a refusal takes the hold back with it, the avatar's FAILED status stays.
+                async with session.begin_nested():
+                    hold = await self._ledger.hold(
+                        session=session,
+                        user_id=avatar.user_id,
+                        amount=avatar.price,
+                        key=f"avatar:{avatar_id}:hold",
+                        reference=f"avatar:{avatar_id}",
+                        description="avatars.ledger.training",
+                    )
+                    try:
+                        request = await trainer.submit(
+                            avatar_type=avatar.type,
+                            images_url=images_url,
+                            trigger_phrase=avatar.trigger_phrase,
+                            webhook_url=webhook_url,
+                        )
+                    except FalUnavailable as exc:
+                        if not exc.maybe_submitted:
+                            raise
+                        # FAL may have queued it: keep the hold; its webhook or the timeout settles it.
+                        log.warning("avatar.submit_outcome_unknown", avatar_id=str(avatar_id), error=str(exc))
+                        request = None
+            except InsufficientCredits:
+                refused = "insufficient"
+            except FalRequestRefused as exc:
+                log.warning(
+                    "avatar.submit_refused",
+                    avatar_id=str(avatar_id),
+                    status=exc.status_code,
+                    error=exc.message,
+                )
+                refused = "refused"
+            if refused is not None:
+                avatar.status = AvatarStatus.FAILED
+                avatar.error = refused
+                avatar.finished_at = avatar.updated_at = self._clock.now()
+            else:
+                now = self._clock.now()
+                avatar.status = AvatarStatus.SUBMITTED
+                avatar.hold_id = hold.hold_id
+                avatar.submitted_at = avatar.updated_at = now
+                cost = self._prices.costs
+                avatar.provider_cost_micro_usd = (
+                    cost.avatar_portrait if avatar.type is AvatarType.PORTRAIT else cost.avatar_style
+                )
+                if request is not None:
+                    avatar.provider_endpoint = request.endpoint
+                    avatar.provider_request_id = request.request_id
+                    avatar.training_config = request.payload
+        if refused is not None:
+            await self._notifier.failed(user_id=user_id, locale=locale, name=name, reason=refused)
+            await self._purge_if_due(avatar_id)
+        else:
+            log.info("avatar.submitted", avatar_id=str(avatar_id))
+
+    async def _archive(self, keys: Sequence[str]) -> bytes:
+        items: list[tuple[str, bytes]] = []
+        for index, key in enumerate(keys, start=1):
+            data = await self._storage.get(key)
+            normalized = await asyncio.to_thread(normalize_for_training, data)
+            items.append((f"{index:02d}.jpg", normalized))
+        return await asyncio.to_thread(build_training_zip, items)
+
+    async def _fail_unsubmitted(self, avatar_id: uuid.UUID, reason: str, error: str) -> None:
+        """PENDING → FAILED: nothing was held yet, so nothing to release."""
+        now = self._clock.now()
+        async with unit_of_work(self._sessions) as session:
+            row = (
+                await session.execute(
+                    update(Avatar)
+                    .where(Avatar.id == avatar_id, Avatar.status == AvatarStatus.PENDING)
+                    .values(status=AvatarStatus.FAILED, error=error, finished_at=now, updated_at=now)
+                    .returning(Avatar.user_id, Avatar.name)
+                    .execution_options(synchronize_session=False)
+                )
+            ).first()
+            if row is None:
+                return
+            locale = await self._locale(session, row.user_id)
+        await self._notifier.failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
+        await self._purge_if_due(avatar_id)
+
+    # --- outcomes --------------------------------------------------------------------------------
+
+    async def apply_webhook(self, *, avatar_id: uuid.UUID, webhook: FalWebhook) -> bool:
+        """A verified FAL webhook for this avatar. True if it changed something."""
+        async with self._sessions() as session:
+            avatar = await session.get(Avatar, avatar_id)
+            if avatar is None or avatar.status not in IN_TRAINING:
+                return False  # a repeated delivery, or an avatar deleted meanwhile
+            known = avatar.provider_request_id
+            endpoint = avatar.provider_endpoint or self._endpoint_hint(avatar.type)
+        # Only the signed request id counts; the URL's id just says where to look.
+        if known is not None and known != webhook.request_id:
+            log.warning("avatar.webhook_request_mismatch", avatar_id=str(avatar_id))
+            return False
+        output: TrainingOutput | None = None
+        error: str | None = None
+        if webhook.ok:
+            try:
+                if webhook.payload is None:
+                    raise FalMalformedOutput(webhook.payload_error or "no payload")
+                output = parse_training_result(webhook.payload)
+            except FalMalformedOutput:
+                # FAL couldn't put the output in the webhook: read it from the queue instead.
+                output, error = await self._fetch_result(endpoint, webhook.request_id)
+        else:
+            error = webhook.error or "training failed"
+        return await self._finish(
+            avatar_id, request_id=webhook.request_id, output=output, error=error, reason="provider"
+        )
+
+    def _endpoint_hint(self, avatar_type: AvatarType) -> str:
+        endpoint = getattr(self._trainer, "endpoint", None)
+        return str(endpoint(avatar_type)) if callable(endpoint) else ""
+
+    async def _fetch_result(self, endpoint: str, request_id: str) -> tuple[TrainingOutput | None, str | None]:
+        assert self._trainer is not None
+        try:
+            return await self._trainer.result(endpoint=endpoint, request_id=request_id), None
+        except (TrainingFailed, FalMalformedOutput) as exc:
+            return None, str(exc)
+
+    async def _finish(
+        self,
+        avatar_id: uuid.UUID,
+        *,
+        request_id: str | None,
+        output: TrainingOutput | None,
+        error: str | None,
+        reason: str,
+    ) -> bool:
+        """SUBMITTED/TRAINING → READY (capture) or FAILED (release), exactly once."""
+        now = self._clock.now()
+        conditions: list[Any] = [Avatar.id == avatar_id, Avatar.status.in_(IN_TRAINING)]
+        values: dict[str, Any] = {"finished_at": now, "updated_at": now}
+        if request_id is None:
+            conditions.append(Avatar.provider_request_id.is_(None))
+        else:
+            # A submission whose answer was lost learns its request id from the signed webhook.
+            conditions.append(
+                or_(Avatar.provider_request_id == request_id, Avatar.provider_request_id.is_(None))
+            )
+            values["provider_request_id"] = request_id
+        if output is not None:
+            values |= {
+                "status": AvatarStatus.READY,
+                "lora_url": output.lora_url,
+                "config_url": output.config_url,
+            }
+        else:
+            values |= {"status": AvatarStatus.FAILED, "error": (error or reason)[:2000]}
+        async with unit_of_work(self._sessions) as session:
+            row = (
+                await session.execute(
+                    update(Avatar)
+                    .where(*conditions)
+                    .values(**values)
+                    .returning(Avatar.user_id, Avatar.name, Avatar.hold_id, Avatar.price)
+                    .execution_options(synchronize_session=False)
+                )
+            ).first()
+            if row is None:
+                return False  # another webhook, poll or sweep got here first
+            if row.hold_id is not None:
+                try:
+                    if output is not None:
+                        await self._ledger.capture(
+                            session=session,
+                            hold_id=row.hold_id,
+                            amount=row.price,
+                            key=f"avatar:{avatar_id}:capture",
+                            description="avatars.ledger.trained",
+                        )
+                    else:
+                        await self._ledger.release(
+                            session=session,
+                            hold_id=row.hold_id,
+                            key=f"avatar:{avatar_id}:release",
+                            description="avatars.ledger.refund",
+                        )
+                except (HoldAlreadyResolved, HoldNotFound) as exc:
+                    # The hold expired first (HOLD_TTL_SECONDS shorter than the training took).
+                    log.error("avatar.hold_not_active", avatar_id=str(avatar_id), error=str(exc))
+            if output is not None:
+                has_main = await session.scalar(
+                    select(func.count())
+                    .select_from(Avatar)
+                    .where(
+                        Avatar.user_id == row.user_id,
+                        Avatar.is_main.is_(True),
+                        Avatar.status == AvatarStatus.READY,
+                        Avatar.id != avatar_id,
+                    )
+                )
+                if not has_main:
+                    await session.execute(update(Avatar).where(Avatar.id == avatar_id).values(is_main=True))
+            locale = await self._locale(session, row.user_id)
+        log.info("avatar.finished", avatar_id=str(avatar_id), ready=output is not None, reason=reason)
+        if output is not None:
+            await self._notifier.ready(user_id=row.user_id, locale=locale, name=row.name)
+        else:
+            await self._notifier.failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
+        await self._purge_if_due(avatar_id)
+        return True
+
+    # --- recovery ----------------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Drive stuck avatars on; purge photos past retention and abandoned drafts. Idempotent."""
+        now = self._clock.now()
+        handled = 0
+        poll_before = now - self.rules.poll_after
+        timeout_before = now - self.rules.training_timeout
+        async with self._sessions() as session:
+            pending = (
+                await session.execute(
+                    select(Avatar.id, Avatar.updated_at).where(
+                        Avatar.status == AvatarStatus.PENDING, Avatar.updated_at <= poll_before
+                    )
+                )
+            ).all()
+            training = (
+                await session.execute(
+                    select(
+                        Avatar.id, Avatar.provider_endpoint, Avatar.provider_request_id, Avatar.submitted_at
+                    ).where(Avatar.status.in_(IN_TRAINING), Avatar.submitted_at <= poll_before)
+                )
+            ).all()
+            finished = (
+                await session.scalars(
+                    select(Avatar.id).where(
+                        Avatar.status.in_((AvatarStatus.READY, AvatarStatus.FAILED)),
+                        Avatar.photos_deleted_at.is_(None),
+                        Avatar.finished_at <= now - self.rules.photo_retention,
+                    )
+                )
+            ).all()
+            drafts = (
+                await session.execute(
+                    select(Avatar.id, Avatar.user_id).where(
+                        Avatar.status == AvatarStatus.DRAFT, Avatar.updated_at <= now - self.rules.draft_ttl
+                    )
+                )
+            ).all()
+        for avatar_id, updated_at in pending:
+            if updated_at <= timeout_before:
+                await self._fail_unsubmitted(avatar_id, "timeout", "never submitted")
+            else:
+                await self._enqueue_training(avatar_id)  # the job was lost: the row says what to do
+            handled += 1
+        for row in training:
+            if await self._poll(
+                row.id, row.provider_endpoint, row.provider_request_id, row.submitted_at <= timeout_before
+            ):
+                handled += 1
+        for avatar_id in finished:
+            await self._purge_photos(avatar_id)
+            handled += 1
+        for avatar_id, user_id in drafts:
+            async with unit_of_work(self._sessions) as session:
+                if await self.discard_draft(session=session, user_id=user_id, avatar_id=avatar_id):
+                    handled += 1
+        return handled
+
+    async def _poll(
+        self, avatar_id: uuid.UUID, endpoint: str | None, request_id: str | None, timed_out: bool
+    ) -> bool:
+        """No webhook came: ask FAL. Past the timeout, cancel there and release here."""
+        trainer = self._trainer
+        if trainer is not None and endpoint and request_id:
+            try:
+                state = await trainer.state(endpoint=endpoint, request_id=request_id)
+                if state is TrainingState.DONE:
+                    output, error = await self._fetch_result(endpoint, request_id)
+                    return await self._finish(
+                        avatar_id, request_id=request_id, output=output, error=error, reason="provider"
+                    )
+                if state is TrainingState.UNKNOWN:
+                    return await self._finish(
+                        avatar_id,
+                        request_id=request_id,
+                        output=None,
+                        error="unknown to FAL",
+                        reason="provider",
+                    )
+                if state is TrainingState.RUNNING:
+                    async with unit_of_work(self._sessions) as session:
+                        await session.execute(
+                            update(Avatar)
+                            .where(Avatar.id == avatar_id, Avatar.status == AvatarStatus.SUBMITTED)
+                            .values(status=AvatarStatus.TRAINING, updated_at=self._clock.now())
+                        )
+            except FalError as exc:
+                log.warning("avatar.poll_failed", avatar_id=str(avatar_id), error=str(exc))
+                if not timed_out:
+                    return False
+        if not timed_out:
+            return False
+        if trainer is not None and endpoint and request_id:
+            try:
+                await trainer.cancel(endpoint=endpoint, request_id=request_id)
+            except FalError as exc:
+                log.warning("avatar.cancel_failed", avatar_id=str(avatar_id), error=str(exc))
+        return await self._finish(
+            avatar_id, request_id=request_id, output=None, error="timeout", reason="timeout"
+        )
+
+    async def _purge_if_due(self, avatar_id: uuid.UUID) -> None:
+        if self.rules.photo_retention <= timedelta(0):
+            await self._purge_photos(avatar_id)
+
+    async def _purge_photos(self, avatar_id: uuid.UUID) -> None:
+        """Source photos are biometric data: once training is over they (and the archive) go."""
+        async with unit_of_work(self._sessions) as session:
+            avatar = await self._locked(session, avatar_id)
+            if avatar is None or avatar.photos_deleted_at is not None:
+                return
+            if avatar.status not in (AvatarStatus.READY, AvatarStatus.FAILED):
+                return
+            await self._storage.delete_prefix(photo_prefix(avatar.user_id, avatar_id))
+            await session.execute(delete(AvatarPhoto).where(AvatarPhoto.avatar_id == avatar_id))
+            avatar.photos_deleted_at = self._clock.now()
+        log.info("avatar.photos_deleted", avatar_id=str(avatar_id))
+
+    # --- gallery ---------------------------------------------------------------------------------
+
+    async def list_avatars(self, *, session: AsyncSession, user_id: int) -> list[AvatarView]:
+        avatars = (
+            await session.scalars(
+                select(Avatar)
+                .where(Avatar.user_id == user_id, Avatar.status != AvatarStatus.DRAFT)
+                .order_by(Avatar.created_at, Avatar.id)
+            )
+        ).all()
+        photo_counts = await session.execute(
+            select(AvatarPhoto.avatar_id, func.count())
+            .join(Avatar, Avatar.id == AvatarPhoto.avatar_id)
+            .where(Avatar.user_id == user_id)
+            .group_by(AvatarPhoto.avatar_id)
+        )
+        counts: dict[uuid.UUID, int] = {row[0]: int(row[1]) for row in photo_counts}
+        views = []
+        for avatar in avatars:
+            position = None
+            if avatar.status in (AvatarStatus.PENDING, AvatarStatus.SUBMITTED):
+                position = 1 + int(
+                    await session.scalar(
+                        select(func.count())
+                        .select_from(Avatar)
+                        .where(
+                            Avatar.status.in_((AvatarStatus.PENDING, AvatarStatus.SUBMITTED)),
+                            Avatar.updated_at < avatar.updated_at,
+                        )
+                    )
+                    or 0
+                )
+            views.append(
+                AvatarView(
+                    id=avatar.id,
+                    name=avatar.name,
+                    type=avatar.type,
+                    status=avatar.status,
+                    is_main=avatar.is_main,
+                    photos=counts.get(avatar.id, 0),
+                    queue_position=position,
+                )
+            )
+        return views
+
+    async def get(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> AvatarView:
+        for view in await self.list_avatars(session=session, user_id=user_id):
+            if view.id == avatar_id:
+                return view
+        raise AvatarNotFound(str(avatar_id))
+
+    async def set_main(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> None:
+        avatar = await self._owned(session, avatar_id, user_id)
+        if avatar.status is not AvatarStatus.READY:
+            raise WrongAvatarStatus(avatar.status.value)
+        await session.execute(
+            update(Avatar).where(Avatar.user_id == user_id, Avatar.id != avatar_id).values(is_main=False)
+        )
+        avatar.is_main = True
+        await session.flush()
+
+    async def rename(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID, name: str) -> str:
+        avatar = await self._owned(session, avatar_id, user_id)
+        name = " ".join(name.split())
+        if not name or len(name) > MAX_NAME_LENGTH:
+            raise InvalidAvatarName(name)
+        avatar.name = name
+        avatar.updated_at = self._clock.now()
+        await session.flush()
+        return name
+
+    async def delete(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> None:
+        """Rows and files. An avatar in training can't go: its hold must resolve first."""
+        avatar = await self._locked(session, avatar_id, user_id)
+        if avatar is None or avatar.status is AvatarStatus.DRAFT:
+            raise AvatarNotFound(str(avatar_id))
+        if avatar.status not in (AvatarStatus.READY, AvatarStatus.FAILED):
+            raise WrongAvatarStatus(avatar.status.value)
+        was_main = avatar.is_main
+        await session.delete(avatar)
+        await session.flush()
+        await self._storage.delete_prefix(photo_prefix(user_id, avatar_id))
+        if was_main:
+            successor = await session.scalar(
+                select(Avatar)
+                .where(Avatar.user_id == user_id, Avatar.status == AvatarStatus.READY)
+                .order_by(Avatar.finished_at.desc())
+                .limit(1)
+            )
+            if successor is not None:
+                successor.is_main = True
+                await session.flush()
+
+    async def sample_photos(
+        self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID, limit: int = 3
+    ) -> list[bytes]:
+        await self._owned(session, avatar_id, user_id)
+        keys = (
+            await session.scalars(
+                select(AvatarPhoto.storage_key)
+                .where(AvatarPhoto.avatar_id == avatar_id)
+                .order_by(AvatarPhoto.created_at, AvatarPhoto.id)
+                .limit(limit)
+            )
+        ).all()
+        photos = []
+        for key in keys:
+            try:
+                photos.append(await self._storage.get(key))
+            except StorageError:
+                continue  # purged meanwhile
+        return photos
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    async def _owned(self, session: AsyncSession, avatar_id: uuid.UUID, user_id: int) -> Avatar:
+        avatar = await session.scalar(select(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id))
+        if avatar is None:
+            raise AvatarNotFound(str(avatar_id))
+        return avatar
+
+    async def _locked(
+        self, session: AsyncSession, avatar_id: uuid.UUID, user_id: int | None = None
+    ) -> Avatar | None:
+        query = select(Avatar).where(Avatar.id == avatar_id).with_for_update()
+        if user_id is not None:
+            query = query.where(Avatar.user_id == user_id)
+        avatar: Avatar | None = await session.scalar(query.execution_options(populate_existing=True))
+        return avatar
+
+    async def _photo_count(self, session: AsyncSession, avatar_id: uuid.UUID) -> int:
+        return int(
+            await session.scalar(
+                select(func.count()).select_from(AvatarPhoto).where(AvatarPhoto.avatar_id == avatar_id)
+            )
+            or 0
+        )
+
+    @staticmethod
+    async def _locale(session: AsyncSession, user_id: int) -> str:
+        return await session.scalar(select(User.language).where(User.telegram_id == user_id)) or "en"
+
+
+def parse_avatar_id(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+__all__ = [
+    "GENERATE_CALLBACK",
+    "REVIEW_CALLBACK",
+    "AvatarNotifier",
+    "AvatarRules",
+    "AvatarService",
+    "AvatarView",
+    "PhotoOutcome",
+    "Review",
+    "parse_avatar_id",
+    "photo_prefix",
+]

@@ -1,0 +1,143 @@
+"""The trainer behind avatars: a Protocol the service depends on, and its FAL implementation.
+
+Schemas (fal.ai model pages, checked for this build):
+- ``fal-ai/flux-lora-portrait-trainer``: ``images_data_url``, ``trigger_phrase``, ``steps``
+  (default 2500), ``learning_rate``...; output ``diffusers_lora_file``, ``config_file``.
+- ``fal-ai/flux-lora-fast-training``: ``images_data_url``, ``trigger_word``, ``is_style``,
+  ``steps`` (default 1000), ``create_masks``...; the same output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from aisha.avatars.models import AvatarType
+from aisha.providers.fal import (
+    FalClient,
+    FalNotFound,
+    FalRequestFailed,
+    FalState,
+    TrainingOutput,
+    parse_training_result,
+)
+
+
+class TrainingFailed(Exception):
+    """The provider ran the training and it failed (or has no result): release the credits."""
+
+
+class TrainingState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # succeeded or failed: ask for the result
+    UNKNOWN = "unknown"  # the provider doesn't know the request (expired, or never queued)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingRequest:
+    endpoint: str
+    request_id: str
+    payload: dict[str, Any]  # what was sent, kept as the avatar's training_config
+    queue_position: int | None = None
+
+
+class Trainer(Protocol):
+    async def submit(
+        self,
+        *,
+        avatar_type: AvatarType,
+        images_url: str,
+        trigger_phrase: str,
+        webhook_url: str | None,
+    ) -> TrainingRequest:
+        """Queue a training. Raises FalRequestRefused (nothing queued), FalUnavailable."""
+        ...
+
+    async def state(self, *, endpoint: str, request_id: str) -> TrainingState: ...
+
+    async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
+        """The LoRA of a completed training; TrainingFailed if it failed or the result is gone."""
+        ...
+
+    async def cancel(self, *, endpoint: str, request_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig:
+    portrait_endpoint: str
+    style_endpoint: str
+    portrait_steps: int
+    style_steps: int
+
+
+class FalTrainer:
+    def __init__(self, client: FalClient, config: TrainerConfig) -> None:
+        self._client = client
+        self._config = config
+
+    def payload(self, *, avatar_type: AvatarType, images_url: str, trigger_phrase: str) -> dict[str, Any]:
+        if avatar_type is AvatarType.PORTRAIT:
+            return {
+                "images_data_url": images_url,
+                "trigger_phrase": trigger_phrase,
+                "steps": self._config.portrait_steps,
+            }
+        return {
+            "images_data_url": images_url,
+            "trigger_word": trigger_phrase,
+            "is_style": True,
+            "steps": self._config.style_steps,
+        }
+
+    def endpoint(self, avatar_type: AvatarType) -> str:
+        if avatar_type is AvatarType.PORTRAIT:
+            return self._config.portrait_endpoint
+        return self._config.style_endpoint
+
+    async def submit(
+        self,
+        *,
+        avatar_type: AvatarType,
+        images_url: str,
+        trigger_phrase: str,
+        webhook_url: str | None,
+    ) -> TrainingRequest:
+        endpoint = self.endpoint(avatar_type)
+        payload = self.payload(avatar_type=avatar_type, images_url=images_url, trigger_phrase=trigger_phrase)
+        submission = await self._client.submit(endpoint, payload, webhook_url=webhook_url)
+        # The archive URL is a bearer link to biometric data: don't keep it in the row.
+        stored = {k: v for k, v in payload.items() if k != "images_data_url"}
+        return TrainingRequest(
+            endpoint=endpoint,
+            request_id=submission.request_id,
+            payload=stored,
+            queue_position=submission.queue_position,
+        )
+
+    async def state(self, *, endpoint: str, request_id: str) -> TrainingState:
+        try:
+            status = await self._client.status(endpoint, request_id)
+        except FalNotFound:
+            return TrainingState.UNKNOWN
+        if status.state is FalState.COMPLETED:
+            return TrainingState.DONE
+        if status.state is FalState.IN_PROGRESS:
+            return TrainingState.RUNNING
+        return TrainingState.QUEUED
+
+    async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
+        try:
+            data = await self._client.result(endpoint, request_id)
+        except FalRequestFailed as exc:
+            raise TrainingFailed(str(exc)) from None
+        except FalNotFound as exc:
+            raise TrainingFailed(str(exc)) from None
+        return parse_training_result(data)
+
+    async def cancel(self, *, endpoint: str, request_id: str) -> None:
+        await self._client.cancel(endpoint, request_id)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

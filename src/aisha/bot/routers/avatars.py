@@ -1,0 +1,475 @@
+"""/avatar (the wizard: type → name → photos → confirm) and /avatars (the gallery).
+
+Thin: every rule lives in AvatarService. Photos are only handed to the `avatars.photo` job here;
+the job downloads, checks and answers each one, so an album never blocks the update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from aiogram import F, Router, html
+from aiogram.filters import Command, StateFilter
+from aiogram.filters.callback_data import CallbackData
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import (
+    BufferedInputFile,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+)
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aisha.avatars.errors import (
+    AvatarNotFound,
+    InvalidAvatarName,
+    NotEnoughPhotos,
+    TrainingUnavailable,
+    WrongAvatarStatus,
+)
+from aisha.avatars.models import AvatarStatus, AvatarType
+from aisha.avatars.service import MAX_NAME_LENGTH, REVIEW_CALLBACK, AvatarView, parse_avatar_id
+from aisha.billing.errors import InsufficientCredits
+from aisha.bot.keyboards import main_menu, menu_button
+from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line
+from aisha.i18n import Texts
+from aisha.users.models import User
+
+if TYPE_CHECKING:
+    from aisha.container import Services
+
+START_CALLBACK = "avw:go"
+CANCEL_CALLBACK = "avw:cancel"
+NEW_CALLBACK = "avw:new"
+_background: set[asyncio.Task[None]] = set()
+
+
+class AvatarWizard(StatesGroup):
+    choosing_type = State()
+    naming = State()
+    uploading = State()
+
+
+class AvatarRenaming(StatesGroup):
+    naming = State()
+
+
+class ChooseType(CallbackData, prefix="avt"):
+    type: AvatarType
+
+
+class Gallery(CallbackData, prefix="ava"):
+    action: str  # open | main | rename | photos | delete | delete_yes | list
+    id: str = ""
+
+
+def after_commit(session: AsyncSession, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `action` once the update's transaction has committed (a job must see the committed row)."""
+
+    def fire(_session: Any) -> None:
+        task = asyncio.get_running_loop().create_task(action())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    event.listen(session.sync_session, "after_commit", fire, once=True)
+
+
+def _status_text(t: Texts, view: AvatarView) -> str:
+    if view.queue_position is not None:
+        return t("avatars.status.queued", position=view.queue_position)
+    return t(f"avatars.status.{view.status.value}")
+
+
+def gallery_text(t: Texts, views: list[AvatarView]) -> str:
+    if not views:
+        return t("avatars.gallery.empty")
+    lines = [t("avatars.gallery.title")]
+    for view in views:
+        main = t("avatars.gallery.main_mark") if view.is_main else ""
+        lines.append(
+            t(
+                "avatars.gallery.line",
+                name=html.quote(view.name),
+                type=t(f"avatars.type.{view.type.value}"),
+                status=_status_text(t, view),
+                main=main,
+            )
+        )
+    return "\n".join(lines)
+
+
+def gallery_keyboard(t: Texts, views: list[AvatarView]) -> InlineKeyboardMarkup:
+    rows = [
+        [InlineKeyboardButton(text=view.name, callback_data=Gallery(action="open", id=view.id.hex).pack())]
+        for view in views
+    ]
+    rows.append([InlineKeyboardButton(text=t("avatars.button.new"), callback_data=NEW_CALLBACK)])
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def avatar_text(t: Texts, view: AvatarView) -> str:
+    text = t(
+        "avatars.card",
+        name=html.quote(view.name),
+        type=t(f"avatars.type.{view.type.value}"),
+        status=_status_text(t, view),
+        photos=view.photos,
+    )
+    if view.is_main:
+        text += "\n" + t("avatars.card.is_main")
+    return text
+
+
+def avatar_keyboard(t: Texts, view: AvatarView) -> InlineKeyboardMarkup:
+    def button(key: str, action: str) -> InlineKeyboardButton:
+        return InlineKeyboardButton(text=t(key), callback_data=Gallery(action=action, id=view.id.hex).pack())
+
+    rows: list[list[InlineKeyboardButton]] = []
+    if view.status is AvatarStatus.READY and not view.is_main:
+        rows.append([button("avatars.button.set_main", "main")])
+    rows.append([button("avatars.button.rename", "rename")])
+    if view.photos:
+        rows.append([button("avatars.button.photos", "photos")])
+    if view.status in (AvatarStatus.READY, AvatarStatus.FAILED):
+        rows.append([button("avatars.button.delete", "delete")])
+    rows.append([button("avatars.button.back", "list")])
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def create_cancel_router(services: Services) -> Router:
+    """/cancel inside the wizard removes the uploads; included before the general /cancel."""
+    router = Router(name="avatars-cancel")
+
+    @router.message(Command("cancel"), StateFilter(AvatarWizard))
+    async def cancel(
+        message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        await _discard(services, session, user, state)
+        await message.answer(t("avatars.cancelled"), reply_markup=main_menu(t))
+
+    return router
+
+
+async def _discard(services: Services, session: AsyncSession, user: User, state: FSMContext) -> None:
+    data = await state.get_data()
+    avatar_id = parse_avatar_id(str(data.get("avatar_id", "")))
+    if avatar_id is not None:
+        await services.avatars.discard_draft(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
+    await state.clear()
+
+
+def create_router(services: Services) -> Router:
+    router = Router(name="avatars")
+    avatars = services.avatars
+
+    # --- the wizard ----------------------------------------------------------------------------
+
+    async def begin(message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext) -> None:
+        if not avatars.available:
+            await message.answer(t("avatars.unavailable"))
+            return
+        if await state.get_state() in AvatarWizard.__state_names__:
+            await _discard(services, session, user, state)  # starting over drops the half-made one
+        await state.set_state(AvatarWizard.choosing_type)
+        keyboard = InlineKeyboardMarkup(
+            inline_keyboard=[
+                [
+                    InlineKeyboardButton(
+                        text=t("avatars.type.portrait"),
+                        callback_data=ChooseType(type=AvatarType.PORTRAIT).pack(),
+                    )
+                ],
+                [
+                    InlineKeyboardButton(
+                        text=t("avatars.type.style"), callback_data=ChooseType(type=AvatarType.STYLE).pack()
+                    )
+                ],
+            ]
+        )
+        await message.answer(
+            t(
+                "avatars.choose_type",
+                portrait=avatars.price(AvatarType.PORTRAIT),
+                style=avatars.price(AvatarType.STYLE),
+                min=avatars.rules.min_photos,
+                max=avatars.rules.max_photos,
+            ),
+            reply_markup=keyboard,
+        )
+
+    @router.message(Command("avatar"))
+    async def avatar_command(
+        message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        await begin(message, session, user, t, state)
+
+    @router.callback_query(F.data == NEW_CALLBACK)
+    async def new_pressed(
+        query: CallbackQuery, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        await query.answer()
+        if isinstance(query.message, Message):
+            await begin(query.message, session, user, t, state)
+
+    @router.callback_query(ChooseType.filter(), StateFilter(AvatarWizard.choosing_type))
+    async def type_chosen(
+        query: CallbackQuery, callback_data: ChooseType, t: Texts, state: FSMContext
+    ) -> None:
+        await state.update_data(type=callback_data.type.value)
+        await state.set_state(AvatarWizard.naming)
+        await query.answer()
+        if isinstance(query.message, Message):
+            await query.message.answer(t("avatars.ask_name", max=MAX_NAME_LENGTH))
+
+    @router.message(AvatarWizard.naming, F.text)
+    async def named(message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext) -> None:
+        data = await state.get_data()
+        try:
+            avatar = await avatars.create_draft(
+                session=session,
+                user_id=user.telegram_id,
+                avatar_type=AvatarType(data.get("type", AvatarType.PORTRAIT.value)),
+                name=message.text or "",
+            )
+        except InvalidAvatarName:
+            await message.answer(t("avatars.bad_name", max=MAX_NAME_LENGTH))
+            return
+        await state.update_data(avatar_id=str(avatar.id))
+        await state.set_state(AvatarWizard.uploading)
+        await message.answer(
+            t("avatars.ask_photos", min=avatars.rules.min_photos, max=avatars.rules.max_photos)
+        )
+
+    @router.message(AvatarWizard.uploading, F.photo | F.document)
+    async def photo_received(message: Message, user: User, state: FSMContext) -> None:
+        data = await state.get_data()
+        file_id = message.photo[-1].file_id if message.photo else message.document.file_id  # type: ignore[union-attr]
+        # Only the file id travels: the job downloads and checks it off this update.
+        await services.queue.enqueue(
+            "avatars.photo",
+            user_id=user.telegram_id,
+            avatar_id=str(data.get("avatar_id", "")),
+            file_id=file_id,
+            message_id=message.message_id,
+        )
+
+    @router.message(AvatarWizard.uploading)
+    async def not_a_photo(message: Message, t: Texts) -> None:
+        keyboard = InlineKeyboardMarkup(
+            inline_keyboard=[
+                [InlineKeyboardButton(text=t("avatars.button.review"), callback_data=REVIEW_CALLBACK)]
+            ]
+        )
+        await message.answer(
+            t("avatars.photos.hint", min=avatars.rules.min_photos, max=avatars.rules.max_photos),
+            reply_markup=keyboard,
+        )
+
+    @router.callback_query(F.data == REVIEW_CALLBACK, StateFilter(AvatarWizard.uploading))
+    async def review(
+        query: CallbackQuery, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        avatar_id = parse_avatar_id(str((await state.get_data()).get("avatar_id", "")))
+        try:
+            if avatar_id is None:
+                raise AvatarNotFound("no draft")
+            summary = await avatars.review(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
+        except (AvatarNotFound, WrongAvatarStatus):
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        if summary.accepted < avatars.rules.min_photos:
+            await query.answer(
+                t("avatars.not_enough", accepted=summary.accepted, required=avatars.rules.min_photos),
+                show_alert=True,
+            )
+            return
+        await query.answer()
+        if not isinstance(query.message, Message):
+            return
+        text = t(
+            "avatars.review",
+            name=html.quote(summary.name),
+            type=t(f"avatars.type.{summary.type.value}"),
+            count=summary.accepted,
+        )
+        text += "\n" + price_line(t, price=summary.price, balance=summary.balance)
+        if summary.balance < summary.price:
+            error = InsufficientCredits(balance=summary.balance, required=summary.price)
+            await query.message.answer(
+                text + "\n\n" + insufficient_text(t, error), reply_markup=insufficient_keyboard(t)
+            )
+            return
+        keyboard = InlineKeyboardMarkup(
+            inline_keyboard=[
+                [InlineKeyboardButton(text=t("avatars.button.start"), callback_data=START_CALLBACK)],
+                [InlineKeyboardButton(text=t("avatars.button.cancel"), callback_data=CANCEL_CALLBACK)],
+            ]
+        )
+        await query.message.answer(text, reply_markup=keyboard)
+
+    @router.callback_query(F.data == START_CALLBACK, StateFilter(AvatarWizard.uploading))
+    async def start_training(
+        query: CallbackQuery, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        avatar_id = parse_avatar_id(str((await state.get_data()).get("avatar_id", "")))
+        if avatar_id is None or not isinstance(query.message, Message):
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        try:
+            avatar = await avatars.confirm(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
+        except InsufficientCredits as error:
+            await query.answer()
+            await query.message.answer(insufficient_text(t, error), reply_markup=insufficient_keyboard(t))
+            return
+        except NotEnoughPhotos as error:
+            await query.answer(
+                t("avatars.not_enough", accepted=error.accepted, required=error.required), show_alert=True
+            )
+            return
+        except TrainingUnavailable:
+            await query.answer(t("avatars.unavailable"), show_alert=True)
+            return
+        except (AvatarNotFound, WrongAvatarStatus):
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        await state.clear()
+        after_commit(session, lambda: services.queue.enqueue("avatars.train", avatar_id=str(avatar.id)))
+        await query.answer()
+        await query.message.answer(
+            t("avatars.training_started", name=html.quote(avatar.name)), reply_markup=main_menu(t)
+        )
+
+    @router.callback_query(F.data == CANCEL_CALLBACK, StateFilter(AvatarWizard))
+    async def cancel_pressed(
+        query: CallbackQuery, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        await _discard(services, session, user, state)
+        await query.answer()
+        if isinstance(query.message, Message):
+            await query.message.answer(t("avatars.cancelled"), reply_markup=main_menu(t))
+
+    # --- the gallery ---------------------------------------------------------------------------
+
+    @router.message(Command("avatars"))
+    @router.message(menu_button(services.translator, "menu.avatars"))
+    async def show_gallery(message: Message, session: AsyncSession, user: User, t: Texts) -> None:
+        views = await avatars.list_avatars(session=session, user_id=user.telegram_id)
+        await message.answer(gallery_text(t, views), reply_markup=gallery_keyboard(t, views))
+
+    @router.callback_query(Gallery.filter())
+    async def gallery_action(
+        query: CallbackQuery,
+        callback_data: Gallery,
+        session: AsyncSession,
+        user: User,
+        t: Texts,
+        state: FSMContext,
+    ) -> None:
+        message = query.message if isinstance(query.message, Message) else None
+        if callback_data.action == "list":
+            views = await avatars.list_avatars(session=session, user_id=user.telegram_id)
+            await query.answer()
+            if message is not None:
+                await message.edit_text(gallery_text(t, views), reply_markup=gallery_keyboard(t, views))
+            return
+        avatar_id = parse_avatar_id(callback_data.id)
+        try:
+            if avatar_id is None or message is None:
+                raise AvatarNotFound(callback_data.id)
+            await _act(callback_data.action, avatar_id, message, query, session, user, t, state)
+        except (AvatarNotFound, WrongAvatarStatus, ValueError):
+            # Someone else's avatar, a deleted one, or tampered data: all look the same.
+            await query.answer(t("errors.bad_button"), show_alert=True)
+
+    async def _act(
+        action: str,
+        avatar_id: uuid.UUID,
+        message: Message,
+        query: CallbackQuery,
+        session: AsyncSession,
+        user: User,
+        t: Texts,
+        state: FSMContext,
+    ) -> None:
+        user_id = user.telegram_id
+        if action == "open":
+            view = await avatars.get(session=session, user_id=user_id, avatar_id=avatar_id)
+            await query.answer()
+            await message.edit_text(avatar_text(t, view), reply_markup=avatar_keyboard(t, view))
+        elif action == "main":
+            await avatars.set_main(session=session, user_id=user_id, avatar_id=avatar_id)
+            view = await avatars.get(session=session, user_id=user_id, avatar_id=avatar_id)
+            await query.answer(t("avatars.main_set"))
+            await message.edit_text(avatar_text(t, view), reply_markup=avatar_keyboard(t, view))
+        elif action == "rename":
+            await avatars.get(session=session, user_id=user_id, avatar_id=avatar_id)  # ownership
+            await state.set_state(AvatarRenaming.naming)
+            await state.update_data(rename_id=str(avatar_id))
+            await query.answer()
+            await message.answer(t("avatars.ask_new_name", max=MAX_NAME_LENGTH))
+        elif action == "photos":
+            photos = await avatars.sample_photos(session=session, user_id=user_id, avatar_id=avatar_id)
+            await query.answer()
+            if not photos:
+                await message.answer(t("avatars.photos_gone"))
+            for index, data in enumerate(photos, start=1):
+                await message.answer_photo(BufferedInputFile(data, filename=f"{index}.jpg"))
+        elif action == "delete":
+            view = await avatars.get(session=session, user_id=user_id, avatar_id=avatar_id)
+            if view.status not in (AvatarStatus.READY, AvatarStatus.FAILED):
+                raise WrongAvatarStatus(view.status.value)
+            keyboard = InlineKeyboardMarkup(
+                inline_keyboard=[
+                    [
+                        InlineKeyboardButton(
+                            text=t("avatars.button.delete_yes"),
+                            callback_data=Gallery(action="delete_yes", id=avatar_id.hex).pack(),
+                        ),
+                        InlineKeyboardButton(
+                            text=t("avatars.button.back"),
+                            callback_data=Gallery(action="open", id=avatar_id.hex).pack(),
+                        ),
+                    ]
+                ]
+            )
+            await query.answer()
+            await message.edit_text(
+                t("avatars.delete_confirm", name=html.quote(view.name)), reply_markup=keyboard
+            )
+        elif action == "delete_yes":
+            await avatars.delete(session=session, user_id=user_id, avatar_id=avatar_id)
+            views = await avatars.list_avatars(session=session, user_id=user_id)
+            await query.answer(t("avatars.deleted"))
+            await message.edit_text(gallery_text(t, views), reply_markup=gallery_keyboard(t, views))
+        else:
+            raise ValueError(action)
+
+    @router.message(AvatarRenaming.naming, F.text)
+    async def renamed(
+        message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        avatar_id = parse_avatar_id(str((await state.get_data()).get("rename_id", "")))
+        if avatar_id is None:
+            await state.clear()
+            return
+        try:
+            name = await avatars.rename(
+                session=session, user_id=user.telegram_id, avatar_id=avatar_id, name=message.text or ""
+            )
+        except InvalidAvatarName:
+            await message.answer(t("avatars.bad_name", max=MAX_NAME_LENGTH))
+            return
+        except AvatarNotFound:
+            await state.clear()
+            await message.answer(t("errors.bad_button"))
+            return
+        await state.clear()
+        await message.answer(t("avatars.renamed", name=html.quote(name)), reply_markup=main_menu(t))
+
+    return router

@@ -1,0 +1,223 @@
+"""Voice, audio, video and documents with sound → text; /transcripts; /transcribe in groups."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from aiogram import F, Router, html
+from aiogram.filters import Command, StateFilter
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import (
+    BufferedInputFile,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aisha.bot.keyboards import menu_button
+from aisha.db.session import after_commit
+from aisha.i18n import Texts
+from aisha.messaging import FileTooLarge
+from aisha.transcription.merge import split_message
+from aisha.transcription.models import Transcript
+from aisha.transcription.service import JOB_NAME, MESSAGE_LIMIT, IncomingMedia, format_duration
+from aisha.users.models import User
+
+if TYPE_CHECKING:
+    from aisha.container import Services
+
+PAGE_SIZE = 5
+PREVIEW_WORDS = 8
+
+
+class TranscriptAction(CallbackData, prefix="tr"):
+    action: str  # view, file, delete, page
+    id: str = ""
+    offset: int = 0
+
+
+def media_of(message: Message, *, user_id: int) -> IncomingMedia | None:
+    """The recording in a message, or None when there is none we can transcribe."""
+
+    def media(kind: str, file_id: str, file_size: int | None, file_name: str | None = None) -> IncomingMedia:
+        return IncomingMedia(
+            user_id=user_id,
+            chat_id=message.chat.id,
+            message_id=message.message_id,
+            file_id=file_id,
+            kind=kind,
+            file_name=file_name,
+            file_size=file_size,
+        )
+
+    if message.voice:
+        return media("voice", message.voice.file_id, message.voice.file_size)
+    if message.audio:
+        return media("audio", message.audio.file_id, message.audio.file_size, message.audio.file_name)
+    if message.video:
+        return media("video", message.video.file_id, message.video.file_size, message.video.file_name)
+    if message.video_note:
+        return media("video_note", message.video_note.file_id, message.video_note.file_size)
+    document = message.document
+    if document and (document.mime_type or "").startswith(("audio/", "video/")):
+        return media("document", document.file_id, document.file_size, document.file_name)
+    return None
+
+
+def _preview(transcript: Transcript) -> str:
+    words = (transcript.text or "").split()
+    text = " ".join(words[:PREVIEW_WORDS]) + (" …" if len(words) > PREVIEW_WORDS else "")
+    return html.quote(text)
+
+
+def create_router(services: Services) -> Router:
+    router = Router(name="transcription")
+    transcription = services.transcription
+
+    async def start(message: Message, media: IncomingMedia, session: AsyncSession, t: Texts) -> None:
+        if not transcription.available:
+            await message.reply(t("transcription.error.not_configured"))
+            return
+        try:
+            transcript_id = await transcription.accept(session, media=media)
+        except FileTooLarge as error:
+            await message.reply(t("transcription.error.too_large", limit_mb=error.limit // 2**20))
+            return
+        # Enqueued once this update's transaction commits, so the job finds the row.
+        after_commit(session, lambda: services.queue.enqueue(JOB_NAME, transcript_id=str(transcript_id)))
+
+    media_filter = F.voice | F.audio | F.video | F.video_note | F.document
+
+    @router.message(F.chat.type == "private", StateFilter(None), media_filter)
+    async def recording(message: Message, session: AsyncSession, user: User, t: Texts) -> None:
+        media = media_of(message, user_id=user.telegram_id)
+        if media is None:
+            await message.reply(t("transcription.error.unsupported"))
+            return
+        await start(message, media, session, t)
+
+    @router.message(Command("transcribe"))
+    async def transcribe_reply(message: Message, session: AsyncSession, user: User, t: Texts) -> None:
+        target = message.reply_to_message
+        media = media_of(target, user_id=user.telegram_id) if target else None
+        if media is None:
+            await message.reply(t("transcription.reply_hint"))
+            return
+        # Answer where the command was given, to the message it points at.
+        await start(message, media, session, t)
+
+    async def show_page(
+        message: Message, user: User, session: AsyncSession, t: Texts, offset: int, *, edit: bool
+    ) -> None:
+        items, total = await transcription.list_for(
+            session, user_id=user.telegram_id, limit=PAGE_SIZE, offset=offset
+        )
+        if not items:
+            text = t("transcription.list.empty")
+            keyboard = None
+        else:
+            date_format = t("billing.date_format")
+            lines = [t("transcription.list.title", first=offset + 1, last=offset + len(items), total=total)]
+            rows = []
+            for number, item in enumerate(items, start=offset + 1):
+                lines.append(
+                    t(
+                        "transcription.list.item",
+                        number=number,
+                        when=item.created_at.strftime(date_format),
+                        duration=format_duration(item.duration_ms / 1000),
+                        preview=_preview(item),
+                    )
+                )
+                rows.append(
+                    [
+                        InlineKeyboardButton(
+                            text=t("transcription.button.view", number=number),
+                            callback_data=TranscriptAction(action="view", id=item.id.hex).pack(),
+                        ),
+                        InlineKeyboardButton(
+                            text=t("transcription.button.file"),
+                            callback_data=TranscriptAction(action="file", id=item.id.hex).pack(),
+                        ),
+                        InlineKeyboardButton(
+                            text=t("transcription.button.delete"),
+                            callback_data=TranscriptAction(action="delete", id=item.id.hex).pack(),
+                        ),
+                    ]
+                )
+            navigation = []
+            if offset > 0:
+                navigation.append(
+                    InlineKeyboardButton(
+                        text=t("billing.newer"),
+                        callback_data=TranscriptAction(
+                            action="page", offset=max(offset - PAGE_SIZE, 0)
+                        ).pack(),
+                    )
+                )
+            if offset + len(items) < total:
+                navigation.append(
+                    InlineKeyboardButton(
+                        text=t("billing.older"),
+                        callback_data=TranscriptAction(action="page", offset=offset + PAGE_SIZE).pack(),
+                    )
+                )
+            if navigation:
+                rows.append(navigation)
+            text = "\n".join(lines)
+            keyboard = InlineKeyboardMarkup(inline_keyboard=rows)
+        if edit:
+            await message.edit_text(text, reply_markup=keyboard)
+        else:
+            await message.answer(text, reply_markup=keyboard)
+
+    @router.message(Command("transcripts"))
+    @router.message(menu_button(services.translator, "menu.transcripts"))
+    async def list_transcripts(message: Message, user: User, session: AsyncSession, t: Texts) -> None:
+        await show_page(message, user, session, t, 0, edit=False)
+
+    @router.callback_query(TranscriptAction.filter())
+    async def act(
+        query: CallbackQuery, callback_data: TranscriptAction, user: User, session: AsyncSession, t: Texts
+    ) -> None:
+        message = query.message if isinstance(query.message, Message) else None
+        if callback_data.action == "page" and message is not None and callback_data.offset >= 0:
+            await show_page(message, user, session, t, callback_data.offset, edit=True)
+            await query.answer()
+            return
+        try:
+            transcript_id = uuid.UUID(hex=callback_data.id)
+        except ValueError:
+            transcript_id = None
+        transcript = (
+            await transcription.get_owned(session, user_id=user.telegram_id, transcript_id=transcript_id)
+            if transcript_id and message is not None
+            else None
+        )
+        if transcript is None or message is None:
+            # Someone else's transcript, a deleted one, or forged data: show nothing of it.
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        if callback_data.action == "view":
+            await query.answer()
+            text = (transcript.text or "").strip()
+            for part in split_message(text, MESSAGE_LIMIT) if text else [t("transcription.empty")]:
+                await message.answer(html.quote(part))
+        elif callback_data.action == "file" and transcript.text_key:
+            await query.answer()
+            data = await transcription.read_file(transcript.text_key)
+            await message.answer_document(BufferedInputFile(data, filename="transcript.txt"))
+            if transcript.srt_key:
+                srt = await transcription.read_file(transcript.srt_key)
+                await message.answer_document(BufferedInputFile(srt, filename="transcript.srt"))
+        elif callback_data.action == "delete":
+            await transcription.delete(session, user_id=user.telegram_id, transcript_id=transcript.id)
+            await query.answer(t("transcription.deleted"))
+            await show_page(message, user, session, t, 0, edit=True)
+        else:
+            await query.answer(t("errors.bad_button"), show_alert=True)
+
+    return router

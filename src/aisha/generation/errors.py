@@ -1,0 +1,52 @@
+"""Errors of image generation; handlers map them to locale texts."""
+
+from __future__ import annotations
+
+
+class GenerationError(Exception):
+    """Base of every generation error."""
+
+
+class GenerationNotFound(GenerationError):
+    """No such generation for this user: also what another user's id looks like."""
+
+    def __init__(self, generation_id: str) -> None:
+        self.generation_id = generation_id
+        super().__init__(f"generation {generation_id} not found")
+
+
+class GenerationUnavailable(GenerationError):
+    """The provider (FAL, or the vision model for photo-to-prompt) is not configured."""
+
+
+class EmptyPrompt(GenerationError):
+    pass
+
+
+class PromptTooLong(GenerationError):
+    def __init__(self, *, length: int, limit: int) -> None:
+        self.length = length
+        self.limit = limit
+        super().__init__(f"prompt of {length} characters is over the {limit}-character limit")
+
+
+class TooManyInFlight(GenerationError):
+    """The user already has the most generations running that the operator allows."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"at most {limit} generations in flight")
+
+
+class AvatarNotReady(GenerationError):
+    """The chosen avatar is gone, not the user's, or not trained."""
+
+
+class WrongGenerationStatus(GenerationError):
+    def __init__(self, status: str) -> None:
+        self.status = status
+        super().__init__(f"generation is {status}")
+
+
+class FreeRegenerationUnavailable(GenerationError):
+    """No defect was found, or the free regeneration was already used."""

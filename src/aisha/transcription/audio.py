@@ -1,0 +1,737 @@
+"""The audio side of transcription, on ffmpeg: probe, normalize, find silences, cut into chunks.
+
+Every ffmpeg run is an async subprocess with a timeout, its stderr read line by line as it comes
+(only a short tail is kept for error messages), and the process killed if the caller is cancelled.
+Audio never enters Python's memory: each step reads a file on disk and writes one in a work dir,
+so peak memory stays flat however long the recording is.
+
+The steps:
+
+1. :func:`probe` reads the container header with ``ffmpeg -i`` (no ffprobe: the ``imageio-ffmpeg``
+   wheel ships only ffmpeg). It refuses a file with no audio stream, an empty or undecodable one,
+   and one longer than the configured maximum, before anything is charged.
+2. :func:`normalize` decodes the first audio stream once into mono 16 kHz Opus in OGG and runs
+   ``silencedetect`` on the same decoded samples, in one ffmpeg pass.
+3. :func:`plan_chunks` (pure) picks the cut points: near each target boundary, the middle of the
+   longest silence in a window; where there is none, a hard cut, and the next chunk starts a little
+   earlier so that no word is lost (the merge removes the words heard twice).
+4. :func:`cut_chunks` copies each chunk's packets out of the normalized file (no re-encoding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import os
+import re
+import shutil
+import subprocess
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import ClassVar
+
+__all__ = [
+    "MIN_AUDIO_SECONDS",
+    "AudioChunk",
+    "AudioConfig",
+    "AudioError",
+    "AudioErrorReason",
+    "AudioInfo",
+    "AudioStream",
+    "AudioTooLong",
+    "ChunkPlan",
+    "EmptyAudio",
+    "FFmpegError",
+    "FFmpegResult",
+    "FFmpegTimeout",
+    "NoAudioStream",
+    "NormalizedAudio",
+    "PreparedAudio",
+    "Silence",
+    "UndecodableAudio",
+    "chunk_file_name",
+    "cut_chunks",
+    "find_ffmpeg",
+    "normalize",
+    "plan_chunks",
+    "prepare_audio",
+    "probe",
+    "run_ffmpeg",
+]
+
+log = logging.getLogger(__name__)
+
+# OpenAI answers "Audio file is too short" below 0.1 s; shorter than that counts as empty.
+MIN_AUDIO_SECONDS = 0.1
+_STDERR_TAIL_LINES = 40
+_READ_SIZE = 64 * 1024
+
+
+# ------------------------------------------------------------------------------------- errors
+
+
+class AudioErrorReason(StrEnum):
+    NO_AUDIO = "no_audio"
+    EMPTY = "empty"
+    UNDECODABLE = "undecodable"
+    TOO_LONG = "too_long"
+
+
+class AudioError(Exception):
+    """The file cannot be transcribed as it is; ``reason`` says why (for the user's message)."""
+
+    reason: ClassVar[AudioErrorReason]
+
+
+class NoAudioStream(AudioError):
+    reason = AudioErrorReason.NO_AUDIO
+
+
+class EmptyAudio(AudioError):
+    reason = AudioErrorReason.EMPTY
+
+
+class UndecodableAudio(AudioError):
+    reason = AudioErrorReason.UNDECODABLE
+
+
+class AudioTooLong(AudioError):
+    reason = AudioErrorReason.TOO_LONG
+
+    def __init__(self, duration: float, limit: float) -> None:
+        super().__init__(f"audio lasts {duration:.1f} s, longer than the {limit:.0f} s allowed")
+        self.duration = duration
+        self.limit = limit
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg itself failed (crashed, timed out, or was not found): our fault, not the file's."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr_tail: str = "") -> None:
+        super().__init__(message + (f": {stderr_tail}" if stderr_tail else ""))
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class FFmpegTimeout(FFmpegError):
+    pass
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    """Limits and knobs of the audio pipeline; the defaults suit OpenAI's speech API."""
+
+    max_duration: float = 4 * 3600.0
+    # OpenAI refuses uploads over 25 MB; whisper-1 works best on chunks of a few minutes.
+    max_chunk_seconds: float = 600.0
+    max_chunk_bytes: int = 25 * 1000 * 1000
+    sample_rate: int = 16_000
+    bitrate: int = 24_000  # bits/s of the Opus output: ~10.8 MB per hour, clear speech
+    silence_noise_db: float = -35.0
+    silence_min_seconds: float = 0.4
+    # How far from a target boundary a silence may lie and still be used (clamped to a quarter
+    # of the chunk length, so chunks never get tiny).
+    search_window: float = 30.0
+    # Audio repeated at the start of a chunk after a hard cut, so a word cut in half is heard whole.
+    hard_cut_overlap: float = 2.0
+    # ffmpeg must run at least this many times faster than real time, or it is killed.
+    min_speed: float = 2.0
+    timeout_floor: float = 60.0
+    probe_timeout: float = 30.0
+    cut_concurrency: int = 4
+    ffmpeg: str | None = None  # an explicit binary; default: ffmpeg on PATH, else imageio-ffmpeg's
+
+    def __post_init__(self) -> None:
+        if self.max_chunk_seconds <= 0 or self.max_duration <= 0:
+            raise ValueError("max_chunk_seconds and max_duration must be positive")
+        if self.hard_cut_overlap < 0 or self.search_window < 0:
+            raise ValueError("hard_cut_overlap and search_window must not be negative")
+        if self.min_speed <= 0 or self.cut_concurrency < 1:
+            raise ValueError("min_speed must be positive and cut_concurrency at least 1")
+
+    @property
+    def chunk_seconds(self) -> float:
+        """The longest chunk that also stays under ``max_chunk_bytes`` (20% margin for VBR)."""
+        by_size = self.max_chunk_bytes * 8 / self.bitrate * 0.8
+        return min(self.max_chunk_seconds, by_size)
+
+    def timeout_for(self, seconds: float) -> float:
+        return self.timeout_floor + seconds / self.min_speed
+
+
+# ------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class AudioStream:
+    index: int
+    codec: str
+    sample_rate: int | None
+    channels: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioInfo:
+    """What the header says; ``duration`` is measured by decoding when the header has none."""
+
+    duration: float
+    audio_streams: tuple[AudioStream, ...]
+    container: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """One chunk of the normalized audio, in seconds from its start.
+
+    ``overlap`` is how many seconds at the start of this chunk the previous chunk also covers
+    (non-zero only after a hard cut); ``hard_cut`` says the boundary before it found no silence.
+    """
+
+    index: int
+    start: float
+    end: float
+    overlap: float = 0.0
+    hard_cut: bool = False
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    plan: ChunkPlan
+    path: Path
+
+    @property
+    def index(self) -> int:
+        return self.plan.index
+
+    @property
+    def start(self) -> float:
+        return self.plan.start
+
+    @property
+    def end(self) -> float:
+        return self.plan.end
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedAudio:
+    path: Path
+    duration: float
+    silences: tuple[Silence, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAudio:
+    info: AudioInfo
+    normalized: NormalizedAudio
+    chunks: tuple[AudioChunk, ...] = field(default=())
+
+    @property
+    def duration(self) -> float:
+        return self.normalized.duration
+
+
+# ------------------------------------------------------------------------------ running ffmpeg
+
+
+@functools.cache
+def _default_ffmpeg() -> str:
+    # Debian's ffmpeg when installed (system codecs, security updates), else the static binary
+    # from the imageio-ffmpeg wheel, so a bare `pip install` always has one.
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg  # type: ignore[import-untyped]
+
+        exe: str = imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as exc:  # the wheel raises RuntimeError when it has no binary for this platform
+        raise FFmpegError("no ffmpeg: install Debian's ffmpeg or the imageio-ffmpeg wheel") from exc
+    return exe
+
+
+def find_ffmpeg(explicit: str | None = None) -> str:
+    """The ffmpeg binary to run: ``explicit`` if given, else ffmpeg on PATH, else imageio-ffmpeg's."""
+    return explicit or _default_ffmpeg()
+
+
+@dataclass(frozen=True, slots=True)
+class FFmpegResult:
+    returncode: int
+    stderr_tail: str
+
+
+LineHandler = Callable[[str], None]
+
+
+async def _pump(stream: asyncio.StreamReader, on_line: LineHandler) -> None:
+    # Read in blocks and split on both \n and \r (ffmpeg's stats use \r): readline() would fail on
+    # a line longer than the reader's limit, and nothing here may grow with the input.
+    pending = b""
+    while True:
+        block = await stream.read(_READ_SIZE)
+        if not block:
+            break
+        pending += block
+        *lines, pending = re.split(rb"[\r\n]", pending)
+        if len(pending) > _READ_SIZE:  # a runaway line: keep its start only
+            pending = pending[:_READ_SIZE]
+        for raw in lines:
+            if raw:
+                on_line(raw.decode("utf-8", "replace"))
+    if pending:
+        on_line(pending.decode("utf-8", "replace"))
+
+
+async def run_ffmpeg(
+    args: Sequence[str],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the timeout is part of the subprocess contract
+    ffmpeg: str | None = None,
+    on_stderr: LineHandler | None = None,
+    on_stdout: LineHandler | None = None,
+) -> FFmpegResult:
+    """Run ffmpeg with ``args``, never blocking the loop; kill it on timeout or cancellation.
+
+    Returns the exit code and the last lines of stderr; a non-zero exit is not raised here, since
+    for a probe it is the normal outcome. Raises :class:`FFmpegTimeout` after ``timeout`` seconds.
+    """
+    exe = find_ffmpeg(ffmpeg)
+    tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+
+    def stderr_line(line: str) -> None:
+        tail.append(line)
+        if on_stderr is not None:
+            on_stderr(line)
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            exe,
+            "-hide_banner",
+            "-nostdin",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if on_stdout else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise FFmpegError(f"cannot start {exe}: {exc}") from exc
+    try:
+        async with asyncio.timeout(timeout):
+            assert proc.stderr is not None
+            pumps = [_pump(proc.stderr, stderr_line)]
+            if on_stdout is not None:
+                assert proc.stdout is not None
+                pumps.append(_pump(proc.stdout, on_stdout))
+            await asyncio.gather(*pumps)
+            returncode = await proc.wait()
+    except TimeoutError:
+        raise FFmpegTimeout(f"ffmpeg ran longer than {timeout:.0f} s", stderr_tail="\n".join(tail)) from None
+    finally:
+        if proc.returncode is None:
+            # Cancelled or timed out: the child must not outlive the request that started it.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    return FFmpegResult(returncode, "\n".join(tail))
+
+
+# ---------------------------------------------------------------------------------------- probe
+
+_DURATION_RE = re.compile(r"^\s*Duration:\s*(?:(\d+):(\d+):(\d+(?:\.\d+)?)|N/A)")
+_INPUT_RE = re.compile(r"^Input #0, (.+?), from ")
+_STREAM_RE = re.compile(r"^\s*Stream #0:(\d+)\S*: (\w+): (.*)$")
+_RATE_RE = re.compile(r"(\d+) Hz(?:, ([^,]+))?")
+_TIME_RE = re.compile(r"^out_time_us=(\d+)")
+
+
+def _parse_header(lines: Sequence[str]) -> tuple[str | None, float | None, list[AudioStream], int]:
+    container: str | None = None
+    duration: float | None = None
+    audio: list[AudioStream] = []
+    other_streams = 0
+    for line in lines:
+        if container is None and (m := _INPUT_RE.match(line)):
+            container = m.group(1)
+            continue
+        if container is None:
+            continue
+        if line.startswith(("Input #1", "Output #")):
+            break
+        if duration is None and (m := _DURATION_RE.match(line)):
+            if m.group(1) is not None:
+                duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+            continue
+        if m := _STREAM_RE.match(line):
+            if m.group(2) != "Audio":
+                other_streams += 1
+                continue
+            codec = m.group(3).split(maxsplit=1)[0].rstrip(",") if m.group(3).strip() else "unknown"
+            rate = _RATE_RE.search(m.group(3))
+            audio.append(
+                AudioStream(
+                    index=int(m.group(1)),
+                    codec=codec,
+                    sample_rate=int(rate.group(1)) if rate else None,
+                    channels=rate.group(2).strip() if rate and rate.group(2) else None,
+                )
+            )
+    return container, duration, audio, other_streams
+
+
+async def _measure_duration(path: Path, config: AudioConfig) -> float:
+    """Decode the first audio stream to nowhere and report how long it was (capped just past the limit)."""
+    last_us = 0
+
+    def stdout_line(line: str) -> None:
+        nonlocal last_us
+        if m := _TIME_RE.match(line):
+            last_us = max(last_us, int(m.group(1)))
+
+    cap = config.max_duration + 1.0
+    result = await run_ffmpeg(
+        [
+            "-nostats",
+            "-progress",
+            "pipe:1",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-t",
+            f"{cap:.3f}",
+            "-f",
+            "null",
+            "-",
+        ],
+        timeout=config.timeout_for(cap),
+        ffmpeg=config.ffmpeg,
+        on_stdout=stdout_line,
+    )
+    if result.returncode != 0:
+        raise UndecodableAudio(f"the audio cannot be decoded: {_last_line(result.stderr_tail)}")
+    return last_us / 1_000_000
+
+
+async def probe(path: str | os.PathLike[str], *, config: AudioConfig | None = None) -> AudioInfo:
+    """Check that ``path`` holds audio we can transcribe, and how long it lasts.
+
+    Raises an :class:`AudioError` (no_audio, empty, undecodable, too_long) for a file that cannot
+    be transcribed, and :class:`FFmpegError` when ffmpeg itself fails.
+    """
+    config = config or AudioConfig()
+    path = Path(path)
+    size = await asyncio.to_thread(_file_size, path)
+    if size == 0:
+        raise EmptyAudio("the file is empty")
+    lines: list[str] = []
+    # With no output file ffmpeg prints the input's header and exits 1 ("At least one output file
+    # must be specified"); a file it cannot open has no "Input #0" line at all.
+    result = await run_ffmpeg(
+        ["-i", str(path)], timeout=config.probe_timeout, ffmpeg=config.ffmpeg, on_stderr=lines.append
+    )
+    container, duration, streams, other_streams = _parse_header(lines)
+    if container is None or not (streams or other_streams):
+        # Garbage sometimes passes for a container at a low score, but then holds no stream.
+        raise UndecodableAudio(f"not a media file ffmpeg can read: {_last_line(result.stderr_tail)}")
+    if not streams:
+        raise NoAudioStream("the file has no audio stream")
+    if duration is not None and duration > config.max_duration:
+        raise AudioTooLong(duration, config.max_duration)
+    if duration is None or duration < MIN_AUDIO_SECONDS:
+        # No duration in the header (a raw stream, a live recording): measure by decoding.
+        duration = await _measure_duration(path, config)
+        if duration > config.max_duration:
+            raise AudioTooLong(duration, config.max_duration)
+    if duration < MIN_AUDIO_SECONDS:
+        raise EmptyAudio(f"the audio lasts {duration:.3f} s")
+    return AudioInfo(duration=duration, audio_streams=tuple(streams), container=container, size=size)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        raise UndecodableAudio(f"no such file: {path.name}") from None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no details"
+
+
+# ------------------------------------------------------------------------------------ normalize
+
+_SILENCE_START_RE = re.compile(r"silence_start: (-?[0-9.eE+-]+)")
+_SILENCE_END_RE = re.compile(r"silence_end: (-?[0-9.eE+-]+)")
+
+
+@functools.cache
+def _encoder(ffmpeg: str) -> tuple[str, list[str]]:
+    # libopus in both Debian's build and imageio-ffmpeg's; mp3 in case a build lacks it. Runs
+    # once per binary, in a thread (see _pick_encoder).
+    out = subprocess.run(  # noqa: S603 - fixed arguments, the binary chosen by configuration
+        [ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    if re.search(r"^\s*A\S*\s+libopus\b", out, re.MULTILINE):
+        # Complexity 5 of 10 encodes a third faster than the default for the same size on speech.
+        return ".ogg", ["-c:a", "libopus", "-application", "voip", "-compression_level", "5"]
+    return ".mp3", ["-c:a", "libmp3lame"]
+
+
+async def _pick_encoder(config: AudioConfig) -> tuple[str, list[str]]:
+    return await asyncio.to_thread(_encoder, find_ffmpeg(config.ffmpeg))
+
+
+async def normalize(
+    src: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    *,
+    config: AudioConfig | None = None,
+    expected_duration: float | None = None,
+) -> NormalizedAudio:
+    """Decode ``src`` once into mono compressed audio in ``work_dir`` and find its silences."""
+    config = config or AudioConfig()
+    ext, codec_args = await _pick_encoder(config)
+    dst = Path(work_dir) / f"normalized{ext}"
+    silences: list[Silence] = []
+    open_start: float | None = None
+
+    def stderr_line(line: str) -> None:
+        nonlocal open_start
+        if m := _SILENCE_START_RE.search(line):
+            open_start = max(0.0, float(m.group(1)))
+        elif (m := _SILENCE_END_RE.search(line)) and open_start is not None:
+            silences.append(Silence(open_start, float(m.group(1))))
+            open_start = None
+
+    cap = config.max_duration + 1.0  # a header that lied about its length cannot make us decode forever
+    chain = ",".join(
+        [
+            f"aresample={config.sample_rate}",
+            f"aformat=sample_fmts=flt:sample_rates={config.sample_rate}:channel_layouts=mono",
+            # Count time in samples from zero, so silence times are times in the output file.
+            "asetpts=N/SR/TB",
+            f"silencedetect=noise={config.silence_noise_db:g}dB:d={config.silence_min_seconds:g}",
+        ]
+    )
+    args = [
+        "-nostats",
+        "-y",
+        "-i",
+        str(src),
+        "-map",
+        "0:a:0",
+        "-map_metadata",
+        "-1",
+        "-t",
+        f"{cap:.3f}",
+        "-af",
+        chain,
+        *codec_args,
+        "-b:a",
+        str(config.bitrate),
+        str(dst),
+    ]
+    result = await run_ffmpeg(
+        args,
+        timeout=config.timeout_for(expected_duration or cap),
+        ffmpeg=config.ffmpeg,
+        on_stderr=stderr_line,
+    )
+    if result.returncode != 0:
+        raise UndecodableAudio(f"the audio cannot be decoded: {_last_line(result.stderr_tail)}")
+    duration = await _output_duration(dst, config)
+    if duration > config.max_duration:
+        raise AudioTooLong(duration, config.max_duration)
+    if duration < MIN_AUDIO_SECONDS:
+        raise EmptyAudio(f"the audio lasts {duration:.3f} s")
+    if open_start is not None:  # older ffmpeg leaves a silence running into the end unclosed
+        silences.append(Silence(open_start, duration))
+    return NormalizedAudio(path=dst, duration=duration, silences=tuple(silences))
+
+
+async def _output_duration(path: Path, config: AudioConfig) -> float:
+    lines: list[str] = []
+    await run_ffmpeg(
+        ["-i", str(path)], timeout=config.probe_timeout, ffmpeg=config.ffmpeg, on_stderr=lines.append
+    )
+    _, duration, streams, _ = _parse_header(lines)
+    if duration is None or not streams:
+        return 0.0
+    return duration
+
+
+# ----------------------------------------------------------------------------------------- plan
+
+
+def plan_chunks(
+    duration: float,
+    silences: Sequence[Silence],
+    *,
+    max_chunk: float,
+    window: float = 30.0,
+    overlap: float = 2.0,
+) -> list[ChunkPlan]:
+    """Cut ``[0, duration]`` into chunks of at most ``max_chunk`` seconds.
+
+    Boundaries aim at equal chunks (a 25-minute file with 10-minute chunks gives three of ~8.3,
+    not 10 + 10 + 5), which balances the parallel requests. Each boundary goes to the middle of
+    the longest silence (compared to 0.1 s, capped at 2 s) within ``window`` of its target (ties:
+    the closest), never making a chunk longer than ``max_chunk``; with no silence there it is a
+    hard cut at the target, and the next chunk starts ``overlap`` seconds earlier.
+    """
+    if duration <= 0:
+        return []
+    if duration <= max_chunk:
+        return [ChunkPlan(0, 0.0, duration)]
+    # Clamped so every chunk is at least a quarter of max_chunk and each step moves forward.
+    window = min(window, max_chunk / 4)
+    overlap = min(overlap, max_chunk / 4)
+    ordered = sorted(silences, key=lambda s: s.start)
+    plans: list[ChunkPlan] = []
+    start, chunk_overlap, hard = 0.0, 0.0, False
+    while duration - start > max_chunk:
+        remaining = duration - start
+        target = start + remaining / math.ceil(remaining / max_chunk)
+        lo, hi = target - window, min(target + window, start + max_chunk)
+        best: tuple[float, float, float] | None = None  # (-length, distance, cut)
+        for silence in ordered:
+            if silence.start >= hi:
+                break
+            a, b = max(silence.start, lo), min(silence.end, hi)
+            if b <= a:
+                continue
+            # The middle of the silence, or the point of it nearest the middle inside the window.
+            cut = min(max((silence.start + silence.end) / 2, a), b)
+            # Longer pauses are likelier ends of sentences, but past 2 s (or within 0.1 s of each
+            # other) they are as good, and the one nearer the target keeps chunks even.
+            key = (-round(min(silence.duration, 2.0), 1), abs(cut - target), cut)
+            if best is None or key < best:
+                best = key
+        if best is not None:
+            cut = best[2]
+            plans.append(ChunkPlan(len(plans), start, cut, chunk_overlap, hard))
+            start, chunk_overlap, hard = cut, 0.0, False
+        else:
+            cut = target
+            plans.append(ChunkPlan(len(plans), start, cut, chunk_overlap, hard))
+            start, chunk_overlap, hard = cut - overlap, overlap, True
+    plans.append(ChunkPlan(len(plans), start, duration, chunk_overlap, hard))
+    return plans
+
+
+# ------------------------------------------------------------------------------------------ cut
+
+
+def chunk_file_name(index: int, suffix: str) -> str:
+    """The file name of chunk ``index`` (what the provider sees as the upload's name)."""
+    return f"chunk-{index:04d}{suffix}"
+
+
+async def cut_chunks(
+    normalized: NormalizedAudio,
+    plans: Sequence[ChunkPlan],
+    work_dir: str | os.PathLike[str],
+    *,
+    config: AudioConfig | None = None,
+) -> list[AudioChunk]:
+    """Copy each planned chunk out of the normalized file (packets copied, nothing re-encoded)."""
+    config = config or AudioConfig()
+    if len(plans) == 1 and plans[0].start == 0 and plans[0].end >= normalized.duration:
+        return [AudioChunk(plans[0], normalized.path)]
+    suffix = normalized.path.suffix
+    limit = asyncio.Semaphore(config.cut_concurrency)
+
+    async def cut_one(plan: ChunkPlan) -> AudioChunk:
+        dst = Path(work_dir) / chunk_file_name(plan.index, suffix)
+        async with limit:
+            result = await run_ffmpeg(
+                [
+                    "-nostats",
+                    "-y",
+                    "-ss",
+                    f"{plan.start:.3f}",
+                    "-i",
+                    str(normalized.path),
+                    "-t",
+                    f"{plan.duration:.3f}",
+                    "-map",
+                    "0:a:0",
+                    "-c",
+                    "copy",
+                    "-map_metadata",
+                    "-1",
+                    str(dst),
+                ],
+                timeout=config.timeout_for(plan.duration),
+                ffmpeg=config.ffmpeg,
+            )
+        if result.returncode != 0:
+            raise FFmpegError(
+                f"cutting chunk {plan.index} failed",
+                returncode=result.returncode,
+                stderr_tail=result.stderr_tail,
+            )
+        size = await asyncio.to_thread(lambda: dst.stat().st_size)
+        if size > config.max_chunk_bytes:
+            raise FFmpegError(
+                f"chunk {plan.index} is {size} bytes, over the {config.max_chunk_bytes} allowed"
+            )
+        return AudioChunk(plan, dst)
+
+    return list(await asyncio.gather(*(cut_one(plan) for plan in plans)))
+
+
+async def prepare_audio(
+    src: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    *,
+    config: AudioConfig | None = None,
+    info: AudioInfo | None = None,
+) -> PreparedAudio:
+    """Probe (unless ``info`` is given), normalize and cut ``src`` into chunks under ``work_dir``."""
+    config = config or AudioConfig()
+    if info is None:
+        info = await probe(src, config=config)
+    elif info.duration > config.max_duration:
+        raise AudioTooLong(info.duration, config.max_duration)
+    normalized = await normalize(src, work_dir, config=config, expected_duration=info.duration)
+    plans = plan_chunks(
+        normalized.duration,
+        normalized.silences,
+        max_chunk=config.chunk_seconds,
+        window=config.search_window,
+        overlap=config.hard_cut_overlap,
+    )
+    chunks = await cut_chunks(normalized, plans, work_dir, config=config)
+    log.debug(
+        "audio prepared: %.1f s, %d silences, %d chunks",
+        normalized.duration,
+        len(normalized.silences),
+        len(chunks),
+    )
+    return PreparedAudio(info=info, normalized=normalized, chunks=tuple(chunks))

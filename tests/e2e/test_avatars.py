@@ -1,0 +1,450 @@
+"""Avatars as a user and the operator see them, over the fake Bot API and the fake FAL queue.
+
+The app runs in webhook mode on a real port, so FAL's signed webhooks and its download of the
+training archive (a signed link) reach it over HTTP, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import skimage.data
+from PIL import Image, ImageEnhance, ImageOps
+from sqlalchemy import select
+
+from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
+from aisha.avatars.service import photo_prefix
+from aisha.billing.models import CreditEntry, EntryKind
+from aisha.billing.prices import PriceList
+from aisha.db.session import unit_of_work
+from aisha.runtime import Runtime
+from aisha.sandbox import FakeTelegramServer, FakeUser
+from aisha.sandbox.fake_fal import FakeFalServer
+from tests.conftest import Database
+from tests.e2e.conftest import WEBHOOK_SECRET, count, eventually, free_port
+
+PRICE = PriceList().avatar_portrait  # the default portrait price
+BONUS = PRICE + 50
+
+
+# --- photos ------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _astronaut() -> Image.Image:
+    return Image.fromarray(skimage.data.astronaut())
+
+
+def _jpeg(im: Image.Image) -> bytes:
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@functools.cache
+def face_photo(i: int) -> bytes:
+    """The astronaut cropped, mirrored, lit and tilted differently: no two are near-duplicates."""
+    left, top = (i % 4) * 16, (i // 4) * 14
+    im = _astronaut().crop((left, top, left + 430, top + 430)).resize((600, 600), Image.Resampling.LANCZOS)
+    if i % 2:
+        im = ImageOps.mirror(im)
+    im = ImageEnhance.Brightness(im).enhance(0.9 + 0.04 * (i % 4))
+    return _jpeg(im.rotate((i % 3 - 1) * 8, resample=Image.Resampling.BICUBIC, fillcolor=(90, 110, 140)))
+
+
+# Variants measured to be pairwise more than 12 bits apart in perceptual hash (the limit is 10).
+DISTINCT = (0, 1, 2, 3, 4, 5, 6, 8, 9, 10)
+
+
+# --- plumbing ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def fal() -> AsyncIterator[FakeFalServer]:
+    async with FakeFalServer() as server:
+        yield server
+
+
+@pytest.fixture
+def avatar_settings(make_settings: Callable[..., Any], fal: FakeFalServer) -> Callable[..., Any]:
+    def make(**overrides: Any) -> Any:
+        port = free_port()
+        values: dict[str, Any] = {
+            "fal_key": fal.key,
+            "fal_queue_url": fal.base_url,
+            "fal_jwks_url": fal.jwks_url,
+            "public_base_url": f"http://127.0.0.1:{port}",
+            "webhook_secret": WEBHOOK_SECRET,
+            "http_port": port,
+        }
+        return make_settings(**(values | overrides))
+
+    return make
+
+
+@pytest.fixture
+async def app(avatar_settings: Callable[..., Any], start_app: Callable[..., Any]) -> Runtime:
+    runtime: Runtime = await start_app(avatar_settings())
+    return runtime
+
+
+def _texts_to(telegram: FakeTelegramServer, user: FakeUser) -> list[str]:
+    return [c.params["text"] for c in telegram.calls_of("sendMessage") if c.params.get("chat_id") == user.id]
+
+
+def _buttons(call: Any) -> list[tuple[str, str]]:
+    markup = call.params.get("reply_markup") or {}
+    return [(b["text"], b.get("callback_data", "")) for row in markup.get("inline_keyboard", []) for b in row]
+
+
+async def _send(telegram: FakeTelegramServer, update: dict[str, Any]) -> None:
+    # Webhook mode: the app answers 200 after the update's transaction committed.
+    assert await telegram.deliver(update) == 200
+
+
+async def _say(telegram: FakeTelegramServer, user: FakeUser, text: str) -> Any:
+    before = len(telegram.calls_of("sendMessage"))
+    await _send(telegram, telegram.message_update(user, text))
+    calls = [c for c in telegram.calls_of("sendMessage")[before:] if c.params.get("chat_id") == user.id]
+    return calls[-1]
+
+
+async def _press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> None:
+    message = next(
+        m for m in telegram.chat_messages(user.id) if m.get("message_id") == under.result["message_id"]
+    )
+    await _send(telegram, telegram.callback_update(user, data, message=message))
+
+
+async def _last_alert(telegram: FakeTelegramServer) -> str:
+    call = telegram.calls_of("answerCallbackQuery")[-1]
+    return str(call.params.get("text", ""))
+
+
+async def _fund(app: Runtime, user_id: int) -> None:
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.ledger.credit(
+            session=session, user_id=user_id, amount=BONUS, key=f"test:{user_id}", kind=EntryKind.BONUS
+        )
+
+
+async def _balance(app: Runtime, user_id: int) -> int:
+    async with app.services.sessions() as session:
+        return await app.services.ledger.get_balance(session=session, user_id=user_id)
+
+
+async def _avatar(db: Database, user_id: int) -> Avatar:
+    async with db.sessions() as session:
+        avatar = await session.scalar(select(Avatar).where(Avatar.user_id == user_id))
+        assert avatar is not None
+        return avatar
+
+
+async def _entries(db: Database, user_id: int) -> list[tuple[EntryKind, int]]:
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(CreditEntry.kind, CreditEntry.amount)
+            .where(CreditEntry.user_id == user_id)
+            .order_by(CreditEntry.created_at, CreditEntry.id)
+        )
+        return [(row.kind, row.amount) for row in rows]
+
+
+async def _files(app: Runtime, user_id: int, avatar_id: uuid.UUID) -> list[str]:
+    root = app.services.storage.root  # type: ignore[attr-defined]
+    folder = root / photo_prefix(user_id, avatar_id)
+    return (
+        sorted(str(p.relative_to(root)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    )
+
+
+async def _submitted(fal: FakeFalServer, n: int = 1) -> Any:
+    async with asyncio.timeout(30):
+        return (await fal.wait_submissions(n))[n - 1]
+
+
+async def _seed_and_train(app: Runtime, telegram: FakeTelegramServer, user: FakeUser) -> uuid.UUID:
+    """A confirmed avatar with 10 stored photos, its training job enqueued (skips the slow checks)."""
+    await _say(telegram, user, "/start")
+    await _fund(app, user.id)
+    avatars = app.services.avatars
+    async with unit_of_work(app.services.sessions) as session:
+        avatar = await avatars.create_draft(
+            session=session, user_id=user.id, avatar_type=AvatarType.PORTRAIT, name="Seeded"
+        )
+        for i in range(10):
+            key = f"{photo_prefix(user.id, avatar.id)}/photos/{i}.jpg"
+            data = face_photo(i)
+            await app.services.storage.put(key, data)
+            session.add(
+                AvatarPhoto(
+                    avatar_id=avatar.id,
+                    storage_key=key,
+                    sha256=f"{i:064x}",
+                    perceptual_hash=f"{i:016x}",
+                    size_bytes=len(data),
+                    width=600,
+                    height=600,
+                    metrics={},
+                )
+            )
+        avatar_id = avatar.id
+    async with unit_of_work(app.services.sessions) as session:
+        await avatars.confirm(session=session, user_id=user.id, avatar_id=avatar_id)
+    await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))
+    return avatar_id
+
+
+# --- the whole way -------------------------------------------------------------------------------
+
+
+async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once(
+    telegram: FakeTelegramServer, fal: FakeFalServer, app: Runtime, db: Database
+) -> None:
+    user = FakeUser(id=7001, first_name="Eileen", language_code="en")
+    intro = await _say(telegram, user, "/avatar")
+    await _fund(app, user.id)
+    assert "Portrait" in intro.params["text"] and f"{PRICE} credits" in intro.params["text"]
+    assert [data for _, data in _buttons(intro)] == ["avt:portrait", "avt:style"]
+
+    await _press(telegram, user, "avt:portrait", intro)
+    assert "What shall we call this avatar?" in _texts_to(telegram, user)[-1]
+    asked = await _say(telegram, user, "Space <me>")
+    assert "send 10–20 photos" in asked.params["text"]
+    avatar = await _avatar(db, user.id)
+    assert avatar.status is AvatarStatus.DRAFT and avatar.name == "Space <me>"
+
+    # Photos and full-quality files, singly and as an album, plus a resend and a non-image.
+    updates = []
+    for n, i in enumerate(DISTINCT):
+        if n < 4:
+            updates.append(telegram.message_update(user, photo=face_photo(i)))
+        elif n < 7:
+            updates.append(telegram.message_update(user, photo=face_photo(i), media_group_id="album-1"))
+        else:
+            updates.append(
+                telegram.message_update(user, document=(face_photo(i), f"IMG_{i}.jpg", "image/jpeg"))
+            )
+    updates.append(
+        telegram.message_update(user, document=(b"%PDF-1.4 not a photo", "cv.pdf", "application/pdf"))
+    )
+    updates.append(telegram.message_update(user, photo=face_photo(DISTINCT[0])))  # the same photo again
+    for update in updates:
+        await _send(telegram, update)
+
+    def replies() -> list[Any]:
+        return [
+            c
+            for c in telegram.calls_of("sendMessage")
+            if c.params.get("chat_id") == user.id and c.params.get("reply_to_message_id")
+        ]
+
+    async def all_answered() -> bool:
+        return len(replies()) == 12
+
+    await eventually(all_answered, timeout=40)
+    texts = [c.params["text"] for c in replies()]
+    assert sum("✅ Photo accepted." in text for text in texts) == 10
+    assert any("this is not a picture" in text for text in texts)
+    assert any("same as or very close to a photo you already sent" in text for text in texts)
+    assert any("10 of 10 accepted." in text for text in texts)
+    ready_to_go = next(c for c in replies() if "10 of 10 accepted." in c.params["text"])
+    assert ("▶ Review and start", "avw:review") in _buttons(ready_to_go)
+    assert await count(db, AvatarPhoto, AvatarPhoto.avatar_id == avatar.id) == 10
+    stored = await _files(app, user.id, avatar.id)
+    assert len(stored) == 10 and all("/photos/" in key for key in stored)
+
+    # Review: the price and the balance; then start.
+    await _press(telegram, user, "avw:review", ready_to_go)
+    review = telegram.calls_of("sendMessage")[-1]
+    assert "<b>Space &lt;me&gt;</b> (🧑 Portrait): 10 photos accepted." in review.params["text"]
+    assert f"Price: <b>{PRICE}</b> credits. Your balance: {BONUS}." in review.params["text"]
+    await _press(telegram, user, "avw:go", review)
+    assert "Training of <b>Space &lt;me&gt;</b> has started" in _texts_to(telegram, user)[-1]
+
+    job = await _submitted(fal)
+    assert job.endpoint == "fal-ai/flux-lora-portrait-trainer"
+    avatar = await _avatar(db, user.id)
+    assert job.payload["trigger_phrase"] == avatar.trigger_phrase
+    assert job.payload["steps"] == 2500
+    webhook = urlsplit(job.webhook_url or "")
+    assert f"{webhook.scheme}://{webhook.netloc}" == app.settings.public_base_url
+    assert webhook.path == "/webhooks/fal"
+    assert parse_qs(webhook.query) == {"kind": ["avatar"], "id": [str(avatar.id)]}
+    # FAL can fetch the archive through the signed link: ten normalized JPEGs.
+    async with httpx.AsyncClient() as http:
+        archive = await http.get(job.payload["images_data_url"])
+    assert archive.status_code == 200
+    assert len(zipfile.ZipFile(io.BytesIO(archive.content)).namelist()) == 10
+
+    async def submitted() -> bool:
+        row = await _avatar(db, user.id)
+        return row.status is AvatarStatus.SUBMITTED and row.provider_request_id == job.request_id
+
+    await eventually(submitted)
+    assert await _balance(app, user.id) == BONUS - PRICE  # held
+
+    # Forged webhooks: an unknown key, a stale timestamp, a changed body, no signature.
+    await fal.complete(job.request_id, deliver=False)
+    assert await fal.deliver(job.request_id, sign_with="unknown") == 401
+    assert await fal.deliver(job.request_id, timestamp_offset=-3600) == 401
+    assert await fal.deliver(job.request_id, tamper_body=True) == 401
+    assert await fal.deliver(job.request_id, sign_with=None) == 401
+    assert (await _avatar(db, user.id)).status is AvatarStatus.SUBMITTED
+    assert await _balance(app, user.id) == BONUS - PRICE
+
+    # The genuine one, then FAL's retries of it.
+    assert await fal.deliver(job.request_id) == 200
+    avatar = await _avatar(db, user.id)
+    assert avatar.status is AvatarStatus.READY and avatar.is_main
+    assert avatar.lora_url and avatar.lora_url.endswith(".safetensors")
+    assert await fal.deliver(job.request_id, times=2) == 200
+
+    ready = [c for c in telegram.calls_of("sendMessage") if "is ready" in c.params["text"]]
+    assert len(ready) == 1
+    assert "Your avatar <b>Space &lt;me&gt;</b> is ready!" in ready[0].params["text"]
+    assert ("🎨 Create an image", "gen:new") in _buttons(ready[0])
+    assert await _balance(app, user.id) == BONUS - PRICE
+    assert await _entries(db, user.id) == [
+        (EntryKind.BONUS, BONUS),
+        (EntryKind.HOLD, -PRICE),
+        (EntryKind.CAPTURE, 0),  # all of it spent, nothing returned
+    ]
+    # Biometric data goes at once (retention 0): files, the archive and the photo rows.
+    assert await _files(app, user.id, avatar.id) == []
+    assert await count(db, AvatarPhoto, AvatarPhoto.avatar_id == avatar.id) == 0
+    assert avatar.photos_deleted_at is not None
+
+    gallery = await _say(telegram, user, "/avatars")
+    assert "<b>Space &lt;me&gt;</b> (🧑 Portrait): ✅ ready ⭐ main" in gallery.params["text"]
+
+
+async def test_another_users_avatar_cannot_be_acted_on(
+    telegram: FakeTelegramServer, fal: FakeFalServer, app: Runtime, db: Database
+) -> None:
+    owner = FakeUser(id=7101, language_code="en")
+    avatar_id = await _seed_and_train(app, telegram, owner)
+    job = await _submitted(fal)
+    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTED))
+    await fal.complete(job.request_id)
+    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.READY))
+
+    intruder = FakeUser(id=7102, language_code="en")
+    gallery = await _say(telegram, intruder, "/avatars")
+    assert "no avatars yet" in gallery.params["text"]
+    for action in ("open", "main", "rename", "photos", "delete", "delete_yes"):
+        await _press(telegram, intruder, f"ava:{action}:{avatar_id.hex}", gallery)
+        assert await _last_alert(telegram) == "This button is not valid any more."
+    for forged in ("ava:delete_yes:not-a-uuid", "ava:explode:" + avatar_id.hex, "avt:cyborg"):
+        await _press(telegram, intruder, forged, gallery)
+        assert await _last_alert(telegram) == "This button is not valid any more."
+    row = await _avatar(db, owner.id)
+    assert row.status is AvatarStatus.READY and row.name == "Seeded" and row.is_main
+
+    # The owner can: rename, then delete.
+    own = await _say(telegram, owner, "/avatars")
+    await _press(telegram, owner, f"ava:rename:{avatar_id.hex}", own)
+    await _say(telegram, owner, "Renamed")
+    assert (await _avatar(db, owner.id)).name == "Renamed"
+    await _press(telegram, owner, f"ava:delete_yes:{avatar_id.hex}", own)
+    assert await count(db, Avatar, Avatar.id == avatar_id) == 0
+
+
+async def _status_is(db: Database, avatar_id: uuid.UUID, status: AvatarStatus) -> bool:
+    async with db.sessions() as session:
+        return await session.scalar(select(Avatar.status).where(Avatar.id == avatar_id)) == status
+
+
+async def test_failed_training_releases_the_hold(
+    telegram: FakeTelegramServer, fal: FakeFalServer, app: Runtime, db: Database
+) -> None:
+    user = FakeUser(id=7201, language_code="ru")
+    avatar_id = await _seed_and_train(app, telegram, user)
+    job = await _submitted(fal)
+    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTED))
+    assert await _balance(app, user.id) == BONUS - PRICE
+
+    assert await fal.complete(job.request_id, error="training crashed", error_status=500) == 200
+    assert await _status_is(db, avatar_id, AvatarStatus.FAILED)
+    assert await _balance(app, user.id) == BONUS
+    assert [kind for kind, _ in await _entries(db, user.id)] == [
+        EntryKind.BONUS,
+        EntryKind.HOLD,
+        EntryKind.RELEASE,
+    ]
+    failed = _texts_to(telegram, user)[-1]
+    assert "Обучение аватара <b>Seeded</b> не удалось" in failed and "Деньги не списаны" in failed
+    assert await fal.deliver(job.request_id) == 200  # a retry changes nothing
+    assert await _balance(app, user.id) == BONUS
+    assert await _files(app, user.id, avatar_id) == []
+
+
+async def test_lost_webhook_is_recovered_by_the_sweep(
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    avatar_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    app: Runtime = await start_app(avatar_settings(avatar_poll_after_seconds=0))
+    user = FakeUser(id=7301, language_code="en")
+    avatar_id = await _seed_and_train(app, telegram, user)
+    job = await _submitted(fal)
+    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTED))
+
+    assert (await app.services.recovery.run_once())["avatars.stuck"] == 0  # still in FAL's queue
+    await fal.complete(job.request_id, deliver=False)  # done, but the webhook never comes
+    handled = await app.services.recovery.run_once()
+    assert handled["avatars.stuck"] >= 1
+    assert await _status_is(db, avatar_id, AvatarStatus.READY)
+    assert await _balance(app, user.id) == BONUS - PRICE
+    await app.services.recovery.run_once()
+    assert [kind for kind, _ in await _entries(db, user.id)].count(EntryKind.CAPTURE) == 1
+    assert len([t for t in _texts_to(telegram, user) if "is ready" in t]) == 1
+
+
+async def test_provider_refusal_charges_nothing(
+    telegram: FakeTelegramServer, fal: FakeFalServer, app: Runtime, db: Database
+) -> None:
+    fal.refuse_next(422)
+    user = FakeUser(id=7401, language_code="en")
+    avatar_id = await _seed_and_train(app, telegram, user)
+    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.FAILED), timeout=20)
+    assert fal.submissions == []
+    assert await _balance(app, user.id) == BONUS
+    assert await _entries(db, user.id) == [(EntryKind.BONUS, BONUS)]
+    assert "the training service refused the job" in _texts_to(telegram, user)[-1]
+
+
+async def test_cancel_removes_uploaded_photos(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    user = FakeUser(id=7501, language_code="en")
+    intro = await _say(telegram, user, "/avatar")
+    await _press(telegram, user, "avt:style", intro)
+    await _say(telegram, user, "Style me")
+    avatar = await _avatar(db, user.id)
+    for i in DISTINCT[:2]:
+        await _send(telegram, telegram.message_update(user, photo=face_photo(i)))
+
+    async def stored() -> bool:
+        return len(await _files(app, user.id, avatar.id)) == 2
+
+    await eventually(stored, timeout=20)
+    done = await _say(telegram, user, "/cancel")
+    assert done.params["text"] == "Cancelled. The photos you uploaded have been deleted."
+    assert await _files(app, user.id, avatar.id) == []
+    assert await count(db, Avatar, Avatar.user_id == user.id) == 0
+    assert await count(db, AvatarPhoto) == 0
+    # The wizard is over: a photo now is not taken.
+    await _send(telegram, telegram.message_update(user, photo=face_photo(3)))
+    assert "didn't understand" in _texts_to(telegram, user)[-1]

@@ -1,0 +1,404 @@
+"""Image generation as a user sees it, over the fake Bot API, the fake FAL queue and the fake
+OpenAI server: prompt → options → hold → FAL (signed webhook) → images stored and delivered →
+capture for what was delivered; NSFW and failures released; other users' generations refused;
+a reference photo turned into a prompt.
+
+The app runs in webhook mode on a real port, so FAL's webhooks reach it over HTTP; a webhook is
+answered after its outcome committed, so `fal.complete` returning means the work is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from aisha.avatars.models import Avatar, AvatarStatus, AvatarType
+from aisha.billing.models import CreditEntry, EntryKind
+from aisha.db.base import JobStatus
+from aisha.db.session import unit_of_work
+from aisha.generation.models import ImageGeneration
+from aisha.generation.service import storage_prefix
+from aisha.runtime import Runtime
+from aisha.sandbox import FakeTelegramServer, FakeUser
+from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer
+from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_image_urls
+from tests.conftest import Database
+from tests.e2e.conftest import WEBHOOK_SECRET, free_port
+
+FUNDS = 100
+PRICE = 5  # per image with an avatar (default prices)
+PLAIN_PRICE = 3  # per image without one
+VISION_PRICE = 2  # photo to prompt
+TRIGGER = "ohwxe2e0000001"
+
+
+@pytest.fixture
+async def fal() -> AsyncIterator[FakeFalServer]:
+    async with FakeFalServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[FakeOpenAIServer]:
+    async with FakeOpenAIServer(api_key="sk-e2e") as server:
+        yield server
+
+
+@pytest.fixture
+async def app(
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    fal: FakeFalServer,
+    openai_server: FakeOpenAIServer,
+) -> Runtime:
+    port = free_port()
+    settings = make_settings(
+        fal_key=fal.key,
+        fal_queue_url=fal.base_url,
+        fal_jwks_url=fal.jwks_url,
+        openai_api_key="sk-e2e",
+        openai_base_url=openai_server.base_url,
+        public_base_url=f"http://127.0.0.1:{port}",
+        webhook_secret=WEBHOOK_SECRET,
+        http_port=port,
+    )
+    runtime: Runtime = await start_app(settings)
+    return runtime
+
+
+# --- plumbing ----------------------------------------------------------------------------------
+
+
+def _buttons(call: Any) -> list[tuple[str, str]]:
+    markup = call.params.get("reply_markup") or {}
+    return [(b["text"], b.get("callback_data", "")) for row in markup.get("inline_keyboard", []) for b in row]
+
+
+def _draft(call: Any) -> str:
+    return _data(call, "gopt:").split(":")[1]
+
+
+def _data(call: Any, prefix: str) -> str:
+    return next(data for _, data in _buttons(call) if data.startswith(prefix))
+
+
+async def _send(telegram: FakeTelegramServer, update: dict[str, Any]) -> None:
+    assert await telegram.deliver(update) == 200  # answered after the update's transaction committed
+
+
+async def _say(telegram: FakeTelegramServer, user: FakeUser, text: str | None = None, **kw: Any) -> Any:
+    before = len(telegram.calls_of("sendMessage"))
+    await _send(telegram, telegram.message_update(user, text, **kw))
+    return [c for c in telegram.calls_of("sendMessage")[before:] if c.params.get("chat_id") == user.id][-1]
+
+
+async def _press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> None:
+    message = next(
+        m for m in telegram.chat_messages(user.id) if m.get("message_id") == under.result["message_id"]
+    )
+    await _send(telegram, telegram.callback_update(user, data, message=message))
+
+
+def _alert(telegram: FakeTelegramServer) -> str:
+    return str(telegram.calls_of("answerCallbackQuery")[-1].params.get("text", ""))
+
+
+async def _setup_user(app: Runtime, telegram: FakeTelegramServer, user: FakeUser, *, avatar: bool) -> None:
+    await _say(telegram, user, "/start")
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.ledger.credit(
+            session=session, user_id=user.id, amount=FUNDS, key=f"test:{user.id}", kind=EntryKind.BONUS
+        )
+        if avatar:
+            # A trained avatar, as the avatars feature leaves it (training itself is not under test).
+            session.add(
+                Avatar(
+                    user_id=user.id,
+                    type=AvatarType.PORTRAIT,
+                    status=AvatarStatus.READY,
+                    name="Me",
+                    trigger_phrase=f"{TRIGGER}{user.id}"[-14:],
+                    is_main=True,
+                    lora_url="https://example.invalid/lora.safetensors",
+                    training_config={},
+                )
+            )
+
+
+async def _balance(app: Runtime, user_id: int) -> int:
+    async with app.services.sessions() as session:
+        return await app.services.ledger.get_balance(session=session, user_id=user_id)
+
+
+async def _generation(db: Database, user_id: int) -> ImageGeneration:
+    async with db.sessions() as session:
+        rows = (
+            await session.scalars(
+                select(ImageGeneration)
+                .where(ImageGeneration.user_id == user_id)
+                .order_by(ImageGeneration.created_at.desc())
+            )
+        ).all()
+        assert rows
+        return rows[0]
+
+
+async def _entries(db: Database, user_id: int) -> list[tuple[EntryKind, int]]:
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(CreditEntry.kind, CreditEntry.amount)
+            .where(CreditEntry.user_id == user_id)
+            .order_by(CreditEntry.created_at, CreditEntry.id)
+        )
+        return [(row.kind, row.amount) for row in rows]
+
+
+async def _submitted(fal: FakeFalServer, n: int = 1) -> FakeFalJob:
+    async with asyncio.timeout(20):
+        return (await fal.wait_submissions(n))[n - 1]
+
+
+def _stored_files(app: Runtime, user_id: int, generation_id: uuid.UUID) -> list[str]:
+    root: Path = app.services.storage.root  # type: ignore[attr-defined]
+    folder = root / storage_prefix(user_id, generation_id)
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+async def _confirm(telegram: FakeTelegramServer, user: FakeUser, options: Any, *, images: int = 1) -> None:
+    if images != 1:
+        await _press(telegram, user, _data(options, "gopt:").rsplit(":", 2)[0] + f":n:{images}", options)
+    go = next(data for _, data in _buttons(options) if data.endswith(":go:"))
+    await _press(telegram, user, go, options)
+
+
+# --- the scenarios -----------------------------------------------------------------------------
+
+
+async def test_text_prompt_is_generated_stored_delivered_and_captured_once(
+    app: Runtime,
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    openai_server: FakeOpenAIServer,
+    db: Database,
+) -> None:
+    user = FakeUser(id=5101, first_name="Ann", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    trigger = f"{TRIGGER}{user.id}"[-14:]
+    openai_server.structured_replies["image_prompt"] = {
+        "prompt": "me as an astronaut on Mars, red dust, Earth in the sky",
+        "source_language": "ru",
+    }
+
+    options = await _say(telegram, user, "я астронавт на Марсе")
+    assert "Avatar: Me" in options.params["text"]
+    assert ("✨ Generate for 5 credits", f"gopt:{_draft(options)}:go:") in _buttons(options)
+    ratios = [text for text, data in _buttons(options) if data.startswith("gopt:") and ":r:" in data]
+    assert [r.strip("• ") for r in ratios] == ["1:1", "3:4", "4:3", "9:16", "16:9"]
+
+    # 2 images, 16:9: the options message is edited with the new price.
+    draft = _data(options, "gopt:").split(":")[1]
+    await _press(telegram, user, f"gopt:{draft}:n:2", options)
+    await _press(telegram, user, f"gopt:{draft}:r:4", options)
+    assert f"Generate for {2 * PRICE} credits" in str(_buttons(telegram.calls_of("editMessageText")[-1]))
+    await _press(telegram, user, f"gopt:{draft}:go:", options)
+
+    job = await _submitted(fal)
+    assert job.endpoint == "fal-ai/flux-lora"
+    payload = job.payload
+    assert payload["loras"] == [{"path": "https://example.invalid/lora.safetensors", "scale": 1.0}]
+    assert payload["image_size"] == "landscape_16_9"
+    assert payload["num_images"] == 2 and payload["enable_safety_checker"] is True
+    assert payload["num_inference_steps"] == 28 and payload["guidance_scale"] == 3.5
+    assert isinstance(payload["seed"], int)
+    assert payload["prompt"].startswith(f"{trigger} as an astronaut on Mars")
+    assert payload["prompt"].count(trigger) == 1
+    assert "kind=generation" in (job.webhook_url or "")
+    # Credits are held while FAL works.
+    assert await _balance(app, user.id) == FUNDS - 2 * PRICE
+
+    assert await fal.complete(job.request_id) == 200
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUCCEEDED
+    assert generation.prompt == "я астронавт на Марсе"
+    assert generation.enhanced_prompt == payload["prompt"]
+    assert generation.cost == 2 * PRICE and len(generation.results) == 2
+    assert generation.config["seed"] == payload["seed"] and generation.config["aspect_ratio"] == "16:9"
+    assert _stored_files(app, user.id, generation.id) == ["1.png", "2.png"]
+    stored = await app.services.storage.get(str(generation.results[0]["key"]))
+    assert Image.open(io.BytesIO(stored)).size == (1024, 576)
+
+    # Delivered as one album, from storage, then the action buttons.
+    album = [c for c in telegram.calls_of("sendMediaGroup") if c.params.get("chat_id") == user.id]
+    assert len(album) == 1 and len(album[0].params["media"]) == 2
+    actions = telegram.calls_of("sendMessage")[-1]
+    datas = [data for _, data in _buttons(actions)]
+    assert f"gact:regen:{generation.id.hex}:0" in datas
+    assert f"gact:like:{generation.id.hex}:1" in datas
+    # One status message, edited (never a second one); the upload_photo action while working.
+    status_edits = [
+        c
+        for c in telegram.calls_of("editMessageText")
+        if c.params["message_id"] == options.result["message_id"]
+    ]
+    assert "Done: 2 images" in status_edits[-1].params["text"]
+    assert any(c.params.get("action") == "upload_photo" for c in telegram.calls_of("sendChatAction"))
+
+    # Captured once: a replayed webhook changes nothing.
+    assert await fal.deliver(job.request_id, times=2) == 200
+    assert await _balance(app, user.id) == FUNDS - 2 * PRICE
+    entries = await _entries(db, user.id)
+    assert [kind for kind, _ in entries] == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
+    assert len(telegram.calls_of("sendMediaGroup")) == 1
+
+    # "Show the prompt" shows both prompts.
+    await _press(telegram, user, f"gact:prompt:{generation.id.hex}:0", actions)
+    shown = telegram.calls_of("sendMessage")[-1].params["text"]
+    assert "я астронавт на Марсе" in shown and trigger in shown
+
+    # The gallery shows it, newest first, one card.
+    before = len(telegram.calls_of("sendPhoto"))
+    await _send(telegram, telegram.message_update(user, "/gallery"))
+    card = telegram.calls_of("sendPhoto")[before]
+    assert "1 of 1" in card.params["caption"] and f"{2 * PRICE} credits" in card.params["caption"]
+
+
+async def test_one_nsfw_image_of_four_is_released(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5102, first_name="Bo", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    options = await _say(telegram, user, "me on a beach")
+    draft = _data(options, "gopt:").split(":")[1]
+    await _press(telegram, user, f"gopt:{draft}:n:4", options)
+    await _press(telegram, user, f"gopt:{draft}:go:", options)
+    job = await _submitted(fal)
+    assert await _balance(app, user.id) == FUNDS - 4 * PRICE
+
+    assert await fal.complete(job.request_id, nsfw=[False, True, False, False]) == 200
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUCCEEDED and generation.cost == 3 * PRICE
+    assert [r["index"] for r in generation.results] == [0, 2, 3]
+    assert _stored_files(app, user.id, generation.id) == ["1.png", "3.png", "4.png"]
+    assert await _balance(app, user.id) == FUNDS - 3 * PRICE
+    album = telegram.calls_of("sendMediaGroup")[-1]
+    assert len(album.params["media"]) == 3
+    status = telegram.calls_of("editMessageText")[-1].params["text"]
+    assert "blocked by the safety filter" in status and f"{PRICE} credits returned" in status
+
+
+async def test_provider_failure_without_avatar_releases_everything(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5103, first_name="Cy", language_code="en")
+    await _setup_user(app, telegram, user, avatar=False)
+    offer = await _say(telegram, user, "a lighthouse in a storm")
+    # No avatar: offer to create one (the avatars feature's entry) or to go on without one.
+    assert ("🧑‍🎨 Create an avatar", "avw:new") in _buttons(offer)
+    await _press(telegram, user, _data(offer, "gopt:"), offer)
+    options = telegram.calls_of("editMessageText")[-1]
+    assert "Without an avatar" in options.params["text"]
+    draft = _data(offer, "gopt:").split(":")[1]
+    await _press(telegram, user, f"gopt:{draft}:n:3", offer)
+    await _press(telegram, user, f"gopt:{draft}:go:", offer)
+    job = await _submitted(fal)
+    assert job.endpoint == "fal-ai/flux/dev" and "loras" not in job.payload
+    assert await _balance(app, user.id) == FUNDS - 3 * PLAIN_PRICE
+
+    assert await fal.complete(job.request_id, error="GPU fell over", error_status=500) == 200
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.FAILED and generation.cost == 0
+    assert await _balance(app, user.id) == FUNDS
+    assert [k for k, _ in await _entries(db, user.id)] == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
+    assert "could not be created" in telegram.calls_of("editMessageText")[-1].params["text"]
+    assert not telegram.calls_of("sendMediaGroup") and not telegram.calls_of("sendPhoto")
+
+
+async def test_short_balance_reserves_nothing_and_offers_a_top_up(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5104, first_name="Di", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.ledger.charge(session=session, user_id=user.id, amount=FUNDS - 7, key="spend")
+    options = await _say(telegram, user, "me in Rome")
+    draft = _data(options, "gopt:").split(":")[1]
+    await _press(telegram, user, f"gopt:{draft}:n:2", options)
+    await _press(telegram, user, f"gopt:{draft}:go:", options)
+    refusal = telegram.calls_of("editMessageText")[-1]
+    assert [data for _, data in _buttons(refusal)] == ["topup"]
+    assert "short" in refusal.params["text"] or "need" in refusal.params["text"]
+    assert await _balance(app, user.id) == 7
+    assert not fal.submissions
+
+
+async def test_a_tampered_callback_for_another_users_generation_is_refused(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    owner = FakeUser(id=5105, first_name="Eve", language_code="en")
+    intruder = FakeUser(id=5106, first_name="Mal", language_code="en")
+    await _setup_user(app, telegram, owner, avatar=True)
+    await _setup_user(app, telegram, intruder, avatar=True)
+    options = await _say(telegram, owner, "me at a concert")
+    await _confirm(telegram, owner, options)
+    job = await _submitted(fal)
+    assert await fal.complete(job.request_id) == 200
+    generation = await _generation(db, owner.id)
+    assert generation.status is JobStatus.SUCCEEDED
+
+    under = await _say(telegram, intruder, "/help")
+    for action in ("prompt", "del", "delyes", "regen", "like", "file", "free"):
+        before = len(telegram.calls_of("sendMessage"))
+        await _press(telegram, intruder, f"gact:{action}:{generation.id.hex}:0", under)
+        assert _alert(telegram) == "This image is not available.", action
+        assert len(telegram.calls_of("sendMessage")) == before, action  # nothing of the owner's shown
+    # The owner's generation, its files and the intruder's money are untouched.
+    assert (await _generation(db, owner.id)).id == generation.id
+    assert _stored_files(app, owner.id, generation.id) == ["1.png"]
+    assert await _balance(app, intruder.id) == FUNDS
+    assert len(fal.submissions) == 1
+
+
+async def test_photo_to_prompt_produces_a_generation(
+    app: Runtime,
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    openai_server: FakeOpenAIServer,
+    db: Database,
+) -> None:
+    user = FakeUser(id=5107, first_name="Fay", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    trigger = f"{TRIGGER}{user.id}"[-14:]
+    openai_server.structured_replies["photo_prompt"] = {
+        "prompt": "me standing on a rooftop at dusk, denim jacket, arms crossed, city lights behind"
+    }
+    photo = io.BytesIO()
+    Image.new("RGB", (640, 480), (200, 120, 40)).save(photo, "JPEG")
+
+    options = await _say(telegram, user, photo=photo.getvalue(), caption="/like")
+    assert f"Generate for {PRICE + VISION_PRICE} credits" in str(_buttons(options))
+    await _confirm(telegram, user, options)
+    job = await _submitted(fal)
+    assert job.payload["prompt"].startswith(f"{trigger} standing on a rooftop at dusk")
+    # The vision model got the photo as an image input.
+    vision_calls = [c for c in openai_server.chat_calls if chat_image_urls(c)]
+    assert len(vision_calls) == 1 and chat_image_urls(vision_calls[0])[0].startswith(
+        "data:image/jpeg;base64,"
+    )
+    assert await _balance(app, user.id) == FUNDS - PRICE - VISION_PRICE
+
+    assert await fal.complete(job.request_id) == 200
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUCCEEDED
+    assert generation.prompt.startswith("me standing on a rooftop")
+    assert generation.config["source"] == "photo"
+    assert generation.cost == PRICE + VISION_PRICE
+    assert await _balance(app, user.id) == FUNDS - PRICE - VISION_PRICE
+    assert telegram.calls_of("sendPhoto")[-1].params["chat_id"] == user.id

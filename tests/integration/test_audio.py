@@ -1,0 +1,526 @@
+"""The audio pipeline on real ffmpeg: probing, refusals, silence detection and where files are cut.
+
+Inputs are made by ffmpeg itself (tones, noise and digital silence at known times) and, when
+espeak-ng is installed, real synthetic speech with pauses between sentences. Chunk lengths are
+kept at 20 s so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import shutil
+import struct
+import subprocess
+import wave
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aisha.transcription.audio import (
+    AudioConfig,
+    AudioError,
+    AudioErrorReason,
+    AudioTooLong,
+    ChunkPlan,
+    EmptyAudio,
+    FFmpegTimeout,
+    NoAudioStream,
+    Silence,
+    UndecodableAudio,
+    find_ffmpeg,
+    normalize,
+    plan_chunks,
+    prepare_audio,
+    probe,
+    run_ffmpeg,
+)
+
+FFMPEG = find_ffmpeg()
+CONFIG = AudioConfig(max_chunk_seconds=20.0)
+TONES = [4.0, 5.5, 3.0, 6.0, 4.5, 5.0, 3.5, 6.5, 4.0]  # seconds of tone, 1 s of silence between
+GAP = 1.0
+SENTENCES = [
+    "The weather was calm when the boat left the harbour this morning.",
+    "Nobody on board expected the storm that followed in the afternoon.",
+    "By evening the waves had grown taller than the mast.",
+    "The captain ordered everyone to stay below deck and wait.",
+    "Hours later the wind finally dropped and the sky cleared.",
+    "They reached the island at dawn, tired but safe.",
+    "The villagers brought them bread, fish and dry blankets.",
+    "Years afterwards the sailors still told the story every winter.",
+]
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True)
+
+
+def tones_with_gaps(path: Path, tones: Sequence[float], gap: float) -> list[Silence]:
+    """Tones separated by digital silence, all under faint noise like a real room; returns the gaps."""
+    graph, labels, gaps, t = [], [], [], 0.0
+    for i, seconds in enumerate(tones):
+        graph.append(f"sine=f={300 + 40 * i}:r=16000:d={seconds}[t{i}]")
+        labels.append(f"[t{i}]")
+        t += seconds
+        if i < len(tones) - 1:
+            graph.append(f"anullsrc=r=16000:cl=mono,atrim=duration={gap}[g{i}]")
+            labels.append(f"[g{i}]")
+            gaps.append(Silence(t, t + gap))
+            t += gap
+    graph.append(f"{''.join(labels)}concat=n={len(labels)}:v=0:a=1[speech]")
+    graph.append(f"anoisesrc=r=16000:a=0.002:d={t}[noise]")
+    graph.append("[speech][noise]amix=inputs=2:normalize=0:duration=first[out]")
+    ffmpeg("-filter_complex", ";".join(graph), "-map", "[out]", "-ac", "2", "-ar", "44100", str(path))
+    return gaps
+
+
+def boundaries(plans: Sequence[ChunkPlan]) -> list[float]:
+    return [plan.end for plan in plans[:-1]]
+
+
+def inside(t: float, silences: Sequence[Silence], margin: float = 0.0) -> bool:
+    return any(s.start + margin <= t <= s.end - margin for s in silences)
+
+
+def opus_head(path: Path) -> tuple[int, int]:
+    """(channels, input sample rate) from the OpusHead packet of an OGG file."""
+    data = path.read_bytes()[:200]
+    head = data.index(b"OpusHead")
+    return data[head + 9], struct.unpack_from("<I", data, head + 12)[0]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="module")
+def gapped(media: Path) -> tuple[Path, list[Silence]]:
+    path = media / "gapped.wav"
+    return path, tones_with_gaps(path, TONES, GAP)
+
+
+@pytest.fixture(scope="module")
+def continuous(media: Path) -> Path:
+    path = media / "continuous.mp3"
+    ffmpeg(
+        "-f", "lavfi", "-i", "sine=f=330:r=44100:d=50",
+        "-f", "lavfi", "-i", "anoisesrc=r=44100:a=0.002:d=50",
+        "-filter_complex", "[0][1]amix=inputs=2:normalize=0", "-ac", "2", str(path),
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(params=["default", "imageio"])
+def binary(request: pytest.FixtureRequest) -> str:
+    """Every audio step must work with Debian's ffmpeg and with the wheel's (which has no ffprobe)."""
+    if request.param == "imageio":
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    return FFMPEG
+
+
+# ---------------------------------------------------------------------------------------- probe
+
+
+async def test_probe_reads_duration_and_audio_streams(continuous: Path, binary: str) -> None:
+    info = await probe(continuous, config=AudioConfig(ffmpeg=binary))
+
+    assert info.duration == pytest.approx(50.0, abs=0.1)
+    assert len(info.audio_streams) == 1
+    assert info.audio_streams[0].codec == "mp3"
+    assert info.audio_streams[0].sample_rate == 44100
+    assert info.audio_streams[0].channels == "stereo"
+    assert info.container == "mp3"
+
+
+async def test_probe_measures_a_file_whose_header_has_no_duration(media: Path, binary: str) -> None:
+    path = media / "streamed.mka"
+    # Matroska written to a pipe cannot go back to write its duration.
+    with path.open("wb") as out:
+        subprocess.run(
+            [
+                FFMPEG,
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=d=3",
+                "-f",
+                "matroska",
+                "pipe:1",
+            ],
+            stdout=out,
+            check=True,
+        )
+
+    info = await probe(path, config=AudioConfig(ffmpeg=binary))
+
+    assert info.duration == pytest.approx(3.0, abs=0.1)
+
+
+async def test_video_without_audio_is_refused(media: Path, binary: str) -> None:
+    path = media / "video-only.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=d=2:s=64x64:r=10", "-c:v", "mpeg4", str(path))
+
+    with pytest.raises(NoAudioStream) as caught:
+        await probe(path, config=AudioConfig(ffmpeg=binary))
+    assert caught.value.reason is AudioErrorReason.NO_AUDIO
+
+
+async def test_video_with_sound_gives_its_audio(media: Path, tmp_path: Path, binary: str) -> None:
+    path = media / "video-note.mp4"
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc=d=3:s=64x64:r=10", "-f", "lavfi", "-i", "sine=d=3",
+        "-c:v", "mpeg4", "-c:a", "aac", "-shortest", str(path),
+    )  # fmt: skip
+    config = AudioConfig(ffmpeg=binary)
+
+    info = await probe(path, config=config)
+    prepared = await prepare_audio(path, tmp_path, config=config, info=info)
+
+    assert [s.codec for s in info.audio_streams] == ["aac"]
+    assert prepared.duration == pytest.approx(3.0, abs=0.1)
+    assert opus_head(prepared.chunks[0].path) == (1, 16000)
+
+
+async def test_empty_file_is_refused(media: Path) -> None:
+    path = media / "empty.ogg"
+    path.write_bytes(b"")
+
+    with pytest.raises(EmptyAudio) as caught:
+        await probe(path)
+    assert caught.value.reason == "empty"
+
+
+async def test_audio_of_zero_length_is_refused(media: Path, binary: str) -> None:
+    path = media / "zero.wav"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "0", str(path))
+
+    with pytest.raises(EmptyAudio):
+        await probe(path, config=AudioConfig(ffmpeg=binary))
+
+
+@pytest.mark.parametrize("kind", ["noise", "truncated"])
+async def test_corrupt_file_is_refused(media: Path, binary: str, kind: str) -> None:
+    path = media / f"corrupt-{kind}.m4a"
+    if kind == "noise":
+        path.write_bytes(random.Random(7).randbytes(4096))
+    else:
+        # An upload cut short: an MP4 keeps its index (moov) at the end, so the start is useless.
+        whole = media / "whole.m4a"
+        ffmpeg("-f", "lavfi", "-i", "sine=d=5", "-c:a", "aac", str(whole))
+        path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+
+    with pytest.raises(UndecodableAudio) as caught:
+        await probe(path, config=AudioConfig(ffmpeg=binary))
+    assert caught.value.reason == "undecodable"
+
+
+async def test_missing_file_is_refused(media: Path) -> None:
+    with pytest.raises(UndecodableAudio):
+        await probe(media / "nowhere.ogg")
+
+
+async def test_too_long_file_is_refused_before_any_work(continuous: Path, tmp_path: Path) -> None:
+    config = AudioConfig(max_duration=30.0, max_chunk_seconds=20.0)
+
+    with pytest.raises(AudioTooLong) as caught:
+        await prepare_audio(continuous, tmp_path, config=config)
+
+    assert caught.value.reason == "too_long"
+    assert caught.value.duration == pytest.approx(50.0, abs=0.1)
+    assert caught.value.limit == 30.0
+    assert list(tmp_path.iterdir()) == []  # refused from the header: nothing was decoded
+
+
+async def test_too_long_file_without_duration_in_header_is_refused(media: Path, tmp_path: Path) -> None:
+    path = media / "long-streamed.mka"
+    with path.open("wb") as out:
+        subprocess.run(
+            [
+                FFMPEG,
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=d=40",
+                "-f",
+                "matroska",
+                "pipe:1",
+            ],
+            stdout=out,
+            check=True,
+        )
+
+    with pytest.raises(AudioTooLong) as caught:
+        await prepare_audio(path, tmp_path, config=AudioConfig(max_duration=10.0))
+    # Decoding stops just past the limit instead of running through the whole file.
+    assert caught.value.duration == pytest.approx(11.0, abs=0.2)
+
+
+def test_every_audio_error_has_its_reason() -> None:
+    assert {cls.reason for cls in (NoAudioStream, EmptyAudio, UndecodableAudio, AudioTooLong)} == set(
+        AudioErrorReason
+    )
+    assert all(
+        issubclass(cls, AudioError) for cls in (NoAudioStream, EmptyAudio, UndecodableAudio, AudioTooLong)
+    )
+
+
+# ------------------------------------------------------------------------------------ normalize
+
+
+async def test_normalize_makes_mono_16k_opus_and_finds_the_silences(
+    gapped: tuple[Path, list[Silence]], tmp_path: Path, binary: str
+) -> None:
+    path, gaps = gapped
+
+    normalized = await normalize(path, tmp_path, config=AudioConfig(ffmpeg=binary))
+
+    assert normalized.path.suffix == ".ogg"
+    assert opus_head(normalized.path) == (1, 16000)
+    assert normalized.duration == pytest.approx(sum(TONES) + GAP * (len(TONES) - 1), abs=0.1)
+    # ~24 kbit/s: a fraction of the 44.1 kHz stereo WAV it came from.
+    assert normalized.path.stat().st_size < normalized.duration * 40_000 / 8
+    assert len(normalized.silences) == len(gaps)
+    for found, known in zip(normalized.silences, gaps, strict=True):
+        assert found.start == pytest.approx(known.start, abs=0.05)
+        assert found.end == pytest.approx(known.end, abs=0.05)
+
+
+# ------------------------------------------------------------------------------------------ cut
+
+
+async def test_cuts_land_in_the_middle_of_silences(
+    gapped: tuple[Path, list[Silence]], tmp_path: Path
+) -> None:
+    path, gaps = gapped
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG)
+
+    plans = [chunk.plan for chunk in prepared.chunks]
+    assert len(plans) == 3
+    assert all(not plan.hard_cut and plan.overlap == 0 for plan in plans)
+    assert all(plan.duration <= 20.0 for plan in plans)
+    assert plans[0].start == 0 and plans[-1].end == prepared.duration
+    for cut in boundaries(plans):
+        assert inside(cut, gaps, margin=0.3), f"cut at {cut:.2f} s is not well inside a known silence {gaps}"
+        assert inside(cut, prepared.normalized.silences), f"cut at {cut:.2f} s is not in a detected silence"
+    for before, after in itertools.pairwise(plans):
+        assert after.start == before.end
+    await assert_chunk_files(prepared.chunks)
+
+
+async def test_no_silence_near_the_boundary_gives_hard_cuts_with_overlap(
+    continuous: Path, tmp_path: Path
+) -> None:
+    prepared = await prepare_audio(continuous, tmp_path, config=CONFIG)
+
+    plans = [chunk.plan for chunk in prepared.chunks]
+    assert prepared.normalized.silences == ()
+    assert len(plans) == 3
+    assert not plans[0].hard_cut
+    for before, after in itertools.pairwise(plans):
+        assert after.hard_cut
+        assert after.overlap == pytest.approx(2.0)
+        assert after.start == pytest.approx(before.end - 2.0)
+    assert all(plan.duration <= 20.0 for plan in plans)
+    await assert_chunk_files(prepared.chunks)
+
+
+async def test_a_short_file_is_one_chunk_without_cutting(
+    gapped: tuple[Path, list[Silence]], tmp_path: Path
+) -> None:
+    path, _ = gapped
+
+    prepared = await prepare_audio(path, tmp_path, config=AudioConfig())
+
+    assert len(prepared.chunks) == 1
+    assert prepared.chunks[0].path == prepared.normalized.path
+
+
+async def assert_chunk_files(chunks: Sequence[object]) -> None:
+    from aisha.transcription.audio import AudioChunk
+
+    for chunk in chunks:
+        assert isinstance(chunk, AudioChunk)
+        assert chunk.path.name == f"chunk-{chunk.index:04d}.ogg"
+        info = await probe(chunk.path)
+        assert info.duration == pytest.approx(chunk.plan.duration, abs=0.1)
+        assert opus_head(chunk.path) == (1, 16000)
+        assert chunk.path.stat().st_size <= CONFIG.max_chunk_bytes
+
+
+def test_chunks_also_respect_the_byte_limit() -> None:
+    # 1 MB at 24 kbit/s is ~333 s; with the VBR margin chunks stay well under it.
+    config = AudioConfig(max_chunk_seconds=600, max_chunk_bytes=1_000_000)
+    assert config.chunk_seconds == pytest.approx(1_000_000 * 8 / 24_000 * 0.8)
+
+
+# ------------------------------------------------------------------------------ real speech
+
+
+@pytest.fixture(scope="module")
+def speech(media: Path) -> tuple[Path, list[Silence]]:
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng): no synthetic speech to cut")
+    inputs: list[str] = []
+    for i, sentence in enumerate(SENTENCES):
+        wav = media / f"sentence-{i}.wav"
+        subprocess.run([espeak, "-v", "en", "-s", "150", "-w", str(wav), sentence], check=True)
+        inputs += ["-i", str(wav)]
+    # Each sentence, then 1.2 s of silence; the concat filter keeps exact sample counts.
+    graph = (
+        "".join(f"[{i}]aresample=22050,apad=pad_dur=1.2[s{i}];" for i in range(len(SENTENCES)))
+        + "".join(f"[s{i}]" for i in range(len(SENTENCES)))
+        + f"concat=n={len(SENTENCES)}:v=0:a=1[out]"
+    )
+    path = media / "speech.mp3"
+    ffmpeg(*inputs, "-filter_complex", graph, "-map", "[out]", str(path))
+    pauses, t = [], 0.0
+    for i in range(len(SENTENCES)):
+        with wave.open(str(media / f"sentence-{i}.wav")) as w:
+            seconds = w.getnframes() / w.getframerate()
+        pauses.append(Silence(t + seconds, t + seconds + 1.2))
+        t += seconds + 1.2
+    return path, pauses
+
+
+async def test_real_speech_is_cut_between_sentences(
+    speech: tuple[Path, list[Silence]], tmp_path: Path
+) -> None:
+    path, pauses = speech
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG)
+
+    plans = [chunk.plan for chunk in prepared.chunks]
+    assert prepared.duration > 40  # long enough to need cutting
+    assert len(plans) >= 3
+    assert not any(plan.hard_cut for plan in plans)
+    for cut in boundaries(plans):
+        assert inside(cut, prepared.normalized.silences), f"cut at {cut:.2f} s falls in speech"
+        assert inside(cut, pauses), f"cut at {cut:.2f} s is not in a pause between sentences {pauses}"
+    await assert_chunk_files(prepared.chunks)
+
+
+# ----------------------------------------------------------------------------- the subprocess
+
+
+def ffmpeg_children() -> set[int]:
+    """Live (not zombie) ffmpeg processes whose parent is this test process."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == os.getpid() and "ffmpeg" in comm and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+ENDLESS = ["-re", "-f", "lavfi", "-i", "sine=r=8000", "-f", "null", "-"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to see child processes")
+async def test_cancelling_kills_ffmpeg() -> None:
+    task = asyncio.create_task(run_ffmpeg(ENDLESS, timeout=60))
+    for _ in range(50):
+        await asyncio.sleep(0.05)
+        if ffmpeg_children():
+            break
+    assert ffmpeg_children(), "ffmpeg did not start"
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert ffmpeg_children() == set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to see child processes")
+async def test_a_run_over_its_timeout_is_killed() -> None:
+    with pytest.raises(FFmpegTimeout):
+        await run_ffmpeg(ENDLESS, timeout=0.5)
+
+    assert ffmpeg_children() == set()
+
+
+async def test_stderr_is_captured() -> None:
+    result = await run_ffmpeg(["-i", "/nonexistent/input.wav", "-f", "null", "-"], timeout=30)
+
+    assert result.returncode != 0
+    assert "No such file or directory" in result.stderr_tail
+
+
+# ------------------------------------------------------------------------------- plan (pure)
+
+
+def test_plan_prefers_the_longest_silence_in_the_window() -> None:
+    silences = [Silence(48.0, 48.5), Silence(52.0, 53.5), Silence(10.0, 12.0)]
+
+    plans = plan_chunks(100.0, silences, max_chunk=60.0, window=10.0, overlap=2.0)
+
+    assert [(p.start, p.end) for p in plans] == [(0.0, 52.75), (52.75, 100.0)]
+
+
+def test_plan_cut_in_a_silence_reaching_past_the_window_stays_inside_both() -> None:
+    plans = plan_chunks(100.0, [Silence(55.0, 80.0)], max_chunk=60.0, window=10.0)
+
+    assert plans[0].end == 60.0  # the silence's middle (67.5) would make the chunk too long
+
+
+def test_plan_short_audio_is_one_chunk() -> None:
+    assert plan_chunks(5.0, [], max_chunk=20.0) == [ChunkPlan(0, 0.0, 5.0)]
+    assert plan_chunks(0.0, [], max_chunk=20.0) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    duration=st.floats(min_value=0.5, max_value=20_000),
+    max_chunk=st.floats(min_value=10, max_value=900),
+    window=st.floats(min_value=0, max_value=60),
+    overlap=st.floats(min_value=0, max_value=5),
+    raw=st.lists(st.tuples(st.floats(0, 1), st.floats(0.01, 5)), max_size=60),
+)
+def test_plan_invariants(
+    duration: float, max_chunk: float, window: float, overlap: float, raw: list[tuple[float, float]]
+) -> None:
+    silences = sorted(
+        (Silence(a * duration, min(duration, a * duration + d)) for a, d in raw), key=lambda s: s.start
+    )
+
+    plans = plan_chunks(duration, silences, max_chunk=max_chunk, window=window, overlap=overlap)
+
+    assert plans[0].start == 0.0
+    assert plans[-1].end == duration
+    assert [p.index for p in plans] == list(range(len(plans)))
+    for plan in plans:
+        assert 0 < plan.duration <= max_chunk + 1e-6
+    for before, after in itertools.pairwise(plans):
+        if after.hard_cut:
+            assert after.overlap > 0 or overlap == 0
+            assert after.start == pytest.approx(before.end - after.overlap)
+        else:
+            assert after.overlap == 0
+            assert after.start == before.end
+            assert inside(before.end, silences), "a cut that is not hard must be inside a silence"
+    # Never more chunks than needed with a quarter of each chunk spent on finding a silence.
+    assert len(plans) <= max(1, int(duration / (max_chunk / 2)) + 2)

@@ -1,0 +1,325 @@
+"""GenerationService on real databases against the fake FAL queue: polling mode, outcomes that
+race (webhooks, sweeps), the recovery sweep and its timeout, the in-flight limit, and the free
+regeneration a defective portrait earns."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from aisha.avatars.models import Avatar, AvatarStatus, AvatarType
+from aisha.billing.models import CreditEntry, EntryKind
+from aisha.billing.prices import PriceList
+from aisha.billing.service import LedgerService
+from aisha.clock import FrozenClock
+from aisha.db.base import JobStatus
+from aisha.db.session import unit_of_work
+from aisha.generation.enhance import PromptEnhancer
+from aisha.generation.errors import FreeRegenerationUnavailable, GenerationNotFound, TooManyInFlight
+from aisha.generation.models import ImageGeneration
+from aisha.generation.service import (
+    FalImageGenerator,
+    GenerationNotifier,
+    GenerationRequest,
+    GenerationRules,
+    GenerationService,
+    GeneratorConfig,
+    Source,
+)
+from aisha.generation.vision import QualityVerdict
+from aisha.i18n import Translator
+from aisha.messaging import Buttons
+from aisha.providers.fal import FalClient
+from aisha.providers.fal_webhook import parse_webhook
+from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.storage import LocalStorage
+from aisha.users.service import TelegramProfile, UserService
+from tests.conftest import Database
+
+USER = 7001
+FUNDS = 100
+
+
+@dataclass
+class RecordingMessenger:
+    sent: list[tuple[str, int, Any]] = field(default_factory=list)
+
+    async def send_text(
+        self, chat_id: int, text: str, *, buttons: Buttons | None = None, reply_to: int | None = None
+    ) -> int:
+        self.sent.append(("text", chat_id, (text, buttons)))
+        return len(self.sent)
+
+    async def edit_text(
+        self, chat_id: int, message_id: int, text: str, *, buttons: Buttons | None = None
+    ) -> None:
+        self.sent.append(("edit", chat_id, text))
+
+    async def send_document(
+        self, chat_id: int, *, file_name: str, data: bytes, caption: str | None = None
+    ) -> None:
+        self.sent.append(("document", chat_id, file_name))
+
+    async def send_chat_action(self, chat_id: int, action: str) -> None:
+        self.sent.append(("action", chat_id, action))
+
+    async def download(self, file_id: str, destination: Path) -> int:
+        raise AssertionError("not used here")
+
+    async def send_photo(
+        self, chat_id: int, data: bytes, *, caption: str | None = None, buttons: Buttons | None = None
+    ) -> int:
+        self.sent.append(("photo", chat_id, buttons))
+        return len(self.sent)
+
+    async def send_album(self, chat_id: int, photos: list[bytes], *, caption: str | None = None) -> list[int]:
+        self.sent.append(("album", chat_id, len(photos)))
+        return [len(self.sent)] * len(photos)
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _, _ in self.sent if kind != "action"]
+
+
+class DefectVision:
+    async def describe(self, image: bytes) -> str:
+        return "me on a rooftop"
+
+    async def check_quality(self, image: bytes) -> QualityVerdict:
+        return QualityVerdict(ok=False, defects=("extra_fingers",))
+
+
+@dataclass
+class Harness:
+    service: GenerationService
+    fal: FakeFalServer
+    clock: FrozenClock
+    messenger: RecordingMessenger
+    db: Database
+    ledger: LedgerService
+    enqueued: list[uuid.UUID]
+    avatar_id: uuid.UUID
+
+    async def balance(self) -> int:
+        async with self.db.sessions() as session:
+            return await self.ledger.get_balance(session=session, user_id=USER)
+
+    async def create(self, **kw: Any) -> uuid.UUID:
+        request = GenerationRequest(
+            **(
+                {
+                    "source": Source.TEXT,
+                    "aspect_ratio": "1:1",
+                    "num_images": 2,
+                    "prompt": "me in Rome",
+                    "avatar_id": self.avatar_id,
+                }
+                | kw
+            )
+        )
+        async with unit_of_work(self.db.sessions) as session:
+            row = await self.service.create(session=session, user_id=USER, request=request)
+            return row.id
+
+    async def row(self, generation_id: uuid.UUID) -> ImageGeneration:
+        async with self.db.sessions() as session:
+            row = await session.get(ImageGeneration, generation_id)
+            assert row is not None
+            return row
+
+    async def entries(self) -> list[EntryKind]:
+        async with self.db.sessions() as session:
+            rows = await session.scalars(
+                select(CreditEntry.kind)
+                .where(CreditEntry.user_id == USER)
+                .order_by(CreditEntry.created_at, CreditEntry.id)
+            )
+            return list(rows)
+
+
+@pytest.fixture
+async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    fal = FakeFalServer()
+    await fal.start()
+    http = httpx.AsyncClient()
+
+    async def build(*, webhooks: bool = True, vision: Any = None, **rules: Any) -> Harness:
+        clock = FrozenClock()
+        ledger = LedgerService(clock=clock, hold_ttl=timedelta(hours=6))
+        messenger = RecordingMessenger()
+        storage = LocalStorage(tmp_path / "files")
+        translator = Translator.load()
+        async with unit_of_work(db.sessions) as session:
+            await UserService(clock=clock, ledger=ledger, welcome_bonus=0).register_or_touch(
+                session,
+                profile=TelegramProfile(USER, None, "Ann", None, "en"),
+                locale="en",
+            )
+            await ledger.credit(
+                session=session, user_id=USER, amount=FUNDS, key="funds", kind=EntryKind.BONUS
+            )
+            avatar = Avatar(
+                user_id=USER,
+                type=AvatarType.PORTRAIT,
+                status=AvatarStatus.READY,
+                name="Me",
+                trigger_phrase="ohwxint0000001",
+                is_main=True,
+                lora_url="https://example.invalid/lora.safetensors",
+                training_config={},
+            )
+            session.add(avatar)
+            await session.flush()
+            avatar_id = avatar.id
+        enqueued: list[uuid.UUID] = []
+
+        async def enqueue(generation_id: uuid.UUID) -> None:
+            enqueued.append(generation_id)
+
+        generator = FalImageGenerator(
+            FalClient(key=fal.key, queue_url=fal.base_url, http=http, backoff_base=0.01),
+            http,
+            GeneratorConfig(),
+        )
+        service = GenerationService(
+            sessions=db.sessions,
+            clock=clock,
+            storage=storage,
+            ledger=ledger,
+            prices=PriceList(),
+            generator=generator,
+            enhancer=PromptEnhancer(writer=None),
+            vision=vision,
+            messenger=messenger,
+            notifier=GenerationNotifier(messenger=messenger, translator=translator, storage=storage),
+            rules=GenerationRules(
+                **(
+                    {
+                        # Webhook mode against an address nobody listens on: the test delivers by hand.
+                        "public_base_url": "http://127.0.0.1:9" if webhooks else None,
+                        "poll_interval": 0.05,
+                    }
+                    | rules
+                )
+            ),
+            enqueue=enqueue,
+        )
+        return Harness(service, fal, clock, messenger, db, ledger, enqueued, avatar_id)
+
+    yield build
+    await http.aclose()
+    await fal.stop()
+
+
+async def test_polling_mode_generates_and_captures(make: Callable[..., Any]) -> None:
+    h: Harness = await make(webhooks=False)
+    h.fal.complete_after = 0.2
+    generation_id = await h.create()
+    async with asyncio.timeout(15):
+        await h.service.run(generation_id=generation_id)
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.SUCCEEDED and row.cost == 10 and len(row.results) == 2
+    assert h.fal.submissions[0].webhook_url is None
+    assert await h.balance() == FUNDS - 10
+    assert h.messenger.kinds() == ["text", "text", "album", "text"]  # status, status, album, actions
+
+
+async def test_racing_outcomes_apply_exactly_once(make: Callable[..., Any]) -> None:
+    h: Harness = await make()
+    generation_id = await h.create()
+    await h.service.run(generation_id=generation_id)
+    job = h.fal.submissions[0]
+    await h.fal.complete(job.request_id, nsfw=[True, False], deliver=False)
+    webhook = parse_webhook(h.fal.webhook_body(job.request_id))
+    h.clock.advance(timedelta(minutes=5))  # the sweep would poll this one too
+    results = await asyncio.gather(
+        h.service.apply_webhook(generation_id=generation_id, webhook=webhook),
+        h.service.apply_webhook(generation_id=generation_id, webhook=webhook),
+        h.service.sweep(),
+    )
+    assert results.count(True) + results[2] == 1
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.SUCCEEDED and row.cost == 5  # one of two was blocked
+    assert await h.balance() == FUNDS - 5
+    assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
+    assert h.messenger.kinds().count("photo") == 1
+
+
+async def test_a_forged_request_id_changes_nothing(make: Callable[..., Any]) -> None:
+    h: Harness = await make()
+    generation_id = await h.create()
+    await h.service.run(generation_id=generation_id)
+    other = await h.create(prompt="me in Oslo")
+    await h.service.run(generation_id=other)
+    await h.fal.complete(h.fal.submissions[1].request_id, deliver=False)
+    # The other job's genuine result, aimed at this row by the URL: the row holds another id.
+    webhook = parse_webhook(h.fal.webhook_body(h.fal.submissions[1].request_id))
+    assert not await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
+    assert (await h.row(generation_id)).status is JobStatus.SUBMITTED
+
+
+async def test_sweep_reenqueues_a_lost_job_and_releases_past_the_timeout(make: Callable[..., Any]) -> None:
+    h: Harness = await make()
+    lost = await h.create()
+    assert await h.service.sweep() == 0  # too young to be called lost
+    h.clock.advance(timedelta(minutes=2))
+    assert await h.service.sweep() == 1
+    assert h.enqueued == [lost]
+
+    stuck = await h.create(prompt="me in Lima")
+    await h.service.run(generation_id=stuck)  # submitted; FAL never answers
+    assert await h.balance() == FUNDS - 20
+    h.clock.advance(timedelta(minutes=11))
+    assert await h.service.sweep() == 2
+    for generation_id in (lost, stuck):
+        row = await h.row(generation_id)
+        assert row.status is JobStatus.FAILED and row.error == "timeout"
+    assert await h.balance() == FUNDS
+    assert h.fal.submissions[0].cancel_requested
+    assert await h.service.sweep() == 0  # nothing left, nothing applied twice
+    assert (await h.entries()).count(EntryKind.RELEASE) == 2
+
+
+async def test_in_flight_limit_reserves_nothing_for_the_refused_one(make: Callable[..., Any]) -> None:
+    h: Harness = await make(max_in_flight=1)
+    await h.create()
+    with pytest.raises(TooManyInFlight):
+        await h.create()
+    assert await h.balance() == FUNDS - 10
+
+
+async def test_a_defective_portrait_earns_one_free_regeneration(make: Callable[..., Any]) -> None:
+    h: Harness = await make(vision=DefectVision())
+    generation_id = await h.create(num_images=1)
+    await h.service.run(generation_id=generation_id)
+    await h.fal.complete(h.fal.submissions[0].request_id, deliver=False)
+    webhook = parse_webhook(h.fal.webhook_body(h.fal.submissions[0].request_id))
+    assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
+    row = await h.row(generation_id)
+    assert row.results[0]["quality"] == {"ok": False, "defects": ["extra_fingers"]}
+    assert row.config["free_regeneration"] == "offered"
+    offer = [payload for kind, _, payload in h.messenger.sent if kind == "text"][-1]
+    assert offer[1][0][0].callback_data == f"gact:free:{generation_id.hex}:0"
+
+    async with unit_of_work(h.db.sessions) as session:
+        free = await h.service.take_free_regeneration(
+            session=session, user_id=USER, generation_id=generation_id
+        )
+        assert free.price == 0 and free.hold_id is None
+        assert free.enhanced_prompt == row.enhanced_prompt
+    async with unit_of_work(h.db.sessions) as session:
+        with pytest.raises(FreeRegenerationUnavailable):
+            await h.service.take_free_regeneration(session=session, user_id=USER, generation_id=generation_id)
+        with pytest.raises(GenerationNotFound):
+            await h.service.take_free_regeneration(
+                session=session, user_id=USER + 1, generation_id=generation_id
+            )
+    assert await h.balance() == FUNDS - 5

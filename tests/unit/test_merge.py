@@ -1,0 +1,233 @@
+"""Merging chunk transcripts: repeated words at hard cuts, subtitles, Telegram-sized messages."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aisha.transcription.merge import (
+    ChunkText,
+    Segment,
+    build_srt,
+    find_overlap,
+    format_srt_time,
+    join_chunk_texts,
+    merge_segments,
+    split_message,
+    utf16_len,
+)
+from aisha.transcription.pipeline import prompt_tail
+
+
+def join(previous: str, following: str) -> str:
+    keep, skip = find_overlap(previous, following)
+    return f"{previous[:keep].rstrip()} {following[skip:].strip()}".strip()
+
+
+# -------------------------------------------------------------------------------------- overlap
+
+
+def test_exact_suffix_prefix_overlap_is_said_once() -> None:
+    assert join("we walked over the lazy", "over the lazy dog slept") == "we walked over the lazy dog slept"
+
+
+def test_overlap_ignores_case_and_punctuation() -> None:
+    assert join("He said: Hello, World.", "hello world! And left.") == "He said: Hello, World. And left."
+
+
+def test_garbled_words_at_the_cut_are_dropped() -> None:
+    # The previous chunk heard half of "lazy" as "la"; the next one starts with half of "over".
+    assert join("we walked over the lazy la", "ver the lazy dog slept") == "we walked over the lazy dog slept"
+
+
+def test_texts_without_common_words_are_kept_whole() -> None:
+    assert find_overlap("first part", "second part") == (len("first part"), 0)
+    assert join("first part", "second part") == "first part second part"
+
+
+def test_a_single_common_word_away_from_the_edge_is_not_an_overlap() -> None:
+    # "the" matches only after dropping words on both sides: too weak to delete anything.
+    assert join("I saw the cat", "a the dog") == "I saw the cat a the dog"
+
+
+def test_the_longest_run_wins() -> None:
+    assert join("one two three two three", "two three four") == "one two three two three four"
+
+
+def test_overlap_search_is_bounded() -> None:
+    words = " ".join(f"w{i}" for i in range(100))
+    # The whole text repeats, but only a bounded window at the junction is compared.
+    keep, skip = find_overlap(words, words, max_words=10)
+    assert (keep, skip) == (len(words), 0)
+
+
+def test_join_chunk_texts_dedupes_only_after_hard_cuts() -> None:
+    chunks = [
+        ChunkText("Hello there. We walked over the lazy"),
+        ChunkText("over the lazy dog.", start=10, overlap=2),
+        ChunkText("Dog days are over.", start=20),  # cut at a silence: "dog" is said again for real
+        ChunkText("   ", start=30),
+    ]
+    assert join_chunk_texts(chunks) == "Hello there. We walked over the lazy dog. Dog days are over."
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.lists(st.sampled_from([f"word{i}" for i in range(1000)]), min_size=6, max_size=60, unique=True),
+    data=st.data(),
+)
+def test_an_overlapping_split_is_rejoined_exactly(words: list[str], data: st.DataObject) -> None:
+    cut = data.draw(st.integers(3, len(words) - 3))
+    overlap = data.draw(st.integers(1, min(cut, len(words) - cut, 8)))
+    previous = " ".join(words[:cut])
+    following = " ".join(words[cut - overlap :])
+
+    merged = join_chunk_texts([ChunkText(previous), ChunkText(following, overlap=2.0)])
+
+    assert merged.split() == words
+
+
+# ------------------------------------------------------------------------------------- segments
+
+
+def test_segments_are_offset_by_their_chunk_start() -> None:
+    chunks = [
+        ChunkText("A. B.", start=0.0, segments=[Segment(0.0, 1.0, "A."), Segment(1.5, 2.0, "B.")]),
+        ChunkText("C.", start=10.0, segments=[Segment(0.25, 3.0, " C.")]),
+    ]
+
+    assert merge_segments(chunks) == [
+        Segment(0.0, 1.0, "A."),
+        Segment(1.5, 2.0, "B."),
+        Segment(10.25, 13.0, "C."),
+    ]
+
+
+def test_segments_inside_a_hard_cut_overlap_are_not_repeated() -> None:
+    chunks = [
+        ChunkText("x", start=0.0, segments=[Segment(0.0, 9.0, "we walked over the lazy")]),
+        ChunkText(
+            "x",
+            start=8.0,
+            overlap=2.0,
+            segments=[
+                Segment(0.0, 0.8, "over the"),
+                Segment(0.5, 4.0, "the lazy dog slept"),
+                Segment(4, 6, "Then."),
+            ],
+        ),
+    ]
+
+    merged = merge_segments(chunks)
+
+    assert merged == [
+        Segment(0.0, 9.0, "we walked over the lazy"),
+        Segment(10.0, 12.0, "dog slept"),
+        Segment(12.0, 14.0, "Then."),
+    ]
+
+
+def test_no_segments_when_a_chunk_has_none() -> None:
+    assert merge_segments([ChunkText("a", segments=[Segment(0, 1, "a")]), ChunkText("b", start=5)]) is None
+    assert merge_segments([ChunkText("a", segments=[Segment(0, 1, "a")]), ChunkText("", start=5)]) == [
+        Segment(0, 1, "a")
+    ]
+
+
+def test_segments_never_overlap_or_go_back_in_time() -> None:
+    chunks = [
+        ChunkText("a", segments=[Segment(0, 10.5, "a")]),
+        ChunkText("b", start=10.0, segments=[Segment(0, 2, "b"), Segment(1.0, 1.5, "c")]),
+    ]
+
+    merged = merge_segments(chunks)
+
+    assert merged is not None
+    for before, after in itertools.pairwise(merged):
+        assert before.end <= after.start
+        assert before.start <= before.end
+
+
+# ------------------------------------------------------------------------------------------ srt
+
+
+def test_srt_time_format() -> None:
+    assert format_srt_time(0) == "00:00:00,000"
+    assert format_srt_time(1) == "00:00:01,000"
+    assert format_srt_time(61.5) == "00:01:01,500"
+    assert format_srt_time(3 * 3600 + 7.0004) == "03:00:07,000"
+    assert format_srt_time(59.9996) == "00:01:00,000"
+    assert format_srt_time(-1) == "00:00:00,000"
+
+
+def test_build_srt() -> None:
+    srt = build_srt([Segment(0, 1.5, " Hello."), Segment(1.5, 3, "   "), Segment(3, 4.25, "Two\n\nlines")])
+
+    assert srt == "1\n00:00:00,000 --> 00:00:01,500\nHello.\n\n2\n00:00:03,000 --> 00:00:04,250\nTwo\nlines\n"
+
+
+# ------------------------------------------------------------------------------------- telegram
+
+
+def test_short_text_is_one_message() -> None:
+    assert split_message("  Hello.  ") == ["Hello."]
+    assert split_message("   ") == []
+
+
+def test_long_text_is_split_at_sentence_ends() -> None:
+    sentences = [f"Sentence number {i} says something moderately long." for i in range(400)]
+    text = " ".join(sentences)
+
+    parts = split_message(text)
+
+    assert len(parts) > 1
+    assert all(utf16_len(p) <= 4096 for p in parts)
+    assert all(p.endswith(".") for p in parts)
+    assert " ".join(parts) == text
+
+
+def test_falls_back_to_words_without_sentence_ends() -> None:
+    text = " ".join(["word"] * 3000)
+
+    parts = split_message(text, 100)
+
+    assert all(len(p) <= 100 and not p.startswith(" ") for p in parts)
+    assert all(set(p.split()) == {"word"} for p in parts)
+    assert " ".join(parts) == text
+
+
+def test_a_word_longer_than_the_limit_is_cut() -> None:
+    assert split_message("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]
+
+
+def test_paragraphs_come_before_sentences() -> None:
+    text = "A" * 60 + ".\n\n" + "B" * 20 + ". " + "C" * 30 + "."
+
+    assert split_message(text, 100) == ["A" * 60 + ".", "B" * 20 + ". " + "C" * 30 + "."]
+
+
+def test_limit_counts_utf16_units_as_telegram_does() -> None:
+    text = "😀" * 3000  # each emoji is two UTF-16 units
+
+    parts = split_message(text)
+
+    assert [utf16_len(p) for p in parts] == [4096, 6000 - 4096]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("ab .!?\n😀я"), max_size=600), limit=st.integers(1, 80))
+def test_split_keeps_every_visible_character_within_the_limit(text: str, limit: int) -> None:
+    parts = split_message(text, limit)
+
+    assert all(0 < utf16_len(p) <= max(limit, 2) for p in parts)
+    assert "".join(parts).replace(" ", "").replace("\n", "") == text.replace(" ", "").replace("\n", "")
+
+
+# --------------------------------------------------------------------------------------- prompt
+
+
+def test_prompt_tail_starts_at_a_word() -> None:
+    assert prompt_tail("short text", 100) == "short text"
+    assert prompt_tail("alpha beta gamma delta", 12) == "gamma delta"
