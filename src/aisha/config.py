@@ -177,6 +177,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _holds_outlive_jobs(self) -> Settings:
+        # A hold released by expiry before its job's own timeout could no longer be captured.
+        longest = max(self.avatar_training_timeout_seconds, self.generation_timeout_seconds)
+        if self.hold_ttl_seconds <= longest:
+            raise ValueError(
+                f"HOLD_TTL_SECONDS ({self.hold_ttl_seconds}) must be longer than the longest job timeout"
+                f" ({longest} s: AVATAR_TRAINING_TIMEOUT_SECONDS / GENERATION_TIMEOUT_SECONDS)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _webhook_needs_secret(self) -> Settings:
         if self.public_base_url:
             secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""

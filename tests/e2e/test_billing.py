@@ -269,3 +269,22 @@ async def test_refund_refused_by_telegram_changes_nothing(
             select(Payment).where(Payment.telegram_payment_charge_id == "charge-x")
         )
     assert payment is not None and payment.status == PaymentStatus.PAID
+
+
+async def test_welcome_bonus_is_granted_once(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    runtime: Runtime = await start_app(make_settings(welcome_bonus=15))
+    user = FakeUser(id=5010, language_code="en")
+    await _say(telegram, user, "/start")
+    await _say(telegram, user, "/start")
+    balance = await _say(telegram, user, "/balance")
+    assert "💰 Balance: <b>15</b> credits" in balance.params["text"]
+    assert "<b>+15</b>  Welcome bonus" in balance.params["text"]
+    assert await _balance(db, runtime, user.id) == 15
+    assert (
+        await count(db, CreditEntry, CreditEntry.user_id == user.id, CreditEntry.kind == EntryKind.BONUS) == 1
+    )

@@ -53,6 +53,7 @@ def test_admin_ids_parse_from_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"STORAGE_URL": "gs://bucket"}, "STORAGE_URL"),
         ({"ADMIN_IDS": "alice"}, "ADMIN_IDS"),
         ({"HTTP_PORT": "99999"}, "HTTP_PORT"),
+        ({"HOLD_TTL_SECONDS": "3600"}, "HOLD_TTL_SECONDS"),
     ],
 )
 def test_bad_configuration_names_the_variable(

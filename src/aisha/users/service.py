@@ -65,6 +65,12 @@ class UserService:
                     last_seen_at=now,
                 )
             )
+        else:
+            await self._ledger.ensure_account(session=session, user_id=profile.telegram_id)
+            # Once per user: the bonus is keyed by the user id in the ledger.
+            await self._ledger.grant_welcome_bonus(
+                session=session, user_id=profile.telegram_id, amount=self._welcome_bonus
+            )
         user = await session.scalar(
             select(User)
             .where(User.telegram_id == profile.telegram_id)

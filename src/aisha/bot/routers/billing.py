@@ -44,7 +44,9 @@ class Buy(CallbackData, prefix="buy"):
 
 def history_line(t: Texts, item: HistoryItem) -> str:
     try:
-        what = t(item.description, **item.description_args)
+        # Arguments may hold user text (an avatar's name): escape it, the history is HTML.
+        args = {k: html.quote(v) if isinstance(v, str) else v for k, v in item.description_args.items()}
+        what = t(item.description, **args)
     except (KeyError, IndexError, ValueError):
         what = t(DEFAULT_DESCRIPTIONS[item.kind])
     when = item.created_at.strftime(t("billing.date_format"))
