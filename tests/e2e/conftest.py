@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from aisha.config import Settings, load_settings
 from aisha.runtime import Role, Runtime
-from aisha.sandbox import FakeTelegramServer
+from aisha.sandbox import FakeTelegramServer, FakeUser
 from tests.conftest import Database
 
 WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"
@@ -66,6 +66,28 @@ async def start_app() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for runtime in started:
         await runtime.stop()
+
+
+def buttons(call: Any) -> list[tuple[str, str]]:
+    """The inline buttons of a sent message, as (text, callback data)."""
+    markup = call.params.get("reply_markup") or {}
+    return [(b["text"], b.get("callback_data", "")) for row in markup.get("inline_keyboard", []) for b in row]
+
+
+async def say(telegram: FakeTelegramServer, user: FakeUser, text: str) -> Any:
+    """The user writes `text` (delivered by polling); returns the bot's next message to them."""
+    telegram.queue_update(telegram.message_update(user, text))
+    return await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == user.id)
+
+
+def press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> None:
+    """The user presses a button with `data` under the bot's message `under` (by polling)."""
+    message = next(
+        m
+        for m in reversed(telegram.chat_messages(user.id))
+        if m.get("message_id") == under.result["message_id"]
+    )
+    telegram.queue_update(telegram.callback_update(user, data, message=message))
 
 
 async def sent_to(

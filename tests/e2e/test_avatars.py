@@ -30,7 +30,7 @@ from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_fal import FakeFalServer
 from tests.conftest import Database
-from tests.e2e.conftest import WEBHOOK_SECRET, count, eventually, free_port
+from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, free_port
 
 PRICE = PriceList().avatar_portrait  # the default portrait price
 BONUS = PRICE + 50
@@ -99,11 +99,6 @@ async def app(avatar_settings: Callable[..., Any], start_app: Callable[..., Any]
 
 def _texts_to(telegram: FakeTelegramServer, user: FakeUser) -> list[str]:
     return [c.params["text"] for c in telegram.calls_of("sendMessage") if c.params.get("chat_id") == user.id]
-
-
-def _buttons(call: Any) -> list[tuple[str, str]]:
-    markup = call.params.get("reply_markup") or {}
-    return [(b["text"], b.get("callback_data", "")) for row in markup.get("inline_keyboard", []) for b in row]
 
 
 async def _send(telegram: FakeTelegramServer, update: dict[str, Any]) -> None:
@@ -214,7 +209,7 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
     intro = await _say(telegram, user, "/avatar")
     await _fund(app, user.id)
     assert "Portrait" in intro.params["text"] and f"{PRICE} credits" in intro.params["text"]
-    assert [data for _, data in _buttons(intro)] == ["avt:portrait", "avt:style"]
+    assert [data for _, data in buttons(intro)] == ["avt:portrait", "avt:style"]
 
     await _press(telegram, user, "avt:portrait", intro)
     assert "What shall we call this avatar?" in _texts_to(telegram, user)[-1]
@@ -258,7 +253,7 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
     assert any("same as or very close to a photo you already sent" in text for text in texts)
     assert any("10 of 10 accepted." in text for text in texts)
     ready_to_go = next(c for c in replies() if "10 of 10 accepted." in c.params["text"])
-    assert ("▶ Review and start", "avw:review") in _buttons(ready_to_go)
+    assert ("▶ Review and start", "avw:review") in buttons(ready_to_go)
     assert await count(db, AvatarPhoto, AvatarPhoto.avatar_id == avatar.id) == 10
     stored = await _files(app, user.id, avatar.id)
     assert len(stored) == 10 and all("/photos/" in key for key in stored)
@@ -312,7 +307,7 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
     ready = [c for c in telegram.calls_of("sendMessage") if "is ready" in c.params["text"]]
     assert len(ready) == 1
     assert "Your avatar <b>Space &lt;me&gt;</b> is ready!" in ready[0].params["text"]
-    assert ("🎨 Create an image", "gen:new") in _buttons(ready[0])
+    assert ("🎨 Create an image", "gen:new") in buttons(ready[0])
     assert await _balance(app, user.id) == BONUS - PRICE
     assert await _entries(db, user.id) == [
         (EntryKind.BONUS, BONUS),

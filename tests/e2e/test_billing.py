@@ -14,28 +14,9 @@ from aisha.db.session import unit_of_work
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from tests.conftest import Database
-from tests.e2e.conftest import count, eventually
+from tests.e2e.conftest import buttons, count, eventually, press, say
 
 ADMIN = FakeUser(id=900, first_name="Op", language_code="en")
-
-
-def _buttons(call: Any) -> list[tuple[str, str]]:
-    markup = call.params.get("reply_markup") or {}
-    return [(b["text"], b.get("callback_data", "")) for row in markup.get("inline_keyboard", []) for b in row]
-
-
-async def _say(telegram: FakeTelegramServer, user: FakeUser, text: str) -> Any:
-    telegram.queue_update(telegram.message_update(user, text))
-    return await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == user.id)
-
-
-async def _press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> None:
-    message = next(
-        m
-        for m in reversed(telegram.chat_messages(user.id))
-        if m.get("message_id") == under.result["message_id"]
-    )
-    telegram.queue_update(telegram.callback_update(user, data, message=message))
 
 
 async def _balance_is(runtime: Runtime, user_id: int, expected: int) -> bool:
@@ -55,9 +36,9 @@ async def app(make_settings: Callable[..., Any], start_app: Callable[..., Any]) 
 
 async def _top_up(telegram: FakeTelegramServer, user: FakeUser, package: str = "m") -> tuple[str, Any]:
     """Goes through /topup → package button → invoice → pre-checkout; returns the payload."""
-    menu = await _say(telegram, user, "/topup")
-    assert ("100 ⭐ → 110 credits", f"buy:{package}") in _buttons(menu) or package != "m"
-    await _press(telegram, user, f"buy:{package}", menu)
+    menu = await say(telegram, user, "/topup")
+    assert ("100 ⭐ → 110 credits", f"buy:{package}") in buttons(menu) or package != "m"
+    press(telegram, user, f"buy:{package}", menu)
     invoice = await telegram.wait_for_call("sendInvoice", lambda c: c.params.get("chat_id") == user.id)
     payload = invoice.params["payload"]
     telegram.queue_update(
@@ -99,18 +80,18 @@ async def test_top_up_with_stars_credits_once_and_shows_in_balance(
     assert await count(db, Payment) == 1
     assert await count(db, CreditEntry, CreditEntry.kind == EntryKind.TOPUP) == 1
 
-    balance = await _say(telegram, user, "/balance")
+    balance = await say(telegram, user, "/balance")
     text = balance.params["text"]
     assert "💰 Balance: <b>110</b> credits" in text
     assert "<b>+110</b>  Top-up: 100 ⭐" in text
-    assert ("⭐ Top up", "topup") in [(label, data.split(":")[0]) for label, data in _buttons(balance)]
+    assert ("⭐ Top up", "topup") in [(label, data.split(":")[0]) for label, data in buttons(balance)]
 
 
 async def test_pre_checkout_with_a_changed_amount_is_refused(
     telegram: FakeTelegramServer, app: Runtime
 ) -> None:
     user = FakeUser(id=5002, language_code="ru")
-    await _say(telegram, user, "/start")
+    await say(telegram, user, "/start")
     payload = app.services.payments.make_invoice_payload(
         user_id=user.id, package=app.services.prices.packages[1]
     )
@@ -126,7 +107,7 @@ async def test_pre_checkout_for_another_users_invoice_is_refused(
     telegram: FakeTelegramServer, app: Runtime
 ) -> None:
     user = FakeUser(id=5003, language_code="en")
-    await _say(telegram, user, "/start")
+    await say(telegram, user, "/start")
     package = app.services.prices.packages[0]
     payload = app.services.payments.make_invoice_payload(user_id=424242, package=package)
     telegram.queue_update(
@@ -139,11 +120,11 @@ async def test_pre_checkout_for_another_users_invoice_is_refused(
     assert answer.params["error_message"] == "This invoice was made for another user."
 
 
-async def test_history_pages_and_tampered_buttons(
+async def test_history_pages_and_tamperedbuttons(
     telegram: FakeTelegramServer, app: Runtime, db: Database
 ) -> None:
     user = FakeUser(id=5004, language_code="en")
-    await _say(telegram, user, "/start")
+    await say(telegram, user, "/start")
     ledger = app.services.ledger
     async with unit_of_work(app.services.sessions) as session:
         for n in range(1, 8):
@@ -151,20 +132,20 @@ async def test_history_pages_and_tampered_buttons(
                 session=session, user_id=user.id, amount=n, key=f"test:{n}", kind=EntryKind.BONUS
             )
 
-    first = await _say(telegram, user, "/balance")
+    first = await say(telegram, user, "/balance")
     assert "💰 Balance: <b>28</b> credits" in first.params["text"]
     assert "History</b> (1–5 of 7" in first.params["text"]
     assert "<b>+7</b>  Bonus" in first.params["text"] and "<b>+2</b>" not in first.params["text"]
-    assert ("Older ▶", "hist:5") in _buttons(first)
+    assert ("Older ▶", "hist:5") in buttons(first)
 
-    await _press(telegram, user, "hist:5", first)
+    press(telegram, user, "hist:5", first)
     edit = await telegram.wait_for_call("editMessageText")
     assert "History</b> (6–7 of 7" in edit.params["text"]
     assert "<b>+2</b>  Bonus" in edit.params["text"] and "<b>+1</b>  Bonus" in edit.params["text"]
-    assert ("◀ Newer", "hist:0") in _buttons(edit)
+    assert ("◀ Newer", "hist:0") in buttons(edit)
 
     for forged in ("hist:-5", "hist:abc", "buy:nope", "zzz"):
-        await _press(telegram, user, forged, first)
+        press(telegram, user, forged, first)
         alert = await telegram.wait_for_call("answerCallbackQuery", lambda c: c.params.get("show_alert"))
         assert alert.params["text"] in (
             "This button is not valid any more.",
@@ -176,17 +157,17 @@ async def test_history_pages_and_tampered_buttons(
 
 async def test_prices_are_shown_in_the_users_language(telegram: FakeTelegramServer, app: Runtime) -> None:
     prices = app.services.prices
-    text = (await _say(telegram, FakeUser(id=5005, language_code="ru"), "/prices")).params["text"]
+    text = (await say(telegram, FakeUser(id=5005, language_code="ru"), "/prices")).params["text"]
     assert f"Обучение портретного аватара: {prices.avatar_portrait}" in text
     assert f"Расшифровка, за каждую начатую минуту: {prices.transcription_minute}" in text
-    text = (await _say(telegram, FakeUser(id=5006, language_code="en"), "/prices")).params["text"]
+    text = (await say(telegram, FakeUser(id=5006, language_code="en"), "/prices")).params["text"]
     assert f"One image with your avatar: {prices.image}" in text
 
 
 async def test_paysupport_and_terms_answer(telegram: FakeTelegramServer, app: Runtime) -> None:
     user = FakeUser(id=5007, language_code="en")
-    assert "Payment support" in (await _say(telegram, user, "/paysupport")).params["text"]
-    assert "Terms" in (await _say(telegram, user, "/terms")).params["text"]
+    assert "Payment support" in (await say(telegram, user, "/paysupport")).params["text"]
+    assert "Terms" in (await say(telegram, user, "/terms")).params["text"]
 
 
 async def test_admin_refund_takes_credits_back_only_if_still_there(
@@ -206,7 +187,7 @@ async def test_admin_refund_takes_credits_back_only_if_still_there(
     await telegram.wait_for_call("sendMessage", lambda c: "Thank you" in c.params["text"])
 
     # A non-admin can't refund: the command is not theirs.
-    reply = await _say(telegram, user, "/refund charge-r")
+    reply = await say(telegram, user, "/refund charge-r")
     assert "didn't understand" in reply.params["text"]
     assert telegram.calls_of("refundStarPayment") == []
 
@@ -215,7 +196,7 @@ async def test_admin_refund_takes_credits_back_only_if_still_there(
         await app.services.ledger.charge(
             session=session, user_id=user.id, amount=20, key="spend:1", description="ledger.charge"
         )
-    reply = await _say(telegram, ADMIN, "/refund charge-r")
+    reply = await say(telegram, ADMIN, "/refund charge-r")
     assert reply.params["text"].startswith("Can't refund")
     assert telegram.calls_of("refundStarPayment") == []
     assert await _balance(db, app, user.id) == 90
@@ -225,7 +206,7 @@ async def test_admin_refund_takes_credits_back_only_if_still_there(
         await app.services.ledger.credit(
             session=session, user_id=user.id, amount=20, key="give:1", kind=EntryKind.ADJUSTMENT
         )
-    reply = await _say(telegram, ADMIN, "/refund charge-r")
+    reply = await say(telegram, ADMIN, "/refund charge-r")
     assert reply.params["text"] == "Refunded 100 ⭐; 110 credits taken back."
     refund = telegram.calls_of("refundStarPayment")[-1]
     assert refund.params["user_id"] == user.id and refund.params["telegram_payment_charge_id"] == "charge-r"
@@ -236,7 +217,7 @@ async def test_admin_refund_takes_credits_back_only_if_still_there(
         )
     assert payment is not None and payment.status == PaymentStatus.REFUNDED
 
-    reply = await _say(telegram, ADMIN, "/refund charge-r")
+    reply = await say(telegram, ADMIN, "/refund charge-r")
     assert reply.params["text"] == "This payment was already refunded."
 
 
@@ -261,7 +242,7 @@ async def test_refund_refused_by_telegram_changes_nothing(
         description="Bad Request: CHARGE_ALREADY_REFUNDED",
         retry_after=None,
     )
-    reply = await _say(telegram, ADMIN, "/refund charge-x")
+    reply = await say(telegram, ADMIN, "/refund charge-x")
     assert reply.params["text"].startswith("Telegram refused the refund")
     assert await _balance(db, app, user.id) == 50
     async with db.sessions() as session:
@@ -279,9 +260,9 @@ async def test_welcome_bonus_is_granted_once(
 ) -> None:
     runtime: Runtime = await start_app(make_settings(welcome_bonus=15))
     user = FakeUser(id=5010, language_code="en")
-    await _say(telegram, user, "/start")
-    await _say(telegram, user, "/start")
-    balance = await _say(telegram, user, "/balance")
+    await say(telegram, user, "/start")
+    await say(telegram, user, "/start")
+    balance = await say(telegram, user, "/balance")
     assert "💰 Balance: <b>15</b> credits" in balance.params["text"]
     assert "<b>+15</b>  Welcome bonus" in balance.params["text"]
     assert await _balance(db, runtime, user.id) == 15

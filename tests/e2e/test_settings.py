@@ -11,12 +11,7 @@ from aisha.db.models import User
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from tests.conftest import Database
-from tests.e2e.conftest import eventually
-
-
-async def _say(telegram: FakeTelegramServer, user: FakeUser, text: str) -> Any:
-    telegram.queue_update(telegram.message_update(user, text))
-    return await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == user.id)
+from tests.e2e.conftest import eventually, say
 
 
 async def test_language_switch_changes_every_following_answer(
@@ -27,7 +22,7 @@ async def test_language_switch_changes_every_following_answer(
 ) -> None:
     await start_app(make_settings())
     user = FakeUser(id=6001, first_name="Kate", language_code="en")
-    settings_message = await _say(telegram, user, "/settings")
+    settings_message = await say(telegram, user, "/settings")
     assert settings_message.params["text"].startswith("<b>Settings</b>")
     buttons = [
         b["callback_data"] for row in settings_message.params["reply_markup"]["inline_keyboard"] for b in row
@@ -42,7 +37,7 @@ async def test_language_switch_changes_every_following_answer(
     assert keyboard is not None
     labels = [button["text"] for row in keyboard["keyboard"] for button in row]
     assert "💰 Баланс" in labels and "⚙️ Настройки" in labels
-    assert (await _say(telegram, user, "/help")).params["text"].startswith("<b>Что я умею</b>")
+    assert (await say(telegram, user, "/help")).params["text"].startswith("<b>Что я умею</b>")
     await eventually(lambda: _language_is(db, user.id, "ru"))
 
     # A forged language code changes nothing.
@@ -68,7 +63,7 @@ async def test_transcription_language_is_chosen_in_settings(
 ) -> None:
     await start_app(make_settings())
     user = FakeUser(id=6004, language_code="en")
-    await _say(telegram, user, "/settings")
+    await say(telegram, user, "/settings")
     message = telegram.chat_messages(user.id)[-1]
     telegram.queue_update(telegram.callback_update(user, "tlang:ru", message=message))
     answer = await telegram.wait_for_call("answerCallbackQuery")
@@ -90,11 +85,11 @@ async def test_cancel_leaves_any_wizard(
 ) -> None:
     runtime: Runtime = await start_app(make_settings())
     user = FakeUser(id=6002, language_code="en")
-    assert (await _say(telegram, user, "/cancel")).params["text"] == "There is nothing to cancel."
+    assert (await say(telegram, user, "/cancel")).params["text"] == "There is nothing to cancel."
 
     key = StorageKey(bot_id=telegram.bot_id, chat_id=user.id, user_id=user.id)
     await runtime.dispatcher.storage.set_state(key, "SomeWizard:step")
-    assert (await _say(telegram, user, "/cancel")).params["text"] == "Cancelled."
+    assert (await say(telegram, user, "/cancel")).params["text"] == "Cancelled."
     await eventually(lambda: _state_is_none(runtime, key))
 
 
@@ -102,9 +97,9 @@ async def _state_is_none(runtime: Runtime, key: StorageKey) -> bool:
     return await runtime.dispatcher.storage.get_state(key) is None
 
 
-async def test_unknown_text_points_to_the_menu(
+async def test_unknown_command_points_to_the_menu(
     telegram: FakeTelegramServer, make_settings: Callable[..., Any], start_app: Callable[..., Any]
 ) -> None:
     await start_app(make_settings())
-    reply = await _say(telegram, FakeUser(id=6003, language_code="en"), "what is this?")
+    reply = await say(telegram, FakeUser(id=6003, language_code="en"), "/whatisthis")
     assert reply.params["text"] == "I didn't understand that. Choose an action from the menu below."
