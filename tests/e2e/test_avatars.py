@@ -440,6 +440,7 @@ async def test_cancel_removes_uploaded_photos(
     assert await _files(app, user.id, avatar.id) == []
     assert await count(db, Avatar, Avatar.user_id == user.id) == 0
     assert await count(db, AvatarPhoto) == 0
-    # The wizard is over: a photo now is not taken.
+    # The wizard is over: a photo now is not taken for an avatar.
     await _send(telegram, telegram.message_update(user, photo=face_photo(3)))
-    assert "didn't understand" in _texts_to(telegram, user)[-1]
+    assert "accepted" not in _texts_to(telegram, user)[-1]
+    assert await count(db, AvatarPhoto) == 0

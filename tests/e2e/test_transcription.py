@@ -247,3 +247,82 @@ async def test_another_users_transcript_cannot_be_opened(
         assert alert.params["text"] == "This button is not valid any more."
     assert await count(db, Transcript, Transcript.id == row.id) == 1
     assert not any("fake speech" in str(m.get("text", "")) for m in telegram.chat_messages(other.id))
+
+
+@pytest.fixture(scope="module")
+def long_voice(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """36 s: tone, pause, tone, pause… so the recording is cut at silences into several parts."""
+    path = tmp_path_factory.mktemp("long") / "long.ogg"
+    # One input with known silences: 5 s of tone, then 1 s of silence, six times.
+    expression = r"if(lt(mod(t\,6)\,5)\,0.5*sin(2*PI*440*t)\,0)"
+    return _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"aevalsrc={expression}:s=48000:d=36",
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "24k",
+        output=path,
+    )
+
+
+async def test_long_recording_shows_progress_by_part_in_one_message(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    speech: FakeOpenAIServer,
+    db: Database,
+    long_voice: bytes,
+) -> None:
+    speech.transcripts = ["First part.", "Second part.", "Third part."]
+    runtime: Runtime = await start_app(
+        make_settings(
+            openai_api_key="sk-test-transcription",
+            openai_base_url=speech.base_url,
+            transcription_chunk_seconds=15,
+            transcription_concurrency=1,
+        )
+    )
+    user = FakeUser(id=7007, language_code="en")
+    await _fund(runtime, user, telegram, 5)
+    telegram.queue_update(telegram.message_update(user, voice=(long_voice, 36)))
+    await _final_status(telegram, user, "✅ Transcribed (0:36)")
+    edits = [
+        c.params["text"] for c in telegram.calls_of("editMessageText") if c.params.get("chat_id") == user.id
+    ]
+    parts = [e.splitlines()[-1] for e in edits if "part" in e]
+    assert parts == [
+        "⏳ Transcribing: part 1 of 3",
+        "⏳ Transcribing: part 2 of 3",
+        "⏳ Transcribing: part 3 of 3",
+    ]
+    text = await telegram.wait_for_call("sendMessage", lambda c: "First part." in c.params["text"])
+    assert text.params["text"] == "First part. Second part. Third part."
+    await eventually(lambda: _status_is(db, user.id, JobStatus.SUCCEEDED))
+    assert await _balance(runtime, user.id) == 4  # 36 s is one started minute
+    assert len(speech.transcription_calls) == 3
+
+
+async def test_transcribe_in_a_group_answers_the_replied_voice(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes
+) -> None:
+    user = FakeUser(id=7008, language_code="en")
+    await _fund(app, user, telegram, 5)
+    group = -100123
+    voice_update = telegram.message_update(user, chat_id=group, voice=(voice, 3))
+    telegram.queue_update(voice_update)
+    await asyncio.sleep(0.3)
+    # A voice in a group is not transcribed on its own: only when asked.
+    assert not [c for c in telegram.calls_of("sendMessage") if c.params.get("chat_id") == group]
+    command = telegram.message_update(
+        user, "/transcribe", chat_id=group, reply_to_message=voice_update["message"]
+    )
+    telegram.queue_update(command)
+    text = await telegram.wait_for_call(
+        "sendMessage", lambda c: c.params.get("chat_id") == group and "fake speech" in c.params["text"]
+    )
+    assert text.params["reply_to_message_id"] == voice_update["message"]["message_id"]
+    await eventually(lambda: _status_is(db, user.id, JobStatus.SUCCEEDED))
+    assert await _balance(app, user.id) == 4
