@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     # Providers
     fal_key: SecretStr | None = None
     fal_queue_url: str = "https://queue.fal.run"
+    fal_rest_url: str = "https://rest.fal.ai"
     fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
@@ -127,7 +128,7 @@ class Settings(BaseSettings):
             return frozenset({value})
         return value
 
-    @field_validator("telegram_api_url", "fal_queue_url", "fal_jwks_url")
+    @field_validator("telegram_api_url", "fal_queue_url", "fal_rest_url", "fal_jwks_url")
     @classmethod
     def _http_url(cls, value: str, info: object) -> str:
         name = getattr(info, "field_name", "URL") or "URL"

@@ -133,7 +133,10 @@ def _wire_generation(services: Services) -> None:
     generator = None
     if settings.fal_key:
         client = FalClient(
-            key=settings.fal_key.get_secret_value(), queue_url=settings.fal_queue_url, http=services.http
+            key=settings.fal_key.get_secret_value(),
+            queue_url=settings.fal_queue_url,
+            rest_url=settings.fal_rest_url,
+            http=services.http,
         )
         generator = FalImageGenerator(
             client,
@@ -256,7 +259,10 @@ def _wire_avatars(services: Services) -> None:
     trainer = None
     if settings.fal_key:
         client = FalClient(
-            key=settings.fal_key.get_secret_value(), queue_url=settings.fal_queue_url, http=services.http
+            key=settings.fal_key.get_secret_value(),
+            queue_url=settings.fal_queue_url,
+            rest_url=settings.fal_rest_url,
+            http=services.http,
         )
         trainer = FalTrainer(
             client,

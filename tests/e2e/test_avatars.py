@@ -30,7 +30,7 @@ from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_fal import FakeFalServer
 from tests.conftest import Database
-from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, free_port
+from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, free_port, say
 
 PRICE = PriceList().avatar_portrait  # the default portrait price
 BONUS = PRICE + 50
@@ -167,9 +167,11 @@ async def _submitted(fal: FakeFalServer, n: int = 1) -> Any:
         return (await fal.wait_submissions(n))[n - 1]
 
 
-async def _seed_and_train(app: Runtime, telegram: FakeTelegramServer, user: FakeUser) -> uuid.UUID:
+async def _seed_and_train(
+    app: Runtime, telegram: FakeTelegramServer, user: FakeUser, *, polling: bool = False
+) -> uuid.UUID:
     """A confirmed avatar with 10 stored photos, its training job enqueued (skips the slow checks)."""
-    await _say(telegram, user, "/start")
+    await (say(telegram, user, "/start") if polling else _say(telegram, user, "/start"))
     await _fund(app, user.id)
     avatars = app.services.avatars
     async with unit_of_work(app.services.sessions) as session:
@@ -405,6 +407,37 @@ async def test_lost_webhook_is_recovered_by_the_sweep(
     await app.services.recovery.run_once()
     assert [kind for kind, _ in await _entries(db, user.id)].count(EntryKind.CAPTURE) == 1
     assert len([t for t in _texts_to(telegram, user) if "is ready" in t]) == 1
+
+
+async def test_without_a_public_address_the_archive_goes_to_fal_storage_and_training_is_polled(
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    # The embedded default: long polling, files on the local disk, no URL FAL could fetch.
+    settings = make_settings(
+        fal_key=fal.key,
+        fal_queue_url=fal.base_url,
+        fal_rest_url=fal.base_url,
+        fal_jwks_url=fal.jwks_url,
+        avatar_poll_after_seconds=0,
+    )
+    app: Runtime = await start_app(settings)
+    user = FakeUser(id=7351, language_code="en")
+    avatar_id = await _seed_and_train(app, telegram, user, polling=True)
+    job = await _submitted(fal)
+    archive_url = job.payload["images_data_url"]
+    assert archive_url.startswith(f"{fal.base_url}/files/upload-")
+    assert fal.files[archive_url.rsplit("/", 1)[1]][0][:2] == b"PK"  # the zip reached FAL's storage
+    assert "fal_webhook" not in str(fal.requests)  # nobody to call back: the sweep polls
+
+    await fal.complete(job.request_id, deliver=False)
+    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTED))
+    await app.services.recovery.run_once()
+    assert await _status_is(db, avatar_id, AvatarStatus.READY)
+    assert await _balance(app, user.id) == BONUS - PRICE
 
 
 async def test_provider_refusal_charges_nothing(

@@ -85,7 +85,15 @@ class ScriptedTrainer:
         self.submitted: list[dict[str, Any]] = []
         self.cancelled: list[str] = []
         self.fail_submit: Exception | None = None
+        self.fail_upload: Exception | None = None
+        self.uploads: list[bytes] = []
         self.state_answer = TrainingState.QUEUED
+
+    async def upload_archive(self, data: bytes) -> str:
+        if self.fail_upload is not None:
+            raise self.fail_upload
+        self.uploads.append(data)
+        return f"https://fal.media/files/upload-{len(self.uploads)}.zip"
 
     async def submit(
         self, *, avatar_type: AvatarType, images_url: str, trigger_phrase: str, webhook_url: str | None
@@ -357,8 +365,19 @@ async def test_timeout_cancels_at_the_provider_fails_and_releases(world: World) 
     assert "it took too long" in world.messenger.sent[-1][1]
 
 
-async def test_no_url_fal_can_fetch_fails_without_charging(db: Database, tmp_path: Path) -> None:
+async def test_without_a_public_url_the_archive_goes_to_fal_storage(db: Database, tmp_path: Path) -> None:
     world = World(db, tmp_path, signer=False)
+    await world.users()
+    avatar_id = await world.submitted()
+    avatar = await world.avatar(avatar_id)
+    assert avatar.status is AvatarStatus.SUBMITTED
+    assert world.trainer.submitted[0]["url"] == "https://fal.media/files/upload-1.zip"
+    assert world.trainer.uploads[0][:2] == b"PK"  # the zip itself
+
+
+async def test_an_archive_that_cannot_reach_fal_fails_without_charging(db: Database, tmp_path: Path) -> None:
+    world = World(db, tmp_path, signer=False)
+    world.trainer.fail_upload = FalUnavailable("FAL storage is unreachable: ConnectError")
     await world.users()
     avatar_id = await world.submitted()
     avatar = await world.avatar(avatar_id)

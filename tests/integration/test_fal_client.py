@@ -439,3 +439,20 @@ def test_parsers_reject_outputs_without_their_files() -> None:
     output = parse_images_result({"images": [{"url": "https://x/a.jpg"}], "seed": 196619188014358660})
     assert output.images[0].nsfw is False and output.images[0].width is None
     assert output.seed == 196619188014358660
+
+
+# ------------------------------------------------------------------------------- storage
+
+
+async def test_upload_puts_the_file_on_fal_storage(fal: FakeFalServer, http: httpx.AsyncClient) -> None:
+    client = FalClient(key=fal.key, queue_url=fal.base_url, rest_url=fal.base_url, http=http, timeout=5.0)
+    url = await client.upload(
+        b"PK\x03\x04 zip bytes", file_name="training.zip", content_type="application/zip"
+    )
+    assert url.startswith(f"{fal.base_url}/files/upload-") and url.endswith("training.zip")
+    fetched = await http.get(url)
+    assert fetched.status_code == 200 and fetched.content == b"PK\x03\x04 zip bytes"
+
+    wrong = FalClient(key="wrong-key", queue_url=fal.base_url, rest_url=fal.base_url, http=http, timeout=5.0)
+    with pytest.raises(FalAuthFailed):
+        await wrong.upload(b"x", file_name="a.zip", content_type="application/zip")

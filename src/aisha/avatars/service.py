@@ -430,18 +430,18 @@ class AvatarService:
             await self._fail_unsubmitted(avatar_id, "unavailable", "FAL_KEY is not set")
             return
         archive_key = f"{photo_prefix(user_id, avatar_id)}/training.zip"
-        await self._storage.put(archive_key, await self._archive(keys), content_type="application/zip")
+        archive = await self._archive(keys)
+        await self._storage.put(archive_key, archive, content_type="application/zip")
         try:
             images_url = await self._storage.url(archive_key, expires_in=self.rules.archive_link_ttl_seconds)
         except StorageError:
-            log.error(
-                "avatar.no_public_url",
-                avatar_id=str(avatar_id),
-                fix="FAL can't fetch the training archive: set PUBLIC_BASE_URL (signed links) or use "
-                "s3:// storage (presigned URLs); FAL storage upload is not implemented",
-            )
-            await self._fail_unsubmitted(avatar_id, "unavailable", "no URL FAL can fetch the archive from")
-            return
+            # No presigned S3 URL and no public address for a signed link: FAL's own storage.
+            try:
+                images_url = await trainer.upload_archive(archive)
+            except FalError as error:
+                log.error("avatar.archive_upload_failed", avatar_id=str(avatar_id), error=str(error))
+                await self._fail_unsubmitted(avatar_id, "unavailable", "the archive could not reach FAL")
+                return
         webhook_url = None
         if self.rules.public_base_url:
             webhook_url = f"{self.rules.public_base_url}/webhooks/fal?kind=avatar&id={avatar_id}"

@@ -57,6 +57,10 @@ class Trainer(Protocol):
 
     async def state(self, *, endpoint: str, request_id: str) -> TrainingState: ...
 
+    async def upload_archive(self, data: bytes) -> str:
+        """Put the training archive where the provider can fetch it; returns its URL."""
+        ...
+
     async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
         """The LoRA of a completed training; TrainingFailed if it failed or the result is gone."""
         ...
@@ -90,6 +94,9 @@ class FalTrainer:
             "is_style": True,
             "steps": self._config.style_steps,
         }
+
+    async def upload_archive(self, data: bytes) -> str:
+        return await self._client.upload(data, file_name="training.zip", content_type="application/zip")
 
     def endpoint(self, avatar_type: AvatarType) -> str:
         if avatar_type is AvatarType.PORTRAIT:

@@ -59,6 +59,7 @@ log = structlog.get_logger(__name__)
 
 JsonDict = dict[str, Any]
 
+DEFAULT_REST_URL = "https://rest.fal.ai"
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 
 # Apps under these namespaces have a three-part id (fal_client's AppId.from_endpoint_id).
@@ -247,6 +248,7 @@ class FalClient:
         *,
         key: str,
         queue_url: str = DEFAULT_QUEUE_URL,
+        rest_url: str = DEFAULT_REST_URL,
         http: httpx.AsyncClient | None = None,
         timeout: float = 30.0,
         max_attempts: int = 4,
@@ -260,6 +262,7 @@ class FalClient:
             raise ValueError("max_attempts must be at least 1")
         self._key = key
         self._queue_url = queue_url.rstrip("/")
+        self._rest_url = rest_url.rstrip("/")
         self._own_http = http is None
         self._http = http if http is not None else httpx.AsyncClient()
         self._timeout = httpx.Timeout(timeout)
@@ -287,6 +290,37 @@ class FalClient:
         await self.aclose()
 
     # ------------------------------------------------------------------------- operations
+
+    async def upload(self, data: bytes, *, file_name: str, content_type: str) -> str:
+        """Put a file on FAL's CDN and return its URL, for a bot that has no public address.
+
+        The protocol of FAL's own clients (fal-js `storage.ts`): ask the REST API for an upload
+        URL, PUT the bytes there, and hand the returned `file_url` to a model.
+        """
+        initiate = f"{self._rest_url}/storage/upload/initiate?storage_type=fal-cdn-v3"
+        try:
+            response = await self._http.post(
+                initiate,
+                json={"file_name": file_name, "content_type": content_type},
+                headers=self._headers(),
+                timeout=self._timeout,
+            )
+            if response.status_code in (401, 403):
+                raise FalAuthFailed(response.status_code, _error_message(response), _error_detail(response))
+            if response.status_code >= 400:
+                raise FalUnavailable(f"FAL storage refused the upload: HTTP {response.status_code}")
+            target = response.json()
+            upload_url, file_url = target.get("upload_url"), target.get("file_url")
+            if not isinstance(upload_url, str) or not isinstance(file_url, str):
+                raise FalMalformedOutput("FAL storage gave no upload_url/file_url")
+            put = await self._http.put(
+                upload_url, content=data, headers={"Content-Type": content_type}, timeout=self._timeout
+            )
+        except httpx.TransportError as exc:
+            raise FalUnavailable(f"FAL storage is unreachable: {type(exc).__name__}") from None
+        if put.status_code >= 400:
+            raise FalUnavailable(f"FAL storage refused the upload: HTTP {put.status_code}")
+        return file_url
 
     async def submit(
         self, endpoint: str, payload: Mapping[str, Any], *, webhook_url: str | None = None

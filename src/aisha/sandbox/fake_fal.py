@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import random
+import secrets
 import struct
 import time
 import uuid
@@ -194,6 +195,7 @@ class FakeFalServer:
         self.submissions: list[FakeFalJob] = []
         self.deliveries: list[WebhookDelivery] = []
         self.files: dict[str, tuple[bytes, str]] = {}
+        self._pending_uploads: dict[str, str] = {}  # upload name -> content type
         self.jwks_requests = 0
         self.requests: list[tuple[str, str]] = []  # (method, path?query) of every queue API call
         self.errors: list[str] = []  # unexpected exceptions inside the fake; should stay empty
@@ -206,6 +208,8 @@ class FakeFalServer:
         app = web.Application(middlewares=[self._guard], client_max_size=32 * 1024 * 1024)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
         app.router.add_get("/files/{name}", self._file)
+        app.router.add_post("/storage/upload/initiate", self._initiate_upload)
+        app.router.add_put("/uploads/{name}", self._receive_upload)
         app.router.add_get("/{app:.+}/requests/{request_id}/status", self._status)
         app.router.add_put("/{app:.+}/requests/{request_id}/cancel", self._cancel)
         app.router.add_get("/{app:.+}/requests/{request_id}", self._result)
@@ -389,7 +393,8 @@ class FakeFalServer:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        public = request.path == "/.well-known/jwks.json" or request.path.startswith("/files/")
+        # File downloads and upload URLs are capabilities of their own, like FAL's CDN links.
+        public = request.path == "/.well-known/jwks.json" or request.path.startswith(("/files/", "/uploads/"))
         if not public:
             self.requests.append((request.method, request.path_qs))
             if self._outages:
@@ -514,6 +519,26 @@ class FakeFalServer:
             for name in self.published_keys
         ]
         return web.json_response({"keys": keys})
+
+    async def _initiate_upload(self, request: web.Request) -> web.Response:
+        """FAL's storage API (the same host plays rest.fal.ai): an upload URL and the file's URL."""
+        if request.headers.get("Authorization") != f"Key {self.key}":
+            return web.json_response({"detail": "Unauthorized"}, status=401)
+        body = await request.json()
+        file_name = str(body.get("file_name") or "upload.bin")
+        name = f"upload-{secrets.token_hex(6)}-{file_name.replace('/', '_')}"
+        self._pending_uploads[name] = str(body.get("content_type") or "application/octet-stream")
+        return web.json_response(
+            {"upload_url": f"{self.base_url}/uploads/{name}", "file_url": f"{self.base_url}/files/{name}"}
+        )
+
+    async def _receive_upload(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        content_type = self._pending_uploads.pop(name, None)
+        if content_type is None:
+            return web.json_response({"detail": "Unknown upload"}, status=404)
+        self.files[name] = (await request.read(), content_type)
+        return web.Response(status=200)
 
     async def _file(self, request: web.Request) -> web.Response:
         stored = self.files.get(request.match_info["name"])
