@@ -50,7 +50,9 @@ def _reachable(url: str, default_port: int) -> bool:
 def _require(name: str, url: str, default_port: int) -> None:
     if _reachable(url, default_port):
         return
-    redacted = urlsplit(url)._replace(netloc=urlsplit(url).hostname or "").geturl()
+    parts = urlsplit(url)
+    where = f"{parts.hostname or '127.0.0.1'}:{parts.port or default_port}"
+    redacted = parts._replace(netloc=where).geturl()  # no user or password in the line
     message = f"{name} not reachable at {redacted}: skipping the tests that need it"
     if REQUIRE_SERVICES:
         pytest.fail(f"{name} is required (AISHA_REQUIRE_SERVICES=1) but not reachable at {redacted}")
