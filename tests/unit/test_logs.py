@@ -23,8 +23,12 @@ def _reset_logging() -> None:
 
 def test_secrets_are_masked_in_structlog_and_stdlib_lines(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(secrets=[TOKEN, FAL_KEY])
-    structlog.get_logger("t").info("calling", url=f"https://api.telegram.org/bot{TOKEN}/getMe", nested={"k": FAL_KEY})
-    logging.getLogger("aiohttp.client").warning("request to https://api.telegram.org/bot%s/getMe failed", TOKEN)
+    structlog.get_logger("t").info(
+        "calling", url=f"https://api.telegram.org/bot{TOKEN}/getMe", nested={"k": FAL_KEY}
+    )
+    logging.getLogger("aiohttp.client").warning(
+        "request to https://api.telegram.org/bot%s/getMe failed", TOKEN
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2
     for line in lines:

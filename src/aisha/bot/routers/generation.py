@@ -440,7 +440,11 @@ def create_router(services: Services) -> Router:
             return
         await start_draft(message, session, user, t, state, source=Source.PHOTO, file_id=photo[-1].file_id)
 
-    @router.message(StateFilter(None), F.photo, F.chat.type == "private")
+    # A bare photo (or free text below) is taken only when it can be served; otherwise it falls
+    # through to the fallback, as before this feature.
+    can_like = service.available and service.vision_available
+
+    @router.message(StateFilter(None), F.photo, F.chat.type == "private", F.func(lambda _: can_like))
     async def photo_reference(
         message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext
     ) -> None:
@@ -637,6 +641,7 @@ def create_router(services: Services) -> Router:
         F.text,
         ~F.text.startswith("/"),
         ~F.text.in_(menu_texts),
+        F.func(lambda _: service.available),
     )
     async def prompt_text(
         message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext
