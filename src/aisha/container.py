@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.api.fal import FalWebhookRegistry
-from aisha.avatars.service import AvatarNotifier, AvatarRules, AvatarService, parse_avatar_id
+from aisha.avatars.service import AvatarNotifier, AvatarRules, AvatarService
 from aisha.avatars.training import FalTrainer, TrainerConfig
 from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThresholds
 from aisha.billing.payments import PaymentService
@@ -23,6 +23,7 @@ from aisha.billing.prices import PriceList, load_prices
 from aisha.billing.service import LedgerService
 from aisha.clock import Clock, SystemClock
 from aisha.config import Settings
+from aisha.db.base import parse_uuid
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
 from aisha.generation.enhance import OpenAIPromptWriter, PromptEnhancer
 from aisha.generation.service import (
@@ -31,7 +32,6 @@ from aisha.generation.service import (
     GenerationRules,
     GenerationService,
     GeneratorConfig,
-    parse_generation_id,
 )
 from aisha.generation.vision import OpenAIVision
 from aisha.i18n import Translator
@@ -68,6 +68,7 @@ class Services:
     recovery: RecoverySweep = field(default_factory=RecoverySweep)
     # FAL: one HTTP pool for the queue client and the webhook keys; features route webhooks by kind.
     http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
+    fal: FalClient | None = None  # None without FAL_KEY: avatars and generation are unavailable
     fal_verifier: FalWebhookVerifier | None = None
     fal_webhooks: FalWebhookRegistry = field(default_factory=FalWebhookRegistry)
     avatars: AvatarService = field(init=False)
@@ -120,6 +121,13 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
         link_signer=signer,
     )
     services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
+    if settings.fal_key:
+        services.fal = FalClient(
+            key=settings.fal_key.get_secret_value(),
+            queue_url=settings.fal_queue_url,
+            rest_url=settings.fal_rest_url,
+            http=services.http,
+        )
     _wire_avatars(services)
     _wire_transcription(services)
     _wire_generation(services)
@@ -131,15 +139,9 @@ def _wire_generation(services: Services) -> None:
     the `generation.run` job, the recovery check and the `generation` kind of FAL webhooks."""
     settings = services.settings
     generator = None
-    if settings.fal_key:
-        client = FalClient(
-            key=settings.fal_key.get_secret_value(),
-            queue_url=settings.fal_queue_url,
-            rest_url=settings.fal_rest_url,
-            http=services.http,
-        )
+    if services.fal is not None:
         generator = FalImageGenerator(
-            client,
+            services.fal,
             services.http,
             GeneratorConfig(
                 lora_endpoint=settings.fal_image_lora_endpoint,
@@ -195,7 +197,7 @@ def _wire_generation(services: Services) -> None:
         await generation.run(generation_id=uuid.UUID(generation_id))
 
     async def on_webhook(row_id: str, webhook: FalWebhook) -> bool:
-        generation_id = parse_generation_id(row_id)
+        generation_id = parse_uuid(row_id)
         return generation_id is not None and await generation.apply_webhook(
             generation_id=generation_id, webhook=webhook
         )
@@ -257,15 +259,9 @@ def _wire_avatars(services: Services) -> None:
         settings.fal_jwks_url, http=services.http, clock=services.clock
     )
     trainer = None
-    if settings.fal_key:
-        client = FalClient(
-            key=settings.fal_key.get_secret_value(),
-            queue_url=settings.fal_queue_url,
-            rest_url=settings.fal_rest_url,
-            http=services.http,
-        )
+    if services.fal is not None:
         trainer = FalTrainer(
-            client,
+            services.fal,
             TrainerConfig(
                 portrait_endpoint=settings.fal_portrait_endpoint,
                 style_endpoint=settings.fal_style_endpoint,
@@ -315,7 +311,7 @@ def _wire_avatars(services: Services) -> None:
         await avatars.train(avatar_id=uuid.UUID(avatar_id))
 
     async def on_webhook(row_id: str, webhook: FalWebhook) -> bool:
-        avatar_id = parse_avatar_id(row_id)
+        avatar_id = parse_uuid(row_id)
         return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
 
     services.queue.register("avatars.photo", photo_job)

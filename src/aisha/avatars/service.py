@@ -58,6 +58,7 @@ from aisha.providers.fal import (
 from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import ObjectStorage, StorageError
 from aisha.users.models import User
+from aisha.users.service import user_locale
 
 log = structlog.get_logger(__name__)
 
@@ -452,7 +453,7 @@ class AvatarService:
             if avatar is None or avatar.status is not AvatarStatus.PENDING:
                 return
             name = avatar.name  # read before the savepoint: a rollback expires what it touched
-            locale = await self._locale(session, user_id)
+            locale = await user_locale(session, user_id)
             try:
                 # A savepoint: a refusal takes the hold back with it, the avatar's FAILED status stays.
                 async with session.begin_nested():
@@ -533,7 +534,7 @@ class AvatarService:
             ).first()
             if row is None:
                 return
-            locale = await self._locale(session, row.user_id)
+            locale = await user_locale(session, row.user_id)
         await self._notifier.failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
         await self._purge_if_due(avatar_id)
 
@@ -652,7 +653,7 @@ class AvatarService:
                 )
                 if not has_main:
                     await session.execute(update(Avatar).where(Avatar.id == avatar_id).values(is_main=True))
-            locale = await self._locale(session, row.user_id)
+            locale = await user_locale(session, row.user_id)
         log.info("avatar.finished", avatar_id=str(avatar_id), ready=output is not None, reason=reason)
         if output is not None:
             await self._notifier.ready(user_id=row.user_id, locale=locale, name=row.name)
@@ -918,17 +919,6 @@ class AvatarService:
             or 0
         )
 
-    @staticmethod
-    async def _locale(session: AsyncSession, user_id: int) -> str:
-        return await session.scalar(select(User.language).where(User.telegram_id == user_id)) or "en"
-
-
-def parse_avatar_id(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return None
-
 
 __all__ = [
     "GENERATE_CALLBACK",
@@ -939,6 +929,5 @@ __all__ = [
     "AvatarView",
     "PhotoOutcome",
     "Review",
-    "parse_avatar_id",
     "photo_prefix",
 ]

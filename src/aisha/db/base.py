@@ -20,6 +20,14 @@ NAMING_CONVENTION = {
 }
 
 
+def parse_uuid(value: object) -> uuid.UUID | None:
+    """An id from callback data, FSM data or a webhook URL; None when it isn't one (tampered)."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -69,7 +69,7 @@ from aisha.providers.fal import (
 )
 from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import ObjectStorage, StorageError
-from aisha.users.models import User
+from aisha.users.service import user_locale
 
 log = structlog.get_logger(__name__)
 
@@ -609,7 +609,7 @@ class GenerationService:
                     subject = PromptSubject(avatar.trigger_phrase, avatar.type)
                     lora_url = avatar.lora_url
             avatar_missing = row.avatar_id is not None and subject is None
-            locale = await _locale(session, user_id)
+            locale = await user_locale(session, user_id)
         generator = self._generator
         if generator is None or avatar_missing:
             await self._finish(
@@ -940,7 +940,7 @@ class GenerationService:
                     captured, returned = resolution.captured, resolution.returned
                 except (HoldAlreadyResolved, HoldNotFound) as exc:
                     log.error("generation.hold_not_active", generation_id=str(generation_id), error=str(exc))
-            locale = await _locale(session, user_id)
+            locale = await user_locale(session, user_id)
         finished = _Finished(user_id, locale, config, outcome.prompt, captured, returned)
         log.info(
             "generation.finished",
@@ -1157,17 +1157,6 @@ class GenerationService:
         return row
 
 
-async def _locale(session: AsyncSession, user_id: int) -> str:
-    return await session.scalar(select(User.language).where(User.telegram_id == user_id)) or "en"
-
-
-def parse_generation_id(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
 __all__ = [
     "ASPECT_RATIOS",
     "DEFAULT_RATIO",
@@ -1186,7 +1175,6 @@ __all__ = [
     "ProviderState",
     "Source",
     "action_callback",
-    "parse_generation_id",
     "result_buttons",
     "storage_prefix",
 ]

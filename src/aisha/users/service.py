@@ -24,6 +24,11 @@ class TelegramProfile:
     language_code: str | None
 
 
+async def user_locale(session: AsyncSession, user_id: int, *, default: str = "en") -> str:
+    """The user's interface language, for messages sent outside an update (jobs, webhooks)."""
+    return await session.scalar(select(User.language).where(User.telegram_id == user_id)) or default
+
+
 class UserService:
     def __init__(self, *, clock: Clock, ledger: LedgerService, welcome_bonus: int = 0) -> None:
         self._clock = clock

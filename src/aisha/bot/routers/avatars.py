@@ -6,10 +6,8 @@ the job downloads, checks and answers each one, so an album never blocks the upd
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiogram import F, Router, html
 from aiogram.filters import Command, StateFilter
@@ -23,7 +21,6 @@ from aiogram.types import (
     InlineKeyboardMarkup,
     Message,
 )
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.avatars.errors import (
@@ -34,10 +31,12 @@ from aisha.avatars.errors import (
     WrongAvatarStatus,
 )
 from aisha.avatars.models import AvatarStatus, AvatarType
-from aisha.avatars.service import MAX_NAME_LENGTH, REVIEW_CALLBACK, AvatarView, parse_avatar_id
+from aisha.avatars.service import MAX_NAME_LENGTH, REVIEW_CALLBACK, AvatarView
 from aisha.billing.errors import InsufficientCredits
 from aisha.bot.keyboards import main_menu, menu_button
 from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line
+from aisha.db.base import parse_uuid
+from aisha.db.session import after_commit
 from aisha.i18n import Texts
 from aisha.users.models import User
 
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 START_CALLBACK = "avw:go"
 CANCEL_CALLBACK = "avw:cancel"
 NEW_CALLBACK = "avw:new"
-_background: set[asyncio.Task[None]] = set()
 
 
 class AvatarWizard(StatesGroup):
@@ -67,17 +65,6 @@ class ChooseType(CallbackData, prefix="avt"):
 class Gallery(CallbackData, prefix="ava"):
     action: str  # open | main | rename | photos | delete | delete_yes | list
     id: str = ""
-
-
-def after_commit(session: AsyncSession, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run `action` once the update's transaction has committed (a job must see the committed row)."""
-
-    def fire(_session: Any) -> None:
-        task = asyncio.get_running_loop().create_task(action())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    event.listen(session.sync_session, "after_commit", fire, once=True)
 
 
 def _status_text(t: Texts, view: AvatarView) -> str:
@@ -158,7 +145,7 @@ def create_cancel_router(services: Services) -> Router:
 
 async def _discard(services: Services, session: AsyncSession, user: User, state: FSMContext) -> None:
     data = await state.get_data()
-    avatar_id = parse_avatar_id(str(data.get("avatar_id", "")))
+    avatar_id = parse_uuid(str(data.get("avatar_id", "")))
     if avatar_id is not None:
         await services.avatars.discard_draft(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
     await state.clear()
@@ -275,7 +262,7 @@ def create_router(services: Services) -> Router:
     async def review(
         query: CallbackQuery, session: AsyncSession, user: User, t: Texts, state: FSMContext
     ) -> None:
-        avatar_id = parse_avatar_id(str((await state.get_data()).get("avatar_id", "")))
+        avatar_id = parse_uuid(str((await state.get_data()).get("avatar_id", "")))
         try:
             if avatar_id is None:
                 raise AvatarNotFound("no draft")
@@ -317,7 +304,7 @@ def create_router(services: Services) -> Router:
     async def start_training(
         query: CallbackQuery, session: AsyncSession, user: User, t: Texts, state: FSMContext
     ) -> None:
-        avatar_id = parse_avatar_id(str((await state.get_data()).get("avatar_id", "")))
+        avatar_id = parse_uuid(str((await state.get_data()).get("avatar_id", "")))
         if avatar_id is None or not isinstance(query.message, Message):
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
@@ -378,7 +365,7 @@ def create_router(services: Services) -> Router:
             if message is not None:
                 await message.edit_text(gallery_text(t, views), reply_markup=gallery_keyboard(t, views))
             return
-        avatar_id = parse_avatar_id(callback_data.id)
+        avatar_id = parse_uuid(callback_data.id)
         try:
             if avatar_id is None or message is None:
                 raise AvatarNotFound(callback_data.id)
@@ -454,7 +441,7 @@ def create_router(services: Services) -> Router:
     async def renamed(
         message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext
     ) -> None:
-        avatar_id = parse_avatar_id(str((await state.get_data()).get("rename_id", "")))
+        avatar_id = parse_uuid(str((await state.get_data()).get("rename_id", "")))
         if avatar_id is None:
             await state.clear()
             return

@@ -8,10 +8,8 @@ every options button, so an old options message can't confirm a newer draft.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import uuid
-from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -28,12 +26,13 @@ from aiogram.types import (
     InputMediaPhoto,
     Message,
 )
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.errors import InsufficientCredits
 from aisha.bot.keyboards import MAIN_MENU, menu_button
 from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line
+from aisha.db.base import parse_uuid
+from aisha.db.session import after_commit
 from aisha.generation.errors import (
     AvatarNotReady,
     EmptyPrompt,
@@ -53,7 +52,6 @@ from aisha.generation.service import (
     GenerationRequest,
     Source,
     action_callback,
-    parse_generation_id,
 )
 from aisha.i18n import Texts
 from aisha.users.models import User
@@ -67,7 +65,6 @@ DRAFT_KEY = "gen_draft"
 RATIOS = list(ASPECT_RATIOS)  # buttons carry the index: ":" separates callback fields
 AVATARS_NEW_CALLBACK = "avw:new"  # the avatars feature's "create an avatar" entry
 PROMPT_EXCERPT = 400
-_background: set[asyncio.Task[None]] = set()
 
 
 class GenOption(CallbackData, prefix="gopt"):
@@ -86,17 +83,6 @@ class GenAction(CallbackData, prefix="gact"):
 
 class GalleryPage(CallbackData, prefix="gal"):
     offset: int
-
-
-def after_commit(session: AsyncSession, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run `action` once the update's transaction has committed (the job must see the row)."""
-
-    def fire(_session: Any) -> None:
-        task = asyncio.get_running_loop().create_task(action())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    event.listen(session.sync_session, "after_commit", fire, once=True)
 
 
 def _excerpt(text: str, limit: int = PROMPT_EXCERPT) -> str:
@@ -464,7 +450,7 @@ def create_router(services: Services) -> Router:
         t: Texts,
         state: FSMContext,
     ) -> None:
-        generation_id = parse_generation_id(callback_data.id)
+        generation_id = parse_uuid(callback_data.id)
         message = query.message
         if generation_id is None or not isinstance(message, Message):
             await query.answer(t("errors.bad_button"), show_alert=True)

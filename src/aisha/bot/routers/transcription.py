@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 from aiogram import F, Router, html
@@ -18,6 +17,7 @@ from aiogram.types import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.bot.keyboards import menu_button
+from aisha.db.base import parse_uuid
 from aisha.db.session import after_commit
 from aisha.i18n import Texts
 from aisha.messaging import FileTooLarge
@@ -188,10 +188,7 @@ def create_router(services: Services) -> Router:
             await show_page(message, user, session, t, callback_data.offset, edit=True)
             await query.answer()
             return
-        try:
-            transcript_id = uuid.UUID(hex=callback_data.id)
-        except ValueError:
-            transcript_id = None
+        transcript_id = parse_uuid(callback_data.id)
         transcript = (
             await transcription.get_owned(session, user_id=user.telegram_id, transcript_id=transcript_id)
             if transcript_id and message is not None
