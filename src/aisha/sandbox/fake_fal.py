@@ -35,12 +35,13 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aisha.sandbox._http import LoopbackServer
 
 __all__ = [
     "FakeFalJob",
@@ -155,7 +156,7 @@ class _Refusal:
     detail: Any
 
 
-class FakeFalServer:
+class FakeFalServer(LoopbackServer):
     """An in-process FAL queue (plus JWKS and file host) for one API key."""
 
     def __init__(
@@ -170,10 +171,7 @@ class FakeFalServer:
     ) -> None:
         self.key = key
         self.user_id = user_id
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
+        super().__init__(host=host, port=port)
         self._client: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._webhook_timeout = webhook_timeout
@@ -203,8 +201,6 @@ class FakeFalServer:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if self._runner is not None:
-            raise RuntimeError("FakeFalServer is already running")
         app = web.Application(middlewares=[self._guard], client_max_size=32 * 1024 * 1024)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
         app.router.add_get("/files/{name}", self._file)
@@ -214,14 +210,7 @@ class FakeFalServer:
         app.router.add_put("/{app:.+}/requests/{request_id}/cancel", self._cancel)
         app.router.add_get("/{app:.+}/requests/{request_id}", self._result)
         app.router.add_post("/{endpoint:.+}", self._submit)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        display_host = f"[{host}]" if ":" in host else host
-        self._base_url = f"http://{display_host}:{port}"
+        await self._listen(app)
 
     async def stop(self) -> None:
         if self._runner is None:
@@ -234,27 +223,12 @@ class FakeFalServer:
         if self._client is not None:
             await self._client.close()
             self._client = None
-        runner, self._runner = self._runner, None
-        await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        await self._close()
 
     @property
     def base_url(self) -> str:
         """``http://host:port``: the value for FAL_QUEUE_URL."""
-        if self._base_url is None:
-            raise RuntimeError("FakeFalServer is not started")
-        return self._base_url
+        return self._root_url()
 
     @property
     def jwks_url(self) -> str:

@@ -35,10 +35,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from aiohttp import web
+
+from aisha.sandbox._http import LoopbackServer
 
 __all__ = [
     "ChatHandler",
@@ -199,7 +200,7 @@ def _wav_duration(data: bytes) -> float | None:
 # ------------------------------------------------------------------------------------- server
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackServer):
     """An in-process OpenAI API: ``async with FakeOpenAIServer() as server``, then
     ``AsyncOpenAI(api_key="x", base_url=server.base_url)``.
 
@@ -211,10 +212,7 @@ class FakeOpenAIServer:
 
     def __init__(self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self._api_key = api_key
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
+        super().__init__(host=host, port=port)
         self._failures: list[_Failure] = []
         self._ids = itertools.count(1)
 
@@ -232,45 +230,20 @@ class FakeOpenAIServer:
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if self._runner is not None:
-            raise RuntimeError("FakeOpenAIServer is already running")
         app = web.Application(client_max_size=MAX_UPLOAD_BYTES + 1024 * 1024, middlewares=[self._guard])
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_post("/v1/chat/completions", self._chat)
-        # No access log: requests carry the API key in a header.
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        display_host = f"[{host}]" if ":" in host else host
-        self._base_url = f"http://{display_host}:{port}/v1"
+        await self._listen(app, handler_cancellation=True)
 
     async def stop(self) -> None:
         if self._runner is None:
             return
-        runner, self._runner = self._runner, None
-        await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        await self._close()
 
     @property
     def base_url(self) -> str:
         """``http://host:port/v1``: the value for ``AsyncOpenAI(base_url=...)`` / OPENAI_BASE_URL."""
-        if self._base_url is None:
-            raise RuntimeError("FakeOpenAIServer is not started")
-        return self._base_url
+        return self._root_url() + "/v1"
 
     # ------------------------------------------------------------------------------- scripting
 

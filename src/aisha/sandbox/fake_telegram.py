@@ -28,11 +28,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from aisha.sandbox._http import LoopbackServer
 
 __all__ = [
     "FakeTelegramServer",
@@ -337,7 +338,7 @@ _Handler = Callable[[_Request], Awaitable[Any]]
 # ----------------------------------------------------------------------------------- the server
 
 
-class FakeTelegramServer:
+class FakeTelegramServer(LoopbackServer):
     """An in-process Telegram Bot API server for one bot token.
 
     Use it as ``async with FakeTelegramServer() as server:`` and give ``server.base_url`` to
@@ -358,10 +359,7 @@ class FakeTelegramServer:
         self._bot_id = int(prefix) if prefix.isdigit() else 123456
         self._bot_username = bot_username
         self._bot_first_name = bot_first_name
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
+        super().__init__(host=host, port=port)
         self._closing = False
         self._client: aiohttp.ClientSession | None = None
 
@@ -437,22 +435,12 @@ class FakeTelegramServer:
 
     async def start(self) -> None:
         """Listen on ``host:port`` (port 0 picks a free one)."""
-        if self._runner is not None:
-            raise RuntimeError("FakeTelegramServer is already running")
         self._closing = False
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
         app.router.add_get("/file/bot{token}/{file_path:.+}", self._handle_file)
-        # No access log: request paths contain the bot token. Handler cancellation ends long
-        # polls whose client went away, as Telegram does.
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=5.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        display_host = f"[{host}]" if ":" in host else host
-        self._base_url = f"http://{display_host}:{port}"
+        # Handler cancellation ends long polls whose client went away, as Telegram does.
+        await self._listen(app, handler_cancellation=True)
 
     async def stop(self) -> None:
         """Answer pending long polls at once, then shut the server down."""
@@ -463,27 +451,12 @@ class FakeTelegramServer:
         if self._client is not None:
             await self._client.close()
             self._client = None
-        runner, self._runner = self._runner, None
-        await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        await self._close()
 
     @property
     def base_url(self) -> str:
         """``http://host:port`` — the value for TELEGRAM_API_URL / ``TelegramAPIServer.from_base``."""
-        if self._base_url is None:
-            raise RuntimeError("FakeTelegramServer is not started")
-        return self._base_url
+        return self._root_url()
 
     @property
     def token(self) -> str:
