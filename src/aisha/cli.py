@@ -32,7 +32,7 @@ def _settings() -> Settings:
 
 def _secrets(settings: Settings) -> list[str]:
     values = [settings.bot_token, settings.webhook_secret, settings.fal_key, settings.openai_api_key]
-    values.append(settings.s3_secret_key)
+    values += [settings.s3_secret_key, settings.metrics_token]
     return [v.get_secret_value() for v in values if v is not None]
 
 
@@ -169,3 +169,208 @@ def version() -> None:
     from aisha import __version__
 
     typer.echo(__version__)
+
+
+admin_app = typer.Typer(
+    help="Operating the bot: statistics, users, credits, blocking, broadcasts.", no_args_is_help=True
+)
+app.add_typer(admin_app, name="admin")
+
+
+def _admin_run(action: Callable[[Any, Any], Any]) -> Any:
+    """Runs `action(admin_service, session)` in one unit of work on the configured database."""
+    from aisha.admin.service import AdminRules, AdminService
+    from aisha.billing.service import LedgerService
+    from aisha.clock import SystemClock
+    from aisha.db.session import create_engine, create_session_factory, unit_of_work
+
+    settings = _settings()
+
+    async def main() -> Any:
+        engine = create_engine(settings.database_url)
+        try:
+            sessions = create_session_factory(engine)
+            clock = SystemClock()
+            ledger = LedgerService(clock=clock, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+            service = AdminService(
+                sessions=sessions,
+                clock=clock,
+                ledger=ledger,
+                messenger=None,
+                rules=AdminRules(
+                    admin_ids=settings.admin_ids, credit_value_micro_usd=settings.credit_value_micro_usd
+                ),
+            )
+            async with unit_of_work(sessions) as session:
+                return await action(service, session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def _admin_fail_on(error: Exception) -> None:
+    from aisha.admin.service import AdminError
+    from aisha.billing.errors import InsufficientCredits, InvalidAmount
+
+    if isinstance(error, InsufficientCredits):
+        _fail(f"refused: the balance is {error.balance}, less than {error.required}")
+    if isinstance(error, InvalidAmount):
+        _fail("the amount must be a whole number above zero")
+    if isinstance(error, AdminError):
+        _fail(type(error).__name__)
+    raise error
+
+
+@admin_app.command("stats")
+def admin_stats() -> None:
+    """Users, activity, top-ups, spend, and per feature: jobs, credits, provider cost and margin."""
+
+    async def action(service: Any, session: Any) -> Any:
+        return await service.stats(session=session)
+
+    stats = _admin_run(action)
+    typer.echo(f"users: {stats.users_total}")
+    typer.echo(f"active today: {stats.active_today}")
+    typer.echo(f"active this week: {stats.active_week}")
+    typer.echo(f"blocked: {stats.blocked}")
+    typer.echo(f"topped up: {stats.topups}")
+    typer.echo(f"spent: {stats.spend}")
+    typer.echo(
+        f"{'feature':<14} {'done':>6} {'running':>8} {'failed':>7} {'credits':>8} {'cost $':>9} {'margin $':>9}"
+    )
+    for f in stats.features:
+        typer.echo(
+            f"{f.name:<14} {f.succeeded:>6} {f.in_flight:>8} {f.failed:>7} {f.credits_captured:>8}"
+            f" {f.provider_cost_micro_usd / 1e6:>9.2f} {f.margin_micro_usd / 1e6:>9.2f}"
+        )
+
+
+def _print_card(card: Any) -> None:
+    typer.echo(f"user: {card.telegram_id}")
+    typer.echo(f"username: {'@' + card.username if card.username else '-'}")
+    typer.echo(f"name: {card.first_name or '-'}")
+    typer.echo(f"language: {card.language}")
+    typer.echo(f"status: {'blocked' if card.is_blocked else 'active'}")
+    typer.echo(f"balance: {card.balance} (held {card.held})")
+    typer.echo(f"last seen: {card.last_seen_at.isoformat()}")
+
+
+@admin_app.command("user")
+def admin_user(query: str = typer.Argument(..., help="Telegram id or @username")) -> None:
+    """A user's card: balance, status, last seen."""
+
+    async def action(service: Any, session: Any) -> Any:
+        return await service.find_user(session=session, query=query)
+
+    card = _admin_run(action)
+    if card is None:
+        _fail(f"no user {query}")
+    _print_card(card)
+
+
+def _adjust(query: str, amount: int, reason: str, key: str | None, sign: int) -> None:
+    import uuid
+
+    if amount <= 0:
+        _fail("the amount must be a whole number above zero")
+    idempotency = key or f"cli:{uuid.uuid4()}"
+
+    async def action(service: Any, session: Any) -> Any:
+        card = await service.find_user(session=session, query=query)
+        if card is None:
+            from aisha.admin.service import UserNotFound
+
+            raise UserNotFound()
+        return card.telegram_id, await service.adjust_credits(
+            session=session,
+            user_id=card.telegram_id,
+            amount=sign * amount,
+            reason=reason,
+            key=idempotency,
+            admin_id=None,
+        )
+
+    try:
+        user_id, result = _admin_run(action)
+    except Exception as error:
+        _admin_fail_on(error)
+        raise
+    verb = "granted" if sign > 0 else "took"
+    again = " (already done with this key: nothing changed)" if result.replayed else ""
+    typer.echo(f"{verb} {amount} for {user_id}; balance {result.balance}{again}")
+
+
+@admin_app.command("grant")
+def admin_grant(
+    query: str = typer.Argument(..., help="Telegram id or @username"),
+    amount: int = typer.Argument(..., help="Credits to add"),
+    reason: str = typer.Option(..., "--reason", help="Why; shown in the user's history"),
+    key: str | None = typer.Option(None, "--key", help="Idempotency key: the same key never applies twice"),
+) -> None:
+    """Add credits through the ledger, with a reason."""
+    _adjust(query, amount, reason, key, 1)
+
+
+@admin_app.command("take")
+def admin_take(
+    query: str = typer.Argument(..., help="Telegram id or @username"),
+    amount: int = typer.Argument(..., help="Credits to take"),
+    reason: str = typer.Option(..., "--reason", help="Why; shown in the user's history"),
+    key: str | None = typer.Option(None, "--key", help="Idempotency key: the same key never applies twice"),
+) -> None:
+    """Take credits through the ledger, with a reason; refused below zero."""
+    _adjust(query, amount, reason, key, -1)
+
+
+def _set_blocked(query: str, blocked: bool) -> None:
+    async def action(service: Any, session: Any) -> Any:
+        card = await service.find_user(session=session, query=query)
+        if card is None:
+            from aisha.admin.service import UserNotFound
+
+            raise UserNotFound()
+        await service.set_blocked(session=session, user_id=card.telegram_id, blocked=blocked)
+        return card.telegram_id
+
+    try:
+        user_id = _admin_run(action)
+    except Exception as error:
+        _admin_fail_on(error)
+        raise
+    typer.echo(f"{'blocked' if blocked else 'unblocked'} {user_id}")
+
+
+@admin_app.command("block")
+def admin_block(query: str = typer.Argument(..., help="Telegram id or @username")) -> None:
+    """Block a user: they are told once and get no answer after that."""
+    _set_blocked(query, True)
+
+
+@admin_app.command("unblock")
+def admin_unblock(query: str = typer.Argument(..., help="Telegram id or @username")) -> None:
+    """Unblock a user."""
+    _set_blocked(query, False)
+
+
+@admin_app.command("broadcast")
+def admin_broadcast(
+    text: str = typer.Argument(..., help="The message (HTML), sent to every user who is not blocked"),
+) -> None:
+    """Queue a broadcast; the running bot or worker sends it (its recovery sweep picks it up)."""
+
+    async def action(service: Any, session: Any) -> Any:
+        return await service.create_broadcast(session=session, text=text, created_by=0)
+
+    broadcast_id = _admin_run(action)
+    typer.echo(f"broadcast {broadcast_id} queued; the running bot or worker sends it")
+
+
+@admin_app.command("broadcast-stop")
+def admin_broadcast_stop() -> None:
+    """Stop every running broadcast."""
+
+    async def action(service: Any, session: Any) -> Any:
+        return await service.stop_broadcasts(session=session)
+
+    typer.echo(f"stopped {_admin_run(action)} broadcast(s)")

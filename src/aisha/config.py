@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     bot_token: SecretStr | None = None
     telegram_api_url: str = "https://api.telegram.org"
     telegram_api_local: bool = False
+    # Outgoing sends and edits, shared by every process through Redis when REDIS_URL is set
+    # (Telegram's limits); 0 turns a limit off.
+    telegram_messages_per_second: float = Field(default=30.0, ge=0)
+    telegram_private_chat_per_second: float = Field(default=1.0, ge=0)
+    telegram_group_chat_per_minute: float = Field(default=20.0, ge=0)
+    telegram_max_retries: int = Field(default=3, ge=0, le=10)  # after a 429, each after retry_after
 
     # Data
     database_url: str = "sqlite+aiosqlite:///./data/aisha.db"
@@ -51,6 +57,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (tests)
+    metrics_token: SecretStr | None = None  # set: GET /metrics wants `Authorization: Bearer <token>`
 
     # Providers
     fal_key: SecretStr | None = None
@@ -77,6 +84,12 @@ class Settings(BaseSettings):
     transcription_keep_audio: bool = False
     transcription_max_attempts: int = Field(default=5, ge=1, le=20)
     transcription_retry_base_seconds: float = Field(default=1.0, ge=0)
+
+    # Limits and admin
+    throttle_rate: int = Field(default=40, ge=0)  # updates per user per period; 0: no throttling
+    throttle_period_seconds: int = Field(default=10, ge=1)
+    broadcast_rate: float = Field(default=25.0, gt=0, le=30)  # broadcast messages per second
+    credit_value_micro_usd: int = Field(default=10_000, ge=0)  # one credit in micro-USD, for margins
 
     # Background work
     recovery_interval_seconds: int = Field(default=60, ge=1)

@@ -14,6 +14,7 @@ from openai import AsyncOpenAI
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from aisha.admin.service import BROADCAST_JOB, AdminRules, AdminService
 from aisha.api.fal import FalWebhookRegistry
 from aisha.avatars.service import AvatarNotifier, AvatarRules, AvatarService
 from aisha.avatars.training import FalTrainer, TrainerConfig
@@ -21,6 +22,7 @@ from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThreshol
 from aisha.billing.payments import PaymentService
 from aisha.billing.prices import PriceList, load_prices
 from aisha.billing.service import LedgerService
+from aisha.bot.throttle import Throttle, create_throttle
 from aisha.clock import Clock, SystemClock
 from aisha.config import Settings
 from aisha.db.base import parse_uuid
@@ -38,6 +40,7 @@ from aisha.i18n import Translator
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
 from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Messenger
+from aisha.metrics import Metrics
 from aisha.providers.fal import FalClient
 from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier
 from aisha.providers.openai_transcriber import OpenAITranscriber
@@ -47,6 +50,7 @@ from aisha.transcription.audio import AudioConfig
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
 from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
 from aisha.transcription.service import TranscriptionService, TranscriptionSettings
+from aisha.users.privacy import PrivacyService
 from aisha.users.service import UserService
 
 
@@ -75,8 +79,14 @@ class Services:
     transcription: TranscriptionService = field(init=False)
     generation: GenerationService = field(init=False)
     openai_chat: AsyncOpenAI | None = None  # prompts and vision (generation)
+    metrics: Metrics = field(default_factory=Metrics)  # this process's counters; GET /metrics
+    admin: AdminService = field(init=False)
+    throttle: Throttle | None = None  # per-user rate limit; None when THROTTLE_RATE=0
+    privacy: PrivacyService = field(init=False)
 
     async def aclose(self) -> None:
+        if self.throttle is not None:
+            await self.throttle.aclose()
         if self.openai_chat is not None:
             await self.openai_chat.close()
         await self.http.aclose()
@@ -120,6 +130,7 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
         messenger=messenger,
         link_signer=signer,
     )
+    services.privacy = PrivacyService(clock=clock, ledger=ledger, storage=services.storage)
     services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
     if settings.fal_key:
         services.fal = FalClient(
@@ -131,7 +142,42 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
     _wire_avatars(services)
     _wire_transcription(services)
     _wire_generation(services)
+    _wire_admin(services)
     return services
+
+
+def _wire_admin(services: Services) -> None:
+    """Admin: statistics, credits by hand, blocking, broadcasts (job + recovery); the throttle."""
+    settings = services.settings
+    services.throttle = create_throttle(
+        redis_url=settings.redis_url,
+        rate=settings.throttle_rate,
+        period=settings.throttle_period_seconds,
+        clock=services.clock,
+    )
+
+    async def enqueue(broadcast_id: uuid.UUID) -> None:
+        await services.queue.enqueue(BROADCAST_JOB, broadcast_id=str(broadcast_id))
+
+    services.admin = AdminService(
+        sessions=services.sessions,
+        clock=services.clock,
+        ledger=services.ledger,
+        messenger=services.messenger,
+        rules=AdminRules(
+            admin_ids=settings.admin_ids,
+            broadcast_rate=settings.broadcast_rate,
+            credit_value_micro_usd=settings.credit_value_micro_usd,
+        ),
+        enqueue=enqueue,
+    )
+    admin = services.admin
+
+    async def broadcast_job(*, broadcast_id: str) -> None:
+        await admin.run_broadcast(broadcast_id=uuid.UUID(broadcast_id))
+
+    services.queue.register(BROADCAST_JOB, broadcast_job)
+    services.recovery.register("admin.broadcasts", admin.sweep)
 
 
 def _wire_generation(services: Services) -> None:

@@ -15,6 +15,7 @@ from aiogram import Bot, Dispatcher
 from aisha.api.app import create_api
 from aisha.bot.app import create_bot, create_dispatcher
 from aisha.bot.messenger import BotMessenger
+from aisha.bot.outgoing import OutgoingLimiter, create_limiter
 from aisha.clock import Clock
 from aisha.config import ConfigError, Settings
 from aisha.container import Services, build_services
@@ -40,7 +41,8 @@ class _QuietServer(uvicorn.Server):
 class Runtime:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.bot: Bot = create_bot(settings)
+        self.limiter: OutgoingLimiter = create_limiter(settings)
+        self.bot: Bot = create_bot(settings, limiter=self.limiter)
         messenger = BotMessenger(self.bot, local_api=settings.telegram_api_local)
         self.services: Services = build_services(settings, messenger=messenger, clock=clock)
         self.dispatcher: Dispatcher = create_dispatcher(self.services)
@@ -143,6 +145,7 @@ class Runtime:
         await self.services.queue.shutdown()
         await self.dispatcher.storage.close()
         await self.bot.session.close()
+        await self.limiter.aclose()
         await self.services.aclose()
         log.info("runtime.stopped")
 

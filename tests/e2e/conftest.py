@@ -42,6 +42,10 @@ def make_settings(telegram: FakeTelegramServer, db: Database, tmp_path: Path) ->
             "http_host": "127.0.0.1",
             "http_port": free_port(),
             "recovery_interval_seconds": 3600,
+            # Per-chat spacing (1 s) would slow every conversation down; the outgoing-limit tests
+            # turn it back on. The overall 30/s limit stays.
+            "telegram_private_chat_per_second": 0,
+            "telegram_group_chat_per_minute": 0,
         }
         values.update(overrides)
         return load_settings(**values)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from aisha import __version__
-from aisha.api import fal, files, health, telegram
+from aisha.api import fal, files, health, metrics, telegram
 
 if TYPE_CHECKING:
     from aisha.runtime import Runtime
@@ -17,6 +17,7 @@ def create_api(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="Aisha", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(telegram.router)
     app.include_router(files.router)
     app.include_router(fal.router)

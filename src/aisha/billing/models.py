@@ -107,3 +107,19 @@ class Payment(UUIDPrimaryKey, Base):
     status: Mapped[PaymentStatus] = mapped_column(str_enum(PaymentStatus), default=PaymentStatus.PAID)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     refunded_at: Mapped[datetime | None]
+
+
+class AnonymizedLedgerTotal(Base):
+    """What the ledger of deleted users added up to, per entry kind, under no user id.
+
+    /delete_me adds the user's per-kind sums here before their entries are deleted, so the
+    operator's totals (top-ups, spend, refunds) stay right without keeping anything personal.
+    """
+
+    __tablename__ = "anonymized_ledger_totals"
+
+    kind: Mapped[EntryKind] = mapped_column(str_enum(EntryKind), primary_key=True)
+    entries: Mapped[int] = mapped_column(default=0)
+    amount: Mapped[int] = mapped_column(default=0)  # signed, like the entries it sums
+    users: Mapped[int] = mapped_column(default=0)  # deleted users who had entries of this kind
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

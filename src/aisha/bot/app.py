@@ -14,19 +14,34 @@ from aiogram.fsm.storage.redis import RedisStorage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.bot.fsm import SqlStorage
-from aisha.bot.middlewares import UnitOfWorkMiddleware, UserMiddleware
-from aisha.bot.routers import avatars, billing, generation, settings, start, transcription
+from aisha.bot.metrics import ObserveUpdateMiddleware
+from aisha.bot.middlewares import (
+    BlockedMiddleware,
+    ThrottleMiddleware,
+    UnitOfWorkMiddleware,
+    UserMiddleware,
+)
+from aisha.bot.outgoing import OutgoingLimiter, OutgoingLimitMiddleware, create_limiter
+from aisha.bot.routers import admin, avatars, billing, generation, privacy, settings, start, transcription
 from aisha.config import Settings
 
 if TYPE_CHECKING:
     from aisha.container import Services
 
 
-def create_bot(settings: Settings) -> Bot:
+def create_bot(settings: Settings, *, limiter: OutgoingLimiter | None = None) -> Bot:
+    """The Bot; every send and edit waits for its slot under Telegram's limits (shared through
+    Redis when configured) and a 429 is waited out and retried, for handlers and jobs alike."""
     server = TelegramAPIServer.from_base(settings.telegram_api_url, is_local=settings.telegram_api_local)
+    session = AiohttpSession(api=server)
+    session.middleware(
+        OutgoingLimitMiddleware(
+            limiter or create_limiter(settings), max_retries=settings.telegram_max_retries
+        )
+    )
     return Bot(
         token=settings.require_bot_token(),
-        session=AiohttpSession(api=server),
+        session=session,
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
 
@@ -42,12 +57,19 @@ def create_fsm_storage(settings: Settings, sessions: async_sessionmaker[AsyncSes
 def create_dispatcher(services: Services) -> Dispatcher:
     storage = create_fsm_storage(services.settings, services.sessions)
     dispatcher = Dispatcher(storage=storage, services=services)
+    # Outermost of ours: times the whole update and tags its log lines.
+    dispatcher.update.outer_middleware(ObserveUpdateMiddleware(services.metrics))
     dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services))
     dispatcher.update.outer_middleware(UserMiddleware(services))
+    dispatcher.update.outer_middleware(BlockedMiddleware(services))
+    dispatcher.update.outer_middleware(ThrottleMiddleware(services))
     dispatcher.include_routers(
+        # Admin first: its commands must never be taken for a prompt or a wizard's input.
+        admin.create_router(services),
         # Before start's /cancel: inside the avatar wizard, /cancel must also remove the uploads.
         avatars.create_cancel_router(services),
         start.create_router(services),
+        privacy.create_router(services),
         settings.create_router(services),
         billing.create_router(services),
         avatars.create_router(services),

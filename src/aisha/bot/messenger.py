@@ -1,4 +1,5 @@
-"""The Messenger over aiogram's Bot: retries 429s after `retry_after`, tolerates "not modified"."""
+"""The Messenger over aiogram's Bot: tolerates "not modified". Telegram's limits and 429s
+(`retry_after`) are handled below it, by the Bot session's `OutgoingLimitMiddleware`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TypeVar
 
 import structlog
 from aiogram import Bot
-from aiogram.exceptions import TelegramBadRequest, TelegramRetryAfter
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import (
     BufferedInputFile,
     InlineKeyboardButton,
@@ -25,7 +26,6 @@ from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Buttons, FileTooLarge
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
-MAX_RETRIES = 3
 
 
 def keyboard(buttons: Buttons | None) -> InlineKeyboardMarkup | None:
@@ -44,15 +44,8 @@ class BotMessenger:
         self.download_limit = None if local_api else PUBLIC_API_DOWNLOAD_LIMIT
 
     async def _call(self, request: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(MAX_RETRIES + 1):
-            try:
-                return await request()
-            except TelegramRetryAfter as error:
-                if attempt == MAX_RETRIES:
-                    raise
-                log.warning("telegram.retry_after", seconds=error.retry_after)
-                await asyncio.sleep(error.retry_after)
-        raise AssertionError("unreachable")
+        # Rate limits and 429 retries live in the Bot session's middleware (aisha.bot.outgoing).
+        return await request()
 
     async def send_text(
         self, chat_id: int, text: str, *, buttons: Buttons | None = None, reply_to: int | None = None

@@ -1,4 +1,5 @@
-"""Per-update plumbing: one database unit of work, exactly-once delivery, the user and their texts."""
+"""Per-update plumbing: one database unit of work, exactly-once delivery, the user and their texts,
+blocked users and per-user rate limits."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiogram import BaseMiddleware
+from aiogram import BaseMiddleware, Bot
 from aiogram.types import TelegramObject, Update
 from aiogram.types import User as TelegramUser
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aisha.bot.metrics import DUPLICATE_KEY
+from aisha.bot.throttle import Verdict
 from aisha.db.context import current_session
 from aisha.db.models import ProcessedUpdate
 from aisha.db.session import run_after_commit
 from aisha.db.upsert import insert_ignore
+from aisha.users.models import User
 from aisha.users.service import TelegramProfile
 
 if TYPE_CHECKING:
@@ -54,6 +58,7 @@ class UnitOfWorkMiddleware(BaseMiddleware):
         )
         if not first_time:
             log.info("update.duplicate_dropped", update_id=event.update_id)
+            data[DUPLICATE_KEY] = True
             return None
         data["session"] = session
         token = current_session.set(session)
@@ -91,3 +96,61 @@ class UserMiddleware(BaseMiddleware):
         data["user_created"] = created
         data["t"] = translator.bind(user.language)
         return await handler(event, data)
+
+
+def _is_payment(event: Update) -> bool:
+    """Money already moved (or is about to): never dropped, also for blocked or hasty users."""
+    return event.pre_checkout_query is not None or (
+        event.message is not None and event.message.successful_payment is not None
+    )
+
+
+class BlockedMiddleware(BaseMiddleware):
+    """A blocked user's updates reach no handler; the first one after blocking gets one notice."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        user: User | None = data.get("user")
+        assert isinstance(event, Update)
+        if user is None or not user.is_blocked or _is_payment(event):
+            return await handler(event, data)
+        if await self._services.admin.claim_blocked_notice(session=data["session"], user_id=user.telegram_id):
+            bot: Bot = data["bot"]
+            await bot.send_message(user.telegram_id, data["t"]("limits.blocked"))
+        log.info("update.blocked_user_dropped", user_id=user.telegram_id)
+        return None
+
+
+class ThrottleMiddleware(BaseMiddleware):
+    """Per-user rate limit on messages and button presses (admins and payments are exempt): the
+    first update over the limit gets a polite notice, the rest of the window is dropped silently."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        throttle = self._services.throttle
+        tg_user: TelegramUser | None = data.get("event_from_user")
+        assert isinstance(event, Update)
+        if (
+            throttle is None
+            or tg_user is None
+            or (event.message is None and event.callback_query is None)
+            or _is_payment(event)
+            or self._services.admin.is_admin(user_id=tg_user.id)
+        ):
+            return await handler(event, data)
+        decision = await throttle.hit(user_id=tg_user.id)
+        if decision.verdict is Verdict.ALLOW:
+            return await handler(event, data)
+        log.info("update.throttled", user_id=tg_user.id, verdict=decision.verdict.value)
+        if decision.verdict is Verdict.WARN:
+            text = data["t"]("limits.throttled", seconds=decision.retry_after, count=decision.retry_after)
+            bot: Bot = data["bot"]
+            if event.callback_query is not None:
+                await bot.answer_callback_query(event.callback_query.id, text=text, show_alert=False)
+            else:
+                await bot.send_message(tg_user.id, text)
+        return None

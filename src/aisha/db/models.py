@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import JSON, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from aisha.admin.models import Broadcast
 from aisha.avatars.models import Avatar, AvatarPhoto
-from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, Payment
+from aisha.billing.models import AnonymizedLedgerTotal, CreditAccount, CreditEntry, CreditHold, Payment
 from aisha.db.base import Base, utcnow
 from aisha.generation.models import ImageGeneration
 from aisha.transcription.models import Transcript
@@ -37,9 +38,11 @@ class FsmRecord(Base):
 
 
 __all__ = [
+    "AnonymizedLedgerTotal",
     "Avatar",
     "AvatarPhoto",
     "Base",
+    "Broadcast",
     "CreditAccount",
     "CreditEntry",
     "CreditHold",

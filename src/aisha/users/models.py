@@ -23,5 +23,7 @@ class User(Base):
     # Transcription language: None means automatic detection.
     transcription_language: Mapped[str | None] = mapped_column(String(8))
     is_blocked: Mapped[bool] = mapped_column(default=False)
+    # A blocked user is told once; the next updates get no answer at all.
+    blocked_notified: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

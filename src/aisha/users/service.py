@@ -54,6 +54,7 @@ class UserService:
                 "language": locale,
                 "telegram_language_code": profile.language_code,
                 "is_blocked": False,
+                "blocked_notified": False,
                 "created_at": now,
                 "last_seen_at": now,
             },

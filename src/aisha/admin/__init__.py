@@ -1,0 +1,1 @@
+"""Operating the bot: statistics, users, credits by hand, blocking and broadcasts."""

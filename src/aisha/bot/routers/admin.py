@@ -1,0 +1,304 @@
+"""/admin and its commands: statistics, user cards, credits by hand, blocking, broadcasts.
+
+Only ADMIN_IDS reach any of it: the commands are filtered by sender, and every handler (also
+every button, whose callback data anyone can forge) checks the sender again itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from aiogram import F, Router, html
+from aiogram.filters import Command, CommandObject
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aisha.admin.service import AdminError, Stats, UserCard, UserNotFound
+from aisha.billing.errors import InsufficientCredits, InvalidAmount
+from aisha.db.session import after_commit
+from aisha.i18n import Texts
+
+if TYPE_CHECKING:
+    from aisha.container import Services
+
+log = structlog.get_logger(__name__)
+
+
+class AdminMenu(CallbackData, prefix="adm"):
+    action: str  # stats | stop
+
+
+class AdminUserAction(CallbackData, prefix="admu"):
+    action: str  # refresh | grant | take | block | unblock
+    user_id: int
+
+
+def _sender(message: Message) -> int | None:
+    return message.from_user.id if message.from_user else None
+
+
+def _usd(micro: int) -> str:
+    return f"{micro / 1_000_000:.2f}"
+
+
+def stats_text(t: Texts, stats: Stats) -> str:
+    features = "\n".join(
+        t(
+            "admin.stats_feature",
+            name=t(f"admin.feature.{f.name}"),
+            succeeded=f.succeeded,
+            in_flight=f.in_flight,
+            failed=f.failed,
+            credits=f.credits_captured,
+            cost=_usd(f.provider_cost_micro_usd),
+            margin=_usd(f.margin_micro_usd),
+        )
+        for f in stats.features
+    )
+    return t(
+        "admin.stats",
+        users=stats.users_total,
+        today=stats.active_today,
+        week=stats.active_week,
+        blocked=stats.blocked,
+        topups=stats.topups,
+        spend=stats.spend,
+        features=features,
+    )
+
+
+def card_text(t: Texts, card: UserCard) -> str:
+    date_format = t("admin.date_format")
+    return t(
+        "admin.user_card",
+        id=card.telegram_id,
+        name=html.quote(card.first_name or ""),
+        username=f"@{html.quote(card.username)}" if card.username else t("admin.none"),
+        language=card.language,
+        status=t("admin.status.blocked" if card.is_blocked else "admin.status.active"),
+        balance=card.balance,
+        held=card.held,
+        created=card.created_at.strftime(date_format),
+        last_seen=card.last_seen_at.strftime(date_format),
+    )
+
+
+def card_keyboard(t: Texts, card: UserCard) -> InlineKeyboardMarkup:
+    def button(key: str, action: str) -> InlineKeyboardButton:
+        return InlineKeyboardButton(
+            text=t(key), callback_data=AdminUserAction(action=action, user_id=card.telegram_id).pack()
+        )
+
+    block = (
+        button("admin.button.unblock", "unblock")
+        if card.is_blocked
+        else button("admin.button.block", "block")
+    )
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [button("admin.button.grant", "grant"), button("admin.button.take", "take")],
+            [block, button("admin.button.refresh", "refresh")],
+        ]
+    )
+
+
+def panel_keyboard(t: Texts) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                InlineKeyboardButton(
+                    text=t("admin.button.stats"), callback_data=AdminMenu(action="stats").pack()
+                )
+            ],
+            [
+                InlineKeyboardButton(
+                    text=t("admin.button.broadcast_stop"), callback_data=AdminMenu(action="stop").pack()
+                )
+            ],
+        ]
+    )
+
+
+def create_router(services: Services) -> Router:
+    router = Router(name="admin")
+    admin = services.admin
+    # Commands from anyone else fall through to the other routers as if they did not exist.
+    router.message.filter(F.from_user.id.in_(services.settings.admin_ids))
+
+    def allowed(user_id: int | None) -> bool:
+        return admin.is_admin(user_id=user_id)
+
+    async def resolve(session: AsyncSession, query: str) -> UserCard:
+        card = await admin.find_user(session=session, query=query)
+        if card is None:
+            raise UserNotFound()
+        return card
+
+    @router.message(Command("admin"))
+    async def panel(message: Message, t: Texts) -> None:
+        if not allowed(_sender(message)):
+            return
+        await message.answer(t("admin.panel"), reply_markup=panel_keyboard(t))
+
+    @router.callback_query(AdminMenu.filter())
+    async def menu(query: CallbackQuery, callback_data: AdminMenu, session: AsyncSession, t: Texts) -> None:
+        if not allowed(query.from_user.id):
+            log.warning("admin.forbidden_callback", user_id=query.from_user.id)
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        await query.answer()
+        if not isinstance(query.message, Message):
+            return
+        if callback_data.action == "stats":
+            await query.message.answer(stats_text(t, await admin.stats(session=session)))
+        elif callback_data.action == "stop":
+            stopped = await admin.stop_broadcasts(session=session)
+            await query.message.answer(t("admin.broadcast_stopped", count=stopped))
+
+    @router.message(Command("admin_user"))
+    async def find_user(message: Message, command: CommandObject, session: AsyncSession, t: Texts) -> None:
+        if not allowed(_sender(message)):
+            return
+        if not (command.args or "").strip():
+            await message.answer(t("admin.usage.user"))
+            return
+        try:
+            card = await resolve(session, command.args or "")
+        except AdminError as error:
+            await message.answer(t(error.key))
+            return
+        await message.answer(card_text(t, card), reply_markup=card_keyboard(t, card))
+
+    @router.callback_query(AdminUserAction.filter())
+    async def user_action(
+        query: CallbackQuery, callback_data: AdminUserAction, session: AsyncSession, t: Texts
+    ) -> None:
+        if not allowed(query.from_user.id):
+            log.warning("admin.forbidden_callback", user_id=query.from_user.id)
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        user_id = callback_data.user_id
+        if callback_data.action in ("grant", "take"):
+            await query.answer()
+            if isinstance(query.message, Message):
+                await query.message.answer(t(f"admin.{callback_data.action}_hint", id=user_id))
+            return
+        try:
+            if callback_data.action in ("block", "unblock"):
+                await admin.set_blocked(
+                    session=session, user_id=user_id, blocked=callback_data.action == "block"
+                )
+            card = await resolve(session, str(user_id))
+        except AdminError as error:
+            await query.answer(t(error.key), show_alert=True)
+            return
+        await query.answer()
+        if isinstance(query.message, Message):
+            await query.message.edit_text(card_text(t, card), reply_markup=card_keyboard(t, card))
+
+    async def adjust(
+        message: Message,
+        command: CommandObject,
+        session: AsyncSession,
+        t: Texts,
+        event_update: Update,
+        *,
+        sign: int,
+    ) -> None:
+        name = "grant" if sign > 0 else "take"
+        parts = (command.args or "").split(maxsplit=2)
+        if len(parts) < 2:
+            await message.answer(t(f"admin.usage.{name}"))
+            return
+        target, amount_text = parts[0], parts[1]
+        reason = parts[2] if len(parts) == 3 else ""
+        if not amount_text.isdigit() or int(amount_text) <= 0:
+            await message.answer(t("admin.error.bad_amount"))
+            return
+        amount = int(amount_text)
+        admin_id = message.from_user.id if message.from_user else None
+        try:
+            card = await resolve(session, target)
+            result = await admin.adjust_credits(
+                session=session,
+                user_id=card.telegram_id,
+                amount=sign * amount,
+                reason=reason,
+                key=f"update:{event_update.update_id}",
+                admin_id=admin_id,
+            )
+        except AdminError as error:
+            await message.answer(t(error.key))
+            return
+        except InvalidAmount:
+            await message.answer(t("admin.error.bad_amount"))
+            return
+        except InsufficientCredits as error:
+            await message.answer(
+                t("admin.take_refused", id=card.telegram_id, balance=error.balance, amount=amount)
+            )
+            return
+        key = "admin.granted" if sign > 0 else "admin.taken"
+        await message.answer(t(key, id=card.telegram_id, amount=amount, balance=result.balance))
+
+    @router.message(Command("grant"))
+    async def grant(
+        message: Message, command: CommandObject, session: AsyncSession, t: Texts, event_update: Update
+    ) -> None:
+        if allowed(_sender(message)):
+            await adjust(message, command, session, t, event_update, sign=1)
+
+    @router.message(Command("take"))
+    async def take(
+        message: Message, command: CommandObject, session: AsyncSession, t: Texts, event_update: Update
+    ) -> None:
+        if allowed(_sender(message)):
+            await adjust(message, command, session, t, event_update, sign=-1)
+
+    @router.message(Command("block", "unblock"))
+    async def block(message: Message, command: CommandObject, session: AsyncSession, t: Texts) -> None:
+        if not allowed(_sender(message)):
+            return
+        blocked = command.command == "block"
+        target = (command.args or "").strip()
+        if not target:
+            await message.answer(t("admin.usage.block" if blocked else "admin.usage.unblock"))
+            return
+        try:
+            card = await resolve(session, target)
+            await admin.set_blocked(session=session, user_id=card.telegram_id, blocked=blocked)
+        except AdminError as error:
+            await message.answer(t(error.key))
+            return
+        await message.answer(t("admin.blocked" if blocked else "admin.unblocked", id=card.telegram_id))
+
+    @router.message(Command("broadcast"))
+    async def broadcast(message: Message, command: CommandObject, session: AsyncSession, t: Texts) -> None:
+        if not allowed(_sender(message)) or message.from_user is None:
+            return
+        # The admin's own formatting, as Telegram parsed it, goes out as it was written.
+        parts = (message.html_text or "").split(maxsplit=1) if command.args else []
+        text = parts[1].strip() if len(parts) == 2 else ""
+        if not text:
+            await message.answer(t("admin.usage.broadcast"))
+            return
+        broadcast_id = await admin.create_broadcast(
+            session=session, text=text, created_by=message.from_user.id
+        )
+
+        async def enqueue() -> None:
+            await admin.enqueue_broadcast(broadcast_id=broadcast_id)
+
+        after_commit(session, enqueue)
+        await message.answer(t("admin.broadcast_queued"))
+
+    @router.message(Command("broadcast_stop"))
+    async def broadcast_stop(message: Message, session: AsyncSession, t: Texts) -> None:
+        if not allowed(_sender(message)):
+            return
+        stopped = await admin.stop_broadcasts(session=session)
+        await message.answer(t("admin.broadcast_stopped", count=stopped))
+
+    return router

@@ -1,0 +1,305 @@
+"""The operator's /admin as the operator and as everyone else sees it: statistics, credits by hand,
+blocking, broadcasts that stop and resume without sending anyone the text twice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from aisha.admin.models import Broadcast, BroadcastStatus
+from aisha.billing.models import CreditEntry, EntryKind
+from aisha.db.base import JobStatus
+from aisha.db.session import unit_of_work
+from aisha.generation.models import ImageGeneration
+from aisha.runtime import Runtime
+from aisha.sandbox import FakeTelegramServer, FakeUser
+from aisha.users.models import User
+from tests.conftest import Database
+from tests.e2e.conftest import buttons, count, eventually, press, say
+
+ADMIN = FakeUser(id=900, first_name="Op", language_code="en")
+ALICE = FakeUser(id=5001, first_name="Alice", username="alice", language_code="en")
+BOB = FakeUser(id=5002, first_name="Bob", language_code="ru")
+
+
+@pytest.fixture
+async def app(make_settings: Callable[..., Any], start_app: Callable[..., Any]) -> Runtime:
+    runtime: Runtime = await start_app(make_settings(admin_ids=str(ADMIN.id)))
+    return runtime
+
+
+async def _balance(runtime: Runtime, user_id: int) -> int:
+    async with runtime.services.sessions() as session:
+        return await runtime.services.ledger.get_balance(session=session, user_id=user_id)
+
+
+def _texts_to(telegram: FakeTelegramServer, chat_id: int) -> list[str]:
+    return [c.params["text"] for c in telegram.calls_of("sendMessage") if c.params.get("chat_id") == chat_id]
+
+
+async def _settle(telegram: FakeTelegramServer, user: FakeUser) -> None:
+    """Lets the queued updates be handled, then makes a /help round trip (consuming its answer)."""
+    await asyncio.sleep(0.3)
+    telegram.queue_update(telegram.message_update(user, "/help"))
+    await telegram.wait_for_call(
+        "sendMessage", lambda c: c.params.get("chat_id") == user.id and "/avatar" in c.params["text"]
+    )
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_non_admin_reaches_nothing_also_with_forged_buttons(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, BOB, "/start")
+    start = await say(telegram, ALICE, "/start")
+    telegram.clear_calls()
+    for command in (
+        "/admin",
+        "/admin_user 5002",
+        f"/grant {ALICE.id} 500 because",
+        "/take 5002 1 x",
+        "/block 5002",
+        "/broadcast Hello everyone",
+        "/broadcast_stop",
+    ):
+        telegram.queue_update(telegram.message_update(ALICE, command))
+    for data in ("adm:stats", "adm:stop", "admu:block:5002", "admu:refresh:5002", "admu:grant:5001"):
+        press(telegram, ALICE, data, start)
+    await eventually(lambda: _async(len(telegram.calls_of("answerCallbackQuery")) == 5))
+    await _settle(telegram, ALICE)
+
+    texts = _texts_to(telegram, ALICE.id)
+    assert not any("Admin" in t or "Statistics" in t or "Balance:" in t or "5002" in t for t in texts)
+    assert not any("Broadcast" in t or "blocked" in t for t in texts)
+    assert telegram.calls_of("editMessageText") == []
+    answers = telegram.calls_of("answerCallbackQuery")
+    assert len(answers) == 5
+    assert all("Statistics" not in (a.params.get("text") or "") for a in answers)
+    assert await _balance(app, ALICE.id) == 0
+    assert await count(db, CreditEntry, CreditEntry.kind == EntryKind.ADJUSTMENT) == 0
+    assert await count(db, User, User.is_blocked.is_(True)) == 0
+    assert await count(db, Broadcast) == 0
+    assert _texts_to(telegram, BOB.id) == []
+
+
+async def test_admin_panel_shows_statistics_that_match(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    for user in (ALICE, BOB):
+        await say(telegram, user, "/start")
+    services = app.services
+    async with unit_of_work(services.sessions) as session:
+        await services.ledger.credit(session=session, user_id=ALICE.id, amount=110, key="t1")
+        await services.ledger.credit(session=session, user_id=BOB.id, amount=40, key="t2")
+        await services.ledger.charge(session=session, user_id=BOB.id, amount=3, key="c1")
+        hold = await services.ledger.hold(
+            session=session, user_id=ALICE.id, amount=10, key="h1", reference="generation:x"
+        )
+        await services.ledger.capture(session=session, hold_id=hold.hold_id, amount=8, key="cap1")
+        session.add(
+            ImageGeneration(
+                user_id=ALICE.id,
+                status=JobStatus.SUCCEEDED,
+                prompt="a cat",
+                hold_id=hold.hold_id,
+                provider_cost_micro_usd=30_000,
+            )
+        )
+        session.add(ImageGeneration(user_id=BOB.id, status=JobStatus.RUNNING, prompt="a dog"))
+        session.add(ImageGeneration(user_id=BOB.id, status=JobStatus.FAILED, prompt="a cow"))
+
+    panel = await say(telegram, ADMIN, "/admin")
+    assert "Admin panel" in panel.params["text"]
+    assert ("📊 Statistics", "adm:stats") in buttons(panel)
+    press(telegram, ADMIN, "adm:stats", panel)
+    stats = await telegram.wait_for_call("sendMessage", lambda c: "Statistics" in c.params["text"])
+    text = stats.params["text"]
+    assert "Users: 3, active today: 3, this week: 3, blocked: 0" in text
+    assert "Credits topped up: 150" in text
+    assert "Credits spent: 11" in text  # 8 captured + 3 charged
+    # 8 credits at $0.01 = $0.08 against $0.03 of provider cost.
+    assert "<b>Images</b>: done 1, in progress 1, failed 1" in text
+    assert "credits captured 8, provider cost $0.03, margin $0.05" in text
+
+
+async def test_grant_and_take_move_the_balance_once_with_a_ledger_entry(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, ALICE, "/start")
+    await say(telegram, ADMIN, "/start")
+    grant = telegram.message_update(ADMIN, "/grant @alice 50 sorry for the outage")
+    telegram.queue_update(grant)
+    telegram.queue_update(grant)  # the same update delivered again
+    done = await telegram.wait_for_call("sendMessage", lambda c: "Added" in c.params["text"])
+    assert done.params["text"] == "Added 50 to 5001. Balance: <b>50</b>."
+    await _settle(telegram, ADMIN)
+    assert await _balance(app, ALICE.id) == 50
+    assert len([t for t in _texts_to(telegram, ADMIN.id) if "Added" in t]) == 1
+    async with db.sessions() as session:
+        entry = (
+            await session.scalars(select(CreditEntry).where(CreditEntry.kind == EntryKind.ADJUSTMENT))
+        ).one()
+    assert (entry.amount, entry.description_args) == (50, {"reason": "sorry for the outage"})
+
+    refused = await say(telegram, ADMIN, "/take 5001 80 chargeback")
+    assert refused.params["text"] == "Not taken: the balance of 5001 is 50, less than 80."
+    taken = await say(telegram, ADMIN, "/take 5001 20 chargeback")
+    assert taken.params["text"] == "Took 20 from 5001. Balance: <b>30</b>."
+    no_reason = await say(telegram, ADMIN, "/grant 5001 5")
+    assert no_reason.params["text"] == "Give a reason after the amount."
+    assert await _balance(app, ALICE.id) == 30
+
+    history = await say(telegram, ALICE, "/balance")
+    assert "Operator: sorry for the outage" in history.params["text"]
+
+    card = await say(telegram, ADMIN, "/admin_user 5001")
+    assert "Balance: <b>30</b>" in card.params["text"] and "Status: active" in card.params["text"]
+
+
+async def test_blocked_user_gets_one_message_and_nothing_else_until_unblocked(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, BOB, "/start")
+    card = await say(telegram, ADMIN, "/admin_user 5002")
+    assert ("🚫 Block", "admu:block:5002") in buttons(card)
+    press(telegram, ADMIN, "admu:block:5002", card)
+    edited = await telegram.wait_for_call("editMessageText")
+    assert "Status: blocked" in edited.params["text"]
+    assert ("✅ Unblock", "admu:unblock:5002") in [
+        (b["text"], b["callback_data"])
+        for row in edited.params["reply_markup"]["inline_keyboard"]
+        for b in row
+    ]
+    await eventually(lambda: _blocked(db, BOB.id, True))
+
+    telegram.clear_calls()
+    for text in ("/balance", "hello", "/start"):
+        telegram.queue_update(telegram.message_update(BOB, text))
+    notice = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == BOB.id)
+    assert notice.params["text"] == "Ваш аккаунт заблокирован. Бот не будет отвечать на ваши сообщения."
+    await asyncio.sleep(0.5)
+    assert len(_texts_to(telegram, BOB.id)) == 1
+    assert [c for c in telegram.calls if c.params.get("chat_id") == BOB.id] == [notice]
+
+    assert (await say(telegram, ADMIN, "/unblock 5002")).params["text"] == "User 5002 is unblocked."
+    balance = await say(telegram, BOB, "/balance")
+    assert "Баланс" in balance.params["text"]
+
+    refused = await say(telegram, ADMIN, f"/block {ADMIN.id}")
+    assert refused.params["text"] == "An admin can't be blocked."
+
+
+async def _blocked(db: Database, user_id: int, expected: bool) -> bool:
+    async with db.sessions() as session:
+        return await session.scalar(select(User.is_blocked).where(User.telegram_id == user_id)) is expected
+
+
+async def _register(runtime: Runtime, ids: list[int]) -> None:
+    async with unit_of_work(runtime.services.sessions) as session:
+        for user_id in ids:
+            session.add(User(telegram_id=user_id, first_name="U", language="en"))
+
+
+def _received(telegram: FakeTelegramServer, text: str) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for call in telegram.calls_of("sendMessage"):
+        if call.params["text"] == text:
+            counts[call.params["chat_id"]] = counts.get(call.params["chat_id"], 0) + 1
+    return counts
+
+
+async def test_broadcast_reaches_every_non_blocked_user_once(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, ADMIN, "/start")
+    ids = list(range(7001, 7011))
+    await _register(app, ids)
+    async with unit_of_work(app.services.sessions) as session:
+        await session.execute(update(User).where(User.telegram_id == 7005).values(is_blocked=True))
+
+    queued = await say(telegram, ADMIN, "/broadcast Big news")
+    assert queued.params["text"].startswith("Broadcast queued")
+    expected = {i: 1 for i in ids if i != 7005} | {ADMIN.id: 1}
+    await eventually(lambda: _async(_received(telegram, "Big news") == expected))
+    await eventually(lambda: _broadcast_status(db, BroadcastStatus.DONE))
+    async with db.sessions() as session:
+        row = (await session.scalars(select(Broadcast))).one()
+    assert (row.sent_count, row.failed_count, row.locked_until) == (10, 0, None)
+    await app.services.recovery.run_once()  # a done broadcast is never sent again
+    await asyncio.sleep(0.3)
+    assert _received(telegram, "Big news") == expected
+
+
+async def _broadcast_status(db: Database, status: BroadcastStatus) -> bool:
+    async with db.sessions() as session:
+        return await session.scalar(select(Broadcast.status)) is status
+
+
+async def test_broadcast_can_be_stopped(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    app: Runtime = await start_app(make_settings(admin_ids=str(ADMIN.id), broadcast_rate=4))
+    await say(telegram, ADMIN, "/start")
+    await _register(app, list(range(7001, 7041)))
+    await say(telegram, ADMIN, "/broadcast Stop me")
+    await eventually(lambda: _async(len(_received(telegram, "Stop me")) >= 2))
+    telegram.queue_update(telegram.message_update(ADMIN, "/admin"))
+    panel = await telegram.wait_for_call("sendMessage", lambda c: "Admin panel" in c.params["text"])
+    press(telegram, ADMIN, "adm:stop", panel)
+    stopped = await telegram.wait_for_call("sendMessage", lambda c: "Stopped" in c.params["text"])
+    assert stopped.params["text"] == "Stopped 1 broadcast."
+    await asyncio.sleep(0.3)
+    reached = _received(telegram, "Stop me")
+    await asyncio.sleep(1.0)
+    assert _received(telegram, "Stop me") == reached
+    assert 2 <= len(reached) < 20
+    assert set(reached.values()) == {1}
+    assert await _broadcast_status(db, BroadcastStatus.STOPPED)
+    assert (await say(telegram, ADMIN, "/broadcast_stop")).params["text"] == "Stopped 0 broadcasts."
+
+
+async def test_broadcast_resumes_after_a_restart_without_sending_twice(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    ids = list(range(7001, 7013))
+    await _register(app, ids)
+    # A process sent to the first five and died holding its lease: the lease has run out.
+    broadcast_id = uuid.uuid4()
+    async with unit_of_work(app.services.sessions) as session:
+        session.add(
+            Broadcast(
+                id=broadcast_id,
+                text="Resumed",
+                created_by=ADMIN.id,
+                status=BroadcastStatus.RUNNING,
+                last_user_id=7005,
+                sent_count=5,
+                failed_count=0,
+                locked_until=None,
+            )
+        )
+    # Two processes come up and both re-drive it, twice over: only one job may send.
+    # (The runtime's own sweep may already have picked it up: the lease decides who sends.)
+    await asyncio.gather(
+        app.services.recovery.run_once(),
+        app.services.admin.run_broadcast(broadcast_id=broadcast_id),
+        app.services.admin.run_broadcast(broadcast_id=broadcast_id),
+    )
+    await eventually(lambda: _broadcast_status(db, BroadcastStatus.DONE))
+    await app.services.admin.run_broadcast(broadcast_id=broadcast_id)
+    await asyncio.sleep(0.3)
+    assert _received(telegram, "Resumed") == {i: 1 for i in ids if i > 7005}
+    async with db.sessions() as session:
+        row = await session.get(Broadcast, broadcast_id)
+        assert row is not None and row.sent_count == 12
