@@ -173,13 +173,18 @@ async def _seed_and_train(
     """A confirmed avatar with 10 stored photos, its training job enqueued (skips the slow checks)."""
     await (say(telegram, user, "/start") if polling else _say(telegram, user, "/start"))
     await _fund(app, user.id)
+    return await enqueue_seeded_training(app, user.id)
+
+
+async def enqueue_seeded_training(app: Runtime, user_id: int, *, name: str = "Seeded") -> uuid.UUID:
+    """A confirmed avatar with 10 photos stored directly, its training job enqueued."""
     avatars = app.services.avatars
     async with unit_of_work(app.services.sessions) as session:
         avatar = await avatars.create_draft(
-            session=session, user_id=user.id, avatar_type=AvatarType.PORTRAIT, name="Seeded"
+            session=session, user_id=user_id, avatar_type=AvatarType.PORTRAIT, name=name
         )
         for i in range(10):
-            key = f"{photo_prefix(user.id, avatar.id)}/photos/{i}.jpg"
+            key = f"{photo_prefix(user_id, avatar.id)}/photos/{i}.jpg"
             data = face_photo(i)
             await app.services.storage.put(key, data)
             session.add(
@@ -196,7 +201,7 @@ async def _seed_and_train(
             )
         avatar_id = avatar.id
     async with unit_of_work(app.services.sessions) as session:
-        await avatars.confirm(session=session, user_id=user.id, avatar_id=avatar_id)
+        await avatars.confirm(session=session, user_id=user_id, avatar_id=avatar_id)
     await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))
     return avatar_id
 

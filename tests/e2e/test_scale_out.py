@@ -17,8 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
-from aisha.avatars.service import photo_prefix
+from aisha.avatars.models import Avatar, AvatarStatus
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.config import Settings
 from aisha.db.session import unit_of_work
@@ -28,7 +27,7 @@ from aisha.sandbox.fake_fal import FakeFalServer
 from aisha.users.models import User
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, count, eventually, free_port
-from tests.e2e.test_avatars import BONUS, PRICE, face_photo
+from tests.e2e.test_avatars import BONUS, PRICE, enqueue_seeded_training
 
 USER = FakeUser(id=8101, first_name="Scale", language_code="en")
 
@@ -103,29 +102,7 @@ async def test_two_api_processes_and_a_worker_share_the_work(
         await api1.services.ledger.credit(
             session=session, user_id=USER.id, amount=BONUS, key="test:fund", kind=EntryKind.BONUS
         )
-        avatar = await api1.services.avatars.create_draft(
-            session=session, user_id=USER.id, avatar_type=AvatarType.PORTRAIT, name="Scaled"
-        )
-        for i in range(10):
-            key = f"{photo_prefix(USER.id, avatar.id)}/photos/{i}.jpg"
-            data = face_photo(i)
-            await api1.services.storage.put(key, data)
-            session.add(
-                AvatarPhoto(
-                    avatar_id=avatar.id,
-                    storage_key=key,
-                    sha256=f"{i:064x}",
-                    perceptual_hash=f"{i:016x}",
-                    size_bytes=len(data),
-                    width=600,
-                    height=600,
-                    metrics={},
-                )
-            )
-        avatar_id = avatar.id
-    async with unit_of_work(api1.services.sessions) as session:
-        await api1.services.avatars.confirm(session=session, user_id=USER.id, avatar_id=avatar_id)
-    await api1.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))
+    avatar_id = await enqueue_seeded_training(api1, USER.id, name="Scaled")
 
     async with asyncio.timeout(30):
         job = (await fal.wait_submissions(1))[0]
