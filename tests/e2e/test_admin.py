@@ -303,3 +303,199 @@ async def test_broadcast_resumes_after_a_restart_without_sending_twice(
     async with db.sessions() as session:
         row = await session.get(Broadcast, broadcast_id)
         assert row is not None and row.sent_count == 12
+
+
+# --- the card's grant/take flow -----------------------------------------------------------------
+
+
+async def _open_flow(telegram: FakeTelegramServer, action: str, user_id: int) -> Any:
+    """The admin opens the user's card and presses Grant or Take; returns the amount question."""
+    card = await say(telegram, ADMIN, f"/admin_user {user_id}")
+    press(telegram, ADMIN, f"admu:{action}:{user_id}", card)
+    return await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == ADMIN.id)
+
+
+async def _confirmation(telegram: FakeTelegramServer, action: str, amount: str, reason: str) -> Any:
+    await _open_flow(telegram, action, ALICE.id)
+    asked = await say(telegram, ADMIN, amount)
+    assert asked.params["text"].startswith("Why?")
+    return await say(telegram, ADMIN, reason)
+
+
+def _confirm_data(confirmation: Any) -> str:
+    data = [d for text, d in buttons(confirmation) if text == "✅ Confirm"]
+    assert len(data) == 1 and data[0].startswith("admc:confirm:")
+    return data[0]
+
+
+async def _adjustments(db: Database) -> list[CreditEntry]:
+    async with db.sessions() as session:
+        return list(
+            await session.scalars(select(CreditEntry).where(CreditEntry.kind == EntryKind.ADJUSTMENT))
+        )
+
+
+async def test_grant_through_the_card_asks_amount_and_reason_then_confirms(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, ALICE, "/start")
+    asked = await _open_flow(telegram, "grant", ALICE.id)
+    assert asked.params["text"].startswith(
+        "How many credits to grant to Alice (<code>5001</code>)? The balance is 0."
+    )
+    assert (await say(telegram, ADMIN, "500")).params["text"].startswith("Why?")
+    confirmation = await say(telegram, ADMIN, "  sorry for the   outage ")
+    assert confirmation.params["text"] == (
+        "Grant 500 credits to Alice (<code>5001</code>)?\nReason: sorry for the outage"
+    )
+    assert [text for text, _ in buttons(confirmation)] == ["✅ Confirm", "✖️ Cancel"]
+    assert await _balance(app, ALICE.id) == 0  # nothing happens before the confirmation
+
+    press(telegram, ADMIN, _confirm_data(confirmation), confirmation)
+    card = await telegram.wait_for_call("editMessageText")
+    assert card.params["message_id"] == confirmation.result["message_id"]
+    assert card.params["text"].startswith("Added 500 to 5001. Balance: <b>500</b>.\n\n<b>User</b>")
+    assert "Balance: <b>500</b> (reserved 0)" in card.params["text"]
+    assert ("➕ Grant", "admu:grant:5001") in buttons(card)
+    await eventually(lambda: _balance_is(app, ALICE.id, 500))
+    [entry] = await _adjustments(db)
+    assert (entry.user_id, entry.amount, entry.balance_after) == (ALICE.id, 500, 500)
+    assert (entry.description_args, entry.reference) == ({"reason": "sorry for the outage"}, "admin:900")
+    assert "Operator: sorry for the outage" in (await say(telegram, ALICE, "/balance")).params["text"]
+    # The flow is over: a number now is not an amount any more.
+    assert await app.dispatcher.fsm.get_context(app.bot, ADMIN.id, ADMIN.id).get_state() is None
+
+    # Russian plural forms of the confirmation, by the amount.
+    ru = app.services.translator.bind("ru")
+    assert [
+        ru("admin.credits.confirm_grant", count=n, user="A", reason="r").split(" пользователю")[0]
+        for n in (1, 3, 5)
+    ] == ["Начислить 1 кредит", "Начислить 3 кредита", "Начислить 5 кредитов"]
+
+
+async def _balance_is(runtime: Runtime, user_id: int, expected: int) -> bool:
+    return await _balance(runtime, user_id) == expected
+
+
+async def test_take_through_the_card_is_refused_above_the_balance(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, ALICE, "/start")
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.ledger.credit(session=session, user_id=ALICE.id, amount=50, key="t1")
+    asked = await _open_flow(telegram, "take", ALICE.id)
+    assert "The balance is 50." in asked.params["text"]
+
+    refused = await say(telegram, ADMIN, "80")
+    assert refused.params["text"].startswith(
+        "Not taken: the balance of 5001 is 50, less than 80.\nHow many credits to take from Alice"
+    )
+    assert (await say(telegram, ADMIN, "30")).params["text"].startswith("Why?")
+    confirmation = await say(telegram, ADMIN, "chargeback")
+    assert confirmation.params["text"].startswith("Take 30 credits from Alice (<code>5001</code>)?")
+
+    # The balance goes down before the confirmation: the ledger refuses, nothing changes.
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.ledger.charge(session=session, user_id=ALICE.id, amount=40, key="c1")
+    press(telegram, ADMIN, _confirm_data(confirmation), confirmation)
+    card = await telegram.wait_for_call("editMessageText")
+    assert card.params["text"].startswith("Not taken: the balance of 5001 is 10, less than 30.")
+    assert "Balance: <b>10</b>" in card.params["text"]
+    await _settle(telegram, ADMIN)
+    assert await _balance(app, ALICE.id) == 10
+    assert await _adjustments(db) == []
+
+
+async def test_bad_amounts_and_reasons_are_asked_again_and_cancel_changes_nothing(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, ALICE, "/start")
+    await _open_flow(telegram, "grant", ALICE.id)
+    for text in ("abc", "0", "-5", "1e9", "12.5", "1000001"):
+        again = await say(telegram, ADMIN, text)
+        error = (
+            "That is too many: at most 1000000 at a time."
+            if text == "1000001"
+            else "The amount must be a whole number above zero."
+        )
+        assert again.params["text"].startswith(error + "\nHow many credits to grant to Alice"), text
+    assert (await say(telegram, ADMIN, "1000000")).params["text"].startswith("Why?")
+    too_long = await say(telegram, ADMIN, "x" * 201)
+    assert too_long.params["text"].startswith("The reason is too long: at most 200 characters.\nWhy?")
+    confirmation = await say(telegram, ADMIN, "x" * 200)
+    assert confirmation.params["text"].startswith("Grant 1000000 credits to Alice")
+
+    # Cancel under the confirmation: the card comes back unchanged, the button is dead after.
+    cancel = next(d for text, d in buttons(confirmation) if text == "✖️ Cancel")
+    press(telegram, ADMIN, cancel, confirmation)
+    edited = await telegram.wait_for_call("editMessageText")
+    assert edited.params["text"].startswith("Cancelled: nothing changed.\n\n<b>User</b>")
+    assert "Balance: <b>0</b>" in edited.params["text"]
+    press(telegram, ADMIN, _confirm_data(confirmation), confirmation)
+    dead = await telegram.wait_for_call("answerCallbackQuery", lambda c: bool(c.params.get("text")))
+    assert dead.params["text"] == "This confirmation is no longer valid: nothing changed."
+
+    # /cancel mid-way ends the flow too.
+    await _open_flow(telegram, "grant", ALICE.id)
+    await say(telegram, ADMIN, "25")
+    assert (await say(telegram, ADMIN, "/cancel")).params["text"] == "Cancelled: nothing changed."
+    assert await app.dispatcher.fsm.get_context(app.bot, ADMIN.id, ADMIN.id).get_state() is None
+    await _settle(telegram, ADMIN)
+    assert await _balance(app, ALICE.id) == 0
+    assert await _adjustments(db) == []
+
+
+async def test_confirm_pressed_twice_grants_once(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, ALICE, "/start")
+    confirmation = await _confirmation(telegram, "grant", "70", "contest prize")
+    data = _confirm_data(confirmation)
+    telegram.clear_calls()
+    press(telegram, ADMIN, data, confirmation)
+    press(telegram, ADMIN, data, confirmation)  # a second press, a new update, at the same time
+    await telegram.wait_for_call("editMessageText")
+    await eventually(lambda: _async(len(telegram.calls_of("answerCallbackQuery")) == 2))
+    press(telegram, ADMIN, data, confirmation)  # and once more, later
+    await eventually(lambda: _async(len(telegram.calls_of("answerCallbackQuery")) == 3))
+    await _settle(telegram, ADMIN)
+    assert await _balance(app, ALICE.id) == 70
+    assert [(e.amount, e.description_args) for e in await _adjustments(db)] == [
+        (70, {"reason": "contest prize"})
+    ]
+    edits = [c.params["text"] for c in telegram.calls_of("editMessageText")]
+    assert edits and all(t.startswith("Added 70 to 5001. Balance: <b>70</b>.") for t in edits)
+    answers = [a.params.get("text") for a in telegram.calls_of("answerCallbackQuery")]
+    assert answers[-1] == "This confirmation is no longer valid: nothing changed."
+
+
+async def test_non_admin_reaches_no_step_of_the_credits_flow(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    start = await say(telegram, ALICE, "/start")
+    telegram.clear_calls()
+    for data in ("admu:grant:5001", "admu:take:5001", "admc:confirm:" + "0" * 32, "admc:cancel:x"):
+        press(telegram, ALICE, data, start)
+    await eventually(lambda: _async(len(telegram.calls_of("answerCallbackQuery")) == 4))
+    alice = app.dispatcher.fsm.get_context(app.bot, ALICE.id, ALICE.id)
+    assert await alice.get_state() is None  # pressing Grant started nothing
+
+    # Somehow in the last step with a complete draft (say, removed from ADMIN_IDS meanwhile):
+    # neither the Confirm button nor an amount typed does anything.
+    op = "ab" * 16
+    await alice.set_state("CreditsFlow:confirm")
+    await alice.set_data({"user_id": ALICE.id, "take": False, "amount": 500, "reason": "x", "op": op})
+    press(telegram, ALICE, f"admc:confirm:{op}", start)
+    await eventually(lambda: _async(len(telegram.calls_of("answerCallbackQuery")) == 5))
+    await alice.set_state("CreditsFlow:amount")
+    telegram.queue_update(telegram.message_update(ALICE, "500"))
+    await _settle(telegram, ALICE)
+
+    answers = [a.params.get("text") for a in telegram.calls_of("answerCallbackQuery")]
+    assert answers == ["This button is not valid any more."] * 5
+    texts = _texts_to(telegram, ALICE.id)
+    assert not any(t.startswith(("How many", "Why?", "Grant", "Added")) or "Balance:" in t for t in texts)
+    assert "I didn't understand that. Choose an action from the menu below." in texts  # the "500"
+    assert telegram.calls_of("editMessageText") == []
+    assert await _balance(app, ALICE.id) == 0
+    assert await _adjustments(db) == []

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 from sqlalchemy import func, or_, select, update
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.admin.models import Broadcast, BroadcastStatus
 from aisha.avatars.models import Avatar, AvatarStatus
+from aisha.billing.errors import InsufficientCredits
 from aisha.billing.models import CreditEntry, CreditHold, EntryKind, HoldStatus
 from aisha.billing.service import EntryResult, LedgerService
 from aisha.clock import Clock
@@ -32,6 +33,8 @@ from aisha.users.models import User
 log = structlog.get_logger(__name__)
 ADJUST_DESCRIPTION = "ledger.admin_adjustment"
 MAX_REASON_LENGTH = 200
+# Far above any real correction: a bigger number is a typo (an extra zero or two), not an intent.
+MAX_ADJUST_AMOUNT = 1_000_000
 BROADCAST_JOB = "admin.broadcast"
 
 
@@ -39,6 +42,7 @@ class AdminError(Exception):
     """A refused admin operation; `key` names the locale text that explains it."""
 
     key = "admin.error.generic"
+    params: ClassVar[dict[str, Any]] = {}  # the text's placeholders
 
 
 class UserNotFound(AdminError):
@@ -49,8 +53,49 @@ class ReasonRequired(AdminError):
     key = "admin.error.reason_required"
 
 
+class ReasonTooLong(AdminError):
+    key = "admin.error.reason_too_long"
+    params: ClassVar[dict[str, Any]] = {"max": MAX_REASON_LENGTH}
+
+
+class BadAmount(AdminError):
+    key = "admin.error.bad_amount"
+
+
+class AmountTooLarge(AdminError):
+    key = "admin.error.amount_too_large"
+    params: ClassVar[dict[str, Any]] = {"max": MAX_ADJUST_AMOUNT}
+
+
 class CannotBlockAdmin(AdminError):
     key = "admin.error.cannot_block_admin"
+
+
+def parse_amount(text: str) -> int:
+    """An amount as an operator types it: plain digits (no sign, exponent or separators), from 1
+    to MAX_ADJUST_AMOUNT. Raises BadAmount or AmountTooLarge."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise BadAmount()
+    amount = int(text)
+    _check_amount(amount)
+    return amount
+
+
+def _check_amount(amount: int) -> None:
+    if amount > MAX_ADJUST_AMOUNT:
+        raise AmountTooLarge()
+
+
+def clean_reason(text: str) -> str:
+    """The reason as recorded: whitespace collapsed, required, at most MAX_REASON_LENGTH long.
+    Raises ReasonRequired or ReasonTooLong."""
+    reason = " ".join(text.split())
+    if not reason:
+        raise ReasonRequired()
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ReasonTooLong()
+    return reason
 
 
 @dataclass(frozen=True)
@@ -250,16 +295,26 @@ class AdminService:
             held=await self._ledger.held_total(session=session, user_id=user.telegram_id),
         )
 
+    async def check_amount(self, *, session: AsyncSession, user_id: int, text: str, take: bool) -> int:
+        """The amount typed in the card's grant/take flow, checked before the reason is asked for:
+        parse_amount's rules and, for a take, not above the balance now (adjust_credits checks
+        again, as the balance may move before the confirmation)."""
+        amount = parse_amount(text)
+        if take:
+            balance = await self._ledger.get_balance(session=session, user_id=user_id)
+            if amount > balance:
+                raise InsufficientCredits(balance=balance, required=amount)
+        return amount
+
     async def adjust_credits(
         self, *, session: AsyncSession, user_id: int, amount: int, reason: str, key: str, admin_id: int | None
     ) -> EntryResult:
         """Grant (amount > 0) or take (amount < 0) credits through the ledger, once per `key`.
 
-        Raises UserNotFound, ReasonRequired, and the ledger's InvalidAmount and InsufficientCredits
-        (a take below zero)."""
-        reason = " ".join(reason.split())[:MAX_REASON_LENGTH]
-        if not reason:
-            raise ReasonRequired()
+        Raises UserNotFound, ReasonRequired, ReasonTooLong, AmountTooLarge, and the ledger's
+        InvalidAmount and InsufficientCredits (a take below zero)."""
+        reason = clean_reason(reason)
+        _check_amount(abs(amount))
         if await session.get(User, user_id) is None:
             raise UserNotFound()
         result = await self._ledger.adjust(

@@ -1,21 +1,37 @@
 """/admin and its commands: statistics, user cards, credits by hand, blocking, broadcasts.
 
 Only ADMIN_IDS reach any of it: the commands are filtered by sender, and every handler (also
-every button, whose callback data anyone can forge) checks the sender again itself.
+every button, whose callback data anyone can forge, and every step of the credits flow) checks
+the sender again itself.
+
+The card's Grant/Take buttons start a flow (amount → reason → Confirm/Cancel) kept in the FSM; the
+confirmation goes through AdminService.adjust_credits like /grant and the CLI.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 import structlog
 from aiogram import F, Router, html
-from aiogram.filters import Command, CommandObject
+from aiogram.filters import Command, CommandObject, StateFilter
 from aiogram.filters.callback_data import CallbackData
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aisha.admin.service import AdminError, Stats, UserCard, UserNotFound
+from aisha.admin.service import (
+    MAX_ADJUST_AMOUNT,
+    MAX_REASON_LENGTH,
+    AdminError,
+    Stats,
+    UserCard,
+    UserNotFound,
+    clean_reason,
+    parse_amount,
+)
 from aisha.billing.errors import InsufficientCredits, InvalidAmount
 from aisha.db.session import after_commit
 from aisha.i18n import Texts
@@ -35,8 +51,27 @@ class AdminUserAction(CallbackData, prefix="admu"):
     user_id: int
 
 
+class CreditsFlow(StatesGroup):
+    """The card's grant/take; the FSM data holds user_id, take, amount, reason and op."""
+
+    amount = State()
+    reason = State()
+    confirm = State()
+
+
+class CreditsAnswer(CallbackData, prefix="admc"):
+    action: str  # confirm | cancel
+    # The flow's id, also its idempotency key: a replayed Confirm applies once, and the buttons
+    # of an older confirmation can't confirm a newer flow.
+    op: str
+
+
 def _sender(message: Message) -> int | None:
     return message.from_user.id if message.from_user else None
+
+
+def error_text(t: Texts, error: AdminError) -> str:
+    return t(error.key, **error.params)
 
 
 def _usd(micro: int) -> str:
@@ -104,6 +139,45 @@ def card_keyboard(t: Texts, card: UserCard) -> InlineKeyboardMarkup:
     )
 
 
+def user_label(card: UserCard) -> str:
+    name = html.quote(card.first_name or card.username or "")
+    return f"{name} (<code>{card.telegram_id}</code>)" if name else f"<code>{card.telegram_id}</code>"
+
+
+def ask_amount_text(t: Texts, card: UserCard, *, take: bool) -> str:
+    return t(
+        "admin.credits.ask_take" if take else "admin.credits.ask_grant",
+        user=user_label(card),
+        balance=card.balance,
+        max=MAX_ADJUST_AMOUNT,
+    )
+
+
+def confirm_text(t: Texts, card: UserCard, *, take: bool, amount: int, reason: str) -> str:
+    return t(
+        "admin.credits.confirm_take" if take else "admin.credits.confirm_grant",
+        count=amount,
+        user=user_label(card),
+        reason=html.quote(reason),
+    )
+
+
+def confirm_keyboard(t: Texts, op: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                InlineKeyboardButton(
+                    text=t("admin.button.confirm"),
+                    callback_data=CreditsAnswer(action="confirm", op=op).pack(),
+                ),
+                InlineKeyboardButton(
+                    text=t("admin.button.cancel"), callback_data=CreditsAnswer(action="cancel", op=op).pack()
+                ),
+            ]
+        ]
+    )
+
+
 def panel_keyboard(t: Texts) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(
         inline_keyboard=[
@@ -136,6 +210,14 @@ def create_router(services: Services) -> Router:
             raise UserNotFound()
         return card
 
+    async def forbidden(query: CallbackQuery, t: Texts) -> bool:
+        """Answers a non-admin's press (callback data is anyone's to forge) and says so."""
+        if allowed(query.from_user.id):
+            return False
+        log.warning("admin.forbidden_callback", user_id=query.from_user.id)
+        await query.answer(t("errors.bad_button"), show_alert=True)
+        return True
+
     @router.message(Command("admin"))
     async def panel(message: Message, t: Texts) -> None:
         if not allowed(_sender(message)):
@@ -144,9 +226,7 @@ def create_router(services: Services) -> Router:
 
     @router.callback_query(AdminMenu.filter())
     async def menu(query: CallbackQuery, callback_data: AdminMenu, session: AsyncSession, t: Texts) -> None:
-        if not allowed(query.from_user.id):
-            log.warning("admin.forbidden_callback", user_id=query.from_user.id)
-            await query.answer(t("errors.bad_button"), show_alert=True)
+        if await forbidden(query, t):
             return
         await query.answer()
         if not isinstance(query.message, Message):
@@ -167,24 +247,21 @@ def create_router(services: Services) -> Router:
         try:
             card = await resolve(session, command.args or "")
         except AdminError as error:
-            await message.answer(t(error.key))
+            await message.answer(error_text(t, error))
             return
         await message.answer(card_text(t, card), reply_markup=card_keyboard(t, card))
 
     @router.callback_query(AdminUserAction.filter())
     async def user_action(
-        query: CallbackQuery, callback_data: AdminUserAction, session: AsyncSession, t: Texts
+        query: CallbackQuery,
+        callback_data: AdminUserAction,
+        session: AsyncSession,
+        t: Texts,
+        state: FSMContext,
     ) -> None:
-        if not allowed(query.from_user.id):
-            log.warning("admin.forbidden_callback", user_id=query.from_user.id)
-            await query.answer(t("errors.bad_button"), show_alert=True)
+        if await forbidden(query, t):
             return
         user_id = callback_data.user_id
-        if callback_data.action in ("grant", "take"):
-            await query.answer()
-            if isinstance(query.message, Message):
-                await query.message.answer(t(f"admin.{callback_data.action}_hint", id=user_id))
-            return
         try:
             if callback_data.action in ("block", "unblock"):
                 await admin.set_blocked(
@@ -192,11 +269,139 @@ def create_router(services: Services) -> Router:
                 )
             card = await resolve(session, str(user_id))
         except AdminError as error:
-            await query.answer(t(error.key), show_alert=True)
+            await query.answer(error_text(t, error), show_alert=True)
             return
         await query.answer()
-        if isinstance(query.message, Message):
-            await query.message.edit_text(card_text(t, card), reply_markup=card_keyboard(t, card))
+        if not isinstance(query.message, Message):
+            return
+        if callback_data.action in ("grant", "take"):
+            take = callback_data.action == "take"
+            await state.set_state(CreditsFlow.amount)
+            await state.set_data({"user_id": card.telegram_id, "take": take})
+            await query.message.answer(ask_amount_text(t, card, take=take))
+            return
+        await query.message.edit_text(card_text(t, card), reply_markup=card_keyboard(t, card))
+
+    # --- the card's grant/take flow --------------------------------------------------------------
+
+    async def flow_card(
+        message: Message, session: AsyncSession, t: Texts, state: FSMContext
+    ) -> UserCard | None:
+        """The flow's user; None (and the flow ended) when the admin is gone, the data is broken
+        or the user was deleted meanwhile."""
+        user_id = (await state.get_data()).get("user_id")
+        if not allowed(_sender(message)) or not isinstance(user_id, int):
+            await state.clear()
+            return None
+        card = await admin.find_user(session=session, query=str(user_id))
+        if card is None:
+            await state.clear()
+            await message.answer(t(UserNotFound.key))
+        return card
+
+    @router.message(Command("cancel"), StateFilter(CreditsFlow))
+    async def cancel_flow(message: Message, t: Texts, state: FSMContext) -> None:
+        await state.clear()
+        await message.answer(t("admin.credits.cancelled"))
+
+    # Commands pass through: /help or /admin_user work mid-flow, /cancel ends it.
+    @router.message(CreditsFlow.amount, F.text, ~F.text.startswith("/"))
+    async def amount_sent(message: Message, session: AsyncSession, t: Texts, state: FSMContext) -> None:
+        card = await flow_card(message, session, t, state)
+        if card is None:
+            return
+        take = bool((await state.get_data()).get("take"))
+        try:
+            amount = await admin.check_amount(
+                session=session, user_id=card.telegram_id, text=message.text or "", take=take
+            )
+        except AdminError as error:
+            await message.answer(error_text(t, error) + "\n" + ask_amount_text(t, card, take=take))
+            return
+        except InsufficientCredits as error:
+            refused = t(
+                "admin.take_refused", id=card.telegram_id, balance=error.balance, amount=error.required
+            )
+            await message.answer(refused + "\n" + ask_amount_text(t, card, take=take))
+            return
+        await state.update_data(amount=amount)
+        await state.set_state(CreditsFlow.reason)
+        await message.answer(t("admin.credits.ask_reason", max=MAX_REASON_LENGTH))
+
+    @router.message(CreditsFlow.reason, F.text, ~F.text.startswith("/"))
+    async def reason_sent(message: Message, session: AsyncSession, t: Texts, state: FSMContext) -> None:
+        card = await flow_card(message, session, t, state)
+        if card is None:
+            return
+        try:
+            reason = clean_reason(message.text or "")
+        except AdminError as error:
+            await message.answer(
+                error_text(t, error) + "\n" + t("admin.credits.ask_reason", max=MAX_REASON_LENGTH)
+            )
+            return
+        data = await state.get_data()
+        op = uuid.uuid4().hex
+        await state.update_data(reason=reason, op=op)
+        await state.set_state(CreditsFlow.confirm)
+        await message.answer(
+            confirm_text(
+                t, card, take=bool(data.get("take")), amount=int(data.get("amount", 0)), reason=reason
+            ),
+            reply_markup=confirm_keyboard(t, op),
+        )
+
+    @router.callback_query(CreditsAnswer.filter())
+    async def credits_answer(
+        query: CallbackQuery, callback_data: CreditsAnswer, session: AsyncSession, t: Texts, state: FSMContext
+    ) -> None:
+        if await forbidden(query, t):
+            return
+        data = await state.get_data()
+        user_id, take, amount = data.get("user_id"), bool(data.get("take")), data.get("amount")
+        if (
+            await state.get_state() != CreditsFlow.confirm.state
+            or data.get("op") != callback_data.op
+            or not isinstance(user_id, int)
+            or not isinstance(amount, int)
+            or not isinstance(query.message, Message)
+        ):
+            # Pressed again after it was done or cancelled, or an older confirmation's button.
+            await query.answer(t("admin.credits.expired"), show_alert=True)
+            return
+        await state.clear()
+        if callback_data.action == "confirm":
+            try:
+                result = await admin.adjust_credits(
+                    session=session,
+                    user_id=user_id,
+                    amount=-amount if take else amount,
+                    reason=str(data.get("reason", "")),
+                    key=f"card:{callback_data.op}",
+                    admin_id=query.from_user.id,
+                )
+                outcome = t(
+                    "admin.taken" if take else "admin.granted",
+                    id=user_id,
+                    amount=amount,
+                    balance=result.balance,
+                )
+            except InsufficientCredits as error:  # the balance went down since the amount was typed
+                outcome = t("admin.take_refused", id=user_id, balance=error.balance, amount=amount)
+            except AdminError as error:
+                outcome = error_text(t, error)
+            except InvalidAmount:
+                outcome = t("admin.error.bad_amount")
+        else:
+            outcome = t("admin.credits.cancelled")
+        await query.answer()
+        card = await admin.find_user(session=session, query=str(user_id))
+        if card is None:
+            await query.message.edit_text(outcome)
+            return
+        await query.message.edit_text(
+            outcome + "\n\n" + card_text(t, card), reply_markup=card_keyboard(t, card)
+        )
 
     async def adjust(
         message: Message,
@@ -214,12 +419,9 @@ def create_router(services: Services) -> Router:
             return
         target, amount_text = parts[0], parts[1]
         reason = parts[2] if len(parts) == 3 else ""
-        if not amount_text.isdigit() or int(amount_text) <= 0:
-            await message.answer(t("admin.error.bad_amount"))
-            return
-        amount = int(amount_text)
         admin_id = message.from_user.id if message.from_user else None
         try:
+            amount = parse_amount(amount_text)
             card = await resolve(session, target)
             result = await admin.adjust_credits(
                 session=session,
@@ -230,7 +432,7 @@ def create_router(services: Services) -> Router:
                 admin_id=admin_id,
             )
         except AdminError as error:
-            await message.answer(t(error.key))
+            await message.answer(error_text(t, error))
             return
         except InvalidAmount:
             await message.answer(t("admin.error.bad_amount"))
@@ -270,7 +472,7 @@ def create_router(services: Services) -> Router:
             card = await resolve(session, target)
             await admin.set_blocked(session=session, user_id=card.telegram_id, blocked=blocked)
         except AdminError as error:
-            await message.answer(t(error.key))
+            await message.answer(error_text(t, error))
             return
         await message.answer(t("admin.blocked" if blocked else "admin.unblocked", id=card.telegram_id))
 
