@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -11,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_WEBHOOK_SECRET_LENGTH = 16
+Network = IPv4Network | IPv6Network
 
 
 class Locale(StrEnum):
@@ -58,6 +60,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (tests)
     metrics_token: SecretStr | None = None  # set: GET /metrics wants `Authorization: Bearer <token>`
+    # Set: GET /metrics answers only clients (the socket peer) in these networks.
+    metrics_allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
 
     # Providers
     fal_key: SecretStr | None = None
@@ -84,6 +88,7 @@ class Settings(BaseSettings):
     transcription_keep_audio: bool = False
     transcription_max_attempts: int = Field(default=5, ge=1, le=20)
     transcription_retry_base_seconds: float = Field(default=1.0, ge=0)
+    transcription_max_in_flight: int = Field(default=2, ge=1)  # per user
 
     # Limits and admin
     throttle_rate: int = Field(default=40, ge=0)  # updates per user per period; 0: no throttling
@@ -139,6 +144,20 @@ class Settings(BaseSettings):
                 raise ValueError("ADMIN_IDS must be Telegram user ids separated by commas") from None
         if isinstance(value, int):
             return frozenset({value})
+        return value
+
+    @field_validator("metrics_allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                return tuple(ip_network(p, strict=False) for p in parts)
+            except ValueError:
+                raise ValueError(
+                    "METRICS_ALLOWED_NETWORKS must be IP addresses or CIDR networks separated by commas"
+                    f" (like 127.0.0.1/32,10.0.0.0/8), got {value!r}"
+                ) from None
         return value
 
     @field_validator("telegram_api_url", "fal_queue_url", "fal_rest_url", "fal_jwks_url")

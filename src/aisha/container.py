@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.admin.service import BROADCAST_JOB, AdminRules, AdminService
 from aisha.api.fal import FalWebhookRegistry
-from aisha.avatars.service import AvatarNotifier, AvatarRules, AvatarService
+from aisha.avatars.service import TRAIN_JOB, AvatarNotifier, AvatarRules, AvatarService
 from aisha.avatars.training import FalTrainer, TrainerConfig
 from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThresholds
 from aisha.billing.payments import PaymentService
@@ -28,6 +28,7 @@ from aisha.config import Settings
 from aisha.db.base import parse_uuid
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
 from aisha.generation.enhance import OpenAIPromptWriter, PromptEnhancer
+from aisha.generation.service import JOB_NAME as GENERATION_JOB
 from aisha.generation.service import (
     FalImageGenerator,
     GenerationNotifier,
@@ -37,6 +38,7 @@ from aisha.generation.service import (
 )
 from aisha.generation.vision import OpenAIVision
 from aisha.i18n import Translator
+from aisha.jobs.metrics import create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
 from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Messenger
@@ -50,6 +52,7 @@ from aisha.transcription.audio import AudioConfig
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
 from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
 from aisha.transcription.service import TranscriptionService, TranscriptionSettings
+from aisha.users.locks import UserLocks, create_user_locks
 from aisha.users.privacy import PrivacyService
 from aisha.users.service import UserService
 
@@ -83,10 +86,13 @@ class Services:
     admin: AdminService = field(init=False)
     throttle: Throttle | None = None  # per-user rate limit; None when THROTTLE_RATE=0
     privacy: PrivacyService = field(init=False)
+    locks: UserLocks = field(default_factory=UserLocks)  # one operation per user at a time
 
     async def aclose(self) -> None:
         if self.throttle is not None:
             await self.throttle.aclose()
+        await self.locks.aclose()
+        await self.metrics.jobs.aclose()
         if self.openai_chat is not None:
             await self.openai_chat.close()
         await self.http.aclose()
@@ -108,6 +114,8 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
     if settings.public_base_url and settings.bot_token:
         signer = LinkSigner(link_secret(settings.bot_token.get_secret_value()), settings.public_base_url)
     ledger = LedgerService(clock=clock, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+    # Job errors and generation latency: shared through Redis, where workers and API processes meet.
+    metrics = Metrics(create_job_metrics(settings.redis_url))
     services = Services(
         settings=settings,
         clock=clock,
@@ -126,9 +134,12 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
         ledger=ledger,
         payments=PaymentService(ledger=ledger, prices=prices),
         users=UserService(clock=clock, ledger=ledger, welcome_bonus=settings.welcome_bonus),
-        queue=JobQueue(create_broker(settings.redis_url)),
+        queue=JobQueue(create_broker(settings.redis_url), metrics=metrics.jobs),
         messenger=messenger,
         link_signer=signer,
+        recovery=RecoverySweep(metrics=metrics.jobs),
+        metrics=metrics,
+        locks=create_user_locks(settings.redis_url),
     )
     services.privacy = PrivacyService(clock=clock, ledger=ledger, storage=services.storage)
     services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
@@ -210,7 +221,7 @@ def _wire_generation(services: Services) -> None:
         vision = OpenAIVision(services.openai_chat, model=settings.openai_vision_model)
 
     async def enqueue(generation_id: uuid.UUID) -> None:
-        await services.queue.enqueue("generation.run", generation_id=str(generation_id))
+        await services.queue.enqueue(GENERATION_JOB, generation_id=str(generation_id))
 
     services.generation = GenerationService(
         sessions=services.sessions,
@@ -236,6 +247,7 @@ def _wire_generation(services: Services) -> None:
             public_base_url=settings.public_base_url,
         ),
         enqueue=enqueue,
+        metrics=services.metrics.jobs,
     )
     generation = services.generation
 
@@ -248,7 +260,7 @@ def _wire_generation(services: Services) -> None:
             generation_id=generation_id, webhook=webhook
         )
 
-    services.queue.register("generation.run", run_job)
+    services.queue.register(GENERATION_JOB, run_job)
     services.recovery.register("generation.stuck", generation.sweep)
     services.fal_webhooks.register("generation", on_webhook)
 
@@ -285,7 +297,9 @@ def _wire_transcription(services: Services) -> None:
             keep_audio=settings.transcription_keep_audio,
             model=settings.transcription_model,
             download_limit=None if settings.telegram_api_local else PUBLIC_API_DOWNLOAD_LIMIT,
+            max_in_flight=settings.transcription_max_in_flight,
         ),
+        metrics=services.metrics.jobs,
     )
     services.queue.register(TRANSCRIPTION_JOB, services.transcription.run)
 
@@ -322,7 +336,7 @@ def _wire_avatars(services: Services) -> None:
     )
 
     async def enqueue_training(avatar_id: uuid.UUID) -> None:
-        await services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))
+        await services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar_id))
 
     services.avatars = AvatarService(
         sessions=services.sessions,
@@ -345,6 +359,7 @@ def _wire_avatars(services: Services) -> None:
             public_base_url=settings.public_base_url,
         ),
         enqueue_training=enqueue_training,
+        metrics=services.metrics.jobs,
     )
     avatars = services.avatars
 
@@ -361,7 +376,7 @@ def _wire_avatars(services: Services) -> None:
         return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
 
     services.queue.register("avatars.photo", photo_job)
-    services.queue.register("avatars.train", train_job)
+    services.queue.register(TRAIN_JOB, train_job)
     services.recovery.register("avatars.stuck", avatars.sweep)
     services.fal_webhooks.register("avatar", on_webhook)
 

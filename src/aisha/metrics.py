@@ -1,6 +1,7 @@
-"""Prometheus metrics: counted in the process (updates, errors) and read from the database at scrape
-time (jobs by status, credits, provider cost), so every API process reports the same business
-figures however many of them run, and nothing is lost on a restart.
+"""Prometheus metrics: counted in the process (updates, errors), read from the database at scrape
+time (jobs by status, credits, provider cost) and from the shared job figures (job errors,
+generation latency; see jobs/metrics.py), so every API process reports the same business figures
+however many of them run, and nothing is lost on a restart.
 
 Each `Metrics` has its own registry (not prometheus_client's global one): several runtimes in one
 process, as in tests, must not clash.
@@ -23,6 +24,7 @@ from aisha.avatars.models import Avatar, AvatarStatus
 from aisha.billing.models import AnonymizedLedgerTotal, CreditEntry, CreditHold, EntryKind, HoldStatus
 from aisha.db.base import JobStatus
 from aisha.generation.models import ImageGeneration
+from aisha.jobs.metrics import JobMetrics
 from aisha.transcription.models import Transcript
 
 MICRO = 1_000_000
@@ -40,7 +42,8 @@ class Outcome(StrEnum):
 class Metrics:
     """The in-process instruments and the rendering of one scrape."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: JobMetrics | None = None) -> None:
+        self.jobs = jobs or JobMetrics()  # shared with the job queue, the sweep and the services
         self.registry = CollectorRegistry()
         self.updates = Counter(
             "aisha_updates",
@@ -71,10 +74,10 @@ class Metrics:
         self.errors.labels(kind=type(exc).__name__).inc()
 
     async def render(self, sessions: async_sessionmaker[AsyncSession]) -> bytes:
-        """The text exposition: this process's counters, then the database's figures."""
+        """The text exposition: this process's counters, then the database's and the jobs' figures."""
         snapshot = await read_snapshot(sessions)
         scrape = CollectorRegistry(auto_describe=False)
-        scrape.register(_SnapshotCollector(snapshot))
+        scrape.register(_SnapshotCollector(snapshot, await self.jobs.families()))
         # Two registries, disjoint names: the concatenation is one valid exposition.
         return generate_latest(self.registry) + generate_latest(scrape)
 
@@ -161,11 +164,12 @@ async def _by_status(session: AsyncSession, model: Any, *sums: Any) -> dict[str,
 
 
 class _SnapshotCollector(Collector):
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, extra: list[Metric]) -> None:
         self._snapshot = snapshot
+        self._extra = extra
 
     def collect(self) -> Iterable[Metric]:
-        return list(self._families())
+        return [*self._families(), *self._extra]
 
     def _families(self) -> Iterator[Metric]:
         snap = self._snapshot

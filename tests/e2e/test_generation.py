@@ -32,6 +32,7 @@ from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer
 from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_image_urls
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, free_port
+from tests.e2e.test_metrics import scrape_samples, value
 
 FUNDS = 100
 PRICE = 5  # per image with an avatar (default prices)
@@ -402,3 +403,61 @@ async def test_photo_to_prompt_produces_a_generation(
     assert generation.cost == PRICE + VISION_PRICE
     assert await _balance(app, user.id) == FUNDS - PRICE - VISION_PRICE
     assert telegram.calls_of("sendPhoto")[-1].params["chat_id"] == user.id
+
+
+async def test_metrics_show_generation_latency_and_the_failed_job(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer
+) -> None:
+    user = FakeUser(id=5110, first_name="Mo", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "a cat in a hat"))
+    assert await fal.complete((await _submitted(fal)).request_id) == 200
+    await _confirm(telegram, user, await _say(telegram, user, "a dog in a hat"))
+    failed = await _submitted(fal, 2)
+    assert await fal.complete(failed.request_id, error="GPU fell over", error_status=500) == 200
+
+    samples = await scrape_samples(app)
+    # Only the delivered one is timed, from the confirmation to the images in the chat.
+    assert value(samples, "aisha_generation_duration_seconds_count") == 1
+    assert value(samples, "aisha_generation_duration_seconds_bucket", le="+Inf") == 1
+    assert 0 < value(samples, "aisha_generation_duration_seconds_sum") < 60
+    assert value(samples, "aisha_generations", status="succeeded") == 1
+    assert value(samples, "aisha_generations", status="failed") == 1
+    assert value(samples, "aisha_job_errors_total", job="generation.run", kind="provider") == 1
+
+
+async def test_one_generation_more_than_allowed_is_refused_saying_how_many_run(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5111, first_name="Ed", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    for n in (1, 2):  # GENERATION_MAX_IN_FLIGHT is 2: both go to FAL and stay there
+        await _confirm(telegram, user, await _say(telegram, user, f"portrait number {n}"))
+        await _submitted(fal, n)
+    third = await _say(telegram, user, "portrait number 3")
+    await _confirm(telegram, user, third)
+    assert _alert(telegram) == (
+        "You already have 2 generations running (at most 2 at a time). Please wait for one to finish."
+    )
+    assert await _balance(app, user.id) == FUNDS - 2 * PRICE  # nothing held for the third
+
+    # One finishes: the third may go now.
+    assert await fal.complete(fal.submissions[0].request_id) == 200
+    await _confirm(telegram, user, third)
+    await _submitted(fal, 3)
+
+
+async def test_a_generation_is_not_started_while_another_request_of_the_user_holds_the_lock(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer
+) -> None:
+    user = FakeUser(id=5112, first_name="Flo", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    options = await _say(telegram, user, "a castle at dawn")
+    lease = await app.services.locks.acquire(user.id)  # as if another process were starting one
+    assert lease is not None
+    await _confirm(telegram, user, options)
+    assert "your previous request is still being processed" in _alert(telegram)
+    assert await _balance(app, user.id) == FUNDS and not fal.submissions
+    await app.services.locks.release(lease)
+    await _confirm(telegram, user, options)
+    await _submitted(fal)

@@ -29,8 +29,14 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
-def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape_samples(runtime: Runtime) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = await _scrape(runtime)
+    assert response.status_code == 200
+    return _samples(response.text)
 
 
 async def _top_up(telegram: FakeTelegramServer, user: FakeUser) -> None:
@@ -67,18 +73,18 @@ async def test_metrics_show_updates_and_topped_up_credits(
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         scraped = _samples(response.text)
-        return _value(scraped, "aisha_credits_total", kind="topped_up") == 110
+        return value(scraped, "aisha_credits_total", kind="topped_up") == 110
 
     await eventually(credited)  # the handler answers before its transaction commits
-    handled_messages = _value(scraped, "aisha_updates_total", type="message", outcome="handled")
+    handled_messages = value(scraped, "aisha_updates_total", type="message", outcome="handled")
     assert handled_messages >= 2  # /start, /topup and the payment
-    assert _value(scraped, "aisha_updates_total", type="callback_query", outcome="handled") == 1
-    assert _value(scraped, "aisha_updates_total", type="pre_checkout_query", outcome="handled") == 1
-    assert _value(scraped, "aisha_update_duration_seconds_count", type="message") == handled_messages
-    assert _value(scraped, "aisha_avatars", status="ready") == 0
-    assert _value(scraped, "aisha_generations", status="succeeded") == 0
-    assert _value(scraped, "aisha_credits_total", kind="held") == 0
-    assert _value(scraped, "aisha_transcription_minutes_total") == 0
+    assert value(scraped, "aisha_updates_total", type="callback_query", outcome="handled") == 1
+    assert value(scraped, "aisha_updates_total", type="pre_checkout_query", outcome="handled") == 1
+    assert value(scraped, "aisha_update_duration_seconds_count", type="message") == handled_messages
+    assert value(scraped, "aisha_avatars", status="ready") == 0
+    assert value(scraped, "aisha_generations", status="succeeded") == 0
+    assert value(scraped, "aisha_credits_total", kind="held") == 0
+    assert value(scraped, "aisha_transcription_minutes_total") == 0
     assert ("aisha_provider_cost_usd_total", frozenset({("feature", "generation")})) in scraped
 
 
@@ -94,8 +100,8 @@ async def test_a_repeated_update_is_counted_as_a_duplicate(
     async def counted() -> bool:
         samples = _samples((await _scrape(runtime)).text)
         return (
-            _value(samples, "aisha_updates_total", type="message", outcome="handled") == 1
-            and _value(samples, "aisha_updates_total", type="message", outcome="duplicate") == 1
+            value(samples, "aisha_updates_total", type="message", outcome="handled") == 1
+            and value(samples, "aisha_updates_total", type="message", outcome="duplicate") == 1
         )
 
     await eventually(counted)
@@ -116,3 +122,17 @@ async def test_metrics_token_is_required_when_set(
     assert response.status_code == 200
     assert "# TYPE aisha_credits_total counter" in response.text
     assert METRICS_TOKEN not in response.text
+
+
+async def test_metrics_are_served_only_inside_the_allowed_networks(
+    make_settings: Callable[..., Any], start_app: Callable[..., Any]
+) -> None:
+    outside: Runtime = await start_app(make_settings(metrics_allowed_networks="10.0.0.0/8"))
+    response = await _scrape(outside)  # from 127.0.0.1
+    assert response.status_code == 403
+    assert "aisha_" not in response.text
+    inside: Runtime = await start_app(
+        make_settings(metrics_allowed_networks="10.0.0.0/8,127.0.0.1/32", metrics_token=METRICS_TOKEN)
+    )
+    assert (await _scrape(inside)).status_code == 401  # inside, but the token is still required
+    assert (await _scrape(inside, METRICS_TOKEN)).status_code == 200

@@ -326,3 +326,22 @@ async def test_transcribe_in_a_group_answers_the_replied_voice(
     assert text.params["reply_to_message_id"] == voice_update["message"]["message_id"]
     await eventually(lambda: _status_is(db, user.id, JobStatus.SUCCEEDED))
     assert await _balance(app, user.id) == 4
+
+
+async def test_one_recording_more_than_allowed_is_refused_saying_how_many_run(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes
+) -> None:
+    user = FakeUser(id=7020, language_code="en")
+    await _fund(app, user, telegram, 10)
+    async with unit_of_work(app.services.sessions) as session:
+        for kind in ("voice", "audio"):  # TRANSCRIPTION_MAX_IN_FLIGHT is 2: two still running
+            session.add(Transcript(user_id=user.id, status=JobStatus.RUNNING, source_kind=kind, details={}))
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+    refusal = await telegram.wait_for_call(
+        "sendMessage",
+        lambda c: c.params.get("chat_id") == user.id and "being transcribed" in c.params["text"],
+    )
+    assert refusal.params["text"] == (
+        "You already have 2 recordings being transcribed (at most 2 at a time). Please wait for one to finish."
+    )
+    assert await count(db, Transcript, Transcript.user_id == user.id) == 2  # nothing recorded

@@ -14,6 +14,7 @@ from aisha.bot.app import create_fsm_storage
 from aisha.bot.fsm import SqlStorage
 from aisha.config import load_settings
 from aisha.db.models import FsmRecord
+from aisha.jobs.metrics import JobMetrics, create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
 from tests.conftest import Database
@@ -94,8 +95,62 @@ async def test_fsm_state_without_redis_survives_a_restart(db: Database) -> None:
         assert await session.scalar(select(func.count()).select_from(FsmRecord)) == 0
 
 
+async def _job_figures(metrics: JobMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in await metrics.families()
+        for sample in family.samples
+    }
+
+
+async def test_a_job_that_raises_is_counted_by_its_exception_class() -> None:
+    metrics = JobMetrics()
+
+    async def explode(*, row_id: str) -> None:
+        raise ConnectionResetError(f"lost {row_id}")
+
+    queue = JobQueue(create_broker(None), metrics=metrics)
+    queue.register("test.explode", explode)
+    await queue.startup()
+    try:
+        await queue.enqueue("test.explode", row_id="1")
+        await queue.enqueue("test.explode", row_id="2")
+        errors = ("aisha_job_errors_total", (("job", "test.explode"), ("kind", "ConnectionResetError")))
+        for _ in range(250):
+            if (await _job_figures(metrics)).get(errors) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert (await _job_figures(metrics)).get(errors) == 2
+    finally:
+        await queue.shutdown()
+
+
+async def test_job_figures_from_two_processes_add_up_in_redis(redis_url: str) -> None:
+    # A worker fails a job and an API process delivers a generation: either process reports both.
+    worker, api = create_job_metrics(redis_url), create_job_metrics(redis_url)
+    try:
+        await worker.job_failed("transcription.run", "provider_failed")
+        await api.job_failed("transcription.run", "provider_failed")
+        await worker.generation_delivered(12.5)
+        await api.generation_delivered(700.0)  # past the last bucket: only +Inf
+        for metrics in (worker, api):
+            figures = await _job_figures(metrics)
+            key = ("aisha_job_errors_total", (("job", "transcription.run"), ("kind", "provider_failed")))
+            assert figures[key] == 2
+            assert figures[("aisha_generation_duration_seconds_bucket", (("le", "10.0"),))] == 0
+            assert figures[("aisha_generation_duration_seconds_bucket", (("le", "15.0"),))] == 1
+            assert figures[("aisha_generation_duration_seconds_bucket", (("le", "600.0"),))] == 1
+            assert figures[("aisha_generation_duration_seconds_bucket", (("le", "+Inf"),))] == 2
+            assert figures[("aisha_generation_duration_seconds_count", ())] == 2
+            assert figures[("aisha_generation_duration_seconds_sum", ())] == 712.5
+    finally:
+        await worker.aclose()
+        await api.aclose()
+
+
 async def test_recovery_sweep_runs_every_check_even_when_one_fails() -> None:
-    sweep = RecoverySweep()
+    metrics = JobMetrics()
+    sweep = RecoverySweep(metrics=metrics)
 
     async def broken() -> int:
         raise RuntimeError("provider down")
@@ -106,3 +161,5 @@ async def test_recovery_sweep_runs_every_check_even_when_one_fails() -> None:
     sweep.register("broken", broken)
     sweep.register("healthy", healthy)
     assert await sweep.run_once() == {"broken": 0, "healthy": 3}
+    errors = ("aisha_job_errors_total", (("job", "recovery.broken"), ("kind", "RuntimeError")))
+    assert (await _job_figures(metrics))[errors] == 1

@@ -37,6 +37,15 @@ def test_admin_ids_parse_from_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().admin_ids == frozenset({1, 22, 333})
 
 
+def test_metrics_networks_parse_from_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRICS_ALLOWED_NETWORKS", "127.0.0.1, 10.0.0.0/8,::1")
+    assert [str(n) for n in load_settings().metrics_allowed_networks] == [
+        "127.0.0.1/32",
+        "10.0.0.0/8",
+        "::1/128",
+    ]
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
@@ -54,6 +63,8 @@ def test_admin_ids_parse_from_a_list(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"ADMIN_IDS": "alice"}, "ADMIN_IDS"),
         ({"HTTP_PORT": "99999"}, "HTTP_PORT"),
         ({"HOLD_TTL_SECONDS": "3600"}, "HOLD_TTL_SECONDS"),
+        ({"METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"}, "METRICS_ALLOWED_NETWORKS"),
+        ({"METRICS_ALLOWED_NETWORKS": "10.0.0.0/33"}, "METRICS_ALLOWED_NETWORKS"),
     ],
 )
 def test_bad_configuration_names_the_variable(

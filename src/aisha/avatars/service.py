@@ -46,6 +46,7 @@ from aisha.billing.service import LedgerService
 from aisha.clock import Clock
 from aisha.db.session import unit_of_work
 from aisha.i18n import Translator
+from aisha.jobs.metrics import JobMetrics
 from aisha.messaging import Button, FileTooLarge, Messenger
 from aisha.providers.fal import (
     FalError,
@@ -62,6 +63,7 @@ from aisha.users.service import user_locale
 
 log = structlog.get_logger(__name__)
 
+TRAIN_JOB = "avatars.train"
 MAX_NAME_LENGTH = 64
 IN_TRAINING = (AvatarStatus.SUBMITTED, AvatarStatus.TRAINING)
 # Callback data the bot's avatar router answers (kept here so job messages carry the same buttons).
@@ -208,6 +210,7 @@ class AvatarService:
         notifier: AvatarNotifier,
         rules: AvatarRules,
         enqueue_training: Callable[[uuid.UUID], Awaitable[None]],
+        metrics: JobMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
@@ -220,6 +223,7 @@ class AvatarService:
         self._notifier = notifier
         self.rules = rules
         self._enqueue_training = enqueue_training
+        self._metrics = metrics or JobMetrics()
 
     # --- prices --------------------------------------------------------------------------------
 
@@ -506,7 +510,7 @@ class AvatarService:
                     avatar.provider_request_id = request.request_id
                     avatar.training_config = request.payload
         if refused is not None:
-            await self._notifier.failed(user_id=user_id, locale=locale, name=name, reason=refused)
+            await self._failed(user_id=user_id, locale=locale, name=name, reason=refused)
             await self._purge_if_due(avatar_id)
         else:
             log.info("avatar.submitted", avatar_id=str(avatar_id))
@@ -535,8 +539,13 @@ class AvatarService:
             if row is None:
                 return
             locale = await user_locale(session, row.user_id)
-        await self._notifier.failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
+        await self._failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
         await self._purge_if_due(avatar_id)
+
+    async def _failed(self, *, user_id: int, locale: str, name: str, reason: str) -> None:
+        """A training that ended failed: the user is told, the operator sees it counted."""
+        await self._notifier.failed(user_id=user_id, locale=locale, name=name, reason=reason)
+        await self._metrics.job_failed(TRAIN_JOB, reason)
 
     # --- outcomes --------------------------------------------------------------------------------
 
@@ -658,7 +667,7 @@ class AvatarService:
         if output is not None:
             await self._notifier.ready(user_id=row.user_id, locale=locale, name=row.name)
         else:
-            await self._notifier.failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
+            await self._failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
         await self._purge_if_due(avatar_id)
         return True
 

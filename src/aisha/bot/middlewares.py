@@ -16,7 +16,7 @@ from aisha.bot.metrics import DUPLICATE_KEY
 from aisha.bot.throttle import Verdict
 from aisha.db.context import current_session
 from aisha.db.models import ProcessedUpdate
-from aisha.db.session import run_after_commit
+from aisha.db.session import run_after_commit, run_at_end
 from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
 from aisha.users.service import TelegramProfile
@@ -42,10 +42,13 @@ class UnitOfWorkMiddleware(BaseMiddleware):
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, Update)
         async with self._services.sessions() as session:
-            async with session.begin():
-                result = await self._handle(handler, event, data, session)
-            await run_after_commit(session)
-            return result
+            try:
+                async with session.begin():
+                    result = await self._handle(handler, event, data, session)
+                await run_after_commit(session)
+                return result
+            finally:
+                await run_at_end(session)  # e.g. the user's operation lock
 
     async def _handle(
         self, handler: Handler, event: Update, data: dict[str, Any], session: AsyncSession

@@ -54,10 +54,10 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-AfterCommit = Callable[[], Awaitable[object]]
+Action = Callable[[], Awaitable[object]]
 
 
-def after_commit(session: AsyncSession, action: AfterCommit) -> None:
+def after_commit(session: AsyncSession, action: Action) -> None:
     """Run `action` once the unit of work this session belongs to has committed (not on rollback):
     for enqueueing a job whose row must be visible to it."""
     session.info.setdefault("after_commit", []).append(action)
@@ -68,10 +68,24 @@ async def run_after_commit(session: AsyncSession) -> None:
         await action()
 
 
+def at_end(session: AsyncSession, action: Action) -> None:
+    """Run `action` when the unit of work ends, committed or rolled back: to release a lock taken
+    for it only once its writes are visible (or gone)."""
+    session.info.setdefault("at_end", []).append(action)
+
+
+async def run_at_end(session: AsyncSession) -> None:
+    for action in session.info.pop("at_end", []):
+        await action()
+
+
 @asynccontextmanager
 async def unit_of_work(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """One session, one transaction: committed when the block ends, rolled back on an error."""
     async with factory() as session:
-        async with session.begin():
-            yield session
-        await run_after_commit(session)
+        try:
+            async with session.begin():
+                yield session
+            await run_after_commit(session)
+        finally:
+            await run_at_end(session)

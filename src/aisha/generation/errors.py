@@ -33,9 +33,10 @@ class PromptTooLong(GenerationError):
 class TooManyInFlight(GenerationError):
     """The user already has the most generations running that the operator allows."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, running: int) -> None:
         self.limit = limit
-        super().__init__(f"at most {limit} generations in flight")
+        self.running = running
+        super().__init__(f"{running} generations in flight, at most {limit} allowed")
 
 
 class AvatarNotReady(GenerationError):

@@ -54,6 +54,7 @@ from aisha.generation.errors import (
 from aisha.generation.models import ImageGeneration
 from aisha.generation.vision import Vision
 from aisha.i18n import Translator
+from aisha.jobs.metrics import JobMetrics
 from aisha.messaging import Button, Messenger
 from aisha.providers.fal import (
     FalClient,
@@ -81,6 +82,7 @@ ASPECT_RATIOS: dict[str, str] = {
     "9:16": "portrait_16_9",
     "16:9": "landscape_16_9",
 }
+JOB_NAME = "generation.run"
 DEFAULT_RATIO = "3:4"
 MAX_IMAGES = 4
 IN_FLIGHT = (JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.RUNNING)
@@ -418,12 +420,14 @@ class GenerationService:
         notifier: GenerationNotifier,
         rules: GenerationRules,
         enqueue: Callable[[uuid.UUID], Awaitable[None]],
+        metrics: JobMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         self._storage = storage
         self._ledger = ledger
         self._prices = prices
+        self._metrics = metrics or JobMetrics()
         self._generator = generator
         self._enhancer = enhancer
         self._vision = vision
@@ -560,7 +564,7 @@ class GenerationService:
                 .where(ImageGeneration.user_id == user_id, ImageGeneration.status.in_(IN_FLIGHT))
             )
             if int(in_flight or 0) >= self.rules.max_in_flight:
-                raise TooManyInFlight(self.rules.max_in_flight)
+                raise TooManyInFlight(self.rules.max_in_flight, running=int(in_flight or 0))
             generation = ImageGeneration(
                 id=generation_id,
                 user_id=user_id,
@@ -869,7 +873,7 @@ class GenerationService:
             row = await session.get(ImageGeneration, generation_id)
             if row is None or row.status not in ((JobStatus.PENDING,) if pending else AT_PROVIDER):
                 return False
-            user_id, config = row.user_id, dict(row.config)
+            user_id, config, requested_at = row.user_id, dict(row.config), row.created_at
         wanted = int(config.get("num_images", 1))
         delivery = _Delivery(failed=wanted)
         if output is not None:
@@ -952,6 +956,7 @@ class GenerationService:
         )
         if not delivered:
             await self._notifier.failed(finished=finished, reason=str(values["error"]))
+            await self._metrics.job_failed(JOB_NAME, str(values["error"]))
             return True
         await self._notifier.delivered(
             generation_id=generation_id,
@@ -960,6 +965,8 @@ class GenerationService:
             blocked=delivery.blocked,
             failed=delivery.failed,
         )
+        # The latency the user felt: from their confirmation to the images in the chat.
+        await self._metrics.generation_delivered((self._clock.now() - requested_at).total_seconds())
         await self._check_quality(generation_id, finished, delivery.results)
         return True
 

@@ -14,6 +14,8 @@ import structlog
 from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
+from aisha.jobs.metrics import JobMetrics
+
 JobFunction = Callable[..., Awaitable[None]]
 log = structlog.get_logger(__name__)
 
@@ -27,8 +29,9 @@ def create_broker(redis_url: str | None) -> AsyncBroker:
 
 
 class JobQueue:
-    def __init__(self, broker: AsyncBroker) -> None:
+    def __init__(self, broker: AsyncBroker, *, metrics: JobMetrics | None = None) -> None:
         self.broker = broker
+        self._metrics = metrics or JobMetrics()
         self._tasks: dict[str, AsyncTaskiqDecoratedTask[..., Any]] = {}
 
     @property
@@ -41,9 +44,10 @@ class JobQueue:
         async def run(**kwargs: Any) -> None:
             try:
                 await function(**kwargs)
-            except Exception:
+            except Exception as exc:
                 # The row stays in its non-terminal status; the recovery sweep drives it again.
                 log.exception("job.failed", job=job, arguments={k: str(v) for k, v in kwargs.items()})
+                await self._metrics.job_failed(job, type(exc).__name__)
                 raise
 
         run.__name__ = job.replace(".", "_")

@@ -13,13 +13,16 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from aisha.jobs.metrics import JobMetrics
+
 Check = Callable[[], Awaitable[int]]
 log = structlog.get_logger(__name__)
 
 
 class RecoverySweep:
-    def __init__(self) -> None:
+    def __init__(self, *, metrics: JobMetrics | None = None) -> None:
         self._checks: dict[str, Check] = {}
+        self._metrics = metrics or JobMetrics()
 
     def register(self, name: str, check: Check) -> None:
         self._checks[name] = check
@@ -34,8 +37,9 @@ class RecoverySweep:
         for name, check in self._checks.items():
             try:
                 handled[name] = await check()
-            except Exception:
+            except Exception as exc:
                 log.exception("recovery.check_failed", check=name)
+                await self._metrics.job_failed(f"recovery.{name}", type(exc).__name__)
                 handled[name] = 0
             if handled[name]:
                 log.info("recovery.handled", check=name, count=handled[name])

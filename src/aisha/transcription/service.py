@@ -32,6 +32,7 @@ from aisha.clock import Clock
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.i18n import Texts, Translator
+from aisha.jobs.metrics import JobMetrics
 from aisha.messaging import Button, FileTooLarge, Messenger
 from aisha.storage import ObjectStorage
 from aisha.transcription.audio import AudioError, FFmpegError
@@ -46,6 +47,16 @@ READ_CHUNK = 256 * 1024
 # A message longer than this also arrives as a .txt file, easier to keep and share.
 FILE_THRESHOLD_CHARS = 3000
 MESSAGE_LIMIT = 3500
+IN_FLIGHT = (JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.RUNNING)
+
+
+class TooManyTranscriptions(Exception):
+    """The user already has the most transcriptions running that the operator allows."""
+
+    def __init__(self, limit: int, *, running: int) -> None:
+        self.limit = limit
+        self.running = running
+        super().__init__(f"{running} transcriptions in flight, at most {limit} allowed")
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ class TranscriptionSettings:
     # A running job that hasn't reported progress for this long is taken to be lost.
     stale_after: timedelta = timedelta(minutes=30)
     download_limit: int | None = 20 * 1024 * 1024
+    max_in_flight: int = 2  # per user
 
 
 @dataclass
@@ -101,6 +113,7 @@ class TranscriptionService:
         pipeline: TranscriptionPipeline | None,
         translator: Translator,
         settings: TranscriptionSettings,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
@@ -111,6 +124,7 @@ class TranscriptionService:
         self._pipeline = pipeline
         self._translator = translator
         self._settings = settings
+        self._metrics = metrics or JobMetrics()
 
     @property
     def available(self) -> bool:
@@ -126,8 +140,22 @@ class TranscriptionService:
             raise FileTooLarge(media.file_size or 0, limit)
 
     async def accept(self, session: AsyncSession, *, media: IncomingMedia) -> uuid.UUID:
-        """Record the request; the caller enqueues `run` after its transaction commits."""
+        """Record the request; the caller enqueues `run` after its transaction commits.
+
+        Raises FileTooLarge, TooManyTranscriptions. The caller holds the user's operation lock,
+        so two requests can't both pass the count.
+        """
         self.check_size(media)
+        running = int(
+            await session.scalar(
+                select(func.count())
+                .select_from(Transcript)
+                .where(Transcript.user_id == media.user_id, Transcript.status.in_(IN_FLIGHT))
+            )
+            or 0
+        )
+        if running >= self._settings.max_in_flight:
+            raise TooManyTranscriptions(self._settings.max_in_flight, running=running)
         transcript = Transcript(
             user_id=media.user_id,
             status=JobStatus.PENDING,
@@ -393,6 +421,7 @@ class TranscriptionService:
         if audio_key:
             await self._storage.delete(audio_key)
         await self._status(run, message)
+        await self._metrics.job_failed(JOB_NAME, code)
 
     async def _fail(
         self, run: _Run, code: str, message: str, *, buttons: list[list[Button]] | None = None
@@ -405,6 +434,7 @@ class TranscriptionService:
                 .values(status=JobStatus.FAILED, error=code, finished_at=self._clock.now())
             )
         await self._status(run, message, buttons=buttons)
+        await self._metrics.job_failed(JOB_NAME, code)
 
     async def _status(self, run: _Run, text: str, *, buttons: list[list[Button]] | None = None) -> None:
         """One status message per transcript, edited in place, never repeated."""

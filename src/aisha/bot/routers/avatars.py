@@ -31,7 +31,7 @@ from aisha.avatars.errors import (
     WrongAvatarStatus,
 )
 from aisha.avatars.models import AvatarStatus, AvatarType
-from aisha.avatars.service import MAX_NAME_LENGTH, REVIEW_CALLBACK, AvatarView
+from aisha.avatars.service import MAX_NAME_LENGTH, REVIEW_CALLBACK, TRAIN_JOB, AvatarView
 from aisha.billing.errors import InsufficientCredits
 from aisha.bot.keyboards import main_menu, menu_button
 from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line
@@ -308,6 +308,9 @@ def create_router(services: Services) -> Router:
         if avatar_id is None or not isinstance(query.message, Message):
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
+        if not await services.locks.hold_for(session, user_id=user.telegram_id):
+            await query.answer(t("limits.busy"), show_alert=True)
+            return
         try:
             avatar = await avatars.confirm(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
         except InsufficientCredits as error:
@@ -326,7 +329,7 @@ def create_router(services: Services) -> Router:
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
         await state.clear()
-        after_commit(session, lambda: services.queue.enqueue("avatars.train", avatar_id=str(avatar.id)))
+        after_commit(session, lambda: services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar.id)))
         await query.answer()
         await query.message.answer(
             t("avatars.training_started", name=html.quote(avatar.name)), reply_markup=main_menu(t)

@@ -90,6 +90,10 @@ def _excerpt(text: str, limit: int = PROMPT_EXCERPT) -> str:
     return html.quote(text if len(text) <= limit else text[: limit - 1].rstrip() + "…")
 
 
+def too_many_text(t: Texts, error: TooManyInFlight) -> str:
+    return t("generation.too_many", running=error.running, limit=error.limit, count=error.running)
+
+
 def _marked(selected: bool, label: str) -> str:
     return f"• {label} •" if selected else label
 
@@ -356,6 +360,9 @@ def create_router(services: Services) -> Router:
             source_generation_id=uuid.UUID(draft["from"]) if draft.get("from") else None,
             source_index=int(draft.get("index", 0)),
         )
+        if not await services.locks.hold_for(session, user_id=user.telegram_id):
+            await query.answer(t("limits.busy"), show_alert=True)
+            return
         try:
             generation = await service.create(session=session, user_id=user.telegram_id, request=request)
         except InsufficientCredits as error:
@@ -363,9 +370,7 @@ def create_router(services: Services) -> Router:
             await query.answer()
             return
         except TooManyInFlight as error:
-            await query.answer(
-                t("generation.too_many", limit=error.limit, count=error.limit), show_alert=True
-            )
+            await query.answer(too_many_text(t, error), show_alert=True)
             return
         except AvatarNotReady:
             await message.edit_text(t("generation.avatar_gone"))
@@ -538,6 +543,9 @@ def create_router(services: Services) -> Router:
             await message.edit_text(t("generation.kept"))
             await query.answer()
         elif action == "free":
+            if not await services.locks.hold_for(session, user_id=user_id):
+                await query.answer(t("limits.busy"), show_alert=True)
+                return
             try:
                 generation = await service.take_free_regeneration(
                     session=session, user_id=user_id, generation_id=generation_id
@@ -546,9 +554,7 @@ def create_router(services: Services) -> Router:
                 await query.answer(t("generation.free_unavailable"), show_alert=True)
                 return
             except TooManyInFlight as error:
-                await query.answer(
-                    t("generation.too_many", limit=error.limit, count=error.limit), show_alert=True
-                )
+                await query.answer(too_many_text(t, error), show_alert=True)
                 return
             except (AvatarNotReady, GenerationUnavailable):
                 await query.answer(t("generation.unavailable"), show_alert=True)

@@ -53,6 +53,9 @@ def create_router(services: Services) -> Router:
             # Somebody else's button (forwarded or forged): nothing happens.
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
+        if not await services.locks.hold_for(session, user_id=user.telegram_id):
+            await query.answer(t("limits.busy"), show_alert=True)
+            return
         await state.clear()
         await privacy.delete_user_data(session=session, user_id=user.telegram_id)
         await query.answer()

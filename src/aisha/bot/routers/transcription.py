@@ -23,7 +23,13 @@ from aisha.i18n import Texts
 from aisha.messaging import FileTooLarge
 from aisha.transcription.merge import split_message
 from aisha.transcription.models import Transcript
-from aisha.transcription.service import JOB_NAME, MESSAGE_LIMIT, IncomingMedia, format_duration
+from aisha.transcription.service import (
+    JOB_NAME,
+    MESSAGE_LIMIT,
+    IncomingMedia,
+    TooManyTranscriptions,
+    format_duration,
+)
 from aisha.users.models import User
 
 if TYPE_CHECKING:
@@ -81,10 +87,18 @@ def create_router(services: Services) -> Router:
         if not transcription.available:
             await message.reply(t("transcription.error.not_configured"))
             return
+        if not await services.locks.hold_for(session, user_id=media.user_id):
+            await message.reply(t("limits.busy"))
+            return
         try:
             transcript_id = await transcription.accept(session, media=media)
         except FileTooLarge as error:
             await message.reply(t("transcription.error.too_large", limit_mb=error.limit // 2**20))
+            return
+        except TooManyTranscriptions as error:
+            await message.reply(
+                t("transcription.too_many", running=error.running, limit=error.limit, count=error.running)
+            )
             return
         # Enqueued once this update's transaction commits, so the job finds the row.
         after_commit(session, lambda: services.queue.enqueue(JOB_NAME, transcript_id=str(transcript_id)))
