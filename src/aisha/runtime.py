@@ -14,6 +14,7 @@ from aiogram import Bot, Dispatcher
 
 from aisha.api.app import create_api
 from aisha.bot.app import create_bot, create_dispatcher
+from aisha.bot.commands import publish_commands
 from aisha.bot.messenger import BotMessenger
 from aisha.bot.outgoing import OutgoingLimiter, create_limiter
 from aisha.clock import Clock
@@ -71,6 +72,8 @@ class Runtime:
         await self.services.queue.startup()
         if role in (Role.ALL, Role.API) and serve_http:
             await self.start_http()
+        if role in (Role.ALL, Role.API):
+            await publish_commands(self.bot, self.services.translator)
         if role in (Role.ALL, Role.API) and self.settings.webhook_mode:
             await self.bot.set_webhook(
                 url=f"{self.settings.public_base_url}{WEBHOOK_PATH}",

@@ -118,3 +118,18 @@ async def test_healthz(
         response = await client.get(f"http://127.0.0.1:{runtime.http_port}/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+async def test_start_up_publishes_the_command_menu_in_both_languages(
+    telegram: FakeTelegramServer, make_settings: Callable[..., Any], start_app: Callable[..., Any]
+) -> None:
+    await start_app(make_settings())
+
+    def menu(language_code: str = "") -> dict[str, str]:
+        return {c["command"]: c["description"] for c in telegram.my_commands(language_code=language_code)}
+
+    assert menu("en")["avatar"] == "Create a personal avatar from your photos"
+    assert menu("ru")["avatar"] == "Создать личный аватар по вашим фото"
+    assert menu() == menu("ru")  # other languages get the default locale's
+    assert list(menu("en"))[:3] == ["avatar", "generate", "gallery"]
+    assert "admin" not in menu("en") and "grant" not in menu("en")
