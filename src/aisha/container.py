@@ -6,8 +6,9 @@ The bot, the HTTP app and the workers all receive the same `Services`.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from openai import AsyncOpenAI
@@ -28,6 +29,7 @@ from aisha.config import Settings
 from aisha.db.base import parse_uuid
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
 from aisha.generation.enhance import OpenAIPromptWriter, PromptEnhancer
+from aisha.generation.service import FINISH_JOB as GENERATION_FINISH_JOB
 from aisha.generation.service import JOB_NAME as GENERATION_JOB
 from aisha.generation.service import (
     FalImageGenerator,
@@ -193,7 +195,8 @@ def _wire_admin(services: Services) -> None:
 
 def _wire_generation(services: Services) -> None:
     """Image generation: FLUX on FAL, prompt enhancement and vision on OpenAI (each optional),
-    the `generation.run` job, the recovery check and the `generation` kind of FAL webhooks."""
+    the `generation.run` and `generation.finish` jobs, the recovery check and the `generation`
+    kind of FAL webhooks (which queue `generation.finish`)."""
     settings = services.settings
     generator = None
     if services.fal is not None:
@@ -223,6 +226,12 @@ def _wire_generation(services: Services) -> None:
     async def enqueue(generation_id: uuid.UUID) -> None:
         await services.queue.enqueue(GENERATION_JOB, generation_id=str(generation_id))
 
+    async def enqueue_finish(generation_id: uuid.UUID, webhook: FalWebhook) -> None:
+        # The webhook's fields are plain JSON (an image result is a few KB): the job gets them all.
+        await services.queue.enqueue(
+            GENERATION_FINISH_JOB, generation_id=str(generation_id), webhook=asdict(webhook)
+        )
+
     services.generation = GenerationService(
         sessions=services.sessions,
         clock=services.clock,
@@ -247,12 +256,16 @@ def _wire_generation(services: Services) -> None:
             public_base_url=settings.public_base_url,
         ),
         enqueue=enqueue,
+        enqueue_finish=enqueue_finish,
         metrics=services.metrics.jobs,
     )
     generation = services.generation
 
     async def run_job(*, generation_id: str) -> None:
         await generation.run(generation_id=uuid.UUID(generation_id))
+
+    async def finish_job(*, generation_id: str, webhook: dict[str, Any]) -> None:
+        await generation.finish(generation_id=uuid.UUID(generation_id), webhook=FalWebhook(**webhook))
 
     async def on_webhook(row_id: str, webhook: FalWebhook) -> bool:
         generation_id = parse_uuid(row_id)
@@ -261,6 +274,7 @@ def _wire_generation(services: Services) -> None:
         )
 
     services.queue.register(GENERATION_JOB, run_job)
+    services.queue.register(GENERATION_FINISH_JOB, finish_job)
     services.recovery.register("generation.stuck", generation.sweep)
     services.fal_webhooks.register("generation", on_webhook)
 

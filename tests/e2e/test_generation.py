@@ -4,7 +4,8 @@ capture for what was delivered; NSFW and failures released; other users' generat
 a reference photo turned into a prompt.
 
 The app runs in webhook mode on a real port, so FAL's webhooks reach it over HTTP; a webhook is
-answered after its outcome committed, so `fal.complete` returning means the work is done.
+answered once it has queued the `generation.finish` job, so tests wait for the in-process jobs
+(`_complete`) before looking at the outcome.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, update
+from taskiq import InMemoryBroker
 
 from aisha.avatars.models import Avatar, AvatarStatus, AvatarType
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.generation.models import ImageGeneration
-from aisha.generation.service import storage_prefix
+from aisha.generation.service import FINISH_JOB, storage_prefix
+from aisha.jobs.queue import JobQueue
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer
@@ -73,6 +76,31 @@ async def app(
     )
     runtime: Runtime = await start_app(settings)
     return runtime
+
+
+class HeldFinishJobs:
+    """Keeps the `generation.finish` jobs that webhooks queue out of the queue: lost, or let go later."""
+
+    def __init__(self, queue: JobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.jobs: list[dict[str, Any]] = []
+        self._enqueue = queue.enqueue
+
+        async def hold(job: str, /, **kwargs: Any) -> None:
+            if job == FINISH_JOB:
+                self.jobs.append(kwargs)
+            else:
+                await self._enqueue(job, **kwargs)
+
+        monkeypatch.setattr(queue, "enqueue", hold)
+
+    async def release(self) -> None:
+        for kwargs in self.jobs:
+            await self._enqueue(FINISH_JOB, **kwargs)
+
+
+@pytest.fixture
+def held(app: Runtime, monkeypatch: pytest.MonkeyPatch) -> HeldFinishJobs:
+    return HeldFinishJobs(app.services.queue, monkeypatch)
 
 
 # --- plumbing ----------------------------------------------------------------------------------
@@ -167,10 +195,33 @@ async def _submitted(fal: FakeFalServer, n: int = 1) -> FakeFalJob:
         return (await fal.wait_submissions(n))[n - 1]
 
 
+def _albums(telegram: FakeTelegramServer, user_id: int) -> list[Any]:
+    """The albums Telegram accepted for the user (not those it refused)."""
+    return [
+        c
+        for c in telegram.calls_of("sendMediaGroup")
+        if c.params.get("chat_id") == user_id and c.result is not None
+    ]
+
+
 def _stored_files(app: Runtime, user_id: int, generation_id: uuid.UUID) -> list[str]:
     root: Path = app.services.storage.root  # type: ignore[attr-defined]
     folder = root / storage_prefix(user_id, generation_id)
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+async def _jobs_done(app: Runtime) -> None:
+    """Wait for the jobs running in this process (the in-memory broker), e.g. `generation.finish`."""
+    broker = app.services.queue.broker
+    assert isinstance(broker, InMemoryBroker)
+    async with asyncio.timeout(20):
+        await broker.wait_all()
+
+
+async def _complete(app: Runtime, fal: FakeFalServer, request_id: str, **kw: Any) -> None:
+    """FAL ends the job and posts its webhook, which queues `generation.finish`; wait for that job."""
+    assert await fal.complete(request_id, **kw) == 200
+    await _jobs_done(app)
 
 
 async def _confirm(telegram: FakeTelegramServer, user: FakeUser, options: Any, *, images: int = 1) -> None:
@@ -225,7 +276,7 @@ async def test_text_prompt_is_generated_stored_delivered_and_captured_once(
     # Credits are held while FAL works.
     assert await _balance(app, user.id) == FUNDS - 2 * PRICE
 
-    assert await fal.complete(job.request_id) == 200
+    await _complete(app, fal, job.request_id)
     generation = await _generation(db, user.id)
     assert generation.status is JobStatus.SUCCEEDED
     assert generation.prompt == "я астронавт на Марсе"
@@ -254,6 +305,7 @@ async def test_text_prompt_is_generated_stored_delivered_and_captured_once(
 
     # Captured once: a replayed webhook changes nothing.
     assert await fal.deliver(job.request_id, times=2) == 200
+    await _jobs_done(app)
     assert await _balance(app, user.id) == FUNDS - 2 * PRICE
     entries = await _entries(db, user.id)
     assert [kind for kind, _ in entries] == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
@@ -271,6 +323,92 @@ async def test_text_prompt_is_generated_stored_delivered_and_captured_once(
     assert "1 of 1" in card.params["caption"] and f"{2 * PRICE} credits" in card.params["caption"]
 
 
+async def test_fal_gets_its_answer_before_the_album_is_sent(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5113, first_name="Gus", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me on a bridge"), images=2)
+    job = await _submitted(fal)
+    # Telegram is slow to take the album: a flood wait of 2 s first.
+    telegram.fail_next("sendMediaGroup", 429, retry_after=2)
+
+    assert await fal.complete(job.request_id) == 200
+    assert not _albums(telegram, user.id)  # FAL was answered while the album was still on its way
+    await _jobs_done(app)
+    albums = _albums(telegram, user.id)
+    assert len(albums) == 1 and len(albums[0].params["media"]) == 2
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUCCEEDED and generation.cost == 2 * PRICE
+    assert [kind for kind, _ in await _entries(db, user.id)] == [
+        EntryKind.BONUS,
+        EntryKind.HOLD,
+        EntryKind.CAPTURE,
+    ]
+    assert await _balance(app, user.id) == FUNDS - 2 * PRICE
+
+
+async def test_a_webhook_delivered_twice_delivers_one_album_and_captures_once(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database, held: HeldFinishJobs
+) -> None:
+    user = FakeUser(id=5114, first_name="Hal", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me in a forest"), images=2)
+    job = await _submitted(fal)
+    await fal.complete(job.request_id, deliver=False)
+    # Both deliveries arrive before either job runs: two `generation.finish` jobs, run at once.
+    assert await fal.deliver(job.request_id, times=2) == 200
+    assert len(held.jobs) == 2
+    await held.release()
+    await _jobs_done(app)
+
+    assert len(_albums(telegram, user.id)) == 1
+    assert [kind for kind, _ in await _entries(db, user.id)] == [
+        EntryKind.BONUS,
+        EntryKind.HOLD,
+        EntryKind.CAPTURE,
+    ]
+    assert await _balance(app, user.id) == FUNDS - 2 * PRICE
+
+
+async def test_the_sweep_settles_a_webhook_whose_job_was_lost(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database, held: HeldFinishJobs
+) -> None:
+    user = FakeUser(id=5115, first_name="Ida", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me on a boat"), images=2)
+    job = await _submitted(fal)
+    assert await fal.complete(job.request_id) == 200
+    assert len(held.jobs) == 1  # and it never runs: the worker died with it
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUBMITTED and not _albums(telegram, user.id)
+
+    # The sweep leaves the job `poll_after` from the webhook; past it, it asks FAL itself.
+    sweep = app.services.recovery.run_once
+    assert (await sweep())["generation.stuck"] == 0
+    async with unit_of_work(db.sessions) as session:
+        await session.execute(
+            update(ImageGeneration)
+            .where(ImageGeneration.id == generation.id)
+            .values(updated_at=generation.updated_at - app.services.generation.rules.poll_after)
+        )
+    assert (await sweep())["generation.stuck"] == 1
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUCCEEDED and generation.cost == 2 * PRICE
+    assert len(_albums(telegram, user.id)) == 1
+    assert await _balance(app, user.id) == FUNDS - 2 * PRICE
+
+    # The lost job turning up after all changes nothing.
+    await held.release()
+    await _jobs_done(app)
+    assert len(_albums(telegram, user.id)) == 1
+    assert [kind for kind, _ in await _entries(db, user.id)] == [
+        EntryKind.BONUS,
+        EntryKind.HOLD,
+        EntryKind.CAPTURE,
+    ]
+
+
 async def test_one_nsfw_image_of_four_is_released(
     app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
 ) -> None:
@@ -283,7 +421,7 @@ async def test_one_nsfw_image_of_four_is_released(
     job = await _submitted(fal)
     assert await _balance(app, user.id) == FUNDS - 4 * PRICE
 
-    assert await fal.complete(job.request_id, nsfw=[False, True, False, False]) == 200
+    await _complete(app, fal, job.request_id, nsfw=[False, True, False, False])
     generation = await _generation(db, user.id)
     assert generation.status is JobStatus.SUCCEEDED and generation.cost == 3 * PRICE
     assert [r["index"] for r in generation.results] == [0, 2, 3]
@@ -313,7 +451,7 @@ async def test_provider_failure_without_avatar_releases_everything(
     assert job.endpoint == "fal-ai/flux/dev" and "loras" not in job.payload
     assert await _balance(app, user.id) == FUNDS - 3 * PLAIN_PRICE
 
-    assert await fal.complete(job.request_id, error="GPU fell over", error_status=500) == 200
+    await _complete(app, fal, job.request_id, error="GPU fell over", error_status=500)
     generation = await _generation(db, user.id)
     assert generation.status is JobStatus.FAILED and generation.cost == 0
     assert await _balance(app, user.id) == FUNDS
@@ -350,7 +488,7 @@ async def test_a_tampered_callback_for_another_users_generation_is_refused(
     options = await _say(telegram, owner, "me at a concert")
     await _confirm(telegram, owner, options)
     job = await _submitted(fal)
-    assert await fal.complete(job.request_id) == 200
+    await _complete(app, fal, job.request_id)
     generation = await _generation(db, owner.id)
     assert generation.status is JobStatus.SUCCEEDED
 
@@ -395,7 +533,7 @@ async def test_photo_to_prompt_produces_a_generation(
     )
     assert await _balance(app, user.id) == FUNDS - PRICE - VISION_PRICE
 
-    assert await fal.complete(job.request_id) == 200
+    await _complete(app, fal, job.request_id)
     generation = await _generation(db, user.id)
     assert generation.status is JobStatus.SUCCEEDED
     assert generation.prompt.startswith("me standing on a rooftop")
@@ -411,10 +549,10 @@ async def test_metrics_show_generation_latency_and_the_failed_job(
     user = FakeUser(id=5110, first_name="Mo", language_code="en")
     await _setup_user(app, telegram, user, avatar=True)
     await _confirm(telegram, user, await _say(telegram, user, "a cat in a hat"))
-    assert await fal.complete((await _submitted(fal)).request_id) == 200
+    await _complete(app, fal, (await _submitted(fal)).request_id)
     await _confirm(telegram, user, await _say(telegram, user, "a dog in a hat"))
     failed = await _submitted(fal, 2)
-    assert await fal.complete(failed.request_id, error="GPU fell over", error_status=500) == 200
+    await _complete(app, fal, failed.request_id, error="GPU fell over", error_status=500)
 
     samples = await scrape_samples(app)
     # Only the delivered one is timed, from the confirmation to the images in the chat.
@@ -442,7 +580,7 @@ async def test_one_generation_more_than_allowed_is_refused_saying_how_many_run(
     assert await _balance(app, user.id) == FUNDS - 2 * PRICE  # nothing held for the third
 
     # One finishes: the third may go now.
-    assert await fal.complete(fal.submissions[0].request_id) == 200
+    await _complete(app, fal, fal.submissions[0].request_id)
     await _confirm(telegram, user, third)
     await _submitted(fal, 3)
 

@@ -1,6 +1,6 @@
 """GenerationService on real databases against the fake FAL queue: polling mode, outcomes that
-race (webhooks, sweeps), the recovery sweep and its timeout, the in-flight limit, and the free
-regeneration a defective portrait earns."""
+race (webhooks and their `finish` jobs, sweeps), the recovery sweep and its timeout, the
+in-flight limit, and the free regeneration a defective portrait earns."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from aisha.generation.vision import QualityVerdict
 from aisha.i18n import Translator
 from aisha.messaging import Buttons
 from aisha.providers.fal import FalClient
-from aisha.providers.fal_webhook import parse_webhook
+from aisha.providers.fal_webhook import FalWebhook, parse_webhook
 from aisha.sandbox.fake_fal import FakeFalServer
 from aisha.storage import LocalStorage
 from aisha.users.service import TelegramProfile, UserService
@@ -106,6 +106,7 @@ class Harness:
     db: Database
     ledger: LedgerService
     enqueued: list[uuid.UUID]
+    finishes: list[tuple[uuid.UUID, FalWebhook]]  # `generation.finish` jobs queued by webhooks
     avatar_id: uuid.UUID
 
     async def balance(self) -> int:
@@ -181,8 +182,13 @@ async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
             avatar_id = avatar.id
         enqueued: list[uuid.UUID] = []
 
+        finishes: list[tuple[uuid.UUID, FalWebhook]] = []
+
         async def enqueue(generation_id: uuid.UUID) -> None:
             enqueued.append(generation_id)
+
+        async def enqueue_finish(generation_id: uuid.UUID, webhook: FalWebhook) -> None:
+            finishes.append((generation_id, webhook))
 
         generator = FalImageGenerator(
             FalClient(key=fal.key, queue_url=fal.base_url, http=http, backoff_base=0.01),
@@ -211,8 +217,9 @@ async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
                 )
             ),
             enqueue=enqueue,
+            enqueue_finish=enqueue_finish,
         )
-        return Harness(service, fal, clock, messenger, db, ledger, enqueued, avatar_id)
+        return Harness(service, fal, clock, messenger, db, ledger, enqueued, finishes, avatar_id)
 
     yield build
     await http.aclose()
@@ -239,10 +246,13 @@ async def test_racing_outcomes_apply_exactly_once(make: Callable[..., Any]) -> N
     job = h.fal.submissions[0]
     await h.fal.complete(job.request_id, nsfw=[True, False], deliver=False)
     webhook = parse_webhook(h.fal.webhook_body(job.request_id))
+    # A repeated delivery queues a second `finish` job: both race the sweep.
+    for _ in range(2):
+        assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
+    assert [queued for _, queued in h.finishes] == [webhook, webhook]
     h.clock.advance(timedelta(minutes=5))  # the sweep would poll this one too
     results = await asyncio.gather(
-        h.service.apply_webhook(generation_id=generation_id, webhook=webhook),
-        h.service.apply_webhook(generation_id=generation_id, webhook=webhook),
+        *(h.service.finish(generation_id=queued_id, webhook=queued) for queued_id, queued in h.finishes),
         h.service.sweep(),
     )
     # `is True`: the sweep's count 1 would also equal True in list.count.
@@ -265,6 +275,36 @@ async def test_a_forged_request_id_changes_nothing(make: Callable[..., Any]) -> 
     webhook = parse_webhook(h.fal.webhook_body(h.fal.submissions[1].request_id))
     assert not await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
     assert (await h.row(generation_id)).status is JobStatus.SUBMITTED
+    assert not h.finishes
+
+
+async def test_the_sweep_settles_a_webhook_whose_finish_job_was_lost(make: Callable[..., Any]) -> None:
+    h: Harness = await make()
+    generation_id = await h.create()
+    await h.service.run(generation_id=generation_id)
+    request_id = h.fal.submissions[0].request_id
+    async with unit_of_work(h.db.sessions) as session:  # as if FAL's answer to the submission was lost
+        row = await session.get(ImageGeneration, generation_id)
+        assert row is not None
+        row.provider_request_id = None
+    h.clock.advance(timedelta(minutes=5))
+    await h.fal.complete(request_id, deliver=False)
+    webhook = parse_webhook(h.fal.webhook_body(request_id))
+    assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
+    h.finishes.clear()  # the job is lost
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.SUBMITTED and row.provider_request_id == request_id
+
+    assert await h.service.sweep() == 0  # the job gets `poll_after` from the webhook first
+    h.clock.advance(timedelta(minutes=1))
+    assert await h.service.sweep() == 1
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.SUCCEEDED and row.cost == 10
+    assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
+    assert h.messenger.kinds().count("album") == 1
+    # The lost job turning up late changes nothing.
+    assert not await h.service.finish(generation_id=generation_id, webhook=webhook)
+    assert h.messenger.kinds().count("album") == 1
 
 
 async def test_sweep_reenqueues_a_lost_job_and_releases_past_the_timeout(make: Callable[..., Any]) -> None:
@@ -304,6 +344,7 @@ async def test_a_defective_portrait_earns_one_free_regeneration(make: Callable[.
     await h.fal.complete(h.fal.submissions[0].request_id, deliver=False)
     webhook = parse_webhook(h.fal.webhook_body(h.fal.submissions[0].request_id))
     assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
+    assert await h.service.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
     row = await h.row(generation_id)
     assert row.results[0]["quality"] == {"ok": False, "defects": ["extra_fingers"]}
     assert row.config["free_regeneration"] == "offered"

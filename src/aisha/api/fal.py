@@ -19,7 +19,7 @@ from aisha.providers.fal_webhook import FalWebhook, JwksUnavailable, WebhookReje
 WEBHOOK_PATH = "/webhooks/fal"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a training or image result is a few KB of JSON
 
-# (the id from the URL, the verified webhook) → whether anything changed
+# (the id from the URL, the verified webhook) → whether it was acted on (applied, or queued for a job)
 WebhookTarget = Callable[[str, FalWebhook], Awaitable[bool]]
 
 router = APIRouter()

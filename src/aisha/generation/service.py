@@ -10,6 +10,10 @@ Slow work (vision, the LLM, FAL, downloads) never runs inside a transaction. The
 (PENDING → SUBMITTED) before the submission, so two runs of the job never submit twice; a
 submission whose outcome is unknown keeps its hold and is settled by its webhook or the timeout.
 
+FAL's webhook only checks the row and queues the `generation.finish` job, so FAL never waits on
+downloads, Telegram or vision. A lost finish job is caught by the sweep, which polls FAL for rows
+at the provider once `poll_after` has passed since the webhook touched them.
+
 "Delivered" means generated, not blocked by the safety checker, downloaded and stored: the
 gallery has it even if Telegram fails to show it at that moment.
 """
@@ -39,7 +43,7 @@ from aisha.billing.prices import PriceList
 from aisha.billing.service import LedgerService
 from aisha.clock import Clock
 from aisha.db.base import JobStatus
-from aisha.db.session import unit_of_work
+from aisha.db.session import after_commit, unit_of_work
 from aisha.generation.enhance import PromptEnhancer, PromptSubject
 from aisha.generation.errors import (
     AvatarNotReady,
@@ -83,6 +87,7 @@ ASPECT_RATIOS: dict[str, str] = {
     "16:9": "landscape_16_9",
 }
 JOB_NAME = "generation.run"
+FINISH_JOB = "generation.finish"
 DEFAULT_RATIO = "3:4"
 MAX_IMAGES = 4
 IN_FLIGHT = (JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.RUNNING)
@@ -420,6 +425,7 @@ class GenerationService:
         notifier: GenerationNotifier,
         rules: GenerationRules,
         enqueue: Callable[[uuid.UUID], Awaitable[None]],
+        enqueue_finish: Callable[[uuid.UUID, FalWebhook], Awaitable[None]],
         metrics: JobMetrics | None = None,
     ) -> None:
         self._sessions = sessions
@@ -435,6 +441,7 @@ class GenerationService:
         self._notifier = notifier
         self.rules = rules
         self._enqueue = enqueue
+        self._enqueue_finish = enqueue_finish
 
     # --- quoting and checks --------------------------------------------------------------------
 
@@ -762,16 +769,29 @@ class GenerationService:
     # --- outcomes ------------------------------------------------------------------------------
 
     async def apply_webhook(self, *, generation_id: uuid.UUID, webhook: FalWebhook) -> bool:
-        """A verified FAL webhook for this generation. True if it changed something."""
+        """A verified FAL webhook for this generation: queue `finish`. True if it was queued."""
+        async with unit_of_work(self._sessions) as session:
+            row = await session.get(ImageGeneration, generation_id, with_for_update=True)
+            if row is None or row.status not in AT_PROVIDER:
+                return False  # a delivery repeated after the job settled it, or deleted meanwhile
+            # Only the signed request id counts; the URL's id only says where to look.
+            if row.provider_request_id not in (None, webhook.request_id):
+                log.warning("generation.webhook_request_mismatch", generation_id=str(generation_id))
+                return False
+            # A submission whose answer was lost learns its request id here, so the sweep can poll
+            # FAL if the job is lost; the fresh `updated_at` gives the job `poll_after` first.
+            row.provider_request_id = webhook.request_id
+            row.updated_at = self._clock.now()
+            after_commit(session, lambda: self._enqueue_finish(generation_id, webhook))
+        return True
+
+    async def finish(self, *, generation_id: uuid.UUID, webhook: FalWebhook) -> bool:
+        """The `generation.finish` job: apply the webhook's outcome. True if this call settled it."""
         async with self._sessions() as session:
             row = await session.get(ImageGeneration, generation_id)
             if row is None or row.status not in AT_PROVIDER:
-                return False  # a repeated delivery, or deleted meanwhile
-            known, endpoint = row.provider_request_id, row.provider_endpoint or ""
-        # Only the signed request id counts; the URL's id only says where to look.
-        if known is not None and known != webhook.request_id:
-            log.warning("generation.webhook_request_mismatch", generation_id=str(generation_id))
-            return False
+                return False  # settled by an earlier run, a repeated webhook or the sweep
+            endpoint = row.provider_endpoint or ""
         output: ImagesOutput | None = None
         if webhook.ok:
             try:
@@ -1012,7 +1032,11 @@ class GenerationService:
     # --- recovery ------------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """Re-drive generations stuck in flight; release those past the timeout. Idempotent."""
+        """Re-drive generations stuck in flight; release those past the timeout. Idempotent.
+
+        Rows at the provider are polled: that also settles one whose webhook came but whose
+        `finish` job was lost.
+        """
         now = self._clock.now()
         handled = 0
         async with self._sessions() as session:
@@ -1167,6 +1191,7 @@ class GenerationService:
 __all__ = [
     "ASPECT_RATIOS",
     "DEFAULT_RATIO",
+    "FINISH_JOB",
     "MAX_IMAGES",
     "NEW_CALLBACK",
     "AvatarChoice",
