@@ -8,12 +8,16 @@ signed exactly as FAL signs it, with an Ed25519 key generated at start and publi
 A second key (``"unknown"``) is not published, for forging.
 
 Jobs end when the test says so (``await fal.complete(request_id, output=... | error=...)``) or,
-with ``complete_after=<seconds>``, on their own. Default outputs: endpoints whose id contains
+with ``complete_after=<seconds>`` (trainings: ``training_complete_after``), on their own. Default outputs: endpoints whose id contains
 "train" answer like the FLUX LoRA trainers (a ``.safetensors`` file and a config file served
 under ``/files/``); every other endpoint answers like fal-ai/flux-lora and fal-ai/flux/*:
 ``num_images`` real PNG images served under ``/files/`` (always PNG, whatever ``output_format``
 asks; an image flagged NSFW is black, as FAL's safety checker returns it), ``has_nsfw_concepts``
-taken from ``fal.nsfw_flags``, the seed echoed or drawn.
+taken from ``fal.nsfw_flags``, the seed echoed or drawn. An ``image_renderer`` draws the images
+instead of the plain colours (the sandbox marks its pictures so).
+
+With ``state_dir`` the jobs, files and signing key are kept there and loaded at start, so a
+restarted sandbox still serves its files; ``resume_jobs()`` re-arms the unfinished jobs.
 
 It runs inside the caller's event loop (``aiohttp.web``); image encoding runs in a thread.
 """
@@ -34,7 +38,8 @@ import uuid
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -42,6 +47,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aisha.sandbox._http import LoopbackServer
+from aisha.sandbox._state import read_json, write_json_atomically
 
 __all__ = [
     "FakeFalJob",
@@ -55,6 +61,8 @@ log = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
 KeyName = Literal["test", "unknown"]
+# (prompt, width, height, seed) -> PNG bytes; runs in a thread.
+ImageRenderer = Callable[[str, int, int, int], bytes]
 
 _NAMESPACES = frozenset({"workflows", "comfy"})
 _IMAGE_SIZES = {
@@ -167,7 +175,10 @@ class FakeFalServer(LoopbackServer):
         host: str = "127.0.0.1",
         port: int = 0,
         complete_after: float | None = None,
+        training_complete_after: float | None = None,
+        image_renderer: ImageRenderer | None = None,
         webhook_timeout: float = 10.0,
+        state_dir: Path | None = None,
     ) -> None:
         self.key = key
         self.user_id = user_id
@@ -182,9 +193,13 @@ class FakeFalServer(LoopbackServer):
         self._refusals: deque[_Refusal] = deque()
         self._outages: deque[int] = deque()
         self._submitted = asyncio.Condition()
+        self._image_renderer = image_renderer
+        self._state_dir = state_dir
+        self._restored: list[FakeFalJob] = []  # loaded from state_dir, not yet re-armed
 
         # Knobs a test may turn at any time.
         self.complete_after = complete_after  # seconds until a job ends by itself; None: only on complete()
+        self.training_complete_after = training_complete_after  # the same for trainings; None: complete_after
         self.nsfw_flags: list[bool] = []  # has_nsfw_concepts of the next image outputs (missing: False)
         self.published_keys: list[str] = ["test"]  # key names served in the JWKS (append "unknown" to rotate)
 
@@ -196,11 +211,14 @@ class FakeFalServer(LoopbackServer):
         self._pending_uploads: dict[str, str] = {}  # upload name -> content type
         self.jwks_requests = 0
         self.requests: list[tuple[str, str]] = []  # (method, path?query) of every queue API call
+        self.timeline: list[tuple[float, str, str]] = []  # the same with time.time(), for the sandbox panel
         self.errors: list[str] = []  # unexpected exceptions inside the fake; should stay empty
 
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self._state_dir is not None:
+            self._load_state(self._state_dir)
         app = web.Application(middlewares=[self._guard], client_max_size=32 * 1024 * 1024)
         app.router.add_get("/.well-known/jwks.json", self._jwks)
         app.router.add_get("/files/{name}", self._file)
@@ -255,6 +273,7 @@ class FakeFalServer(LoopbackServer):
         job = self._job(request_id)
         if job.state == "IN_QUEUE":
             job.state = "IN_PROGRESS"
+            self._save_state()
 
     async def complete(
         self,
@@ -284,6 +303,7 @@ class FakeFalServer(LoopbackServer):
             job.output = output if output is not None else await self._default_output(job, nsfw)
         job.state = "COMPLETED"
         job.completed_at = time.monotonic()
+        self._save_state()
         if deliver and job.webhook_url:
             return await self.deliver(request_id)
         return None
@@ -371,6 +391,7 @@ class FakeFalServer(LoopbackServer):
         public = request.path == "/.well-known/jwks.json" or request.path.startswith(("/files/", "/uploads/"))
         if not public:
             self.requests.append((request.method, request.path_qs))
+            self.timeline.append((time.time(), request.method, request.path_qs))
             if self._outages:
                 status = self._outages.popleft()
                 page = (
@@ -412,11 +433,11 @@ class FakeFalServer(LoopbackServer):
             webhook_url=request.query.get("fal_webhook"),
         )
         self.jobs[request_id] = job
+        self._save_state()
         async with self._submitted:
             self.submissions.append(job)
             self._submitted.notify_all()
-        if self.complete_after is not None:
-            self._spawn(self._auto_complete(job, self.complete_after))
+        self._arm(job)
         urls = self._urls(job)
         return web.json_response(
             {
@@ -475,6 +496,7 @@ class FakeFalServer(LoopbackServer):
             job.error, job.error_status, job.error_type = "Request was cancelled", 499, "client_cancelled"
             job.state = "COMPLETED"
             job.completed_at = time.monotonic()
+        self._save_state()
         return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
 
     # ------------------------------------------------------------------------------ HTTP: public
@@ -502,6 +524,7 @@ class FakeFalServer(LoopbackServer):
         file_name = str(body.get("file_name") or "upload.bin")
         name = f"upload-{secrets.token_hex(6)}-{file_name.replace('/', '_')}"
         self._pending_uploads[name] = str(body.get("content_type") or "application/octet-stream")
+        self._save_state()
         return web.json_response(
             {"upload_url": f"{self.base_url}/uploads/{name}", "file_url": f"{self.base_url}/files/{name}"}
         )
@@ -511,7 +534,7 @@ class FakeFalServer(LoopbackServer):
         content_type = self._pending_uploads.pop(name, None)
         if content_type is None:
             return web.json_response({"detail": "Unknown upload"}, status=404)
-        self.files[name] = (await request.read(), content_type)
+        self._put_file(name, await request.read(), content_type)
         return web.Response(status=200)
 
     async def _file(self, request: web.Request) -> web.Response:
@@ -601,8 +624,8 @@ class FakeFalServer(LoopbackServer):
             header += b" " * (-len(header) % 8)
             lora = struct.pack("<Q", len(header)) + header
             config = json.dumps({"input": job.payload}).encode()
-            self.files[lora_name] = (lora, "application/octet-stream")
-            self.files[config_name] = (config, "application/json")
+            self._put_file(lora_name, lora, "application/octet-stream")
+            self._put_file(config_name, config, "application/json")
             return {
                 "diffusers_lora_file": {
                     "url": f"{self.base_url}/files/{lora_name}",
@@ -627,12 +650,15 @@ class FakeFalServer(LoopbackServer):
         flags = list(nsfw if nsfw is not None else self.nsfw_flags)[:count]
         flags += [False] * (count - len(flags))
         checker_on = payload.get("enable_safety_checker", True) is not False
-        colours = [(0, 0, 0) if flag and checker_on else _colour(seed + i) for i, flag in enumerate(flags)]
-        encoded = await asyncio.to_thread(lambda: [png_bytes(width, height, c) for c in colours])
+        blacked = [flag and checker_on for flag in flags]
+        prompt = str(payload.get("prompt", ""))
+        encoded = await asyncio.to_thread(
+            lambda: [self._render(prompt, width, height, seed + i, black) for i, black in enumerate(blacked)]
+        )
         images = []
         for index, data in enumerate(encoded):
             name = f"{file_id}-{index}.png"
-            self.files[name] = (data, "image/png")
+            self._put_file(name, data, "image/png")
             images.append(
                 {
                     "url": f"{self.base_url}/files/{name}",
@@ -651,13 +677,90 @@ class FakeFalServer(LoopbackServer):
             "prompt": payload.get("prompt", ""),
         }
 
+    def _render(self, prompt: str, width: int, height: int, seed: int, black: bool) -> bytes:
+        if black:  # what FAL's safety checker returns
+            return png_bytes(width, height, (0, 0, 0))
+        if self._image_renderer is not None:
+            return self._image_renderer(prompt, width, height, seed)
+        return png_bytes(width, height, _colour(seed))
+
+    def _arm(self, job: FakeFalJob) -> None:
+        """Let the job end by itself if auto-completion is on; a restored job keeps its age."""
+        delay = self.complete_after
+        if self._is_trainer(job.endpoint) and self.training_complete_after is not None:
+            delay = self.training_complete_after
+        if delay is not None and job.state != "COMPLETED":
+            age = time.monotonic() - job.submitted_at
+            self._spawn(self._auto_complete(job, max(0.0, delay - age)))
+
     async def _auto_complete(self, job: FakeFalJob, delay: float) -> None:
         await asyncio.sleep(delay / 2)
         if job.state == "IN_QUEUE":
             job.state = "IN_PROGRESS"
+            self._save_state()
         await asyncio.sleep(delay / 2)
         if job.state != "COMPLETED":
             await self.complete(job.request_id)
+
+    # ------------------------------------------------------------------------------ persistence
+
+    def resume_jobs(self) -> None:
+        """Re-arm the unfinished jobs loaded from ``state_dir``; call it once webhooks can be taken."""
+        restored, self._restored = self._restored, []
+        for job in restored:
+            self._arm(job)
+
+    def _put_file(self, name: str, data: bytes, content_type: str) -> None:
+        self.files[name] = (data, content_type)
+        if self._state_dir is not None:
+            path = self._state_dir / "files" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            self._save_state()
+
+    def _save_state(self) -> None:
+        if self._state_dir is None:
+            return
+        now_wall, now_mono = time.time(), time.monotonic()
+
+        def job_state(job: FakeFalJob) -> JsonDict:
+            # Monotonic times mean nothing to the next process: keep wall-clock times instead.
+            data = asdict(job)
+            data["submitted_at"] = now_wall - (now_mono - job.submitted_at)
+            data["completed_at"] = (
+                None if job.completed_at is None else now_wall - (now_mono - job.completed_at)
+            )
+            return data
+
+        key = self._signing_keys["test"].private_bytes_raw().hex()
+        write_json_atomically(
+            self._state_dir / "state.json",
+            {
+                "signing_key": key,
+                "jobs": [job_state(job) for job in self.jobs.values()],
+                "files": {name: content_type for name, (_, content_type) in self.files.items()},
+                "pending_uploads": self._pending_uploads,
+            },
+        )
+
+    def _load_state(self, state_dir: Path) -> None:
+        state = read_json(state_dir / "state.json")
+        if state is None:
+            return
+        self._signing_keys["test"] = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(state["signing_key"]))
+        now_wall, now_mono = time.time(), time.monotonic()
+        for data in state["jobs"]:
+            data["submitted_at"] = now_mono - (now_wall - data["submitted_at"])
+            if data["completed_at"] is not None:
+                data["completed_at"] = now_mono - (now_wall - data["completed_at"])
+            job = FakeFalJob(**data)
+            self.jobs[job.request_id] = job
+            self._restored.append(job)
+        self.files = {
+            name: ((state_dir / "files" / name).read_bytes(), content_type)
+            for name, content_type in state["files"].items()
+        }
+        self._pending_uploads = dict(state["pending_uploads"])
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def run() -> None:

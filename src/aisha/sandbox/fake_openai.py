@@ -208,22 +208,33 @@ class FakeOpenAIServer(LoopbackServer):
     the transcription texts: a list consumed one per successful call, or a callable of the
     :class:`TranscriptionRequest`; ``delay`` (seconds, or a callable of the request) slows
     answers down to exercise concurrency; ``chat_handler`` builds chat completion bodies.
+    ``transcripts`` and ``structured_replies`` may also be given here (the sandbox does).
     """
 
-    def __init__(self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        transcripts: TranscriptScript | None = None,
+        structured_replies: dict[str, StructuredReply] | None = None,
+    ) -> None:
         self._api_key = api_key
         super().__init__(host=host, port=port)
         self._failures: list[_Failure] = []
         self._ids = itertools.count(1)
 
-        self.transcripts: list[str | FakeTranscript] | TranscriptScript | None = None
+        self.transcripts: list[str | FakeTranscript] | TranscriptScript | None = transcripts
         self.delay: float | Callable[[TranscriptionRequest], float] = 0.0
         self.chat_handler: ChatHandler | None = None
         self.chat_reply = "Simulated answer."
         # Structured output by json_schema name (see _structured_answer).
-        self.structured_replies: dict[str, StructuredReply] = {}
+        self.structured_replies: dict[str, StructuredReply] = dict(structured_replies or {})
         self.transcription_calls: list[TranscriptionRequest] = []
         self.chat_calls: list[JsonDict] = []
+        # (time.time(), endpoint, summary) of every call, for the sandbox panel.
+        self.timeline: list[tuple[float, str, str]] = []
         # Unexpected exceptions inside the fake itself: tests can assert this stays empty.
         self.errors: list[str] = []
 
@@ -337,6 +348,8 @@ class FakeOpenAIServer(LoopbackServer):
         finally:
             call.data = b""  # records stay small however many uploads a sandbox session sees
             self.transcription_calls.append(call)
+            length = "" if call.duration is None else f", {call.duration:.1f} s"
+            self.timeline.append((call.time, "audio/transcriptions", f"{call.filename}{length}"))
         call.status = response.status
         return response
 
@@ -435,6 +448,8 @@ class FakeOpenAIServer(LoopbackServer):
         if not isinstance(body, dict) or not body.get("model") or not body.get("messages"):
             return _error(400, "'model' and 'messages' are required properties.")
         self.chat_calls.append(body)
+        schema = chat_json_schema(body)
+        self.timeline.append((time.time(), "chat/completions", schema[0] if schema else str(body["model"])))
         if body.get("stream"):
             return _error(400, "streaming is not supported by this fake")
         if (failure := self._scripted_failure("chat", body)) is not None:

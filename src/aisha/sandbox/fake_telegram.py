@@ -17,7 +17,6 @@ import asyncio
 import copy
 import hashlib
 import hmac
-import itertools
 import json
 import logging
 import mimetypes
@@ -26,14 +25,16 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from aisha.sandbox._http import LoopbackServer
+from aisha.sandbox._state import read_json, write_json_atomically
 
 __all__ = [
     "FakeTelegramServer",
@@ -150,6 +151,24 @@ _BUTTON_ACTIONS = frozenset(
         "pay",
     }
 )
+# Methods that change nothing worth showing or keeping; every other successful call counts as a change.
+_READ_ONLY_METHODS = frozenset(
+    {
+        "getme",
+        "getupdates",
+        "getwebhookinfo",
+        "sendchataction",
+        "getfile",
+        "getmycommands",
+        "getchat",
+        "getchatmenubutton",
+        "answercallbackquery",
+        "answerprecheckoutquery",
+        "close",
+        "logout",
+    }
+)
+_STATE_FORMAT = 1
 _COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _LEADING_COMMAND_RE = re.compile(r"^/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{1,64})?")
 _SECRET_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -353,7 +372,10 @@ class FakeTelegramServer(LoopbackServer):
         bot_first_name: str = "Aisha",
         host: str = "127.0.0.1",
         port: int = 0,
+        state_dir: Path | None = None,
     ) -> None:
+        """``state_dir``: keep the chats, files and counters there (saved on every change, loaded
+        here), so a sandbox restarted on the same folder carries on the same conversation."""
         self._token = token
         prefix = token.split(":", 1)[0]
         self._bot_id = int(prefix) if prefix.isdigit() else 123456
@@ -386,14 +408,22 @@ class FakeTelegramServer(LoopbackServer):
         self._chats: dict[int, _ChatLog] = {}
         self._files: dict[str, StoredFile] = {}
         self._files_by_path: dict[str, StoredFile] = {}
-        self._file_counter = itertools.count(1)
-        self._query_counter = itertools.count(1)
+        self._last_file_number = 0
+        self._last_query_number = 0
         self._open_callback_queries: dict[str, JsonDict] = {}
         self._open_pre_checkouts: dict[str, JsonDict] = {}
         self._charges: dict[str, _Charge] = {}
         self._commands: dict[tuple[str, str], list[JsonDict]] = {}
         self._menu_buttons: dict[int | None, JsonDict] = {}
         self._invoice_links: dict[str, JsonDict] = {}
+        self._invoice_payloads: dict[tuple[int, int], str] = {}  # (chat, message) -> payload
+
+        # Increases on every change to a chat (messages, edits, keyboards, commands).
+        self.version = 0
+        self._listeners: list[Callable[[], None]] = []
+        self._state_dir = state_dir
+        if state_dir is not None:
+            self._load_state(state_dir)
 
         handlers: dict[str, _Handler] = {
             "getMe": self._get_me,
@@ -469,6 +499,10 @@ class FakeTelegramServer(LoopbackServer):
     @property
     def bot_username(self) -> str:
         return self._bot_username
+
+    @property
+    def bot_first_name(self) -> str:
+        return self._bot_first_name
 
     @property
     def webhook(self) -> WebhookConfig | None:
@@ -590,6 +624,8 @@ class FakeTelegramServer(LoopbackServer):
             return self._respond(call, _ApiError(500, f"Internal Server Error: {exc!r}"))
         call.result = result
         self._notify_calls()
+        if call.method.lower() not in _READ_ONLY_METHODS:
+            self._changed()
         return web.json_response({"ok": True, "result": result})
 
     def _record(self, method: str, params: JsonDict, uploads: dict[str, _Upload]) -> RecordedCall:
@@ -639,6 +675,7 @@ class FakeTelegramServer(LoopbackServer):
             width=width,
             height=height,
         )
+        self._changed()
         return stored.file_id, stored.file_unique_id
 
     def get_file(self, file_id: str) -> StoredFile | None:
@@ -655,7 +692,8 @@ class FakeTelegramServer(LoopbackServer):
         width: int | None = None,
         height: int | None = None,
     ) -> StoredFile:
-        number = next(self._file_counter)
+        self._last_file_number += 1
+        number = self._last_file_number
         folder, _, base = file_path_hint.rpartition("/")
         suffix = "." + base.rsplit(".", 1)[1] if "." in base else ""
         file_path = f"{folder or 'documents'}/file_{number}{suffix}"
@@ -682,6 +720,8 @@ class FakeTelegramServer(LoopbackServer):
         )
         self._files[stored.file_id] = stored
         self._files_by_path[file_path] = stored
+        if content is not None and self._state_dir is not None:
+            _write_file(self._state_dir / "files" / file_path, content)
         return stored
 
     def _resolve_input_file(self, value: Any, uploads: dict[str, _Upload], *, kind: str) -> StoredFile:
@@ -724,6 +764,10 @@ class FakeTelegramServer(LoopbackServer):
     def next_update_id(self) -> int:
         self._last_update_id += 1
         return self._last_update_id
+
+    def _next_query_id(self) -> str:
+        self._last_query_number += 1
+        return f"{self._bot_id}{self._last_query_number:08d}"
 
     def queue_update(self, update: JsonDict) -> None:
         """Queue an update for ``getUpdates`` (and wake a pending long poll)."""
@@ -821,6 +865,7 @@ class FakeTelegramServer(LoopbackServer):
         if isinstance(payment, dict) and "telegram_payment_charge_id" in payment:
             user_id = int(update["message"]["from"]["id"])
             self._charges.setdefault(str(payment["telegram_payment_charge_id"]), _Charge(user_id))
+        self._changed()
 
     # ------------------------------------------------------------------------ update builders
 
@@ -909,7 +954,9 @@ class FakeTelegramServer(LoopbackServer):
             message["successful_payment"] = payment
             # Known from now on, so refundStarPayment works even if the update bypasses the server.
             self._charges.setdefault(str(payment["telegram_payment_charge_id"]), _Charge(user.id))
-        return {"update_id": self.next_update_id() if update_id is None else update_id, "message": message}
+        update = {"update_id": self.next_update_id() if update_id is None else update_id, "message": message}
+        self._changed()
+        return update
 
     def successful_payment_update(
         self,
@@ -939,7 +986,7 @@ class FakeTelegramServer(LoopbackServer):
         chat_id = int(message["chat"]["id"])
         stored = self._chat_log(chat_id).messages.get(int(message["message_id"]))
         current = _api_message(stored.message if stored is not None else message)
-        query_id = f"{self._bot_id}{next(self._query_counter):08d}"
+        query_id = self._next_query_id()
         query: JsonDict = {
             "id": query_id,
             "from": user.to_dict(),
@@ -948,14 +995,16 @@ class FakeTelegramServer(LoopbackServer):
             "data": data,
         }
         self._open_callback_queries[query_id] = query
-        return {"update_id": self.next_update_id(), "callback_query": query}
+        update = {"update_id": self.next_update_id(), "callback_query": query}
+        self._changed()
+        return update
 
     def pre_checkout_update(
         self, user: FakeUser, *, currency: str, total_amount: int, invoice_payload: str
     ) -> JsonDict:
         """A ``pre_checkout_query`` update: ``user`` pressed Pay on an invoice."""
         self._users[user.id] = user
-        query_id = f"{self._bot_id}{next(self._query_counter):08d}"
+        query_id = self._next_query_id()
         query: JsonDict = {
             "id": query_id,
             "from": user.to_dict(),
@@ -964,7 +1013,9 @@ class FakeTelegramServer(LoopbackServer):
             "invoice_payload": invoice_payload,
         }
         self._open_pre_checkouts[query_id] = query
-        return {"update_id": self.next_update_id(), "pre_checkout_query": query}
+        update = {"update_id": self.next_update_id(), "pre_checkout_query": query}
+        self._changed()
+        return update
 
     # ----------------------------------------------------------------------- chat inspection
 
@@ -998,6 +1049,21 @@ class FakeTelegramServer(LoopbackServer):
         """The ``createInvoiceLink`` parameters behind a link the bot created."""
         return copy.deepcopy(self._invoice_links.get(link))
 
+    def commands_for(self, chat_id: int, language_code: str | None) -> list[JsonDict]:
+        """The command menu a private chat shows: the narrowest scope set, in the user's language
+        first, as Telegram resolves it."""
+        scopes = ({"type": "chat", "chat_id": chat_id}, {"type": "all_private_chats"}, None)
+        for scope in scopes:
+            for language in (language_code or "", ""):
+                commands = self._commands.get(_commands_key(scope, language))
+                if commands:
+                    return copy.deepcopy(commands)
+        return []
+
+    def invoice_payload(self, chat_id: int, message_id: int) -> str | None:
+        """The ``payload`` the bot gave the invoice shown in this message (None: not an invoice)."""
+        return self._invoice_payloads.get((chat_id, message_id))
+
     def _chat_log(self, chat_id: int) -> _ChatLog:
         return self._chats.setdefault(chat_id, _ChatLog())
 
@@ -1015,6 +1081,90 @@ class FakeTelegramServer(LoopbackServer):
             "first_name": self._bot_first_name,
             "username": self._bot_username,
         }
+
+    # ---------------------------------------------------------------- changes and persistence
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (no arguments, in the event loop) after every change to a chat."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        self.version += 1
+        if self._state_dir is not None:
+            write_json_atomically(self._state_dir / "state.json", self._snapshot())
+        for listener in self._listeners:
+            listener()
+
+    def _snapshot(self) -> JsonDict:
+        """What a restart must keep, as JSON; file bytes live next to it under ``files/``."""
+        return {
+            "format": _STATE_FORMAT,
+            "version": self.version,
+            "last_update_id": self._last_update_id,
+            "last_file_number": self._last_file_number,
+            "last_query_number": self._last_query_number,
+            "users": [asdict(user) for user in self._users.values()],
+            "chats": {
+                str(chat_id): {
+                    "last_message_id": chat_log.last_message_id,
+                    "reply_keyboard": chat_log.reply_keyboard,
+                    "messages": [
+                        {"message": stored.message, "edited": stored.edited}
+                        for stored in chat_log.messages.values()
+                    ],
+                }
+                for chat_id, chat_log in self._chats.items()
+            },
+            "files": [
+                {
+                    "file_id": f.file_id,
+                    "file_unique_id": f.file_unique_id,
+                    "file_path": f.file_path,
+                    "has_content": f.content is not None,
+                    "url": f.url,
+                    "file_name": f.file_name,
+                    "mime_type": f.mime_type,
+                    "width": f.width,
+                    "height": f.height,
+                }
+                for f in self._files.values()
+            ],
+            "commands": [
+                [scope, language, commands] for (scope, language), commands in self._commands.items()
+            ],
+            "charges": {charge_id: asdict(charge) for charge_id, charge in self._charges.items()},
+            "invoices": [
+                [chat, message, payload] for (chat, message), payload in self._invoice_payloads.items()
+            ],
+        }
+
+    def _load_state(self, state_dir: Path) -> None:
+        state = read_json(state_dir / "state.json")
+        if state is None:
+            return
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"{state_dir / 'state.json'} has an unknown format; move the folder away")
+        self.version = int(state["version"])
+        self._last_update_id = int(state["last_update_id"])
+        self._last_file_number = int(state["last_file_number"])
+        self._last_query_number = int(state["last_query_number"])
+        self._users = {int(user["id"]): FakeUser(**user) for user in state["users"]}
+        for chat_id, chat in state["chats"].items():
+            chat_log = self._chat_log(int(chat_id))
+            chat_log.last_message_id = int(chat["last_message_id"])
+            chat_log.reply_keyboard = chat["reply_keyboard"]
+            for item in chat["messages"]:
+                message_id = int(item["message"]["message_id"])
+                chat_log.messages[message_id] = _StoredMessage(item["message"], edited=bool(item["edited"]))
+        for item in state["files"]:
+            has_content = item.pop("has_content")
+            path = state_dir / "files" / item["file_path"]
+            stored = StoredFile(**item, content=path.read_bytes() if has_content else None)
+            self._files[stored.file_id] = stored
+            self._files_by_path[stored.file_path] = stored
+        self._commands = {(scope, language): commands for scope, language, commands in state["commands"]}
+        self._charges = {charge_id: _Charge(**charge) for charge_id, charge in state["charges"].items()}
+        self._invoice_payloads = {(chat, message): payload for chat, message, payload in state["invoices"]}
 
     # ------------------------------------------------------------------------ method handlers
 
@@ -1395,7 +1545,9 @@ class FakeTelegramServer(LoopbackServer):
     async def _send_invoice(self, req: _Request) -> JsonDict:
         chat_id = _chat_id(req.params)
         invoice = self._invoice_params(req.params)
-        return self._new_bot_message(chat_id, req.params, {"invoice": invoice})
+        message = self._new_bot_message(chat_id, req.params, {"invoice": invoice})
+        self._invoice_payloads[(chat_id, message["message_id"])] = str(req.params["payload"])
+        return message
 
     async def _create_invoice_link(self, req: _Request) -> str:
         self._invoice_params(req.params)
@@ -1698,6 +1850,11 @@ def _photo_size(stored: StoredFile, width: int, height: int) -> JsonDict:
     if stored.file_size is not None:
         size["file_size"] = stored.file_size
     return size
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
 
 
 def _utf16_len(text: str) -> int:
