@@ -14,9 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Set up and run the bot (needs BOT_TOKEN; see README).
+## Set up and run the bot (needs BOT_TOKEN; see README). Without a BOT_TOKEN in the environment
+## or in ./.env it runs the sandbox instead: the whole bot against built-in fakes, in the browser.
 run: $(STAMP)
-	$(BIN)/aisha run
+	@if [ -n "$$BOT_TOKEN" ] || grep -Eqs '^[[:space:]]*(export[[:space:]]+)?BOT_TOKEN=[^[:space:]]' .env; then \
+		$(BIN)/aisha run; \
+	else \
+		$(BIN)/aisha sandbox; \
+	fi
 
 ## Set up and run the tests.
 test: $(STAMP)

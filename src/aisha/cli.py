@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from aisha.config import ConfigError, Settings, load_settings
+from aisha.config import ConfigError, Locale, Settings, load_settings
 
 app = typer.Typer(
     help="Aisha: a Telegram bot for AI avatars, images and transcription.", no_args_is_help=True
 )
 T = TypeVar("T")
+SANDBOX_DIR = Path("data/sandbox")
 
 
 def _fail(message: str) -> None:
@@ -82,6 +84,42 @@ def api() -> None:
 def worker() -> None:
     """Run a worker process: queued jobs from Redis and the recovery sweep (needs REDIS_URL)."""
     _serve("worker")
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port of the chat page")] = 8090,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where the database, files and chat are kept")
+    ] = SANDBOX_DIR,
+    training_delay: Annotated[
+        float, typer.Option("--training-delay", min=0, help="Seconds until an avatar's training completes")
+    ] = 20.0,
+    language: Annotated[Locale, typer.Option("--language", help="The simulated user's language")] = Locale.EN,
+) -> None:
+    """Run the whole bot with no keys, against built-in fakes of Telegram, FAL and OpenAI, and chat
+    with it in the browser. Stops with Ctrl-C; start it again on the same --data-dir to carry on."""
+    import signal
+
+    from aisha.logs import configure_logging
+    from aisha.sandbox.app import Sandbox, SandboxStartError
+
+    configure_logging(level="WARNING", json=False)  # the terminal shows the URL, then only trouble
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        box = Sandbox(data_dir=data_dir, port=port, training_delay=training_delay, language=language.value)
+        async with box:
+            typer.echo(f"Aisha sandbox: open {box.url} (Ctrl-C stops it)")
+            await stop.wait()
+
+    try:
+        _guarded(lambda: asyncio.run(main()))
+    except SandboxStartError as exc:
+        _fail(str(exc))
 
 
 @app.command()

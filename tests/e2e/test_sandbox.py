@@ -1,0 +1,386 @@
+"""`aisha sandbox` through its page API: the whole bot against the fakes, as the chat page uses it.
+
+Each test starts a Sandbox on a temporary data folder (training takes about a second here) and
+talks to it over HTTP as the page does: /api/message, /api/upload, /api/press, /api/pay, and reads
+/api/chat and /api/panel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from aisha.sandbox.app import USER_ID, Sandbox, SandboxStartError
+from aisha.transcription.audio import find_ffmpeg
+from tests.e2e.test_avatars import enqueue_seeded_training
+from tests.media import DISTINCT, face_photo
+
+Json = dict[str, Any]
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
+    async with Sandbox(data_dir=tmp_path / "sandbox", port=0, training_delay=1.0) as box:
+        yield box
+
+
+@pytest.fixture
+async def client(sandbox: Sandbox) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=sandbox.url) as session:
+        yield session
+
+
+def tone(path: Path, seconds: int) -> bytes:
+    """A tone encoded with Opus, in the container the file name says (.ogg or .webm)."""
+    source = ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "libopus", "-b:a", "24k"]
+    subprocess.run(
+        [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", *source, str(path)], check=True
+    )
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A 3-second Opus voice note (a tone: the sandbox's speech service doesn't listen)."""
+    return tone(tmp_path_factory.mktemp("voice") / "voice.ogg", 3)
+
+
+# --- acting as the page ---------------------------------------------------------------------------
+
+
+async def call(client: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with client.request(method, path, **kwargs) as response:
+        return response.status, await response.json()
+
+
+async def chat(client: aiohttp.ClientSession) -> Json:
+    status, body = await call(client, "GET", "/api/chat")
+    assert status == 200
+    return body  # type: ignore[no-any-return]
+
+
+async def say(client: aiohttp.ClientSession, text: str) -> int:
+    status, body = await call(client, "POST", "/api/message", json={"text": text})
+    assert status == 200 and body["ok"], body
+    return int(body["message_id"])
+
+
+async def press(client: aiohttp.ClientSession, message: Json, prefix: str) -> Json:
+    """Press the first inline button under `message` whose callback data starts with `prefix`."""
+    data = next(data for data in callback_data(message) if data.startswith(prefix))
+    status, body = await call(
+        client, "POST", "/api/press", json={"message_id": message["message_id"], "data": data}
+    )
+    assert status == 200 and body["ok"], body
+    return body  # type: ignore[no-any-return]
+
+
+async def upload(client: aiohttp.ClientSession, kind: str, *files: tuple[str, bytes]) -> tuple[int, Any]:
+    form = aiohttp.FormData()
+    form.add_field("kind", kind)
+    for name, data in files:
+        form.add_field("file", data, filename=name)
+    return await call(client, "POST", "/api/upload", data=form)
+
+
+def callback_data(message: Json) -> list[str]:
+    rows = (message.get("reply_markup") or {}).get("inline_keyboard", [])
+    return [button["callback_data"] for row in rows for button in row if "callback_data" in button]
+
+
+async def bot_message(
+    client: aiohttp.ClientSession, where: Callable[[Json], bool], *, timeout: float = 15.0
+) -> Json:
+    """The newest message from the bot matching `where`, waiting for it to arrive."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        messages = (await chat(client))["messages"]
+        found = [m for m in messages if not m["outgoing"] and where(m)]
+        if found:
+            return found[-1]
+        if asyncio.get_running_loop().time() > deadline:
+            texts = [m.get("text") or m.get("caption") for m in messages]
+            raise AssertionError(f"no such bot message within {timeout}s; the chat: {texts}")
+        await asyncio.sleep(0.1)
+
+
+def text_has(part: str) -> Callable[[Json], bool]:
+    return lambda message: part in (message.get("text") or message.get("caption") or "")
+
+
+async def panel(client: aiohttp.ClientSession) -> Json:
+    status, body = await call(client, "GET", "/api/panel")
+    assert status == 200
+    return body  # type: ignore[no-any-return]
+
+
+PACKAGES = {"m": (100, 110), "l": (250, 300)}  # the default packages: stars, credits
+
+
+async def top_up(client: aiohttp.ClientSession, package: str = "m") -> None:
+    """/topup → a package → pay the invoice with Stars."""
+    stars, credits = PACKAGES[package]
+    await say(client, "/topup")
+    packages = await bot_message(client, lambda m: f"buy:{package}" in callback_data(m))
+    await press(client, packages, f"buy:{package}")
+    invoice = await bot_message(client, lambda m: "invoice" in m)
+    assert invoice["invoice"]["currency"] == "XTR" and invoice["invoice"]["total_amount"] == stars
+    status, body = await call(client, "POST", "/api/pay", json={"message_id": invoice["message_id"]})
+    assert (status, body) == (200, {"ok": True})
+    await bot_message(client, text_has(f"{credits} credits added"))
+
+
+# --- the tests ----------------------------------------------------------------------------------------
+
+
+async def test_start_shows_the_greeting_and_the_keyboard(client: aiohttp.ClientSession) -> None:
+    message_id = await say(client, "/start")
+
+    view = await chat(client)
+    assert view["user"] == {"id": USER_ID, "first_name": "Sandbox user", "language_code": "en"}
+    assert view["bot"]["username"] == "aisha_sandbox_bot"
+    mine, greeting = view["messages"]
+    assert (mine["message_id"], mine["text"], mine["outgoing"]) == (message_id, "/start", True)
+    assert greeting["outgoing"] is False and greeting["edited"] is False
+    assert greeting["text"].startswith("Hi, Sandbox user! I'm Aisha.")
+    labels = [button["text"] for row in view["reply_keyboard"]["keyboard"] for button in row]
+    assert "💰 Balance" in labels
+
+
+async def test_a_pressed_button_gets_the_bots_answer_and_edits_show(client: aiohttp.ClientSession) -> None:
+    await say(client, "/settings")
+    settings = await bot_message(client, lambda m: "lang:en" in callback_data(m))
+    pressed = await press(client, settings, "lang:en")
+    assert pressed["answer"] == {"text": "Language set to English.", "show_alert": False}
+
+    await say(client, "/delete_me")
+    question = await bot_message(client, lambda m: len(callback_data(m)) == 2)
+    await press(client, question, "privacy:cancel")
+    edited = next(m for m in (await chat(client))["messages"] if m["message_id"] == question["message_id"])
+    assert edited["edited"] is True
+    assert "reply_markup" not in edited
+
+
+async def test_a_top_up_with_stars_raises_the_balance_with_a_ledger_entry(
+    client: aiohttp.ClientSession,
+) -> None:
+    await top_up(client)
+
+    view = await panel(client)
+    assert (view["balance"], view["on_hold"]) == (210, 0)
+    entry, welcome = view["ledger"]  # newest first
+    assert (entry["kind"], entry["amount"], entry["balance_after"]) == ("topup", 110, 210)
+    assert (welcome["kind"], welcome["amount"], welcome["description"]) == ("bonus", 100, "Welcome bonus")
+    assert entry["description"] == "Top-up: 100 ⭐"
+    methods = [c["method"] for c in view["calls"] if c["service"] == "telegram"]
+    credited = next(c["summary"] for c in view["calls"] if "credits added" in c["summary"])
+    assert "<" not in credited  # shown as the chat shows it, without the HTML markup
+    assert methods.index("answerPreCheckoutQuery") < methods.index("sendInvoice")  # newest first
+
+
+async def test_three_photos_arrive_as_one_album(client: aiohttp.ClientSession) -> None:
+    status, body = await upload(client, "photo", *((f"{i}.jpg", face_photo(i)) for i in range(3)))
+    assert status == 200 and len(body["message_ids"]) == 3
+
+    messages = {m["message_id"]: m for m in (await chat(client))["messages"]}
+    album = [messages[message_id] for message_id in body["message_ids"]]
+    assert all(m["outgoing"] and m["photo"] for m in album)
+    assert len({m["media_group_id"] for m in album}) == 1
+    async with client.get(f"/api/files/{album[0]['photo'][-1]['file_id']}") as response:
+        assert response.content_type == "image/jpeg"
+        assert await response.read() == face_photo(0)
+
+
+async def test_a_generation_returns_images_marked_as_sandbox_output(
+    client: aiohttp.ClientSession, sandbox: Sandbox
+) -> None:
+    await top_up(client)
+    await say(client, "a red fox reading a newspaper")
+    no_avatar = await bot_message(client, lambda m: any(":na:" in data for data in callback_data(m)))
+    await press(client, no_avatar, next(data for data in callback_data(no_avatar) if ":na:" in data))
+    options = await bot_message(client, lambda m: any(":go:" in data for data in callback_data(m)))
+    assert options["edited"] is True  # the same message, now with the options
+    await press(client, options, next(data for data in callback_data(options) if ":go:" in data))
+
+    photo = await bot_message(client, lambda m: "photo" in m, timeout=30)
+    async with client.get(f"/api/files/{photo['photo'][-1]['file_id']}") as response:
+        data = await response.read()
+    assert data.startswith((b"\x89PNG", b"\xff\xd8"))
+    with Image.open(io.BytesIO(data)) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000) or []
+    assert len(colours) > 100  # a drawn picture, not a plain fill
+    [job] = sandbox.fal.submissions
+    assert "red fox" in job.payload["prompt"]
+    kinds = {(j["kind"], j["status"]) for j in (await panel(client))["jobs"]}
+    assert ("generation", "succeeded") in kinds
+
+
+async def test_an_avatar_from_ten_photos_trains_and_then_generates(client: aiohttp.ClientSession) -> None:
+    await top_up(client, "l")
+    await top_up(client, "m")
+    await say(client, "/avatar")
+    intro = await bot_message(client, lambda m: "avt:portrait" in callback_data(m))
+    await press(client, intro, "avt:portrait")
+    await bot_message(client, text_has("What shall we call this avatar?"))
+    await say(client, "Me")
+    status, _ = await upload(client, "photo", *((f"{i}.jpg", face_photo(i)) for i in DISTINCT))
+    assert status == 200
+    accepted = await bot_message(client, text_has("10 of 10 accepted."), timeout=60)
+    await press(client, accepted, "avw:review")
+    review = await bot_message(client, lambda m: "avw:go" in callback_data(m))
+    await press(client, review, "avw:go")
+    await bot_message(client, text_has("is ready"), timeout=30)
+
+    await say(client, "me as an astronaut")
+    options = await bot_message(client, lambda m: any(":go:" in data for data in callback_data(m)))
+    await press(client, options, next(data for data in callback_data(options) if ":go:" in data))
+    await bot_message(client, lambda m: "photo" in m, timeout=30)
+
+    await say(client, "/balance")
+    balance = await bot_message(client, text_has("Balance:"))
+    assert balance["text"].startswith("💰 Balance: 205 credits")  # 100 + 300 + 110 - 300 - 5
+    assert all(
+        line in balance["text"] for line in ("-300  Avatar training", "Image generation", "+110  Top-up")
+    )
+    jobs = {(j["kind"], j["status"]) for j in (await panel(client))["jobs"]}
+    assert jobs == {("training", "ready"), ("generation", "succeeded")}
+
+
+async def test_a_voice_message_gets_the_simulated_transcript(
+    client: aiohttp.ClientSession, voice: bytes
+) -> None:
+    await top_up(client)
+    status, body = await upload(client, "voice", ("voice.ogg", voice))
+    assert status == 200
+
+    sent = next(m for m in (await chat(client))["messages"] if m["message_id"] == body["message_ids"][0])
+    assert sent["voice"]["duration"] == 3
+    await bot_message(client, text_has("[sandbox] Simulated transcript of 0:03 of audio."), timeout=30)
+    jobs = (await panel(client))["jobs"]
+    assert [(j["kind"], j["status"]) for j in jobs] == [("transcription", "succeeded")]
+
+
+async def test_a_voice_recorded_in_the_browser_is_sent_as_ogg(
+    client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    status, body = await upload(client, "voice", ("recording.webm", tone(tmp_path / "recording.webm", 2)))
+    assert status == 200
+
+    sent = next(m for m in (await chat(client))["messages"] if m["message_id"] == body["message_ids"][0])
+    assert sent["voice"]["duration"] == 2
+    async with client.get(f"/api/files/{sent['voice']['file_id']}") as response:
+        assert response.content_type == "audio/ogg"
+        assert (await response.read()).startswith(b"OggS")
+
+
+async def test_a_long_poll_answers_when_a_message_arrives(client: aiohttp.ClientSession) -> None:
+    version = (await chat(client))["version"]
+    poll = asyncio.create_task(call(client, "GET", f"/api/chat?since={version}"))
+    await asyncio.sleep(0.5)
+    assert not poll.done()
+
+    await say(client, "/help")
+    async with asyncio.timeout(5):
+        status, body = await poll
+    assert status == 200 and body["version"] > version
+    assert any(m.get("text") == "/help" for m in body["messages"])
+
+
+async def test_bad_input_is_refused_and_changes_nothing(client: aiohttp.ClientSession) -> None:
+    before = await chat(client)
+    refusals = [
+        await upload(client, "sticker", ("a.webp", b"RIFF")),
+        await upload(client, "photo", ("empty.jpg", b"")),
+        await upload(client, "photo", ("broken.jpg", b"\xff\xd8 not really a jpeg")),
+        await upload(client, "voice", ("noise.ogg", b"OggS but nothing playable")),
+        await upload(client, "document", ("big.bin", b"x" * (50 * 1024 * 1024 + 1))),
+        await call(client, "POST", "/api/press", json={"data": "lang:en"}),
+        await call(client, "POST", "/api/press", json={"message_id": 999, "data": "lang:en"}),
+        await call(client, "POST", "/api/pay", json={"message_id": "one"}),
+        await call(client, "POST", "/api/message", data=b"{not json"),
+        await call(client, "POST", "/api/message", json={"text": "  "}),
+        await call(client, "GET", "/api/files/no-such-file"),
+        await call(client, "GET", "/api/chat?since=soon"),
+    ]
+
+    statuses = [status for status, _ in refusals]
+    assert statuses == [400, 400, 400, 400, 413, 400, 404, 400, 400, 400, 404, 400]
+    assert all(isinstance(body["error"], str) and body["error"] for _, body in refusals)
+    assert refusals[0][1]["error"].startswith("Unknown kind “sticker”")
+    assert refusals[4][1]["error"] == "The file “big.bin” is larger than 50 MB."
+    after = await chat(client)
+    assert (after["version"], after["messages"]) == (before["version"], before["messages"])
+
+
+async def test_other_sites_cannot_use_the_api(client: aiohttp.ClientSession, sandbox: Sandbox) -> None:
+    before = await chat(client)
+    forged = [
+        await call(
+            client,
+            "POST",
+            "/api/message",
+            json={"text": "/delete_me"},
+            headers={"Origin": "https://evil.example"},
+        ),
+        await call(
+            client, "POST", "/api/message", json={"text": "/delete_me"}, headers={"Host": "evil.example:8090"}
+        ),
+    ]
+    assert [status for status, _ in forged] == [403, 403]
+    assert forged[0][1]["error"] == "Only the sandbox's own page may call its API."
+    after = await chat(client)
+    assert (after["version"], after["messages"]) == (before["version"], before["messages"])
+    own_origin = sandbox.url.rstrip("/")
+    status, _ = await call(
+        client, "POST", "/api/message", json={"text": "/help"}, headers={"Origin": own_origin}
+    )
+    assert status == 200
+
+
+async def test_a_restart_keeps_the_chat_and_balance_and_finishes_the_training(tmp_path: Path) -> None:
+    data_dir = tmp_path / "sandbox"
+    async with Sandbox(data_dir=data_dir, port=0, training_delay=3.0) as first:
+        async with aiohttp.ClientSession(base_url=first.url) as client:
+            await say(client, "/start")
+            await top_up(client, "l")  # a portrait avatar's price
+            before = (await chat(client))["messages"]
+        fal_url = first.fal.base_url
+        await enqueue_seeded_training(first.runtime, USER_ID, name="Restarted")
+        async with asyncio.timeout(10):
+            [job] = await first.fal.wait_submissions(1)
+    assert job.state != "COMPLETED"  # stopped in flight
+
+    restarted = Sandbox(data_dir=data_dir, port=0, training_delay=3.0)
+    async with restarted as second, aiohttp.ClientSession(base_url=second.url) as client:
+        assert (await chat(client))["messages"][: len(before)] == before
+        await bot_message(client, text_has("is ready"), timeout=20)
+        view = await panel(client)
+    assert [(j["kind"], j["status"]) for j in view["jobs"]] == [("training", "ready")]
+    assert second.fal.jobs[job.request_id].state == "COMPLETED"
+    assert second.fal.base_url == fal_url  # so the URLs the bot stored still work
+    assert (view["balance"], view["on_hold"]) == (100, 0)  # the welcome bonus is left
+    assert [(e["kind"], e["amount"]) for e in view["ledger"]] == [
+        ("capture", 0),
+        ("hold", -300),
+        ("topup", 300),
+        ("bonus", 100),
+    ]
+
+
+async def test_a_remembered_port_in_use_is_named_clearly(tmp_path: Path) -> None:
+    async with Sandbox(data_dir=tmp_path, port=0) as first:
+        fal_port = int(first.fal.base_url.rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", fal_port))
+        squatter.listen()
+        with pytest.raises(SandboxStartError, match=f"port {fal_port}, remembered in .*ports.json"):
+            await Sandbox(data_dir=tmp_path, port=0).start()
