@@ -1,0 +1,450 @@
+"""The sandbox in a real browser: `aisha sandbox` as a subprocess, its page driven in Debian's chromium.
+
+A person's whole first session, as they would click through it: /start → top up with Stars →
+a portrait avatar from 10 photos → training done → 2 images → a voice file → its transcript →
+/balance with every entry; then the server is stopped with SIGTERM and started again on the same
+data dir, and the page still shows the conversation and the balance.
+
+Playwright drives /usr/bin/chromium (apt package `chromium`); no browser is ever downloaded.
+Screenshots of the key steps and the server's log go to `test-output/browser/` at the repository
+root (git-ignored), so CI can keep them as artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES
+from tests.e2e.conftest import free_port
+from tests.media import DISTINCT, face_photo
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "test-output" / "browser"
+OPUS = ["-ac", "1", "-c:a", "libopus", "-b:a", "24k"]  # as Telegram voice messages are
+SPEECH = "Hello from the sandbox. This is a voice message for the test."
+TRANSCRIPT = re.compile(r"simulated transcript|hello", re.IGNORECASE)
+BALANCE = re.compile(r"Balance: (\d+)")  # case matters: not "Your balance: 450" after a top-up
+HISTORY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d\s+([+-]\d+)\s+(.+)$")
+STEP = 30_000  # ms: one bot answer
+LONG = 180_000  # ms: photo checks, training, generation
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip, saying why; under CI (AISHA_REQUIRE_SERVICES=1) a missing tool fails instead."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (required: AISHA_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+class SandboxProcess:
+    """`python -m aisha sandbox` on a free port; its output goes to a log file."""
+
+    def __init__(self, data_dir: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "aisha",
+            "sandbox",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--training-delay",
+            "2",
+            "--language",
+            "en",
+        ]
+        env = {key: value for key, value in os.environ.items() if key != "BOT_TOKEN"}
+        with self.log_path.open("ab") as log:
+            log.write(f"\n=== {' '.join(command)}\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self._wait_until_up()
+
+    def _wait_until_up(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"`aisha sandbox` exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        pytest.fail(f"the sandbox page did not answer at {self.url} within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, as a terminal or a process manager stops it; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            pytest.fail(f"`aisha sandbox` did not stop within {timeout} s of SIGTERM:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+# --- media ---------------------------------------------------------------------------------------
+
+
+def _photos(folder: Path) -> list[Path]:
+    """Ten face photos the avatar checks accept (pairwise distinct, one face, sharp)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, variant in enumerate(DISTINCT[:10], start=1):
+        path = folder / f"face-{number:02d}.jpg"
+        path.write_bytes(face_photo(variant))
+        paths.append(path)
+    return paths
+
+
+def _speech(folder: Path) -> Path:
+    """A few seconds of synthetic English speech as an Ogg/Opus voice file (espeak-ng + ffmpeg)."""
+    from aisha.transcription.audio import find_ffmpeg
+
+    espeak = shutil.which("espeak-ng")
+    assert espeak is not None
+    wav, voice = folder / "speech.wav", folder / "voice.ogg"
+    subprocess.run([espeak, "-v", "en", "-s", "150", "-w", str(wav), SPEECH], check=True)
+    subprocess.run(
+        [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(wav), *OPUS, str(voice)],
+        check=True,
+    )
+    return voice
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def output() -> Path:
+    shutil.rmtree(OUTPUT, ignore_errors=True)
+    OUTPUT.mkdir(parents=True)
+    return OUTPUT
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is not installed (apt-get install -y chromium): no browser to drive")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the `playwright` package is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, output: Path) -> Iterator[SandboxProcess]:
+    server = SandboxProcess(tmp_path / "sandbox-data", output / "server.log")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+# --- page helpers --------------------------------------------------------------------------------
+
+
+# The newest bot message past `since` whose text matches: its id, or false while there is none.
+_FIND_BOT_MESSAGE = """({since, pattern, flags}) => {
+    const re = new RegExp(pattern, flags);
+    const found = [...document.querySelectorAll(".message:not(.outgoing)")].filter(
+        (m) => Number(m.dataset.messageId) > since && re.test(m.innerText));
+    return found.length ? found[found.length - 1].dataset.messageId : false;
+}"""
+
+
+class Chat:
+    """The page as a user sees it: bubbles, buttons, the composer and the operator panel.
+
+    `since` is the newest message id before the user's last action, so waiting for "Balance:"
+    after a second /balance finds the new answer, not the first one (edited messages keep their
+    id, so an answer edited into place after a button press is found too).
+    """
+
+    def __init__(self, page: Any, output: Path) -> None:
+        from playwright.sync_api import expect
+
+        expect.set_options(timeout=STEP)
+        self.page = page
+        self.expect = expect
+        self.output = output
+        self.shots = 0
+        self.since = 0
+
+    def _mark(self) -> None:
+        ids = self.page.locator(".message[data-message-id]").evaluate_all(
+            "els => els.map(e => Number(e.dataset.messageId))"
+        )
+        self.since = max(ids, default=0)
+
+    def bot(self, text: str | re.Pattern[str]) -> Any:
+        """The newest bot message containing `text` (any time)."""
+        return self.page.locator(".message:not(.outgoing)").filter(has_text=text).last
+
+    def wait_bot(self, text: str | re.Pattern[str], timeout: int = STEP) -> Any:
+        """The newest bot message after the last action whose text matches; waits for it."""
+        if isinstance(text, re.Pattern):
+            pattern, flags = text.pattern, "i" if text.flags & re.IGNORECASE else ""
+        else:
+            pattern, flags = re.escape(text), ""
+        found = self.page.wait_for_function(
+            _FIND_BOT_MESSAGE, arg={"since": self.since, "pattern": pattern, "flags": flags}, timeout=timeout
+        )
+        return self.page.locator(f'.message[data-message-id="{found.json_value()}"]')
+
+    def send(self, text: str) -> None:
+        self._mark()
+        field = self.page.locator("#composer-input")
+        field.fill(text)
+        field.press("Enter")
+        self.expect(self.page.locator(".message.outgoing").filter(has_text=text).last).to_be_visible()
+
+    def tap_reply_button(self, label: str) -> None:
+        self._mark()
+        self.page.locator("#reply-keyboard .reply-button", has_text=label).click()
+
+    def press(self, message: Any, label: str | re.Pattern[str]) -> None:
+        """Press an inline button under `message`."""
+        button = message.locator(".inline-button").filter(has_text=label).first
+        self.expect(button).to_be_enabled()
+        button.click()
+
+    def attach(self, kind: str, files: list[Path]) -> None:
+        self._mark()
+        self.page.locator("#attach").click()
+        with self.page.expect_file_chooser() as chooser:
+            self.page.locator(f".attach-option[data-kind={kind}]").click()
+        chooser.value.set_files([str(path) for path in files])
+
+    def scroll_to_bottom(self) -> None:
+        """Back to the newest message, where the page then stays as new ones arrive."""
+        self.page.locator("#messages").evaluate("el => el.scrollTo(0, el.scrollHeight)")
+
+    def panel_balance(self) -> int:
+        return int(self.page.locator("#panel-balance").inner_text())
+
+    def wait_panel_balance(self, value: int, timeout: int = STEP) -> None:
+        self.expect(self.page.locator("#panel-balance")).to_have_text(str(value), timeout=timeout)
+
+    def wait_images_loaded(self, selector: str) -> None:
+        self.page.wait_for_function(
+            "(s) => [...document.querySelectorAll(s)].every(img => img.complete && img.naturalWidth > 0)",
+            arg=selector,
+        )
+
+    def screenshot(self, name: str) -> None:
+        self.shots += 1
+        self.page.screenshot(path=str(self.output / f"{self.shots:02d}-{name}.png"))
+
+
+def _history(chat: Chat, screenshot: str) -> tuple[int, list[tuple[int, str]]]:
+    """Sends /balance and reads every page of the history: (balance shown, [(amount, what)])."""
+    chat.send("/balance")
+    message = chat.wait_bot(BALANCE)
+    chat.screenshot(screenshot)
+    shown = BALANCE.search(message.inner_text())
+    assert shown is not None
+    balance = int(shown[1])
+    entries: list[tuple[int, str]] = []
+    seen_titles: set[str] = set()
+    while True:
+        text = message.locator(".text").inner_text()
+        title = re.search(r"History \((\d+)–(\d+) of (\d+)", text)
+        assert title is not None, text
+        seen_titles.add(title[0])
+        for line in text.splitlines():
+            match = HISTORY_LINE.match(line.strip())
+            if match:
+                entries.append((int(match[1]), match[2]))
+        total = int(title[3])
+        if len(entries) >= total:
+            return balance, entries
+        chat.press(message, "Older")
+        # The same message is edited to show the next page.
+        chat.expect(message.locator(".text")).not_to_contain_text(title[0])
+
+
+# --- the test ------------------------------------------------------------------------------------
+
+
+def test_a_first_session_in_the_browser_survives_a_restart(
+    browser: Any, sandbox: SandboxProcess, output: Path, tmp_path: Path
+) -> None:
+    if shutil.which("espeak-ng") is None:
+        _unavailable(
+            "espeak-ng is not installed (apt-get install -y espeak-ng): no speech for the voice step"
+        )
+    photos = _photos(tmp_path / "photos")
+    voice = _speech(tmp_path)
+    started = time.monotonic()
+    sandbox.start()
+
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, locale="en-US")
+    page = context.new_page()
+    page.set_default_timeout(STEP)
+    problems: list[str] = []
+    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    chat = Chat(page, output)
+    page.goto(sandbox.url)
+
+    # /start: the greeting, the reply keyboard and the welcome bonus in the panel.
+    chat.send("/start")
+    chat.wait_bot("I'm Aisha")
+    chat.expect(page.locator("#reply-keyboard .reply-button").first).to_be_visible()
+    chat.expect(page.locator(".ledger-entry")).to_have_count(1)  # the welcome bonus
+    bonus = chat.panel_balance()
+    assert bonus > 0
+    chat.screenshot("start")
+
+    # Top up with Stars: /balance → Top up → a package → the invoice → Pay.
+    chat.tap_reply_button("Balance")
+    chat.press(chat.wait_bot(BALANCE), "Top up")
+    packages = chat.wait_bot("Choose a package")
+    package = packages.locator(".inline-button").last  # the largest: enough for the avatar too
+    offer = re.search(r"→\s*(\d+)", package.inner_text())  # "500 ⭐ → 650 credits"
+    assert offer is not None
+    credits = int(offer[1])
+    package.click()
+    invoice = page.locator(".message:has(.invoice)").last
+    chat.expect(invoice).to_be_visible()
+    invoice.locator(".pay-button").click()
+    chat.wait_bot("Thank you!")
+    chat.expect(invoice.locator(".pay-button")).to_have_class(re.compile(r"\bpaid\b"))
+    chat.wait_panel_balance(bonus + credits)
+    chat.screenshot("paid")
+
+    # A portrait avatar from 10 photos, sent as one album.
+    chat.send("/avatar")
+    chat.press(chat.wait_bot("New avatar"), "Portrait")
+    chat.wait_bot("What shall we call")
+    chat.send("Astro")
+    chat.wait_bot("Now send")
+    chat.attach("photo", photos)
+    album = page.locator(".message.outgoing.album-message").last
+    chat.expect(album.locator(".photo")).to_have_count(10)
+    chat.wait_images_loaded(".message.outgoing.album-message .photo")
+    album.scroll_into_view_if_needed()
+    chat.screenshot("photos-sent")
+    chat.scroll_to_bottom()
+    ready = chat.wait_bot("10 of 10 accepted", timeout=LONG)
+    chat.screenshot("photos-accepted")
+    chat.press(ready, "Review and start")
+    chat.press(chat.wait_bot("10 photos accepted"), "Start training")
+    chat.wait_bot("has started")
+    avatar_ready = chat.wait_bot("is ready", timeout=LONG)
+    chat.screenshot("avatar-ready")
+
+    # Two images with the avatar.
+    chat.press(avatar_ready, "Create an image")
+    chat.wait_bot("Describe the picture")
+    chat.send("me as an astronaut on Mars, golden hour")
+    options = chat.wait_bot("Avatar: Astro")
+    options.get_by_role("button", name="2", exact=True).click()
+    chat.expect(options).to_contain_text("images: 2")
+    chat.press(options, "Generate for")
+    chat.wait_bot("Done: 2 images", timeout=LONG)
+    images = page.locator(".message:not(.outgoing) .album .photo")
+    chat.expect(images).to_have_count(2)
+    chat.wait_images_loaded(".message:not(.outgoing) .album .photo")
+    chat.screenshot("images")
+
+    # A voice file → its transcript.
+    chat.attach("voice", [voice])
+    chat.expect(page.locator(".message.outgoing audio").last).to_be_visible()
+    chat.wait_bot("Transcribed", timeout=LONG)
+    transcript = chat.wait_bot(TRANSCRIPT, timeout=LONG)
+    transcript_text = transcript.locator(".text").inner_text()
+    chat.screenshot("transcript")
+
+    # /balance: every entry, and the sums agree with the operator's panel.
+    balance, entries = _history(chat, "balance")
+    described = " | ".join(what for _, what in entries)
+    for expected in ("Welcome bonus", "Top-up", "Avatar", "Image generation", "Transcription"):
+        assert expected in described, f"{expected!r} missing from the history: {described}"
+    assert sum(amount for amount, _ in entries) == balance
+    chat.wait_panel_balance(balance)
+    chat.expect(page.locator(".ledger-entry")).to_have_count(len(entries))
+    assert balance < bonus + credits  # the avatar, the images and the transcript were charged
+    assert not problems, problems
+
+    # Stop the server mid-conversation: the page says it is reconnecting.
+    messages_before = page.locator(".message[data-message-id]").count()
+    assert sandbox.stop() == 0, sandbox.log_tail()
+    chat.expect(page.locator("#banner")).to_be_visible(timeout=STEP)
+    chat.screenshot("reconnecting")
+
+    # Start it again on the same data dir: the page comes back by itself, and after a reload too.
+    sandbox.start()
+    chat.expect(page.locator("#banner")).to_be_hidden(timeout=STEP)
+    page.reload()
+    chat.expect(page.locator(".message[data-message-id]")).to_have_count(messages_before)
+    chat.expect(chat.bot(transcript_text)).to_be_visible()
+    chat.expect(images).to_have_count(2)
+    chat.wait_images_loaded(".message:not(.outgoing) .album .photo")
+    chat.expect(page.locator(".message.outgoing.album-message .photo")).to_have_count(10)
+    chat.wait_panel_balance(balance)
+    chat.expect(page.locator(".ledger-entry")).to_have_count(len(entries))
+    balance_after, entries_after = _history(chat, "after-restart")
+    assert (balance_after, entries_after) == (balance, entries)
+
+    # Refused connections while the server was down are the browser's own lines; nothing else.
+    unexpected = [p for p in problems if "ERR_CONNECTION_REFUSED" not in p and "ERR_EMPTY_RESPONSE" not in p]
+    assert not unexpected, unexpected
+    context.close()
+    print(f"browser session took {time.monotonic() - started:.1f} s; screenshots in {output}")
