@@ -469,6 +469,23 @@ async def test_confirm_pressed_twice_grants_once(
     assert answers[-1] == "This confirmation is no longer valid: nothing changed."
 
 
+async def test_answers_sent_at_once_are_each_read_in_the_step_before_them_saved(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    """The amount and the reason arrive together (a fast typist, a client resending): the reason
+    must be read in the state the amount's step saved, not in the one before it."""
+    await say(telegram, ALICE, "/start")
+    await _open_flow(telegram, "grant", ALICE.id)
+    telegram.queue_update(telegram.message_update(ADMIN, "70"))
+    telegram.queue_update(telegram.message_update(ADMIN, "contest prize"))
+    confirmation = await telegram.wait_for_call(
+        "sendMessage", lambda c: c.params.get("chat_id") == ADMIN.id and c.params["text"].startswith("Grant")
+    )
+    assert _confirm_data(confirmation)
+    texts = _texts_to(telegram, ADMIN.id)
+    assert not any(t.startswith("The amount must be") for t in texts)
+
+
 async def test_non_admin_reaches_no_step_of_the_credits_flow(
     telegram: FakeTelegramServer, app: Runtime, db: Database
 ) -> None:

@@ -9,11 +9,11 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.fsm.storage.base import BaseStorage
-from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
+from aiogram.fsm.storage.redis import RedisEventIsolation, RedisStorage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from aisha.bot.fsm import SqlStorage
+from aisha.bot.fsm import SqlStorage, UserEventIsolation
 from aisha.bot.metrics import ObserveUpdateMiddleware
 from aisha.bot.middlewares import (
     BlockedMiddleware,
@@ -54,9 +54,20 @@ def create_fsm_storage(settings: Settings, sessions: async_sessionmaker[AsyncSes
     return SqlStorage(sessions)
 
 
+def create_event_isolation(storage: BaseStorage) -> BaseEventIsolation:
+    """Each user's updates one at a time (see UserEventIsolation): across every process through
+    the FSM's Redis when it has one (a lock that expires after 60 s, should a process die holding
+    it; closed with the storage)."""
+    if isinstance(storage, RedisStorage):
+        return RedisEventIsolation(storage.redis)
+    return UserEventIsolation()
+
+
 def create_dispatcher(services: Services) -> Dispatcher:
     storage = create_fsm_storage(services.settings, services.sessions)
-    dispatcher = Dispatcher(storage=storage, services=services)
+    dispatcher = Dispatcher(
+        storage=storage, events_isolation=create_event_isolation(storage), services=services
+    )
     # Outermost of ours: times the whole update and tags its log lines.
     dispatcher.update.outer_middleware(ObserveUpdateMiddleware(services.metrics))
     dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services))

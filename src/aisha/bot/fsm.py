@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiogram.fsm.state import State
-from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
+from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, StateType, StorageKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.db.context import current_session
@@ -71,3 +73,31 @@ class SqlStorage(BaseStorage):
 
     async def close(self) -> None:
         return None
+
+
+class UserEventIsolation(BaseEventIsolation):
+    """One user's updates in one chat are handled one after another in this process, each until
+    its transaction has committed: aiogram reads the wizard state inside this lock, and handlers
+    answer before the commit, so without it a quick next message could be read against the state
+    the previous step had not yet saved. Unlike aiogram's SimpleEventIsolation it forgets a lock
+    nobody waits for, so a long-running bot keeps no lock per user it ever met."""
+
+    def __init__(self) -> None:
+        self._locks: dict[StorageKey, tuple[asyncio.Lock, int]] = {}  # lock, updates holding or waiting
+
+    @asynccontextmanager
+    async def lock(self, key: StorageKey) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def close(self) -> None:
+        self._locks.clear()
