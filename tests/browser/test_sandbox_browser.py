@@ -340,6 +340,14 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     problems: list[str] = []
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    # Everything the page loads comes from the sandbox itself: no CDN, no font or script elsewhere.
+    foreign: list[str] = []
+
+    def note_foreign(request: Any) -> None:
+        if not request.url.startswith((sandbox.url, "blob:", "data:")):
+            foreign.append(request.url)
+
+    page.on("request", note_foreign)
     chat = Chat(page, output)
     page.goto(sandbox.url)
 
@@ -422,6 +430,7 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     chat.expect(page.locator(".ledger-entry")).to_have_count(len(entries))
     assert balance < bonus + credits  # the avatar, the images and the transcript were charged
     assert not problems, problems
+    assert not foreign, foreign
 
     # Stop the server mid-conversation: the page says it is reconnecting.
     messages_before = page.locator(".message[data-message-id]").count()
