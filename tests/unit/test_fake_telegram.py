@@ -582,3 +582,18 @@ def test_image_size_reads_headers() -> None:
     assert image_size(jpeg) == (640, 480)
     assert image_size(gif) == (10, 20)
     assert image_size(b"not an image") is None
+
+
+async def test_keep_calls_forgets_the_oldest_and_waiting_still_walks_in_order() -> None:
+    async with FakeTelegramServer(keep_calls=3) as fake:
+        bot = make_bot(fake)
+        try:
+            for n in range(5):
+                await bot.send_message(1, f"m{n}")
+            assert (await fake.wait_for_call("sendMessage")).params["text"] == "m0"
+            await bot.send_message(1, "m5")  # the 6th call: the oldest 3 are forgotten
+            assert [c.params["text"] for c in fake.calls] == ["m3", "m4", "m5"]
+            # The cursor stood after m0, which is gone: the next one still there comes next.
+            assert (await fake.wait_for_call("sendMessage")).params["text"] == "m3"
+        finally:
+            await bot.session.close()

@@ -36,6 +36,7 @@ from aisha.sandbox.errors import SandboxError
 from aisha.sandbox.fake_fal import FakeFalServer
 from aisha.sandbox.fake_openai import FakeOpenAIServer
 from aisha.sandbox.fake_telegram import FakeTelegramServer, FakeUser
+from aisha.sandbox.panel import CALLS_LIMIT
 from aisha.sandbox.simulated import STRUCTURED_REPLIES, render_sandbox_image, transcript_script
 from aisha.sandbox.user import SandboxUser
 
@@ -104,6 +105,7 @@ class Sandbox:
             bot_first_name="Aisha",
             host=HOST,
             state_dir=self.data_dir / "telegram",
+            keep_calls=CALLS_LIMIT,
         )
         self.fal = FakeFalServer(
             key=FAL_KEY,

@@ -373,9 +373,13 @@ class FakeTelegramServer(LoopbackServer):
         host: str = "127.0.0.1",
         port: int = 0,
         state_dir: Path | None = None,
+        keep_calls: int | None = None,
     ) -> None:
         """``state_dir``: keep the chats, files and counters there (saved on every change, loaded
-        here), so a sandbox restarted on the same folder carries on the same conversation."""
+        here), so a sandbox restarted on the same folder carries on the same conversation.
+        ``keep_calls``: remember only about the newest N calls (a long sandbox session would
+        otherwise hold every upload's bytes); None keeps all, as tests want."""
+        self._keep_calls = keep_calls
         self._token = token
         prefix = token.split(":", 1)[0]
         self._bot_id = int(prefix) if prefix.isdigit() else 123456
@@ -632,8 +636,15 @@ class FakeTelegramServer(LoopbackServer):
         files = {name: upload.data for name, upload in uploads.items()}
         call = RecordedCall(method=method, params=params, files=files, time=datetime.now(UTC))
         self.calls.append(call)
+        if self._keep_calls is not None and len(self.calls) >= 2 * self._keep_calls:
+            self._forget_calls(len(self.calls) - self._keep_calls)
         self._notify_calls()
         return call
+
+    def _forget_calls(self, count: int) -> None:
+        """Drop the oldest ``count`` calls; wait_for_call's cursors move along with the list."""
+        del self.calls[:count]
+        self._cursors = {method: max(0, cursor - count) for method, cursor in self._cursors.items()}
 
     def _respond(self, call: RecordedCall, error: _ApiError) -> web.Response:
         call.failed = True
