@@ -1,4 +1,4 @@
-"""The sandbox's page and its JSON API, the contract the page (static/app.js) is written against.
+"""The sandbox's page and its JSON API (docs/sandbox-api.md), which the page (static/app.js) uses.
 
 Handlers only read the request and shape the answer; the simulated user (user.py) acts in the
 chat and panel.py reads what the operator sees.

@@ -2,7 +2,7 @@
  *
  * Plain JS, no build step, no library. Everything the bot or the user wrote reaches the DOM through
  * textContent / createTextNode / attributes: never through innerHTML, so no text can inject markup.
- * The server contract is /work/sandbox-contract.md (GET /api/chat long poll, POST /api/message,
+ * The server's API is described in docs/sandbox-api.md (GET /api/chat long poll, POST /api/message,
  * /api/upload, /api/press, /api/pay, GET /api/panel, GET /api/files/{file_id}).
  */
 "use strict";
