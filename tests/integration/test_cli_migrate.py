@@ -102,14 +102,14 @@ def test_ledger_verify_names_the_account_that_does_not_add_up(tmp_path: Path) ->
             [
                 f"INSERT INTO users (telegram_id, language, is_blocked, created_at, last_seen_at) VALUES (7, 'en', 0, {now}, {now})",
                 f"INSERT INTO users (telegram_id, language, is_blocked, created_at, last_seen_at) VALUES (8, 'en', 0, {now}, {now})",
-                f"INSERT INTO credit_accounts (user_id, balance, updated_at) VALUES (7, 10, {now})",
-                f"INSERT INTO credit_accounts (user_id, balance, updated_at) VALUES (8, 5, {now})",
+                f"INSERT INTO credit_accounts (user_id, balance, last_seq, updated_at) VALUES (7, 10, 1, {now})",
+                f"INSERT INTO credit_accounts (user_id, balance, last_seq, updated_at) VALUES (8, 5, 1, {now})",
                 "INSERT INTO credit_entries (id, user_id, kind, amount, balance_after, description, description_args,"
-                f" idempotency_key, created_at) VALUES ('00000000000000000000000000000001', 7, 'bonus', 10, 10,"
-                f" 'ledger.bonus', '{{}}', 'k1', {now})",
+                f" idempotency_key, seq, created_at) VALUES ('00000000000000000000000000000001', 7, 'bonus', 10, 10,"
+                f" 'ledger.bonus', '{{}}', 'k1', 1, {now})",
                 "INSERT INTO credit_entries (id, user_id, kind, amount, balance_after, description, description_args,"
-                f" idempotency_key, created_at) VALUES ('00000000000000000000000000000002', 8, 'bonus', 5, 5,"
-                f" 'ledger.bonus', '{{}}', 'k2', {now})",
+                f" idempotency_key, seq, created_at) VALUES ('00000000000000000000000000000002', 8, 'bonus', 5, 5,"
+                f" 'ledger.bonus', '{{}}', 'k2', 1, {now})",
             ]
         )
     )

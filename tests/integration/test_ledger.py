@@ -86,7 +86,7 @@ async def entries(db: Database, user_id: int) -> list[tuple[EntryKind, int, int,
                 CreditEntry.kind, CreditEntry.amount, CreditEntry.balance_after, CreditEntry.idempotency_key
             )
             .where(CreditEntry.user_id == user_id)
-            .order_by(CreditEntry.created_at, CreditEntry.id)
+            .order_by(CreditEntry.seq)
         )
         return [tuple(row) for row in rows]  # type: ignore[misc]
 
@@ -497,6 +497,103 @@ async def test_verify_all_names_the_first_broken_entry(
     assert len(problems) == 1
     assert (problems[0].user_id, problems[0].first_bad_entry_id) == (alice, second.entry_id)
     assert problems[0].reasons == ("balance_after chain broken",)
+
+
+@pytest.mark.parametrize("step", [timedelta(0), timedelta(seconds=-1)], ids=["frozen", "backwards"])
+async def test_entry_order_does_not_depend_on_clocks(
+    db: Database,
+    ledger: LedgerService,
+    clock: FrozenClock,
+    alice: int,
+    step: timedelta,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another machine's clock: timestamps stand still or run backwards, and so do the ids.
+    ids = (uuid.UUID(int=n) for n in range(1 << 40, 0, -1))
+    monkeypatch.setattr("aisha.billing.service.ordered_uuid", lambda: next(ids))
+    steps: list[tuple[str, Callable[[AsyncSession], Awaitable[Any]]]] = [
+        ("a", lambda s: ledger.credit(session=s, user_id=alice, amount=50, key="a")),
+        ("h", lambda s: ledger.hold(session=s, user_id=alice, amount=20, key="h", reference="gen:1")),
+        ("c", lambda s: ledger.charge(session=s, user_id=alice, amount=5, key="c")),
+        ("b", lambda s: ledger.credit(session=s, user_id=BOB, amount=9, key="b")),
+        ("x", lambda s: ledger.adjust(session=s, user_id=alice, amount=-3, key="x")),
+    ]
+    results: dict[str, Any] = {}
+    for key, work in steps:
+        results[key] = await tx(db, work)
+        clock.advance(step)
+    await tx(db, lambda s: ledger.capture(session=s, hold_id=results["h"].hold_id, amount=15, key="cap"))
+
+    assert await verify(db, ledger) == []
+    written = [("a", 50, 50), ("h", -20, 30), ("c", -5, 25), ("x", -3, 22), ("cap", 5, 27)]
+    assert [(k, a, b) for _, a, b, k in await entries(db, alice)] == written
+    page = await tx(db, lambda s: ledger.history(session=s, user_id=alice, limit=3))
+    assert [(i.amount, i.balance_after) for i in page.items] == [(5, 27), (-3, 22), (-5, 25)]
+    rest = await tx(db, lambda s: ledger.history(session=s, user_id=alice, limit=3, offset=3))
+    assert [(i.amount, i.balance_after) for i in rest.items] == [(-20, 30), (50, 50)]
+
+    async def numbers(session: AsyncSession) -> tuple[list[int], int | None, int | None]:
+        seqs = await session.scalars(
+            select(CreditEntry.seq).where(CreditEntry.user_id == alice).order_by(CreditEntry.seq)
+        )
+        last = await session.scalar(select(CreditAccount.last_seq).where(CreditAccount.user_id == alice))
+        bob = await session.scalar(select(CreditAccount.last_seq).where(CreditAccount.user_id == BOB))
+        return list(seqs), last, bob
+
+    assert await tx(db, numbers) == ([1, 2, 3, 4, 5], 5, 1)
+
+
+async def test_refused_and_replayed_operations_take_no_number(
+    db: Database, ledger: LedgerService, alice: int
+) -> None:
+    await fund(db, ledger, alice, 10)
+    with pytest.raises(InsufficientCredits):
+        await tx(db, lambda s: ledger.charge(session=s, user_id=alice, amount=11, key="too-much"))
+    await tx(db, lambda s: ledger.charge(session=s, user_id=alice, amount=4, key="c"))
+    await tx(db, lambda s: ledger.charge(session=s, user_id=alice, amount=4, key="c"))  # replay
+    last = await tx(
+        db, lambda s: s.scalar(select(CreditAccount.last_seq).where(CreditAccount.user_id == alice))
+    )
+    assert last == 2
+    assert await verify(db, ledger) == []
+
+
+async def test_verify_all_names_a_tampered_seq(db: Database, ledger: LedgerService, alice: int) -> None:
+    await fund(db, ledger, alice, 20)
+    await fund(db, ledger, BOB, 20)
+    for user_id in (alice, BOB):
+        await tx(db, lambda s, u=user_id: ledger.charge(session=s, user_id=u, amount=5, key=f"c1:{u}"))
+        await tx(db, lambda s, u=user_id: ledger.charge(session=s, user_id=u, amount=5, key=f"c2:{u}"))
+    assert await verify(db, ledger) == []
+    async with unit_of_work(db.sessions) as session:
+        # Alice's newest entry renumbered past the counter; Bob's first charge moved to the front.
+        await session.execute(
+            text("UPDATE credit_entries SET seq = 9 WHERE idempotency_key = :k"), {"k": f"c2:{alice}"}
+        )
+        await session.execute(
+            text("UPDATE credit_entries SET seq = 0 WHERE idempotency_key = :k"), {"k": f"c1:{BOB}"}
+        )
+    moved = await tx(
+        db, lambda s: s.scalar(select(CreditEntry.id).where(CreditEntry.idempotency_key == f"c1:{BOB}"))
+    )
+    problems = await verify(db, ledger)
+    assert [(p.user_id, p.reasons) for p in problems] == [
+        (alice, ("last_seq != newest entry's seq",)),
+        (BOB, ("balance_after chain broken",)),
+    ]
+    assert (problems[0].balance, problems[0].entries_sum, problems[0].first_bad_entry_id) == (10, 10, None)
+    assert problems[1].first_bad_entry_id == moved
+
+
+async def test_verify_all_names_a_tampered_counter(db: Database, ledger: LedgerService, alice: int) -> None:
+    await fund(db, ledger, alice, 20)
+    await fund(db, ledger, BOB, 5)
+    async with unit_of_work(db.sessions) as session:
+        await session.execute(text("UPDATE credit_accounts SET last_seq = 7 WHERE user_id = :u"), {"u": BOB})
+    problems = await verify(db, ledger)
+    assert [(p.user_id, p.balance, p.entries_sum, p.reasons) for p in problems] == [
+        (BOB, 5, 5, ("last_seq != newest entry's seq",))
+    ]
 
 
 # --- concurrency on PostgreSQL -----------------------------------------------------------------

@@ -27,7 +27,7 @@ from aisha.billing import (
     LedgerService,
     ResolutionResult,
 )
-from aisha.billing.models import CreditHold
+from aisha.billing.models import CreditAccount, CreditEntry, CreditHold
 from aisha.clock import SystemClock
 from aisha.db.session import unit_of_work
 from aisha.users.models import User
@@ -158,6 +158,17 @@ async def _check_books(db: Database, ledger: LedgerService, book: Book) -> None:
     # Initial minus what was accepted: charges, and holds minus what their resolution returned.
     assert balance == INITIAL - book.charged - sum(book.holds.values()) + returned
     assert await tx(db, lambda s: ledger.verify_all(session=s)) == []
+
+    async def numbers(session: AsyncSession) -> tuple[list[int], int | None]:
+        seqs = await session.scalars(select(CreditEntry.seq).where(CreditEntry.user_id == USER))
+        last = await session.scalar(select(CreditAccount.last_seq).where(CreditAccount.user_id == USER))
+        return sorted(seqs), last
+
+    # Every applied operation took the next number under the row lock: 1..n, no gap, no repeat
+    # (refused and rolled-back operations took none).
+    seqs, last = await tx(db, numbers)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert last == len(seqs)
 
 
 async def test_many_connections_race_on_one_account(postgres_db: Database, ledger: LedgerService) -> None:

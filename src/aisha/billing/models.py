@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aisha.db.base import Base, UUIDPrimaryKey, str_enum, utcnow
@@ -46,6 +46,10 @@ class CreditAccount(Base):
         ForeignKey("users.telegram_id", ondelete="CASCADE"), primary_key=True, autoincrement=False
     )
     balance: Mapped[int] = mapped_column(default=0)
+    # The `seq` of the account's newest entry: bumped by the same UPDATE that moves the balance
+    # (under the row lock), so entries are numbered in the order they were applied, whatever
+    # the clocks say. Never reset (not even when /delete_me erases the entries): never reused.
+    last_seq: Mapped[int] = mapped_column(default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -74,13 +78,18 @@ class CreditEntry(UUIDPrimaryKey, Base):
     """An immutable ledger line. The account balance always equals the sum of its entries."""
 
     __tablename__ = "credit_entries"
-    __table_args__ = (Index(None, "user_id", "created_at"),)
+    __table_args__ = (
+        Index(None, "user_id", "created_at"),
+        UniqueConstraint("user_id", "seq"),
+    )
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.telegram_id", ondelete="CASCADE"))
     kind: Mapped[EntryKind] = mapped_column(str_enum(EntryKind))
     # Signed: positive adds to the balance, negative takes from it.
     amount: Mapped[int]
     balance_after: Mapped[int]
+    # 1, 2, 3... per user: the account's `last_seq` after this entry. The ledger's order.
+    seq: Mapped[int]
     hold_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("credit_holds.id", ondelete="SET NULL"))
     # What the entry is for, e.g. "generation:<uuid>" or "payment:<charge id>".
     reference: Mapped[str | None] = mapped_column(String(128))

@@ -7,7 +7,10 @@ duplicated operation leaves nothing behind while the caller's other work stays.
 Invariants:
 - `credit_accounts.balance` >= 0, enforced by a conditional UPDATE (plus the CHECK constraint);
 - `credit_accounts.balance` == sum(`credit_entries.amount`) per account;
-- each entry's `balance_after` == the previous entry's `balance_after` + its `amount`;
+- each entry's `balance_after` == the previous entry's `balance_after` + its `amount`, where
+  "previous" means by `seq`: the account's `last_seq`, bumped by the same UPDATE that moves the
+  balance (under its row lock), so entries are ordered as applied whatever the clocks say;
+- `credit_accounts.last_seq` == the `seq` of the account's newest entry;
 - an idempotency key is applied at most once; the same key again returns the first result;
 - a hold resolves exactly once (captured, released or expired).
 
@@ -168,8 +171,8 @@ _id_state = (0, 0)  # (milliseconds, counter) of the last id
 def ordered_uuid() -> uuid.UUID:
     """A UUIDv7: wall-clock milliseconds, then a counter; increasing within a process.
 
-    Entries written with a frozen clock (or in one microsecond) share `created_at`; their ids
-    then still sort in the order they were written, which history and verify_all rely on.
+    Entries and holds written in one millisecond still get ids in the order they were written
+    (in this process). The ledger's own order is each entry's `seq`, not its id or timestamp.
     """
     global _id_state
     now_ms = time.time_ns() // 1_000_000
@@ -377,8 +380,7 @@ class LedgerService:
             return _replay_hold(stored, key=key, user_id=user_id, amount=amount)
         try:
             async with session.begin_nested():
-                balance = await self._move(session, user_id=user_id, delta=-amount)
-                # Read the time after the account row is locked: entry order = application order.
+                balance, seq = await self._move(session, user_id=user_id, delta=-amount)
                 now = self._clock.now()
                 hold_id = ordered_uuid()  # time-ordered: the expiry sweep takes the oldest first
                 await session.execute(
@@ -401,6 +403,7 @@ class LedgerService:
                     kind=EntryKind.HOLD,
                     amount=-amount,
                     balance_after=balance,
+                    seq=seq,
                     hold_id=hold_id,
                     reference=reference,
                     description=description,
@@ -535,7 +538,7 @@ class LedgerService:
                 CreditEntry.created_at,
             )
             .where(CreditEntry.user_id == user_id)
-            .order_by(CreditEntry.created_at.desc(), CreditEntry.id.desc())
+            .order_by(CreditEntry.seq.desc())
             .limit(limit)
             .offset(offset)
         )
@@ -556,10 +559,18 @@ class LedgerService:
         return HistoryPage(items=items, total=int(total or 0), limit=limit, offset=offset)
 
     async def verify_all(self, *, session: AsyncSession) -> list[AccountMismatch]:
-        """Every account whose balance != the sum of its entries, or whose balance_after chain
-        breaks (the first broken entry is named). Empty when the books are right."""
+        """Every account whose balance != the sum of its entries, whose last_seq != its newest
+        entry's seq, or whose balance_after chain (in seq order) breaks (the first broken entry
+        is named). Empty when the books are right.
+
+        An account without entries isn't held to a last_seq: /delete_me erases the entries but
+        keeps the counter, so that a number is never used twice."""
         sums = (
-            select(CreditEntry.user_id, func.sum(CreditEntry.amount).label("total"))
+            select(
+                CreditEntry.user_id,
+                func.sum(CreditEntry.amount).label("total"),
+                func.max(CreditEntry.seq).label("newest"),
+            )
             .group_by(CreditEntry.user_id)
             .subquery()
         )
@@ -582,6 +593,14 @@ class LedgerService:
         for user_id, balance, total in rows:
             note(user_id, balance, int(total), "balance != sum(entries)")
 
+        counters = await session.execute(
+            select(CreditAccount.user_id, CreditAccount.balance, sums.c.total)
+            .join(sums, sums.c.user_id == CreditAccount.user_id)
+            .where(CreditAccount.last_seq != sums.c.newest)
+        )
+        for user_id, balance, total in counters:
+            note(user_id, balance, int(total), "last_seq != newest entry's seq")
+
         orphans = await session.execute(
             select(sums.c.user_id, sums.c.total)
             .outerjoin(CreditAccount, CreditAccount.user_id == sums.c.user_id)
@@ -590,7 +609,7 @@ class LedgerService:
         for user_id, total in orphans:
             note(user_id, None, int(total), "entries without an account")
 
-        order = (CreditEntry.created_at, CreditEntry.id)
+        order = CreditEntry.seq
         chain = select(
             CreditEntry.id,
             CreditEntry.user_id,
@@ -656,13 +675,14 @@ class LedgerService:
             )
         try:
             async with session.begin_nested():
-                balance = await self._move(session, user_id=user_id, delta=delta)
+                balance, seq = await self._move(session, user_id=user_id, delta=delta)
                 entry_id = await self._insert_entry(
                     session,
                     user_id=user_id,
                     kind=kind,
                     amount=delta,
                     balance_after=balance,
+                    seq=seq,
                     hold_id=None,
                     reference=reference,
                     description=description,
@@ -709,7 +729,7 @@ class LedgerService:
         try:
             async with session.begin_nested():
                 # Account first, hold second: the same lock order as hold() and every debit.
-                balance = await self._move(session, user_id=hold.user_id, delta=returned)
+                balance, seq = await self._move(session, user_id=hold.user_id, delta=returned)
                 now = self._clock.now()
                 conditions = [CreditHold.id == hold_id, CreditHold.status == HoldStatus.ACTIVE]
                 if target is HoldStatus.EXPIRED:
@@ -731,6 +751,7 @@ class LedgerService:
                     kind=kind,
                     amount=returned,
                     balance_after=balance,
+                    seq=seq,
                     hold_id=hold_id,
                     reference=hold.reference,
                     description=description,
@@ -757,28 +778,34 @@ class LedgerService:
             replayed=False,
         )
 
-    async def _move(self, session: AsyncSession, *, user_id: int, delta: int) -> int:
-        """Add `delta` to the balance unless it would go below zero; the new balance.
+    async def _move(self, session: AsyncSession, *, user_id: int, delta: int) -> tuple[int, int]:
+        """Add `delta` to the balance unless it would go below zero; (new balance, entry seq).
 
         The condition sits in the UPDATE itself, so concurrent debits can't overdraw: on
         PostgreSQL the second one waits for the row lock and re-checks against the new balance.
+        The same UPDATE bumps `last_seq`, so the entry written next (in this savepoint, still
+        under the row lock) gets the account's next number: its place in the ledger's order.
         """
         statement = (
             update(CreditAccount)
             .where(CreditAccount.user_id == user_id, CreditAccount.balance + delta >= 0)
-            .values(balance=CreditAccount.balance + delta, updated_at=self._clock.now())
-            .returning(CreditAccount.balance)
+            .values(
+                balance=CreditAccount.balance + delta,
+                last_seq=CreditAccount.last_seq + 1,
+                updated_at=self._clock.now(),
+            )
+            .returning(CreditAccount.balance, CreditAccount.last_seq)
             .execution_options(synchronize_session=False)
         )
-        balance = (await session.execute(statement)).scalar_one_or_none()
-        if balance is not None:
-            return balance
+        row = (await session.execute(statement)).first()
+        if row is not None:
+            return int(row.balance), int(row.last_seq)
         current = await session.scalar(select(CreditAccount.balance).where(CreditAccount.user_id == user_id))
         if current is None and delta >= 0:
             await self.ensure_account(session=session, user_id=user_id)
-            balance = (await session.execute(statement)).scalar_one_or_none()
-            if balance is not None:
-                return balance
+            row = (await session.execute(statement)).first()
+            if row is not None:
+                return int(row.balance), int(row.last_seq)
         raise InsufficientCredits(balance=current or 0, required=-delta)
 
     async def _insert_entry(
@@ -789,6 +816,7 @@ class LedgerService:
         kind: EntryKind,
         amount: int,
         balance_after: int,
+        seq: int,
         hold_id: uuid.UUID | None,
         reference: str | None,
         description: str,
@@ -796,6 +824,8 @@ class LedgerService:
         key: str,
         now: datetime,
     ) -> uuid.UUID:
+        """Write an entry; only right after `_move` (same savepoint), with the balance and seq
+        it returned."""
         entry_id = ordered_uuid()
         await session.execute(
             insert(CreditEntry).values(
@@ -804,6 +834,7 @@ class LedgerService:
                 kind=kind,
                 amount=amount,
                 balance_after=balance_after,
+                seq=seq,
                 hold_id=hold_id,
                 reference=reference,
                 description=description,
