@@ -323,6 +323,16 @@ async def test_text_prompt_is_generated_stored_delivered_and_captured_once(
     assert "1 of 1" in card.params["caption"] and f"{2 * PRICE} credits" in card.params["caption"]
 
 
+async def _captured_once(app: Runtime, db: Database, user_id: int, *, images: int) -> None:
+    """One hold, captured once for the delivered images, and nothing else after the bonus."""
+    assert [kind for kind, _ in await _entries(db, user_id)] == [
+        EntryKind.BONUS,
+        EntryKind.HOLD,
+        EntryKind.CAPTURE,
+    ]
+    assert await _balance(app, user_id) == FUNDS - images * PRICE
+
+
 async def test_fal_gets_its_answer_before_the_album_is_sent(
     app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
 ) -> None:
@@ -340,12 +350,7 @@ async def test_fal_gets_its_answer_before_the_album_is_sent(
     assert len(albums) == 1 and len(albums[0].params["media"]) == 2
     generation = await _generation(db, user.id)
     assert generation.status is JobStatus.SUCCEEDED and generation.cost == 2 * PRICE
-    assert [kind for kind, _ in await _entries(db, user.id)] == [
-        EntryKind.BONUS,
-        EntryKind.HOLD,
-        EntryKind.CAPTURE,
-    ]
-    assert await _balance(app, user.id) == FUNDS - 2 * PRICE
+    await _captured_once(app, db, user.id, images=2)
 
 
 async def test_a_webhook_delivered_twice_delivers_one_album_and_captures_once(
@@ -363,12 +368,7 @@ async def test_a_webhook_delivered_twice_delivers_one_album_and_captures_once(
     await _jobs_done(app)
 
     assert len(_albums(telegram, user.id)) == 1
-    assert [kind for kind, _ in await _entries(db, user.id)] == [
-        EntryKind.BONUS,
-        EntryKind.HOLD,
-        EntryKind.CAPTURE,
-    ]
-    assert await _balance(app, user.id) == FUNDS - 2 * PRICE
+    await _captured_once(app, db, user.id, images=2)
 
 
 async def test_the_sweep_settles_a_webhook_whose_job_was_lost(
@@ -402,11 +402,7 @@ async def test_the_sweep_settles_a_webhook_whose_job_was_lost(
     await held.release()
     await _jobs_done(app)
     assert len(_albums(telegram, user.id)) == 1
-    assert [kind for kind, _ in await _entries(db, user.id)] == [
-        EntryKind.BONUS,
-        EntryKind.HOLD,
-        EntryKind.CAPTURE,
-    ]
+    await _captured_once(app, db, user.id, images=2)
 
 
 async def test_one_nsfw_image_of_four_is_released(
