@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from aisha.billing import LedgerService
 from aisha.clock import SystemClock
 from aisha.db.migrate import upgrade
-from aisha.db.session import create_engine, create_session_factory, unit_of_work
+from aisha.db.session import create_engine, create_session_factory, execute_autocommit, unit_of_work
 from aisha.users.models import User
 
 DEFAULT_URL = os.environ.get("DATABASE_TEST_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
@@ -45,16 +45,6 @@ WARMUP_SECONDS = 1.0
 
 Work = Callable[[AsyncSession, int, int], Awaitable[None]]
 counter = itertools.count()  # unique idempotency keys across every phase of the run
-
-
-async def _admin_sql(admin_url: str, statement: str) -> None:
-    engine = create_engine(admin_url)
-    try:
-        async with engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 def _in_thread(function: Callable[[], None]) -> None:
@@ -178,12 +168,12 @@ def main() -> int:
     admin_url = args.database_url
     name = f"aisha_bench_{uuid.uuid4().hex[:10]}"
     url = urlsplit(admin_url)._replace(path=f"/{name}").geturl()
-    asyncio.run(_admin_sql(admin_url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute_autocommit(admin_url, f'CREATE DATABASE "{name}"'))
     try:
         _in_thread(lambda: upgrade(url))
         asyncio.run(_run(url, seconds=args.seconds, workers=args.workers))
     finally:
-        asyncio.run(_admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(execute_autocommit(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return 0
 
 

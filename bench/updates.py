@@ -53,7 +53,7 @@ from sqlalchemy import text
 
 from aisha.config import Settings, load_settings
 from aisha.db.migrate import upgrade
-from aisha.db.session import create_engine
+from aisha.db.session import execute_autocommit
 from aisha.logs import configure_logging
 from aisha.runtime import Role, Runtime
 from aisha.sandbox import FakeTelegramServer
@@ -272,16 +272,6 @@ def _print(results: dict[tuple[str, str], Result], *, seconds: float, clients: i
         )
 
 
-async def _admin_sql(admin_url: str, statement: str) -> None:
-    engine = create_engine(admin_url)
-    try:
-        async with engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -295,12 +285,12 @@ def main() -> int:
     admin_url = args.database_url
     name = f"aisha_bench_{uuid.uuid4().hex[:10]}"
     url = urlsplit(admin_url)._replace(path=f"/{name}").geturl()
-    asyncio.run(_admin_sql(admin_url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute_autocommit(admin_url, f'CREATE DATABASE "{name}"'))
     try:
         upgrade(url)  # before any event loop of ours: Alembic's env runs its own
         asyncio.run(_run(url, seconds=args.seconds, clients=args.clients, users=args.users))
     finally:
-        asyncio.run(_admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(execute_autocommit(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return 0
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.db.migrate import upgrade
 from aisha.db.models import Base
-from aisha.db.session import create_engine, create_session_factory
+from aisha.db.session import create_engine, create_session_factory, execute_autocommit
 
 PG_ADMIN_URL = os.environ.get("DATABASE_TEST_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
@@ -67,21 +67,16 @@ def postgres_url() -> Iterator[str]:
     admin = urlsplit(PG_ADMIN_URL)
     url = admin._replace(path=f"/{name}").geturl()
 
-    async def admin_sql(statement: str) -> None:
-        engine = create_engine(PG_ADMIN_URL)
-        try:
-            async with engine.connect() as connection:
-                await connection.execution_options(isolation_level="AUTOCOMMIT")
-                await connection.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    _in_thread(lambda: asyncio.run(admin_sql(f'CREATE DATABASE "{name}"')))
+    _in_thread(lambda: asyncio.run(execute_autocommit(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')))
     try:
         _in_thread(lambda: upgrade(url))
         yield url
     finally:
-        _in_thread(lambda: asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
+        _in_thread(
+            lambda: asyncio.run(
+                execute_autocommit(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            )
+        )
 
 
 @pytest.fixture(scope="session")

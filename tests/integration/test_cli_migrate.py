@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from aisha.db.models import Base
-from aisha.db.session import create_engine
+from aisha.db.session import create_engine, execute_autocommit
 from tests.conftest import PG_ADMIN_URL, _require
 
 
@@ -52,16 +52,7 @@ def test_migrate_creates_the_schema_on_postgresql(tmp_path: Path) -> None:
     _require("PostgreSQL", PG_ADMIN_URL, 5432)
     name = f"aisha_cli_{uuid.uuid4().hex[:10]}"
 
-    async def admin(statement: str) -> None:
-        engine = create_engine(PG_ADMIN_URL)
-        try:
-            async with engine.connect() as connection:
-                await connection.execution_options(isolation_level="AUTOCOMMIT")
-                await connection.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute_autocommit(PG_ADMIN_URL, f'CREATE DATABASE "{name}"'))
     try:
         url = urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}").geturl()
         plain = url.replace("postgresql+asyncpg://", "postgresql://")
@@ -71,7 +62,7 @@ def test_migrate_creates_the_schema_on_postgresql(tmp_path: Path) -> None:
         again = _migrate(plain, tmp_path)  # already at head: nothing to do, no error
         assert again.returncode == 0, again.stderr
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(execute_autocommit(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.mark.parametrize("bad", ["mysql://x/y", "not a url"])

@@ -31,7 +31,7 @@ from aisha.billing import LedgerService
 from aisha.clock import FrozenClock
 from aisha.db.migrate import upgrade
 from aisha.db.models import Base
-from aisha.db.session import create_engine, create_session_factory, unit_of_work
+from aisha.db.session import create_engine, create_session_factory, execute_autocommit, unit_of_work
 from tests.conftest import PG_ADMIN_URL, Database, _require
 
 
@@ -63,19 +63,11 @@ async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         return
     _require("PostgreSQL", PG_ADMIN_URL, 5432)
     name = f"aisha_migrate_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL)
+    await execute_autocommit(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
     try:
-        async with admin.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}").geturl()
-        finally:
-            async with admin.connect() as connection:
-                await connection.execution_options(isolation_level="AUTOCOMMIT")
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        yield urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}").geturl()
     finally:
-        await admin.dispose()
+        await execute_autocommit(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # The tables as revision 0004 left them (only the columns written here), typed so that each

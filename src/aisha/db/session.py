@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -21,6 +21,18 @@ def create_engine(database_url: str, *, echo: bool = False, pool_size: int = 10)
     return create_async_engine(
         database_url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
     )
+
+
+async def execute_autocommit(database_url: str, statement: str) -> None:
+    """Run one statement outside any transaction: CREATE and DROP DATABASE can't run inside one
+    (the tests and benchmarks make their own PostgreSQL databases with it)."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
 
 
 def _create_sqlite_engine(database_url: str, *, echo: bool) -> AsyncEngine:
