@@ -10,6 +10,8 @@ import asyncio
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +59,29 @@ def _require(name: str, url: str, default_port: int) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{name} is required (AISHA_REQUIRE_SERVICES=1) but not reachable at {redacted}")
     pytest.skip(message)
+
+
+def run_aisha(
+    *args: str,
+    cwd: Path,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """`aisha ARGS` in a child process with only PATH (plus DATABASE_URL, plus `env`) set."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if database_url is not None:
+        full_env["DATABASE_URL"] = database_url
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "aisha", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")

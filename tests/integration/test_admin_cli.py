@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,19 +16,11 @@ from aisha.billing.service import LedgerService
 from aisha.clock import SystemClock
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
 from aisha.users.models import User
+from tests.conftest import run_aisha
 
 
 def _aisha(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "aisha", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
+    return run_aisha(*args, database_url=database_url, cwd=cwd)
 
 
 @pytest.fixture

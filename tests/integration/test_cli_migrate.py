@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,20 +13,11 @@ from sqlalchemy import inspect, text
 
 from aisha.db.models import Base
 from aisha.db.session import create_engine, execute_autocommit
-from tests.conftest import PG_ADMIN_URL, _require
+from tests.conftest import PG_ADMIN_URL, _require, run_aisha
 
 
 def _migrate(database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "aisha", "migrate"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
+    return run_aisha("migrate", database_url=database_url, cwd=cwd)
 
 
 async def _tables(url: str) -> set[str]:
@@ -104,18 +93,9 @@ def test_ledger_verify_names_the_account_that_does_not_add_up(tmp_path: Path) ->
             ]
         )
     )
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DATABASE_URL": url}
 
     def verify() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "aisha", "ledger", "verify"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=120,
-            check=False,
-        )
+        return run_aisha("ledger", "verify", database_url=url, cwd=tmp_path)
 
     good = verify()
     assert good.returncode == 0, good.stderr

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from aisha.config import ConfigError, load_settings
+from tests.conftest import run_aisha
 
 
 @pytest.fixture(autouse=True)
@@ -88,15 +88,7 @@ def test_secret_is_not_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _aisha(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aisha", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
+    return run_aisha(*args, env=env, cwd=cwd, timeout=60)
 
 
 def test_cli_bad_configuration_is_one_line_and_nonzero(tmp_path: Path) -> None:
