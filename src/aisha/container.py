@@ -20,7 +20,7 @@ from aisha.api.fal import FalWebhookRegistry
 from aisha.avatars.service import TRAIN_JOB, AvatarNotifier, AvatarRules, AvatarService
 from aisha.avatars.training import FalTrainer, TrainerConfig
 from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThresholds
-from aisha.billing.payments import PaymentService
+from aisha.billing.payments import PaymentService, StarRefunds
 from aisha.billing.prices import PriceList, load_prices
 from aisha.billing.service import LedgerService
 from aisha.bot.throttle import Throttle, create_throttle
@@ -45,6 +45,7 @@ from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
 from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Messenger
 from aisha.metrics import Metrics
+from aisha.notices import NoticeRules, NoticeService
 from aisha.providers.fal import FalClient
 from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier
 from aisha.providers.openai_transcriber import OpenAITranscriber
@@ -89,6 +90,7 @@ class Services:
     throttle: Throttle | None = None  # per-user rate limit; None when THROTTLE_RATE=0
     privacy: PrivacyService = field(init=False)
     locks: UserLocks = field(default_factory=UserLocks)  # one operation per user at a time
+    notices: NoticeService = field(init=False)  # messages owed, sent after commit
 
     async def aclose(self) -> None:
         if self.throttle is not None:
@@ -106,7 +108,13 @@ def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value else None
 
 
-def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | None = None) -> Services:
+def build_services(
+    settings: Settings,
+    *,
+    messenger: Messenger,
+    clock: Clock | None = None,
+    refunds: StarRefunds | None = None,
+) -> Services:
     clock = clock or SystemClock()
     engine = create_engine(settings.database_url)
     sessions = create_session_factory(engine)
@@ -134,7 +142,7 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
         translator=Translator.load(settings.default_locale),
         prices=prices,
         ledger=ledger,
-        payments=PaymentService(ledger=ledger, prices=prices),
+        payments=PaymentService(ledger=ledger, prices=prices, sessions=sessions, refunds=refunds),
         users=UserService(clock=clock, ledger=ledger, welcome_bonus=settings.welcome_bonus),
         queue=JobQueue(create_broker(settings.redis_url), metrics=metrics.jobs),
         messenger=messenger,
@@ -145,6 +153,18 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
     )
     services.privacy = PrivacyService(clock=clock, ledger=ledger, storage=services.storage)
     services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
+    services.notices = NoticeService(
+        sessions=sessions,
+        clock=clock,
+        messenger=messenger,
+        rules=NoticeRules(
+            max_attempts=settings.notice_max_attempts,
+            retry_base=timedelta(seconds=settings.notice_retry_seconds),
+        ),
+    )
+    services.recovery.register("notices.owed", services.notices.sweep)
+    if refunds is not None:
+        services.recovery.register("billing.refunds", services.payments.sweep_refunds)
     if settings.fal_key:
         services.fal = FalClient(
             key=settings.fal_key.get_secret_value(),

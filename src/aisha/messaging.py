@@ -30,11 +30,16 @@ class FileTooLarge(Exception):
         super().__init__(f"file of {size} bytes is over the {limit}-byte download limit")
 
 
+class RecipientUnreachable(Exception):
+    """The chat can't receive messages: the user blocked the bot, or the chat is gone. Trying
+    again won't help (unlike a timeout or a server error)."""
+
+
 class Messenger(Protocol):
     async def send_text(
         self, chat_id: int, text: str, *, buttons: Buttons | None = None, reply_to: int | None = None
     ) -> int:
-        """Sends a message; returns its message id."""
+        """Sends a message; returns its message id. Raises RecipientUnreachable."""
         ...
 
     async def edit_text(

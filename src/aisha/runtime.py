@@ -45,7 +45,9 @@ class Runtime:
         self.limiter: OutgoingLimiter = create_limiter(settings)
         self.bot: Bot = create_bot(settings, limiter=self.limiter)
         messenger = BotMessenger(self.bot, local_api=settings.telegram_api_local)
-        self.services: Services = build_services(settings, messenger=messenger, clock=clock)
+        self.services: Services = build_services(
+            settings, messenger=messenger, clock=clock, refunds=messenger
+        )
         self.dispatcher: Dispatcher = create_dispatcher(self.services)
         self._server: _QuietServer | None = None
         self._tasks: list[asyncio.Task[None]] = []

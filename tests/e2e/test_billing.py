@@ -221,7 +221,7 @@ async def test_admin_refund_takes_credits_back_only_if_still_there(
     assert reply.params["text"] == "This payment was already refunded."
 
 
-async def test_refund_refused_by_telegram_changes_nothing(
+async def test_refund_refused_by_telegram_gives_the_credits_back(
     telegram: FakeTelegramServer, app: Runtime, db: Database
 ) -> None:
     user = FakeUser(id=5009, language_code="en")
@@ -239,11 +239,14 @@ async def test_refund_refused_by_telegram_changes_nothing(
     telegram.fail_next(
         "refundStarPayment",
         error_code=400,
-        description="Bad Request: CHARGE_ALREADY_REFUNDED",
+        description="Bad Request: CHARGE_NOT_FOUND",
         retry_after=None,
     )
     reply = await say(telegram, ADMIN, "/refund charge-x")
-    assert reply.params["text"].startswith("Telegram refused the refund")
+    assert reply.params["text"] == (
+        "Telegram refused the refund: Bad Request: CHARGE_NOT_FOUND."
+        " The credits were given back; the payment stays paid."
+    )
     assert await _balance(db, app, user.id) == 50
     async with db.sessions() as session:
         payment = await session.scalar(

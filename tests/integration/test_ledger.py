@@ -758,8 +758,9 @@ async def test_refund_takes_the_credits_back(db: Database, payments: PaymentServ
     assert await balance_row(db, alice) == 0
     assert (await entries(db, alice))[-1] == (EntryKind.REFUND, -110, 0, "refund:stxCHARGE1")
     row = await tx(db, lambda s: s.scalar(select(Payment)))
-    assert row is not None and row.status is PaymentStatus.REFUNDED and row.refunded_at is not None
-    with pytest.raises(AlreadyRefunded):
+    # The intent: Telegram's refundStarPayment is owed (complete_refund, after commit).
+    assert row is not None and row.status is PaymentStatus.REFUNDING and row.refunded_at is not None
+    with pytest.raises(AlreadyRefunded):  # RefundInProgress, a kind of AlreadyRefunded
         await tx(db, lambda s: payments.refund(session=s, telegram_payment_charge_id="stxCHARGE1"))
     with pytest.raises(PaymentNotFound):
         await tx(db, lambda s: payments.refund(session=s, telegram_payment_charge_id="nope"))

@@ -65,5 +65,21 @@ class AlreadyRefunded(PaymentError):
         super().__init__("payment already refunded")
 
 
+class RefundInProgress(AlreadyRefunded):
+    """A refund of this payment was started and Telegram's answer is still awaited."""
+
+
+class RefundRefused(PaymentError):
+    """Telegram definitively refused refundStarPayment (e.g. CHARGE_NOT_FOUND); `reason` is its text."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"refund refused: {reason}")
+
+
+class ChargeAlreadyRefunded(PaymentError):
+    """Telegram says the charge was refunded already: the Stars are back with the user."""
+
+
 class InvalidPayment(PaymentError):
     """A successful payment we can't turn into credits (e.g. not in Telegram Stars)."""

@@ -33,6 +33,9 @@ class HoldStatus(StrEnum):
 
 class PaymentStatus(StrEnum):
     PAID = "paid"
+    # The credits are taken back and Telegram's refundStarPayment is owed (or its answer awaited):
+    # the recovery sweep drives it to REFUNDED, or back to PAID when Telegram refuses.
+    REFUNDING = "refunding"
     REFUNDED = "refunded"
 
 
@@ -115,7 +118,11 @@ class Payment(UUIDPrimaryKey, Base):
     payload: Mapped[str] = mapped_column(String(128))
     status: Mapped[PaymentStatus] = mapped_column(str_enum(PaymentStatus), default=PaymentStatus.PAID)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    refunded_at: Mapped[datetime | None]
+    refunded_at: Mapped[datetime | None]  # when the refund started (REFUNDING) or ended (REFUNDED)
+    # Refunds started, counting those Telegram refused: each has its own ledger keys.
+    refund_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Credits a refund made outside the bot couldn't take back: already spent when it came.
+    refund_shortfall: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class AnonymizedLedgerTotal(Base):

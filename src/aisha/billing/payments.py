@@ -3,7 +3,15 @@
 The bot's handlers call these inside one unit of work each:
 - pre_checkout_query  -> `validate_pre_checkout` (None = answer ok, else a locale error key);
 - successful_payment  -> `record_successful_payment` (credits once per Telegram charge id);
-- admin refund        -> `refund`, then Telegram's refundStarPayment, then commit.
+- refunded_payment    -> `record_refunded_payment` (a refund made outside the bot);
+- admin refund        -> `refund` (credits taken back, payment REFUNDING: the intent), and after
+  commit `complete_refund` (refundStarPayment outside any transaction, its answer in a new one).
+
+Ledger entries, all with reference `payment:<payment id>`: one TOPUP credit per payment (key
+`payment:<charge>`); one REFUND debit per refund started (`refund:<charge>`, then
+`refund:<charge>#<n>` for the n-th), of the payment's credits, or of what was left for a refund
+made outside the bot (none when nothing was); and one REFUND credit (`refund-back:<charge>`,
+`...#<n>`) giving that debit back when Telegram refused the refund.
 """
 
 from __future__ import annotations
@@ -12,16 +20,29 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 from fractions import Fraction
-from typing import cast
+from typing import Any, Protocol, cast
 
+import structlog
 from sqlalchemy import Table, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from aisha.billing.errors import AlreadyRefunded, IdempotencyConflict, InvalidPayment, PaymentNotFound
+from aisha.billing.errors import (
+    AlreadyRefunded,
+    ChargeAlreadyRefunded,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidPayment,
+    PaymentNotFound,
+    RefundInProgress,
+    RefundRefused,
+)
 from aisha.billing.models import EntryKind, Payment, PaymentStatus
 from aisha.billing.prices import PriceList, StarPackage
 from aisha.billing.service import MAX_KEY_LENGTH, LedgerService
+from aisha.db.session import unit_of_work
 from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
 
@@ -40,6 +61,8 @@ ERROR_BLOCKED = "payments.error.blocked"
 
 TOPUP_DESCRIPTION = "ledger.topup"
 REFUND_DESCRIPTION = "ledger.payment_refund"
+REFUND_CANCELLED_DESCRIPTION = "ledger.payment_refund_cancelled"
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +79,34 @@ class PaymentResult:
     replayed: bool
 
 
+class RefundOutcome(StrEnum):
+    REFUNDED = "refunded"  # the Stars are back with the user
+    REFUSED = "refused"  # Telegram said no: the payment is paid again and its credits are back
+    PENDING = "pending"  # no answer from Telegram: the recovery sweep asks again
+
+
+@dataclass(frozen=True, slots=True)
+class RefundCompletion:
+    outcome: RefundOutcome
+    reason: str | None = None  # Telegram's words, for a refusal
+
+
+@dataclass(frozen=True, slots=True)
+class RefundedPayment:
+    taken: int  # credits taken back now
+    shortfall: int  # credits that were already spent
+    replayed: bool
+
+
+class StarRefunds(Protocol):
+    """Telegram's refundStarPayment, implemented by the bot adapter."""
+
+    async def refund_star_payment(self, *, user_id: int, telegram_payment_charge_id: str) -> None:
+        """Give the Stars back. Raises ChargeAlreadyRefunded and RefundRefused (a definitive no);
+        any other error means no answer, and asking again is safe."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class RefundResult:
     user_id: int
@@ -68,8 +119,16 @@ def payment_key(telegram_payment_charge_id: str) -> str:
     return _key("payment", telegram_payment_charge_id)
 
 
-def refund_key(telegram_payment_charge_id: str) -> str:
-    return _key("refund", telegram_payment_charge_id)
+def refund_key(telegram_payment_charge_id: str, attempt: int = 1) -> str:
+    """The REFUND debit of a payment's `attempt`-th refund (only a refused one is followed by another)."""
+    suffix = "" if attempt == 1 else f"#{attempt}"
+    return _key("refund", telegram_payment_charge_id + suffix)
+
+
+def refund_back_key(telegram_payment_charge_id: str, attempt: int = 1) -> str:
+    """The REFUND credit that gives the debit of a refused refund back."""
+    suffix = "" if attempt == 1 else f"#{attempt}"
+    return _key("refund-back", telegram_payment_charge_id + suffix)
 
 
 def _key(prefix: str, charge_id: str) -> str:
@@ -88,9 +147,18 @@ def parse_payload(payload: str) -> InvoicePayload | None:
 
 
 class PaymentService:
-    def __init__(self, *, ledger: LedgerService, prices: PriceList) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: LedgerService,
+        prices: PriceList,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+        refunds: StarRefunds | None = None,
+    ) -> None:
         self._ledger = ledger
         self._prices = prices
+        self._sessions = sessions  # for the refund's own transactions (complete_refund, the sweep)
+        self._refunds = refunds
 
     @property
     def packages(self) -> tuple[StarPackage, ...]:
@@ -194,39 +262,38 @@ class PaymentService:
         return PaymentResult(credits=credits, balance=entry.balance, replayed=entry.replayed)
 
     async def refund(self, *, session: AsyncSession, telegram_payment_charge_id: str) -> RefundResult:
-        """Take the payment's credits back (only if the user still has them) and mark it refunded.
+        """Start a refund, in the caller's transaction: take the payment's credits back (only if
+        the user still has them) and mark it REFUNDING, the intent to call refundStarPayment.
 
-        The caller then calls Telegram's refundStarPayment and commits only if that succeeded.
+        Once this commits, `complete_refund` asks Telegram (outside any transaction) and records
+        the answer; the recovery sweep (`sweep_refunds`) asks again for refunds left without one.
+        Raises PaymentNotFound, RefundInProgress, AlreadyRefunded, InsufficientCredits (then
+        nothing is written).
         """
-        row = (
-            await session.execute(
-                select(Payment.id, Payment.user_id, Payment.amount, Payment.credits, Payment.status).where(
-                    Payment.telegram_payment_charge_id == telegram_payment_charge_id
-                )
-            )
-        ).first()
+        row = await self._payment_row(session, telegram_payment_charge_id)
         if row is None:
             raise PaymentNotFound(telegram_payment_charge_id)
+        if row.status == PaymentStatus.REFUNDING:
+            raise RefundInProgress(telegram_payment_charge_id)
         if row.status == PaymentStatus.REFUNDED:
             raise AlreadyRefunded(telegram_payment_charge_id)
+        attempt = row.refund_attempts + 1
         async with session.begin_nested():
-            won = (
-                await session.execute(
-                    update(Payment)
-                    .where(Payment.id == row.id, Payment.status == PaymentStatus.PAID)
-                    .values(status=PaymentStatus.REFUNDED, refunded_at=self._ledger.clock.now())
-                    .returning(Payment.id)
-                    .execution_options(synchronize_session=False)
-                )
-            ).first()
-            if won is None:
-                raise AlreadyRefunded(telegram_payment_charge_id)
+            won = await self._move(
+                session,
+                row,
+                to=PaymentStatus.REFUNDING,
+                refunded_at=self._ledger.clock.now(),
+                attempt=attempt,
+            )
+            if not won:  # another refund started first
+                raise RefundInProgress(telegram_payment_charge_id)
             # InsufficientCredits here rolls the status back too: nothing is written.
             entry = await self._ledger.debit(
                 session=session,
                 user_id=row.user_id,
                 amount=row.credits,
-                key=refund_key(telegram_payment_charge_id),
+                key=refund_key(telegram_payment_charge_id, attempt),
                 kind=EntryKind.REFUND,
                 description=REFUND_DESCRIPTION,
                 description_args={"stars": row.amount, "credits": row.credits},
@@ -234,7 +301,183 @@ class PaymentService:
             )
         return RefundResult(user_id=row.user_id, stars=row.amount, credits=row.credits, balance=entry.balance)
 
+    async def complete_refund(self, *, telegram_payment_charge_id: str) -> RefundCompletion:
+        """Ask Telegram to give the Stars of a REFUNDING payment back, then record its answer in a
+        transaction of its own: REFUNDED (also when Telegram says it was refunded already), PAID
+        with the credits given back when Telegram refuses, unchanged when there is no answer."""
+        assert self._sessions is not None and self._refunds is not None, "wired by build_services"
+        async with self._sessions() as session:
+            row = await self._payment_row(session, telegram_payment_charge_id)
+        if row is None:
+            raise PaymentNotFound(telegram_payment_charge_id)
+        if row.status != PaymentStatus.REFUNDING:  # finished meanwhile (the sweep, a service message)
+            outcome = (
+                RefundOutcome.REFUNDED if row.status == PaymentStatus.REFUNDED else RefundOutcome.REFUSED
+            )
+            return RefundCompletion(outcome=outcome)
+        try:
+            await self._refunds.refund_star_payment(
+                user_id=row.user_id, telegram_payment_charge_id=telegram_payment_charge_id
+            )
+        except ChargeAlreadyRefunded:
+            pass  # an earlier call got through although its answer was lost
+        except RefundRefused as refusal:
+            await self._cancel_refund(row, telegram_payment_charge_id)
+            log.warning("payment.refund_refused", user_id=row.user_id, reason=refusal.reason)
+            return RefundCompletion(outcome=RefundOutcome.REFUSED, reason=refusal.reason)
+        except Exception as error:
+            log.warning("payment.refund_unanswered", user_id=row.user_id, error=repr(error))
+            return RefundCompletion(outcome=RefundOutcome.PENDING)
+        async with unit_of_work(self._sessions) as session:
+            await self._move(session, row, to=PaymentStatus.REFUNDED, refunded_at=self._ledger.clock.now())
+        log.info("payment.refunded", user_id=row.user_id, stars=row.amount, credits=row.credits)
+        return RefundCompletion(outcome=RefundOutcome.REFUNDED)
+
+    async def sweep_refunds(self) -> int:
+        """The recovery check: ask Telegram again for every refund still without an answer."""
+        assert self._sessions is not None
+        async with self._sessions() as session:
+            charges = (
+                await session.scalars(
+                    select(Payment.telegram_payment_charge_id).where(
+                        Payment.status == PaymentStatus.REFUNDING
+                    )
+                )
+            ).all()
+        settled = 0
+        for charge_id in charges:
+            completion = await self.complete_refund(telegram_payment_charge_id=charge_id)
+            settled += completion.outcome != RefundOutcome.PENDING
+        return settled
+
+    async def record_refunded_payment(
+        self, *, session: AsyncSession, user_id: int, telegram_payment_charge_id: str
+    ) -> RefundedPayment | None:
+        """Telegram says a payment was refunded (a refund made outside the bot, or the service
+        message of ours): mark it REFUNDED and take its credits back, down to a zero balance at
+        most; what was already spent is kept on the payment as `refund_shortfall`. Idempotent.
+        None for a payment we don't know (logged)."""
+        row = await self._payment_row(session, telegram_payment_charge_id)
+        if row is None or row.user_id != user_id:
+            log.warning("payment.refunded_unknown", user_id=user_id, known=row is not None)
+            return None
+        if row.status == PaymentStatus.REFUNDED:
+            return RefundedPayment(taken=0, shortfall=row.refund_shortfall, replayed=True)
+        now = self._ledger.clock.now()
+        if row.status == PaymentStatus.REFUNDING:  # our own refund: its credits are taken already
+            await self._move(session, row, to=PaymentStatus.REFUNDED, refunded_at=now)
+            return RefundedPayment(taken=0, shortfall=0, replayed=True)
+        attempt = row.refund_attempts + 1
+        async with session.begin_nested():
+            if not await self._move(
+                session, row, to=PaymentStatus.REFUNDED, refunded_at=now, attempt=attempt
+            ):
+                return None  # a refund started meanwhile; it ends the same way
+            taken = await self._take_up_to(session, row, key=refund_key(telegram_payment_charge_id, attempt))
+            shortfall = row.credits - taken
+            if shortfall:
+                await session.execute(
+                    update(Payment)
+                    .where(Payment.id == row.id)
+                    .values(refund_shortfall=shortfall)
+                    .execution_options(synchronize_session=False)
+                )
+        if shortfall:
+            log.warning(
+                "payment.refund_shortfall",
+                user_id=user_id,
+                payment_id=str(row.id),
+                credits=row.credits,
+                taken=taken,
+                shortfall=shortfall,
+            )
+        log.info("payment.refunded_by_telegram", user_id=user_id, stars=row.amount, credits=taken)
+        return RefundedPayment(taken=taken, shortfall=shortfall, replayed=False)
+
     # --- internals -----------------------------------------------------------------------------
+
+    async def _payment_row(self, session: AsyncSession, telegram_payment_charge_id: str) -> Any:
+        return (
+            await session.execute(
+                select(
+                    Payment.id,
+                    Payment.user_id,
+                    Payment.amount,
+                    Payment.credits,
+                    Payment.status,
+                    Payment.refund_attempts,
+                    Payment.refund_shortfall,
+                ).where(Payment.telegram_payment_charge_id == telegram_payment_charge_id)
+            )
+        ).first()
+
+    async def _move(
+        self,
+        session: AsyncSession,
+        row: Any,
+        *,
+        to: PaymentStatus,
+        refunded_at: datetime | None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Move the payment on from the status (and refund attempt) `row` saw; False if it moved
+        on already, so every refund ends exactly once."""
+        values: dict[str, Any] = {"status": to, "refunded_at": refunded_at}
+        if attempt is not None:
+            values["refund_attempts"] = attempt
+        won = await session.execute(
+            update(Payment)
+            .where(
+                Payment.id == row.id,
+                Payment.status == row.status,
+                Payment.refund_attempts == row.refund_attempts,
+            )
+            .values(**values)
+            .returning(Payment.id)
+            .execution_options(synchronize_session=False)
+        )
+        return won.first() is not None
+
+    async def _cancel_refund(self, row: Any, telegram_payment_charge_id: str) -> None:
+        """Telegram refused: the payment is PAID again and its credits come back."""
+        assert self._sessions is not None
+        async with unit_of_work(self._sessions) as session:
+            if not await self._move(session, row, to=PaymentStatus.PAID, refunded_at=None):
+                return
+            credits = row.credits - row.refund_shortfall
+            if credits > 0:
+                await self._ledger.credit(
+                    session=session,
+                    user_id=row.user_id,
+                    amount=credits,
+                    key=refund_back_key(telegram_payment_charge_id, row.refund_attempts),
+                    kind=EntryKind.REFUND,
+                    description=REFUND_CANCELLED_DESCRIPTION,
+                    description_args={"stars": row.amount, "credits": credits},
+                    reference=f"payment:{row.id}",
+                )
+
+    async def _take_up_to(self, session: AsyncSession, row: Any, *, key: str) -> int:
+        """Debit the payment's credits, or the whole balance when less is left; returns what was taken."""
+        amount: int = min(row.credits, await self._ledger.get_balance(session=session, user_id=row.user_id))
+        for _ in range(3):
+            if amount <= 0:
+                return 0
+            try:
+                await self._ledger.debit(
+                    session=session,
+                    user_id=row.user_id,
+                    amount=amount,
+                    key=key,
+                    kind=EntryKind.REFUND,
+                    description=REFUND_DESCRIPTION,
+                    description_args={"stars": row.amount, "credits": amount},
+                    reference=f"payment:{row.id}",
+                )
+                return amount
+            except InsufficientCredits as error:  # spent meanwhile: take what is left now
+                amount = min(row.credits, error.balance)
+        raise InsufficientCredits(balance=amount, required=row.credits)
 
     def _credits_for(self, package: StarPackage | None, stars: int) -> int:
         if package is not None and package.stars == stars:

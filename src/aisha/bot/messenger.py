@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import structlog
 from aiogram import Bot
-from aiogram.exceptions import TelegramBadRequest
+from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
 from aiogram.types import (
     BufferedInputFile,
     InlineKeyboardButton,
@@ -22,7 +22,8 @@ from aiogram.types import (
     InputMediaVideo,
 )
 
-from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Buttons, FileTooLarge
+from aisha.billing.errors import ChargeAlreadyRefunded, RefundRefused
+from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Buttons, FileTooLarge, RecipientUnreachable
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -50,12 +51,32 @@ class BotMessenger:
     async def send_text(
         self, chat_id: int, text: str, *, buttons: Buttons | None = None, reply_to: int | None = None
     ) -> int:
-        message = await self._call(
-            lambda: self._bot.send_message(
-                chat_id, text, reply_markup=keyboard(buttons), reply_to_message_id=reply_to
+        try:
+            message = await self._call(
+                lambda: self._bot.send_message(
+                    chat_id, text, reply_markup=keyboard(buttons), reply_to_message_id=reply_to
+                )
             )
-        )
+        except TelegramForbiddenError as error:  # blocked by the user, kicked, deactivated
+            raise RecipientUnreachable(error.message) from error
+        except TelegramBadRequest as error:
+            if "chat not found" in error.message.lower():
+                raise RecipientUnreachable(error.message) from error
+            raise
         return message.message_id
+
+    async def refund_star_payment(self, *, user_id: int, telegram_payment_charge_id: str) -> None:
+        """billing's StarRefunds port: a 400 is Telegram's final word, anything else is no answer."""
+        try:
+            await self._call(
+                lambda: self._bot.refund_star_payment(
+                    user_id=user_id, telegram_payment_charge_id=telegram_payment_charge_id
+                )
+            )
+        except TelegramBadRequest as error:
+            if "CHARGE_ALREADY_REFUNDED" in error.message:
+                raise ChargeAlreadyRefunded(error.message) from error
+            raise RefundRefused(error.message) from error
 
     async def edit_text(
         self, chat_id: int, message_id: int, text: str, *, buttons: Buttons | None = None

@@ -104,7 +104,8 @@ class UserMiddleware(BaseMiddleware):
 def _is_payment(event: Update) -> bool:
     """Money already moved (or is about to): never dropped, also for blocked or hasty users."""
     return event.pre_checkout_query is not None or (
-        event.message is not None and event.message.successful_payment is not None
+        event.message is not None
+        and (event.message.successful_payment is not None or event.message.refunded_payment is not None)
     )
 
 

@@ -13,6 +13,7 @@ from aisha.avatars.models import Avatar, AvatarPhoto
 from aisha.billing.models import AnonymizedLedgerTotal, CreditAccount, CreditEntry, CreditHold, Payment
 from aisha.db.base import Base, utcnow
 from aisha.generation.models import ImageGeneration
+from aisha.notices.models import OwedMessage
 from aisha.transcription.models import Transcript
 from aisha.users.models import User
 
@@ -48,6 +49,7 @@ __all__ = [
     "CreditHold",
     "FsmRecord",
     "ImageGeneration",
+    "OwedMessage",
     "Payment",
     "ProcessedUpdate",
     "Transcript",

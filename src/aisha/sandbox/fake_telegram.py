@@ -988,6 +988,29 @@ class FakeTelegramServer(LoopbackServer):
             payment["telegram_payment_charge_id"] = telegram_payment_charge_id
         return self.message_update(user, successful_payment=payment)
 
+    def refunded_payment_update(
+        self,
+        user: FakeUser,
+        *,
+        telegram_payment_charge_id: str,
+        total_amount: int,
+        invoice_payload: str = "",
+        currency: str = "XTR",
+    ) -> JsonDict:
+        """A ``message`` update carrying ``refunded_payment`` (Bot API 7.10): the Stars of a
+        payment went back to the user outside the bot. The charge counts as refunded from now
+        on, so a later refundStarPayment gets CHARGE_ALREADY_REFUNDED, as from Telegram."""
+        update = self.message_update(user)
+        update["message"]["refunded_payment"] = {
+            "currency": currency,
+            "total_amount": total_amount,
+            "invoice_payload": invoice_payload,
+            "telegram_payment_charge_id": telegram_payment_charge_id,
+        }
+        charge = self._charges.setdefault(telegram_payment_charge_id, _Charge(user.id))
+        charge.refunded = True
+        return update
+
     def callback_update(self, user: FakeUser, data: str, *, message: JsonDict) -> JsonDict:
         """A ``callback_query`` update: ``user`` pressed a button with ``data`` under ``message``.
 

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 from aiogram import Bot, F, Router, html
-from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import (
@@ -19,11 +18,12 @@ from aiogram.types import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aisha.billing.errors import AlreadyRefunded, InsufficientCredits, PaymentNotFound
-from aisha.billing.payments import STARS_CURRENCY
+from aisha.billing.errors import AlreadyRefunded, InsufficientCredits, PaymentNotFound, RefundInProgress
+from aisha.billing.payments import STARS_CURRENCY, RefundCompletion, RefundOutcome, RefundResult, payment_key
 from aisha.billing.service import DEFAULT_DESCRIPTIONS, HistoryItem, HistoryPage
 from aisha.bot.keyboards import menu_button
 from aisha.bot.paywall import TopUp, topup_button
+from aisha.db.session import after_commit
 from aisha.i18n import Texts
 from aisha.users.models import User
 
@@ -207,10 +207,24 @@ def create_router(services: Services) -> Router:
         log.info(
             "payment.credited", user_id=user.telegram_id, credits=result.credits, replayed=result.replayed
         )
-        if not result.replayed:
-            await message.answer(
-                t("billing.thanks", credits=result.credits, balance=result.balance, count=result.credits)
-            )
+        # Owed with the credits, sent after commit: a user who blocked the bot right after paying
+        # (or a Telegram hiccup) can't undo the payment.
+        await services.notices.owe(
+            session=session,
+            key="thanks:" + payment_key(payment.telegram_payment_charge_id),
+            chat_id=user.telegram_id,
+            text=t("billing.thanks", credits=result.credits, balance=result.balance, count=result.credits),
+        )
+
+    @router.message(F.refunded_payment)
+    async def refunded(message: Message, session: AsyncSession, user: User) -> None:
+        refund = message.refunded_payment
+        assert refund is not None
+        await payments.record_refunded_payment(
+            session=session,
+            user_id=user.telegram_id,
+            telegram_payment_charge_id=refund.telegram_payment_charge_id,
+        )
 
     @router.message(Command("paysupport"))
     async def paysupport(message: Message, t: Texts) -> None:
@@ -221,36 +235,43 @@ def create_router(services: Services) -> Router:
         await message.answer(t("billing.terms"))
 
     @router.message(Command("refund"), F.from_user.id.in_(services.settings.admin_ids))
-    async def refund(
-        message: Message, command: CommandObject, session: AsyncSession, t: Texts, bot: Bot
-    ) -> None:
+    async def refund(message: Message, command: CommandObject, session: AsyncSession, t: Texts) -> None:
         charge_id = (command.args or "").strip()
         if not charge_id:
             await message.answer(t("admin.refund.usage"))
             return
-        # The credits come back only if Telegram really refunds: both sides happen, or neither.
-        savepoint = await session.begin_nested()
         try:
+            # The credits are taken back and the refund owed, committed with this update...
             result = await payments.refund(session=session, telegram_payment_charge_id=charge_id)
-            await bot.refund_star_payment(user_id=result.user_id, telegram_payment_charge_id=charge_id)
         except PaymentNotFound:
-            await savepoint.rollback()
             await message.answer(t("admin.refund.not_found"))
             return
+        except RefundInProgress:
+            await message.answer(t("admin.refund.in_progress"))
+            return
         except AlreadyRefunded:
-            await savepoint.rollback()
             await message.answer(t("admin.refund.already"))
             return
         except InsufficientCredits as error:
-            await savepoint.rollback()
             await message.answer(t("admin.refund.spent", balance=error.balance, credits=error.required))
             return
-        except TelegramAPIError as error:
-            await savepoint.rollback()
-            await message.answer(t("admin.refund.telegram_failed", error=html.quote(error.message)))
-            return
-        await savepoint.commit()
-        log.info("payment.refunded", user_id=result.user_id, stars=result.stars, credits=result.credits)
-        await message.answer(t("admin.refund.done", stars=result.stars, credits=result.credits))
+
+        async def ask_telegram() -> None:
+            # ...then Telegram is asked, outside any transaction; the sweep asks again if need be.
+            completion = await payments.complete_refund(telegram_payment_charge_id=charge_id)
+            try:
+                await message.answer(refund_text(t, result, completion))
+            except Exception:  # the refund stands whatever happens to the admin's reply
+                log.warning("payment.refund_reply_failed", exc_info=True)
+
+        after_commit(session, ask_telegram)
 
     return router
+
+
+def refund_text(t: Texts, result: RefundResult, completion: RefundCompletion) -> str:
+    if completion.outcome is RefundOutcome.REFUNDED:
+        return t("admin.refund.done", stars=result.stars, credits=result.credits)
+    if completion.outcome is RefundOutcome.REFUSED:
+        return t("admin.refund.telegram_failed", error=html.quote(completion.reason or "?"))
+    return t("admin.refund.pending", stars=result.stars, credits=result.credits)
