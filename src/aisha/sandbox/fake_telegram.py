@@ -609,7 +609,7 @@ class FakeTelegramServer(LoopbackServer):
     def _token_ok(self, request: web.Request) -> bool:
         return hmac.compare_digest(request.match_info["token"].encode(), self._token.encode())
 
-    async def _handle_method(self, request: web.Request) -> web.Response:
+    async def _handle_method(self, request: web.Request) -> web.StreamResponse:
         raw_method = request.match_info["method"]
         name, handler = self._handlers.get(raw_method.lower(), (raw_method, None))
         try:
