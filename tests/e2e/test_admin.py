@@ -18,6 +18,7 @@ from aisha.db.session import unit_of_work
 from aisha.generation.models import ImageGeneration
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
+from aisha.sandbox.faults import Fault
 from aisha.users.models import User
 from tests.conftest import Database
 from tests.e2e.conftest import buttons, count, eventually, press, say
@@ -467,6 +468,32 @@ async def test_confirm_pressed_twice_grants_once(
     assert edits and all(t.startswith("Added 70 to 5001. Balance: <b>70</b>.") for t in edits)
     answers = [a.params.get("text") for a in telegram.calls_of("answerCallbackQuery")]
     assert answers[-1] == "This confirmation is no longer valid: nothing changed."
+
+
+async def test_credits_moved_by_hand_stay_moved_when_the_reply_fails(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    await say(telegram, ALICE, "/start")
+    # The admin blocked the bot: the /grant reply gets a 403, the grant stands.
+    telegram.fail_nth("sendMessage", Fault.FORBIDDEN)
+    telegram.queue_update(telegram.message_update(ADMIN, "/grant 5001 40 outage"))
+    failed = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == ADMIN.id)
+    assert failed.failed and failed.params["text"] == "Added 40 to 5001. Balance: <b>40</b>."
+    await eventually(lambda: _balance_is(app, ALICE.id, 40))
+
+    # The card's confirmation: Telegram fails the answer to the button, the grant stands.
+    confirmation = await _confirmation(telegram, "grant", "60", "contest prize")
+    telegram.fail_nth("answerCallbackQuery", Fault.SERVER_ERROR)
+    press(telegram, ADMIN, _confirm_data(confirmation), confirmation)
+    await telegram.wait_for_call("answerCallbackQuery", lambda c: c.failed)
+    await eventually(lambda: _balance_is(app, ALICE.id, 100))
+    await _settle(telegram, ADMIN)
+    assert [(e.amount, e.description_args) for e in await _adjustments(db)] == [
+        (40, {"reason": "outage"}),
+        (60, {"reason": "contest prize"}),
+    ]
+    async with app.services.sessions() as session:
+        assert await app.services.ledger.verify_all(session=session) == []
 
 
 async def test_answers_sent_at_once_are_each_read_in_the_step_before_them_saved(

@@ -33,6 +33,7 @@ from aisha.admin.service import (
     parse_amount,
 )
 from aisha.billing.errors import InsufficientCredits, InvalidAmount
+from aisha.bot.replies import reply_after_commit
 from aisha.db.session import after_commit
 from aisha.i18n import Texts
 
@@ -394,14 +395,19 @@ def create_router(services: Services) -> Router:
                 outcome = t("admin.error.bad_amount")
         else:
             outcome = t("admin.credits.cancelled")
-        await query.answer()
         card = await admin.find_user(session=session, query=str(user_id))
-        if card is None:
-            await query.message.edit_text(outcome)
-            return
-        await query.message.edit_text(
-            outcome + "\n\n" + card_text(t, card), reply_markup=card_keyboard(t, card)
-        )
+        message = query.message
+
+        async def show() -> None:
+            await query.answer()
+            if card is None:
+                await message.edit_text(outcome)
+            else:
+                await message.edit_text(
+                    outcome + "\n\n" + card_text(t, card), reply_markup=card_keyboard(t, card)
+                )
+
+        reply_after_commit(session, show)  # the credits have moved whatever happens to the card
 
     async def adjust(
         message: Message,
@@ -443,7 +449,8 @@ def create_router(services: Services) -> Router:
             )
             return
         key = "admin.granted" if sign > 0 else "admin.taken"
-        await message.answer(t(key, id=card.telegram_id, amount=amount, balance=result.balance))
+        text = t(key, id=card.telegram_id, amount=amount, balance=result.balance)
+        reply_after_commit(session, lambda: message.answer(text))
 
     @router.message(Command("grant"))
     async def grant(

@@ -23,7 +23,7 @@ from aisha.billing.payments import STARS_CURRENCY, RefundCompletion, RefundOutco
 from aisha.billing.service import DEFAULT_DESCRIPTIONS, HistoryItem, HistoryPage
 from aisha.bot.keyboards import menu_button
 from aisha.bot.paywall import TopUp, topup_button
-from aisha.db.session import after_commit
+from aisha.bot.replies import reply_after_commit
 from aisha.i18n import Texts
 from aisha.users.models import User
 
@@ -257,14 +257,12 @@ def create_router(services: Services) -> Router:
             return
 
         async def ask_telegram() -> None:
-            # ...then Telegram is asked, outside any transaction; the sweep asks again if need be.
+            # ...then Telegram is asked, outside any transaction (the sweep asks again if need be),
+            # and the admin told; a reply that fails changes nothing.
             completion = await payments.complete_refund(telegram_payment_charge_id=charge_id)
-            try:
-                await message.answer(refund_text(t, result, completion))
-            except Exception:  # the refund stands whatever happens to the admin's reply
-                log.warning("payment.refund_reply_failed", exc_info=True)
+            await message.answer(refund_text(t, result, completion))
 
-        after_commit(session, ask_telegram)
+        reply_after_commit(session, ask_telegram)
 
     return router
 
