@@ -24,6 +24,7 @@ from aisha.billing.models import (
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.generation.models import ImageGeneration
+from aisha.notices import OwedMessage
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.transcription.models import Transcript
@@ -52,6 +53,15 @@ async def _seed(app: Runtime, user_id: int) -> None:
                 credits=500,
                 package_id="p500",
                 payload=f"topup:{user_id}",
+            )
+        )
+        # A thank-you still owed (its next attempt tomorrow): it quotes the user's balance.
+        session.add(
+            OwedMessage(
+                key=f"thanks:{user_id}",
+                chat_id=user_id,
+                text="Thank you! 500 credits added.",
+                next_attempt_at=now + timedelta(days=1),
             )
         )
         spent = await ledger.hold(
@@ -137,6 +147,7 @@ async def _rows_of(db: Database, user_id: int) -> dict[str, int]:
         "payments": await count(db, Payment, Payment.user_id == user_id),
         "entries": await count(db, CreditEntry, CreditEntry.user_id == user_id),
         "holds": await count(db, CreditHold, CreditHold.user_id == user_id),
+        "owed messages": await count(db, OwedMessage, OwedMessage.chat_id == user_id),
     }
 
 

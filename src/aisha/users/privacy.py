@@ -33,6 +33,7 @@ from aisha.clock import Clock
 from aisha.db.session import after_commit
 from aisha.db.upsert import insert_ignore
 from aisha.generation.models import ImageGeneration
+from aisha.notices.models import OwedMessage
 from aisha.storage import ObjectStorage
 from aisha.transcription.models import Transcript
 from aisha.users.models import User
@@ -88,6 +89,8 @@ class PrivacyService:
             result = await session.execute(delete(model).where(model.user_id == user_id))
             counts[name] = int(result.rowcount)  # type: ignore[attr-defined]
         await session.execute(delete(CreditHold).where(CreditHold.user_id == user_id))
+        # Messages owed to the user quote their balance and payments: gone with the rest.
+        await session.execute(delete(OwedMessage).where(OwedMessage.chat_id == user_id))
         # The account stays, at 0: it equals the sum of its (now no) entries.
         await session.execute(update(CreditAccount).where(CreditAccount.user_id == user_id).values(balance=0))
         await session.execute(
