@@ -1,0 +1,169 @@
+"""Refunds of Stars payments as an intent: every path ends exactly once, and the ledger adds up.
+
+Telegram's refundStarPayment is a scripted StarRefunds here that behaves like the real one (a
+second refund of a charge is CHARGE_ALREADY_REFUNDED), so races can be driven step by step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from aisha.billing.errors import ChargeAlreadyRefunded, RefundInProgress, RefundRefused
+from aisha.billing.models import CreditEntry, EntryKind, Payment, PaymentStatus
+from aisha.billing.payments import PaymentService, RefundOutcome
+from aisha.billing.prices import PriceList
+from aisha.billing.service import LedgerService
+from aisha.clock import FrozenClock
+from aisha.db.session import unit_of_work
+from aisha.users.models import User
+from tests.conftest import Database
+
+USER = 7001
+CHARGE = "stxREFUND1"
+
+
+class ScriptedRefunds:
+    """refundStarPayment: the next scripted error, else a refund (once per charge, like Telegram)."""
+
+    def __init__(self) -> None:
+        self.script: list[Exception] = []
+        self.refunded: set[str] = set()
+        self.calls = 0
+        self.gate: asyncio.Event | None = None  # when set, calls wait for it
+
+    async def refund_star_payment(self, *, user_id: int, telegram_payment_charge_id: str) -> None:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.script:
+            raise self.script.pop(0)
+        if telegram_payment_charge_id in self.refunded:
+            raise ChargeAlreadyRefunded("Bad Request: CHARGE_ALREADY_REFUNDED")
+        self.refunded.add(telegram_payment_charge_id)
+
+
+@pytest.fixture
+def refunds() -> ScriptedRefunds:
+    return ScriptedRefunds()
+
+
+@pytest.fixture
+def ledger() -> LedgerService:
+    return LedgerService(clock=FrozenClock(), hold_ttl=timedelta(hours=4))
+
+
+@pytest.fixture
+async def payments(db: Database, ledger: LedgerService, refunds: ScriptedRefunds) -> PaymentService:
+    service = PaymentService(ledger=ledger, prices=PriceList(), sessions=db.sessions, refunds=refunds)
+    async with unit_of_work(db.sessions) as session:
+        session.add(User(telegram_id=USER, language="en"))
+    package = next(p for p in service.packages if p.id == "m")
+    async with unit_of_work(db.sessions) as session:
+        await service.record_successful_payment(
+            session=session,
+            user_id=USER,
+            telegram_payment_charge_id=CHARGE,
+            provider_payment_charge_id=None,
+            currency="XTR",
+            total_amount=package.stars,
+            payload=service.make_invoice_payload(user_id=USER, package=package),
+        )
+    return service
+
+
+async def _start(db: Database, payments: PaymentService) -> None:
+    async with unit_of_work(db.sessions) as session:
+        await payments.refund(session=session, telegram_payment_charge_id=CHARGE)
+
+
+async def _state(
+    db: Database, ledger: LedgerService
+) -> tuple[PaymentStatus, int, list[tuple[EntryKind, int, str]]]:
+    async with db.sessions() as session:
+        status = await session.scalar(select(Payment.status))
+        balance = await ledger.get_balance(session=session, user_id=USER)
+        rows = await session.execute(
+            select(CreditEntry.kind, CreditEntry.amount, CreditEntry.idempotency_key).order_by(
+                CreditEntry.seq
+            )
+        )
+        assert await ledger.verify_all(session=session) == []
+    assert status is not None
+    return status, balance, [(r.kind, r.amount, r.idempotency_key) for r in rows]
+
+
+TOPUP = (EntryKind.TOPUP, 110, f"payment:{CHARGE}")
+DEBIT = (EntryKind.REFUND, -110, f"refund:{CHARGE}")
+
+
+async def test_two_sweeps_at_once_end_the_refund_once(
+    db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
+) -> None:
+    refunds.script = [OSError("connection reset")]
+    await _start(db, payments)
+    assert (
+        await payments.complete_refund(telegram_payment_charge_id=CHARGE)
+    ).outcome is RefundOutcome.PENDING
+    assert (await _state(db, ledger))[0] is PaymentStatus.REFUNDING
+
+    refunds.gate = asyncio.Event()
+    both = asyncio.gather(payments.sweep_refunds(), payments.sweep_refunds())
+    await asyncio.sleep(0.1)
+    refunds.gate.set()
+    assert await both == [1, 1]  # one refunded, the other heard CHARGE_ALREADY_REFUNDED
+    assert refunds.refunded == {CHARGE} and refunds.calls == 3
+    assert await _state(db, ledger) == (PaymentStatus.REFUNDED, 0, [TOPUP, DEBIT])
+    assert await payments.sweep_refunds() == 0
+
+
+async def test_a_refused_refund_gives_the_credits_back_once(
+    db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
+) -> None:
+    """Once the refusal is recorded, completing again (the sweep, a retry) asks Telegram nothing
+    and gives nothing back a second time."""
+    await _start(db, payments)
+    refunds.script = [RefundRefused("Bad Request: CHARGE_NOT_FOUND")]
+    refused = await payments.complete_refund(telegram_payment_charge_id=CHARGE)
+    assert (refused.outcome, refused.reason) == (RefundOutcome.REFUSED, "Bad Request: CHARGE_NOT_FOUND")
+    again = await payments.complete_refund(telegram_payment_charge_id=CHARGE)
+    assert again.outcome is RefundOutcome.REFUSED and refunds.calls == 1  # not asked again
+    assert await _state(db, ledger) == (
+        PaymentStatus.PAID,
+        110,
+        [TOPUP, DEBIT, (EntryKind.REFUND, 110, f"refund-back:{CHARGE}")],
+    )
+
+
+async def test_a_second_refund_can_not_start_while_one_is_under_way(
+    db: Database, payments: PaymentService, ledger: LedgerService
+) -> None:
+    await _start(db, payments)
+    with pytest.raises(RefundInProgress):
+        await _start(db, payments)
+    assert await _state(db, ledger) == (PaymentStatus.REFUNDING, 0, [TOPUP, DEBIT])
+
+
+async def test_concurrent_refund_starts_take_the_credits_once(
+    db: Database, payments: PaymentService, ledger: LedgerService
+) -> None:
+    results = await asyncio.gather(_start(db, payments), _start(db, payments), return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["NoneType", "RefundInProgress"]
+    assert await _state(db, ledger) == (PaymentStatus.REFUNDING, 0, [TOPUP, DEBIT])
+
+
+async def test_telegrams_refund_message_during_our_refund_takes_nothing_more(
+    db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
+) -> None:
+    await _start(db, payments)
+    async with unit_of_work(db.sessions) as session:
+        told = await payments.record_refunded_payment(
+            session=session, user_id=USER, telegram_payment_charge_id=CHARGE
+        )
+    assert told is not None and (told.taken, told.shortfall) == (0, 0)
+    completion = await payments.complete_refund(telegram_payment_charge_id=CHARGE)
+    assert completion.outcome is RefundOutcome.REFUNDED and refunds.calls == 0
+    assert await _state(db, ledger) == (PaymentStatus.REFUNDED, 0, [TOPUP, DEBIT])
