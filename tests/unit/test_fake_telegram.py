@@ -442,6 +442,27 @@ async def test_stars_invoice_pre_checkout_and_refund(server: FakeTelegramServer,
         await bot.refund_star_payment(USER.id, charge_id)
 
 
+async def test_a_refund_made_outside_the_bot_arrives_as_refunded_payment(
+    server: FakeTelegramServer, bot: Bot
+) -> None:
+    paid = server.successful_payment_update(USER, currency="XTR", total_amount=50, invoice_payload="p")
+    charge_id = paid["message"]["successful_payment"]["telegram_payment_charge_id"]
+    server.queue_update(
+        server.refunded_payment_update(USER, telegram_payment_charge_id=charge_id, total_amount=50)
+    )
+    [update] = await bot.get_updates(timeout=0)
+    assert update.message is not None and update.message.refunded_payment is not None
+    refund = update.message.refunded_payment
+    assert (refund.telegram_payment_charge_id, refund.total_amount, refund.currency) == (charge_id, 50, "XTR")
+    assert server.refunded(charge_id)
+    with pytest.raises(TelegramBadRequest, match="Bad Request: CHARGE_ALREADY_REFUNDED"):
+        await bot.refund_star_payment(USER.id, charge_id)
+    with pytest.raises(TelegramBadRequest, match="Bad Request: CHARGE_NOT_FOUND"):
+        await bot.refund_star_payment(USER.id, "stxUnknown")
+    with pytest.raises(TelegramBadRequest, match="Bad Request: CHARGE_NOT_FOUND"):
+        await bot.refund_star_payment(USER.id + 1, charge_id)  # someone else's charge
+
+
 async def test_commands_menu_button_chat_and_unknown_methods(server: FakeTelegramServer, bot: Bot) -> None:
     await bot.set_my_commands([BotCommand(command="start", description="Start")], language_code="en")
     commands = await bot.get_my_commands(language_code="en")
