@@ -440,3 +440,18 @@ async def test_a_refund_outside_the_bot_of_a_spent_payment_takes_nothing(
     assert await _balance(app, user.id) == 0
     assert [kind for kind, _, _ in await _entries(db, user.id)] == [EntryKind.TOPUP, EntryKind.CHARGE]
     await _ledger_adds_up(app)
+
+
+async def test_a_blocked_users_refund_made_outside_the_bot_is_recorded(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    user = FakeUser(id=6204, language_code="en")
+    await _paid(telegram, app, user, "charge-o4")
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.admin.set_blocked(session=session, user_id=user.id, blocked=True)
+    telegram.queue_update(
+        telegram.refunded_payment_update(user, telegram_payment_charge_id="charge-o4", total_amount=100)
+    )
+    await eventually(lambda: _status_is(db, "charge-o4", PaymentStatus.REFUNDED))
+    assert await _balance(app, user.id) == 0
+    await _ledger_adds_up(app)

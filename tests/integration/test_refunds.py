@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from aisha.billing.errors import ChargeAlreadyRefunded, RefundInProgress, RefundRefused
 from aisha.billing.models import CreditEntry, EntryKind, Payment, PaymentStatus
@@ -167,3 +168,28 @@ async def test_telegrams_refund_message_during_our_refund_takes_nothing_more(
     completion = await payments.complete_refund(telegram_payment_charge_id=CHARGE)
     assert completion.outcome is RefundOutcome.REFUNDED and refunds.calls == 0
     assert await _state(db, ledger) == (PaymentStatus.REFUNDED, 0, [TOPUP, DEBIT])
+
+
+async def test_a_refund_outside_the_bot_of_spent_credits_warns_the_operator(
+    db: Database, payments: PaymentService, ledger: LedgerService
+) -> None:
+    async with unit_of_work(db.sessions) as session:
+        await ledger.charge(
+            session=session, user_id=USER, amount=30, key="spent", description="ledger.charge"
+        )
+    with capture_logs() as logs:
+        async with unit_of_work(db.sessions) as session:
+            told = await payments.record_refunded_payment(
+                session=session, user_id=USER, telegram_payment_charge_id=CHARGE
+            )
+    assert told is not None and (told.taken, told.shortfall, told.replayed) == (80, 30, False)
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert (warning["event"], warning["user_id"], warning["shortfall"]) == (
+        "payment.refund_shortfall",
+        USER,
+        30,
+    )
+    status, balance, entries = await _state(db, ledger)
+    assert (status, balance, entries[-1]) == (PaymentStatus.REFUNDED, 0, (EntryKind.REFUND, -80, DEBIT[2]))
+    async with db.sessions() as session:
+        assert await session.scalar(select(Payment.refund_shortfall)) == 30
