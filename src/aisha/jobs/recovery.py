@@ -23,6 +23,7 @@ class RecoverySweep:
     def __init__(self, *, metrics: JobMetrics | None = None) -> None:
         self._checks: dict[str, Check] = {}
         self._metrics = metrics or JobMetrics()
+        self.runs = 0  # sweeps completed by this process (tests wait for the one at startup)
 
     def register(self, name: str, check: Check) -> None:
         self._checks[name] = check
@@ -43,6 +44,7 @@ class RecoverySweep:
                 handled[name] = 0
             if handled[name]:
                 log.info("recovery.handled", check=name, count=handled[name])
+        self.runs += 1
         return handled
 
     async def run_forever(self, interval: float, stop: asyncio.Event) -> None:
