@@ -231,15 +231,20 @@ class _HoldRow:
 
 async def _hold_problems(session: AsyncSession) -> list[tuple[int, str]]:
     per_hold = _per_hold()
-    number = func.coalesce
-    hold_entries = number(per_hold.c.hold_entries, 0)
-    held = number(per_hold.c.held, 0)
-    captures = number(per_hold.c.captures, 0)
-    releases = number(per_hold.c.releases, 0)
-    returned = number(per_hold.c.returned, 0)
-    others = number(per_hold.c.others, 0)
-    min_user = number(per_hold.c.min_user, CreditHold.user_id)
-    max_user = number(per_hold.c.max_user, CreditHold.user_id)
+    # A hold without any entry has no row in per_hold: zeros, and no foreign account.
+    hold_entries, held, captures, releases, returned, others = (
+        func.coalesce(column, 0)
+        for column in (
+            per_hold.c.hold_entries,
+            per_hold.c.held,
+            per_hold.c.captures,
+            per_hold.c.releases,
+            per_hold.c.returned,
+            per_hold.c.others,
+        )
+    )
+    min_user = func.coalesce(per_hold.c.min_user, CreditHold.user_id)
+    max_user = func.coalesce(per_hold.c.max_user, CreditHold.user_id)
     status = CreditHold.status
     normal = and_(
         hold_entries == 1,
