@@ -223,6 +223,10 @@ async def duplicate_topup(session: AsyncSession, books: Books) -> None:
     )
 
 
+async def delete_payment(session: AsyncSession, books: Books) -> None:
+    await session.execute(delete(Payment).where(Payment.telegram_payment_charge_id == books.paid))
+
+
 async def change_payment_credits(session: AsyncSession, books: Books) -> None:
     await session.execute(
         update(Payment).where(Payment.telegram_payment_charge_id == books.paid).values(credits=1110)
@@ -295,7 +299,7 @@ CASES: dict[str, tuple[Corruption, int, list[str], bool]] = {
         ALICE,
         [
             "(captured, 20 of 30 captured): 0 hold entries, expected 1",
-            "1 hold entries (-30) without their hold",
+            "1 hold entry (-30) without their hold",
         ],
         True,
     ),
@@ -309,6 +313,12 @@ CASES: dict[str, tuple[Corruption, int, list[str], bool]] = {
         duplicate_topup,
         BOB,
         ["payment bob-m: 2 top-up entries (+110, +110), expected one of +110"],
+        True,
+    ),
+    "payment deleted": (
+        delete_payment,
+        BOB,
+        ["topup entry payment:bob-m (+110) for a payment that doesn't exist"],
         True,
     ),
     "payment credits changed": (

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, func, not_, or_, select
+from sqlalchemy import String, and_, case, cast, func, literal, not_, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -359,7 +359,11 @@ def _resolution_kind(status: HoldStatus) -> EntryKind | None:
 def _resolution_entries(hold: _HoldRow) -> str:
     parts = [f"{hold.captures} capture"] if hold.captures else []
     parts += [f"{hold.releases} release"] if hold.releases else []
-    return " and ".join(parts) + f" entr{'y' if hold.resolutions == 1 else 'ies'}"
+    return " and ".join(parts) + _entries(hold.resolutions)
+
+
+def _entries(count: int) -> str:
+    return " entry" if count == 1 else " entries"
 
 
 async def _entries_without_hold(session: AsyncSession) -> list[tuple[int, str]]:
@@ -372,7 +376,10 @@ async def _entries_without_hold(session: AsyncSession) -> list[tuple[int, str]]:
         .order_by(CreditEntry.user_id, CreditEntry.kind)
     )
     return [
-        (int(user_id), f"{count} {EntryKind(kind).value} entries ({int(amount):+d}) without their hold")
+        (
+            int(user_id),
+            f"{count} {EntryKind(kind).value}{_entries(count)} ({int(amount):+d}) without their hold",
+        )
         for user_id, kind, count, amount in rows
     ]
 
@@ -420,71 +427,81 @@ class _PaymentEntry:
 
 
 # One function per rule: (payment, the entries that reference it) -> what is wrong, if anything.
-PaymentRule = Callable[[_PaymentRow, Sequence[_PaymentEntry]], Iterable[str]]
+_PaymentRule = Callable[[_PaymentRow, Sequence[_PaymentEntry]], Iterable[str]]
 
 
 async def _payment_problems(session: AsyncSession) -> list[tuple[int, str]]:
     """Every payment against the top-up and refund entries that reference it.
 
-    Matched in Python by the entries' reference ("payment:<payment id>", which survives a charge
-    id long enough to be keyed by its digest); two set-based reads, one row per payment and one
-    per top-up or refund entry of a payment."""
-    payments = {
-        row.id: _PaymentRow(
-            id=row.id,
-            user_id=int(row.user_id),
-            charge_id=row.telegram_payment_charge_id,
-            credits=int(row.credits),
-            status=PaymentStatus(row.status),
-        )
-        for row in await session.execute(
-            select(
-                Payment.id,
-                Payment.user_id,
-                Payment.telegram_payment_charge_id,
-                Payment.credits,
-                Payment.status,
+    Matched in Python by the entries' reference ("payment:<payment id>", which stays short for a
+    charge id long enough to be keyed by its digest). Payments and entries come in one UNION ALL
+    statement, so on PostgreSQL they are read from one snapshot: a payment credited meanwhile is
+    seen with its top-up or not at all."""
+    payments: dict[uuid.UUID, _PaymentRow] = {}
+    entries: list[tuple[str, _PaymentEntry]] = []
+    for source, ref, user_id, what, number, text in await session.execute(_payments_and_their_entries()):
+        if source == "payment":
+            payment_id = parse_uuid(ref)
+            assert payment_id is not None
+            payments[payment_id] = _PaymentRow(
+                id=payment_id,
+                user_id=int(user_id),
+                charge_id=text,
+                credits=int(number),
+                status=PaymentStatus(what),
             )
-        )
-    }
+        else:
+            entry = _PaymentEntry(user_id=int(user_id), kind=EntryKind(what), amount=int(number), key=text)
+            entries.append((ref, entry))
+
     by_payment: dict[uuid.UUID, list[_PaymentEntry]] = defaultdict(list)
     problems: list[tuple[int, str]] = []
-    rows = await session.execute(
-        select(
-            CreditEntry.user_id,
-            CreditEntry.kind,
-            CreditEntry.amount,
-            CreditEntry.idempotency_key,
-            CreditEntry.reference,
-        )
-        .where(
-            CreditEntry.kind.in_((EntryKind.TOPUP, EntryKind.REFUND)),
-            CreditEntry.reference.like(f"{_PAYMENT_REFERENCE}%"),
-        )
-        .order_by(CreditEntry.user_id, CreditEntry.seq)
-    )
-    for user_id, kind, amount, key, reference in rows:
-        entry = _PaymentEntry(user_id=int(user_id), kind=EntryKind(kind), amount=int(amount), key=key)
-        payment_id = parse_uuid(str(reference).removeprefix(_PAYMENT_REFERENCE))
+    for reference, entry in entries:
+        payment_id = parse_uuid(reference.removeprefix(_PAYMENT_REFERENCE))
         if payment_id is not None and payment_id in payments:
             by_payment[payment_id].append(entry)
         else:
             problems.append(
                 (
                     entry.user_id,
-                    f"{entry.kind.value} entry {key} ({entry.amount:+d}) for a payment that doesn't exist",
+                    f"{entry.kind.value} entry {entry.key} ({entry.amount:+d}) for a payment that doesn't exist",
                 )
             )
     for payment in sorted(payments.values(), key=lambda p: (p.user_id, p.charge_id)):
-        entries = by_payment.get(payment.id, [])
-        for rule in PAYMENT_RULES:
+        found = by_payment.get(payment.id, [])
+        for rule in _PAYMENT_RULES:
             problems.extend(
-                (payment.user_id, f"payment {payment.charge_id}: {what}") for what in rule(payment, entries)
+                (payment.user_id, f"payment {payment.charge_id}: {what}") for what in rule(payment, found)
             )
     return problems
 
 
-def topup_rule(payment: _PaymentRow, entries: Sequence[_PaymentEntry]) -> Iterator[str]:
+def _payments_and_their_entries() -> Any:
+    """(source, payment id or entry reference, user, status or kind, credits or amount, charge id
+    or key): every payment, then every top-up and refund entry that references a payment."""
+    payments = select(
+        literal("payment"),
+        cast(Payment.id, String),  # hyphenated on PostgreSQL, bare hex on SQLite: parse_uuid reads both
+        Payment.user_id,
+        cast(Payment.status, String),
+        Payment.credits,
+        Payment.telegram_payment_charge_id,
+    )
+    entries = select(
+        literal("entry"),
+        CreditEntry.reference,
+        CreditEntry.user_id,
+        cast(CreditEntry.kind, String),
+        CreditEntry.amount,
+        CreditEntry.idempotency_key,
+    ).where(
+        CreditEntry.kind.in_((EntryKind.TOPUP, EntryKind.REFUND)),
+        CreditEntry.reference.like(f"{_PAYMENT_REFERENCE}%"),
+    )
+    return union_all(payments, entries)
+
+
+def _topup_rule(payment: _PaymentRow, entries: Sequence[_PaymentEntry]) -> Iterator[str]:
     """Every payment was credited exactly once, with its credits, to its payer, under its key."""
     topups = [e for e in entries if e.kind is EntryKind.TOPUP]
     yield from _exactly_one(
@@ -492,7 +509,7 @@ def topup_rule(payment: _PaymentRow, entries: Sequence[_PaymentEntry]) -> Iterat
     )
 
 
-def expected_refund_debit(payment: _PaymentRow) -> int | None:
+def _expected_refund_debit(payment: _PaymentRow) -> int | None:
     """The REFUND debit a payment's status calls for (signed); None when it calls for none."""
     # TODO(refunds, merge): a REFUNDING payment (refund in flight) already has its debit, like a
     # REFUNDED one; with `refund_shortfall` the debit is -(credits - refund_shortfall) and there
@@ -503,10 +520,10 @@ def expected_refund_debit(payment: _PaymentRow) -> int | None:
     return None
 
 
-def refund_rule(payment: _PaymentRow, entries: Sequence[_PaymentEntry]) -> Iterator[str]:
+def _refund_rule(payment: _PaymentRow, entries: Sequence[_PaymentEntry]) -> Iterator[str]:
     """A refunded payment was debited exactly once; any other has no refund debit."""
     debits = [e for e in entries if e.kind is EntryKind.REFUND and e.amount < 0]
-    expected = expected_refund_debit(payment)
+    expected = _expected_refund_debit(payment)
     if expected is None:
         if debits:
             yield f"{payment.status.value}, but has {_amounts('refund debit', debits)}"
@@ -516,7 +533,7 @@ def refund_rule(payment: _PaymentRow, entries: Sequence[_PaymentEntry]) -> Itera
     )
 
 
-PAYMENT_RULES: tuple[PaymentRule, ...] = (topup_rule, refund_rule)
+_PAYMENT_RULES: tuple[_PaymentRule, ...] = (_topup_rule, _refund_rule)
 
 
 def _exactly_one(
@@ -538,4 +555,5 @@ def _exactly_one(
 
 
 def _amounts(what: str, entries: Sequence[_PaymentEntry]) -> str:
-    return f"{len(entries)} {what} entries ({', '.join(f'{e.amount:+d}' for e in entries)})"
+    amounts = ", ".join(f"{amount:+d}" for amount in sorted(e.amount for e in entries))
+    return f"{len(entries)} {what}{_entries(len(entries))} ({amounts})"
