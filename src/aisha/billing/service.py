@@ -12,7 +12,11 @@ Invariants:
   balance (under its row lock), so entries are ordered as applied whatever the clocks say;
 - `credit_accounts.last_seq` == the `seq` of the account's newest entry;
 - an idempotency key is applied at most once; the same key again returns the first result;
-- a hold resolves exactly once (captured, released or expired).
+- a hold resolves exactly once (captured, released or expired): one hold entry, then one capture
+  or release entry that returns `amount - captured_amount`.
+
+`aisha ledger verify` (`billing/verify.py`) checks all of these on the stored books, and that
+each Stars payment was credited once and each refunded one debited once.
 
 Lock order is always "account row, then hold row", so transactions that each touch one account
 never deadlock each other; a unit of work spanning several accounts should lock them in user order.
