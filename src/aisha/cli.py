@@ -138,8 +138,8 @@ app.add_typer(ledger_app, name="ledger")
 
 @ledger_app.command("verify")
 def ledger_verify() -> None:
-    """Check that every account's balance equals the sum of its entries; exit 1 naming the
-    accounts that don't."""
+    """Check the books: balances against entries, each hold resolved once with matching amounts,
+    each payment credited (and refunded) once; exit 1 naming what is wrong, a line each."""
     from sqlalchemy import func, select
 
     from aisha.billing.models import CreditAccount
@@ -161,12 +161,15 @@ def ledger_verify() -> None:
 
     accounts, mismatches = asyncio.run(check())
     for bad in mismatches:
-        balance = "missing" if bad.balance is None else str(bad.balance)
-        typer.echo(
-            f"account {bad.user_id}: balance {balance}, entries sum {bad.entries_sum}"
-            f" ({'; '.join(bad.reasons)})",
-            err=True,
-        )
+        if bad.reasons:
+            balance = "missing" if bad.balance is None else str(bad.balance)
+            typer.echo(
+                f"account {bad.user_id}: balance {balance}, entries sum {bad.entries_sum}"
+                f" ({'; '.join(bad.reasons)})",
+                err=True,
+            )
+        for problem in bad.problems:
+            typer.echo(f"account {bad.user_id}: {problem}", err=True)
     if mismatches:
         typer.echo(f"ledger verify: {len(mismatches)} of {accounts} accounts do not add up", err=True)
         raise typer.Exit(1)
