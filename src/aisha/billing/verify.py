@@ -10,8 +10,10 @@ query per entry or per account):
   that returns what the hold's split says (`amount - captured_amount`); an active hold has none;
   hold, capture and release entries all belong to a hold; and each account's active holds add up
   to what its entries still hold;
-- payments: each payment has exactly one top-up entry of its credits (under `payment_key`), and
-  each refunded one exactly one refund debit of them (under `refund_key`).
+- payments: each payment has exactly one top-up entry of its credits (under `payment_key`); each
+  refund Telegram refused has its refund debit and the refund credit that gave it back (under
+  `refund_key` and `refund_back_key` of its attempt); and a refunding or refunded payment has
+  exactly one refund debit of its credits less its `refund_shortfall` (none when that is 0).
 
 SQL finds what is wrong (holds: anything not in one of the normal shapes); Python says what, one
 line per problem, so a hold that SQL flags is always reported even if no rule explains it.
@@ -38,7 +40,7 @@ from aisha.billing.models import (
     Payment,
     PaymentStatus,
 )
-from aisha.billing.payments import payment_key, refund_key
+from aisha.billing.payments import payment_key, refund_back_key, refund_key
 from aisha.billing.service import AccountMismatch
 from aisha.db.base import parse_uuid
 
@@ -416,6 +418,8 @@ class _PaymentRow:
     charge_id: str
     credits: int
     status: PaymentStatus
+    refund_attempts: int = 0  # refunds started; all but an open one (refunding, refunded) refused
+    refund_shortfall: int = 0  # credits a refund made outside the bot could not take back
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,7 +443,9 @@ async def _payment_problems(session: AsyncSession) -> list[tuple[int, str]]:
     seen with its top-up or not at all."""
     payments: dict[uuid.UUID, _PaymentRow] = {}
     entries: list[tuple[str, _PaymentEntry]] = []
-    for source, ref, user_id, what, number, text in await session.execute(_payments_and_their_entries()):
+    for source, ref, user_id, what, number, text, attempts, shortfall in await session.execute(
+        _payments_and_their_entries()
+    ):
         if source == "payment":
             payment_id = parse_uuid(ref)
             assert payment_id is not None
@@ -449,6 +455,8 @@ async def _payment_problems(session: AsyncSession) -> list[tuple[int, str]]:
                 charge_id=text,
                 credits=int(number),
                 status=PaymentStatus(what),
+                refund_attempts=int(attempts),
+                refund_shortfall=int(shortfall),
             )
         else:
             entry = _PaymentEntry(user_id=int(user_id), kind=EntryKind(what), amount=int(number), key=text)
@@ -478,7 +486,8 @@ async def _payment_problems(session: AsyncSession) -> list[tuple[int, str]]:
 
 def _payments_and_their_entries() -> Any:
     """(source, payment id or entry reference, user, status or kind, credits or amount, charge id
-    or key): every payment, then every top-up and refund entry that references a payment."""
+    or key, refund attempts, refund shortfall): every payment, then every top-up and refund entry
+    that references a payment."""
     payments = select(
         literal("payment"),
         cast(Payment.id, String),  # hyphenated on PostgreSQL, bare hex on SQLite: parse_uuid reads both
@@ -486,6 +495,8 @@ def _payments_and_their_entries() -> Any:
         cast(Payment.status, String),
         Payment.credits,
         Payment.telegram_payment_charge_id,
+        Payment.refund_attempts,
+        Payment.refund_shortfall,
     )
     entries = select(
         literal("entry"),
@@ -494,6 +505,8 @@ def _payments_and_their_entries() -> Any:
         cast(CreditEntry.kind, String),
         CreditEntry.amount,
         CreditEntry.idempotency_key,
+        literal(0),
+        literal(0),
     ).where(
         CreditEntry.kind.in_((EntryKind.TOPUP, EntryKind.REFUND)),
         CreditEntry.reference.like(f"{_PAYMENT_REFERENCE}%"),
@@ -509,27 +522,39 @@ def _topup_rule(payment: _PaymentRow, entries: Sequence[_PaymentEntry]) -> Itera
     )
 
 
-def _expected_refund_debit(payment: _PaymentRow) -> int | None:
-    """The REFUND debit a payment's status calls for (signed); None when it calls for none."""
-    # TODO(refunds, merge): a REFUNDING payment (refund in flight) already has its debit, like a
-    # REFUNDED one; with `refund_shortfall` the debit is -(credits - refund_shortfall) and there
-    # is none when that is 0; a credit-back entry (Telegram refused the refund) needs a rule of
-    # its own, as REFUND credits of a payment are not checked yet.
-    if payment.status is PaymentStatus.REFUNDED:
-        return -payment.credits
-    return None
-
-
 def _refund_rule(payment: _PaymentRow, entries: Sequence[_PaymentEntry]) -> Iterator[str]:
-    """A refunded payment was debited exactly once; any other has no refund debit."""
-    debits = [e for e in entries if e.kind is EntryKind.REFUND and e.amount < 0]
-    expected = _expected_refund_debit(payment)
-    if expected is None:
+    """Every refund Telegram refused was debited and given back once; a refunding or refunded
+    payment was debited once more, of its credits less the shortfall; a paid one has no other."""
+    charge, credits = payment.charge_id, payment.credits
+    rest = [e for e in entries if e.kind is EntryKind.REFUND]
+    # The refund under way or done (its number); older ones were refused. A payment refunded
+    # before refunds were numbered counts as attempt 1.
+    open_attempt = None if payment.status is PaymentStatus.PAID else max(payment.refund_attempts, 1)
+    refused = range(1, open_attempt if open_attempt is not None else payment.refund_attempts + 1)
+    for attempt in refused:
+        for key, expected, what in (
+            (refund_key(charge, attempt), -credits, f"refund debit of refused refund {attempt}"),
+            (refund_back_key(charge, attempt), credits, f"refund credit of refused refund {attempt}"),
+        ):
+            yield from _exactly_one(
+                payment, [e for e in rest if e.key == key], what, expected=expected, key=key
+            )
+            rest = [e for e in rest if e.key != key]
+    debits = [e for e in rest if e.amount < 0]
+    given_back = [e for e in rest if e.amount > 0]
+    if given_back:
+        yield f"{_amounts('refund credit', given_back)} that no refused refund explains"
+    if open_attempt is None or credits == payment.refund_shortfall:
+        # Paid, or refunded when every credit was already spent: no debit.
         if debits:
             yield f"{payment.status.value}, but has {_amounts('refund debit', debits)}"
         return
     yield from _exactly_one(
-        payment, debits, "refund debit", expected=expected, key=refund_key(payment.charge_id)
+        payment,
+        debits,
+        "refund debit",
+        expected=-(credits - payment.refund_shortfall),
+        key=refund_key(charge, open_attempt),
     )
 
 

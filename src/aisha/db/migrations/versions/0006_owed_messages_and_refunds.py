@@ -49,6 +49,8 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("refund_shortfall", sa.BigInteger(), server_default="0", nullable=False)
         )
+    # A payment refunded before refunds were numbered had one refund: its debit is `refund:<charge>`.
+    op.execute("UPDATE payments SET refund_attempts = 1 WHERE status = 'refunded'")
 
 
 def downgrade() -> None:
