@@ -28,6 +28,7 @@ from aisha.db.session import unit_of_work
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.faults import Fault
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, free_port, say
 from tests.media import DISTINCT, face_photo
@@ -504,23 +505,28 @@ async def test_a_hanging_fal_submission_blocks_no_other_user(
     assert "database is locked" not in capfd.readouterr().err
 
 
-async def test_a_submission_answered_500_is_kept_until_the_timeout_then_released_once(
+@pytest.mark.parametrize("fault", [Fault.SERVER_ERROR, Fault.RESET, Fault.TIMEOUT])
+async def test_a_submission_with_no_answer_is_kept_until_the_timeout_then_released_once(
     telegram: FakeTelegramServer,
     fal: FakeFalServer,
     avatar_settings: Callable[..., Any],
     start_app: Callable[..., Any],
     db: Database,
     monkeypatch: pytest.MonkeyPatch,
+    fault: Fault,
 ) -> None:
     app: Runtime = await start_app(
-        avatar_settings(avatar_training_timeout_seconds=60, avatar_poll_after_seconds=0)
+        avatar_settings(
+            avatar_training_timeout_seconds=60, avatar_poll_after_seconds=0, fal_timeout_seconds=0.5
+        )
     )
-    fal.outage(1, status=500)  # a 5xx: FAL may or may not have queued it
+    # A 500, a dropped connection or no answer: FAL may or may not have queued it (here it didn't).
+    fal.fail_nth("POST /fal-ai/flux-lora-portrait-trainer", fault)
     user = FakeUser(id=7701, language_code="en")
     avatar_id = await _seed_and_train(app, telegram, user)
     await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTING))
-    await asyncio.sleep(0.3)
-    assert ("POST", "/fal-ai/flux-lora-portrait-trainer") in [(m, p.split("?")[0]) for m, p in fal.requests]
+    await eventually(lambda: _true(fal.faults.injected != []))
+    await asyncio.sleep(0.7)  # the client has given up by now
     await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))  # a redelivery
     await app.services.recovery.run_once()  # before the timeout: nothing to poll, nothing to do
     assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
@@ -531,7 +537,7 @@ async def test_a_submission_answered_500_is_kept_until_the_timeout_then_released
     await app.services.recovery.run_once()
     assert await _status_is(db, avatar_id, AvatarStatus.FAILED)
     await app.services.recovery.run_once()
-    assert len([m for m, p in fal.requests if m == "POST"]) == 1  # never sent twice
+    assert len(fal.faults.injected) == 1 and fal.submissions == []  # never sent twice
     assert await _balance(app, user.id) == BONUS
     assert len(_failures_told(telegram, user)) == 1
     assert "it took too long" in _failures_told(telegram, user)[0]
@@ -611,3 +617,7 @@ async def test_a_crash_right_after_fal_accepted_ends_ready_and_charged_once(
 
 async def _has(items: list[Any]) -> bool:
     return bool(items)
+
+
+async def _true(value: bool) -> bool:
+    return value
