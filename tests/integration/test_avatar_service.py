@@ -545,3 +545,29 @@ async def test_abandoned_drafts_and_their_files_are_swept(world: World) -> None:
     assert world.files(avatar_id) == []
     async with world.db.sessions() as session:
         assert await session.get(Avatar, avatar_id) is None
+
+
+async def test_deleting_an_avatar_removes_its_files_only_once_the_deletion_committed(world: World) -> None:
+    avatar_id = await world.submitted()
+    webhook = FalWebhook(
+        request_id="req-1", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
+    )
+    assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+    # A kept file (retention would keep the photos; here a sample the gallery shows).
+    key = f"{photo_prefix(OWNER, avatar_id)}/kept.jpg"
+    await world.storage.put(key, PHOTO_A)
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        async with unit_of_work(world.db.sessions) as session:
+            await world.service.delete(session=session, user_id=OWNER, avatar_id=avatar_id)
+            assert len(world.files(avatar_id)) == 1  # nothing deleted while the transaction is open
+            raise Abort
+    assert (await world.avatar(avatar_id)).status is AvatarStatus.READY
+    assert len(world.files(avatar_id)) == 1
+
+    async with unit_of_work(world.db.sessions) as session:
+        await world.service.delete(session=session, user_id=OWNER, avatar_id=avatar_id)
+    assert world.files(avatar_id) == []
