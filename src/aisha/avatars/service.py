@@ -353,11 +353,13 @@ class AvatarService:
         assert verdict.perceptual_hash is not None
         extension = _FORMAT_EXTENSIONS.get(str(verdict.metrics.get("format", "")).upper(), "jpg")
         key = f"{photo_prefix(user_id, avatar_id)}/photos/{verdict.sha256}.{extension}"
+        # The file first, outside any transaction. Its name is its content: the same photo sent
+        # twice at once writes the same file, and a refused one is removed after the commit
+        # unless an accepted photo has the same content (so the same file).
+        await self._storage.put(key, data, content_type=f"image/{extension}")
 
         async with unit_of_work(self._sessions) as session:
             avatar = await self._locked(session, avatar_id, user_id)
-            if avatar is None or avatar.status is not AvatarStatus.DRAFT:
-                return None
             # Photos checked in parallel: only now, under the lock, is the set of accepted ones final.
             rows = (
                 await session.execute(
@@ -366,31 +368,38 @@ class AvatarService:
                     )
                 )
             ).all()
-            if len(rows) >= self.rules.max_photos:
-                return PhotoOutcome(False, len(rows), "limit")
-            if any(
+            outcome: PhotoOutcome | None = None
+            if avatar is None or avatar.status is not AvatarStatus.DRAFT:
+                outcome = None  # cancelled or confirmed meanwhile
+            elif len(rows) >= self.rules.max_photos:
+                outcome = PhotoOutcome(False, len(rows), "limit")
+            elif any(
                 r.sha256 == verdict.sha256
                 or hamming_distance(r.perceptual_hash, verdict.perceptual_hash)
                 <= self.rules.duplicate_max_distance
                 for r in rows
             ):
-                return PhotoOutcome(False, len(rows), RejectReason.DUPLICATE.value)
-            await self._storage.put(key, data, content_type=f"image/{extension}")
-            session.add(
-                AvatarPhoto(
-                    avatar_id=avatar_id,
-                    storage_key=key,
-                    sha256=verdict.sha256,
-                    perceptual_hash=verdict.perceptual_hash,
-                    size_bytes=verdict.size_bytes,
-                    width=verdict.width or 0,
-                    height=verdict.height or 0,
-                    metrics=verdict.metrics,
-                    created_at=self._clock.now(),
+                outcome = PhotoOutcome(False, len(rows), RejectReason.DUPLICATE.value)
+            else:
+                assert avatar is not None
+                session.add(
+                    AvatarPhoto(
+                        avatar_id=avatar_id,
+                        storage_key=key,
+                        sha256=verdict.sha256,
+                        perceptual_hash=verdict.perceptual_hash,
+                        size_bytes=verdict.size_bytes,
+                        width=verdict.width or 0,
+                        height=verdict.height or 0,
+                        metrics=verdict.metrics,
+                        created_at=self._clock.now(),
+                    )
                 )
-            )
-            avatar.updated_at = self._clock.now()  # the draft's time-to-live counts from the last photo
-            return PhotoOutcome(True, len(rows) + 1)
+                avatar.updated_at = self._clock.now()  # the draft's time-to-live counts from the last photo
+                return PhotoOutcome(True, len(rows) + 1)
+            if not any(r.sha256 == verdict.sha256 for r in rows):
+                after_commit(session, lambda: self._storage.delete(key))
+            return outcome
 
     async def review(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> Review:
         avatar = await self._owned(session, avatar_id, user_id)
