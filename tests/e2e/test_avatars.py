@@ -155,13 +155,19 @@ async def enqueue_seeded_training(app: Runtime, user_id: int, *, name: str = "Se
         avatar = await avatars.create_draft(
             session=session, user_id=user_id, avatar_type=AvatarType.PORTRAIT, name=name
         )
-        for i in range(10):
-            key = f"{photo_prefix(user_id, avatar.id)}/photos/{i}.jpg"
-            data = face_photo(i)
-            await app.services.storage.put(key, data)
+        avatar_id = avatar.id
+    # Files first, rows after: no storage call inside a transaction that writes.
+    photos = []
+    for i in range(10):
+        key = f"{photo_prefix(user_id, avatar_id)}/photos/{i}.jpg"
+        data = face_photo(i)
+        await app.services.storage.put(key, data)
+        photos.append((i, key, data))
+    async with unit_of_work(app.services.sessions) as session:
+        for i, key, data in photos:
             session.add(
                 AvatarPhoto(
-                    avatar_id=avatar.id,
+                    avatar_id=avatar_id,
                     storage_key=key,
                     sha256=f"{i:064x}",
                     perceptual_hash=f"{i:016x}",
@@ -171,7 +177,6 @@ async def enqueue_seeded_training(app: Runtime, user_id: int, *, name: str = "Se
                     metrics={},
                 )
             )
-        avatar_id = avatar.id
     async with unit_of_work(app.services.sessions) as session:
         await avatars.confirm(session=session, user_id=user_id, avatar_id=avatar_id)
     await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))

@@ -170,12 +170,17 @@ class World:
             avatar = await self.service.create_draft(
                 session=session, user_id=OWNER, avatar_type=AvatarType.PORTRAIT, name="Me"
             )
-            for i, data in enumerate((PHOTO_A, PHOTO_B, PHOTO_C)[:photos]):
-                key = f"{photo_prefix(OWNER, avatar.id)}/photos/{i}.jpg"
-                await self.storage.put(key, data)
+            avatar_id = avatar.id
+        stored = []
+        for i, data in enumerate((PHOTO_A, PHOTO_B, PHOTO_C)[:photos]):
+            key = f"{photo_prefix(OWNER, avatar_id)}/photos/{i}.jpg"
+            await self.storage.put(key, data)  # files first: no storage call inside a transaction
+            stored.append((i, key, data))
+        async with unit_of_work(self.db.sessions) as session:
+            for i, key, data in stored:
                 session.add(
                     AvatarPhoto(
-                        avatar_id=avatar.id,
+                        avatar_id=avatar_id,
                         storage_key=key,
                         sha256=f"{i:064x}",
                         perceptual_hash=f"{i:016x}",
@@ -185,7 +190,7 @@ class World:
                         metrics={},
                     )
                 )
-            return avatar.id
+        return avatar_id
 
     async def submitted(self) -> uuid.UUID:
         avatar_id = await self.draft(photos=2)
