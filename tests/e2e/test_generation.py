@@ -744,3 +744,30 @@ async def test_an_album_telegram_refuses_with_403_keeps_the_stored_images_charge
     assert len(telegram.calls_of("sendMediaGroup")) == 1
     await _captured_once(app, db, user.id, images=2)
     await _settled(app, user.id)
+
+
+async def test_a_hanging_fal_submission_blocks_no_other_user(
+    app: Runtime,
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    db: Database,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    fal.submit_delay = 20  # FAL takes the job and is slow to say so
+    user = FakeUser(id=5205, first_name="Ned", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me in the rain"))
+    await _submitted(fal)
+    assert (await _generation(db, user.id)).status is JobStatus.SUBMITTED  # committed before the call
+
+    other = FakeUser(id=5206, first_name="Oz", language_code="en")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await _say(telegram, other, "/balance")
+    assert loop.time() - started < 1.0 and "credits" in answer.params["text"]
+
+    fal.answer_submissions()
+    await _jobs_done(app)
+    generation = await _generation(db, user.id)
+    assert generation.provider_request_id == fal.submissions[0].request_id
+    assert "database is locked" not in capfd.readouterr().err
