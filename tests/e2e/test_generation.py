@@ -771,3 +771,33 @@ async def test_a_hanging_fal_submission_blocks_no_other_user(
     generation = await _generation(db, user.id)
     assert generation.provider_request_id == fal.submissions[0].request_id
     assert "database is locked" not in capfd.readouterr().err
+
+
+async def test_the_free_regeneration_turns_the_offer_into_its_status_message(
+    app: Runtime,
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    openai_server: FakeOpenAIServer,
+    db: Database,
+) -> None:
+    openai_server.structured_replies["portrait_quality"] = {"ok": False, "defects": ["extra_fingers"]}
+    user = FakeUser(id=5207, first_name="Pia", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me with a guitar"))
+    first = await _submitted(fal)
+    await _complete(app, fal, first.request_id)
+    offer = telegram.calls_of("sendMessage")[-1]
+    assert "regenerate it once for free" in offer.params["text"]
+    free = next(data for _, data in _buttons(offer) if data.startswith("gact:free:"))
+
+    await _press(telegram, user, free, offer)
+    # The offer's message is written as the new generation's status message before Telegram is
+    # called, then edited: the job keeps editing that one message.
+    assert _status_texts(telegram, offer)[0] == "⏳ Getting ready…"
+    second = await _submitted(fal, 2)
+    await _complete(app, fal, second.request_id)
+    assert any("Done: 1 image, 0 credits charged" in t for t in _status_texts(telegram, offer))
+    await _press(telegram, user, free, offer)  # the offer is used up
+    assert len(fal.submissions) == 2
+    assert await _balance(app, user.id) == FUNDS - PRICE
+    await _settled(app, user.id)
