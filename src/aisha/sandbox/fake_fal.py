@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aisha.sandbox._http import LoopbackServer
 from aisha.sandbox._state import read_json, write_json_atomically
+from aisha.sandbox.faults import Fault, FaultPlan, never_answer
 
 __all__ = [
     "FakeFalJob",
@@ -192,6 +193,7 @@ class FakeFalServer(LoopbackServer):
         }
         self._refusals: deque[_Refusal] = deque()
         self._outages: deque[int] = deque()
+        self.faults = FaultPlan(by_fragment=True)  # fail_nth: the n-th matching request fails
         self._submitted = asyncio.Condition()
         self._image_renderer = image_renderer
         self._state_dir = state_dir
@@ -381,6 +383,11 @@ class FakeFalServer(LoopbackServer):
             await self._submitted.wait_for(lambda: len(self.submissions) >= count)
         return list(self.submissions)
 
+    def fail_nth(self, path_fragment: str, fault: Fault, n: int = 1) -> None:
+        """The ``n``-th request from now whose ``"METHOD /path"`` contains ``path_fragment``
+        fails with ``fault`` (e.g. ``"POST /fal-ai/flux-lora-portrait-trainer"``, ``"/files/"``)."""
+        self.faults.add(path_fragment, fault, n)
+
     # ------------------------------------------------------------------------------ HTTP: queue
 
     @web.middleware
@@ -389,6 +396,12 @@ class FakeFalServer(LoopbackServer):
     ) -> web.StreamResponse:
         # File downloads and upload URLs are capabilities of their own, like FAL's CDN links.
         public = request.path == "/.well-known/jwks.json" or request.path.startswith(("/files/", "/uploads/"))
+        fault = self.faults.take(f"{request.method} {request.path}")
+        if fault is not None:
+            self.timeline.append((time.time(), request.method, f"{request.path_qs} [{fault.value}]"))
+            if fault.status is None:
+                return await never_answer(request, fault)
+            return web.json_response({"detail": f"injected fault: {fault.value}"}, status=fault.status)
         if not public:
             self.requests.append((request.method, request.path_qs))
             self.timeline.append((time.time(), request.method, request.path_qs))

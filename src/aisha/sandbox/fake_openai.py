@@ -40,6 +40,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from aisha.sandbox._http import LoopbackServer
+from aisha.sandbox.faults import Fault, FaultPlan, never_answer
 
 __all__ = [
     "ChatHandler",
@@ -223,6 +224,7 @@ class FakeOpenAIServer(LoopbackServer):
         self._api_key = api_key
         super().__init__(host=host, port=port)
         self._failures: list[_Failure] = []
+        self.faults = FaultPlan(by_fragment=True)  # fail_nth: the n-th matching request fails
         self._ids = itertools.count(1)
 
         self.transcripts: list[str | FakeTranscript] | TranscriptScript | None = transcripts
@@ -286,8 +288,14 @@ class FakeOpenAIServer(LoopbackServer):
         """Answer every call of ``endpoint`` (matching ``when``) with ``status`` until cleared."""
         self._failures.append(_Failure(endpoint, status, None, when, None, message))
 
+    def fail_nth(self, endpoint: str, fault: Fault, n: int = 1) -> None:
+        """The ``n``-th request from now whose path contains ``endpoint`` (``"transcriptions"``,
+        ``"chat/completions"``) fails with ``fault``."""
+        self.faults.add(endpoint, fault, n)
+
     def clear_failures(self) -> None:
         self._failures.clear()
+        self.faults.clear()
 
     def calls_for(self, filename: str) -> list[TranscriptionRequest]:
         """The transcription calls that uploaded a file of this name."""
@@ -301,6 +309,12 @@ class FakeOpenAIServer(LoopbackServer):
     ) -> web.StreamResponse:
         if self._api_key is not None and request.headers.get("Authorization") != f"Bearer {self._api_key}":
             return _error(401, "Incorrect API key provided.")
+        fault = self.faults.take(request.path)
+        if fault is not None:
+            self.timeline.append((time.time(), request.path, f"injected fault: {fault.value}"))
+            if fault.status is None:
+                return await never_answer(request, fault)
+            return _error(fault.status, f"injected fault: {fault.value}")
         try:
             return await handler(request)
         except web.HTTPException:

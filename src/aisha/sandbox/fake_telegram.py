@@ -35,6 +35,7 @@ from aiohttp import web
 
 from aisha.sandbox._http import LoopbackServer
 from aisha.sandbox._state import read_json, write_json_atomically
+from aisha.sandbox.faults import Fault, FaultPlan, never_answer
 
 __all__ = [
     "FakeTelegramServer",
@@ -399,6 +400,7 @@ class FakeTelegramServer(LoopbackServer):
         self._cursors: dict[str, int] = {}
         self._call_event = asyncio.Event()
         self._failures: dict[str, deque[_Failure]] = {}
+        self.faults = FaultPlan()  # fail_nth: the n-th call of a method fails
 
         self._last_update_id = 0
         self._updates: list[JsonDict] = []
@@ -582,6 +584,11 @@ class FakeTelegramServer(LoopbackServer):
         failure = _Failure(error_code, description or default, retry_after, times)
         self._failures.setdefault(method.lower(), deque()).append(failure)
 
+    def fail_nth(self, method: str, fault: Fault, n: int = 1) -> None:
+        """The ``n``-th call of ``method`` from now fails with ``fault`` (403 is "bot was blocked
+        by the user"; 429 asks to retry after 1 s; TIMEOUT never answers; RESET drops the line)."""
+        self.faults.add(method, fault, n)
+
     def _take_failure(self, method: str) -> _ApiError | None:
         queue = self._failures.get(method.lower())
         if not queue:
@@ -602,7 +609,7 @@ class FakeTelegramServer(LoopbackServer):
     def _token_ok(self, request: web.Request) -> bool:
         return hmac.compare_digest(request.match_info["token"].encode(), self._token.encode())
 
-    async def _handle_method(self, request: web.Request) -> web.Response:
+    async def _handle_method(self, request: web.Request) -> web.StreamResponse:
         raw_method = request.match_info["method"]
         name, handler = self._handlers.get(raw_method.lower(), (raw_method, None))
         try:
@@ -612,7 +619,24 @@ class FakeTelegramServer(LoopbackServer):
         call = self._record(name, params, uploads)
         if not self._token_ok(request):
             return self._respond(call, _ApiError(401, "Unauthorized"))
+        fault = self.faults.take(call.method)
+        if fault is not None:
+            return await self._inject(request, call, fault)
         return await self._execute(call, handler, _Request(params, uploads))
+
+    async def _inject(self, request: web.Request, call: RecordedCall, fault: Fault) -> web.StreamResponse:
+        status = fault.status
+        if status is None:
+            call.failed = True
+            call.error = {"ok": False, "fault": fault.value}
+            self._notify_calls()
+            return await never_answer(request, fault)
+        description = {
+            403: "Forbidden: bot was blocked by the user",
+            429: "Too Many Requests: retry after 1",
+        }.get(status, "Internal Server Error")
+        parameters = {"retry_after": 1} if status == 429 else None
+        return self._respond(call, _ApiError(status, description, parameters))
 
     async def _execute(self, call: RecordedCall, handler: _Handler | None, req: _Request) -> web.Response:
         failure = self._take_failure(call.method)
