@@ -21,6 +21,7 @@ from aisha.transcription.audio import find_ffmpeg
 from aisha.transcription.models import Transcript
 from tests.conftest import Database
 from tests.e2e.conftest import count, eventually
+from tests.media import ffconcat_list, hls_playlist, lying_ogg
 
 
 def _ffmpeg(*args: str, output: Path) -> bytes:
@@ -345,3 +346,135 @@ async def test_one_recording_more_than_allowed_is_refused_saying_how_many_run(
         "You already have 2 recordings being transcribed (at most 2 at a time). Please wait for one to finish."
     )
     assert await count(db, Transcript, Transcript.user_id == user.id) == 2  # nothing recorded
+
+
+# ----------------------------------------------------- what a file really holds, what it is
+
+
+@pytest.fixture(scope="module")
+def lying_voice(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """Ogg/Opus whose header says 2 s and that holds 130 s (three started minutes)."""
+    return lying_ogg(tmp_path_factory.mktemp("liar") / "liar.ogg", real=130.0, claimed=2.0).read_bytes()
+
+
+async def _verify_ledger(runtime: Runtime) -> None:
+    async with runtime.services.sessions() as session:
+        assert await runtime.services.ledger.verify_all(session=session) == []
+
+
+async def _holds(db: Database, user_id: int) -> list[tuple[int, HoldStatus, int]]:
+    async with db.sessions() as session:
+        holds = await session.scalars(
+            select(CreditHold).where(CreditHold.user_id == user_id).order_by(CreditHold.created_at)
+        )
+        return [(h.amount, h.status, h.captured_amount) for h in holds]
+
+
+async def test_a_lying_header_is_charged_for_what_the_file_really_holds(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, lying_voice: bytes, speech: FakeOpenAIServer
+) -> None:
+    user = FakeUser(id=7030, language_code="en")
+    await _fund(app, user, telegram, 10)
+    telegram.queue_update(telegram.message_update(user, voice=(lying_voice, 2)))
+
+    assert (await _final_status(telegram, user, "✅ Transcribed")).startswith("✅ Transcribed (2:10)")
+    edits = [
+        c.params["text"] for c in telegram.calls_of("editMessageText") if c.params.get("chat_id") == user.id
+    ]
+    assert any(e.startswith("🎙 Duration 2:10 · price <b>3</b> credits · balance after: 7") for e in edits)
+    await eventually(lambda: _status_is(db, user.id, JobStatus.SUCCEEDED))
+    assert await _balance(app, user.id) == 7
+    # The speech API heard the whole recording once: 130 s, not the 2 s the header claimed.
+    assert [round(c.duration or 0) for c in speech.transcription_calls] == [130]
+    # The hold on the header's claim went back; the one on the decoded length was captured.
+    assert await _holds(db, user.id) == [(1, HoldStatus.RELEASED, 0), (3, HoldStatus.CAPTURED, 3)]
+    async with db.sessions() as session:
+        row = await session.scalar(select(Transcript).where(Transcript.user_id == user.id))
+    assert row is not None and row.price == 3 and row.duration_ms in range(129_500, 130_500)
+    await _verify_ledger(app)
+
+
+async def test_a_lying_header_without_credits_for_the_real_length_is_refused_before_any_speech_call(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, lying_voice: bytes, speech: FakeOpenAIServer
+) -> None:
+    user = FakeUser(id=7031, language_code="en")
+    await _fund(app, user, telegram, 2)
+    telegram.queue_update(telegram.message_update(user, voice=(lying_voice, 2)))
+
+    text = await _final_status(telegram, user, "Not enough credits")
+    assert text == (
+        "Not enough credits for 3 min: this recording really lasts 2:10 and costs 3 credits, you have 2. "
+        "Nothing was charged."
+    )
+    await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+    assert await _balance(app, user.id) == 2
+    assert await _holds(db, user.id) == [(1, HoldStatus.RELEASED, 0)]
+    assert speech.transcription_calls == []
+    await _verify_ledger(app)
+
+
+async def test_a_recording_really_longer_than_allowed_is_refused_with_its_real_length(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    speech: FakeOpenAIServer,
+    db: Database,
+    lying_voice: bytes,
+) -> None:
+    runtime: Runtime = await start_app(
+        make_settings(
+            openai_api_key="sk-test-transcription",
+            openai_base_url=speech.base_url,
+            transcription_max_duration_seconds=100,
+        )
+    )
+    user = FakeUser(id=7032, language_code="ru")
+    await _fund(runtime, user, telegram, 10)
+    telegram.queue_update(telegram.message_update(user, voice=(lying_voice, 2)))
+
+    text = await _final_status(telegram, user, "На самом деле")
+    assert text == (
+        "На самом деле запись длится 2:10 — дольше, чем 1:40, которые я могу расшифровать. "
+        "Отправьте запись покороче. Оплата не списана."
+    )
+    await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+    assert await _balance(runtime, user.id) == 10
+    assert await _holds(db, user.id) == [(1, HoldStatus.RELEASED, 0)]
+    assert speech.transcription_calls == []
+    await _verify_ledger(runtime)
+
+
+@pytest.mark.parametrize(
+    ("name", "mime", "script"),
+    [
+        ("list.m3u8", "audio/x-mpegurl", hls_playlist),
+        ("list.m3u", "audio/mpegurl", hls_playlist),
+        ("song.mp3", "audio/mpeg", ffconcat_list),
+    ],
+)
+async def test_playlists_and_file_lists_are_refused_and_nothing_is_charged(
+    telegram: FakeTelegramServer,
+    app: Runtime,
+    db: Database,
+    voice: bytes,
+    speech: FakeOpenAIServer,
+    tmp_path: Path,
+    name: str,
+    mime: str,
+    script: Callable[[Path], bytes],
+) -> None:
+    target = tmp_path / "target.ogg"  # a real recording on the worker's disk, for the list to name
+    target.write_bytes(voice)
+    user = FakeUser(id=7033, language_code="en")
+    await _fund(app, user, telegram, 5)
+    telegram.queue_update(telegram.message_update(user, document=(script(target), name, mime)))
+
+    text = await _final_status(telegram, user, "This is not a recording")
+    assert text == (
+        "This is not a recording: playlists, links and lists of files are not accepted. "
+        "Send the audio or video file itself. Nothing was charged."
+    )
+    await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+    assert await _balance(app, user.id) == 5
+    assert await _holds(db, user.id) == []
+    assert speech.transcription_calls == []
