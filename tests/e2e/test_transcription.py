@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from aisha.billing.models import CreditEntry, CreditHold, EntryKind, HoldStatus
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_openai import FakeOpenAIServer
+from aisha.sandbox.fake_openai import FakeOpenAIServer, TranscriptionRequest
+from aisha.sandbox.faults import Fault
 from aisha.transcription.audio import find_ffmpeg
 from aisha.transcription.models import Transcript
 from tests.conftest import Database
@@ -478,3 +480,197 @@ async def test_playlists_and_file_lists_are_refused_and_nothing_is_charged(
     assert await _balance(app, user.id) == 5
     assert await _holds(db, user.id) == []
     assert speech.transcription_calls == []
+
+
+# ------------------------------------------------------------------- one run per claim
+
+
+async def _rows(db: Database, user_id: int) -> list[Transcript]:
+    async with db.sessions() as session:
+        rows = await session.scalars(
+            select(Transcript).where(Transcript.user_id == user_id).order_by(Transcript.created_at)
+        )
+        return list(rows)
+
+
+async def test_the_job_run_twice_at_once_calls_the_speech_api_once_and_charges_once(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes, speech: FakeOpenAIServer
+) -> None:
+    speech.transcripts = lambda call: "Same words."
+    user = FakeUser(id=7040, language_code="en")
+    await _fund(app, user, telegram, 10)
+    update = telegram.message_update(user, voice=(voice, 3))
+    message = update["message"]
+    # Recorded as the handler records it, and run twice at once (a queue that delivers twice).
+    async with unit_of_work(app.services.sessions) as session:
+        row = Transcript(
+            user_id=user.id,
+            status=JobStatus.PENDING,
+            source_kind="voice",
+            details={"file_id": message["voice"]["file_id"], "chat_id": user.id, "message_id": 1},
+        )
+        session.add(row)
+        await session.flush()
+        transcript_id = str(row.id)
+    telegram.queue_update(update)  # makes the file downloadable; its own job runs a second row
+
+    await asyncio.gather(*(app.services.transcription.run(transcript_id=transcript_id) for _ in range(2)))
+    await eventually(
+        lambda: _all_succeeded(db, user.id, 2),
+    )
+
+    assert len(speech.transcription_calls) == 2  # one per recorded row, not one per run
+    assert await _balance(app, user.id) == 8
+    assert [h[1:] for h in await _holds(db, user.id)] == [(HoldStatus.CAPTURED, 1)] * 2
+    delivered = [c for c in telegram.calls_of("sendMessage") if c.params["text"] == "Same words."]
+    assert len(delivered) == 2
+    await _verify_ledger(app)
+
+
+async def _all_succeeded(db: Database, user_id: int, n: int) -> bool:
+    rows = await _rows(db, user_id)
+    return len(rows) == n and all(r.status == JobStatus.SUCCEEDED for r in rows)
+
+
+async def test_a_failure_arriving_after_another_run_delivered_changes_nothing(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes, speech: FakeOpenAIServer
+) -> None:
+    first: list[TranscriptionRequest] = []
+
+    def delay(call: TranscriptionRequest) -> float:
+        if not first:
+            first.append(call)
+            return 1.5
+        return 0.0
+
+    # The first run's request hangs, then fails for good; the run that took over succeeds.
+    speech.delay = delay
+    speech.fail_always(400, when=lambda call: bool(first) and call is first[0])
+    user = FakeUser(id=7041, language_code="en")
+    await _fund(app, user, telegram, 10)
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+
+    async def first_in_flight() -> bool:
+        return bool(first)
+
+    await eventually(first_in_flight)
+    # The first run looks lost (no progress for an hour): the recovery sweep runs the job again.
+    async with unit_of_work(app.services.sessions) as session:
+        await session.execute(
+            update(Transcript)
+            .where(Transcript.user_id == user.id)
+            .values(updated_at=app.services.clock.now() - timedelta(hours=1))
+        )
+    [row] = await _rows(db, user.id)
+    assert await app.services.transcription.stuck() == [row.id]
+    await app.services.transcription.run(transcript_id=str(row.id))
+    assert (await _final_status(telegram, user, "✅ Transcribed")).startswith("✅ Transcribed (0:03)")
+
+    async def first_failed() -> bool:
+        return first[0].status == 400
+
+    await eventually(first_failed)
+    await asyncio.sleep(0.3)  # the first run's failure has arrived and been ignored
+
+    [row] = await _rows(db, user.id)
+    assert row.status == JobStatus.SUCCEEDED and row.error is None
+    assert row.text == "Hello from the fake speech service. <b>Tags</b> stay text."
+    assert row.claim == 2
+    assert await _balance(app, user.id) == 9
+    # The lost run's hold was given back when the second took over; the second's was captured.
+    assert [h[1:] for h in await _holds(db, user.id)] == [(HoldStatus.RELEASED, 0), (HoldStatus.CAPTURED, 1)]
+    bot_texts = [str(m.get("text", "")) for m in telegram.chat_messages(user.id) if m["from"]["is_bot"]]
+    assert not [t for t in bot_texts if "failed" in t]
+    assert sum("fake speech" in t for t in bot_texts) == 1
+    await _verify_ledger(app)
+
+
+# ------------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize("fault", [Fault.SERVER_ERROR, Fault.TIMEOUT, Fault.RESET])
+async def test_the_speech_api_failing_for_good_gives_the_hold_back_and_says_so_once(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    speech: FakeOpenAIServer,
+    db: Database,
+    voice: bytes,
+    fault: Fault,
+) -> None:
+    runtime: Runtime = await start_app(
+        make_settings(
+            openai_api_key="sk-test-transcription",
+            openai_base_url=speech.base_url,
+            transcription_max_attempts=3,
+            transcription_retry_base_seconds=0.05,
+            transcription_request_timeout_seconds=1.0,
+        )
+    )
+    user = FakeUser(id=7050, language_code="en")
+    await _fund(runtime, user, telegram, 5)
+    for n in (1, 2, 3):  # every attempt fails
+        speech.fail_nth("transcriptions", fault, n=n)
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+
+    text = await _final_status(telegram, user, "The speech service failed")
+    assert text == (
+        "The speech service failed on this recording. Your credits were returned; please try again later."
+    )
+    await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+    assert [f for _, f in speech.faults.injected] == [fault] * 3
+    assert await _balance(runtime, user.id) == 5
+    assert await _holds(db, user.id) == [(1, HoldStatus.RELEASED, 0)]
+    told = [
+        c
+        for c in (*telegram.calls_of("sendMessage"), *telegram.calls_of("editMessageText"))
+        if c.params.get("chat_id") == user.id and "speech service failed" in c.params["text"]
+    ]
+    assert len(told) == 1
+    await _verify_ledger(runtime)
+
+
+async def test_a_transcript_telegram_refuses_to_deliver_is_not_charged_nor_kept(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes, speech: FakeOpenAIServer
+) -> None:
+    user = FakeUser(id=7051, language_code="en")
+    await _fund(app, user, telegram, 10)
+    # sendMessage 1 is the status message, 2 the transcript: refused (403).
+    telegram.fail_nth("sendMessage", Fault.FORBIDDEN, n=2)
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+
+    text = await _final_status(telegram, user, "I couldn't send you the transcript")
+    assert (
+        text == "I couldn't send you the transcript, so nothing was charged. Please send the recording again."
+    )
+    await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+    assert len(speech.transcription_calls) == 1
+    assert await _balance(app, user.id) == 10
+    assert await _holds(db, user.id) == [(1, HoldStatus.RELEASED, 0)]
+    [row] = await _rows(db, user.id)
+    assert row.error == "undelivered" and row.text is None and row.text_key is None
+    assert not await app.services.storage.exists(f"transcripts/{user.id}/{row.id}/transcript.txt")
+    assert not any("fake speech" in str(m.get("text", "")) for m in telegram.chat_messages(user.id))
+    await _verify_ledger(app)
+
+
+async def test_a_subtitle_file_telegram_refuses_after_the_text_arrived_still_charges(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes
+) -> None:
+    user = FakeUser(id=7052, language_code="en")
+    await _fund(app, user, telegram, 10)
+    telegram.fail_nth("sendDocument", Fault.FORBIDDEN)  # the .srt, sent after the text
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+
+    await telegram.wait_for_call(
+        "sendMessage", lambda c: c.params.get("chat_id") == user.id and "fake speech" in c.params["text"]
+    )
+    await eventually(lambda: _status_is(db, user.id, JobStatus.SUCCEEDED))
+    await eventually(lambda: _refused_documents(telegram))
+    assert await _balance(app, user.id) == 9
+    assert await _holds(db, user.id) == [(1, HoldStatus.CAPTURED, 1)]
+    await _verify_ledger(app)
+
+
+async def _refused_documents(telegram: FakeTelegramServer) -> bool:
+    return ("senddocument", Fault.FORBIDDEN) in telegram.faults.injected
