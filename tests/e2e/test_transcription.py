@@ -21,6 +21,7 @@ from aisha.sandbox.fake_openai import FakeOpenAIServer, TranscriptionRequest
 from aisha.sandbox.faults import Fault
 from aisha.transcription.audio import find_ffmpeg
 from aisha.transcription.models import Transcript
+from aisha.transcription.service import MAX_RUNS
 from tests.conftest import Database
 from tests.e2e.conftest import count, eventually
 from tests.media import ffconcat_list, hls_playlist, lying_ogg
@@ -674,3 +675,37 @@ async def test_a_subtitle_file_telegram_refuses_after_the_text_arrived_still_cha
 
 async def _refused_documents(telegram: FakeTelegramServer) -> bool:
     return ("senddocument", Fault.FORBIDDEN) in telegram.faults.injected
+
+
+async def test_a_row_whose_runs_keep_dying_is_given_up_once_and_charges_nothing(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, speech: FakeOpenAIServer
+) -> None:
+    user = FakeUser(id=7053, language_code="en")
+    await _fund(app, user, telegram, 10)
+    async with unit_of_work(app.services.sessions) as session:
+        hold = await app.services.ledger.hold(
+            session=session, user_id=user.id, amount=1, key="lost-run", reference="transcript:lost"
+        )
+        row = Transcript(
+            user_id=user.id,
+            status=JobStatus.RUNNING,
+            source_kind="voice",
+            claim=MAX_RUNS,  # three runs took it and died
+            hold_id=hold.hold_id,
+            details={"file_id": "gone", "chat_id": user.id, "message_id": 1},
+            updated_at=app.services.clock.now() - timedelta(hours=1),
+        )
+        session.add(row)
+    assert await app.services.transcription.stuck() == [row.id]
+
+    await app.services.transcription.run(transcript_id=str(row.id))
+
+    text = await _final_status(telegram, user, "Something went wrong")
+    assert text.endswith("Nothing was charged; please try again later.")
+    [stored] = await _rows(db, user.id)
+    assert stored.status == JobStatus.FAILED and stored.error == "gave_up"
+    assert await _balance(app, user.id) == 10
+    assert await _holds(db, user.id) == [(1, HoldStatus.RELEASED, 0)]
+    assert await app.services.transcription.stuck() == []
+    assert speech.transcription_calls == []
+    await _verify_ledger(app)

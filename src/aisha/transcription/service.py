@@ -60,6 +60,8 @@ READ_CHUNK = 256 * 1024
 FILE_THRESHOLD_CHARS = 3000
 MESSAGE_LIMIT = 3500
 IN_FLIGHT = (JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.RUNNING)
+# A row taken this many times without a result is failed (its hold given back) instead.
+MAX_RUNS = 3
 # The first hold covers the header's length plus this much (see `_run`).
 HOLD_MARGIN = 0.05
 HOLD_MARGIN_SECONDS = 2.0
@@ -240,7 +242,11 @@ class TranscriptionService:
             dict(transcript.details),
         )
         try:
-            if transcript.text_key is not None:
+            if claim > MAX_RUNS and transcript.text_key is None:
+                # Runs before this one all died (a crash, Telegram or storage down): stop trying.
+                log.error("transcription.gave_up", transcript_id=transcript_id, runs=claim - 1)
+                await self._fail(state, "gave_up", texts("transcription.error.internal"))
+            elif transcript.text_key is not None:
                 await self._deliver_and_settle(state)  # the result was kept; only its delivery is owed
             else:
                 await self._run(state)
