@@ -709,3 +709,38 @@ async def test_a_row_whose_runs_keep_dying_is_given_up_once_and_charges_nothing(
     assert await app.services.transcription.stuck() == []
     assert speech.transcription_calls == []
     await _verify_ledger(app)
+
+
+@pytest.fixture(scope="module")
+def almost_a_minute(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("59s") / "voice.ogg"
+    return _ffmpeg(
+        "-f", "lavfi", "-i", "sine=frequency=440:duration=59", "-c:a", "libopus", "-b:a", "16k", output=path
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("funds", "held"), [(5, 2), (1, 1)])
+async def test_the_margin_on_the_first_hold_never_costs_more_than_the_real_length(
+    telegram: FakeTelegramServer,
+    app: Runtime,
+    db: Database,
+    almost_a_minute: bytes,
+    funds: int,
+    held: int,
+) -> None:
+    # 59 s plus the margin is a second minute: held when there is enough, never charged; with
+    # just enough for the one minute, that is what is held.
+    user = FakeUser(id=7060, language_code="en")
+    await _fund(app, user, telegram, funds)
+    telegram.queue_update(telegram.message_update(user, voice=(almost_a_minute, 59)))
+
+    await _final_status(telegram, user, "✅ Transcribed (0:59)")
+    edits = [
+        c.params["text"] for c in telegram.calls_of("editMessageText") if c.params.get("chat_id") == user.id
+    ]
+    header = f"🎙 Duration 0:59 · price <b>1</b> credit · balance after: {funds - 1}"
+    assert any(e.startswith(header) for e in edits)
+    await eventually(lambda: _status_is(db, user.id, JobStatus.SUCCEEDED))
+    assert await _balance(app, user.id) == funds - 1
+    assert await _holds(db, user.id) == [(held, HoldStatus.CAPTURED, 1)]
+    await _verify_ledger(app)
