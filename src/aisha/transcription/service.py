@@ -518,15 +518,19 @@ class TranscriptionService:
         async with unit_of_work(self._sessions) as session:
             row = await self._owned(session, run)
             captured = 0
-            if row.hold_id is not None:
+            hold = await self._ledger.get_hold(session=session, hold_id=row.hold_id) if row.hold_id else None
+            if hold is not None and hold.status is HoldStatus.ACTIVE:
                 capture = await self._ledger.capture(
                     session=session,
-                    hold_id=row.hold_id,
+                    hold_id=hold.id,
                     amount=row.price,
                     key=f"transcript:{row.id}:capture",
                     description="ledger.transcription_done",
                 )
                 captured = capture.captured
+            else:
+                # The expiry sweep gave the hold back while the job ran: delivered, but free.
+                log.warning("transcription.hold_gone", transcript_id=str(row.id), hold_id=str(row.hold_id))
             row.status = JobStatus.SUCCEEDED
             row.finished_at = self._clock.now()
             # The recording is not kept once its text is (unless the operator asks for it).
