@@ -7,6 +7,7 @@ unless AISHA_REQUIRE_SERVICES=1 (set by .ci/run), where an unreachable server fa
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import socket
@@ -17,16 +18,27 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.db.migrate import upgrade
 from aisha.db.models import Base
-from aisha.db.session import create_engine, create_session_factory, execute_autocommit
+from aisha.db.session import (
+    before_outside_call,
+    create_engine,
+    create_session_factory,
+    execute_autocommit,
+    refuse_outside_call,
+)
+from aisha.sandbox.faults import Fault, FaultPlan
+from aisha.storage.local import LocalStorage
+from aisha.storage.s3 import S3Storage
 
 PG_ADMIN_URL = os.environ.get("DATABASE_TEST_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
@@ -169,3 +181,56 @@ async def redis_url() -> AsyncIterator[str]:
     await client.flushdb()
     await client.aclose()
     yield REDIS_TEST_URL
+
+
+# --- the rule: no outside call while a transaction with writes is open -------------------------
+
+_STORAGE_CALLS = ("put", "get", "delete", "delete_prefix", "exists", "size")
+
+
+def _guarded(what: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(call)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        await before_outside_call()  # what production does first: an update's work commits early
+        refuse_outside_call(what)
+        return await call(*args, **kwargs)
+
+    return guarded
+
+
+@pytest.fixture(autouse=True)
+def no_outside_call_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test fails if code makes an HTTP call (Telegram through aiohttp; FAL and OpenAI
+    through httpx) or a storage call while its task holds uncommitted writes."""
+    monkeypatch.setattr(httpx.AsyncClient, "send", _guarded("an HTTP call", httpx.AsyncClient.send))
+    monkeypatch.setattr(
+        aiohttp.ClientSession, "_request", _guarded("a Bot API call", aiohttp.ClientSession._request)
+    )
+    for storage in (LocalStorage, S3Storage):
+        for name in _STORAGE_CALLS:
+            monkeypatch.setattr(storage, name, _guarded(f"storage.{name}", getattr(storage, name)))
+
+
+# --- fault points: which injected failures (fail_nth) the suite drove --------------------------
+
+_fault_points: dict[tuple[str, str, Fault], str] = {}
+
+
+@pytest.fixture(autouse=True)
+def record_fault_points(request: pytest.FixtureRequest) -> Iterator[None]:
+    start = len(FaultPlan.served)
+    yield
+    if not request.node.nodeid.startswith("tests/unit"):  # the fakes' own tests drive no app
+        for point in FaultPlan.served[start:]:
+            _fault_points.setdefault(point, request.node.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _fault_points:
+        return
+    terminalreporter.section("fault injection")
+    for (service, key, fault), test in sorted(_fault_points.items()):
+        terminalreporter.write_line(f"{service:8} {key:40} {fault.value:13} {test}")
+    terminalreporter.write_line(
+        f"{len(_fault_points)} fault points driven (a call of Telegram, FAL or OpenAI made to fail)"
+    )

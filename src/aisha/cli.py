@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
+from urllib.parse import unquote, urlsplit
 
+import structlog
 import typer
 
 from aisha.config import ConfigError, Locale, Settings, load_settings
 
 app = typer.Typer(
-    help="Aisha: a Telegram bot for AI avatars, images and transcription.", no_args_is_help=True
+    help="Aisha: a Telegram bot for AI avatars, images and transcription.",
+    no_args_is_help=True,
+    # Locals would include the settings and the bot token; never print them, whatever the default.
+    pretty_exceptions_show_locals=False,
 )
 T = TypeVar("T")
 SANDBOX_DIR = Path("data/sandbox")
@@ -35,7 +41,26 @@ def _settings() -> Settings:
 def _secrets(settings: Settings) -> list[str]:
     values = [settings.bot_token, settings.webhook_secret, settings.fal_key, settings.openai_api_key]
     values += [settings.s3_secret_key, settings.metrics_token]
-    return [v.get_secret_value() for v in values if v is not None]
+    secrets = [v.get_secret_value() for v in values if v is not None]
+    # Passwords inside the database and Redis URLs.
+    for url in (settings.database_url, settings.redis_url or ""):
+        with contextlib.suppress(ValueError):
+            if password := urlsplit(url).password:
+                secrets.append(unquote(password))
+                secrets.append(password)
+    return secrets
+
+
+def _crashed(error: Exception, secrets: list[str]) -> NoReturn:
+    """Start-up (or the run) failed on something that isn't configuration: one masked line on the
+    terminal, the masked traceback in the log, and never a dump of locals holding the settings."""
+    from aisha.logs import SecretMasker
+
+    structlog.get_logger("aisha.cli").error("startup.failed", exc_info=error)
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    reason = SecretMasker(secrets).mask(f"{type(error).__name__}: {first_line}".rstrip(": "))
+    typer.echo(f"aisha: could not start: {reason}", err=True)
+    raise typer.Exit(1)
 
 
 def _guarded(action: Callable[[], T]) -> T:
@@ -54,17 +79,26 @@ def _serve(role_name: str) -> None:
 
     settings = _settings()
     _guarded(settings.require_bot_token)
-    configure_logging(secrets=_secrets(settings))
+    secrets = _secrets(settings)
+    configure_logging(secrets=secrets)
     role = Role(role_name)
-    if role is Role.ALL:
-        # One process on the embedded defaults needs no other setup: bring the schema up to date.
-        upgrade(settings.database_url)
 
     async def main() -> None:
         runtime = Runtime(settings)
         await runtime.run_until_signal(role)
 
-    _guarded(lambda: asyncio.run(main()))
+    def start() -> None:
+        if role is Role.ALL:
+            # One process on the embedded defaults needs no other setup: bring the schema up to date.
+            upgrade(settings.database_url)
+        asyncio.run(main())
+
+    try:
+        _guarded(start)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        _crashed(error, secrets)
 
 
 @app.command()
@@ -138,8 +172,8 @@ app.add_typer(ledger_app, name="ledger")
 
 @ledger_app.command("verify")
 def ledger_verify() -> None:
-    """Check that every account's balance equals the sum of its entries; exit 1 naming the
-    accounts that don't."""
+    """Check the books: balances against entries, each hold resolved once with matching amounts,
+    each payment credited (and refunded) once; exit 1 naming what is wrong, a line each."""
     from sqlalchemy import func, select
 
     from aisha.billing.models import CreditAccount
@@ -161,12 +195,15 @@ def ledger_verify() -> None:
 
     accounts, mismatches = asyncio.run(check())
     for bad in mismatches:
-        balance = "missing" if bad.balance is None else str(bad.balance)
-        typer.echo(
-            f"account {bad.user_id}: balance {balance}, entries sum {bad.entries_sum}"
-            f" ({'; '.join(bad.reasons)})",
-            err=True,
-        )
+        if bad.reasons:
+            balance = "missing" if bad.balance is None else str(bad.balance)
+            typer.echo(
+                f"account {bad.user_id}: balance {balance}, entries sum {bad.entries_sum}"
+                f" ({'; '.join(bad.reasons)})",
+                err=True,
+            )
+        for problem in bad.problems:
+            typer.echo(f"account {bad.user_id}: {problem}", err=True)
     if mismatches:
         typer.echo(f"ledger verify: {len(mismatches)} of {accounts} accounts do not add up", err=True)
         raise typer.Exit(1)

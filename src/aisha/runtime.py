@@ -159,7 +159,13 @@ class Runtime:
         done = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
-        await self.start(role)
+        try:
+            await self.start(role)
+        except BaseException:
+            # Close what was opened (sessions, pools), so the failure is all that gets reported.
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
         try:
             await done.wait()
         finally:

@@ -148,14 +148,14 @@ async def _seed_and_train(
 async def enqueue_seeded_training(app: Runtime, user_id: int, *, name: str = "Seeded") -> uuid.UUID:
     """A confirmed avatar with 10 photos stored directly, its training job enqueued."""
     avatars = app.services.avatars
+    files: dict[str, bytes] = {}
     async with unit_of_work(app.services.sessions) as session:
         avatar = await avatars.create_draft(
             session=session, user_id=user_id, avatar_type=AvatarType.PORTRAIT, name=name
         )
         for i in range(10):
             key = f"{photo_prefix(user_id, avatar.id)}/photos/{i}.jpg"
-            data = face_photo(i)
-            await app.services.storage.put(key, data)
+            data = files[key] = face_photo(i)
             session.add(
                 AvatarPhoto(
                     avatar_id=avatar.id,
@@ -169,6 +169,8 @@ async def enqueue_seeded_training(app: Runtime, user_id: int, *, name: str = "Se
                 )
             )
         avatar_id = avatar.id
+    for key, data in files.items():  # after the commit: no storage call inside a transaction
+        await app.services.storage.put(key, data)
     async with unit_of_work(app.services.sessions) as session:
         await avatars.confirm(session=session, user_id=user_id, avatar_id=avatar_id)
     await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))

@@ -41,6 +41,16 @@ async def _seed(app: Runtime, user_id: int) -> None:
     storage, ledger = app.services.storage, app.services.ledger
     avatar_id, generation_id, transcript_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     now = app.services.clock.now()
+    base = f"transcripts/{user_id}/{transcript_id}"
+    image_key = f"generations/{user_id}/{generation_id}/1.png"
+    # Files first, rows after: no storage call while a transaction is open.
+    for n in range(3):
+        await storage.put(
+            f"avatars/{user_id}/{avatar_id}/{n}.jpg", b"photo %d" % n, content_type="image/jpeg"
+        )
+    await storage.put(image_key, b"png", content_type="image/png")
+    await storage.put(f"{base}/audio.ogg", b"ogg")
+    await storage.put(f"{base}/text.txt", b"my secret words")
     async with unit_of_work(app.services.sessions) as session:
         await ledger.credit(session=session, user_id=user_id, amount=500, key=f"topup:{user_id}")
         session.add(
@@ -78,7 +88,6 @@ async def _seed(app: Runtime, user_id: int) -> None:
         await session.flush()
         for n in range(3):
             key = f"avatars/{user_id}/{avatar_id}/{n}.jpg"
-            await storage.put(key, b"photo %d" % n, content_type="image/jpeg")
             session.add(
                 AvatarPhoto(
                     avatar_id=avatar_id,
@@ -90,8 +99,6 @@ async def _seed(app: Runtime, user_id: int) -> None:
                     height=600,
                 )
             )
-        image_key = f"generations/{user_id}/{generation_id}/1.png"
-        await storage.put(image_key, b"png", content_type="image/png")
         session.add(
             ImageGeneration(
                 id=generation_id,
@@ -104,9 +111,6 @@ async def _seed(app: Runtime, user_id: int) -> None:
                 cost=40,
             )
         )
-        base = f"transcripts/{user_id}/{transcript_id}"
-        await storage.put(f"{base}/audio.ogg", b"ogg")
-        await storage.put(f"{base}/text.txt", b"my secret words")
         session.add(
             Transcript(
                 id=transcript_id,

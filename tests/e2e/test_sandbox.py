@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import struct
 import subprocess
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -319,6 +321,45 @@ async def test_bad_input_is_refused_and_changes_nothing(client: aiohttp.ClientSe
     assert refusals[4][1]["error"] == "The file “big.bin” is larger than 50 MB."
     after = await chat(client)
     assert (after["version"], after["messages"]) == (before["version"], before["messages"])
+
+
+def _grey_png(width: int, height: int, *, rows: int | None = None) -> bytes:
+    """A real 8-bit greyscale PNG of one colour, compressed row by row (12000×12000 is 140 KB);
+    with `rows`, only that many rows of pixel data follow the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + width)  # the filter byte, then one byte per pixel
+    pixels = b"".join(packer.compress(row) for _ in range(height if rows is None else rows))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", pixels + packer.flush())
+        + chunk(b"IEND", b"")
+    )
+
+
+async def test_a_photo_over_the_pixel_limit_is_refused_from_its_header(client: aiohttp.ClientSession) -> None:
+    before = await chat(client)
+    huge = _grey_png(12000, 12000)  # 144 megapixels: 432 MB once decoded to RGB
+    assert struct.unpack(">II", huge[16:24]) == (12000, 12000)  # IHDR's width and height
+    bomb = _grey_png(30000, 30000, rows=1)  # 900 megapixels claimed: Pillow itself calls it a bomb
+    refusals = [
+        await upload(client, "photo", ("huge.png", huge)),
+        await upload(client, "photo", ("bomb.png", bomb)),
+    ]
+    assert refusals == [
+        (413, {"error": "The picture “huge.png” is too large: over 50 megapixels."}),
+        (413, {"error": "The picture “bomb.png” is too large: over 50 megapixels."}),
+    ]
+    after = await chat(client)
+    assert (after["version"], after["messages"]) == (before["version"], before["messages"])
+    # A photo under the limit still goes through.
+    status, _ = await upload(client, "photo", ("fine.png", _grey_png(2000, 1500)))
+    assert status == 200
 
 
 async def test_other_sites_cannot_use_the_api(client: aiohttp.ClientSession, sandbox: Sandbox) -> None:

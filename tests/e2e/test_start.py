@@ -10,6 +10,7 @@ import httpx
 
 from aisha.db.models import ProcessedUpdate, User
 from aisha.sandbox import FakeTelegramServer, FakeUser
+from aisha.sandbox.faults import Fault
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, count, eventually, sent_to
 
@@ -133,3 +134,27 @@ async def test_start_up_publishes_the_command_menu_in_both_languages(
     assert menu() == menu("ru")  # other languages get the default locale's
     assert list(menu("en"))[:3] == ["avatar", "generate", "gallery"]
     assert "admin" not in menu("en") and "grant" not in menu("en")
+
+
+async def test_a_reply_that_fails_does_not_undo_what_the_update_did(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    """The update's work commits before the reply leaves: the user who blocked the bot at once is
+    still registered, and the update is not handled a second time."""
+    await start_app(make_settings())
+    ivan = FakeUser(id=1003, first_name="Иван", language_code="ru")
+    telegram.fail_nth("sendMessage", Fault.FORBIDDEN)
+    update = telegram.message_update(ivan, "/start")
+    telegram.queue_update(update)
+    failed = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == ivan.id)
+    assert failed.failed
+    await eventually(lambda: _users_are(db, 1))
+    assert await count(db, ProcessedUpdate, ProcessedUpdate.update_id == update["update_id"]) == 1
+
+    telegram.queue_update(update)  # delivered again: dropped, no second welcome
+    telegram.queue_update(telegram.message_update(ivan, "/balance"))
+    answer = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == ivan.id)
+    assert "Привет" not in answer.params["text"]

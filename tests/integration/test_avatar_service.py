@@ -168,9 +168,10 @@ class World:
             avatar = await self.service.create_draft(
                 session=session, user_id=OWNER, avatar_type=AvatarType.PORTRAIT, name="Me"
             )
+            files: dict[str, bytes] = {}
             for i, data in enumerate((PHOTO_A, PHOTO_B, PHOTO_C)[:photos]):
                 key = f"{photo_prefix(OWNER, avatar.id)}/photos/{i}.jpg"
-                await self.storage.put(key, data)
+                files[key] = data
                 session.add(
                     AvatarPhoto(
                         avatar_id=avatar.id,
@@ -183,7 +184,9 @@ class World:
                         metrics={},
                     )
                 )
-            return avatar.id
+        for key, data in files.items():  # files after the commit: no storage call in a transaction
+            await self.storage.put(key, data)
+        return avatar.id
 
     async def submitted(self) -> uuid.UUID:
         avatar_id = await self.draft(photos=2)

@@ -18,7 +18,7 @@ from aisha.sandbox.faults import Fault, FaultPlan
 
 
 def test_the_plan_fails_only_the_nth_matching_call() -> None:
-    plan = FaultPlan()
+    plan = FaultPlan("test")
     plan.add("sendMessage", Fault.FORBIDDEN, n=2)
     assert plan.take("getMe") is None
     assert plan.take("sendmessage") is None
@@ -28,7 +28,7 @@ def test_the_plan_fails_only_the_nth_matching_call() -> None:
 
 
 def test_a_fragment_plan_matches_inside_the_path() -> None:
-    plan = FaultPlan(by_fragment=True)
+    plan = FaultPlan("test", by_fragment=True)
     plan.add("/requests/", Fault.SERVER_ERROR)
     assert plan.take("POST /fal-ai/flux-lora") is None
     assert plan.take("GET /fal-ai/flux-lora/requests/abc/status") is Fault.SERVER_ERROR
@@ -36,7 +36,7 @@ def test_a_fragment_plan_matches_inside_the_path() -> None:
 
 def test_n_counts_from_one() -> None:
     with pytest.raises(ValueError):
-        FaultPlan().add("x", Fault.RESET, n=0)
+        FaultPlan("test").add("x", Fault.RESET, n=0)
 
 
 def _bot(server: FakeTelegramServer, timeout: float = 30) -> Bot:

@@ -12,7 +12,9 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, HTTPException, Request, status
+from starlette.requests import ClientDisconnect
 
+from aisha.api.body import BodyTooLarge, read_capped
 from aisha.api.deps import RuntimeDep
 from aisha.providers.fal_webhook import FalWebhook, JwksUnavailable, WebhookRejected
 
@@ -50,12 +52,13 @@ async def fal_webhook(request: Request, runtime: RuntimeDep, kind: str = "", id:
     verifier = runtime.services.fal_verifier
     if verifier is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "FAL is not configured")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "body too large")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "body too large")
+    try:
+        body = await read_capped(request, MAX_BODY_BYTES)
+    except BodyTooLarge:
+        log.warning("webhook.fal.too_large", kind=kind[:32])
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "body too large") from None
+    except ClientDisconnect:  # gone before its body was complete: nobody to answer
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "incomplete body") from None
     try:
         webhook = await verifier.verify_and_parse(request.headers, body)
     except WebhookRejected as exc:

@@ -1,4 +1,9 @@
-"""POST /telegram/webhook: Telegram's updates, accepted only with our secret header."""
+"""POST /telegram/webhook: Telegram's updates, accepted only with our secret header.
+
+Telegram delivers an update again and again until it gets a 2xx, holding up the updates behind
+it. So once the secret matches, every update gets a 200: one we can't read or whose handling
+fails is logged with its id and passed over, never answered with a 4xx or 5xx.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,15 @@ import hmac
 from typing import Annotated, Any
 
 import structlog
-from aiogram.types import Update
 from fastapi import APIRouter, Header, HTTPException, Request, status
-from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
+from aisha.api.body import BodyTooLarge, read_capped
 from aisha.api.deps import RuntimeDep
+from aisha.bot.updates import UnreadableUpdate, parse_update
+
+# Far above any real update (texts are at most 4096 characters, files are sent as ids).
+MAX_UPDATE_BYTES = 1024 * 1024
 
 router = APIRouter()
 log = structlog.get_logger(__name__)
@@ -32,10 +41,20 @@ async def telegram_webhook(
         log.warning("webhook.telegram.bad_secret", client=request.client.host if request.client else None)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bad secret token")
     try:
-        update = Update.model_validate(await request.json(), context={"bot": runtime.bot})
-    except (ValueError, ValidationError):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "not a Telegram update") from None
-    # Handled before answering: an error becomes a 500 and Telegram delivers the update again,
-    # which the dispatcher's exactly-once guard makes safe.
-    await runtime.dispatcher.feed_update(runtime.bot, update)
+        update = parse_update(await read_capped(request, MAX_UPDATE_BYTES), runtime.bot)
+    except BodyTooLarge:
+        log.error("webhook.telegram.update_skipped", reason="too_large", limit=MAX_UPDATE_BYTES)
+        return {"ok": False}
+    except UnreadableUpdate as exc:
+        log.error("webhook.telegram.update_skipped", reason=exc.reason, update_id=exc.update_id)
+        return {"ok": False}
+    except ClientDisconnect:  # gone before its body was complete: it will be sent again
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "incomplete body") from None
+    # Handled before answering, so a 200 means its transaction committed (the dispatcher's
+    # exactly-once guard drops a repeat).
+    try:
+        await runtime.dispatcher.feed_update(runtime.bot, update)
+    except Exception as exc:
+        log.exception("webhook.telegram.update_failed", update_id=update.update_id, error=type(exc).__name__)
+        return {"ok": False}
     return {"ok": True}

@@ -12,7 +12,11 @@ Invariants:
   balance (under its row lock), so entries are ordered as applied whatever the clocks say;
 - `credit_accounts.last_seq` == the `seq` of the account's newest entry;
 - an idempotency key is applied at most once; the same key again returns the first result;
-- a hold resolves exactly once (captured, released or expired).
+- a hold resolves exactly once (captured, released or expired): one hold entry, then one capture
+  or release entry that returns `amount - captured_amount`.
+
+`aisha ledger verify` (`billing/verify.py`) checks all of these on the stored books, and that
+each Stars payment was credited once and each refunded one debited once.
 
 Lock order is always "account row, then hold row", so transactions that each touch one account
 never deadlock each other; a unit of work spanning several accounts should lock them in user order.
@@ -139,13 +143,17 @@ class HistoryPage:
 
 @dataclass(frozen=True, slots=True)
 class AccountMismatch:
-    """An account whose numbers don't add up; `balance` is None when the account row is missing."""
+    """An account whose numbers don't add up; `balance` is None when the account row is missing.
+
+    `reasons` say why the balance doesn't match its entries; `problems` name each hold or
+    payment of the account that doesn't match its entries, one line each."""
 
     user_id: int
     balance: int | None
     entries_sum: int
     first_bad_entry_id: uuid.UUID | None
     reasons: tuple[str, ...]
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,97 +567,13 @@ class LedgerService:
         return HistoryPage(items=items, total=int(total or 0), limit=limit, offset=offset)
 
     async def verify_all(self, *, session: AsyncSession) -> list[AccountMismatch]:
-        """Every account whose balance != the sum of its entries, whose last_seq != its newest
-        entry's seq, or whose balance_after chain (in seq order) breaks (the first broken entry
-        is named). Empty when the books are right.
+        """Every account whose books are wrong: balances and the balance_after chain, holds
+        resolved once with matching amounts, payments credited (and refunded) once. Empty when
+        the books are right. The checks live in `billing/verify.py`."""
+        # Imported here: verify.py uses payments.py, which imports this module.
+        from aisha.billing.verify import verify_ledger
 
-        An account without entries isn't held to a last_seq: /delete_me erases the entries but
-        keeps the counter, so that a number is never used twice."""
-        sums = (
-            select(
-                CreditEntry.user_id,
-                func.sum(CreditEntry.amount).label("total"),
-                func.max(CreditEntry.seq).label("newest"),
-            )
-            .group_by(CreditEntry.user_id)
-            .subquery()
-        )
-        found: dict[int, dict[str, Any]] = {}
-
-        def note(user_id: int, balance: int | None, total: int, reason: str) -> dict[str, Any]:
-            item = found.setdefault(
-                user_id,
-                {"balance": balance, "total": total, "first_bad": None, "reasons": []},
-            )
-            item["reasons"].append(reason)
-            return item
-
-        total_col = func.coalesce(sums.c.total, 0)
-        rows = await session.execute(
-            select(CreditAccount.user_id, CreditAccount.balance, total_col)
-            .outerjoin(sums, sums.c.user_id == CreditAccount.user_id)
-            .where(CreditAccount.balance != total_col)
-        )
-        for user_id, balance, total in rows:
-            note(user_id, balance, int(total), "balance != sum(entries)")
-
-        counters = await session.execute(
-            select(CreditAccount.user_id, CreditAccount.balance, sums.c.total)
-            .join(sums, sums.c.user_id == CreditAccount.user_id)
-            .where(CreditAccount.last_seq != sums.c.newest)
-        )
-        for user_id, balance, total in counters:
-            note(user_id, balance, int(total), "last_seq != newest entry's seq")
-
-        orphans = await session.execute(
-            select(sums.c.user_id, sums.c.total)
-            .outerjoin(CreditAccount, CreditAccount.user_id == sums.c.user_id)
-            .where(CreditAccount.user_id.is_(None))
-        )
-        for user_id, total in orphans:
-            note(user_id, None, int(total), "entries without an account")
-
-        order = CreditEntry.seq
-        chain = select(
-            CreditEntry.id,
-            CreditEntry.user_id,
-            CreditEntry.amount,
-            CreditEntry.balance_after,
-            func.lag(CreditEntry.balance_after)
-            .over(partition_by=CreditEntry.user_id, order_by=order)
-            .label("previous"),
-            func.row_number().over(partition_by=CreditEntry.user_id, order_by=order).label("position"),
-        ).subquery()
-        breaks = await session.execute(
-            select(chain.c.id, chain.c.user_id)
-            .where(chain.c.balance_after - chain.c.amount != func.coalesce(chain.c.previous, 0))
-            .order_by(chain.c.user_id, chain.c.position)
-        )
-        for entry_id, user_id in breaks:
-            if user_id in found and found[user_id]["first_bad"] is not None:
-                continue
-            if user_id not in found:
-                balance = await self.get_balance(session=session, user_id=user_id)
-                total = await session.scalar(
-                    select(func.coalesce(func.sum(CreditEntry.amount), 0)).where(
-                        CreditEntry.user_id == user_id
-                    )
-                )
-                note(user_id, balance, int(total or 0), "balance_after chain broken")
-            else:
-                found[user_id]["reasons"].append("balance_after chain broken")
-            found[user_id]["first_bad"] = entry_id
-
-        return [
-            AccountMismatch(
-                user_id=user_id,
-                balance=item["balance"],
-                entries_sum=item["total"],
-                first_bad_entry_id=item["first_bad"],
-                reasons=tuple(item["reasons"]),
-            )
-            for user_id, item in sorted(found.items())
-        ]
+        return await verify_ledger(session)
 
     # --- internals -----------------------------------------------------------------------------
 

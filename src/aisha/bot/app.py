@@ -17,12 +17,15 @@ from aisha.bot.fsm import SqlStorage, UserEventIsolation
 from aisha.bot.metrics import ObserveUpdateMiddleware
 from aisha.bot.middlewares import (
     BlockedMiddleware,
+    CommitBeforeSend,
     ThrottleMiddleware,
     UnitOfWorkMiddleware,
     UserMiddleware,
 )
 from aisha.bot.outgoing import OutgoingLimiter, OutgoingLimitMiddleware, create_limiter
 from aisha.bot.routers import admin, avatars, billing, generation, privacy, settings, start, transcription
+from aisha.bot.stale_callbacks import StaleCallbackAnswerMiddleware
+from aisha.bot.updates import SkipUnreadableUpdatesMiddleware
 from aisha.config import Settings
 
 if TYPE_CHECKING:
@@ -30,15 +33,21 @@ if TYPE_CHECKING:
 
 
 def create_bot(settings: Settings, *, limiter: OutgoingLimiter | None = None) -> Bot:
-    """The Bot; every send and edit waits for its slot under Telegram's limits (shared through
-    Redis when configured) and a 429 is waited out and retried, for handlers and jobs alike."""
+    """The Bot; a handler's call first commits its update's work; every send and edit waits for
+    its slot under Telegram's limits (shared through Redis when configured) and a 429 is waited
+    out and retried, for handlers and jobs alike; a button answered too late counts as answered,
+    and polling passes over an unreadable update."""
     server = TelegramAPIServer.from_base(settings.telegram_api_url, is_local=settings.telegram_api_local)
     session = AiohttpSession(api=server)
+    # First: an update's work is committed before anything leaves (and before waiting for a slot).
+    session.middleware(CommitBeforeSend())
     session.middleware(
         OutgoingLimitMiddleware(
             limiter or create_limiter(settings), max_retries=settings.telegram_max_retries
         )
     )
+    session.middleware(StaleCallbackAnswerMiddleware())
+    session.middleware(SkipUnreadableUpdatesMiddleware())
     return Bot(
         token=settings.require_bot_token(),
         session=session,

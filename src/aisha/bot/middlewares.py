@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiogram import BaseMiddleware, Bot
+from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
+from aiogram.methods import Response, TelegramMethod
+from aiogram.methods.base import TelegramType
 from aiogram.types import TelegramObject, Update
 from aiogram.types import User as TelegramUser
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +19,7 @@ from aisha.bot.metrics import DUPLICATE_KEY
 from aisha.bot.throttle import Verdict
 from aisha.db.context import current_session
 from aisha.db.models import ProcessedUpdate
-from aisha.db.session import run_after_commit, run_at_end
+from aisha.db.session import before_outside_call, commit, commits_before_outside_calls, run_at_end
 from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
 from aisha.users.service import TelegramProfile
@@ -28,12 +31,29 @@ Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 log = structlog.get_logger(__name__)
 
 
-class UnitOfWorkMiddleware(BaseMiddleware):
-    """Opens one transaction per update and drops an update id that was already handled.
+class CommitBeforeSend(BaseRequestMiddleware):
+    """Before a Bot API call leaves, commits the work of the update being handled (see
+    UnitOfWorkMiddleware); a no-op for jobs, whose units of work are their own."""
 
-    The update id is recorded in the same transaction as everything the handlers change, so a
-    crash leaves neither, and a repeated delivery (also a concurrent one, on PostgreSQL the second
-    insert waits for the first transaction) is handled exactly once.
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Response[TelegramType]:
+        await before_outside_call()
+        return await make_request(bot, method)
+
+
+class UnitOfWorkMiddleware(BaseMiddleware):
+    """One unit of work per update, exactly once, and nothing leaves while it is open.
+
+    The update id is recorded in the same transaction as what the handlers change, so a crash
+    before the first commit leaves neither, and a repeated delivery (also a concurrent one: on
+    PostgreSQL the second insert waits for the first transaction) is handled once. Before any Bot
+    API call or storage call a handler makes, what the update has done so far is committed: a reply
+    that fails (the user blocked the bot, a timeout) can't undo a payment, and no lock is held
+    while Telegram answers. What a handler writes after its reply commits at the end.
     """
 
     def __init__(self, services: Services) -> None:
@@ -43,10 +63,13 @@ class UnitOfWorkMiddleware(BaseMiddleware):
         assert isinstance(event, Update)
         async with self._services.sessions() as session:
             try:
-                async with session.begin():
+                with commits_before_outside_calls(session):
                     result = await self._handle(handler, event, data, session)
-                await run_after_commit(session)
+                await commit(session)
                 return result
+            except BaseException:
+                await session.rollback()
+                raise
             finally:
                 await run_at_end(session)  # e.g. the user's operation lock
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import asyncio
+import functools
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
@@ -69,6 +74,108 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 Action = Callable[[], Awaitable[object]]
 
 
+# --- the rule: no outside call while a transaction with writes is open -------------------------
+#
+# A call to Telegram, FAL, OpenAI or object storage can take seconds or fail; made inside a
+# transaction it holds locks (on SQLite: every writer's) for that long, and its failure would roll
+# back whatever money moved with it. So state is committed first and the call made after. Sessions
+# that wrote something in their open transaction are known here, by the task that wrote, so that
+# the test suite can refuse any outside call made while the calling task holds one.
+
+_writing: weakref.WeakSet[Session] = weakref.WeakSet()
+_WRITER = "aisha.writer_task"
+
+
+class OutsideCallInTransaction(RuntimeError):
+    """An outside call was made while the calling task held uncommitted writes."""
+
+
+def _mark_writing(session: Session) -> None:
+    session.info[_WRITER] = asyncio.current_task()
+    _writing.add(session)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _on_execute(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        _mark_writing(state.session)
+
+
+@event.listens_for(Session, "before_flush")
+def _on_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
+        _mark_writing(session)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _on_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost transaction: committed or rolled back
+        session.info.pop(_WRITER, None)
+        _writing.discard(session)
+
+
+# The unit of work of the update being handled: it commits early, before the first outside call
+# its handler makes (see bot/middlewares.py UnitOfWorkMiddleware).
+_update_unit: ContextVar[AsyncSession | None] = ContextVar("aisha_update_unit", default=None)
+_OWNER = "aisha.update_task"
+
+
+@contextmanager
+def commits_before_outside_calls(session: AsyncSession) -> Iterator[None]:
+    """While the block runs, `before_outside_call` commits `session` (for this task only: a job
+    started from here runs in a task of its own, with units of work of its own)."""
+    session.info[_OWNER] = asyncio.current_task()
+    token = _update_unit.set(session)
+    try:
+        yield
+    finally:
+        _update_unit.reset(token)
+
+
+async def before_outside_call() -> None:
+    """Called before a call leaves the process (Telegram, storage): commit the update's work."""
+    session = _update_unit.get()
+    if (
+        session is not None
+        and session.info.get(_OWNER) is asyncio.current_task()
+        and session.in_transaction()
+    ):
+        await commit(session)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def outside_call(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Marks a method that leaves the process (object storage): the update's work commits first."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        await before_outside_call()
+        return await method(*args, **kwargs)
+
+    return call
+
+
+def uncommitted_writes() -> bool:
+    """Whether the calling task holds a session with writes not yet committed."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop: no task, no session of ours
+        return False
+    return task is not None and any(s.info.get(_WRITER) is task for s in list(_writing))
+
+
+def refuse_outside_call(what: str) -> None:
+    """Raise if `what` (an outside call) is being made while the calling task holds uncommitted
+    writes. The tests wrap every HTTP client and storage call with it."""
+    if uncommitted_writes():
+        raise OutsideCallInTransaction(
+            f"{what} while a database transaction with writes is open: commit first, then call"
+        )
+
+
 def after_commit(session: AsyncSession, action: Action) -> None:
     """Run `action` once the unit of work this session belongs to has committed (not on rollback):
     for enqueueing a job whose row must be visible to it."""
@@ -89,6 +196,13 @@ def at_end(session: AsyncSession, action: Action) -> None:
 async def run_at_end(session: AsyncSession) -> None:
     for action in session.info.pop("at_end", []):
         await action()
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commit the unit of work so far, then run what waited for it (`after_commit`). The session
+    goes on: its next statement opens a new transaction."""
+    await session.commit()
+    await run_after_commit(session)
 
 
 @asynccontextmanager

@@ -193,7 +193,7 @@ class FakeFalServer(LoopbackServer):
         }
         self._refusals: deque[_Refusal] = deque()
         self._outages: deque[int] = deque()
-        self.faults = FaultPlan(by_fragment=True)  # fail_nth: the n-th matching request fails
+        self.faults = FaultPlan("fal", by_fragment=True)  # fail_nth: the n-th matching request fails
         self._submitted = asyncio.Condition()
         self._image_renderer = image_renderer
         self._state_dir = state_dir

@@ -224,7 +224,7 @@ class FakeOpenAIServer(LoopbackServer):
         self._api_key = api_key
         super().__init__(host=host, port=port)
         self._failures: list[_Failure] = []
-        self.faults = FaultPlan(by_fragment=True)  # fail_nth: the n-th matching request fails
+        self.faults = FaultPlan("openai", by_fragment=True)  # fail_nth: the n-th matching request fails
         self._ids = itertools.count(1)
 
         self.transcripts: list[str | FakeTranscript] | TranscriptScript | None = transcripts

@@ -400,7 +400,7 @@ class FakeTelegramServer(LoopbackServer):
         self._cursors: dict[str, int] = {}
         self._call_event = asyncio.Event()
         self._failures: dict[str, deque[_Failure]] = {}
-        self.faults = FaultPlan()  # fail_nth: the n-th call of a method fails
+        self.faults = FaultPlan("telegram")  # fail_nth: the n-th call of a method fails
 
         self._last_update_id = 0
         self._updates: list[JsonDict] = []

@@ -12,6 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 from aiohttp import web
 
@@ -43,10 +44,15 @@ class _Planned:
 
 
 class FaultPlan:
-    """Which upcoming calls fail. `matches(key, name)` decides whether a call named `name` is
-    one of those counted for a fault planned under `key` (equality, or a path fragment)."""
+    """Which upcoming calls fail: a call named `name` counts for a fault planned under `key` when
+    they are equal (Bot API methods) or, `by_fragment`, when `key` is part of it (paths)."""
 
-    def __init__(self, *, by_fragment: bool = False) -> None:
+    # (service, planned key, fault) of every fault served in this process: the test suite reports
+    # how many distinct fault points it drove.
+    served: ClassVar[list[tuple[str, str, Fault]]] = []
+
+    def __init__(self, service: str, *, by_fragment: bool = False) -> None:
+        self._service = service
         self._planned: list[_Planned] = []
         self._by_fragment = by_fragment
         self.injected: list[tuple[str, Fault]] = []  # (call name, fault) of every fault served
@@ -72,6 +78,7 @@ class FaultPlan:
         self._planned = [p for p in self._planned if p.countdown > 0]
         if due is not None:
             self.injected.append((name, due.fault))
+            FaultPlan.served.append((self._service, due.key, due.fault))
             return due.fault
         return None
 

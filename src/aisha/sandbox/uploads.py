@@ -14,10 +14,12 @@ import aiohttp
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
+from aisha.avatars.imaging import DEFAULT_MAX_PIXELS
 from aisha.sandbox.errors import SandboxError
 from aisha.transcription.audio import AudioConfig, AudioError, FFmpegError, NoAudioStream, probe, run_ffmpeg
 
 MAX_FILE_BYTES = 50 * 1024 * 1024  # Telegram's limit for bots' downloads
+MAX_PHOTO_PIXELS = DEFAULT_MAX_PIXELS  # the bot refuses more anyway; the sandbox must not decode it
 KINDS = ("photo", "document", "voice", "audio", "video")
 # Bytes per second, to estimate a length ffmpeg could not measure (voice ~24 kbit/s, music ~128 kbit/s).
 _BYTES_PER_SECOND = {"voice": 3_000, "audio": 16_000, "video": 250_000}
@@ -79,12 +81,23 @@ async def as_photo(upload: Upload) -> bytes:
     """The picture as Telegram keeps photos: JPEG (anything else Pillow opens is converted)."""
     try:
         return await asyncio.to_thread(_to_jpeg, upload.data)
+    except (_TooManyPixels, Image.DecompressionBombError):
+        raise SandboxError(
+            413, "sandbox.error_too_many_pixels", name=upload.name, megapixels=MAX_PHOTO_PIXELS // 1_000_000
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise SandboxError(400, "sandbox.error_not_image", name=upload.name) from None
 
 
+class _TooManyPixels(Exception):
+    pass
+
+
 def _to_jpeg(data: bytes) -> bytes:
     with Image.open(io.BytesIO(data)) as image:
+        # Opening read only the header: refuse a huge picture before decoding a single pixel.
+        if image.width * image.height > MAX_PHOTO_PIXELS:
+            raise _TooManyPixels
         image.load()  # a truncated file fails here, not later in the bot
         if image.format == "JPEG":
             return data

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from aisha.db.session import outside_call
 from aisha.storage.base import (
     DEFAULT_CHUNK_SIZE,
     InvalidKeyError,
@@ -113,6 +114,7 @@ class LocalStorage:
             self._discard(file, temp)
             raise
 
+    @outside_call
     async def put(
         self, key: str, data: bytes | AsyncIterator[bytes], *, content_type: str | None = None
     ) -> None:
@@ -165,6 +167,7 @@ class LocalStorage:
             raise ObjectNotFoundError(key)
         return file
 
+    @outside_call
     async def get(self, key: str) -> bytes:
         validate_key(key)
         try:
@@ -196,6 +199,7 @@ class LocalStorage:
             return None
         return result if stat.S_ISREG(result.st_mode) else None
 
+    @outside_call
     async def exists(self, key: str) -> bool:
         validate_key(key)
         try:
@@ -203,6 +207,7 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"cannot check object {key!r}: {exc.strerror or exc}") from exc
 
+    @outside_call
     async def size(self, key: str) -> int:
         validate_key(key)
         try:
@@ -225,6 +230,7 @@ class LocalStorage:
             return
         self._prune_empty_parents(path)
 
+    @outside_call
     async def delete(self, key: str) -> None:
         validate_key(key)
         try:
@@ -257,6 +263,7 @@ class LocalStorage:
         self._prune_empty_parents(base)
         return count
 
+    @outside_call
     async def delete_prefix(self, prefix: str) -> int:
         prefix = validate_prefix(prefix)
         try:

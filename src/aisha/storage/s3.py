@@ -13,6 +13,7 @@ import aioboto3
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aisha.db.session import outside_call
 from aisha.storage.base import (
     DEFAULT_CHUNK_SIZE,
     ObjectNotFoundError,
@@ -154,6 +155,7 @@ class S3Storage:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @outside_call
     async def put(
         self, key: str, data: bytes | AsyncIterator[bytes], *, content_type: str | None = None
     ) -> None:
@@ -218,6 +220,7 @@ class S3Storage:
 
     # -- reading ------------------------------------------------------------------------------
 
+    @outside_call
     async def get(self, key: str) -> bytes:
         full_key = self._full_key(key)
         client = await self._get_client()
@@ -258,9 +261,11 @@ class S3Storage:
             return None
         return response["ContentLength"]
 
+    @outside_call
     async def exists(self, key: str) -> bool:
         return await self._head(key) is not None
 
+    @outside_call
     async def size(self, key: str) -> int:
         size = await self._head(key)
         if size is None:
@@ -269,6 +274,7 @@ class S3Storage:
 
     # -- deleting -----------------------------------------------------------------------------
 
+    @outside_call
     async def delete(self, key: str) -> None:
         full_key = self._full_key(key)
         client = await self._get_client()
@@ -276,6 +282,7 @@ class S3Storage:
             # S3 answers 204 for a missing key as well, so deleting twice is fine.
             await client.delete_object(Bucket=self._bucket, Key=full_key)
 
+    @outside_call
     async def delete_prefix(self, prefix: str) -> int:
         prefix = validate_prefix(prefix)
         # The trailing slash makes the prefix a folder: "users/1" never matches "users/10/...".
