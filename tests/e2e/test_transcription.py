@@ -744,3 +744,26 @@ async def test_the_margin_on_the_first_hold_never_costs_more_than_the_real_lengt
     assert await _balance(app, user.id) == funds - 1
     assert await _holds(db, user.id) == [(held, HoldStatus.CAPTURED, 1)]
     await _verify_ledger(app)
+
+
+@pytest.mark.parametrize("fault", [Fault.SERVER_ERROR, Fault.RESET])
+async def test_a_download_telegram_fails_ends_at_once_with_nothing_charged(
+    telegram: FakeTelegramServer,
+    app: Runtime,
+    db: Database,
+    voice: bytes,
+    speech: FakeOpenAIServer,
+    fault: Fault,
+) -> None:
+    user = FakeUser(id=7061, language_code="en")
+    await _fund(app, user, telegram, 5)
+    telegram.fail_nth("getFile", fault)
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+
+    text = await _final_status(telegram, user, "I couldn't download")
+    assert text == "I couldn't download this file from Telegram. Nothing was charged; please send it again."
+    await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+    assert await _balance(app, user.id) == 5
+    assert await _holds(db, user.id) == []
+    assert speech.transcription_calls == []
+    assert await app.services.transcription.stuck() == []

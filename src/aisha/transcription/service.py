@@ -297,13 +297,18 @@ class TranscriptionService:
         source = run.work / f"source{_suffix(transcript.file_name)}"
         try:
             await self._messenger.download(str(run.details["file_id"]), source)
-            pipeline = self._require_pipeline()
-            info = await pipeline.probe(source)
         except FileTooLarge as error:
             await self._fail(
                 run, "too_large", t("transcription.error.too_large", limit_mb=error.limit // 2**20)
             )
             return
+        except Exception as error:  # Telegram refused or dropped the download; nothing is held yet
+            log.warning("transcription.download_failed", transcript_id=str(transcript.id), error=str(error))
+            await self._fail(run, "download_failed", t("transcription.error.download_failed"))
+            return
+        try:
+            pipeline = self._require_pipeline()
+            info = await pipeline.probe(source)
         except AudioError as error:
             await self._fail(run, error.reason.value, t(f"transcription.error.{error.reason.value}"))
             return
