@@ -767,3 +767,43 @@ async def test_a_download_telegram_fails_ends_at_once_with_nothing_charged(
     assert await _holds(db, user.id) == []
     assert speech.transcription_calls == []
     assert await app.services.transcription.stuck() == []
+
+
+async def test_a_run_that_died_after_keeping_the_text_is_finished_by_delivering_it_without_a_speech_call(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, speech: FakeOpenAIServer
+) -> None:
+    user = FakeUser(id=7062, language_code="en")
+    await _fund(app, user, telegram, 10)
+    # The state a crash leaves right after the text was committed, before it was sent.
+    text_key = f"transcripts/{user.id}/died/transcript.txt"
+    await app.services.storage.put(text_key, b"Kept before the crash.")
+    async with unit_of_work(app.services.sessions) as session:
+        hold = await app.services.ledger.hold(
+            session=session, user_id=user.id, amount=2, key="died-after-text", reference="transcript:died"
+        )
+        row = Transcript(
+            user_id=user.id,
+            status=JobStatus.RUNNING,
+            source_kind="voice",
+            claim=1,
+            hold_id=hold.hold_id,
+            price=1,
+            duration_ms=42_000,
+            text="Kept before the crash.",
+            text_key=text_key,
+            details={"file_id": "gone", "chat_id": user.id, "message_id": 1},
+            updated_at=app.services.clock.now() - timedelta(hours=1),
+        )
+        session.add(row)
+
+    await app.services.transcription.run(transcript_id=str(row.id))
+
+    assert (await _final_status(telegram, user, "✅ Transcribed")).startswith("✅ Transcribed (0:42)")
+    sent = [c for c in telegram.calls_of("sendMessage") if c.params["text"] == "Kept before the crash."]
+    assert len(sent) == 1
+    [stored] = await _rows(db, user.id)
+    assert stored.status == JobStatus.SUCCEEDED
+    assert await _balance(app, user.id) == 9
+    assert await _holds(db, user.id) == [(2, HoldStatus.CAPTURED, 1)]
+    assert speech.transcription_calls == []
+    await _verify_ledger(app)
