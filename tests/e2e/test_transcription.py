@@ -533,8 +533,15 @@ async def _all_succeeded(db: Database, user_id: int, n: int) -> bool:
     return len(rows) == n and all(r.status == JobStatus.SUCCEEDED for r in rows)
 
 
-async def test_a_failure_arriving_after_another_run_delivered_changes_nothing(
-    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes, speech: FakeOpenAIServer
+@pytest.mark.parametrize("late", ["failure", "result"])
+async def test_a_late_outcome_of_a_lost_run_changes_nothing_another_run_delivered(
+    telegram: FakeTelegramServer,
+    app: Runtime,
+    db: Database,
+    voice: bytes,
+    speech: FakeOpenAIServer,
+    tmp_path: Path,
+    late: str,
 ) -> None:
     first: list[TranscriptionRequest] = []
 
@@ -544,9 +551,13 @@ async def test_a_failure_arriving_after_another_run_delivered_changes_nothing(
             return 1.5
         return 0.0
 
-    # The first run's request hangs, then fails for good; the run that took over succeeds.
+    # The first run's request hangs, then fails for good or hears other words; the run that
+    # took over meanwhile succeeds.
     speech.delay = delay
-    speech.fail_always(400, when=lambda call: bool(first) and call is first[0])
+    if late == "failure":
+        speech.fail_always(400, when=lambda call: bool(first) and call is first[0])
+    else:
+        speech.transcripts = lambda call: "Late words." if call is first[0] else "Winner words."
     user = FakeUser(id=7041, language_code="en")
     await _fund(app, user, telegram, 10)
     telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
@@ -567,22 +578,28 @@ async def test_a_failure_arriving_after_another_run_delivered_changes_nothing(
     await app.services.transcription.run(transcript_id=str(row.id))
     assert (await _final_status(telegram, user, "✅ Transcribed")).startswith("✅ Transcribed (0:03)")
 
-    async def first_failed() -> bool:
-        return first[0].status == 400
+    async def first_answered() -> bool:
+        return first[0].status != 0
 
-    await eventually(first_failed)
-    await asyncio.sleep(0.3)  # the first run's failure has arrived and been ignored
+    await eventually(first_answered)
+    assert first[0].status == (400 if late == "failure" else 200)
+    await asyncio.sleep(0.3)  # the first run's outcome has arrived and been ignored
 
     [row] = await _rows(db, user.id)
     assert row.status == JobStatus.SUCCEEDED and row.error is None
-    assert row.text == "Hello from the fake speech service. <b>Tags</b> stay text."
+    winner = (
+        "Hello from the fake speech service. <b>Tags</b> stay text." if late == "failure" else "Winner words."
+    )
+    assert row.text == winner
+    assert await app.services.storage.get(row.text_key or "") == winner.encode()
     assert row.claim == 2
     assert await _balance(app, user.id) == 9
     # The lost run's hold was given back when the second took over; the second's was captured.
     assert [h[1:] for h in await _holds(db, user.id)] == [(HoldStatus.RELEASED, 0), (HoldStatus.CAPTURED, 1)]
     bot_texts = [str(m.get("text", "")) for m in telegram.chat_messages(user.id) if m["from"]["is_bot"]]
-    assert not [t for t in bot_texts if "failed" in t]
-    assert sum("fake speech" in t for t in bot_texts) == 1
+    assert not [t for t in bot_texts if "failed" in t or "Late words" in t]
+    assert sum(winner in t for t in bot_texts) == 1
+    assert _stored_files(tmp_path, user.id) == [f"{row.id}/2/transcript.srt", f"{row.id}/2/transcript.txt"]
     await _verify_ledger(app)
 
 
@@ -631,8 +648,19 @@ async def test_the_speech_api_failing_for_good_gives_the_hold_back_and_says_so_o
     await _verify_ledger(runtime)
 
 
+def _stored_files(tmp_path: Path, user_id: int) -> list[str]:
+    """The user's transcript files in the test's file:// storage, relative to the user's folder."""
+    root = tmp_path / "files" / "transcripts" / str(user_id)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
 async def test_a_transcript_telegram_refuses_to_deliver_is_not_charged_nor_kept(
-    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes, speech: FakeOpenAIServer
+    telegram: FakeTelegramServer,
+    app: Runtime,
+    db: Database,
+    voice: bytes,
+    speech: FakeOpenAIServer,
+    tmp_path: Path,
 ) -> None:
     user = FakeUser(id=7051, language_code="en")
     await _fund(app, user, telegram, 10)
@@ -650,7 +678,7 @@ async def test_a_transcript_telegram_refuses_to_deliver_is_not_charged_nor_kept(
     assert await _holds(db, user.id) == [(1, HoldStatus.RELEASED, 0)]
     [row] = await _rows(db, user.id)
     assert row.error == "undelivered" and row.text is None and row.text_key is None
-    assert not await app.services.storage.exists(f"transcripts/{user.id}/{row.id}/transcript.txt")
+    assert _stored_files(tmp_path, user.id) == []  # the text kept before sending is gone
     assert not any("fake speech" in str(m.get("text", "")) for m in telegram.chat_messages(user.id))
     await _verify_ledger(app)
 

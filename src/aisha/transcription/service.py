@@ -479,21 +479,29 @@ class TranscriptionService:
     async def _keep_result(self, run: _Run, result: Transcription) -> None:
         """Store the text, then commit it with the delivery owed (status stays RUNNING)."""
         transcript = run.transcript
-        base = f"transcripts/{transcript.user_id}/{transcript.id}"
+        # Under this run's claim, so a run that lost the row can't overwrite the files of the one
+        # that has it.
+        base = f"transcripts/{transcript.user_id}/{transcript.id}/{run.claim}"
         text_key = f"{base}/transcript.txt"
         await self._storage.put(text_key, result.text.encode())
         srt = result.srt
         srt_key = f"{base}/transcript.srt" if srt else None
         if srt_key and srt:
             await self._storage.put(srt_key, srt.encode())
-        async with unit_of_work(self._sessions) as session:
-            row = await self._owned(session, run)
-            row.text = result.text
-            row.text_key, row.srt_key = text_key, srt_key
-            row.language = result.language
-            row.duration_ms = round(result.duration * 1000)
-            row.details = {**row.details, "chunks": len(result.chunks), "attempts": result.attempts}
-            run.transcript = row
+        try:
+            async with unit_of_work(self._sessions) as session:
+                row = await self._owned(session, run)
+                row.text = result.text
+                row.text_key, row.srt_key = text_key, srt_key
+                row.language = result.language
+                row.duration_ms = round(result.duration * 1000)
+                row.details = {**row.details, "chunks": len(result.chunks), "attempts": result.attempts}
+                run.transcript = row
+        except _ClaimLost:
+            for key in (text_key, srt_key):
+                if key:
+                    await self._storage.delete(key)
+            raise
 
     async def _deliver_and_settle(self, run: _Run) -> None:
         """Send the kept text, then capture if it arrived and release if it didn't.
