@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     fal_queue_url: str = "https://queue.fal.run"
     fal_rest_url: str = "https://rest.fal.ai"
     fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # Longest wait for one FAL call; a submission that outlasts it is "maybe submitted" (kept, not resent).
+    fal_timeout_seconds: float = Field(default=30.0, gt=0)
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
 

@@ -151,6 +151,7 @@ def build_services(settings: Settings, *, messenger: Messenger, clock: Clock | N
             queue_url=settings.fal_queue_url,
             rest_url=settings.fal_rest_url,
             http=services.http,
+            timeout=settings.fal_timeout_seconds,
         )
     _wire_avatars(services)
     _wire_transcription(services)
