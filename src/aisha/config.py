@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     transcription_keep_audio: bool = False
     transcription_max_attempts: int = Field(default=5, ge=1, le=20)
     transcription_retry_base_seconds: float = Field(default=1.0, ge=0)
+    transcription_request_timeout_seconds: float = Field(default=300.0, gt=0)
     transcription_max_in_flight: int = Field(default=2, ge=1)  # per user
 
     # Limits and admin
