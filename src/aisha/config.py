@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     fal_queue_url: str = "https://queue.fal.run"
     fal_rest_url: str = "https://rest.fal.ai"
     fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # Longest wait for one FAL call; a submission that outlasts it is "maybe submitted" (kept, not resent).
+    fal_timeout_seconds: float = Field(default=30.0, gt=0)
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
 
@@ -88,6 +90,7 @@ class Settings(BaseSettings):
     transcription_keep_audio: bool = False
     transcription_max_attempts: int = Field(default=5, ge=1, le=20)
     transcription_retry_base_seconds: float = Field(default=1.0, ge=0)
+    transcription_request_timeout_seconds: float = Field(default=300.0, gt=0)
     transcription_max_in_flight: int = Field(default=2, ge=1)  # per user
 
     # Limits and admin

@@ -171,6 +171,7 @@ def build_services(
             queue_url=settings.fal_queue_url,
             rest_url=settings.fal_rest_url,
             http=services.http,
+            timeout=settings.fal_timeout_seconds,
         )
     _wire_avatars(services)
     _wire_transcription(services)
@@ -305,7 +306,10 @@ def _wire_transcription(services: Services) -> None:
     pipeline = None
     if settings.openai_api_key:
         transcriber = OpenAITranscriber(
-            settings.openai_api_key.get_secret_value(), settings.openai_base_url, settings.transcription_model
+            settings.openai_api_key.get_secret_value(),
+            settings.openai_base_url,
+            settings.transcription_model,
+            timeout=settings.transcription_request_timeout_seconds,
         )
         audio = AudioConfig(
             max_duration=float(settings.transcription_max_duration_seconds),
@@ -314,6 +318,7 @@ def _wire_transcription(services: Services) -> None:
         retry = RetryPolicy(
             max_attempts=settings.transcription_max_attempts,
             base_delay=settings.transcription_retry_base_seconds,
+            attempt_timeout=settings.transcription_request_timeout_seconds,
         )
         pipeline = TranscriptionPipeline(
             transcriber, audio=audio, concurrency=settings.transcription_concurrency, retry=retry

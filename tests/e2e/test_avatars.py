@@ -11,6 +11,7 @@ import io
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,10 +23,12 @@ from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
 from aisha.avatars.service import photo_prefix
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.billing.prices import PriceList
+from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.faults import Fault
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, free_port, say
 from tests.media import DISTINCT, face_photo
@@ -148,17 +151,23 @@ async def _seed_and_train(
 async def enqueue_seeded_training(app: Runtime, user_id: int, *, name: str = "Seeded") -> uuid.UUID:
     """A confirmed avatar with 10 photos stored directly, its training job enqueued."""
     avatars = app.services.avatars
-    files: dict[str, bytes] = {}
     async with unit_of_work(app.services.sessions) as session:
         avatar = await avatars.create_draft(
             session=session, user_id=user_id, avatar_type=AvatarType.PORTRAIT, name=name
         )
-        for i in range(10):
-            key = f"{photo_prefix(user_id, avatar.id)}/photos/{i}.jpg"
-            data = files[key] = face_photo(i)
+        avatar_id = avatar.id
+    # Files first, rows after: no storage call inside a transaction that writes.
+    photos = []
+    for i in range(10):
+        key = f"{photo_prefix(user_id, avatar_id)}/photos/{i}.jpg"
+        data = face_photo(i)
+        await app.services.storage.put(key, data)
+        photos.append((i, key, data))
+    async with unit_of_work(app.services.sessions) as session:
+        for i, key, data in photos:
             session.add(
                 AvatarPhoto(
-                    avatar_id=avatar.id,
+                    avatar_id=avatar_id,
                     storage_key=key,
                     sha256=f"{i:064x}",
                     perceptual_hash=f"{i:016x}",
@@ -168,9 +177,6 @@ async def enqueue_seeded_training(app: Runtime, user_id: int, *, name: str = "Se
                     metrics={},
                 )
             )
-        avatar_id = avatar.id
-    for key, data in files.items():  # after the commit: no storage call inside a transaction
-        await app.services.storage.put(key, data)
     async with unit_of_work(app.services.sessions) as session:
         await avatars.confirm(session=session, user_id=user_id, avatar_id=avatar_id)
     await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))
@@ -425,8 +431,14 @@ async def test_provider_refusal_charges_nothing(
     await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.FAILED), timeout=20)
     assert fal.submissions == []
     assert await _balance(app, user.id) == BONUS
-    assert await _entries(db, user.id) == [(EntryKind.BONUS, BONUS)]
+    # Held (committed) before FAL was asked, given back when it refused.
+    assert await _entries(db, user.id) == [
+        (EntryKind.BONUS, BONUS),
+        (EntryKind.HOLD, -PRICE),
+        (EntryKind.RELEASE, PRICE),
+    ]
     assert "the training service refused the job" in _texts_to(telegram, user)[-1]
+    await _settled(app, user.id)
 
 
 async def test_cancel_removes_uploaded_photos(
@@ -453,3 +465,164 @@ async def test_cancel_removes_uploaded_photos(
     await _send(telegram, telegram.message_update(user, photo=face_photo(3)))
     assert "accepted" not in _texts_to(telegram, user)[-1]
     assert await count(db, AvatarPhoto) == 0
+
+
+# --- the training start under faults ------------------------------------------------------------
+
+
+async def _settled(app: Runtime, user_id: int) -> None:
+    """No hold left active, and `aisha ledger verify` would pass."""
+    async with app.services.sessions() as session:
+        assert await app.services.ledger.active_holds(session=session, user_id=user_id) == []
+        assert await app.services.ledger.verify_all(session=session) == []
+
+
+def _failures_told(telegram: FakeTelegramServer, user: FakeUser) -> list[str]:
+    return [t for t in _texts_to(telegram, user) if "failed:" in t]
+
+
+async def test_a_hanging_fal_submission_blocks_no_other_user(
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    app: Runtime,
+    db: Database,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # On SQLite one writer at a time: a transaction held open over FAL's call stopped everyone.
+    fal.submit_delay = 20
+    trainee = FakeUser(id=7601, language_code="en")
+    avatar_id = await _seed_and_train(app, telegram, trainee)
+    await _submitted(fal)  # FAL has the request and hangs before answering
+    assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
+    assert await _balance(app, trainee.id) == BONUS - PRICE  # the hold is committed already
+
+    other = FakeUser(id=7602, language_code="en")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await _say(telegram, other, "/balance")
+    assert loop.time() - started < 1.0
+    assert "0" in answer.params["text"] and "credits" in answer.params["text"]
+    assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)  # FAL still hasn't answered
+
+    fal.answer_submissions()
+    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTED))
+    assert len(fal.submissions) == 1
+    assert "database is locked" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("fault", [Fault.SERVER_ERROR, Fault.RESET, Fault.TIMEOUT])
+async def test_a_submission_with_no_answer_is_kept_until_the_timeout_then_released_once(
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    avatar_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Fault,
+) -> None:
+    app: Runtime = await start_app(
+        avatar_settings(
+            avatar_training_timeout_seconds=60, avatar_poll_after_seconds=0, fal_timeout_seconds=0.5
+        )
+    )
+    # A 500, a dropped connection or no answer: FAL may or may not have queued it (here it didn't).
+    fal.fail_nth("POST /fal-ai/flux-lora-portrait-trainer", fault)
+    user = FakeUser(id=7701, language_code="en")
+    avatar_id = await _seed_and_train(app, telegram, user)
+    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTING))
+    await eventually(lambda: _true(fal.faults.injected != []))
+    await asyncio.sleep(0.7)  # the client has given up by now
+    await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))  # a redelivery
+    await app.services.recovery.run_once()  # before the timeout: nothing to poll, nothing to do
+    assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
+    assert await _balance(app, user.id) == BONUS - PRICE
+    # A minute on, no webhook came: FAL never had it (or lost it).
+    later = FrozenClock(datetime.now(UTC) + timedelta(seconds=61))
+    monkeypatch.setattr(app.services.avatars, "_clock", later)
+    await app.services.recovery.run_once()
+    assert await _status_is(db, avatar_id, AvatarStatus.FAILED)
+    await app.services.recovery.run_once()
+    assert len(fal.faults.injected) == 1 and fal.submissions == []  # never sent twice
+    assert await _balance(app, user.id) == BONUS
+    assert len(_failures_told(telegram, user)) == 1
+    assert "it took too long" in _failures_told(telegram, user)[0]
+    await _settled(app, user.id)
+
+
+async def test_a_submission_whose_answer_is_lost_is_adopted_by_the_webhook_and_charged_once(
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    avatar_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    app: Runtime = await start_app(avatar_settings(fal_timeout_seconds=0.5))
+    fal.submit_delay = 5  # FAL queues it, the client gives up waiting for the answer
+    user = FakeUser(id=7801, language_code="en")
+    avatar_id = await _seed_and_train(app, telegram, user)
+    job = await _submitted(fal)
+    await asyncio.sleep(0.8)
+    assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
+    assert (await _avatar(db, user.id)).provider_request_id is None
+    fal.answer_submissions()  # to nobody: the client has hung up
+    await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))  # a redelivery
+    await asyncio.sleep(0.3)
+    assert len(fal.submissions) == 1
+
+    assert await fal.complete(job.request_id) == 200  # the signed webhook names our avatar
+    avatar = await _avatar(db, user.id)
+    assert avatar.status is AvatarStatus.READY and avatar.provider_request_id == job.request_id
+    assert await fal.deliver(job.request_id) == 200
+    assert [kind for kind, _ in await _entries(db, user.id)] == [
+        EntryKind.BONUS,
+        EntryKind.HOLD,
+        EntryKind.CAPTURE,
+    ]
+    assert await _balance(app, user.id) == BONUS - PRICE
+    assert len([t for t in _texts_to(telegram, user) if "is ready" in t]) == 1
+    await _settled(app, user.id)
+
+
+async def test_a_crash_right_after_fal_accepted_ends_ready_and_charged_once(
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    app: Runtime,
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    avatars = app.services.avatars
+    record = avatars._submitted
+    crashes: list[uuid.UUID] = []
+
+    async def dies_once(avatar_id: uuid.UUID, request: Any) -> None:
+        if not crashes:
+            crashes.append(avatar_id)
+            raise ConnectionResetError("the database went away before FAL's answer was stored")
+        await record(avatar_id, request)
+
+    monkeypatch.setattr(avatars, "_submitted", dies_once)
+    user = FakeUser(id=7901, language_code="en")
+    avatar_id = await _seed_and_train(app, telegram, user)
+    job = await _submitted(fal)
+    await eventually(lambda: _has(crashes))
+    assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
+    await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))  # the job again
+    await app.services.recovery.run_once()
+    await asyncio.sleep(0.3)
+    assert len(fal.submissions) == 1
+
+    assert await fal.complete(job.request_id) == 200
+    assert await _status_is(db, avatar_id, AvatarStatus.READY)
+    assert [kind for kind, _ in await _entries(db, user.id)].count(EntryKind.CAPTURE) == 1
+    assert await _balance(app, user.id) == BONUS - PRICE
+    assert len([t for t in _texts_to(telegram, user) if "is ready" in t]) == 1
+    assert _failures_told(telegram, user) == []
+    await _settled(app, user.id)
+
+
+async def _has(items: list[Any]) -> bool:
+    return bool(items)
+
+
+async def _true(value: bool) -> bool:
+    return value

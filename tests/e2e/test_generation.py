@@ -14,6 +14,7 @@ import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from taskiq import InMemoryBroker
 
 from aisha.avatars.models import Avatar, AvatarStatus, AvatarType
 from aisha.billing.models import CreditEntry, EntryKind
+from aisha.clock import FrozenClock
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.generation.models import ImageGeneration
@@ -33,6 +35,7 @@ from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer
 from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_image_urls
+from aisha.sandbox.faults import Fault
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, free_port
 from tests.e2e.test_metrics import scrape_samples, value
@@ -595,3 +598,206 @@ async def test_a_generation_is_not_started_while_another_request_of_the_user_hol
     await app.services.locks.release(lease)
     await _confirm(telegram, user, options)
     await _submitted(fal)
+
+
+# --- faults at the start and at the finish -------------------------------------------------------
+
+
+async def _settled(app: Runtime, user_id: int) -> None:
+    """No hold left active, and `aisha ledger verify` would pass."""
+    async with app.services.sessions() as session:
+        assert await app.services.ledger.active_holds(session=session, user_id=user_id) == []
+        assert await app.services.ledger.verify_all(session=session) == []
+
+
+def _status_texts(telegram: FakeTelegramServer, options: Any) -> list[str]:
+    """What the one status message (the confirmed options) was edited to, in order."""
+    return [
+        c.params["text"]
+        for c in telegram.calls_of("editMessageText")
+        if c.params["message_id"] == options.result["message_id"] and c.result is not None
+    ]
+
+
+@pytest.mark.parametrize("fault", [Fault.SERVER_ERROR, Fault.RESET, Fault.TIMEOUT])
+async def test_a_submission_with_no_answer_is_never_resent_and_released_once_at_the_timeout(
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Fault,
+) -> None:
+    port = free_port()
+    app: Runtime = await start_app(
+        make_settings(
+            fal_key=fal.key,
+            fal_queue_url=fal.base_url,
+            fal_jwks_url=fal.jwks_url,
+            fal_timeout_seconds=0.5,
+            generation_poll_after_seconds=0,
+            public_base_url=f"http://127.0.0.1:{port}",
+            webhook_secret=WEBHOOK_SECRET,
+            http_port=port,
+        )
+    )
+    user = FakeUser(id=5201, first_name="Jo", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    # A 500, a dropped connection or no answer: FAL may have queued it, so it is not sent again.
+    fal.fail_nth("POST /fal-ai/flux-lora", fault)
+    options = await _say(telegram, user, "me on the moon")
+    await _confirm(telegram, user, options, images=2)
+    await _jobs_done(app)
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUBMITTED and generation.provider_request_id is None
+    assert await _balance(app, user.id) == FUNDS - 2 * PRICE
+    await app.services.generation.enqueue(generation.id)  # the job again: a redelivery
+    await _jobs_done(app)
+    assert (await app.services.recovery.run_once())["generation.stuck"] == 0  # before the timeout
+
+    later = FrozenClock(datetime.now(UTC) + app.services.generation.rules.timeout + timedelta(seconds=1))
+    monkeypatch.setattr(app.services.generation, "_clock", later)
+    assert (await app.services.recovery.run_once())["generation.stuck"] == 1
+    assert (await app.services.recovery.run_once())["generation.stuck"] == 0
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.FAILED and generation.cost == 0
+    assert len(fal.faults.injected) == 1 and fal.submissions == []
+    assert await _balance(app, user.id) == FUNDS
+    assert [k for k, _ in await _entries(db, user.id)] == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
+    failures = [t for t in _status_texts(telegram, options) if "could not be created" in t]
+    assert len(failures) == 1 and "it took too long" in failures[0]
+    assert f"{2 * PRICE} credits returned" in failures[0]
+    await _settled(app, user.id)
+
+
+async def test_an_image_that_cannot_be_downloaded_is_not_charged(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5202, first_name="Kit", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    options = await _say(telegram, user, "me in a library")
+    await _confirm(telegram, user, options, images=2)
+    job = await _submitted(fal)
+    fal.fail_nth("GET /files/", Fault.SERVER_ERROR, n=2)  # the second image's download
+
+    await _complete(app, fal, job.request_id)
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUCCEEDED and generation.cost == PRICE
+    assert [r["index"] for r in generation.results] == [0]
+    assert _stored_files(app, user.id, generation.id) == ["1.png"]
+    await _captured_once(app, db, user.id, images=1)
+    done = _status_texts(telegram, options)[-1]
+    assert "Done: 1 image" in done and "1 image could not be generated" in done
+    assert f"{PRICE} credits returned" in done
+    assert len(telegram.calls_of("sendPhoto")) == 1 and not telegram.calls_of("sendMediaGroup")
+    await _settled(app, user.id)
+
+
+async def test_no_image_downloaded_charges_nothing_and_says_so_once(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5203, first_name="Lu", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    options = await _say(telegram, user, "me in a desert")
+    await _confirm(telegram, user, options, images=2)
+    job = await _submitted(fal)
+    fal.fail_nth("GET /files/", Fault.RESET, n=1)
+    fal.fail_nth("GET /files/", Fault.SERVER_ERROR, n=2)
+
+    await _complete(app, fal, job.request_id)
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.FAILED and generation.cost == 0
+    assert _stored_files(app, user.id, generation.id) == []
+    assert await _balance(app, user.id) == FUNDS
+    failures = [t for t in _status_texts(telegram, options) if "could not be created" in t]
+    assert len(failures) == 1 and f"{2 * PRICE} credits returned" in failures[0]
+    assert not telegram.calls_of("sendPhoto") and not telegram.calls_of("sendMediaGroup")
+    assert await fal.deliver(job.request_id) == 200  # FAL's retry changes nothing
+    await _jobs_done(app)
+    assert await _balance(app, user.id) == FUNDS
+    await _settled(app, user.id)
+
+
+async def test_an_album_telegram_refuses_with_403_keeps_the_stored_images_charged_once(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    # "Delivered" is stored in the gallery: a user who blocked the bot finds them there later.
+    user = FakeUser(id=5204, first_name="Mo", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    options = await _say(telegram, user, "me at a concert")
+    await _confirm(telegram, user, options, images=2)
+    job = await _submitted(fal)
+    telegram.fail_nth("sendMediaGroup", Fault.FORBIDDEN)
+
+    await _complete(app, fal, job.request_id)
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUCCEEDED and generation.cost == 2 * PRICE
+    assert _stored_files(app, user.id, generation.id) == ["1.png", "2.png"]
+    assert telegram.faults.injected == [("sendmediagroup", Fault.FORBIDDEN)]
+    assert not _albums(telegram, user.id)  # refused, and not tried again
+    assert len(telegram.calls_of("sendMediaGroup")) == 1
+    assert len([t for t in _status_texts(telegram, options) if "Done: 2 images" in t]) == 1
+    await _captured_once(app, db, user.id, images=2)
+    assert await fal.deliver(job.request_id) == 200  # FAL's retry: no second album, no second charge
+    await _jobs_done(app)
+    assert len(telegram.calls_of("sendMediaGroup")) == 1
+    await _captured_once(app, db, user.id, images=2)
+    await _settled(app, user.id)
+
+
+async def test_a_hanging_fal_submission_blocks_no_other_user(
+    app: Runtime,
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    db: Database,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    fal.submit_delay = 20  # FAL takes the job and is slow to say so
+    user = FakeUser(id=5205, first_name="Ned", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me in the rain"))
+    await _submitted(fal)
+    assert (await _generation(db, user.id)).status is JobStatus.SUBMITTED  # committed before the call
+
+    other = FakeUser(id=5206, first_name="Oz", language_code="en")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await _say(telegram, other, "/balance")
+    assert loop.time() - started < 1.0 and "credits" in answer.params["text"]
+
+    fal.answer_submissions()
+    await _jobs_done(app)
+    generation = await _generation(db, user.id)
+    assert generation.provider_request_id == fal.submissions[0].request_id
+    assert "database is locked" not in capfd.readouterr().err
+
+
+async def test_the_free_regeneration_turns_the_offer_into_its_status_message(
+    app: Runtime,
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    openai_server: FakeOpenAIServer,
+    db: Database,
+) -> None:
+    openai_server.structured_replies["portrait_quality"] = {"ok": False, "defects": ["extra_fingers"]}
+    user = FakeUser(id=5207, first_name="Pia", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me with a guitar"))
+    first = await _submitted(fal)
+    await _complete(app, fal, first.request_id)
+    offer = telegram.calls_of("sendMessage")[-1]
+    assert "regenerate it once for free" in offer.params["text"]
+    free = next(data for _, data in _buttons(offer) if data.startswith("gact:free:"))
+
+    await _press(telegram, user, free, offer)
+    # The offer's message is written as the new generation's status message before Telegram is
+    # called, then edited: the job keeps editing that one message.
+    assert _status_texts(telegram, offer)[0] == "⏳ Getting ready…"
+    second = await _submitted(fal, 2)
+    await _complete(app, fal, second.request_id)
+    assert any("Done: 1 image, 0 credits charged" in t for t in _status_texts(telegram, offer))
+    await _press(telegram, user, free, offer)  # the offer is used up
+    assert len(fal.submissions) == 2
+    assert await _balance(app, user.id) == FUNDS - PRICE
+    await _settled(app, user.id)

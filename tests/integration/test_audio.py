@@ -33,6 +33,7 @@ from aisha.transcription.audio import (
     NoAudioStream,
     Silence,
     UndecodableAudio,
+    UnsupportedFormat,
     find_ffmpeg,
     normalize,
     plan_chunks,
@@ -40,6 +41,7 @@ from aisha.transcription.audio import (
     probe,
     run_ffmpeg,
 )
+from tests.media import ffconcat_list, hls_playlist, lying_ogg
 
 FFMPEG = find_ffmpeg()
 CONFIG = AudioConfig(max_chunk_seconds=20.0)
@@ -271,12 +273,83 @@ async def test_too_long_file_without_duration_in_header_is_refused(media: Path, 
 
 
 def test_every_audio_error_has_its_reason() -> None:
-    assert {cls.reason for cls in (NoAudioStream, EmptyAudio, UndecodableAudio, AudioTooLong)} == set(
-        AudioErrorReason
-    )
-    assert all(
-        issubclass(cls, AudioError) for cls in (NoAudioStream, EmptyAudio, UndecodableAudio, AudioTooLong)
-    )
+    errors = (NoAudioStream, EmptyAudio, UndecodableAudio, AudioTooLong, UnsupportedFormat)
+    assert {cls.reason for cls in errors} == set(AudioErrorReason)
+    assert all(issubclass(cls, AudioError) for cls in errors)
+
+
+# ------------------------------------------------------------------------- what a file claims
+
+
+@pytest.fixture(scope="module")
+def liar(media: Path) -> Path:
+    """Says 2 s in its header, holds 40 s."""
+    return lying_ogg(media / "liar.ogg", real=40.0, claimed=2.0)
+
+
+async def test_a_lying_header_is_only_a_claim_the_decoded_length_is_the_real_one(
+    liar: Path, tmp_path: Path
+) -> None:
+    info = await probe(liar, config=CONFIG)
+    prepared = await prepare_audio(liar, tmp_path, config=CONFIG, info=info)
+
+    assert info.duration == pytest.approx(2.0, abs=0.1)
+    assert prepared.duration == pytest.approx(40.0, abs=0.1)
+    # The chunks cover the whole real recording, and nothing but it.
+    assert prepared.chunks[0].start == 0.0 and prepared.chunks[-1].end == prepared.duration
+
+
+async def test_a_lying_header_past_the_limit_is_refused_with_its_real_length(
+    liar: Path, tmp_path: Path
+) -> None:
+    config = AudioConfig(max_duration=30.0, max_chunk_seconds=20.0)
+    info = await probe(liar, config=config)  # the header's 2 s pass
+
+    with pytest.raises(AudioTooLong) as caught:
+        await prepare_audio(liar, tmp_path, config=config, info=info)
+
+    assert caught.value.duration == pytest.approx(40.0, abs=0.1) and caught.value.exact
+    # Far past the limit, decoding stops at twice the limit: "more than 20 s".
+    with pytest.raises(AudioTooLong) as capped:
+        await prepare_audio(liar, tmp_path, config=AudioConfig(max_duration=10.0), info=info)
+    assert capped.value.duration == pytest.approx(20.0, abs=0.2) and not capped.value.exact
+
+
+@pytest.mark.parametrize("kind", ["hls", "ffconcat"])
+async def test_playlists_and_file_lists_are_refused_and_never_followed(
+    continuous: Path, tmp_path: Path, kind: str
+) -> None:
+    target = tmp_path / "target.mp3"
+    shutil.copy(continuous, target)
+    if kind == "hls":
+        path = tmp_path / "list.m3u8"
+        path.write_bytes(hls_playlist(target))
+    else:
+        path = tmp_path / "list.ffconcat"
+        path.write_bytes(ffconcat_list(target))
+    work = tmp_path / "work"
+    work.mkdir()
+
+    with pytest.raises(UnsupportedFormat) as caught:
+        await probe(path, config=CONFIG)
+    assert caught.value.reason == "unsupported_format"
+    # Even past the probe (an info made up by a caller), ffmpeg refuses to open the list.
+    info = await probe(continuous, config=CONFIG)
+    with pytest.raises(UndecodableAudio):
+        await prepare_audio(path, work, config=CONFIG, info=info)
+    assert list(work.iterdir()) == []
+
+
+async def test_a_path_is_always_a_file_never_a_protocol(
+    continuous: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative name like "concat:a|b" would be ffmpeg's concat protocol; here it is a file.
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(continuous, tmp_path / "concat:a.mp3|b.mp3")
+
+    info = await probe(Path("concat:a.mp3|b.mp3"), config=CONFIG)
+
+    assert info.container == "mp3" and info.duration == pytest.approx(50.0, abs=0.1)
 
 
 # ------------------------------------------------------------------------------------ normalize

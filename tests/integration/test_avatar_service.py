@@ -88,6 +88,7 @@ class ScriptedTrainer:
         self.fail_upload: Exception | None = None
         self.uploads: list[bytes] = []
         self.state_answer = TrainingState.QUEUED
+        self.attempts = 0  # calls to submit, answered or not
 
     async def upload_archive(self, data: bytes) -> str:
         if self.fail_upload is not None:
@@ -98,6 +99,7 @@ class ScriptedTrainer:
     async def submit(
         self, *, avatar_type: AvatarType, images_url: str, trigger_phrase: str, webhook_url: str | None
     ) -> TrainingRequest:
+        self.attempts += 1
         if self.fail_submit is not None:
             raise self.fail_submit
         request_id = f"req-{len(self.submitted) + 1}"
@@ -168,13 +170,17 @@ class World:
             avatar = await self.service.create_draft(
                 session=session, user_id=OWNER, avatar_type=AvatarType.PORTRAIT, name="Me"
             )
-            files: dict[str, bytes] = {}
-            for i, data in enumerate((PHOTO_A, PHOTO_B, PHOTO_C)[:photos]):
-                key = f"{photo_prefix(OWNER, avatar.id)}/photos/{i}.jpg"
-                files[key] = data
+            avatar_id = avatar.id
+        stored = []
+        for i, data in enumerate((PHOTO_A, PHOTO_B, PHOTO_C)[:photos]):
+            key = f"{photo_prefix(OWNER, avatar_id)}/photos/{i}.jpg"
+            await self.storage.put(key, data)  # files first: no storage call inside a transaction
+            stored.append((i, key, data))
+        async with unit_of_work(self.db.sessions) as session:
+            for i, key, data in stored:
                 session.add(
                     AvatarPhoto(
-                        avatar_id=avatar.id,
+                        avatar_id=avatar_id,
                         storage_key=key,
                         sha256=f"{i:064x}",
                         perceptual_hash=f"{i:016x}",
@@ -184,9 +190,7 @@ class World:
                         metrics={},
                     )
                 )
-        for key, data in files.items():  # files after the commit: no storage call in a transaction
-            await self.storage.put(key, data)
-        return avatar.id
+        return avatar_id
 
     async def submitted(self) -> uuid.UUID:
         avatar_id = await self.draft(photos=2)
@@ -206,6 +210,15 @@ class World:
     async def balance(self) -> int:
         async with self.db.sessions() as session:
             return await self.ledger.get_balance(session=session, user_id=OWNER)
+
+    async def settled(self) -> None:
+        """No hold is left active and every account adds up (what `aisha ledger verify` checks)."""
+        async with self.db.sessions() as session:
+            assert await self.ledger.active_holds(session=session, user_id=OWNER) == []
+            assert await self.ledger.verify_all(session=session) == []
+
+    def texts(self) -> list[str]:
+        return [text for _, text, _ in self.messenger.sent]
 
     async def entries(self) -> list[EntryKind]:
         async with self.db.sessions() as session:
@@ -321,38 +334,158 @@ async def test_training_holds_and_submits_together_and_racing_outcomes_apply_onc
     assert world.files(avatar_id) == [] and avatar.photos_deleted_at is not None
 
 
-async def test_refusal_rolls_the_hold_back(world: World) -> None:
+async def test_a_refusal_releases_the_committed_hold_and_tells_once(world: World) -> None:
     world.trainer.fail_submit = FalRequestRefused(422, "bad input")
     avatar_id = await world.submitted()
     avatar = await world.avatar(avatar_id)
-    assert avatar.status is AvatarStatus.FAILED and avatar.hold_id is None
-    assert await world.balance() == FUNDS and await world.entries() == [EntryKind.BONUS]
-    assert "refused the job" in world.messenger.sent[-1][1]
+    assert avatar.status is AvatarStatus.FAILED and avatar.error == "refused"
+    # The hold was committed before FAL was asked; the refusal gives it back.
+    assert await world.balance() == FUNDS
+    assert await world.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
+    assert len(world.texts()) == 1 and "refused the job" in world.texts()[0]
+    await world.service.train(avatar_id=avatar_id)
+    assert world.trainer.attempts == 1 and len(world.texts()) == 1
+    await world.settled()
 
 
-async def test_unknown_submit_outcome_keeps_the_hold_and_the_webhook_settles_it(world: World) -> None:
+async def test_unknown_submit_outcome_keeps_the_hold_is_never_resubmitted_and_the_webhook_settles_it(
+    world: World,
+) -> None:
     world.trainer.fail_submit = FalUnavailable("reset", maybe_submitted=True)
     avatar_id = await world.submitted()
     avatar = await world.avatar(avatar_id)
-    assert avatar.status is AvatarStatus.SUBMITTED and avatar.provider_request_id is None
+    assert avatar.status is AvatarStatus.SUBMITTING and avatar.provider_request_id is None
     assert await world.balance() == FUNDS - PRICE
+    # The job again (redelivered, or re-enqueued): FAL may have it, so it is not sent twice.
+    world.trainer.fail_submit = None
+    await world.service.train(avatar_id=avatar_id)
+    world.clock.advance(timedelta(minutes=20))
+    await world.service.sweep()
+    assert world.trainer.attempts == 1 and world.enqueued == []
+    assert (await world.avatar(avatar_id)).status is AvatarStatus.SUBMITTING
+
     webhook = FalWebhook(request_id="late-1", status="ERROR", payload=None, error="boom")
     assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
     avatar = await world.avatar(avatar_id)
     assert avatar.status is AvatarStatus.FAILED and avatar.provider_request_id == "late-1"
     assert await world.balance() == FUNDS
+    assert len(world.texts()) == 1 and "Training of <b>Me</b> failed" in world.texts()[0]
+    await world.settled()
 
 
-async def test_a_transient_outage_leaves_the_avatar_pending_for_the_sweep(world: World) -> None:
-    world.trainer.fail_submit = FalUnavailable("down")
+async def test_an_unknown_outcome_with_no_webhook_is_failed_and_released_after_the_timeout(
+    world: World,
+) -> None:
+    world.trainer.fail_submit = FalUnavailable("ReadTimeout", maybe_submitted=True)
+    avatar_id = await world.submitted()
+    world.clock.advance(timedelta(hours=2))
+    await world.service.sweep()  # nothing to poll: no request id
+    assert (await world.avatar(avatar_id)).status is AvatarStatus.SUBMITTING
+    assert await world.balance() == FUNDS - PRICE and world.texts() == []
+    world.clock.advance(timedelta(hours=1, seconds=1))
+    assert await world.service.sweep() >= 1
+    avatar = await world.avatar(avatar_id)
+    assert avatar.status is AvatarStatus.FAILED and avatar.error == "timeout"
+    assert await world.balance() == FUNDS
+    assert world.trainer.cancelled == [] and world.trainer.attempts == 1
+    await world.service.sweep()
+    assert len(world.texts()) == 1 and "it took too long" in world.texts()[0]
+    # FAL's late webhook finds the avatar settled and changes nothing.
+    webhook = FalWebhook(
+        request_id="late-2", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
+    )
+    assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook) is False
+    assert await world.balance() == FUNDS
+    await world.settled()
+
+
+async def test_a_crash_after_fal_accepted_is_settled_by_the_webhook_and_charged_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def crash(avatar_id: uuid.UUID, request: Any) -> None:
+        raise ConnectionError("the process died before FAL's answer was recorded")
+
+    monkeypatch.setattr(world.service, "_submitted", crash)
+    with pytest.raises(ConnectionError):
+        await world.submitted()
+    monkeypatch.undo()
+    async with world.db.sessions() as session:
+        avatar = await session.scalar(select(Avatar))
+    assert avatar is not None and avatar.status is AvatarStatus.SUBMITTING
+    assert avatar.provider_request_id is None and await world.balance() == FUNDS - PRICE
+    await world.service.train(avatar_id=avatar.id)  # the job is redelivered after the crash
+    assert world.trainer.attempts == 1
+
+    webhook = FalWebhook(
+        request_id="req-1",
+        status="OK",
+        payload={"diffusers_lora_file": {"url": "https://fal/l.safetensors"}},
+    )
+    assert await world.service.apply_webhook(avatar_id=avatar.id, webhook=webhook)
+    assert await world.service.apply_webhook(avatar_id=avatar.id, webhook=webhook) is False
+    ready = await world.avatar(avatar.id)
+    assert ready.status is AvatarStatus.READY and ready.provider_request_id == "req-1"
+    assert await world.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
+    assert await world.balance() == FUNDS - PRICE
+    assert len(world.texts()) == 1 and "is ready" in world.texts()[0]
+    await world.settled()
+
+
+async def test_a_webhook_faster_than_the_recorded_answer_wins_and_the_answer_changes_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = world.service._submitted
+    webhook = FalWebhook(
+        request_id="req-1", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
+    )
+
+    async def webhook_first(avatar_id: uuid.UUID, request: Any) -> None:
+        assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+        await record(avatar_id, request)
+
+    monkeypatch.setattr(world.service, "_submitted", webhook_first)
+    avatar_id = await world.submitted()
+    avatar = await world.avatar(avatar_id)
+    assert avatar.status is AvatarStatus.READY and avatar.provider_request_id == "req-1"
+    assert (await world.entries()).count(EntryKind.CAPTURE) == 1
+    await world.settled()
+
+
+async def test_a_certain_outage_keeps_the_hold_and_the_sweep_sends_it_once_more(world: World) -> None:
+    world.trainer.fail_submit = FalUnavailable("down")  # nothing reached FAL
     with pytest.raises(FalUnavailable):
         await world.submitted()
     async with world.db.sessions() as session:
         pending = (await session.scalars(select(Avatar).where(Avatar.status == AvatarStatus.PENDING))).all()
-    assert len(pending) == 1 and await world.balance() == FUNDS
+    assert len(pending) == 1 and pending[0].hold_id is not None
+    assert await world.balance() == FUNDS - PRICE
     world.clock.advance(timedelta(minutes=20))
     assert await world.service.sweep() == 1
     assert world.enqueued == [pending[0].id]
+    world.trainer.fail_submit = None
+    await world.service.train(avatar_id=pending[0].id)
+    avatar = await world.avatar(pending[0].id)
+    assert avatar.status is AvatarStatus.SUBMITTED and avatar.hold_id == pending[0].hold_id
+    assert await world.entries() == [EntryKind.BONUS, EntryKind.HOLD]  # held once for both tries
+    assert world.texts() == []
+
+
+async def test_a_certain_outage_past_the_timeout_fails_and_releases(world: World) -> None:
+    world.trainer.fail_submit = FalUnavailable("down")
+    with pytest.raises(FalUnavailable):
+        await world.submitted()
+    for _ in range(12):  # the sweep keeps trying; the first try's time still counts
+        world.clock.advance(timedelta(minutes=16))
+        await world.service.sweep()
+        async with world.db.sessions() as session:
+            avatar = await session.scalar(select(Avatar))
+        assert avatar is not None
+        if avatar.status is AvatarStatus.PENDING:
+            with pytest.raises(FalUnavailable):
+                await world.service.train(avatar_id=avatar.id)
+    assert avatar.status is AvatarStatus.FAILED and await world.balance() == FUNDS
+    assert len(world.texts()) == 1 and "it took too long" in world.texts()[0]
+    await world.settled()
 
 
 async def test_timeout_cancels_at_the_provider_fails_and_releases(world: World) -> None:
@@ -417,3 +550,29 @@ async def test_abandoned_drafts_and_their_files_are_swept(world: World) -> None:
     assert world.files(avatar_id) == []
     async with world.db.sessions() as session:
         assert await session.get(Avatar, avatar_id) is None
+
+
+async def test_deleting_an_avatar_removes_its_files_only_once_the_deletion_committed(world: World) -> None:
+    avatar_id = await world.submitted()
+    webhook = FalWebhook(
+        request_id="req-1", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
+    )
+    assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+    # A kept file (retention would keep the photos; here a sample the gallery shows).
+    key = f"{photo_prefix(OWNER, avatar_id)}/kept.jpg"
+    await world.storage.put(key, PHOTO_A)
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        async with unit_of_work(world.db.sessions) as session:
+            await world.service.delete(session=session, user_id=OWNER, avatar_id=avatar_id)
+            assert len(world.files(avatar_id)) == 1  # nothing deleted while the transaction is open
+            raise Abort
+    assert (await world.avatar(avatar_id)).status is AvatarStatus.READY
+    assert len(world.files(avatar_id)) == 1
+
+    async with unit_of_work(world.db.sessions) as session:
+        await world.service.delete(session=session, user_id=OWNER, avatar_id=avatar_id)
+    assert world.files(avatar_id) == []

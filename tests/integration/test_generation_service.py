@@ -34,6 +34,7 @@ from aisha.generation.service import (
     GenerationService,
     GeneratorConfig,
     Source,
+    storage_prefix,
 )
 from aisha.generation.vision import QualityVerdict
 from aisha.i18n import Translator
@@ -365,3 +366,33 @@ async def test_a_defective_portrait_earns_one_free_regeneration(make: Callable[.
                 session=session, user_id=USER + 1, generation_id=generation_id
             )
     assert await h.balance() == FUNDS - 5
+
+
+async def test_deleting_removes_the_files_only_once_the_deletion_committed(
+    make: Callable[..., Any], tmp_path: Path
+) -> None:
+    h: Harness = await make(webhooks=False)
+    h.fal.complete_after = 0.1
+    generation_id = await h.create()
+    async with asyncio.timeout(15):
+        await h.service.run(generation_id=generation_id)
+    folder = tmp_path / "files" / storage_prefix(USER, generation_id)
+    assert sorted(p.name for p in folder.iterdir()) == ["1.png", "2.png"]
+
+    class Abort(Exception):
+        pass
+
+    # The caller's transaction fails after the delete: the row is back, so the files stay.
+    with pytest.raises(Abort):
+        async with unit_of_work(h.db.sessions) as session:
+            await h.service.delete(session=session, user_id=USER, generation_id=generation_id)
+            assert folder.exists()  # nothing deleted while the transaction is open
+            raise Abort
+    assert (await h.row(generation_id)).status is JobStatus.SUCCEEDED
+    assert sorted(p.name for p in folder.iterdir()) == ["1.png", "2.png"]
+
+    async with unit_of_work(h.db.sessions) as session:
+        await h.service.delete(session=session, user_id=USER, generation_id=generation_id)
+    assert not folder.exists() or list(folder.iterdir()) == []
+    async with h.db.sessions() as session:
+        assert await session.get(ImageGeneration, generation_id) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from aisha.providers.openai_transcriber import OpenAITranscriber, language_code,
 from aisha.sandbox.fake_openai import FakeOpenAIServer, FakeTranscript, TranscriptionRequest, chat_completion
 from aisha.transcription.audio import AudioConfig, AudioTooLong, NoAudioStream, find_ffmpeg, plan_chunks
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionFailed, TranscriptionPipeline
+from tests.media import lying_ogg
 
 FFMPEG = find_ffmpeg()
 AUDIO = AudioConfig(max_chunk_seconds=20.0)
@@ -321,6 +323,27 @@ async def test_bad_audio_is_refused_before_any_request(
         await long_refusing.transcribe(continuous)
 
     assert server.transcription_calls == []
+
+
+async def test_prepare_gives_the_real_length_before_any_request_and_all_of_it_is_sent(
+    server: FakeOpenAIServer, make_pipeline: PipelineFactory, media: Path
+) -> None:
+    liar = lying_ogg(media / "liar.ogg", real=50.0, claimed=2.0)
+    pipeline = make_pipeline()
+    work = media / "prepared"  # the caller's work dir (the pipeline's own must end up empty)
+    work.mkdir()
+
+    info = await pipeline.probe(liar)
+    prepared = await pipeline.prepare(liar, work, info=info)
+    assert (info.duration, server.transcription_calls) == (pytest.approx(2.0, abs=0.1), [])
+    assert prepared.duration == pytest.approx(50.0, abs=0.1)
+
+    result = await pipeline.transcribe_prepared(prepared)
+    sent = sum(call.duration or 0 for call in server.transcription_calls)
+    assert len(server.transcription_calls) == 3  # 50 s in 20 s chunks
+    assert sent == pytest.approx(result.audio_seconds, abs=0.3)
+    assert result.audio_seconds >= 50.0 - 0.1
+    shutil.rmtree(work)
 
 
 async def test_a_broken_progress_callback_does_not_lose_the_transcript(

@@ -151,7 +151,12 @@ class AdminRules:
 
 Enqueue = Callable[[uuid.UUID], Awaitable[None]]
 _IN_FLIGHT = (JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.RUNNING)
-_AVATAR_IN_FLIGHT = (AvatarStatus.PENDING, AvatarStatus.SUBMITTED, AvatarStatus.TRAINING)
+_AVATAR_IN_FLIGHT = (
+    AvatarStatus.PENDING,
+    AvatarStatus.SUBMITTING,
+    AvatarStatus.SUBMITTED,
+    AvatarStatus.TRAINING,
+)
 
 
 class AdminService:

@@ -1,8 +1,9 @@
 """POST /webhooks/fal: FAL's signed job results, routed to the feature that submitted the job.
 
-The URL we submit carries `?kind=<feature>&id=<row id>`; it only says where to look. What counts
-is FAL's Ed25519 signature over the request id and body: the feature acts only if the signed
-request id is the one its row holds. Anything unsigned, stale or forged gets 401 and changes nothing.
+The URL we submit (built by `providers.fal.webhook_url`) carries `?kind=<feature>&id=<row id>`;
+it only says where to look. What counts is FAL's Ed25519 signature over the request id and body:
+the feature acts only if the signed request id is the one its row holds. Anything unsigned, stale
+or forged gets 401 and changes nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from starlette.requests import ClientDisconnect
 
 from aisha.api.body import BodyTooLarge, read_capped
 from aisha.api.deps import RuntimeDep
+from aisha.providers.fal import WEBHOOK_PATH
 from aisha.providers.fal_webhook import FalWebhook, JwksUnavailable, WebhookRejected
 
-WEBHOOK_PATH = "/webhooks/fal"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a training or image result is a few KB of JSON
 
 # (the id from the URL, the verified webhook) → whether it was acted on (applied, or queued for a job)

@@ -20,7 +20,10 @@ class AvatarType(StrEnum):
 
 class AvatarStatus(StrEnum):
     DRAFT = "draft"  # the wizard is collecting photos
-    PENDING = "pending"  # confirmed and paid (held), not yet sent to FAL
+    PENDING = "pending"  # confirmed, not yet sent to FAL (held already if a try failed before FAL)
+    # Held and about to be (or being) sent to FAL; whether FAL took it is not known yet. Never
+    # submitted again: FAL's webhook, or the training timeout, settles it.
+    SUBMITTING = "submitting"
     SUBMITTED = "submitted"  # FAL accepted it into its queue
     TRAINING = "training"
     READY = "ready"

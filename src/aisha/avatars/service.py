@@ -1,11 +1,13 @@
 """The avatar rules: drafts, photo intake, confirmation, training, outcomes, recovery, gallery.
 
-Money and status move together: the credit hold and the FAL request id are written in one
-transaction; every outcome (webhook, poll, timeout) is a conditional UPDATE on the avatar's status,
-so it applies exactly once however many webhooks, sweeps and processes race for it.
+Money and status move together: the credit hold is committed with the intent (SUBMITTING) before
+FAL is called, FAL's request id in a transaction of its own after it answered; every outcome
+(webhook, poll, timeout) is a conditional UPDATE on the avatar's status written with its capture
+or release, so it applies exactly once however many webhooks, sweeps and processes race for it.
 
-Slow work never runs inside a transaction: downloads, photo checks and zipping happen first, then
-a short transaction locks the avatar row and re-checks what may have changed meanwhile.
+No outside call (FAL, storage, Telegram) runs inside a transaction that writes: downloads, photo
+checks and zipping happen first, then a short transaction locks the avatar row and re-checks what
+may have changed meanwhile; messages go out after the commit.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from aisha.avatars.errors import (
     WrongAvatarStatus,
 )
 from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
-from aisha.avatars.training import Trainer, TrainingFailed, TrainingState
+from aisha.avatars.training import Trainer, TrainingFailed, TrainingRequest, TrainingState
 from aisha.avatars.validation import (
     PhotoValidator,
     RejectReason,
@@ -44,7 +46,7 @@ from aisha.billing.errors import HoldAlreadyResolved, HoldNotFound, Insufficient
 from aisha.billing.prices import PriceList
 from aisha.billing.service import LedgerService
 from aisha.clock import Clock
-from aisha.db.session import unit_of_work
+from aisha.db.session import after_commit, unit_of_work
 from aisha.i18n import Translator
 from aisha.jobs.metrics import JobMetrics
 from aisha.messaging import Button, FileTooLarge, Messenger
@@ -55,6 +57,7 @@ from aisha.providers.fal import (
     FalUnavailable,
     TrainingOutput,
     parse_training_result,
+    webhook_url,
 )
 from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import ObjectStorage, StorageError
@@ -65,7 +68,10 @@ log = structlog.get_logger(__name__)
 
 TRAIN_JOB = "avatars.train"
 MAX_NAME_LENGTH = 64
-IN_TRAINING = (AvatarStatus.SUBMITTED, AvatarStatus.TRAINING)
+# Held and (perhaps) at FAL: only a webhook, a poll or the timeout moves these on.
+IN_TRAINING = (AvatarStatus.SUBMITTING, AvatarStatus.SUBMITTED, AvatarStatus.TRAINING)
+# Waiting to be sent or trained: shown with a place in the queue.
+QUEUED = (AvatarStatus.PENDING, AvatarStatus.SUBMITTING, AvatarStatus.SUBMITTED)
 # Callback data the bot's avatar router answers (kept here so job messages carry the same buttons).
 REVIEW_CALLBACK = "avw:review"
 GENERATE_CALLBACK = "gen:new"  # handled by the generation feature
@@ -112,6 +118,14 @@ class AvatarView:
     is_main: bool
     photos: int  # photos still stored
     queue_position: int | None  # among avatars waiting to be sent or trained
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    user_id: int
+    name: str
+    type: AvatarType
+    trigger_phrase: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +280,8 @@ class AvatarService:
             return False
         await session.delete(avatar)
         await session.flush()
-        # The row lock keeps a photo job from adding a file after this (it finds no draft).
-        await self._storage.delete_prefix(photo_prefix(user_id, avatar_id))
+        # The files go once the row is gone for good (a photo job then finds no draft and adds none).
+        after_commit(session, lambda: self._storage.delete_prefix(photo_prefix(user_id, avatar_id)))
         return True
 
     async def intake_photo(
@@ -339,11 +353,13 @@ class AvatarService:
         assert verdict.perceptual_hash is not None
         extension = _FORMAT_EXTENSIONS.get(str(verdict.metrics.get("format", "")).upper(), "jpg")
         key = f"{photo_prefix(user_id, avatar_id)}/photos/{verdict.sha256}.{extension}"
+        # The file first, outside any transaction. Its name is its content: the same photo sent
+        # twice at once writes the same file, and a refused one is removed after the commit
+        # unless an accepted photo has the same content (so the same file).
+        await self._storage.put(key, data, content_type=f"image/{extension}")
 
         async with unit_of_work(self._sessions) as session:
             avatar = await self._locked(session, avatar_id, user_id)
-            if avatar is None or avatar.status is not AvatarStatus.DRAFT:
-                return None
             # Photos checked in parallel: only now, under the lock, is the set of accepted ones final.
             rows = (
                 await session.execute(
@@ -352,31 +368,38 @@ class AvatarService:
                     )
                 )
             ).all()
-            if len(rows) >= self.rules.max_photos:
-                return PhotoOutcome(False, len(rows), "limit")
-            if any(
+            outcome: PhotoOutcome | None = None
+            if avatar is None or avatar.status is not AvatarStatus.DRAFT:
+                outcome = None  # cancelled or confirmed meanwhile
+            elif len(rows) >= self.rules.max_photos:
+                outcome = PhotoOutcome(False, len(rows), "limit")
+            elif any(
                 r.sha256 == verdict.sha256
                 or hamming_distance(r.perceptual_hash, verdict.perceptual_hash)
                 <= self.rules.duplicate_max_distance
                 for r in rows
             ):
-                return PhotoOutcome(False, len(rows), RejectReason.DUPLICATE.value)
-            await self._storage.put(key, data, content_type=f"image/{extension}")
-            session.add(
-                AvatarPhoto(
-                    avatar_id=avatar_id,
-                    storage_key=key,
-                    sha256=verdict.sha256,
-                    perceptual_hash=verdict.perceptual_hash,
-                    size_bytes=verdict.size_bytes,
-                    width=verdict.width or 0,
-                    height=verdict.height or 0,
-                    metrics=verdict.metrics,
-                    created_at=self._clock.now(),
+                outcome = PhotoOutcome(False, len(rows), RejectReason.DUPLICATE.value)
+            else:
+                assert avatar is not None
+                session.add(
+                    AvatarPhoto(
+                        avatar_id=avatar_id,
+                        storage_key=key,
+                        sha256=verdict.sha256,
+                        perceptual_hash=verdict.perceptual_hash,
+                        size_bytes=verdict.size_bytes,
+                        width=verdict.width or 0,
+                        height=verdict.height or 0,
+                        metrics=verdict.metrics,
+                        created_at=self._clock.now(),
+                    )
                 )
-            )
-            avatar.updated_at = self._clock.now()  # the draft's time-to-live counts from the last photo
-            return PhotoOutcome(True, len(rows) + 1)
+                avatar.updated_at = self._clock.now()  # the draft's time-to-live counts from the last photo
+                return PhotoOutcome(True, len(rows) + 1)
+            if not any(r.sha256 == verdict.sha256 for r in rows):
+                after_commit(session, lambda: self._storage.delete(key))
+            return outcome
 
     async def review(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> Review:
         avatar = await self._owned(session, avatar_id, user_id)
@@ -417,7 +440,14 @@ class AvatarService:
     # --- training --------------------------------------------------------------------------------
 
     async def train(self, *, avatar_id: uuid.UUID) -> None:
-        """The `avatars.train` job: archive the photos, then hold credits and submit in one transaction."""
+        """The `avatars.train` job: intent, call, outcome; FAL is never called inside a transaction.
+
+        The archive is built and stored first; then one transaction holds the credits and marks
+        the avatar SUBMITTING; then FAL gets the job (our id in its webhook URL); then a second
+        transaction records the request id (SUBMITTED). A re-run of the job finds SUBMITTING and
+        stops: only FAL's webhook (which adopts the request id) or the timeout settles it, so one
+        hold never pays for two trainings.
+        """
         async with self._sessions() as session:
             avatar = await session.get(Avatar, avatar_id)
             if avatar is None or avatar.status is not AvatarStatus.PENDING:
@@ -434,86 +464,138 @@ class AvatarService:
         if trainer is None:
             await self._fail_unsubmitted(avatar_id, "unavailable", "FAL_KEY is not set")
             return
+        images_url = await self._images_url(trainer, avatar_id, user_id, keys)
+        if images_url is None:
+            return
+        claim = await self._claim(avatar_id)
+        if claim is None:
+            return
+        webhook = None
+        if self.rules.public_base_url:
+            webhook = webhook_url(self.rules.public_base_url, kind="avatar", row_id=avatar_id)
+        try:
+            request = await trainer.submit(
+                avatar_type=claim.type,
+                images_url=images_url,
+                trigger_phrase=claim.trigger_phrase,
+                webhook_url=webhook,
+            )
+        except FalRequestRefused as exc:
+            log.warning(
+                "avatar.submit_refused", avatar_id=str(avatar_id), status=exc.status_code, error=exc.message
+            )
+            await self._finish(avatar_id, request_id=None, output=None, error="refused", reason="refused")
+            return
+        except FalUnavailable as exc:
+            if exc.maybe_submitted:
+                # FAL may have queued it: keep the hold; its webhook or the timeout settles it.
+                log.warning("avatar.submit_outcome_unknown", avatar_id=str(avatar_id), error=str(exc))
+                return
+            # Certainly not queued (no connection, rate limited): back to PENDING, hold kept, and
+            # the sweep sends it again.
+            await self._unclaim(avatar_id)
+            raise
+        await self._submitted(avatar_id, request)
+
+    async def _images_url(
+        self, trainer: Trainer, avatar_id: uuid.UUID, user_id: int, keys: Sequence[str]
+    ) -> str | None:
+        """Where FAL fetches the photos: our storage's link, else FAL's storage. None: failed."""
         archive_key = f"{photo_prefix(user_id, avatar_id)}/training.zip"
         archive = await self._archive(keys)
         await self._storage.put(archive_key, archive, content_type="application/zip")
         try:
-            images_url = await self._storage.url(archive_key, expires_in=self.rules.archive_link_ttl_seconds)
+            return await self._storage.url(archive_key, expires_in=self.rules.archive_link_ttl_seconds)
         except StorageError:
-            # No presigned S3 URL and no public address for a signed link: FAL's own storage.
-            try:
-                images_url = await trainer.upload_archive(archive)
-            except FalError as error:
-                log.error("avatar.archive_upload_failed", avatar_id=str(avatar_id), error=str(error))
-                await self._fail_unsubmitted(avatar_id, "unavailable", "the archive could not reach FAL")
-                return
-        webhook_url = None
-        if self.rules.public_base_url:
-            webhook_url = f"{self.rules.public_base_url}/webhooks/fal?kind=avatar&id={avatar_id}"
+            pass
+        # No presigned S3 URL and no public address for a signed link: FAL's own storage.
+        try:
+            return await trainer.upload_archive(archive)
+        except FalError as error:
+            log.error("avatar.archive_upload_failed", avatar_id=str(avatar_id), error=str(error))
+            await self._fail_unsubmitted(avatar_id, "unavailable", "the archive could not reach FAL")
+            return None
 
-        refused: str | None = None
+    async def _claim(self, avatar_id: uuid.UUID) -> _Claim | None:
+        """PENDING → SUBMITTING with the credits held, committed before FAL hears of it."""
+        insufficient = False
         async with unit_of_work(self._sessions) as session:
             avatar = await self._locked(session, avatar_id)
             if avatar is None or avatar.status is not AvatarStatus.PENDING:
-                return
-            name = avatar.name  # read before the savepoint: a rollback expires what it touched
-            locale = await user_locale(session, user_id)
-            try:
-                # A savepoint: a refusal takes the hold back with it, the avatar's FAILED status stays.
-                async with session.begin_nested():
-                    hold = await self._ledger.hold(
-                        session=session,
-                        user_id=avatar.user_id,
-                        amount=avatar.price,
-                        key=f"avatar:{avatar_id}:hold",
-                        reference=f"avatar:{avatar_id}",
-                        description="avatars.ledger.training",
-                    )
-                    try:
-                        request = await trainer.submit(
-                            avatar_type=avatar.type,
-                            images_url=images_url,
-                            trigger_phrase=avatar.trigger_phrase,
-                            webhook_url=webhook_url,
+                return None
+            claim = _Claim(avatar.user_id, avatar.name, avatar.type, avatar.trigger_phrase)
+            now = self._clock.now()
+            if avatar.hold_id is None:  # else held by a try that certainly didn't reach FAL
+                try:
+                    async with session.begin_nested():
+                        hold = await self._ledger.hold(
+                            session=session,
+                            user_id=claim.user_id,
+                            amount=avatar.price,
+                            key=f"avatar:{avatar_id}:hold",
+                            reference=f"avatar:{avatar_id}",
+                            description="avatars.ledger.training",
                         )
-                    except FalUnavailable as exc:
-                        if not exc.maybe_submitted:
-                            raise
-                        # FAL may have queued it: keep the hold; its webhook or the timeout settles it.
-                        log.warning("avatar.submit_outcome_unknown", avatar_id=str(avatar_id), error=str(exc))
-                        request = None
-            except InsufficientCredits:
-                refused = "insufficient"
-            except FalRequestRefused as exc:
-                log.warning(
-                    "avatar.submit_refused",
-                    avatar_id=str(avatar_id),
-                    status=exc.status_code,
-                    error=exc.message,
-                )
-                refused = "refused"
-            if refused is not None:
+                except InsufficientCredits:
+                    insufficient = True
+                else:
+                    avatar.hold_id = hold.hold_id
+            if insufficient:
                 avatar.status = AvatarStatus.FAILED
-                avatar.error = refused
-                avatar.finished_at = avatar.updated_at = self._clock.now()
+                avatar.error = "insufficient"
+                avatar.finished_at = avatar.updated_at = now
             else:
-                now = self._clock.now()
-                avatar.status = AvatarStatus.SUBMITTED
-                avatar.hold_id = hold.hold_id
-                avatar.submitted_at = avatar.updated_at = now
+                avatar.status = AvatarStatus.SUBMITTING
+                avatar.submitted_at = avatar.submitted_at or now  # the timeout counts from the first try
+                avatar.updated_at = now
                 cost = self._prices.costs
                 avatar.provider_cost_micro_usd = (
-                    cost.avatar_portrait if avatar.type is AvatarType.PORTRAIT else cost.avatar_style
+                    cost.avatar_portrait if claim.type is AvatarType.PORTRAIT else cost.avatar_style
                 )
-                if request is not None:
-                    avatar.provider_endpoint = request.endpoint
-                    avatar.provider_request_id = request.request_id
-                    avatar.training_config = request.payload
-        if refused is not None:
-            await self._failed(user_id=user_id, locale=locale, name=name, reason=refused)
+            locale = await user_locale(session, claim.user_id)
+        if insufficient:
+            await self._failed(user_id=claim.user_id, locale=locale, name=claim.name, reason="insufficient")
             await self._purge_if_due(avatar_id)
-        else:
-            log.info("avatar.submitted", avatar_id=str(avatar_id))
+            return None
+        return claim
+
+    async def _unclaim(self, avatar_id: uuid.UUID) -> None:
+        async with unit_of_work(self._sessions) as session:
+            await session.execute(
+                update(Avatar)
+                .where(
+                    Avatar.id == avatar_id,
+                    Avatar.status == AvatarStatus.SUBMITTING,
+                    Avatar.provider_request_id.is_(None),
+                )
+                .values(status=AvatarStatus.PENDING, updated_at=self._clock.now())
+                .execution_options(synchronize_session=False)
+            )
+
+    async def _submitted(self, avatar_id: uuid.UUID, request: TrainingRequest) -> None:
+        """FAL's answer, committed on its own: SUBMITTING → SUBMITTED with the request id.
+
+        If this never commits (a crash), the avatar stays SUBMITTING with its hold: FAL's webhook
+        adopts the request id, or the sweep fails it and releases the hold after the timeout.
+        """
+        async with unit_of_work(self._sessions) as session:
+            await session.execute(
+                update(Avatar)
+                .where(
+                    Avatar.id == avatar_id,
+                    Avatar.status == AvatarStatus.SUBMITTING,
+                    Avatar.provider_request_id.is_(None),
+                )
+                .values(
+                    status=AvatarStatus.SUBMITTED,
+                    provider_endpoint=request.endpoint,
+                    provider_request_id=request.request_id,
+                    training_config=request.payload,
+                    updated_at=self._clock.now(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+        log.info("avatar.submitted", avatar_id=str(avatar_id), request_id=request.request_id)
 
     async def _archive(self, keys: Sequence[str]) -> bytes:
         items: list[tuple[str, bytes]] = []
@@ -524,7 +606,7 @@ class AvatarService:
         return await asyncio.to_thread(build_training_zip, items)
 
     async def _fail_unsubmitted(self, avatar_id: uuid.UUID, reason: str, error: str) -> None:
-        """PENDING → FAILED: nothing was held yet, so nothing to release."""
+        """PENDING → FAILED; a hold kept from a try that never reached FAL goes back."""
         now = self._clock.now()
         async with unit_of_work(self._sessions) as session:
             row = (
@@ -532,15 +614,29 @@ class AvatarService:
                     update(Avatar)
                     .where(Avatar.id == avatar_id, Avatar.status == AvatarStatus.PENDING)
                     .values(status=AvatarStatus.FAILED, error=error, finished_at=now, updated_at=now)
-                    .returning(Avatar.user_id, Avatar.name)
+                    .returning(Avatar.user_id, Avatar.name, Avatar.hold_id)
                     .execution_options(synchronize_session=False)
                 )
             ).first()
             if row is None:
                 return
+            if row.hold_id is not None:
+                await self._release(session, avatar_id, row.hold_id)
             locale = await user_locale(session, row.user_id)
         await self._failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
         await self._purge_if_due(avatar_id)
+
+    async def _release(self, session: AsyncSession, avatar_id: uuid.UUID, hold_id: uuid.UUID) -> None:
+        try:
+            await self._ledger.release(
+                session=session,
+                hold_id=hold_id,
+                key=f"avatar:{avatar_id}:release",
+                description="avatars.ledger.refund",
+            )
+        except (HoldAlreadyResolved, HoldNotFound) as exc:
+            # The hold expired first (HOLD_TTL_SECONDS shorter than the training took).
+            log.error("avatar.hold_not_active", avatar_id=str(avatar_id), error=str(exc))
 
     async def _failed(self, *, user_id: int, locale: str, name: str, reason: str) -> None:
         """A training that ended failed: the user is told, the operator sees it counted."""
@@ -597,7 +693,7 @@ class AvatarService:
         error: str | None,
         reason: str,
     ) -> bool:
-        """SUBMITTED/TRAINING → READY (capture) or FAILED (release), exactly once."""
+        """SUBMITTING/SUBMITTED/TRAINING → READY (capture) or FAILED (release), exactly once."""
         now = self._clock.now()
         conditions: list[Any] = [Avatar.id == avatar_id, Avatar.status.in_(IN_TRAINING)]
         values: dict[str, Any] = {"finished_at": now, "updated_at": now}
@@ -629,23 +725,17 @@ class AvatarService:
             ).first()
             if row is None:
                 return False  # another webhook, poll or sweep got here first
-            if row.hold_id is not None:
+            if row.hold_id is not None and output is None:
+                await self._release(session, avatar_id, row.hold_id)
+            elif row.hold_id is not None:
                 try:
-                    if output is not None:
-                        await self._ledger.capture(
-                            session=session,
-                            hold_id=row.hold_id,
-                            amount=row.price,
-                            key=f"avatar:{avatar_id}:capture",
-                            description="avatars.ledger.trained",
-                        )
-                    else:
-                        await self._ledger.release(
-                            session=session,
-                            hold_id=row.hold_id,
-                            key=f"avatar:{avatar_id}:release",
-                            description="avatars.ledger.refund",
-                        )
+                    await self._ledger.capture(
+                        session=session,
+                        hold_id=row.hold_id,
+                        amount=row.price,
+                        key=f"avatar:{avatar_id}:capture",
+                        description="avatars.ledger.trained",
+                    )
                 except (HoldAlreadyResolved, HoldNotFound) as exc:
                     # The hold expired first (HOLD_TTL_SECONDS shorter than the training took).
                     log.error("avatar.hold_not_active", avatar_id=str(avatar_id), error=str(exc))
@@ -682,7 +772,7 @@ class AvatarService:
         async with self._sessions() as session:
             pending = (
                 await session.execute(
-                    select(Avatar.id, Avatar.updated_at).where(
+                    select(Avatar.id, Avatar.updated_at, Avatar.submitted_at).where(
                         Avatar.status == AvatarStatus.PENDING, Avatar.updated_at <= poll_before
                     )
                 )
@@ -710,8 +800,9 @@ class AvatarService:
                     )
                 )
             ).all()
-        for avatar_id, updated_at in pending:
-            if updated_at <= timeout_before:
+        for avatar_id, updated_at, first_try in pending:
+            # A try that failed before reaching FAL keeps its first time: retries don't extend it.
+            if (first_try or updated_at) <= timeout_before:
                 await self._fail_unsubmitted(avatar_id, "timeout", "never submitted")
             else:
                 await self._enqueue_training(avatar_id)  # the job was lost: the row says what to do
@@ -778,16 +869,28 @@ class AvatarService:
             await self._purge_photos(avatar_id)
 
     async def _purge_photos(self, avatar_id: uuid.UUID) -> None:
-        """Source photos are biometric data: once training is over they (and the archive) go."""
-        async with unit_of_work(self._sessions) as session:
-            avatar = await self._locked(session, avatar_id)
+        """Source photos are biometric data: once training is over they (and the archive) go.
+
+        Files first, then the mark, each outside the other's transaction: a crash between them
+        leaves the mark unset and the sweep deletes (nothing) again and sets it.
+        """
+        async with self._sessions() as session:
+            avatar = await session.get(Avatar, avatar_id)
             if avatar is None or avatar.photos_deleted_at is not None:
                 return
             if avatar.status not in (AvatarStatus.READY, AvatarStatus.FAILED):
                 return
-            await self._storage.delete_prefix(photo_prefix(avatar.user_id, avatar_id))
+            user_id = avatar.user_id
+        # Terminal: nothing adds photos to it any more.
+        await self._storage.delete_prefix(photo_prefix(user_id, avatar_id))
+        async with unit_of_work(self._sessions) as session:
             await session.execute(delete(AvatarPhoto).where(AvatarPhoto.avatar_id == avatar_id))
-            avatar.photos_deleted_at = self._clock.now()
+            await session.execute(
+                update(Avatar)
+                .where(Avatar.id == avatar_id, Avatar.photos_deleted_at.is_(None))
+                .values(photos_deleted_at=self._clock.now())
+                .execution_options(synchronize_session=False)
+            )
         log.info("avatar.photos_deleted", avatar_id=str(avatar_id))
 
     # --- gallery ---------------------------------------------------------------------------------
@@ -810,13 +913,13 @@ class AvatarService:
         views = []
         for avatar in avatars:
             position = None
-            if avatar.status in (AvatarStatus.PENDING, AvatarStatus.SUBMITTED):
+            if avatar.status in QUEUED:
                 position = 1 + int(
                     await session.scalar(
                         select(func.count())
                         .select_from(Avatar)
                         .where(
-                            Avatar.status.in_((AvatarStatus.PENDING, AvatarStatus.SUBMITTED)),
+                            Avatar.status.in_(QUEUED),
                             Avatar.updated_at < avatar.updated_at,
                         )
                     )
@@ -871,7 +974,8 @@ class AvatarService:
         was_main = avatar.is_main
         await session.delete(avatar)
         await session.flush()
-        await self._storage.delete_prefix(photo_prefix(user_id, avatar_id))
+        # Storage is not called inside the caller's transaction: the files go after its commit.
+        after_commit(session, lambda: self._storage.delete_prefix(photo_prefix(user_id, avatar_id)))
         if was_main:
             successor = await session.scalar(
                 select(Avatar)

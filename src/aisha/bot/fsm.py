@@ -93,10 +93,11 @@ class UserEventIsolation(BaseEventIsolation):
             async with lock:
                 yield
         finally:
-            lock, users = self._locks[key]
+            # Closed meanwhile (shutdown) leaves nothing to count.
+            lock, users = self._locks.get(key, (lock, 0))
             if users == 1:
                 del self._locks[key]
-            else:
+            elif users > 1:
                 self._locks[key] = (lock, users - 1)
 
     async def close(self) -> None:

@@ -71,6 +71,7 @@ from aisha.providers.fal import (
     FalUnavailable,
     ImagesOutput,
     parse_images_result,
+    webhook_url,
 )
 from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import ObjectStorage, StorageError
@@ -684,13 +685,13 @@ class GenerationService:
             ).first()
         if claimed is None:
             return
-        webhook_url = None
+        webhook = None
         if self.rules.public_base_url:
-            webhook_url = f"{self.rules.public_base_url}/webhooks/fal?kind=generation&id={generation_id}"
+            webhook = webhook_url(self.rules.public_base_url, kind="generation", row_id=generation_id)
         await self._notifier.working(user_id=user_id, locale=locale, config=config, step="drawing")
         try:
             request_id: str | None = await generator.submit(
-                endpoint=endpoint, payload=payload, webhook_url=webhook_url
+                endpoint=endpoint, payload=payload, webhook_url=webhook
             )
         except FalUnavailable as exc:
             if not exc.maybe_submitted:
@@ -716,7 +717,7 @@ class GenerationService:
                     .execution_options(synchronize_session=False)
                 )
             log.info("generation.submitted", generation_id=str(generation_id), request_id=request_id)
-        if webhook_url is None and request_id is not None:
+        if webhook is None and request_id is not None:
             await self._poll_until_done(generation_id, user_id, endpoint, request_id)
 
     async def _describe(self, user_id: int, config: dict[str, Any]) -> str | None:
@@ -1144,7 +1145,8 @@ class GenerationService:
             raise WrongGenerationStatus(row.status.value)
         await session.delete(row)
         await session.flush()
-        await self._storage.delete_prefix(storage_prefix(user_id, generation_id))
+        # Storage is not called inside the caller's transaction: the files go after its commit.
+        after_commit(session, lambda: self._storage.delete_prefix(storage_prefix(user_id, generation_id)))
 
     async def take_free_regeneration(
         self, *, session: AsyncSession, user_id: int, generation_id: uuid.UUID

@@ -34,6 +34,7 @@ import httpx
 import structlog
 
 __all__ = [
+    "WEBHOOK_PATH",
     "CancelOutcome",
     "FalAuthFailed",
     "FalClient",
@@ -53,6 +54,7 @@ __all__ = [
     "app_path",
     "parse_images_result",
     "parse_training_result",
+    "webhook_url",
 ]
 
 log = structlog.get_logger(__name__)
@@ -203,6 +205,18 @@ class ImagesOutput:
 
 
 # ----------------------------------------------------------------------------------- paths
+
+# Where our HTTP app takes FAL's webhooks (api/fal.py serves it).
+WEBHOOK_PATH = "/webhooks/fal"
+
+
+def webhook_url(public_base_url: str, *, kind: str, row_id: object) -> str:
+    """The ``fal_webhook`` URL for a job: ``kind`` names the feature, ``row_id`` its row.
+
+    Both only say where to look; the signed request id in the webhook is what counts.
+    """
+    query = urlencode({"kind": kind, "id": str(row_id)})
+    return f"{public_base_url.rstrip('/')}{WEBHOOK_PATH}?{query}"
 
 
 def app_path(endpoint: str) -> str:

@@ -19,6 +19,10 @@ instead of the plain colours (the sandbox marks its pictures so).
 With ``state_dir`` the jobs, files and signing key are kept there and loaded at start, so a
 restarted sandbox still serves its files; ``resume_jobs()`` re-arms the unfinished jobs.
 
+``submit_delay = <seconds>`` holds back the answer to each accepted submission (the job is queued
+first), until ``answer_submissions()``: a FAL that hangs, or, past the client's timeout, an answer
+lost after FAL took the job.
+
 It runs inside the caller's event loop (``aiohttp.web``); image encoding runs in a thread.
 """
 
@@ -198,12 +202,16 @@ class FakeFalServer(LoopbackServer):
         self._image_renderer = image_renderer
         self._state_dir = state_dir
         self._restored: list[FakeFalJob] = []  # loaded from state_dir, not yet re-armed
+        self._held_answers: list[asyncio.Event] = []
 
         # Knobs a test may turn at any time.
         self.complete_after = complete_after  # seconds until a job ends by itself; None: only on complete()
         self.training_complete_after = training_complete_after  # the same for trainings; None: complete_after
         self.nsfw_flags: list[bool] = []  # has_nsfw_concepts of the next image outputs (missing: False)
         self.published_keys: list[str] = ["test"]  # key names served in the JWKS (append "unknown" to rotate)
+        # Seconds an accepted submission's answer is held back (the job is queued first): a slow
+        # FAL, or with more than the client's timeout an answer lost after FAL took the job.
+        self.submit_delay = 0.0
 
         # What happened, for assertions.
         self.jobs: dict[str, FakeFalJob] = {}
@@ -269,6 +277,12 @@ class FakeFalServer(LoopbackServer):
     def outage(self, times: int = 1, status: int = 503) -> None:
         """Answer the next ``times`` queue API calls (any kind) with an ingress error page."""
         self._outages.extend([status] * times)
+
+    def answer_submissions(self) -> None:
+        """Send the answers held back by ``submit_delay`` now."""
+        for waiting in self._held_answers:
+            waiting.set()
+        self._held_answers.clear()
 
     def start_job(self, request_id: str) -> None:
         """Move a queued job to IN_PROGRESS."""
@@ -451,6 +465,11 @@ class FakeFalServer(LoopbackServer):
             self.submissions.append(job)
             self._submitted.notify_all()
         self._arm(job)
+        if self.submit_delay > 0:
+            answer = asyncio.Event()
+            self._held_answers.append(answer)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answer.wait(), self.submit_delay)
         urls = self._urls(job)
         return web.json_response(
             {

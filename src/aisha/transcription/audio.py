@@ -8,10 +8,17 @@ so peak memory stays flat however long the recording is.
 The steps:
 
 1. :func:`probe` reads the container header with ``ffmpeg -i`` (no ffprobe: the ``imageio-ffmpeg``
-   wheel ships only ffmpeg). It refuses a file with no audio stream, an empty or undecodable one,
-   and one longer than the configured maximum, before anything is charged.
+   wheel ships only ffmpeg). It refuses a file that is not a recording (a playlist, a concat list,
+   an image sequence: see ``ALLOWED_DEMUXERS``), one with no audio stream, an empty or undecodable
+   one, and one whose header says it is longer than the maximum, before anything is charged. The
+   header's duration is only a claim: it prices the first hold, never the bill.
 2. :func:`normalize` decodes the first audio stream once into mono 16 kHz Opus in OGG and runs
-   ``silencedetect`` on the same decoded samples, in one ffmpeg pass.
+   ``silencedetect`` on the same decoded samples, in one ffmpeg pass. The length of what it decoded
+   is the real length: the one charged, and the only audio the speech API ever gets.
+
+Every input is opened as ``file:<path>`` with ``-protocol_whitelist file`` and
+``-format_whitelist``, so ffmpeg itself refuses to follow a playlist or a list of other files
+(``hls``, ``concat``…), or to reach any other protocol, whatever a file says about itself.
 3. :func:`plan_chunks` (pure) picks the cut points: near each target boundary, the middle of the
    longest silence in a window; where there is none, a hard cut, and the next chunk starts a little
    earlier so that no word is lost (the merge removes the words heard twice).
@@ -37,6 +44,7 @@ from pathlib import Path
 from typing import ClassVar
 
 __all__ = [
+    "ALLOWED_DEMUXERS",
     "MIN_AUDIO_SECONDS",
     "AudioChunk",
     "AudioConfig",
@@ -55,6 +63,7 @@ __all__ = [
     "PreparedAudio",
     "Silence",
     "UndecodableAudio",
+    "UnsupportedFormat",
     "chunk_file_name",
     "cut_chunks",
     "find_ffmpeg",
@@ -72,6 +81,28 @@ MIN_AUDIO_SECONDS = 0.1
 _STDERR_TAIL_LINES = 40
 _READ_SIZE = 64 * 1024
 
+# The demuxers of real recordings (ffmpeg's short names; "mov" covers mp4/m4a/3gp, "matroska"
+# webm). Never a demuxer that opens other files or URLs (hls, concat, dash, image2, sdp, …).
+ALLOWED_DEMUXERS = (
+    "aac",
+    "aiff",
+    "amr",
+    "asf",
+    "avi",
+    "caf",
+    "flac",
+    "flv",
+    "matroska",
+    "mov",
+    "mp3",
+    "mpeg",
+    "mpegts",
+    "ogg",
+    "w64",
+    "wav",
+)
+_FORMAT_REFUSED = "Format not on whitelist"
+
 
 # ------------------------------------------------------------------------------------- errors
 
@@ -81,6 +112,7 @@ class AudioErrorReason(StrEnum):
     EMPTY = "empty"
     UNDECODABLE = "undecodable"
     TOO_LONG = "too_long"
+    UNSUPPORTED_FORMAT = "unsupported_format"
 
 
 class AudioError(Exception):
@@ -101,13 +133,21 @@ class UndecodableAudio(AudioError):
     reason = AudioErrorReason.UNDECODABLE
 
 
+class UnsupportedFormat(AudioError):
+    """A playlist, a list of files, or any container that is not a recording: never opened."""
+
+    reason = AudioErrorReason.UNSUPPORTED_FORMAT
+
+
 class AudioTooLong(AudioError):
     reason = AudioErrorReason.TOO_LONG
 
-    def __init__(self, duration: float, limit: float) -> None:
-        super().__init__(f"audio lasts {duration:.1f} s, longer than the {limit:.0f} s allowed")
+    def __init__(self, duration: float, limit: float, *, exact: bool = True) -> None:
+        more = "" if exact else "more than "
+        super().__init__(f"audio lasts {more}{duration:.1f} s, longer than the {limit:.0f} s allowed")
         self.duration = duration
         self.limit = limit
+        self.exact = exact  # False: decoding stopped at `duration`, the recording goes on
 
 
 class FFmpegError(RuntimeError):
@@ -361,6 +401,19 @@ async def run_ffmpeg(
 
 # ---------------------------------------------------------------------------------------- probe
 
+
+def _input(path: str | os.PathLike[str]) -> list[str]:
+    """Options that let ffmpeg open this one local file as a recording, and nothing else."""
+    return [
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        ",".join(ALLOWED_DEMUXERS),
+        "-i",
+        f"file:{os.fspath(path)}",
+    ]
+
+
 _DURATION_RE = re.compile(r"^\s*Duration:\s*(?:(\d+):(\d+):(\d+(?:\.\d+)?)|N/A)")
 _INPUT_RE = re.compile(r"^Input #0, (.+?), from ")
 _STREAM_RE = re.compile(r"^\s*Stream #0:(\d+)\S*: (\w+): (.*)$")
@@ -402,8 +455,9 @@ def _parse_header(lines: Sequence[str]) -> tuple[str | None, float | None, list[
     return container, duration, audio, other_streams
 
 
-async def _measure_duration(path: Path, config: AudioConfig) -> float:
-    """Decode the first audio stream to nowhere and report how long it was (capped just past the limit)."""
+async def _measure_duration(path: Path, config: AudioConfig, *, cap: float | None = None) -> float:
+    """Decode the first audio stream to nowhere and report how long it was (at most ``cap``,
+    by default just past the limit)."""
     last_us = 0
 
     def stdout_line(line: str) -> None:
@@ -411,14 +465,13 @@ async def _measure_duration(path: Path, config: AudioConfig) -> float:
         if m := _TIME_RE.match(line):
             last_us = max(last_us, int(m.group(1)))
 
-    cap = config.max_duration + 1.0
+    cap = cap or config.max_duration + 1.0
     result = await run_ffmpeg(
         [
             "-nostats",
             "-progress",
             "pipe:1",
-            "-i",
-            str(path),
+            *_input(path),
             "-map",
             "0:a:0",
             "-t",
@@ -439,8 +492,9 @@ async def _measure_duration(path: Path, config: AudioConfig) -> float:
 async def probe(path: str | os.PathLike[str], *, config: AudioConfig | None = None) -> AudioInfo:
     """Check that ``path`` holds audio we can transcribe, and how long it lasts.
 
-    Raises an :class:`AudioError` (no_audio, empty, undecodable, too_long) for a file that cannot
-    be transcribed, and :class:`FFmpegError` when ffmpeg itself fails.
+    Raises an :class:`AudioError` (unsupported_format, no_audio, empty, undecodable, too_long) for
+    a file that cannot be transcribed, and :class:`FFmpegError` when ffmpeg itself fails. The
+    duration is what the header claims (measured only when it has none): see :func:`normalize`.
     """
     config = config or AudioConfig()
     path = Path(path)
@@ -451,9 +505,13 @@ async def probe(path: str | os.PathLike[str], *, config: AudioConfig | None = No
     # With no output file ffmpeg prints the input's header and exits 1 ("At least one output file
     # must be specified"); a file it cannot open has no "Input #0" line at all.
     result = await run_ffmpeg(
-        ["-i", str(path)], timeout=config.probe_timeout, ffmpeg=config.ffmpeg, on_stderr=lines.append
+        _input(path), timeout=config.probe_timeout, ffmpeg=config.ffmpeg, on_stderr=lines.append
     )
     container, duration, streams, other_streams = _parse_header(lines)
+    if any(_FORMAT_REFUSED in line for line in lines) or (
+        container is not None and not set(container.split(",")) & set(ALLOWED_DEMUXERS)
+    ):
+        raise UnsupportedFormat(f"not a recording: {container or _last_line(result.stderr_tail)}")
     if container is None or not (streams or other_streams):
         # Garbage sometimes passes for a container at a low score, but then holds no stream.
         raise UndecodableAudio(f"not a media file ffmpeg can read: {_last_line(result.stderr_tail)}")
@@ -511,7 +569,6 @@ async def normalize(
     work_dir: str | os.PathLike[str],
     *,
     config: AudioConfig | None = None,
-    expected_duration: float | None = None,
 ) -> NormalizedAudio:
     """Decode ``src`` once into mono compressed audio in ``work_dir`` and find its silences."""
     config = config or AudioConfig()
@@ -541,8 +598,7 @@ async def normalize(
     args = [
         "-nostats",
         "-y",
-        "-i",
-        str(src),
+        *_input(src),
         "-map",
         "0:a:0",
         "-map_metadata",
@@ -558,7 +614,9 @@ async def normalize(
     ]
     result = await run_ffmpeg(
         args,
-        timeout=config.timeout_for(expected_duration or cap),
+        # The header's length is only a claim: a file that says 2 s may hold hours. The timeout
+        # allows for the most we will ever decode, so a lying header is charged, not timed out.
+        timeout=config.timeout_for(cap),
         ffmpeg=config.ffmpeg,
         on_stderr=stderr_line,
     )
@@ -566,7 +624,11 @@ async def normalize(
         raise UndecodableAudio(f"the audio cannot be decoded: {_last_line(result.stderr_tail)}")
     duration = await _output_duration(dst, config)
     if duration > config.max_duration:
-        raise AudioTooLong(duration, config.max_duration)
+        # Decoding stopped just past the limit; a plain decode (no encoding, far faster) finds
+        # how long the recording really is, up to twice the limit, for the user's message.
+        cap = 2 * config.max_duration
+        real = await _measure_duration(Path(src), config, cap=cap)
+        raise AudioTooLong(min(real, cap), config.max_duration, exact=real < cap - 1.0)
     if duration < MIN_AUDIO_SECONDS:
         raise EmptyAudio(f"the audio lasts {duration:.3f} s")
     if open_start is not None:  # older ffmpeg leaves a silence running into the end unclosed
@@ -576,9 +638,7 @@ async def normalize(
 
 async def _output_duration(path: Path, config: AudioConfig) -> float:
     lines: list[str] = []
-    await run_ffmpeg(
-        ["-i", str(path)], timeout=config.probe_timeout, ffmpeg=config.ffmpeg, on_stderr=lines.append
-    )
+    await run_ffmpeg(_input(path), timeout=config.probe_timeout, ffmpeg=config.ffmpeg, on_stderr=lines.append)
     _, duration, streams, _ = _parse_header(lines)
     if duration is None or not streams:
         return 0.0
@@ -675,8 +735,7 @@ async def cut_chunks(
                     "-y",
                     "-ss",
                     f"{plan.start:.3f}",
-                    "-i",
-                    str(normalized.path),
+                    *_input(normalized.path),
                     "-t",
                     f"{plan.duration:.3f}",
                     "-map",
@@ -719,7 +778,7 @@ async def prepare_audio(
         info = await probe(src, config=config)
     elif info.duration > config.max_duration:
         raise AudioTooLong(info.duration, config.max_duration)
-    normalized = await normalize(src, work_dir, config=config, expected_duration=info.duration)
+    normalized = await normalize(src, work_dir, config=config)
     plans = plan_chunks(
         normalized.duration,
         normalized.silences,

@@ -18,6 +18,8 @@ class Transcript(UUIDPrimaryKey, Timestamps, Base):
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.telegram_id", ondelete="CASCADE"))
     status: Mapped[JobStatus] = mapped_column(str_enum(JobStatus), default=JobStatus.PENDING)
+    # Bumped by each run of the job that takes the row; its writes are conditional on it.
+    claim: Mapped[int] = mapped_column(default=0, server_default="0")
     source_kind: Mapped[str] = mapped_column(String(16))  # voice, audio, video, video_note, document
     file_name: Mapped[str | None] = mapped_column(String(256))
     audio_key: Mapped[str | None] = mapped_column(String(512))

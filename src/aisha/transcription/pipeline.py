@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from aisha.transcription.audio import AudioChunk, AudioConfig, AudioInfo, ChunkPlan, prepare_audio, probe
+from aisha.transcription.audio import (
+    AudioChunk,
+    AudioConfig,
+    AudioInfo,
+    ChunkPlan,
+    PreparedAudio,
+    prepare_audio,
+    probe,
+)
 from aisha.transcription.merge import (
     TELEGRAM_TEXT_LIMIT,
     ChunkText,
@@ -183,7 +191,7 @@ class TranscriptionPipeline:
         return self._audio
 
     async def probe(self, path: str | os.PathLike[str]) -> AudioInfo:
-        """Refuse a file that cannot be transcribed, before any charge; its duration prices it."""
+        """Refuse a file that cannot be transcribed, before any charge; its header's duration is a claim."""
         return await probe(path, config=self._audio)
 
     async def transcribe(
@@ -204,12 +212,35 @@ class TranscriptionPipeline:
         """
         work = await asyncio.to_thread(tempfile.mkdtemp, prefix="aisha-transcribe-", dir=self._work_root)
         try:
-            prepared = await prepare_audio(path, work, config=self._audio, info=info)
-            results, attempts = await self._transcribe_chunks(
-                prepared.chunks, language=language, prompt=prompt, on_progress=on_progress
+            prepared = await self.prepare(path, work, info=info)
+            return await self.transcribe_prepared(
+                prepared, language=language, prompt=prompt, on_progress=on_progress
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def prepare(
+        self, path: str | os.PathLike[str], work_dir: str | os.PathLike[str], *, info: AudioInfo | None = None
+    ) -> PreparedAudio:
+        """Decode the file into chunks under ``work_dir``, with no provider call yet.
+
+        ``duration`` of the result is the decoded, real length: what a caller should charge for
+        before calling :meth:`transcribe_prepared`, whatever the file's header claimed.
+        """
+        return await prepare_audio(path, work_dir, config=self._audio, info=info)
+
+    async def transcribe_prepared(
+        self,
+        prepared: PreparedAudio,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Transcription:
+        """Send the chunks of :meth:`prepare` to the provider and merge what it heard."""
+        results, attempts = await self._transcribe_chunks(
+            prepared.chunks, language=language, prompt=prompt, on_progress=on_progress
+        )
         texts = [
             ChunkText(r.text, start=c.start, overlap=c.plan.overlap, segments=r.segments)
             for c, r in zip(prepared.chunks, results, strict=True)

@@ -386,13 +386,14 @@ def create_router(services: Services) -> Router:
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
         await state.update_data({DRAFT_KEY: None})
-        # The options message becomes the one status message the job keeps editing.
-        await message.edit_text(t("generation.status.queued"))
+        # The options message becomes the one status message the job keeps editing (written
+        # before any Bot API call, so the update's work is complete when Telegram is called).
         await service.set_status_message(
             session=session, generation=generation, message_id=message.message_id
         )
         generation_id = generation.id
         after_commit(session, lambda: service.enqueue(generation_id))
+        await message.edit_text(t("generation.status.queued"))
         await query.answer()
 
     # --- entry points ----------------------------------------------------------------------------
@@ -559,13 +560,15 @@ def create_router(services: Services) -> Router:
             except (AvatarNotReady, GenerationUnavailable):
                 await query.answer(t("generation.unavailable"), show_alert=True)
                 return
-            await query.answer()
-            status = await message.answer(t("generation.status.queued"))
+            # The offer's message becomes the status message: its id is known before Telegram
+            # is called, so nothing is written after.
             await service.set_status_message(
-                session=session, generation=generation, message_id=status.message_id
+                session=session, generation=generation, message_id=message.message_id
             )
             new_id = generation.id
             after_commit(session, lambda: service.enqueue(new_id))
+            await message.edit_text(t("generation.status.queued"))
+            await query.answer()
         elif action == "file":
             files = await service.images(session=session, user_id=user_id, generation_id=generation_id)
             await query.answer()
