@@ -71,7 +71,7 @@ async def _balance(app: Runtime, user_id: int) -> int:
         return await app.services.ledger.get_balance(session=session, user_id=user_id)
 
 
-async def _pay(telegram: FakeTelegramServer, app: Runtime, user: FakeUser, charge_id: str) -> None:
+async def _pay(telegram: FakeTelegramServer, app: Runtime, user: FakeUser, charge_id: str) -> Any:
     """A top-up of the "m" package (100 Stars, 110 credits) with this Telegram charge id."""
     package = app.services.prices.package("m")
     assert package is not None
@@ -85,7 +85,7 @@ async def _pay(telegram: FakeTelegramServer, app: Runtime, user: FakeUser, charg
             telegram_payment_charge_id=charge_id,
         )
     )
-    await telegram.wait_for_call("sendMessage", _to(user.id))
+    return await telegram.wait_for_call("sendMessage", _to(user.id))
 
 
 async def _write(telegram: FakeTelegramServer, user: FakeUser, text: str | None = None, **media: Any) -> Any:
@@ -229,7 +229,10 @@ async def test_text_in_support_is_no_prompt_and_costs_nothing(
     # The menu's buttons and other commands still work mid-conversation.
     balance = await say(telegram, ALICE, "💰 Balance")
     assert "Balance: <b>110</b>" in balance.params["text"]
-    assert await _balance(app, ALICE.id) == 110
+    # A payment mid-conversation is credited as ever, not passed on as a message.
+    thanks = await _pay(telegram, app, ALICE, "stxCharge-alice-3")
+    assert thanks.params["text"].startswith("Thank you! 110 credits added")
+    assert await _balance(app, ALICE.id) == 220
     assert await count(db, ImageGeneration) == 0
     assert await count(db, CreditHold) == 0
     assert fal.submissions == []
@@ -308,3 +311,26 @@ async def test_support_is_in_the_menu_and_in_help(
         "Написать в поддержку"
     )
     assert "/support" in (await say(telegram, EVE, "/help")).params["text"]
+
+
+async def test_operators_who_blocked_the_bot_are_passed_over(
+    telegram: FakeTelegramServer, app: Runtime
+) -> None:
+    await _open_support(telegram, ALICE)
+    await say(telegram, ALICE, "/support")
+    # Both operators blocked the bot: the user is told, not left waiting for an answer.
+    telegram.fail_nth("copyMessage", Fault.FORBIDDEN, n=1)
+    telegram.fail_nth("copyMessage", Fault.FORBIDDEN, n=2)
+    ack = await _write(telegram, ALICE, "hello?")
+    assert ack.params["text"].startswith("Sorry, your message could not be passed on to support")
+    assert not any(
+        "Support request" in t for t in _texts_to(telegram, ADMIN.id) + _texts_to(telegram, ADMIN_RU.id)
+    )
+
+    # One of them blocked it: the other gets the message, with the full card (none was sent yet).
+    telegram.fail_nth("copyMessage", Fault.FORBIDDEN, n=1)
+    ack = await _write(telegram, ALICE, "hello again")
+    assert ack.params["text"].startswith("✅ Your message was passed on to support")
+    assert not any("Support request" in t for t in _texts_to(telegram, ADMIN.id))
+    assert any("Обращение в поддержку" in t for t in _texts_to(telegram, ADMIN_RU.id))
+    assert telegram.chat_messages(ADMIN_RU.id)[-2]["text"] == "hello again"

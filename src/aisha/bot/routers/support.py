@@ -140,9 +140,9 @@ async def user_writes(
 ) -> None:
     support, translator = services.support, services.translator
     card = await support.card(session=session, user_id=user.telegram_id)
-    operators = await support.operators(session=session)
     if card is None:  # deleted meanwhile; the middleware registers a user before this runs
         return
+    operators = await support.operators(session=session)
     # The full card with the first message; a short pointer with the ones after it.
     first = not (await state.get_data()).get("delivered")
     delivered = 0
@@ -229,7 +229,7 @@ async def operator_writes(
     header = services.translator.get(card.language, "support.answer_header")
     try:
         text = f"{header}\n{message.html_text}" if message.text is not None else ""
-        if text and len(text) <= TEXT_LIMIT:
+        if text and len(text.encode("utf-16-le")) // 2 <= TEXT_LIMIT:  # Telegram counts UTF-16
             await bot.send_message(card.telegram_id, text)
         else:  # media, or a text too long to carry the line: the line, then the message as it is
             await bot.send_message(card.telegram_id, header)
