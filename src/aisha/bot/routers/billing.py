@@ -1,4 +1,5 @@
-"""/balance with history, /prices, top-ups with Telegram Stars, /paysupport, /terms, admin refunds."""
+"""/balance with history, /prices, top-ups with Telegram Stars, /terms, admin refunds (/paysupport:
+see the support router)."""
 
 from __future__ import annotations
 
@@ -211,10 +212,6 @@ def create_router(services: Services) -> Router:
             await message.answer(
                 t("billing.thanks", credits=result.credits, balance=result.balance, count=result.credits)
             )
-
-    @router.message(Command("paysupport"))
-    async def paysupport(message: Message, t: Texts) -> None:
-        await message.answer(t("billing.paysupport"))
 
     @router.message(Command("terms"))
     async def terms(message: Message, t: Texts) -> None:
