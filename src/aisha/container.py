@@ -51,6 +51,7 @@ from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier
 from aisha.providers.openai_transcriber import OpenAITranscriber
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
+from aisha.support.service import SupportService
 from aisha.transcription.audio import AudioConfig
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
 from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
@@ -89,6 +90,7 @@ class Services:
     admin: AdminService = field(init=False)
     throttle: Throttle | None = None  # per-user rate limit; None when THROTTLE_RATE=0
     privacy: PrivacyService = field(init=False)
+    support: SupportService = field(init=False)
     locks: UserLocks = field(default_factory=UserLocks)  # one operation per user at a time
     notices: NoticeService = field(init=False)  # messages owed, sent after commit
 
@@ -152,6 +154,7 @@ def build_services(
         locks=create_user_locks(settings.redis_url),
     )
     services.privacy = PrivacyService(clock=clock, ledger=ledger, storage=services.storage)
+    services.support = SupportService(ledger=ledger, operator_ids=settings.admin_ids)
     services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
     services.notices = NoticeService(
         sessions=sessions,

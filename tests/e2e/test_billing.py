@@ -166,7 +166,8 @@ async def test_prices_are_shown_in_the_users_language(telegram: FakeTelegramServ
 
 async def test_paysupport_and_terms_answer(telegram: FakeTelegramServer, app: Runtime) -> None:
     user = FakeUser(id=5007, language_code="en")
-    assert "Payment support" in (await say(telegram, user, "/paysupport")).params["text"]
+    # /paysupport opens the support conversation (tests/e2e/test_support.py follows it through).
+    assert "Describe the problem" in (await say(telegram, user, "/paysupport")).params["text"]
     assert "Terms" in (await say(telegram, user, "/terms")).params["text"]
 
 

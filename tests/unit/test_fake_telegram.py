@@ -380,6 +380,35 @@ async def test_user_files_can_be_fetched_by_the_bot(server: FakeTelegramServer, 
     assert len(server.downloads) == 2
 
 
+async def test_copy_message_sends_the_bots_own_copy_and_refuses_what_telegram_refuses(
+    server: FakeTelegramServer, bot: Bot
+) -> None:
+    admin = FakeUser(id=77, first_name="Op")
+    photo = png(5, 5)
+    text = server.message_update(USER, "<b>not html</b> as typed")
+    picture = server.message_update(USER, photo=photo, caption="my receipt")
+    for update in (text, picture):
+        server.queue_update(update)
+
+    copied = await bot.copy_message(admin.id, USER.id, text["message"]["message_id"])
+    with_caption = await bot.copy_message(
+        admin.id, USER.id, picture["message"]["message_id"], caption="<b>From Ann</b>", parse_mode="HTML"
+    )
+
+    first, second = server.chat_messages(admin.id)
+    assert first["message_id"] == copied.message_id
+    assert first["text"] == "<b>not html</b> as typed" and first["from"]["is_bot"]
+    assert second["message_id"] == with_caption.message_id
+    assert second["photo"] == picture["message"]["photo"] and second["caption"] == "From Ann"
+    assert second["caption_entities"][0]["type"] == "bold"
+    with pytest.raises(TelegramBadRequest, match="message to copy not found"):
+        await bot.copy_message(admin.id, USER.id, 999)
+    payment = server.message_update(USER, successful_payment={"total_amount": 5})
+    server.queue_update(payment)
+    with pytest.raises(TelegramBadRequest, match="message can't be copied"):
+        await bot.copy_message(admin.id, USER.id, payment["message"]["message_id"])
+
+
 async def test_callback_query_can_be_answered_once(server: FakeTelegramServer, bot: Bot) -> None:
     keyboard = InlineKeyboardMarkup(
         inline_keyboard=[[InlineKeyboardButton(text="Pick", callback_data="pick:1")]]

@@ -23,7 +23,17 @@ from aisha.bot.middlewares import (
     UserMiddleware,
 )
 from aisha.bot.outgoing import OutgoingLimiter, OutgoingLimitMiddleware, create_limiter
-from aisha.bot.routers import admin, avatars, billing, generation, privacy, settings, start, transcription
+from aisha.bot.routers import (
+    admin,
+    avatars,
+    billing,
+    generation,
+    privacy,
+    settings,
+    start,
+    support,
+    transcription,
+)
 from aisha.bot.stale_callbacks import StaleCallbackAnswerMiddleware
 from aisha.bot.updates import SkipUnreadableUpdatesMiddleware
 from aisha.config import Settings
@@ -86,6 +96,9 @@ def create_dispatcher(services: Services) -> Dispatcher:
     dispatcher.include_routers(
         # Admin first: its commands must never be taken for a prompt or a wizard's input.
         admin.create_router(services),
+        # Next: inside a support conversation, a text or a voice goes to the operators, never to
+        # generation or transcription (no paid action), and /cancel leaves it.
+        support.create_router(services),
         # Before start's /cancel: inside the avatar wizard, /cancel must also remove the uploads.
         avatars.create_cancel_router(services),
         start.create_router(services),

@@ -11,7 +11,8 @@ from aisha.i18n import Translator
 
 log = structlog.get_logger(__name__)
 
-# What a user looks for most, first; admin and payment-support commands stay out of the menu.
+# What a user looks for most, first; admin commands stay out of the menu (/paysupport, which
+# Telegram asks payment bots to have, opens the same conversation as /support).
 MENU_COMMANDS = (
     "avatar",
     "generate",
@@ -22,6 +23,7 @@ MENU_COMMANDS = (
     "topup",
     "prices",
     "settings",
+    "support",
     "help",
     "cancel",
 )

@@ -138,6 +138,10 @@ _CHAT_ACTIONS = frozenset(
 # Update types Telegram leaves out unless asked for explicitly.
 _OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 _MEDIA_KINDS = ("photo", "video", "animation", "audio", "document", "voice", "video_note", "sticker")
+# What copyMessage carries over; a message with none of it (a service message, an invoice, a
+# payment) can't be copied, as on Telegram.
+_COPYABLE = (*_MEDIA_KINDS, "text", "location", "contact", "poll", "dice", "venue")
+_COPIED_FIELDS = (*_COPYABLE, "entities", "caption", "caption_entities", "link_preview_options")
 _BUTTON_ACTIONS = frozenset(
     {
         "callback_data",
@@ -438,6 +442,7 @@ class FakeTelegramServer(LoopbackServer):
             "deleteWebhook": self._delete_webhook,
             "getWebhookInfo": self._get_webhook_info,
             "sendMessage": self._send_message,
+            "copyMessage": self._copy_message,
             "editMessageText": self._edit_message_text,
             "editMessageCaption": self._edit_message_caption,
             "editMessageReplyMarkup": self._edit_message_reply_markup,
@@ -1345,6 +1350,25 @@ class FakeTelegramServer(LoopbackServer):
         if isinstance(req.params.get("link_preview_options"), dict):
             content["link_preview_options"] = req.params["link_preview_options"]
         return self._new_bot_message(chat_id, req.params, content)
+
+    async def _copy_message(self, req: _Request) -> JsonDict:
+        """A copy of a message the bot can see, sent as the bot's own; returns a MessageId only.
+        A new caption replaces a media message's one; a text message has none to replace."""
+        chat_id = _chat_id(req.params)
+        from_chat_id = _int(req.params, "from_chat_id")
+        stored = self._chats.get(from_chat_id, _ChatLog()).messages.get(_int(req.params, "message_id"))
+        if stored is None:
+            raise _bad_request("message to copy not found")
+        original = stored.message
+        if "invoice" in original or not any(kind in original for kind in _COPYABLE):
+            raise _bad_request("message can't be copied")
+        content = {key: copy.deepcopy(original[key]) for key in _COPIED_FIELDS if key in original}
+        if req.params.get("caption") is not None and "text" not in original:
+            content.pop("caption", None)
+            content.pop("caption_entities", None)
+            content.update(_caption_content(req.params))
+        sent = self._new_bot_message(chat_id, req.params, content)
+        return {"message_id": sent["message_id"]}
 
     def _media_sender(self, kind: str) -> _Handler:
         async def send(req: _Request) -> JsonDict:

@@ -1,4 +1,5 @@
-"""/balance with history, /prices, top-ups with Telegram Stars, /paysupport, /terms, admin refunds."""
+"""/balance with history, /prices, top-ups with Telegram Stars, /terms, admin refunds (/paysupport:
+see the support router)."""
 
 from __future__ import annotations
 
@@ -225,10 +226,6 @@ def create_router(services: Services) -> Router:
             user_id=user.telegram_id,
             telegram_payment_charge_id=refund.telegram_payment_charge_id,
         )
-
-    @router.message(Command("paysupport"))
-    async def paysupport(message: Message, t: Texts) -> None:
-        await message.answer(t("billing.paysupport"))
 
     @router.message(Command("terms"))
     async def terms(message: Message, t: Texts) -> None:

@@ -1,0 +1,272 @@
+"""/support and /paysupport: a person writes, every operator gets it, an operator answers.
+
+The user's side is a state (Support.asking): each message they send is copied to every operator
+(copyMessage keeps a photo, a voice or a document as it was sent) under their card with a Reply
+button. This router sits above generation and transcription, so in that state a text is never a
+prompt and a voice never a paid transcription. The operator's side is a state too
+(Support.answering, the user's id in its data): each message goes to that user under a "Support:"
+line in the user's language. /cancel leaves either. Reply's callback data names a user and anyone
+can forge it: the handler checks who pressed it.
+
+Nothing is stored: the conversation lives in the two Telegram chats.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from aiogram import Bot, F, Router, html
+from aiogram.enums import ContentType
+from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
+from aiogram.filters import Command, StateFilter
+from aiogram.filters.callback_data import CallbackData
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aisha.bot.keyboards import MAIN_MENU, main_menu
+from aisha.i18n import Texts
+from aisha.support.service import SupportCard
+from aisha.users.models import User
+
+if TYPE_CHECKING:
+    from aisha.container import Services
+
+log = structlog.get_logger(__name__)
+TEXT_LIMIT = 4096
+
+# What copyMessage carries as it was sent. Anything else (a payment, a service message) goes on to
+# its own handler, also in the middle of a support conversation.
+COPYABLE = frozenset(
+    {
+        ContentType.TEXT,
+        ContentType.PHOTO,
+        ContentType.DOCUMENT,
+        ContentType.VOICE,
+        ContentType.AUDIO,
+        ContentType.VIDEO,
+        ContentType.VIDEO_NOTE,
+        ContentType.ANIMATION,
+        ContentType.STICKER,
+        ContentType.LOCATION,
+        ContentType.CONTACT,
+    }
+)
+
+
+class Support(StatesGroup):
+    asking = State()  # a user writing to support
+    answering = State()  # an operator answering data["user_id"]
+
+
+class SupportReply(CallbackData, prefix="supr"):
+    user_id: int
+
+
+# --- presentation ---------------------------------------------------------------------------------
+
+
+def user_label(card: SupportCard) -> str:
+    name = " ".join(part for part in (card.first_name, card.last_name) if part)
+    ident = f"<code>{card.telegram_id}</code>"
+    return f"{html.quote(name)} ({ident})" if name else ident
+
+
+def card_text(t: Texts, card: SupportCard) -> str:
+    when = t("support.date_format")
+    payments = [
+        t(
+            "support.payment_line",
+            when=p.created_at.strftime(when),
+            stars=p.stars,
+            credits=p.credits,
+            count=p.credits,
+            status=t(f"support.payment_status.{p.status.value}"),
+            charge_id=html.quote(p.charge_id),
+        )
+        for p in card.payments
+    ]
+    holds = [
+        t(
+            "support.hold_line",
+            amount=h.amount,
+            count=h.amount,
+            reference=html.quote(h.reference),
+            when=h.created_at.strftime(when),
+        )
+        for h in card.holds
+    ]
+    return t(
+        "support.card",
+        user=user_label(card),
+        username=f"@{html.quote(card.username)}" if card.username else t("support.none"),
+        language=card.language,
+        balance=card.balance,
+        held=card.held,
+        payments="\n".join(payments) or t("support.none"),
+        holds="\n".join(holds) or t("support.none"),
+    )
+
+
+def reply_keyboard(t: Texts, user_id: int) -> InlineKeyboardMarkup:
+    button = InlineKeyboardButton(
+        text=t("support.button.reply"), callback_data=SupportReply(user_id=user_id).pack()
+    )
+    return InlineKeyboardMarkup(inline_keyboard=[[button]])
+
+
+# --- the user's side ------------------------------------------------------------------------------
+
+
+async def open_support(message: Message, t: Texts, state: FSMContext, services: Services) -> None:
+    if not services.support.available:
+        await message.answer(t("support.unavailable"))
+        return
+    await state.set_state(Support.asking)
+    await state.set_data({})
+    await message.answer(t("support.ask"))
+
+
+async def user_writes(
+    message: Message,
+    session: AsyncSession,
+    user: User,
+    t: Texts,
+    state: FSMContext,
+    bot: Bot,
+    services: Services,
+) -> None:
+    support, translator = services.support, services.translator
+    card = await support.card(session=session, user_id=user.telegram_id)
+    if card is None:  # deleted meanwhile; the middleware registers a user before this runs
+        return
+    operators = await support.operators(session=session)
+    # The full card with the first message; a short pointer with the ones after it.
+    first = not (await state.get_data()).get("delivered")
+    delivered = 0
+    for operator in operators:
+        ot = translator.bind(operator.language or translator.default_locale)
+        header = card_text(ot, card) if first else ot("support.more", user=user_label(card))
+        try:
+            copied = await bot.copy_message(operator.telegram_id, message.chat.id, message.message_id)
+            await bot.send_message(
+                operator.telegram_id,
+                header,
+                reply_markup=reply_keyboard(ot, card.telegram_id),
+                reply_parameters=ReplyParameters(message_id=copied.message_id),
+            )
+        except TelegramAPIError as error:  # this operator blocked the bot or never started it
+            log.warning("support.operator_unreachable", operator_id=operator.telegram_id, error=error.message)
+            continue
+        delivered += 1
+    log.info("support.message_passed_on", user_id=user.telegram_id, operators=delivered)
+    if not delivered:
+        await message.answer(t("support.not_delivered"))
+        return
+    await state.update_data(delivered=True)
+    await message.answer(t("support.passed_on" if first else "support.passed_on_more"))
+
+
+async def user_leaves(message: Message, t: Texts, state: FSMContext) -> None:
+    await state.clear()
+    await message.answer(t("support.closed"), reply_markup=main_menu(t))
+
+
+# --- the operator's side --------------------------------------------------------------------------
+
+
+async def reply_pressed(
+    query: CallbackQuery,
+    callback_data: SupportReply,
+    session: AsyncSession,
+    t: Texts,
+    state: FSMContext,
+    bot: Bot,
+    services: Services,
+) -> None:
+    support = services.support
+    if not support.is_operator(user_id=query.from_user.id):
+        log.warning("support.forbidden_reply", user_id=query.from_user.id)
+        await query.answer(t("errors.bad_button"), show_alert=True)
+        return
+    card = await support.card(session=session, user_id=callback_data.user_id)
+    if card is None:
+        await query.answer(t("support.no_such_user"), show_alert=True)
+        return
+    await state.set_state(Support.answering)
+    await state.set_data({"user_id": card.telegram_id})
+    await query.answer()
+    await bot.send_message(query.from_user.id, t("support.write_answer", user=user_label(card)))
+
+
+async def answering_card(session: AsyncSession, state: FSMContext, services: Services) -> SupportCard | None:
+    """The user being answered; None (and reply mode ended) when the data is broken or the user
+    was deleted meanwhile."""
+    user_id = (await state.get_data()).get("user_id")
+    card = None
+    if isinstance(user_id, int):
+        card = await services.support.card(session=session, user_id=user_id)
+    if card is None:
+        await state.clear()
+    return card
+
+
+async def operator_writes(
+    message: Message,
+    session: AsyncSession,
+    t: Texts,
+    state: FSMContext,
+    bot: Bot,
+    services: Services,
+) -> None:
+    card = await answering_card(session, state, services)
+    if card is None:
+        await message.answer(t("support.no_such_user"))
+        return
+    # The user reads the "Support:" line in their own language, not the operator's.
+    header = services.translator.get(card.language, "support.answer_header")
+    try:
+        text = f"{header}\n{message.html_text}" if message.text is not None else ""
+        if text and len(text.encode("utf-16-le")) // 2 <= TEXT_LIMIT:  # Telegram counts UTF-16
+            await bot.send_message(card.telegram_id, text)
+        else:  # media, or a text too long to carry the line: the line, then the message as it is
+            await bot.send_message(card.telegram_id, header)
+            await bot.copy_message(card.telegram_id, message.chat.id, message.message_id)
+    except TelegramForbiddenError:
+        await state.clear()
+        await message.answer(t("support.answer_blocked", user=user_label(card)))
+        return
+    except TelegramAPIError as error:
+        await message.answer(
+            t("support.answer_failed", user=user_label(card), error=html.quote(error.message))
+        )
+        return
+    log.info("support.answered", user_id=card.telegram_id, operator_id=message.chat.id)
+    await message.answer(t("support.answer_delivered", user=user_label(card)))
+
+
+async def operator_leaves(message: Message, t: Texts, state: FSMContext) -> None:
+    await state.clear()
+    await message.answer(t("support.answer_closed"))
+
+
+def create_router(services: Services) -> Router:
+    """Above every feature that takes free text, photos or voice; below admin's commands."""
+    router = Router(name="support")
+    translator = services.translator
+    menu_texts = {
+        translator.get(locale, key) for locale in translator.locales for row in MAIN_MENU for key in row
+    }
+    operator = F.from_user.id.in_(services.settings.admin_ids)
+    # Commands and the menu's buttons pass through: /balance works mid-conversation, /cancel ends it.
+    written = (F.content_type.in_(COPYABLE), ~F.text.startswith("/"), ~F.text.in_(menu_texts))
+
+    router.message.register(open_support, Command("support", "paysupport"))
+    router.message.register(user_leaves, Command("cancel"), StateFilter(Support.asking))
+    router.message.register(user_writes, StateFilter(Support.asking), F.chat.type == "private", *written)
+    router.callback_query.register(reply_pressed, SupportReply.filter())
+    router.message.register(operator_leaves, Command("cancel"), StateFilter(Support.answering))
+    router.message.register(operator_writes, StateFilter(Support.answering), operator, *written)
+    return router
