@@ -8,6 +8,7 @@ from datetime import timedelta
 from aisha.billing import LedgerService, PaymentService, PaymentStatus, PriceList
 from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
+from aisha.i18n import Translator
 from aisha.support.service import RECENT_PAYMENTS, SupportService
 from aisha.users.models import User
 from tests.conftest import Database
@@ -55,7 +56,8 @@ async def test_card_shows_the_newest_payments_with_status_and_the_open_holds(db:
         "charge-3",
         "charge-2",
     ]
-    assert [p.status for p in card.payments] == [PaymentStatus.REFUNDED] + [PaymentStatus.PAID] * 4
+    # The refund is under way: Telegram's refundStarPayment comes after commit (complete_refund).
+    assert [p.status for p in card.payments] == [PaymentStatus.REFUNDING] + [PaymentStatus.PAID] * 4
     assert (card.payments[1].stars, card.payments[1].credits) == (package.stars, package.credits)
     assert [h.id for h in card.holds] == [kept.hold_id]
     assert card.held == 7
@@ -64,3 +66,17 @@ async def test_card_shows_the_newest_payments_with_status_and_the_open_holds(db:
     assert [(o.telegram_id, o.language) for o in operators] == [(ADMIN, "ru"), (STRANGER, None)]
     assert support.available and support.is_operator(user_id=ADMIN) and not support.is_operator(user_id=ALICE)
     assert not SupportService(ledger=ledger, operator_ids=frozenset()).available
+
+
+def test_every_payment_status_reads_in_both_languages() -> None:
+    translator = Translator.load()
+    labels = {
+        locale: [
+            translator.bind(locale)(f"support.payment_status.{status.value}") for status in PaymentStatus
+        ]
+        for locale in ("en", "ru")
+    }
+    assert labels == {
+        "en": ["paid", "refund under way", "refunded"],
+        "ru": ["оплачен", "возврат в процессе", "возвращён"],
+    }
