@@ -47,6 +47,7 @@ from aisha.transcription.merge import (
 
 __all__ = [
     "ChunkResult",
+    "LanguageNotSupported",
     "ProgressCallback",
     "RetryPolicy",
     "Segment",
@@ -100,6 +101,16 @@ class TranscriptionFailed(Exception):
         self.chunk_index = chunk_index
         self.attempts = attempts
         self.status = status
+
+
+class LanguageNotSupported(TranscriptionFailed):
+    """The recognizer cannot transcribe this language (an English-only local model asked for
+    Russian, say); raised before any chunk is sent, and the user should be refunded."""
+
+    def __init__(self, language: str, *, model: str | None = None) -> None:
+        super().__init__(f"{model or 'the model'} cannot transcribe {language!r}", chunk_index=0, attempts=0)
+        self.language = language
+        self.model = model
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +213,7 @@ class TranscriptionPipeline:
         ``info`` a probe result already at hand. Work files live in a temporary directory that is
         removed at the end, whatever happens.
         """
+        await self._check_language(language)
         work = await asyncio.to_thread(tempfile.mkdtemp, prefix="aisha-transcribe-", dir=self._work_root)
         try:
             prepared = await prepare_audio(path, work, config=self._audio, info=info)
@@ -224,6 +236,13 @@ class TranscriptionPipeline:
             attempts=attempts,
             audio_seconds=sum(c.plan.duration for c in prepared.chunks),
         )
+
+    async def _check_language(self, language: str | None) -> None:
+        """A recognizer that knows its languages (a local model) refuses others before any work."""
+        supports = getattr(self._transcriber, "supports_language", None)
+        if supports is None or await supports(language):
+            return
+        raise LanguageNotSupported(language or "?", model=getattr(self._transcriber, "model", None))
 
     async def _transcribe_chunks(
         self,

@@ -37,7 +37,12 @@ from aisha.messaging import Button, FileTooLarge, Messenger
 from aisha.storage import ObjectStorage
 from aisha.transcription.audio import AudioError, FFmpegError
 from aisha.transcription.models import Transcript
-from aisha.transcription.pipeline import Transcription, TranscriptionFailed, TranscriptionPipeline
+from aisha.transcription.pipeline import (
+    LanguageNotSupported,
+    Transcription,
+    TranscriptionFailed,
+    TranscriptionPipeline,
+)
 from aisha.users.models import User
 
 log = structlog.get_logger(__name__)
@@ -308,6 +313,10 @@ class TranscriptionService:
             result = await pipeline.transcribe(
                 source, language=user_language, info=info, on_progress=progress
             )
+        except LanguageNotSupported:  # an English-only local model, asked for Russian
+            text = t("transcription.error.language_unsupported")
+            await self._release_and_fail(run, "language_unsupported", text)
+            return
         except (TranscriptionFailed, AudioError, FFmpegError) as error:
             log.warning("transcription.failed", transcript_id=str(transcript.id), error=str(error))
             await self._release_and_fail(run, "provider_failed", t("transcription.error.provider_failed"))
