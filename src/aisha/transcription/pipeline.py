@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -157,9 +158,14 @@ class Transcription:
         return split_message(self.text, limit)
 
 
+_PROMPT_TOLERANCE = 0.25  # seconds a segment may end past the next chunk's start and still prompt it
+_TRAILING_ELLIPSIS = re.compile(r"\s*(?:\.{2,}|…)\s*$")
+
+
 def prompt_tail(text: str, max_chars: int) -> str:
-    """The last ``max_chars`` characters of ``text``, starting at a word boundary."""
-    text = text.strip()
+    """The last ``max_chars`` characters of ``text``, starting at a word boundary. A trailing
+    ellipsis (a sentence cut off at the chunk's end) is dropped: a model would carry it on."""
+    text = _TRAILING_ELLIPSIS.sub("", text.strip())
     if len(text) <= max_chars:
         return text
     tail = text[-max_chars:]
@@ -262,9 +268,19 @@ class TranscriptionPipeline:
 
         def prompt_for(index: int) -> str | None:
             previous = results[index - 1] if index > 0 else None
-            tail = prompt_tail(previous.text, self._prompt_chars) if previous is not None else ""
+            tail = prompt_tail(said_before(index, previous), self._prompt_chars) if previous else ""
             joined = " ".join(p for p in (prompt or "", tail) if p.strip())
             return joined or None
+
+        def said_before(index: int, previous: ChunkResult) -> str:
+            """The previous chunk's text said before this chunk starts. After a hard cut this one
+            hears the overlap again: a prompt ending in those words (often garbled at the cut)
+            makes a model take them as already said and skip what follows."""
+            plan = chunks[index].plan
+            if plan.overlap <= 0 or not previous.segments:
+                return previous.text
+            limit = plan.start - chunks[index - 1].start + _PROMPT_TOLERANCE
+            return " ".join(s.text.strip() for s in previous.segments if s.end <= limit)
 
         async def run(chunk: AudioChunk) -> None:
             nonlocal done, attempts
