@@ -353,7 +353,7 @@ def _transcriber(settings: Settings) -> OpenAITranscriber | LocalTranscriber | N
     """The speech backend: TRANSCRIPTION_BACKEND when set; else the OpenAI-compatible API when
     OPENAI_API_KEY is set, else the local Whisper when a model is available; else none."""
     backend = settings.transcription_backend
-    local = _local_model(settings)
+    local = local_speech_model(settings)
     if backend is None:
         if settings.openai_api_key:
             backend = TranscriptionBackend.OPENAI
@@ -381,7 +381,7 @@ def _transcriber(settings: Settings) -> OpenAITranscriber | LocalTranscriber | N
     )
 
 
-def _local_model(settings: Settings) -> LocalModel | None:
+def local_speech_model(settings: Settings) -> LocalModel | None:
     """WHISPER_MODEL's folder, or the bundled tiny.en; None without faster-whisper or a model."""
     if settings.whisper_model:
         try:
