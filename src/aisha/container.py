@@ -315,11 +315,7 @@ def _wire_transcription(services: Services) -> None:
             # below real time on a large model, so a chunk gets four times its length.
             concurrency = transcriber.workers
             retry = replace(retry, attempt_timeout=max(600.0, 4.0 * settings.transcription_chunk_seconds))
-            if "transcription_minute" not in prices.costs.model_fields_set:
-                # Recognized on our own CPU: no provider bills it, unless the operator prices it.
-                prices = prices.model_copy(
-                    update={"costs": prices.costs.model_copy(update={"transcription_minute": 0})}
-                )
+            prices = local_speech_prices(prices)
         pipeline = TranscriptionPipeline(transcriber, audio=audio, concurrency=concurrency, retry=retry)
     services.transcription = TranscriptionService(
         sessions=services.sessions,
@@ -347,6 +343,14 @@ def _wire_transcription(services: Services) -> None:
         return len(stuck)
 
     services.recovery.register("transcription.stuck", redrive)
+
+
+def local_speech_prices(prices: PriceList) -> PriceList:
+    """Speech recognized on our own CPU: no provider bills it, so its cost in the margin
+    figures is 0, unless the operator priced it (PROVIDER_COST_TRANSCRIPTION_MINUTE or the file)."""
+    if "transcription_minute" in prices.costs.model_fields_set:
+        return prices
+    return prices.model_copy(update={"costs": prices.costs.model_copy(update={"transcription_minute": 0})})
 
 
 def _transcriber(settings: Settings) -> OpenAITranscriber | LocalTranscriber | None:

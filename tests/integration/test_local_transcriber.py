@@ -106,3 +106,14 @@ def test_backend_rule(model: object, tmp_path: Path) -> None:
         backend(transcription_backend="openai")
     with pytest.raises(ConfigError, match="WHISPER_MODEL"):
         backend(transcription_backend="local", whisper_model=str(tmp_path))
+
+
+def test_local_speech_costs_nothing_unless_the_operator_prices_it() -> None:
+    from aisha.billing.prices import load_prices
+    from aisha.container import local_speech_prices
+
+    assert load_prices(environ={}).transcription_cost_micro_usd(90) == 12_000  # whisper-1: 2 minutes
+    assert local_speech_prices(load_prices(environ={})).transcription_cost_micro_usd(90) == 0
+    priced = load_prices(environ={"PROVIDER_COST_TRANSCRIPTION_MINUTE": "500"})
+    assert local_speech_prices(priced).transcription_cost_micro_usd(90) == 1000
+    assert local_speech_prices(load_prices(environ={})).transcription_minute == 1  # the price stays
