@@ -246,7 +246,13 @@ class TranscriptionPipeline:
     async def _check_language(self, language: str | None) -> None:
         """A recognizer that knows its languages (a local model) refuses others before any work."""
         supports = getattr(self._transcriber, "supports_language", None)
-        if supports is None or await supports(language):
+        if supports is None:
+            return
+        try:
+            supported = await supports(language)
+        except Exception as exc:  # the model could not even be loaded
+            raise TranscriptionFailed(f"the recognizer failed: {exc}", chunk_index=0, attempts=1) from exc
+        if supported:
             return
         raise LanguageNotSupported(language or "?", model=getattr(self._transcriber, "model", None))
 
