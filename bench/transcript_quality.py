@@ -20,7 +20,7 @@ for the pipeline and, at the same places, for the whole pass. It prints a table 
 line, JSON: ``{"wer_whole", "wer_pipeline", "boundary_lost", "boundary_doubled", "boundaries", ...}``.
 Target: the pipeline's WER at most one point above the whole pass, no doubled words at boundaries.
 
-    .venv/bin/python bench/transcript_quality.py [--piece 60] [--beam 5] [--model DIR] [--keep DIR]
+    .venv/bin/python bench/transcript_quality.py [--piece 60] [--beam 5] [--prompt] [--model DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -171,7 +171,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             f"recording: {recording.duration / 60:.1f} min, {len(recording.words)} words,"
             f" built in {time.perf_counter() - started:.1f} s"
         )
-        transcriber = LocalTranscriber(model, threads=args.threads, workers=1, beam_size=args.beam)
+        transcriber = LocalTranscriber(
+            model, threads=args.threads, workers=1, beam_size=args.beam, use_prompt=args.prompt
+        )
         try:
             await transcriber.multilingual()  # load the model outside the timings
             started = time.perf_counter()
@@ -225,6 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "speed_pipeline": round(speed_pipeline, 1),
         "model": model.name,
         "beam": args.beam,
+        "prompt": args.prompt,
     }
 
 
@@ -236,6 +239,11 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=5, help="beam size (5, as WHISPER_BEAM_SIZE)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (2)")
     parser.add_argument("--speed", type=int, default=160, help="espeak-ng words per minute (160)")
+    parser.add_argument(
+        "--prompt",
+        action="store_true",
+        help="give the model the previous piece's last words (off by default)",
+    )
     parser.add_argument("--model", help="a CTranslate2 model folder (default: the bundled tiny.en)")
     parser.add_argument("--keep", help="keep the recording and transcripts in this folder")
     figures = asyncio.run(run(parser.parse_args()))

@@ -81,6 +81,24 @@ def test_one_word_heard_differently_inside_a_long_run_is_allowed() -> None:
     assert join("we saw a cat", "saw the cat run") == "we saw a cat saw the cat run"
 
 
+def test_real_junctions_of_tiny_en_at_hard_cuts() -> None:
+    # From bench/transcript_quality.py with 40 s pieces: both pieces garble the overlap.
+    assert (
+        join(
+            "that to secure these rights, government service.",
+            "the curvy rights. Government's are instituted among men",
+        )
+        == "that to secure these rights, Government's are instituted among men"
+    )
+    assert (
+        join(
+            "the present Kidding on Great Britain is a history on repeat the victory",
+            "and killing a great return in a history of repeated injuries and usurpations",
+        )
+        == "the present Kidding on Great Britain is a history of repeated injuries and usurpations"
+    )
+
+
 def test_a_common_pair_far_from_the_edges_is_not_an_overlap() -> None:
     # "of the" after dropping three words in all is too weak a proof to delete anything.
     assert (

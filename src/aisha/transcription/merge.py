@@ -8,8 +8,9 @@ the longest run of words that ends the previous text and starts the next one, co
 case or punctuation, within a bounded window. Whisper often garbles the word cut in half at the
 very edge of a chunk, or makes up a few words there ("Yes, in the..."), so the run may stop up to
 ``slack`` words before the end of the previous text and start up to ``slack`` words into the next
-one; the further from the edges, the longer it must be (two words when two words are dropped in
-all, three beyond). A word heard in part matches the whole word ("izing" and "organizing",
+one; the further from the edges, the longer it must be: two words when up to three words are
+dropped in all (for three, not two short ones like "of the"), three up to six, four beyond. A
+word heard in part matches the whole word ("izing" and "organizing",
 "power" and "powers": one is the start or the end of the other, and at least four letters long),
 and a run of four words or more may hold one word the two pieces heard differently.
 Measured on ten minutes of real speech cut every minute (``bench/transcript_quality.py``).
@@ -94,10 +95,10 @@ _MISHEARD_RUN = 4  # the shortest run that may hold one word the pieces heard di
 
 def _shortest_run(dropped: int) -> int:
     """The run needed when ``dropped`` edge words are skipped in all: the more, the more proof."""
-    return 1 if dropped == 0 else 2 if dropped <= 2 else 3
+    return 1 if dropped == 0 else 2 if dropped <= 3 else 3 if dropped <= 6 else 4
 
 
-def find_overlap(previous: str, following: str, *, max_words: int = 40, slack: int = 4) -> tuple[int, int]:
+def find_overlap(previous: str, following: str, *, max_words: int = 40, slack: int = 6) -> tuple[int, int]:
     """Where to join two texts whose edges repeat the same words.
 
     Returns ``(keep, skip)``: ``previous[:keep] + following[skip:]`` says everything once.
@@ -115,6 +116,8 @@ def find_overlap(previous: str, following: str, *, max_words: int = 40, slack: i
                     break  # no run of k words here can match more than the best one found
                 left = tail[len(tail) - a - k : len(tail) - a]
                 right = head[b : b + k]
+                if k == 2 and a + b > 2 and max(len(x[0]) for x in left) < _PART_MIN:
+                    continue  # "of the" at an offset: two little words prove nothing
                 misheard = sum(1 for x, y in zip(left, right, strict=True) if not _same(x[0], y[0]))
                 # One word heard differently by the two pieces is allowed in a long run that
                 # both ends of agree on ("body at place in" and "body net place in").
