@@ -20,6 +20,11 @@ class Locale(StrEnum):
     EN = "en"
 
 
+class TranscriptionBackend(StrEnum):
+    OPENAI = "openai"
+    LOCAL = "local"
+
+
 class ConfigError(Exception):
     """Bad configuration; the message is one line naming the variable."""
 
@@ -82,8 +87,14 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=6 * 3600, ge=60)
     prices_file: Path | None = None
 
-    # Transcription
+    # Transcription: the OpenAI-compatible speech API or faster-whisper in the worker (None: openai
+    # when OPENAI_API_KEY is set, else local when a model is available).
+    transcription_backend: TranscriptionBackend | None = None
     transcription_model: str = "whisper-1"
+    whisper_model: str | None = None  # a CTranslate2 model folder; unset: the bundled tiny.en
+    whisper_workers: int = Field(default=1, ge=1, le=16)  # chunks recognized at once per process
+    whisper_threads: int = Field(default=2, ge=1, le=64)  # CPU threads per chunk
+    whisper_beam_size: int = Field(default=5, ge=1, le=10)
     transcription_max_duration_seconds: int = Field(default=4 * 3600, ge=1)
     transcription_chunk_seconds: int = Field(default=600, ge=10)
     transcription_concurrency: int = Field(default=4, ge=1, le=32)
@@ -179,6 +190,11 @@ class Settings(BaseSettings):
             return None
         name = getattr(info, "field_name", "URL") or "URL"
         return _check_http_url(name.upper(), value)
+
+    @field_validator("transcription_backend", "whisper_model", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("redis_url")
     @classmethod

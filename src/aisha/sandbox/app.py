@@ -27,7 +27,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from aisha.config import Settings, load_settings
+from aisha.config import Settings, TranscriptionBackend, load_settings
+from aisha.container import local_speech_model
 from aisha.db.migrate import upgrade
 from aisha.i18n import Translator
 from aisha.runtime import Role, Runtime
@@ -65,11 +66,14 @@ class Sandbox:
         port: int = 8090,
         training_delay: float = 20.0,
         language: str = "en",
+        local_speech: bool | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port  # the page's; 0 picks a free one
         self.training_delay = training_delay
         self.language = language
+        # Real speech recognition (the local Whisper) when it is installed; else simulated texts.
+        self.local_speech = local_speech
         self.translator = Translator.load(language)
         self._stack = contextlib.AsyncExitStack()
         self._delivery = asyncio.Lock()  # one update at a time, in order, as Telegram delivers a chat
@@ -137,6 +141,16 @@ class Sandbox:
         self.fal.resume_jobs()  # the bot takes webhooks now: let trainings from before a restart end
 
     def _settings(self, bot_port: int, *, webhook_secret: str) -> Settings:
+        settings = self._base_settings(bot_port, webhook_secret=webhook_secret)
+        local = self.local_speech
+        if local is None:
+            local = local_speech_model(settings) is not None
+        # The fake OpenAI stays for prompts and vision; speech is heard on this machine (the
+        # bundled tiny.en knows English only) or, without it, answered with a simulated text.
+        backend = TranscriptionBackend.LOCAL if local else TranscriptionBackend.OPENAI
+        return settings.model_copy(update={"transcription_backend": backend})
+
+    def _base_settings(self, bot_port: int, *, webhook_secret: str) -> Settings:
         base = f"http://{HOST}:{bot_port}"
         return load_settings(
             _env_file=None,  # the embedded defaults, whatever ./.env says about production

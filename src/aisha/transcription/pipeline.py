@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +56,7 @@ from aisha.transcription.merge import (
 
 __all__ = [
     "ChunkResult",
+    "LanguageNotSupported",
     "ProgressCallback",
     "RetryPolicy",
     "Segment",
@@ -110,6 +112,16 @@ class TranscriptionFailed(Exception):
         self.status = status
 
 
+class LanguageNotSupported(TranscriptionFailed):
+    """The recognizer cannot transcribe this language (an English-only local model asked for
+    Russian, say); raised before any chunk is sent, and the user should be refunded."""
+
+    def __init__(self, language: str, *, model: str | None = None) -> None:
+        super().__init__(f"{model or 'the model'} cannot transcribe {language!r}", chunk_index=0, attempts=0)
+        self.language = language
+        self.model = model
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 5
@@ -154,9 +166,14 @@ class Transcription:
         return split_message(self.text, limit)
 
 
+_PROMPT_TOLERANCE = 0.25  # seconds a segment may end past the next chunk's start and still prompt it
+_TRAILING_ELLIPSIS = re.compile(r"\s*(?:\.{2,}|…)\s*$")
+
+
 def prompt_tail(text: str, max_chars: int) -> str:
-    """The last ``max_chars`` characters of ``text``, starting at a word boundary."""
-    text = text.strip()
+    """The last ``max_chars`` characters of ``text``, starting at a word boundary. A trailing
+    ellipsis (a sentence cut off at the chunk's end) is dropped: a model would carry it on."""
+    text = _TRAILING_ELLIPSIS.sub("", text.strip())
     if len(text) <= max_chars:
         return text
     tail = text[-max_chars:]
@@ -237,7 +254,9 @@ class TranscriptionPipeline:
         prompt: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Transcription:
-        """Send the chunks of :meth:`prepare` to the provider and merge what it heard."""
+        """Send the chunks of :meth:`prepare` to the provider and merge what it heard; a language
+        the recognizer can't handle is refused before the first chunk."""
+        await self._check_language(language)
         results, attempts = await self._transcribe_chunks(
             prepared.chunks, language=language, prompt=prompt, on_progress=on_progress
         )
@@ -255,6 +274,19 @@ class TranscriptionPipeline:
             attempts=attempts,
             audio_seconds=sum(c.plan.duration for c in prepared.chunks),
         )
+
+    async def _check_language(self, language: str | None) -> None:
+        """A recognizer that knows its languages (a local model) refuses others before any work."""
+        supports = getattr(self._transcriber, "supports_language", None)
+        if supports is None:
+            return
+        try:
+            supported = await supports(language)
+        except Exception as exc:  # the model could not even be loaded
+            raise TranscriptionFailed(f"the recognizer failed: {exc}", chunk_index=0, attempts=1) from exc
+        if supported:
+            return
+        raise LanguageNotSupported(language or "?", model=getattr(self._transcriber, "model", None))
 
     async def _transcribe_chunks(
         self,
@@ -274,9 +306,19 @@ class TranscriptionPipeline:
 
         def prompt_for(index: int) -> str | None:
             previous = results[index - 1] if index > 0 else None
-            tail = prompt_tail(previous.text, self._prompt_chars) if previous is not None else ""
+            tail = prompt_tail(said_before(index, previous), self._prompt_chars) if previous else ""
             joined = " ".join(p for p in (prompt or "", tail) if p.strip())
             return joined or None
+
+        def said_before(index: int, previous: ChunkResult) -> str:
+            """The previous chunk's text said before this chunk starts. After a hard cut this one
+            hears the overlap again: a prompt ending in those words (often garbled at the cut)
+            makes a model take them as already said and skip what follows."""
+            plan = chunks[index].plan
+            if plan.overlap <= 0 or not previous.segments:
+                return previous.text
+            limit = plan.start - chunks[index - 1].start + _PROMPT_TOLERANCE
+            return " ".join(s.text.strip() for s in previous.segments if s.end <= limit)
 
         async def run(chunk: AudioChunk) -> None:
             nonlocal done, attempts

@@ -49,7 +49,12 @@ from aisha.storage import ObjectStorage
 from aisha.transcription.audio import AudioError, AudioTooLong, FFmpegError
 from aisha.transcription.merge import split_message
 from aisha.transcription.models import Transcript
-from aisha.transcription.pipeline import Transcription, TranscriptionFailed, TranscriptionPipeline
+from aisha.transcription.pipeline import (
+    LanguageNotSupported,
+    Transcription,
+    TranscriptionFailed,
+    TranscriptionPipeline,
+)
 from aisha.users.models import User
 
 log = structlog.get_logger(__name__)
@@ -398,6 +403,10 @@ class TranscriptionService:
             result = await pipeline.transcribe_prepared(
                 prepared, language=user_language, on_progress=progress
             )
+        except LanguageNotSupported:  # an English-only local model, asked for Russian
+            text = t("transcription.error.language_unsupported")
+            await self._fail(run, "language_unsupported", text)
+            return
         except (TranscriptionFailed, AudioError, FFmpegError) as error:
             log.warning("transcription.failed", transcript_id=str(transcript.id), error=str(error))
             await self._fail(run, "provider_failed", t("transcription.error.provider_failed"))
