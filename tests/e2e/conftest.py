@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from taskiq import InMemoryBroker
 
 from aisha.config import Settings, load_settings
 from aisha.runtime import Role, Runtime
@@ -146,6 +147,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("the expected state was not reached in time")
         await asyncio.sleep(0.02)
+
+
+async def jobs_done(runtime: Runtime, *, timeout: float = 10.0) -> None:
+    """Wait until every background job the runtime's in-process queue is running has ended."""
+    broker = runtime.services.queue.broker
+    assert isinstance(broker, InMemoryBroker), "only an in-process queue can be waited for"
+    async with asyncio.timeout(timeout):
+        while broker._running_tasks:  # a job may start another
+            await broker.wait_all()
 
 
 async def count(db: Database, model: Any, *where: Any) -> int:

@@ -23,7 +23,7 @@ import mimetypes
 import re
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -273,7 +273,7 @@ class RefusedCall(AssertionError):
     def __init__(self, call: RecordedCall) -> None:
         code = call.error.get("error_code", "") if call.error else ""
         super().__init__(
-            f"Telegram would refuse this {call.method}: {code} {call.description!r}; "
+            f"Telegram would refuse this {call.method}: {code} {call.description}; "
             f"params: {_short_params(call.params)}"
         )
         self.call = call
@@ -434,7 +434,10 @@ class FakeTelegramServer(LoopbackServer):
         self._cursors: dict[str, int] = {}
         self._call_event = asyncio.Event()
         self._expected_refusals: list[_ExpectedRefusal] = []
-        self._handled: set[int] = set()
+        # How many times each update id was queued for getUpdates or posted to a webhook (Telegram
+        # may send one twice), and how many of those deliveries the bot has finished handling.
+        self._delivered: Counter[int] = Counter()
+        self._handled: Counter[int] = Counter()
         self._handled_event = asyncio.Event()
         self._failures: dict[str, deque[_Failure]] = {}
         self.faults = FaultPlan("telegram")  # fail_nth: the n-th call of a method fails
@@ -614,26 +617,30 @@ class FakeTelegramServer(LoopbackServer):
         """The bot finished handling this update. A webhook's answer says so by itself; with
         polling, whoever runs the bot in-process reports it (the e2e harness wraps the
         dispatcher's ``feed_update``)."""
-        self._handled.add(update_id)
+        self._handled[update_id] += 1
         event, self._handled_event = self._handled_event, asyncio.Event()
         event.set()
 
     async def wait_until_handled(
         self,
-        update: int | JsonDict,
-        *,
+        *updates: int | JsonDict,
         timeout: float = 5.0,  # noqa: ASYNC109 - tests read better with a per-call timeout
     ) -> None:
-        """Wait until the bot has finished handling ``update`` (an update or its id): then
-        whatever it was going to send in answer has been sent, and asserting that nothing
-        happened checks something."""
-        update_id = int(update["update_id"]) if isinstance(update, dict) else update
+        """Wait until the bot has finished handling ``updates`` (updates or their ids; none: every
+        update delivered so far): then whatever it was going to send in answer has been sent,
+        and asserting that nothing happened checks something. An update delivered twice must
+        have been handled twice."""
+        ids = {int(u["update_id"]) if isinstance(u, dict) else u for u in updates} or set(self._delivered)
+
+        def missing() -> list[int]:
+            return sorted(i for i in ids if self._handled[i] < max(self._delivered[i], 1))
+
         try:
             async with asyncio.timeout(timeout):
-                while update_id not in self._handled:
+                while missing():
                     await self._handled_event.wait()
         except TimeoutError:
-            raise TimeoutError(f"update {update_id} was not handled within {timeout}s") from None
+            raise TimeoutError(f"updates {missing()} were not handled within {timeout}s") from None
 
     def clear_calls(self) -> None:
         self.calls.clear()
@@ -909,6 +916,7 @@ class FakeTelegramServer(LoopbackServer):
             self._last_update_id = max(self._last_update_id, int(update["update_id"]))
         self._remember_update(update)
         self._updates.append(update)
+        self._delivered[int(update["update_id"])] += 1
         self._wake_pollers()
 
     @property
@@ -925,6 +933,7 @@ class FakeTelegramServer(LoopbackServer):
         if "update_id" not in update:
             update["update_id"] = self.next_update_id()
         self._remember_update(update)
+        self._delivered[int(update["update_id"])] += 1
         headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
         if self._client is None:
             self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
@@ -979,6 +988,11 @@ class FakeTelegramServer(LoopbackServer):
         params = _decode_json_fields(raw)
         name, handler = self._handlers.get(method.lower(), (method, None))
         await self._execute(self._record(name, params, uploads), handler, _Request(params, uploads))
+
+    def _drop_pending_updates(self) -> None:
+        for update in self._updates:
+            self.mark_handled(int(update["update_id"]))  # nothing more comes of it
+        self._updates.clear()
 
     def _wake_pollers(self) -> None:
         event, self._update_event = self._update_event, asyncio.Event()
@@ -1348,8 +1362,10 @@ class FakeTelegramServer(LoopbackServer):
                     "Conflict: terminated by other getUpdates request; "
                     "make sure that only one bot instance is running",
                 )
-            # Telegram drops updates of types the bot did not ask for.
-            self._updates = [u for u in self._updates if _update_allowed(u, self._allowed_updates)]
+            # Telegram drops updates of types the bot did not ask for: nothing more comes of them.
+            for dropped in [u for u in self._updates if not _update_allowed(u, self._allowed_updates)]:
+                self._updates.remove(dropped)
+                self.mark_handled(int(dropped["update_id"]))
             if self._updates:
                 return copy.deepcopy(self._updates[:limit])
             remaining = deadline - loop.time()
@@ -1382,7 +1398,7 @@ class FakeTelegramServer(LoopbackServer):
         )
         self._webhook_error = None
         if _bool(params, "drop_pending_updates"):
-            self._updates.clear()
+            self._drop_pending_updates()
         self._wake_pollers()
         return True
 
@@ -1390,7 +1406,7 @@ class FakeTelegramServer(LoopbackServer):
         self._webhook = None
         self._webhook_error = None
         if _bool(req.params, "drop_pending_updates"):
-            self._updates.clear()
+            self._drop_pending_updates()
         return True
 
     async def _get_webhook_info(self, req: _Request) -> JsonDict:
