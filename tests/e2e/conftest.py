@@ -113,14 +113,17 @@ async def say(telegram: FakeTelegramServer, user: FakeUser, text: str) -> Any:
     return await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == user.id)
 
 
-def press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> None:
-    """The user presses a button with `data` under the bot's message `under` (by polling)."""
+def press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> dict[str, Any]:
+    """The user presses a button with `data` under the bot's message `under` (by polling);
+    returns the update, for ``telegram.wait_until_handled``."""
     message = next(
         m
         for m in reversed(telegram.chat_messages(user.id))
         if m.get("message_id") == under.result["message_id"]
     )
-    telegram.queue_update(telegram.callback_update(user, data, message=message))
+    update = telegram.callback_update(user, data, message=message)
+    telegram.queue_update(update)
+    return update
 
 
 async def sent_to(

@@ -23,6 +23,7 @@ from PIL import Image
 
 from aisha.sandbox.app import USER_ID, Sandbox, SandboxStartError
 from aisha.transcription.audio import find_ffmpeg
+from tests.e2e.conftest import check_refusals
 from tests.e2e.test_avatars import enqueue_seeded_training
 from tests.media import DISTINCT, face_photo
 
@@ -33,6 +34,7 @@ Json = dict[str, Any]
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
     async with Sandbox(data_dir=tmp_path / "sandbox", port=0, training_delay=1.0) as box:
         yield box
+    check_refusals(box.telegram)  # what the sandbox's bot sent, Telegram would have taken
 
 
 @pytest.fixture

@@ -319,5 +319,6 @@ async def test_polling_passes_over_an_update_it_cannot_read_and_one_whose_handle
     telegram.queue_update(failing)
     telegram.queue_update(telegram.message_update(unlucky, "/start"))
     assert (await sent_to(telegram, unlucky.id)).params["text"].startswith("Hi, Ed!")
+    await telegram.wait_until_handled(failing)  # its failure is logged once its handling ends
     failed = [line for line in logs() if f"update id={failing['update_id']}" in line["event"]]
     assert len(failed) == 1 and failed[0]["level"] == "error"
