@@ -780,3 +780,21 @@ async def test_the_e2e_teardown_fails_a_test_whose_bot_call_was_refused(
         check_refusals(server)
     assert "1 Bot API call(s) refused" in str(failed.value)
     assert 'Unsupported start tag "name" at byte offset 7' in str(failed.value)
+
+
+async def test_wait_until_handled_counts_each_delivery(server: FakeTelegramServer, bot: Bot) -> None:
+    update = server.message_update(USER, "hi")
+    server.queue_update(update)
+    server.queue_update(update)  # Telegram sent it twice: both must be handled
+    other = server.message_update(USER, "later")
+    server.queue_update(other)
+    waiting = asyncio.create_task(server.wait_until_handled(update, timeout=2))
+    server.mark_handled(update["update_id"])
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    server.mark_handled(update["update_id"])
+    await waiting
+    with pytest.raises(TimeoutError, match=rf"updates \[{other['update_id']}\] were not handled"):
+        await server.wait_until_handled(timeout=0.05)  # every update delivered so far
+    await bot.delete_webhook(drop_pending_updates=True)  # dropped: nothing more comes of them
+    await server.wait_until_handled(timeout=0.05)

@@ -8,6 +8,15 @@ uploaded files so ``getFile`` + download return the same bytes, and reproduces t
 meets in production (unparseable HTML, "message is not modified", flood waits, stale callback
 queries) so those paths can be tested too.
 
+It refuses what the real Bot API refuses, with Telegram's own 400 descriptions: HTML that TDLib's
+parser rejects (ported here with its messages and byte offsets), texts over 4096 and captions over
+1024 UTF-16 units after parsing, callback data over 64 bytes, inline buttons without exactly one
+action or with empty text, malformed reply keyboards, albums outside 2-10 items or mixing documents
+or audio with other kinds, an edit that changes nothing, callback answers over 200 characters.
+Every refusal is recorded; those a test did not ask for (``fail_next``, ``fail_nth`` and
+``expect_refusal`` mark the ones it did) are listed by ``unexpected_refusals`` and make
+``wait_for_call`` raise :class:`RefusedCall`, so a message Telegram would refuse fails its test.
+
 It runs inside the caller's event loop (``aiohttp.web``); nothing here blocks.
 """
 
