@@ -7,6 +7,7 @@ import struct
 import time
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -40,6 +41,8 @@ from aiohttp import web
 
 from aisha.sandbox import FakeTelegramServer, FakeUser, image_size, parse_html
 from aisha.sandbox.fake_telegram import RefusedCall
+
+pytest_plugins = ["pytester"]
 
 USER = FakeUser(id=4242, first_name="Ann", username="ann")
 
@@ -798,3 +801,62 @@ async def test_wait_until_handled_counts_each_delivery(server: FakeTelegramServe
         await server.wait_until_handled(timeout=0.05)  # every update delivered so far
     await bot.delete_webhook(drop_pending_updates=True)  # dropped: nothing more comes of them
     await server.wait_until_handled(timeout=0.05)
+
+
+_REFUSING_TESTS = """
+import contextlib
+
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramBadRequest
+
+from tests.e2e.conftest import telegram  # noqa: F401 - the e2e fixture itself
+
+
+async def send_bad_html(server):
+    bot = Bot(server.token, session=AiohttpSession(api=TelegramAPIServer.from_base(server.base_url)))
+    try:
+        with contextlib.suppress(TelegramBadRequest):  # as a bot that swallows the error would
+            await bot.send_message(1, "Hi <name>", parse_mode="HTML")
+    finally:
+        await bot.session.close()
+
+
+async def test_refused_and_not_expected(telegram):
+    await send_bad_html(telegram)
+
+
+async def test_refused_as_announced(telegram):
+    telegram.expect_refusal("sendMessage", "can't parse entities")
+    await send_bad_html(telegram)
+
+
+async def test_refused_by_injection(telegram):
+    telegram.fail_next("sendMessage", 400, description="Bad Request: chat not found")
+    await send_bad_html(telegram)
+"""
+
+
+def test_a_test_whose_bot_call_was_refused_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The e2e ``telegram`` fixture, run as pytest runs it: only the unannounced refusal fails."""
+    pytester.makepyfile(test_refusals=_REFUSING_TESTS)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[2]))  # the repository: ``tests.e2e``
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "asyncio_mode=auto",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+    )
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_refused_and_not_expected*",
+            "*1 Bot API call(s) refused as Telegram would refuse them*",
+            '*sendMessage: 400 Bad Request: can\'t parse entities: Unsupported start tag "name" at byte offset 3*',
+        ]
+    )
