@@ -591,9 +591,10 @@ class FakeTelegramServer(LoopbackServer):
             async with asyncio.timeout(timeout):
                 while True:
                     event = self._call_event
-                    call = self._next_match(key, predicate)
-                    if call is not None and (call.answered or key == "getupdates"):
-                        self._cursors[key] = self.calls.index(call) + 1
+                    index = self._next_match(key, predicate)
+                    if index is not None and (self.calls[index].answered or key == "getupdates"):
+                        call = self.calls[index]
+                        self._cursors[key] = index + 1
                         if call.failed and not call.expected and not refused:
                             raise RefusedCall(call)
                         return call
@@ -604,11 +605,11 @@ class FakeTelegramServer(LoopbackServer):
                 f"no matching {method} call within {timeout}s (last calls: {recent})"
             ) from None
 
-    def _next_match(self, key: str, predicate: Callable[[RecordedCall], bool] | None) -> RecordedCall | None:
+    def _next_match(self, key: str, predicate: Callable[[RecordedCall], bool] | None) -> int | None:
         for index in range(self._cursors.get(key, 0), len(self.calls)):
             call = self.calls[index]
             if call.method.lower() == key and (predicate is None or predicate(call)):
-                return call
+                return index
         return None
 
     def expect_refusal(self, method: str, contains: str = "", *, times: int = 1) -> None:
