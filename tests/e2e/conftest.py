@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from taskiq import InMemoryBroker
 
 from aisha.config import Settings, load_settings
 from aisha.runtime import Role, Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
+from aisha.sandbox.fake_telegram import RefusedCall
 from tests.conftest import Database
 
 WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"
@@ -25,10 +27,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def check_refusals(telegram: FakeTelegramServer) -> None:
+    """Fail when the bot made a call that Telegram would have refused and the test didn't say it
+    expects one (``telegram.expect_refusal``; fault injection counts as expected)."""
+    refused = telegram.unexpected_refusals()
+    if refused:
+        lines = "\n".join(f"  {RefusedCall(call)}" for call in refused)
+        pytest.fail(f"{len(refused)} Bot API call(s) refused as Telegram would refuse them:\n{lines}")
+
+
 @pytest.fixture
 async def telegram() -> AsyncIterator[FakeTelegramServer]:
     async with FakeTelegramServer() as server:
         yield server
+    check_refusals(server)
 
 
 @pytest.fixture
@@ -53,13 +65,29 @@ def make_settings(telegram: FakeTelegramServer, db: Database, tmp_path: Path) ->
     return make
 
 
+def report_handled(runtime: Runtime, telegram: FakeTelegramServer) -> None:
+    """Tell the fake when the runtime's dispatcher has finished each update (by polling or a
+    webhook), for ``telegram.wait_until_handled``."""
+    dispatcher = runtime.dispatcher
+    feed_update = dispatcher.feed_update
+
+    async def feed_and_report(bot: Any, update: Any, **kwargs: Any) -> Any:
+        try:
+            return await feed_update(bot, update, **kwargs)
+        finally:
+            telegram.mark_handled(update.update_id)
+
+    dispatcher.feed_update = feed_and_report  # type: ignore[method-assign]
+
+
 @pytest.fixture
-async def start_app() -> AsyncIterator[Callable[..., Any]]:
+async def start_app(telegram: FakeTelegramServer) -> AsyncIterator[Callable[..., Any]]:
     """Starts Runtimes and stops every one of them after the test."""
     started: list[Runtime] = []
 
     async def start(settings: Settings, role: Role = Role.ALL, *, serve_only: bool = False) -> Runtime:
         runtime = Runtime(settings)
+        report_handled(runtime, telegram)
         if serve_only:  # only the HTTP app: for dependencies that are down on purpose
             await runtime.start_http()
         else:
@@ -79,30 +107,36 @@ def buttons(call: Any) -> list[tuple[str, str]]:
 
 
 async def say(telegram: FakeTelegramServer, user: FakeUser, text: str) -> Any:
-    """The user writes `text` (delivered by polling); returns the bot's next message to them."""
+    """The user writes `text` (delivered by polling); returns the bot's next message to them
+    (raising RefusedCall at once if Telegram would have refused it)."""
     telegram.queue_update(telegram.message_update(user, text))
     return await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == user.id)
 
 
-def press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> None:
-    """The user presses a button with `data` under the bot's message `under` (by polling)."""
+def press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> dict[str, Any]:
+    """The user presses a button with `data` under the bot's message `under` (by polling);
+    returns the update, for ``telegram.wait_until_handled``."""
     message = next(
         m
         for m in reversed(telegram.chat_messages(user.id))
         if m.get("message_id") == under.result["message_id"]
     )
-    telegram.queue_update(telegram.callback_update(user, data, message=message))
+    update = telegram.callback_update(user, data, message=message)
+    telegram.queue_update(update)
+    return update
 
 
 async def sent_to(
     telegram: FakeTelegramServer, chat_id: int, method: str = "sendMessage", *, timeout: float = 5.0
 ) -> Any:
     """The first `method` call to `chat_id`, waiting for it; unlike wait_for_call it skips nothing,
-    so calls to several chats can be awaited in any order."""
+    so calls to several chats can be awaited in any order. A refused call raises RefusedCall."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         for call in telegram.calls_of(method):
-            if call.params.get("chat_id") == chat_id:
+            if call.params.get("chat_id") == chat_id and call.answered:
+                if call.failed and not call.expected:
+                    raise RefusedCall(call)
                 return call
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"no {method} to chat {chat_id} within {timeout}s")
@@ -116,6 +150,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("the expected state was not reached in time")
         await asyncio.sleep(0.02)
+
+
+async def jobs_done(runtime: Runtime, *, timeout: float = 10.0) -> None:
+    """Wait until every background job the runtime's in-process queue is running has ended."""
+    broker = runtime.services.queue.broker
+    assert isinstance(broker, InMemoryBroker), "only an in-process queue can be waited for"
+    async with asyncio.timeout(timeout):
+        while broker._running_tasks:  # a job may start another
+            await broker.wait_all()
 
 
 async def count(db: Database, model: Any, *where: Any) -> int:

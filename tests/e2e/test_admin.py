@@ -21,7 +21,7 @@ from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.faults import Fault
 from aisha.users.models import User
 from tests.conftest import Database
-from tests.e2e.conftest import buttons, count, eventually, press, say
+from tests.e2e.conftest import buttons, count, eventually, jobs_done, press, say
 
 ADMIN = FakeUser(id=900, first_name="Op", language_code="en")
 ALICE = FakeUser(id=5001, first_name="Alice", username="alice", language_code="en")
@@ -44,8 +44,9 @@ def _texts_to(telegram: FakeTelegramServer, chat_id: int) -> list[str]:
 
 
 async def _settle(telegram: FakeTelegramServer, user: FakeUser) -> None:
-    """Lets the queued updates be handled, then makes a /help round trip (consuming its answer)."""
-    await asyncio.sleep(0.3)
+    """Waits until every update sent so far is handled, then makes a /help round trip (consuming
+    its answer)."""
+    await telegram.wait_until_handled()
     telegram.queue_update(telegram.message_update(user, "/help"))
     await telegram.wait_for_call(
         "sendMessage", lambda c: c.params.get("chat_id") == user.id and "/avatar" in c.params["text"]
@@ -182,11 +183,12 @@ async def test_blocked_user_gets_one_message_and_nothing_else_until_unblocked(
     await eventually(lambda: _blocked(db, BOB.id, True))
 
     telegram.clear_calls()
-    for text in ("/balance", "hello", "/start"):
-        telegram.queue_update(telegram.message_update(BOB, text))
+    updates = [telegram.message_update(BOB, text) for text in ("/balance", "hello", "/start")]
+    for sent in updates:
+        telegram.queue_update(sent)
     notice = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == BOB.id)
     assert notice.params["text"] == "Ваш аккаунт заблокирован. Бот не будет отвечать на ваши сообщения."
-    await asyncio.sleep(0.5)
+    await telegram.wait_until_handled(*updates)
     assert len(_texts_to(telegram, BOB.id)) == 1
     assert [c for c in telegram.calls if c.params.get("chat_id") == BOB.id] == [notice]
 
@@ -234,8 +236,9 @@ async def test_broadcast_reaches_every_non_blocked_user_once(
     async with db.sessions() as session:
         row = (await session.scalars(select(Broadcast))).one()
     assert (row.sent_count, row.failed_count, row.locked_until) == (10, 0, None)
-    await app.services.recovery.run_once()  # a done broadcast is never sent again
-    await asyncio.sleep(0.3)
+    handled = await app.services.recovery.run_once()  # a done broadcast is never sent again
+    assert handled["admin.broadcasts"] == 0
+    await jobs_done(app)
     assert _received(telegram, "Big news") == expected
 
 
@@ -260,9 +263,11 @@ async def test_broadcast_can_be_stopped(
     press(telegram, ADMIN, "adm:stop", panel)
     stopped = await telegram.wait_for_call("sendMessage", lambda c: "Stopped" in c.params["text"])
     assert stopped.params["text"] == "Stopped 1 broadcast."
-    await asyncio.sleep(0.3)
+    await jobs_done(app)  # the job sees the stop before its next message and ends
     reached = _received(telegram, "Stop me")
-    await asyncio.sleep(1.0)
+    handled = await app.services.recovery.run_once()  # and nothing drives a stopped one again
+    assert handled["admin.broadcasts"] == 0
+    await jobs_done(app)
     assert _received(telegram, "Stop me") == reached
     assert 2 <= len(reached) < 20
     assert set(reached.values()) == {1}
@@ -299,7 +304,7 @@ async def test_broadcast_resumes_after_a_restart_without_sending_twice(
     )
     await eventually(lambda: _broadcast_status(db, BroadcastStatus.DONE))
     await app.services.admin.run_broadcast(broadcast_id=broadcast_id)
-    await asyncio.sleep(0.3)
+    await jobs_done(app)
     assert _received(telegram, "Resumed") == {i: 1 for i in ids if i > 7005}
     async with db.sessions() as session:
         row = await session.get(Broadcast, broadcast_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -74,7 +73,7 @@ async def test_top_up_with_stars_credits_once_and_shows_in_balance(
     telegram.queue_update(again)
     thanks = await telegram.wait_for_call("sendMessage", lambda c: "Thank you" in c.params["text"])
     assert thanks.params["text"] == "Thank you! 110 credits added. Your balance: <b>110</b>."
-    await asyncio.sleep(0.5)
+    await telegram.wait_until_handled(paid, again)
     assert len([c for c in telegram.calls_of("sendMessage") if "Thank you" in c.params["text"]]) == 1
     assert await _balance(db, app, user.id) == 110
     assert await count(db, Payment) == 1

@@ -127,12 +127,14 @@ async def test_metrics_token_is_required_when_set(
 async def test_metrics_are_served_only_inside_the_allowed_networks(
     make_settings: Callable[..., Any], start_app: Callable[..., Any]
 ) -> None:
-    outside: Runtime = await start_app(make_settings(metrics_allowed_networks="10.0.0.0/8"))
+    # Only their HTTP apps: two bots polling one token would be refused by Telegram (409).
+    outside: Runtime = await start_app(make_settings(metrics_allowed_networks="10.0.0.0/8"), serve_only=True)
     response = await _scrape(outside)  # from 127.0.0.1
     assert response.status_code == 403
     assert "aisha_" not in response.text
     inside: Runtime = await start_app(
-        make_settings(metrics_allowed_networks="10.0.0.0/8,127.0.0.1/32", metrics_token=METRICS_TOKEN)
+        make_settings(metrics_allowed_networks="10.0.0.0/8,127.0.0.1/32", metrics_token=METRICS_TOKEN),
+        serve_only=True,
     )
     assert (await _scrape(inside)).status_code == 401  # inside, but the token is still required
     assert (await _scrape(inside, METRICS_TOKEN)).status_code == 200

@@ -23,7 +23,9 @@ import pytest
 from PIL import Image
 
 from aisha.sandbox.app import USER_ID, Sandbox, SandboxStartError
+from aisha.sandbox.web import CHANGES
 from aisha.transcription.audio import find_ffmpeg
+from tests.e2e.conftest import check_refusals, eventually
 from tests.e2e.test_avatars import enqueue_seeded_training
 from tests.media import DISTINCT, face_photo
 
@@ -34,6 +36,7 @@ Json = dict[str, Any]
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
     async with Sandbox(data_dir=tmp_path / "sandbox", port=0, training_delay=1.0) as box:
         yield box
+    check_refusals(box.telegram)  # what the sandbox's bot sent, Telegram would have taken
 
 
 @pytest.fixture
@@ -131,6 +134,10 @@ async def bot_message(
             texts = [m.get("text") or m.get("caption") for m in messages]
             raise AssertionError(f"no such bot message within {timeout}s; the chat: {texts}")
         await asyncio.sleep(0.1)
+
+
+async def _now(value: bool) -> bool:
+    return value
 
 
 def text_has(part: str) -> Callable[[Json], bool]:
@@ -337,11 +344,15 @@ async def test_a_voice_recorded_in_the_browser_is_sent_as_ogg(
         assert (await response.read()).startswith(b"OggS")
 
 
-async def test_a_long_poll_answers_when_a_message_arrives(client: aiohttp.ClientSession) -> None:
+async def test_a_long_poll_answers_when_a_message_arrives(
+    sandbox: Sandbox, client: aiohttp.ClientSession
+) -> None:
+    assert sandbox.page is not None
+    changes = sandbox.page[CHANGES]
     version = (await chat(client))["version"]
     poll = asyncio.create_task(call(client, "GET", f"/api/chat?since={version}"))
-    await asyncio.sleep(0.5)
-    assert not poll.done()
+    await eventually(lambda: _now(changes.waiting == 1))  # the server holds it...
+    assert not poll.done()  # ...and has not answered it
 
     await say(client, "/help")
     async with asyncio.timeout(5):

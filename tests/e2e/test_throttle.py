@@ -3,7 +3,6 @@ window ends; in memory and in Redis (shared by every process)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +25,7 @@ async def _flood_and_check(telegram: FakeTelegramServer) -> None:
     for _ in range(6):
         telegram.queue_update(telegram.message_update(HASTY, "/balance"))
     await eventually(lambda: _count_is(telegram, 4))
-    await asyncio.sleep(0.5)
+    await telegram.wait_until_handled()
     texts = _texts_to(telegram, HASTY.id)
     assert len(texts) == 4
     assert len([t for t in texts if "Balance" in t]) == 3
@@ -78,7 +77,7 @@ async def test_a_throttled_button_press_is_answered_in_the_button(
     answer = await telegram.wait_for_call("answerCallbackQuery")
     assert answer.params["text"].startswith("Too many requests. Please wait ")
     press(telegram, HASTY, "topup", balance)
-    await asyncio.sleep(0.5)
+    await telegram.wait_until_handled()
     assert len(telegram.calls_of("answerCallbackQuery")) == 1
     assert len(_texts_to(telegram, HASTY.id)) == 1
 

@@ -221,7 +221,7 @@ async def test_files_that_cannot_be_transcribed_are_refused_without_charge(
     refused = await telegram.wait_for_call("sendMessage", lambda c: "too large" in c.params["text"])
     assert "at most 20 MB" in refused.params["text"]
 
-    await asyncio.sleep(0.3)
+    await telegram.wait_until_handled()
     assert await _balance(app, user.id) == 5
     assert await count(db, CreditHold, CreditHold.user_id == user.id) == 0
     assert speech.transcription_calls == []
@@ -317,7 +317,7 @@ async def test_transcribe_in_a_group_answers_the_replied_voice(
     group = -100123
     voice_update = telegram.message_update(user, chat_id=group, voice=(voice, 3))
     telegram.queue_update(voice_update)
-    await asyncio.sleep(0.3)
+    await telegram.wait_until_handled(voice_update)
     # A voice in a group is not transcribed on its own: only when asked.
     assert not [c for c in telegram.calls_of("sendMessage") if c.params.get("chat_id") == group]
     command = telegram.message_update(

@@ -7,6 +7,7 @@ import struct
 import time
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -27,6 +28,7 @@ from aiogram.types import (
     CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputMediaDocument,
     InputMediaPhoto,
     KeyboardButton,
     LabeledPrice,
@@ -38,6 +40,9 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from aisha.sandbox import FakeTelegramServer, FakeUser, image_size, parse_html
+from aisha.sandbox.fake_telegram import RefusedCall
+
+pytest_plugins = ["pytester"]
 
 USER = FakeUser(id=4242, first_name="Ann", username="ann")
 
@@ -647,3 +652,261 @@ async def test_keep_calls_forgets_the_oldest_and_waiting_still_walks_in_order() 
             assert (await fake.wait_for_call("sendMessage")).params["text"] == "m3"
         finally:
             await bot.session.close()
+
+
+# --- what the real Bot API refuses, refused here with its own words -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("html", "description"),
+    [
+        ("1 < 2", 'Unsupported start tag "" at byte offset 2'),
+        ("<3", "Unclosed start tag at byte offset 0"),
+        ("Hi <user>", 'Unsupported start tag "user" at byte offset 3'),
+        ("<b>bold", 'Can\'t find end tag corresponding to start tag "b"'),
+        ("x</b>", "Unexpected end tag at byte offset 1"),
+        ("<b>x</i>", 'Unmatched end tag at byte offset 4, expected "</b>", found "</i>"'),
+        ("<span>x</span>", 'Tag "span" must have class "tg-spoiler" at byte offset 0'),
+        ("Ё <b>x</b>>", None),  # a bare ">" is text
+        ("Tom & Jerry &amp &copy;", None),  # so is a "&" that starts no known reference
+    ],
+)
+async def test_html_is_refused_exactly_as_telegram_refuses_it(
+    server: FakeTelegramServer, html: str, description: str | None
+) -> None:
+    bot = make_bot(server, default=DefaultBotProperties(parse_mode="HTML"))
+    try:
+        if description is None:
+            message = await bot.send_message(USER.id, html)
+            assert message.text is not None and "<b>" not in message.text
+            return
+        with pytest.raises(TelegramBadRequest) as refused:
+            await bot.send_message(USER.id, html)
+        assert refused.value.message == f"Bad Request: can't parse entities: {description}"
+        call = server.calls_of("sendMessage")[-1]
+        assert call.failed and not call.expected
+        assert server.unexpected_refusals() == [call]
+    finally:
+        await bot.session.close()
+
+
+async def test_text_and_caption_limits_count_utf16_units_after_parsing(
+    server: FakeTelegramServer, bot: Bot
+) -> None:
+    await bot.send_message(USER.id, "<b>" + "a" * 4096 + "</b>", parse_mode="HTML")  # tags don't count
+    with pytest.raises(TelegramBadRequest, match=r"- Bad Request: message is too long$"):
+        await bot.send_message(USER.id, "😀" * 2049)  # 2049 characters, 4098 UTF-16 units
+    photo = BufferedInputFile(png(2, 2), "p.png")
+    await bot.send_photo(USER.id, photo, caption="&amp;" * 1024, parse_mode="HTML")
+    with pytest.raises(TelegramBadRequest, match=r"- Bad Request: message caption is too long$"):
+        await bot.send_photo(USER.id, photo, caption="😀" * 513)
+    sent = await bot.send_message(USER.id, "short")
+    with pytest.raises(TelegramBadRequest, match="MESSAGE_TOO_LONG"):
+        await bot.edit_message_text("x" * 4097, chat_id=USER.id, message_id=sent.message_id)
+    assert [c.description for c in server.unexpected_refusals()] == [
+        "Bad Request: message is too long",
+        "Bad Request: message caption is too long",
+        "Bad Request: MESSAGE_TOO_LONG",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("button", "description"),
+    [
+        ({"text": "x", "callback_data": "d" * 65}, "BUTTON_DATA_INVALID"),
+        ({"text": "x", "callback_data": "ж" * 33}, "BUTTON_DATA_INVALID"),  # 66 bytes
+        (
+            {"text": "x", "callback_data": ""},
+            "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard",
+        ),
+        (
+            {"text": "x"},
+            "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard",
+        ),
+        ({"text": "", "callback_data": "a"}, "inline keyboard button text must be non-empty"),
+        (
+            {"text": "x", "callback_data": "a", "url": "https://x.io"},
+            "can't parse inline keyboard button: exactly one of the optional fields must be used, "
+            "found callback_data, url",
+        ),
+        ("x", "can't parse inline keyboard button: InlineKeyboardButton must be an Object"),
+    ],
+)
+async def test_inline_keyboards_are_checked_button_by_button(
+    server: FakeTelegramServer, button: object, description: str
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        body = {"chat_id": USER.id, "text": "hi", "reply_markup": {"inline_keyboard": [[button]]}}
+        async with http.post(f"{server.base_url}/bot{server.token}/sendMessage", json=body) as response:
+            assert response.status == 400
+            assert (await response.json())["description"] == f"Bad Request: {description}"
+
+
+async def test_keyboards_through_aiogram(server: FakeTelegramServer, bot: Bot) -> None:
+    ok = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="Buy", callback_data="b" * 64)]])
+    await bot.send_message(USER.id, "64 bytes are fine", reply_markup=ok)
+    too_long = InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text="Buy", callback_data="b" * 65)]]
+    )
+    with pytest.raises(TelegramBadRequest, match=r"- Bad Request: BUTTON_DATA_INVALID$"):
+        await bot.send_message(USER.id, "65 are not", reply_markup=too_long)
+    empty = ReplyKeyboardMarkup(keyboard=[[KeyboardButton(text="")]])
+    with pytest.raises(TelegramBadRequest, match=r"- Bad Request: keyboard button text must be non-empty$"):
+        await bot.send_message(USER.id, "menu", reply_markup=empty)
+    many = InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text=str(n), callback_data=str(n))] for n in range(101)]
+    )
+    with pytest.raises(TelegramBadRequest, match=r"- Bad Request: reply markup is too long$"):
+        await bot.send_message(USER.id, "too many buttons", reply_markup=many)
+
+
+async def test_media_groups_take_2_to_10_items_of_kinds_that_mix(
+    server: FakeTelegramServer, bot: Bot
+) -> None:
+    def photos(count: int) -> list[InputMediaPhoto]:
+        return [InputMediaPhoto(media=BufferedInputFile(png(2, 2), f"{n}.png")) for n in range(count)]
+
+    assert len(await bot.send_media_group(USER.id, photos(2))) == 2  # type: ignore[arg-type]
+    assert len(await bot.send_media_group(USER.id, photos(10))) == 10  # type: ignore[arg-type]
+    with pytest.raises(TelegramBadRequest, match=r"- Bad Request: media group must include 2-10 items$"):
+        await bot.send_media_group(USER.id, photos(1))  # type: ignore[arg-type]
+    with pytest.raises(TelegramBadRequest, match=r"- Bad Request: too many messages to send as an album$"):
+        await bot.send_media_group(USER.id, photos(11))  # type: ignore[arg-type]
+    mixed = [*photos(1), InputMediaDocument(media=BufferedInputFile(b"text", "a.txt"))]
+    with pytest.raises(
+        TelegramBadRequest, match=r"- Bad Request: document can't be mixed with other media types$"
+    ):
+        await bot.send_media_group(USER.id, mixed)  # type: ignore[arg-type]
+
+
+async def test_same_edit_and_long_callback_answer_are_refused(server: FakeTelegramServer, bot: Bot) -> None:
+    markup = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="Go", callback_data="go")]])
+    sent = await bot.send_message(USER.id, "<b>Same</b>", parse_mode="HTML", reply_markup=markup)
+    with pytest.raises(TelegramBadRequest, match="- Bad Request: message is not modified: "):
+        await bot.edit_message_text(
+            "<b>Same</b>", chat_id=USER.id, message_id=sent.message_id, parse_mode="HTML", reply_markup=markup
+        )
+    # The same text without the keyboard is a change.
+    await bot.edit_message_text("<b>Same</b>", chat_id=USER.id, message_id=sent.message_id, parse_mode="HTML")
+    update = server.callback_update(USER, "go", message=server.chat_messages(USER.id)[-1])
+    query_id = update["callback_query"]["id"]
+    with pytest.raises(TelegramBadRequest, match=r"- Bad Request: MESSAGE_TOO_LONG$"):
+        await bot.answer_callback_query(query_id, text="x" * 201)
+
+
+# --- a refused call fails the test that made it --------------------------------------------------
+
+
+async def test_wait_for_call_raises_on_a_refusal_unless_expected(
+    server: FakeTelegramServer, bot: Bot
+) -> None:
+    with pytest.raises(TelegramBadRequest):
+        await bot.send_message(USER.id, "a <b>c", parse_mode="HTML")
+    with pytest.raises(RefusedCall, match="can't parse entities") as raised:
+        await server.wait_for_call("sendMessage")
+    assert raised.value.call.params["text"] == "a <b>c"
+
+    server.expect_refusal("sendMessage", "message text is empty")
+    with pytest.raises(TelegramBadRequest):
+        await bot.send_message(USER.id, " ")
+    expected = await server.wait_for_call("sendMessage")
+    assert expected.failed and expected.expected
+
+    server.fail_next("sendMessage", 400, description="Bad Request: chat not found")  # injected: expected
+    with pytest.raises(TelegramBadRequest):
+        await bot.send_message(USER.id, "hi")
+    assert (await server.wait_for_call("sendMessage")).expected
+    assert [c.params["text"] for c in server.unexpected_refusals()] == ["a <b>c"]
+
+
+async def test_the_e2e_teardown_fails_a_test_whose_bot_call_was_refused(
+    server: FakeTelegramServer, bot: Bot
+) -> None:
+    from tests.e2e.conftest import check_refusals
+
+    await bot.send_message(USER.id, "fine")
+    check_refusals(server)  # nothing refused: passes
+
+    with pytest.raises(TelegramBadRequest):
+        await bot.send_message(USER.id, "Hello, <name>!", parse_mode="HTML")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        check_refusals(server)
+    assert "1 Bot API call(s) refused" in str(failed.value)
+    assert 'Unsupported start tag "name" at byte offset 7' in str(failed.value)
+
+
+async def test_wait_until_handled_counts_each_delivery(server: FakeTelegramServer, bot: Bot) -> None:
+    update = server.message_update(USER, "hi")
+    server.queue_update(update)
+    server.queue_update(update)  # Telegram sent it twice: both must be handled
+    other = server.message_update(USER, "later")
+    server.queue_update(other)
+    waiting = asyncio.create_task(server.wait_until_handled(update, timeout=2))
+    server.mark_handled(update["update_id"])
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    server.mark_handled(update["update_id"])
+    await waiting
+    with pytest.raises(TimeoutError, match=rf"updates \[{other['update_id']}\] were not handled"):
+        await server.wait_until_handled(timeout=0.05)  # every update delivered so far
+    await bot.delete_webhook(drop_pending_updates=True)  # dropped: nothing more comes of them
+    await server.wait_until_handled(timeout=0.05)
+
+
+_REFUSING_TESTS = """
+import contextlib
+
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramBadRequest
+
+from tests.e2e.conftest import telegram  # noqa: F401 - the e2e fixture itself
+
+
+async def send_bad_html(server):
+    bot = Bot(server.token, session=AiohttpSession(api=TelegramAPIServer.from_base(server.base_url)))
+    try:
+        with contextlib.suppress(TelegramBadRequest):  # as a bot that swallows the error would
+            await bot.send_message(1, "Hi <name>", parse_mode="HTML")
+    finally:
+        await bot.session.close()
+
+
+async def test_refused_and_not_expected(telegram):
+    await send_bad_html(telegram)
+
+
+async def test_refused_as_announced(telegram):
+    telegram.expect_refusal("sendMessage", "can't parse entities")
+    await send_bad_html(telegram)
+
+
+async def test_refused_by_injection(telegram):
+    telegram.fail_next("sendMessage", 400, description="Bad Request: chat not found")
+    await send_bad_html(telegram)
+"""
+
+
+def test_a_test_whose_bot_call_was_refused_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The e2e ``telegram`` fixture, run as pytest runs it: only the unannounced refusal fails."""
+    pytester.makepyfile(test_refusals=_REFUSING_TESTS)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[2]))  # the repository: ``tests.e2e``
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "asyncio_mode=auto",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+    )
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_refused_and_not_expected*",
+            "*1 Bot API call(s) refused as Telegram would refuse them*",
+            '*sendMessage: 400 Bad Request: can\'t parse entities: Unsupported start tag "name" at byte offset 3*',
+        ]
+    )

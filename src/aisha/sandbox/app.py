@@ -78,6 +78,7 @@ class Sandbox:
         self._stack = contextlib.AsyncExitStack()
         self._delivery = asyncio.Lock()  # one update at a time, in order, as Telegram delivers a chat
         self._url: str | None = None
+        self.page: web.Application | None = None  # the chat page's app, once served
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -178,7 +179,8 @@ class Sandbox:
     async def _serve_page(self) -> None:
         from aisha.sandbox.web import create_app
 
-        runner = web.AppRunner(create_app(self), access_log=None, shutdown_timeout=2.0)
+        self.page = create_app(self)
+        runner = web.AppRunner(self.page, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         try:

@@ -8,6 +8,15 @@ uploaded files so ``getFile`` + download return the same bytes, and reproduces t
 meets in production (unparseable HTML, "message is not modified", flood waits, stale callback
 queries) so those paths can be tested too.
 
+It refuses what the real Bot API refuses, with Telegram's own 400 descriptions: HTML that TDLib's
+parser rejects (ported here with its messages and byte offsets), texts over 4096 and captions over
+1024 UTF-16 units after parsing, callback data over 64 bytes, inline buttons without exactly one
+action or with empty text, malformed reply keyboards, albums outside 2-10 items or mixing documents
+or audio with other kinds, an edit that changes nothing, callback answers over 200 characters.
+Every refusal is recorded; those a test did not ask for (``fail_next``, ``fail_nth`` and
+``expect_refusal`` mark the ones it did) are listed by ``unexpected_refusals`` and make
+``wait_for_call`` raise :class:`RefusedCall`, so a message Telegram would refuse fails its test.
+
 It runs inside the caller's event loop (``aiohttp.web``); nothing here blocks.
 """
 
@@ -23,7 +32,7 @@ import mimetypes
 import re
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +50,7 @@ __all__ = [
     "FakeTelegramServer",
     "FakeUser",
     "RecordedCall",
+    "RefusedCall",
     "StoredFile",
     "WebhookConfig",
     "image_size",
@@ -180,6 +190,9 @@ _SECRET_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _TEXT_LIMIT = 4096
 _CAPTION_LIMIT = 1024
 _CALLBACK_ANSWER_LIMIT = 200
+_CALLBACK_DATA_LIMIT = 64  # bytes
+_KEYBOARD_BUTTON_LIMIT = 100  # buttons in one markup ("reply markup is too long" beyond)
+_ALBUM_MIN, _ALBUM_MAX = 2, 10
 _NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup are "
     "exactly the same as a current content and reply markup of the message"
@@ -254,6 +267,36 @@ class RecordedCall:
     # The error JSON returned when failed, else the "result" returned (filled once answered).
     error: JsonDict | None = None
     result: Any = None
+    answered: bool = False
+    # A refusal the test asked for: injected by fail_next/fail_nth, announced with
+    # expect_refusal, or a call with a wrong token (only a test makes those).
+    expected: bool = False
+
+    @property
+    def description(self) -> str:
+        """Telegram's error description when the call failed, else ""."""
+        if not self.failed or self.error is None:
+            return ""
+        return str(self.error.get("description") or self.error.get("fault") or "")
+
+
+class RefusedCall(AssertionError):
+    """The bot made a call the fake refused the way Telegram would, and the test did not expect it."""
+
+    def __init__(self, call: RecordedCall) -> None:
+        code = call.error.get("error_code", "") if call.error else ""
+        super().__init__(
+            f"Telegram would refuse this {call.method}: {code} {call.description}; "
+            f"params: {_short_params(call.params)}"
+        )
+        self.call = call
+
+
+@dataclass(slots=True)
+class _ExpectedRefusal:
+    method: str  # lower-case
+    contains: str
+    remaining: int
 
 
 @dataclass(slots=True)
@@ -403,6 +446,12 @@ class FakeTelegramServer(LoopbackServer):
 
         self._cursors: dict[str, int] = {}
         self._call_event = asyncio.Event()
+        self._expected_refusals: list[_ExpectedRefusal] = []
+        # How many times each update id was queued for getUpdates or posted to a webhook (Telegram
+        # may send one twice), and how many of those deliveries the bot has finished handling.
+        self._delivered: Counter[int] = Counter()
+        self._handled: Counter[int] = Counter()
+        self._handled_event = asyncio.Event()
         self._failures: dict[str, deque[_Failure]] = {}
         self.faults = FaultPlan("telegram")  # fail_nth: the n-th call of a method fails
 
@@ -531,29 +580,82 @@ class FakeTelegramServer(LoopbackServer):
         predicate: Callable[[RecordedCall], bool] | None = None,
         *,
         timeout: float = 5.0,  # noqa: ASYNC109 - tests read better with a per-call timeout
+        refused: bool = False,
     ) -> RecordedCall:
-        """Return the next ``method`` call after the one this returned last time.
+        """Return the next ``method`` call after the one this returned last time, once answered.
 
         Each method has its own cursor, so repeated ``wait_for_call("sendMessage")`` walks
         through the bot's messages in order. With a predicate, calls before the match are
-        skipped for good.
+        skipped for good. A matching call the fake refused raises :class:`RefusedCall` at once
+        (with Telegram's error description), unless the refusal was expected (fault injection,
+        ``expect_refusal``) or ``refused=True`` asks for refused calls too. ``getUpdates`` is
+        returned as soon as it arrives (a long poll is answered only later).
         """
         key = method.lower()
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     event = self._call_event
-                    for index in range(self._cursors.get(key, 0), len(self.calls)):
+                    index = self._next_match(key, predicate)
+                    if index is not None and (self.calls[index].answered or key == "getupdates"):
                         call = self.calls[index]
-                        if call.method.lower() == key and (predicate is None or predicate(call)):
-                            self._cursors[key] = index + 1
-                            return call
+                        self._cursors[key] = index + 1
+                        if call.failed and not call.expected and not refused:
+                            raise RefusedCall(call)
+                        return call
                     await event.wait()
         except TimeoutError:
             recent = ", ".join(call.method for call in self.calls[-10:]) or "none"
             raise TimeoutError(
                 f"no matching {method} call within {timeout}s (last calls: {recent})"
             ) from None
+
+    def _next_match(self, key: str, predicate: Callable[[RecordedCall], bool] | None) -> int | None:
+        for index in range(self._cursors.get(key, 0), len(self.calls)):
+            call = self.calls[index]
+            if call.method.lower() == key and (predicate is None or predicate(call)):
+                return index
+        return None
+
+    def expect_refusal(self, method: str, contains: str = "", *, times: int = 1) -> None:
+        """The next ``times`` refusals of ``method`` whose description contains ``contains`` are
+        ones the test means to cause: ``wait_for_call`` returns them and ``unexpected_refusals``
+        leaves them out."""
+        self._expected_refusals.append(_ExpectedRefusal(method.lower(), contains, times))
+
+    def unexpected_refusals(self) -> list[RecordedCall]:
+        """Calls the fake refused as Telegram would, that no test asked for: each one is a
+        message, keyboard or request the real Telegram would have refused too."""
+        return [call for call in self.calls if call.failed and not call.expected]
+
+    def mark_handled(self, update_id: int) -> None:
+        """The bot finished handling this update. A webhook's answer says so by itself; with
+        polling, whoever runs the bot in-process reports it (the e2e harness wraps the
+        dispatcher's ``feed_update``)."""
+        self._handled[update_id] += 1
+        event, self._handled_event = self._handled_event, asyncio.Event()
+        event.set()
+
+    async def wait_until_handled(
+        self,
+        *updates: int | JsonDict,
+        timeout: float = 5.0,  # noqa: ASYNC109 - tests read better with a per-call timeout
+    ) -> None:
+        """Wait until the bot has finished handling ``updates`` (updates or their ids; none: every
+        update delivered so far): then whatever it was going to send in answer has been sent,
+        and asserting that nothing happened checks something. An update delivered twice must
+        have been handled twice."""
+        ids = {int(u["update_id"]) if isinstance(u, dict) else u for u in updates} or set(self._delivered)
+
+        def missing() -> list[int]:
+            return sorted(i for i in ids if self._handled[i] < max(self._delivered[i], 1))
+
+        try:
+            async with asyncio.timeout(timeout):
+                while missing():
+                    await self._handled_event.wait()
+        except TimeoutError:
+            raise TimeoutError(f"updates {missing()} were not handled within {timeout}s") from None
 
     def clear_calls(self) -> None:
         self.calls.clear()
@@ -605,6 +707,16 @@ class FakeTelegramServer(LoopbackServer):
         parameters = {"retry_after": failure.retry_after} if failure.retry_after is not None else None
         return _ApiError(failure.error_code, failure.description, parameters)
 
+    def _take_expected_refusal(self, method: str, description: str) -> bool:
+        key = method.lower()
+        for expectation in self._expected_refusals:
+            if expectation.method == key and expectation.contains in description:
+                expectation.remaining -= 1
+                if expectation.remaining <= 0:
+                    self._expected_refusals.remove(expectation)
+                return True
+        return False
+
     def _notify_calls(self) -> None:
         event, self._call_event = self._call_event, asyncio.Event()
         event.set()
@@ -623,7 +735,7 @@ class FakeTelegramServer(LoopbackServer):
             return self._respond(self._record(name, {}, {}), error)
         call = self._record(name, params, uploads)
         if not self._token_ok(request):
-            return self._respond(call, _ApiError(401, "Unauthorized"))
+            return self._respond(call, _ApiError(401, "Unauthorized"), expected=True)
         fault = self.faults.take(call.method)
         if fault is not None:
             return await self._inject(request, call, fault)
@@ -632,7 +744,7 @@ class FakeTelegramServer(LoopbackServer):
     async def _inject(self, request: web.Request, call: RecordedCall, fault: Fault) -> web.StreamResponse:
         status = fault.status
         if status is None:
-            call.failed = True
+            call.failed = call.answered = call.expected = True
             call.error = {"ok": False, "fault": fault.value}
             self._notify_calls()
             return await never_answer(request, fault)
@@ -641,12 +753,12 @@ class FakeTelegramServer(LoopbackServer):
             429: "Too Many Requests: retry after 1",
         }.get(status, "Internal Server Error")
         parameters = {"retry_after": 1} if status == 429 else None
-        return self._respond(call, _ApiError(status, description, parameters))
+        return self._respond(call, _ApiError(status, description, parameters), expected=True)
 
     async def _execute(self, call: RecordedCall, handler: _Handler | None, req: _Request) -> web.Response:
         failure = self._take_failure(call.method)
         if failure is not None:
-            return self._respond(call, failure)
+            return self._respond(call, failure, expected=True)
         try:
             result = True if handler is None else await handler(req)
         except _ApiError as error:
@@ -656,6 +768,7 @@ class FakeTelegramServer(LoopbackServer):
             self.errors.append(f"{call.method}: {exc!r}")
             return self._respond(call, _ApiError(500, f"Internal Server Error: {exc!r}"))
         call.result = result
+        call.answered = True
         self._notify_calls()
         if call.method.lower() not in _READ_ONLY_METHODS:
             self._changed()
@@ -675,9 +788,10 @@ class FakeTelegramServer(LoopbackServer):
         del self.calls[:count]
         self._cursors = {method: max(0, cursor - count) for method, cursor in self._cursors.items()}
 
-    def _respond(self, call: RecordedCall, error: _ApiError) -> web.Response:
-        call.failed = True
+    def _respond(self, call: RecordedCall, error: _ApiError, *, expected: bool = False) -> web.Response:
+        call.failed = call.answered = True
         call.error = error.to_json()
+        call.expected = expected or self._take_expected_refusal(call.method, error.description)
         self._notify_calls()
         return web.json_response(call.error, status=error.error_code)
 
@@ -817,6 +931,7 @@ class FakeTelegramServer(LoopbackServer):
             self._last_update_id = max(self._last_update_id, int(update["update_id"]))
         self._remember_update(update)
         self._updates.append(update)
+        self._delivered[int(update["update_id"])] += 1
         self._wake_pollers()
 
     @property
@@ -833,6 +948,7 @@ class FakeTelegramServer(LoopbackServer):
         if "update_id" not in update:
             update["update_id"] = self.next_update_id()
         self._remember_update(update)
+        self._delivered[int(update["update_id"])] += 1
         headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
         if self._client is None:
             self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
@@ -840,6 +956,8 @@ class FakeTelegramServer(LoopbackServer):
             status = response.status
             if 200 <= status < 300:
                 await self._run_webhook_reply(response)
+        # The app answers a webhook once it has handled the update (or given up on it).
+        self.mark_handled(int(update["update_id"]))
         return status
 
     async def deliver(self, update: JsonDict) -> int | None:
@@ -885,6 +1003,11 @@ class FakeTelegramServer(LoopbackServer):
         params = _decode_json_fields(raw)
         name, handler = self._handlers.get(method.lower(), (method, None))
         await self._execute(self._record(name, params, uploads), handler, _Request(params, uploads))
+
+    def _drop_pending_updates(self) -> None:
+        for update in self._updates:
+            self.mark_handled(int(update["update_id"]))  # nothing more comes of it
+        self._updates.clear()
 
     def _wake_pollers(self) -> None:
         event, self._update_event = self._update_event, asyncio.Event()
@@ -1277,8 +1400,10 @@ class FakeTelegramServer(LoopbackServer):
                     "Conflict: terminated by other getUpdates request; "
                     "make sure that only one bot instance is running",
                 )
-            # Telegram drops updates of types the bot did not ask for.
-            self._updates = [u for u in self._updates if _update_allowed(u, self._allowed_updates)]
+            # Telegram drops updates of types the bot did not ask for: nothing more comes of them.
+            for dropped in [u for u in self._updates if not _update_allowed(u, self._allowed_updates)]:
+                self._updates.remove(dropped)
+                self.mark_handled(int(dropped["update_id"]))
             if self._updates:
                 return copy.deepcopy(self._updates[:limit])
             remaining = deadline - loop.time()
@@ -1311,7 +1436,7 @@ class FakeTelegramServer(LoopbackServer):
         )
         self._webhook_error = None
         if _bool(params, "drop_pending_updates"):
-            self._updates.clear()
+            self._drop_pending_updates()
         self._wake_pollers()
         return True
 
@@ -1319,7 +1444,7 @@ class FakeTelegramServer(LoopbackServer):
         self._webhook = None
         self._webhook_error = None
         if _bool(req.params, "drop_pending_updates"):
-            self._updates.clear()
+            self._drop_pending_updates()
         return True
 
     async def _get_webhook_info(self, req: _Request) -> JsonDict:
@@ -1342,7 +1467,7 @@ class FakeTelegramServer(LoopbackServer):
         text, entities = _formatted(req.params, "text", "entities")
         if text is None or not text.strip():
             raise _bad_request("message text is empty")
-        if len(text) > _TEXT_LIMIT:
+        if _utf16_len(text) > _TEXT_LIMIT:
             raise _bad_request("message is too long")
         content: JsonDict = {"text": text}
         if entities:
@@ -1416,15 +1541,28 @@ class FakeTelegramServer(LoopbackServer):
     async def _send_media_group(self, req: _Request) -> list[JsonDict]:
         chat_id = _chat_id(req.params)
         media = req.params.get("media")
-        if not isinstance(media, list) or not media:
+        if media is None or media == "":
             raise _bad_request('parameter "media" is required')
-        if len(media) > 10:
-            raise _bad_request("too much messages to send as an album")
-        group_id = str(10**17 + secrets.randbelow(10**17))
-        contents: list[JsonDict] = []
+        if not isinstance(media, list):
+            raise _bad_request("expected an Array of InputMedia")
+        if not media:
+            raise _bad_request("there are no messages to send")
+        if len(media) > _ALBUM_MAX:
+            raise _bad_request("too many messages to send as an album")
+        if len(media) < _ALBUM_MIN:
+            # The Bot API documents 2-10 items; one picture is sendPhoto's job.
+            raise _bad_request(f"media group must include {_ALBUM_MIN}-{_ALBUM_MAX} items")
+        kinds: set[str] = set()
         for item in media:
             if not isinstance(item, dict) or item.get("type") not in ("photo", "video", "audio", "document"):
                 raise _bad_request("can't parse InputMedia: unsupported media type")
+            kinds.add(str(item["type"]))
+        for lonely in ("audio", "document"):
+            if lonely in kinds and len(kinds) > 1:
+                raise _bad_request(f"{lonely} can't be mixed with other media types")
+        group_id = str(10**17 + secrets.randbelow(10**17))
+        contents: list[JsonDict] = []
+        for item in media:
             kind = str(item["type"])
             stored = self._resolve_input_file(item.get("media"), req.uploads, kind=kind)
             content: JsonDict = {kind: self._media_object(kind, stored, item), "media_group_id": group_id}
@@ -1510,7 +1648,7 @@ class FakeTelegramServer(LoopbackServer):
         text, entities = _formatted(req.params, "text", "entities")
         if text is None or not text.strip():
             raise _bad_request("message text is empty")
-        if len(text) > _TEXT_LIMIT:
+        if _utf16_len(text) > _TEXT_LIMIT:
             raise _bad_request("MESSAGE_TOO_LONG")
         markup = _inline_markup(req.params)
         stored = self._editable(req.params)
@@ -1860,7 +1998,7 @@ def _caption_content(params: JsonDict) -> JsonDict:
     caption, entities = _formatted(params, "caption", "caption_entities")
     if not caption:
         return {}
-    if len(caption) > _CAPTION_LIMIT:
+    if _utf16_len(caption) > _CAPTION_LIMIT:
         raise _bad_request("message caption is too long")
     content: JsonDict = {"caption": caption}
     if entities:
@@ -1873,8 +2011,10 @@ def _reply_markup(params: JsonDict) -> JsonDict | None:
     if markup is None:
         return None
     if not isinstance(markup, dict):
-        raise _bad_request("can't parse reply keyboard markup JSON object")
-    if "inline_keyboard" in markup:
+        raise _bad_request("object expected as reply markup")
+    if "keyboard" in markup:
+        _check_reply_keyboard(markup)
+    elif "inline_keyboard" in markup:
         _check_inline_keyboard(markup)
     return markup
 
@@ -1884,22 +2024,65 @@ def _inline_markup(params: JsonDict) -> JsonDict | None:
     return markup if markup is not None and "inline_keyboard" in markup else None
 
 
-def _check_inline_keyboard(markup: JsonDict) -> None:
-    rows = markup["inline_keyboard"]
-    if not isinstance(rows, list):
-        raise _bad_request('can\'t parse inline keyboard button: field "inline_keyboard" must be an Array')
+def _keyboard_rows(markup: JsonDict, field_name: str, error: str) -> list[list[Any]]:
+    rows = markup[field_name]
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise _bad_request(error)
+    if sum(len(row) for row in rows) > _KEYBOARD_BUTTON_LIMIT:
+        raise _bad_request("reply markup is too long")
+    return rows
+
+
+def _check_reply_keyboard(markup: JsonDict) -> None:
+    rows = _keyboard_rows(markup, "keyboard", 'field "keyboard" must be an Array of Arrays')
     for row in rows:
-        for button in row if isinstance(row, list) else []:
-            if not isinstance(button, dict) or not button.get("text"):
+        for button in row:
+            if isinstance(button, dict):
+                text = button.get("text")
+                if not isinstance(text, str):
+                    raise _bad_request('can\'t parse keyboard button: Field "text" must be of type String')
+            elif isinstance(button, str):
+                text = button
+            else:
+                raise _bad_request(
+                    "can't parse keyboard button: KeyboardButton must be a String or an Object"
+                )
+            if not text:
+                raise _bad_request("keyboard button text must be non-empty")
+
+
+def _check_inline_keyboard(markup: JsonDict) -> None:
+    rows = _keyboard_rows(
+        markup,
+        "inline_keyboard",
+        'field "inline_keyboard" of the InlineKeyboardMarkup must be an Array of Arrays',
+    )
+    for row in rows:
+        for button in row:
+            if not isinstance(button, dict):
+                raise _bad_request(
+                    "can't parse inline keyboard button: InlineKeyboardButton must be an Object"
+                )
+            text = button.get("text")
+            if not isinstance(text, str):
+                raise _bad_request('can\'t parse inline keyboard button: Field "text" must be of type String')
+            # The Bot API takes an empty url or callback_data for a missing one.
+            actions = [key for key in _BUTTON_ACTIONS & button.keys() if button[key] not in ("", None)]
+            if not actions:
                 raise _bad_request(
                     "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"
                 )
-            if not _BUTTON_ACTIONS & button.keys():
+            if len(actions) > 1:
+                # The Bot API documents "exactly one of the optional fields"; the server would
+                # silently use one of them and drop the rest.
                 raise _bad_request(
-                    "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"
+                    "can't parse inline keyboard button: exactly one of the optional fields must be used, "
+                    f"found {', '.join(sorted(actions))}"
                 )
+            if not text:
+                raise _bad_request("inline keyboard button text must be non-empty")
             data = button.get("callback_data")
-            if data is not None and not 1 <= len(str(data).encode()) <= 64:
+            if data is not None and len(str(data).encode()) > _CALLBACK_DATA_LIMIT:
                 raise _bad_request("BUTTON_DATA_INVALID")
 
 
@@ -1932,6 +2115,11 @@ def _photo_size(stored: StoredFile, width: int, height: int) -> JsonDict:
     if stored.file_size is not None:
         size["file_size"] = stored.file_size
     return size
+
+
+def _short_params(params: JsonDict) -> str:
+    text = json.dumps(params, ensure_ascii=False, default=str)
+    return text if len(text) <= 600 else text[:600] + "..."
 
 
 def _write_file(path: Path, content: bytes) -> None:
@@ -1999,13 +2187,32 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 # ------------------------------------------------------------------------------ HTML entities
 
-_TAG_RE = re.compile(
-    r"<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s+[A-Za-z-]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'>]+))?)*)\s*>"
+# Telegram's HTML parse mode, ported from TDLib's ``parse_html`` (td/telegram/MessageEntity.cpp),
+# which the Bot API server runs: the same tags, the same character references, and the same error
+# texts with the same byte offsets. A bare ``&`` or ``>`` is kept as it is; a ``<`` is always the
+# start of a tag, so unescaped user text with a ``<`` in it is refused, as in production.
+_HTML_TAG_NAMES = frozenset(
+    {
+        "a",
+        "b",
+        "strong",
+        "i",
+        "em",
+        "s",
+        "strike",
+        "del",
+        "u",
+        "ins",
+        "tg-spoiler",
+        "tg-emoji",
+        "tg-time",
+        "span",
+        "pre",
+        "code",
+        "blockquote",
+    }
 )
-_ATTR_RE = re.compile(r"([A-Za-z-]+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s\"'>]+)))?")
-_CHAR_REF_RE = re.compile(r"&(#[xX][0-9A-Fa-f]{1,6}|#[0-9]{1,7}|lt|gt|amp|quot);")
-_NAMED_REFS = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
-_HTML_TAGS = {
+_HTML_ENTITY_TYPES = {
     "b": "bold",
     "strong": "bold",
     "i": "italic",
@@ -2017,107 +2224,232 @@ _HTML_TAGS = {
     "del": "strikethrough",
     "tg-spoiler": "spoiler",
     "span": "spoiler",
-    "a": "text_link",
     "code": "code",
-    "pre": "pre",
     "blockquote": "blockquote",
-    "tg-emoji": "custom_emoji",
 }
+_NAMED_REFS = {b"lt": "<", b"gt": ">", b"amp": "&", b"quot": '"'}
+_HTML_SPACES = frozenset(b" \t\r\n\v\0")
+
+
+@dataclass(slots=True)
+class _OpenTag:
+    name: str
+    argument: str
+    offset: int  # UTF-16 offset of the tag's text
+    text_start: int  # index in the output where the tag's text starts
+
+
+def _html_space(byte: int) -> bool:
+    return byte in _HTML_SPACES
+
+
+def _html_alpha(byte: int) -> bool:
+    return 0x61 <= (byte | 0x20) <= 0x7A
+
+
+def _html_digit(byte: int) -> bool:
+    return 0x30 <= byte <= 0x39
+
+
+def _decode_html_entity(data: bytes, pos: int) -> tuple[int, int]:
+    """The code point of the character reference at ``data[pos] == '&'`` and the index after it;
+    code 0 when it is none (then the ``&`` is kept as text)."""
+    at = _byte_at(data)
+    end = pos + 1
+    code = 0
+    if at(end) == 0x23:  # '#'
+        end += 1
+        if at(end) == 0x78:  # 'x'
+            end += 1
+            while at(end) and chr(at(end)) in "0123456789abcdefABCDEF":
+                code = code * 16 + int(chr(at(end)), 16)
+                end += 1
+        else:
+            while _html_digit(at(end)):
+                code = code * 10 + at(end) - 0x30
+                end += 1
+        if code == 0 or code >= 0x10FFFF or end - pos >= 10:
+            return 0, pos
+    else:
+        while _html_alpha(at(end)):
+            end += 1
+        name = _NAMED_REFS.get(data[pos + 1 : end])
+        if name is None:
+            return 0, pos
+        code = ord(name)
+    return code, end + 1 if at(end) == 0x3B else end  # ';' is optional
+
+
+def _byte_at(data: bytes) -> Callable[[int], int]:
+    size = len(data)
+    return lambda index: data[index] if index < size else 0
 
 
 def parse_html(source: str) -> tuple[str, list[JsonDict]]:
     """Telegram's HTML parse mode: plain text plus MessageEntity dicts (UTF-16 offsets).
 
-    Raises ValueError with a Telegram-like message for tags Telegram rejects (unknown tags,
-    unclosed or mismatched tags, a bare ``<``), so bots that forget to escape user input fail
-    here as they would in production.
+    Raises ValueError with Telegram's own message (unsupported or unclosed tags, mismatched end
+    tags, a ``<`` that starts no tag) so bots that forget to escape user input fail here as they
+    would in production.
     """
-    out: list[str] = []
-    offset = 0  # UTF-16 units written so far
-    stack: list[tuple[str, JsonDict | None]] = []
+    data = source.encode("utf-8", "surrogatepass")
+    at = _byte_at(data)
+    out = bytearray()
+    utf16 = 0
+    stack: list[_OpenTag] = []
     entities: list[JsonDict] = []
-    index = 0
-    while index < len(source):
-        char = source[index]
-        if char == "<":
-            match = _TAG_RE.match(source, index)
-            byte_offset = len(source[:index].encode())
-            if match is None:
-                raise ValueError(f"Unsupported start tag at byte offset {byte_offset}")
-            closing, name, attr_text = match[1], match[2].lower(), match[3]
-            if closing:
-                if not stack or stack[-1][0] != name:
-                    expected = f'"</{stack[-1][0]}>"' if stack else "no end tag"
-                    raise ValueError(
-                        f'Unmatched end tag at byte offset {byte_offset}, expected {expected}, found "</{name}>"'
-                    )
-                _, entity = stack.pop()
-                if entity is not None:
-                    entity["length"] = offset - entity["offset"]
-                    if entity["length"] > 0:
-                        entities.append(entity)
-            else:
-                stack.append((name, _open_tag(name, attr_text, offset, stack, byte_offset)))
-            index = match.end()
-            continue
-        if char == "&":
-            ref = _CHAR_REF_RE.match(source, index)
-            if ref is not None:
-                decoded = _decode_ref(ref)
-                out.append(decoded)
-                offset += _utf16_len(decoded)
-                index = ref.end()
+    i = 0
+    while i < len(data):
+        c = data[i]
+        if c == 0x26:  # '&'
+            code, after = _decode_html_entity(data, i)
+            if code:
+                out += chr(code).encode("utf-8", "surrogatepass")
+                utf16 += 2 if code > 0xFFFF else 1
+                i = after
                 continue
-        out.append(char)
-        offset += 2 if ord(char) > 0xFFFF else 1
-        index += 1
+        if c != 0x3C:  # '<'
+            if c & 0xC0 != 0x80:  # the first byte of a character
+                utf16 += 2 if c >= 0xF0 else 1
+            out.append(c)
+            i += 1
+            continue
+        begin = i
+        i += 1
+        if at(i) != 0x2F:  # a start tag
+            while not _html_space(at(i)) and at(i) != 0x3E:
+                i += 1
+            if at(i) == 0:
+                raise ValueError(f"Unclosed start tag at byte offset {begin}")
+            name = data[begin + 1 : i].decode("utf-8", "replace").lower()
+            if name not in _HTML_TAG_NAMES:
+                raise ValueError(f'Unsupported start tag "{name}" at byte offset {begin}')
+            argument, i = _html_attributes(data, i, name, begin)
+            if name == "span" and argument != "spoiler":
+                raise ValueError(f'Tag "span" must have class "tg-spoiler" at byte offset {begin}')
+            stack.append(_OpenTag(name, argument, utf16, len(out)))
+            i += 1  # '>'
+            continue
+        # an end tag
+        if not stack:
+            raise ValueError(f"Unexpected end tag at byte offset {begin}")
+        while not _html_space(at(i)) and at(i) != 0x3E:
+            i += 1
+        end_name = data[begin + 2 : i].decode("utf-8", "replace").lower()
+        while _html_space(at(i)) and at(i) != 0:
+            i += 1
+        if at(i) != 0x3E:
+            raise ValueError(f"Unclosed end tag at byte offset {begin}")
+        i += 1
+        tag = stack.pop()
+        if end_name and end_name != tag.name:
+            raise ValueError(
+                f'Unmatched end tag at byte offset {begin}, expected "</{tag.name}>", found "</{end_name}>"'
+            )
+        if utf16 > tag.offset:
+            _close_html_tag(tag, utf16 - tag.offset, bytes(out[tag.text_start :]), entities)
     if stack:
-        raise ValueError(f'Can\'t find end tag corresponding to start tag "{stack[-1][0]}"')
+        raise ValueError(f'Can\'t find end tag corresponding to start tag "{stack[-1].name}"')
+    for entity in entities:
+        if entity["type"] == "code":
+            entity.pop("language", None)
     entities.sort(key=lambda entity: (entity["offset"], -entity["length"]))
-    return "".join(out), entities
+    return out.decode("utf-8", "surrogatepass"), entities
 
 
-def _decode_ref(ref: re.Match[str]) -> str:
-    name = ref[1]
-    if name.startswith(("#x", "#X")):
-        code = int(name[2:], 16)
-    elif name.startswith("#"):
-        code = int(name[1:])
-    else:
-        return _NAMED_REFS[name]
-    if code > 0x10FFFF:
-        raise ValueError(f"Invalid character reference {ref[0]}")
-    return chr(code)
+def _html_attributes(data: bytes, i: int, tag: str, begin: int) -> tuple[str, int]:
+    """Read a start tag's attributes from ``i`` up to its ``>``; return the tag's argument (the
+    link, the language, the spoiler class, ...) and the index of the ``>``."""
+    at = _byte_at(data)
+    argument = ""
+    while at(i) != 0x3E:
+        while at(i) != 0 and _html_space(at(i)):
+            i += 1
+        if at(i) == 0x3E:
+            break
+        name_begin = i
+        while not _html_space(at(i)) and at(i) not in b"=>/\"'":
+            i += 1
+        attribute = data[name_begin:i].decode("utf-8", "replace")
+        if not attribute:
+            raise ValueError(f'Empty attribute name in the tag "{tag}" at byte offset {begin}')
+        while at(i) != 0 and _html_space(at(i)):
+            i += 1
+        if at(i) != 0x3D:  # '='
+            if at(i) == 0:
+                raise ValueError(f'Unclosed start tag "{tag}" at byte offset {begin}')
+            if tag == "blockquote" and attribute == "expandable":
+                argument = "1"
+            continue
+        i += 1
+        while at(i) != 0 and _html_space(at(i)):
+            i += 1
+        if at(i) == 0:
+            raise ValueError(f'Unclosed start tag "{tag}" at byte offset {begin}')
+        if at(i) not in b"\"'":
+            token_begin = i
+            while _html_alpha(at(i)) or _html_digit(at(i)) or at(i) in b".-":
+                i += 1
+            value = data[token_begin:i].decode().lower()
+            if not _html_space(at(i)) and at(i) != 0x3E:
+                raise ValueError(f"Unexpected end of name token at byte offset {token_begin}")
+        else:
+            quote = at(i)
+            i += 1
+            raw = bytearray()
+            while at(i) != quote and at(i) != 0:
+                if at(i) == 0x26:
+                    code, after = _decode_html_entity(data, i)
+                    if code:
+                        raw += chr(code).encode("utf-8", "surrogatepass")
+                        i = after
+                        continue
+                raw.append(at(i))
+                i += 1
+            if at(i) == quote:
+                i += 1
+            value = raw.decode("utf-8", "surrogatepass")
+        if at(i) == 0:
+            raise ValueError(f"Unclosed start tag at byte offset {begin}")
+        if tag == "a" and attribute == "href":
+            argument = value
+        elif tag == "code" and attribute == "class" and value.startswith("language-"):
+            argument = value.removeprefix("language-")
+        elif tag == "span" and attribute == "class" and value.startswith("tg-"):
+            argument = value.removeprefix("tg-")
+        elif (tag == "tg-emoji" and attribute == "emoji-id") or (
+            tag == "blockquote" and attribute == "expandable"
+        ):
+            argument = value or "1"
+    return argument, i
 
 
-def _decode_refs(text: str) -> str:
-    return _CHAR_REF_RE.sub(_decode_ref, text)
-
-
-def _open_tag(
-    name: str, attr_text: str, offset: int, stack: list[tuple[str, JsonDict | None]], byte_offset: int
-) -> JsonDict | None:
-    kind = _HTML_TAGS.get(name)
-    if kind is None:
-        raise ValueError(f'Unsupported start tag "{name}" at byte offset {byte_offset}')
-    attrs = {m[1].lower(): _decode_refs(m[2] or m[3] or m[4] or "") for m in _ATTR_RE.finditer(attr_text)}
-    entity: JsonDict = {"type": kind, "offset": offset}
-    if name == "span" and attrs.get("class") != "tg-spoiler":
-        raise ValueError('Tag "span" must have class "tg-spoiler"')
-    if name == "a":
-        href = attrs.get("href")
-        if not href:
-            return None  # Telegram keeps the text and drops a link without href
-        entity["url"] = href
-    if name == "tg-emoji":
-        entity["custom_emoji_id"] = attrs.get("emoji-id", "")
-    if name == "blockquote" and "expandable" in attrs:
+def _close_html_tag(tag: _OpenTag, length: int, text: bytes, entities: list[JsonDict]) -> None:
+    entity: JsonDict = {"type": _HTML_ENTITY_TYPES.get(tag.name, ""), "offset": tag.offset, "length": length}
+    last = entities[-1] if entities else None
+    same_span = last is not None and (last["offset"], last["length"]) == (tag.offset, length)
+    if tag.name == "tg-emoji":
+        if not tag.argument.isdigit() or int(tag.argument) == 0:
+            raise ValueError("Invalid custom emoji identifier specified")
+        entity.update(type="custom_emoji", custom_emoji_id=tag.argument)
+    elif tag.name == "tg-time":
+        return  # a formatted date: not modelled
+    elif tag.name == "a":
+        url = tag.argument or text.decode("utf-8", "surrogatepass")
+        if not url.strip():
+            return  # Telegram keeps the text and drops a link it can't use
+        entity.update(type="text_link", url=url)
+    elif tag.name == "blockquote" and tag.argument:
         entity["type"] = "expandable_blockquote"
-    if name == "code" and stack and stack[-1][0] == "pre":
-        # <pre><code class="language-x"> is one pre entity with a language.
-        pre = stack[-1][1]
-        language = attrs.get("class", "")
-        if pre is not None and language.startswith("language-"):
-            pre["language"] = language.removeprefix("language-")
-        return None
-    return entity
+    elif tag.name == "pre":
+        if same_span and last is not None and last["type"] == "code" and last.get("language"):
+            last["type"] = "pre"  # <pre><code class="language-x"> is one pre entity with a language
+            return
+        entity["type"] = "pre"
+    elif tag.name == "code":
+        if same_span and last is not None and last["type"] == "pre" and tag.argument:
+            last["language"] = tag.argument
+            return
+        if tag.argument:
+            entity["language"] = tag.argument
+    entities.append(entity)

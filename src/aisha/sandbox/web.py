@@ -35,6 +35,7 @@ class ChangeSignal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.waiting = 0  # long polls waiting right now
 
     def notify(self) -> None:
         event, self._event = self._event, asyncio.Event()
@@ -43,13 +44,17 @@ class ChangeSignal:
     async def wait(self, changed: Callable[[], bool], timeout: float) -> None:  # noqa: ASYNC109
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not changed() and (remaining := deadline - loop.time()) > 0:
-            event = self._event
-            try:
-                async with asyncio.timeout(remaining):
-                    await event.wait()
-            except TimeoutError:
-                return
+        self.waiting += 1
+        try:
+            while not changed() and (remaining := deadline - loop.time()) > 0:
+                event = self._event
+                try:
+                    async with asyncio.timeout(remaining):
+                        await event.wait()
+                except TimeoutError:
+                    return
+        finally:
+            self.waiting -= 1
 
 
 def create_app(sandbox: Sandbox) -> web.Application:

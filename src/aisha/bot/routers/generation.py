@@ -86,8 +86,19 @@ class GalleryPage(CallbackData, prefix="gal"):
 
 
 def _excerpt(text: str, limit: int = PROMPT_EXCERPT) -> str:
+    """The prompt on one line, at most ``limit`` UTF-16 units as Telegram counts them (an emoji is
+    two), ending in "…" when cut, escaped for HTML."""
     text = " ".join(text.split())
-    return html.quote(text if len(text) <= limit else text[: limit - 1].rstrip() + "…")
+    if len(text.encode("utf-16-le")) // 2 <= limit:
+        return html.quote(text)
+    kept, units = [], 0
+    for char in text:
+        width = 2 if ord(char) > 0xFFFF else 1
+        if units + width > limit - 1:
+            break
+        kept.append(char)
+        units += width
+    return html.quote("".join(kept).rstrip() + "…")
 
 
 def too_many_text(t: Texts, error: TooManyInFlight) -> str:

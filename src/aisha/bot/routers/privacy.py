@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 CANCEL = "privacy:cancel"
 
 
+def _already_shows(message: Message, text: str) -> bool:
+    """The message already reads ``text``, with no buttons: Telegram refuses an edit that changes
+    nothing ("message is not modified"), so a later press of a button it had need not make one."""
+    return message.html_text == text and message.reply_markup is None
+
+
 def create_router(services: Services) -> Router:
     router = Router(name="privacy")
     privacy = services.privacy
@@ -42,7 +48,7 @@ def create_router(services: Services) -> Router:
     @router.callback_query(F.data == CANCEL)
     async def cancel(query: CallbackQuery, t: Texts) -> None:
         await query.answer()
-        if isinstance(query.message, Message):
+        if isinstance(query.message, Message) and not _already_shows(query.message, t("privacy.cancelled")):
             await query.message.edit_text(t("privacy.cancelled"))
 
     @router.callback_query(F.data.startswith("privacy:confirm:"))
@@ -60,10 +66,12 @@ def create_router(services: Services) -> Router:
         await privacy.delete_user_data(session=session, user_id=user.telegram_id)
         await query.answer()
         if isinstance(query.message, Message):
-            # Through the messenger: a second press finds the text already there ("not modified").
-            await services.messenger.edit_text(
-                query.message.chat.id, query.message.message_id, t("privacy.done")
-            )
+            if not _already_shows(query.message, t("privacy.done")):
+                # Through the messenger: two quick presses both find the old text, and the second
+                # edit then changes nothing ("not modified"), which the messenger lets pass.
+                await services.messenger.edit_text(
+                    query.message.chat.id, query.message.message_id, t("privacy.done")
+                )
         else:
             await services.messenger.send_text(user.telegram_id, t("privacy.done"))
 

@@ -21,7 +21,7 @@ from aisha.db.base import parse_uuid
 from aisha.db.session import after_commit
 from aisha.i18n import Texts
 from aisha.messaging import FileTooLarge
-from aisha.transcription.merge import split_message
+from aisha.transcription.merge import split_message, utf16_len
 from aisha.transcription.models import Transcript
 from aisha.transcription.service import (
     JOB_NAME,
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 5
 PREVIEW_WORDS = 8
+PREVIEW_UNITS = 120  # the most a preview takes, in UTF-16 units
 
 
 class TranscriptAction(CallbackData, prefix="tr"):
@@ -76,6 +77,10 @@ def media_of(message: Message, *, user_id: int) -> IncomingMedia | None:
 def _preview(transcript: Transcript) -> str:
     words = (transcript.text or "").split()
     text = " ".join(words[:PREVIEW_WORDS]) + (" …" if len(words) > PREVIEW_WORDS else "")
+    # Speech written without spaces (Chinese, Japanese) is one long "word": cap it too, or five of
+    # them make a list longer than the 4096 UTF-16 units Telegram takes in a message.
+    if utf16_len(text) > PREVIEW_UNITS:
+        text = split_message(text, PREVIEW_UNITS - 2)[0] + " …"
     return html.quote(text)
 
 
