@@ -524,9 +524,9 @@ def test_a_voice_recorded_in_the_browser_comes_back_as_its_words(
                 pytest.fail(f"no transcript with the words said; the chat: {texts}")
             chat.screenshot("recorded-voice")
             words = transcript.inner_text().lower()
-            # tiny.en sometimes hears espeak's "every evening" as "and reading": the other words
-            # of the phrase, in order, are what it reliably gets.
-            said = ["lighthouse", "climbed", "narrow", "stairs", "sunset"]
+            # tiny.en may hear espeak's "lighthouse keeper" as "light housekeeper" and "every
+            # evening" as "and reading": these words of the phrase, in order, it reliably gets.
+            said = ["climbed", "narrow", "stairs", "sunset"]
             assert [words.index(w) for w in said] == sorted(words.index(w) for w in said), words
             context.close()
         finally:
