@@ -517,16 +517,17 @@ def test_a_voice_recorded_in_the_browser_comes_back_as_its_words(
             page.locator("#record").click()
             chat.expect(page.locator(".message.outgoing audio").last).to_be_visible()
             try:
-                transcript = chat.wait_bot(re.compile(r"narrow stairs", re.IGNORECASE), timeout=LONG)
+                transcript = chat.wait_bot(re.compile(r"narrow stair", re.IGNORECASE), timeout=LONG)
             except Exception:
                 chat.screenshot("recorded-voice-failed")
                 texts = page.locator(".message").all_inner_texts()
                 pytest.fail(f"no transcript with the words said; the chat: {texts}")
             chat.screenshot("recorded-voice")
             words = transcript.inner_text().lower()
-            # tiny.en may hear espeak's "lighthouse keeper" as "light housekeeper" and "every
-            # evening" as "and reading": these words of the phrase, in order, it reliably gets.
-            said = ["climbed", "narrow", "stairs", "sunset"]
+            # What the browser records differs a little run to run, and tiny.en may hear "lighthouse
+            # keeper" as "light housekeeper", "every evening" as "and reading", "stairs" as "stair":
+            # these words of the phrase, in order, it reliably gets.
+            said = ["climbed", "narrow", "stair", "sunset"]
             assert [words.index(w) for w in said] == sorted(words.index(w) for w in said), words
             context.close()
         finally:
