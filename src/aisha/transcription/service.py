@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from aisha.billing.errors import InsufficientCredits
 from aisha.billing.models import HoldStatus
 from aisha.billing.prices import PriceList, billable_minutes
-from aisha.billing.service import LedgerService
+from aisha.billing.service import HoldResult, LedgerService
 from aisha.clock import Clock
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
@@ -421,21 +421,14 @@ class TranscriptionService:
 
     async def _hold(self, run: _Run, *, duration: float) -> None:
         """Hold for the header's length plus the margin, or (if that is too much) for the length."""
-        transcript = run.transcript
         exact = self._prices.transcription_price(duration)
         margin = self._prices.transcription_price(duration * (1 + HOLD_MARGIN) + HOLD_MARGIN_SECONDS)
         async with unit_of_work(self._sessions) as session:
             row = await self._owned(session, run)
             for amount in dict.fromkeys((margin, exact)):
                 try:
-                    hold = await self._ledger.hold(
-                        session=session,
-                        user_id=transcript.user_id,
-                        amount=amount,
-                        key=f"transcript:{transcript.id}:{run.claim}:hold",
-                        reference=f"transcript:{transcript.id}",
-                        description="ledger.transcription",
-                        description_args=_minutes(duration),
+                    hold = await self._hold_credits(
+                        session, run, amount=amount, duration=duration, step="hold"
                     )
                     break
                 except InsufficientCredits:
@@ -446,6 +439,21 @@ class TranscriptionService:
             row.price = exact
             row.duration_ms = round(duration * 1000)
         run.held = hold.amount
+
+    async def _hold_credits(
+        self, session: AsyncSession, run: _Run, *, amount: int, duration: float, step: str
+    ) -> HoldResult:
+        """One hold for this run's claim; `step` keeps the header's and the decoded length's apart."""
+        transcript = run.transcript
+        return await self._ledger.hold(
+            session=session,
+            user_id=transcript.user_id,
+            amount=amount,
+            key=f"transcript:{transcript.id}:{run.claim}:{step}",
+            reference=f"transcript:{transcript.id}",
+            description="ledger.transcription",
+            description_args=_minutes(duration),
+        )
 
     async def _settle_price(self, run: _Run, *, duration: float) -> int:
         """Price the decoded length, holding more if it costs more than held; the balance after capture.
@@ -464,14 +472,8 @@ class TranscriptionService:
                 # length replaces it, in this same transaction, before any speech call.
                 await self._give_back(session, row)
                 try:
-                    hold = await self._ledger.hold(
-                        session=session,
-                        user_id=transcript.user_id,
-                        amount=price,
-                        key=f"transcript:{transcript.id}:{run.claim}:hold-decoded",
-                        reference=f"transcript:{transcript.id}",
-                        description="ledger.transcription",
-                        description_args=_minutes(duration),
+                    hold = await self._hold_credits(
+                        session, run, amount=price, duration=duration, step="hold-decoded"
                     )
                 except InsufficientCredits as error:
                     refused = error  # the release above still commits
