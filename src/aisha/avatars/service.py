@@ -666,7 +666,12 @@ class AvatarService:
                 output = parse_training_result(webhook.payload)
             except FalMalformedOutput:
                 # FAL couldn't put the output in the webhook: read it from the queue instead.
-                output, error = await self._fetch_result(endpoint, webhook.request_id)
+                try:
+                    output, error = await self._fetch_result(endpoint, webhook.request_id)
+                except FalError as exc:
+                    # An outage, not the job's answer: the sweep polls FAL for this avatar later.
+                    log.warning("avatar.result_unavailable", avatar_id=str(avatar_id), error=str(exc))
+                    return False
         else:
             error = webhook.error or "training failed"
         return await self._finish(
@@ -678,6 +683,8 @@ class AvatarService:
         return str(endpoint(avatar_type)) if callable(endpoint) else ""
 
     async def _fetch_result(self, endpoint: str, request_id: str) -> tuple[TrainingOutput | None, str | None]:
+        """(the LoRA, None), or (None, the error) when the training failed. An outage (FalError)
+        propagates: the training may have succeeded, so the caller asks again later."""
         assert self._trainer is not None
         try:
             return await self._trainer.result(endpoint=endpoint, request_id=request_id), None

@@ -147,7 +147,10 @@ class ImageGenerator(Protocol):
     async def state(self, *, endpoint: str, request_id: str) -> ProviderState: ...
 
     async def result(self, *, endpoint: str, request_id: str) -> ImagesOutput:
-        """The images of a completed job; GenerationFailed if it failed or is gone."""
+        """The images of a completed job; GenerationFailed if it failed or is gone.
+
+        Raises FalUnavailable (or another FalError) when FAL could not say: ask again later.
+        """
         ...
 
     async def cancel(self, *, endpoint: str, request_id: str) -> None: ...
@@ -800,7 +803,14 @@ class GenerationService:
                     raise FalMalformedOutput(webhook.payload_error or "no payload")
                 output = parse_images_result(webhook.payload)
             except FalMalformedOutput:
-                output = await self._fetch_result(endpoint, webhook.request_id)
+                try:
+                    output = await self._fetch_result(endpoint, webhook.request_id)
+                except FalError as exc:
+                    # FAL can't say now: the sweep polls this row once `poll_after` has passed.
+                    log.warning(
+                        "generation.result_unavailable", generation_id=str(generation_id), error=str(exc)
+                    )
+                    return False
         else:
             log.info("generation.provider_error", generation_id=str(generation_id), error=webhook.error)
         return await self._finish(
@@ -808,11 +818,16 @@ class GenerationService:
         )
 
     async def _fetch_result(self, endpoint: str, request_id: str) -> ImagesOutput | None:
+        """The job's images; None when the job failed (the model's error, or no result).
+
+        An outage (FalUnavailable, or any FalError that isn't the job's own answer) propagates:
+        the job may well have succeeded, so the caller asks again later.
+        """
         if self._generator is None or not endpoint:
             return None
         try:
             return await self._generator.result(endpoint=endpoint, request_id=request_id)
-        except (GenerationFailed, FalError) as exc:
+        except GenerationFailed as exc:
             log.warning("generation.result_failed", request_id=request_id, error=str(exc))
             return None
 
@@ -825,11 +840,11 @@ class GenerationService:
             return False
         try:
             state = await generator.state(endpoint=endpoint, request_id=request_id)
+            output = await self._fetch_result(endpoint, request_id) if state is ProviderState.DONE else None
         except FalError as exc:
             log.warning("generation.poll_failed", generation_id=str(generation_id), error=str(exc))
             return False
         if state is ProviderState.DONE:
-            output = await self._fetch_result(endpoint, request_id)
             return await self._finish(generation_id, request_id=request_id, output=output, reason="provider")
         if state is ProviderState.UNKNOWN:
             return await self._finish(generation_id, request_id=request_id, output=None, reason="provider")
