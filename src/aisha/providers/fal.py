@@ -336,6 +336,46 @@ class FalClient:
             raise FalUnavailable(f"FAL storage refused the upload: HTTP {put.status_code}")
         return file_url
 
+    async def download(self, url: str, *, max_bytes: int) -> bytes:
+        """A file a job left on FAL's CDN (a trained LoRA, its config).
+
+        Raises FalNotFound when the CDN no longer has it (media expiry), FalUnavailable when it
+        can't be reached, FalMalformedOutput past ``max_bytes``. CDN links are capabilities of
+        their own: the key is never sent with them.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with self._http.stream(
+                "GET", url, timeout=self._timeout, follow_redirects=True
+            ) as response:
+                if response.status_code in (403, 404, 410):
+                    raise FalNotFound(f"FAL's CDN no longer has the file (HTTP {response.status_code})")
+                if response.status_code >= 400:
+                    raise FalUnavailable(
+                        f"FAL's CDN answered {response.status_code}", status_code=response.status_code
+                    )
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise FalMalformedOutput(f"the file is larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+        except httpx.TransportError as exc:
+            raise FalUnavailable(f"FAL's CDN is unreachable: {type(exc).__name__}") from None
+        return b"".join(chunks)
+
+    async def answers(self, url: str) -> bool:
+        """Whether a CDN file is still there: False only when the CDN says it is gone (403/404/410).
+
+        A HEAD costs a few hundred bytes; an outage or an odd status counts as "there" (FAL's
+        own download then decides, and a failed job releases its hold).
+        """
+        try:
+            response = await self._http.head(url, timeout=self._timeout, follow_redirects=True)
+        except httpx.TransportError:
+            return True
+        return response.status_code not in (403, 404, 410)
+
     async def submit(
         self, endpoint: str, payload: Mapping[str, Any], *, webhook_url: str | None = None
     ) -> FalSubmission:

@@ -39,7 +39,7 @@ from aisha.transcription.models import Transcript
 from aisha.users.models import User
 
 log = structlog.get_logger(__name__)
-STORAGE_ROOTS = ("avatars", "generations", "transcripts")
+STORAGE_ROOTS = ("avatars", "loras", "generations", "transcripts")
 
 
 def user_prefixes(user_id: int) -> list[str]:
