@@ -193,7 +193,9 @@ async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
             finishes.append((generation_id, webhook))
 
         generator = FalImageGenerator(
-            FalClient(key=fal.key, queue_url=fal.base_url, http=http, backoff_base=0.01),
+            FalClient(
+                key=fal.key, queue_url=fal.base_url, rest_url=fal.base_url, http=http, backoff_base=0.01
+            ),
             http,
             GeneratorConfig(),
         )
@@ -491,3 +493,55 @@ async def test_a_webhook_whose_result_fal_cannot_serve_now_waits_for_the_sweep(
     row = await h.row(generation_id)
     assert row.status is JobStatus.SUCCEEDED and row.cost == 10
     assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
+
+
+async def test_a_lora_that_expires_within_the_check_window_fails_once_then_is_republished(
+    make: Callable[..., Any], tmp_path: Path
+) -> None:
+    h: Harness = await make(webhooks=False)
+    h.fal.complete_after = 0.1
+    storage = LocalStorage(tmp_path / "files")  # the service's storage
+    await storage.put("loras/7001/copy/lora.safetensors", b"weights")
+    async with unit_of_work(h.db.sessions) as session:
+        avatar = await session.get(Avatar, h.avatar_id)
+        assert avatar is not None and avatar.lora_url
+        avatar.training_config = {"lora_key": "loras/7001/copy/lora.safetensors"}
+        fal_url = avatar.lora_url
+
+    async def generate() -> ImageGeneration:
+        generation_id = await h.create(num_images=1)
+        async with asyncio.timeout(15):
+            await h.service.run(generation_id=generation_id)
+        return await h.row(generation_id)
+
+    assert (await generate()).status is JobStatus.SUCCEEDED  # FAL's CDN answered: remembered a while
+    h.fal.expire_file(fal_url)
+    # Within the window nobody asks the CDN: FAL can't download the LoRA, the job fails, released.
+    failed = await generate()
+    assert failed.status is JobStatus.FAILED and failed.cost == 0
+    assert h.fal.submissions[1].payload["loras"][0]["path"] == fal_url
+    # The failure dropped what was remembered: the next one finds the file gone and republishes ours.
+    row = await generate()
+    assert row.status is JobStatus.SUCCEEDED and row.cost == 5
+    republished = h.fal.submissions[2].payload["loras"][0]["path"]
+    assert republished != fal_url and h.fal.files[republished.rsplit("/", 1)[1]][0] == b"weights"
+    assert await h.balance() == FUNDS - 10
+    hold, capture, release = EntryKind.HOLD, EntryKind.CAPTURE, EntryKind.RELEASE
+    assert await h.entries() == [EntryKind.BONUS, hold, capture, hold, release, hold, capture]
+
+
+async def test_a_gone_lora_without_our_copy_fails_as_fal_fails_it_and_releases(
+    make: Callable[..., Any],
+) -> None:
+    h: Harness = await make(webhooks=False)
+    h.fal.complete_after = 0.1
+    async with h.db.sessions() as session:
+        avatar = await session.get(Avatar, h.avatar_id)
+        assert avatar is not None and avatar.lora_url
+    h.fal.expire_file(avatar.lora_url)
+    generation_id = await h.create(num_images=1)
+    async with asyncio.timeout(15):
+        await h.service.run(generation_id=generation_id)
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.FAILED and await h.balance() == FUNDS
+    assert "the image service failed." in _told(h)[-1]

@@ -37,7 +37,7 @@ import structlog
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from aisha.avatars.models import Avatar, AvatarStatus, AvatarType
+from aisha.avatars.models import LORA_KEY, Avatar, AvatarStatus, AvatarType
 from aisha.billing.errors import HoldAlreadyResolved, HoldNotFound
 from aisha.billing.prices import PriceList
 from aisha.billing.service import LedgerService
@@ -157,6 +157,14 @@ class ImageGenerator(Protocol):
 
     async def download(self, url: str) -> bytes: ...
 
+    async def lora_answers(self, url: str) -> bool:
+        """False when the provider's CDN says the LoRA file is gone (media expiry)."""
+        ...
+
+    async def publish_lora(self, data: bytes) -> str:
+        """Put LoRA weights where the provider can fetch them; their new URL. Raises FalError."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class GeneratorConfig:
@@ -218,6 +226,14 @@ class FalImageGenerator:
     async def cancel(self, *, endpoint: str, request_id: str) -> None:
         await self._client.cancel(endpoint, request_id)
 
+    async def lora_answers(self, url: str) -> bool:
+        return await self._client.answers(url)
+
+    async def publish_lora(self, data: bytes) -> str:
+        return await self._client.upload(
+            data, file_name="lora.safetensors", content_type="application/octet-stream"
+        )
+
     async def download(self, url: str) -> bytes:
         response = await self._http.get(url, timeout=60.0, follow_redirects=True)
         response.raise_for_status()
@@ -240,6 +256,8 @@ class GenerationRules:
     quality_check: bool = True
     # Where FAL posts its webhook; None: polling mode (the job polls).
     public_base_url: str | None = None
+    # How long a LoRA URL that answered is trusted without asking FAL's CDN again.
+    lora_check_ttl: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +464,8 @@ class GenerationService:
         self.rules = rules
         self._enqueue = enqueue
         self._enqueue_finish = enqueue_finish
+        # avatar id -> (the LoRA URL that answered, when): one HEAD per avatar per `lora_check_ttl`.
+        self._lora_checked: dict[uuid.UUID, tuple[str, datetime]] = {}
 
     # --- quoting and checks --------------------------------------------------------------------
 
@@ -615,7 +635,7 @@ class GenerationService:
                 return  # done by an earlier run, or gone
             user_id, config = row.user_id, dict(row.config)
             prompt, enhanced = row.prompt, row.enhanced_prompt
-            subject, lora_url = None, None
+            subject, lora_url, lora_key = None, None, None
             if row.avatar_id is not None:
                 avatar = await session.get(Avatar, row.avatar_id)
                 if avatar is None or avatar.status is not AvatarStatus.READY or not avatar.lora_url:
@@ -623,6 +643,7 @@ class GenerationService:
                 else:
                     subject = PromptSubject(avatar.trigger_phrase, avatar.type)
                     lora_url = avatar.lora_url
+                    lora_key = avatar.training_config.get(LORA_KEY)
             avatar_missing = row.avatar_id is not None and subject is None
             locale = await user_locale(session, user_id)
         generator = self._generator
@@ -659,6 +680,16 @@ class GenerationService:
                     .execution_options(synchronize_session=False)
                 )
             config["llm_enhanced"] = result.llm_used
+
+        if lora_url is not None and row.avatar_id is not None:
+            try:
+                lora_url = await self._live_lora(generator, row.avatar_id, lora_url, lora_key)
+            except (FalError, StorageError) as exc:
+                log.error("generation.lora_unavailable", generation_id=str(generation_id), error=str(exc))
+                await self._finish(
+                    generation_id, request_id=None, output=None, reason="provider", pending=True
+                )
+                return
 
         endpoint, payload = generator.request(
             prompt=enhanced,
@@ -722,6 +753,39 @@ class GenerationService:
             log.info("generation.submitted", generation_id=str(generation_id), request_id=request_id)
         if webhook is None and request_id is not None:
             await self._poll_until_done(generation_id, user_id, endpoint, request_id)
+
+    async def _live_lora(
+        self, generator: ImageGenerator, avatar_id: uuid.UUID, lora_url: str, lora_key: str | None
+    ) -> str:
+        """A URL of the avatar's LoRA that FAL can download: FAL's CDN file while it answers, else
+        our copy (made when training ended) re-published on FAL's storage and kept on the avatar.
+
+        A HEAD before the submission rather than waiting for FAL's failed result: the job never
+        fails for it, so it is never resubmitted (a second paid job, a second request id for the
+        row) and the user never waits a queue round trip for nothing. The answer is cached per
+        avatar for `lora_check_ttl`, so a burst of generations costs one HEAD; a LoRA that
+        expires within that window fails its job, which releases the hold and drops the cache.
+        """
+        now = self._clock.now()
+        checked = self._lora_checked.get(avatar_id)
+        if checked is not None and checked[0] == lora_url and now - checked[1] < self.rules.lora_check_ttl:
+            return lora_url
+        if not await generator.lora_answers(lora_url):
+            if lora_key is None:
+                # No copy of ours (trained before copies were kept, or FAL's file was gone first).
+                log.error("generation.lora_gone_without_copy", avatar_id=str(avatar_id))
+                return lora_url
+            lora_url = await generator.publish_lora(await self._storage.get(lora_key))
+            async with unit_of_work(self._sessions) as session:
+                await session.execute(
+                    update(Avatar)
+                    .where(Avatar.id == avatar_id)
+                    .values(lora_url=lora_url, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            log.info("generation.lora_republished", avatar_id=str(avatar_id))
+        self._lora_checked[avatar_id] = (lora_url, now)
+        return lora_url
 
     async def _describe(self, user_id: int, config: dict[str, Any]) -> str | None:
         vision = self._vision
@@ -910,6 +974,7 @@ class GenerationService:
             if row is None or row.status not in ((JobStatus.PENDING,) if pending else AT_PROVIDER):
                 return False
             user_id, config, requested_at = row.user_id, dict(row.config), row.created_at
+            avatar_id = row.avatar_id
         wanted = int(config.get("num_images", 1))
         delivery = _Delivery(failed=wanted)
         if output is not None:
@@ -991,6 +1056,8 @@ class GenerationService:
             captured=captured,
         )
         if not delivered:
+            if avatar_id is not None:
+                self._lora_checked.pop(avatar_id, None)  # its LoRA may be why: ask the CDN next time
             await self._notifier.failed(finished=finished, reason=str(values["error"]))
             await self._metrics.job_failed(JOB_NAME, str(values["error"]))
             return True
