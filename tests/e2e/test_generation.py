@@ -11,6 +11,7 @@ answered once it has queued the `generation.finish` job, so tests wait for the i
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import uuid
 import zipfile
@@ -36,7 +37,7 @@ from aisha.providers.fal import webhook_url
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer, png_bytes
-from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_image_urls
+from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_image_urls, chat_json_schema
 from aisha.sandbox.faults import Fault
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, free_port
@@ -795,6 +796,18 @@ async def test_the_free_regeneration_turns_the_offer_into_its_status_message(
     await _complete(app, fal, first.request_id)
     offer = telegram.calls_of("sendMessage")[-1]
     assert "regenerate it once for free" in offer.params["text"]
+    # The check saw the whole image at high detail, where eyes and fingers can be made out.
+    [check] = [
+        body
+        for body in openai_server.chat_calls
+        if (chat_json_schema(body) or ("",))[0] == "portrait_quality"
+    ]
+    [image] = [part for part in check["messages"][1]["content"] if part["type"] == "image_url"]
+    assert image["image_url"]["detail"] == "high"
+    assert Image.open(io.BytesIO(base64.b64decode(image["image_url"]["url"].split(",", 1)[1]))).size == (
+        768,
+        1024,
+    )
     free = next(data for _, data in _buttons(offer) if data.startswith("gact:free:"))
 
     await _press(telegram, user, free, offer)
