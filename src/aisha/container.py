@@ -432,7 +432,7 @@ def _wire_avatars(services: Services) -> None:
     """Avatars: the trainer on FAL, the photo checks, jobs, the recovery check and webhook routing."""
     settings = services.settings
     services.fal_verifier = FalWebhookVerifier(
-        settings.fal_jwks_url, http=services.http, clock=services.clock
+        settings.fal_jwks_url, http=services.http, clock=services.clock, user_id=settings.fal_user_id
     )
     trainer = None
     if services.fal is not None:

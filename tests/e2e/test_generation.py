@@ -883,3 +883,34 @@ async def test_an_avatar_outlives_fals_cdn_the_generation_republishes_our_copy(
     async with db.sessions() as session:
         avatar = await session.get(Avatar, avatar_id)
         assert avatar is not None and avatar.lora_url == lora["path"]  # the next one starts from there
+
+
+async def test_a_webhook_for_another_fal_user_is_refused_and_changes_nothing(
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    db: Database,
+) -> None:
+    port = free_port()
+    app: Runtime = await start_app(
+        make_settings(
+            fal_key=fal.key,
+            fal_queue_url=fal.base_url,
+            fal_jwks_url=fal.jwks_url,
+            fal_user_id="our-fal-user",  # the fake FAL signs as "fake-fal-user"
+            public_base_url=f"http://127.0.0.1:{port}",
+            webhook_secret=WEBHOOK_SECRET,
+            http_port=port,
+        )
+    )
+    user = FakeUser(id=5141, first_name="Max", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me at the sea"))
+    job = await _submitted(fal)
+    assert await fal.complete(job.request_id) == 401
+    await _jobs_done(app)
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUBMITTED and not generation.results
+    assert await _balance(app, user.id) == FUNDS - PRICE  # still held, nothing captured
+    assert not telegram.calls_of("sendPhoto")
