@@ -912,7 +912,7 @@ class AvatarService:
             async with unit_of_work(self._sessions) as session:
                 if await self.discard_draft(session=session, user_id=user_id, avatar_id=avatar_id):
                     handled += 1
-        for avatar_id in unkept:
+        for avatar_id in unkept if self._trainer is not None else ():
             await self._queue_keep(avatar_id)
             handled += 1
         return handled

@@ -635,7 +635,7 @@ class GenerationService:
                 return  # done by an earlier run, or gone
             user_id, config = row.user_id, dict(row.config)
             prompt, enhanced = row.prompt, row.enhanced_prompt
-            subject, lora_url, lora_key = None, None, None
+            subject, lora_url, lora_key, avatar_id = None, None, None, row.avatar_id
             if row.avatar_id is not None:
                 avatar = await session.get(Avatar, row.avatar_id)
                 if avatar is None or avatar.status is not AvatarStatus.READY or not avatar.lora_url:
@@ -681,9 +681,9 @@ class GenerationService:
                 )
             config["llm_enhanced"] = result.llm_used
 
-        if lora_url is not None and row.avatar_id is not None:
+        if lora_url is not None and avatar_id is not None:
             try:
-                lora_url = await self._live_lora(generator, row.avatar_id, lora_url, lora_key)
+                lora_url = await self._live_lora(generator, avatar_id, lora_url, lora_key)
             except (FalError, StorageError) as exc:
                 log.error("generation.lora_unavailable", generation_id=str(generation_id), error=str(exc))
                 await self._finish(
@@ -760,11 +760,12 @@ class GenerationService:
         """A URL of the avatar's LoRA that FAL can download: FAL's CDN file while it answers, else
         our copy (made when training ended) re-published on FAL's storage and kept on the avatar.
 
-        A HEAD before the submission rather than waiting for FAL's failed result: the job never
-        fails for it, so it is never resubmitted (a second paid job, a second request id for the
-        row) and the user never waits a queue round trip for nothing. The answer is cached per
-        avatar for `lora_check_ttl`, so a burst of generations costs one HEAD; a LoRA that
-        expires within that window fails its job, which releases the hold and drops the cache.
+        A HEAD before the submission rather than reacting to FAL's failed result: reacting would
+        mean a queue round trip for nothing, then a second submission for the same row (a second
+        request id, a webhook for the first to ignore) and the user waiting twice. The answer is
+        cached per avatar for `lora_check_ttl`, so a burst of generations costs one HEAD; a LoRA
+        that expires within that window fails its job, which releases the hold and drops the
+        cache, so the next generation republishes.
         """
         now = self._clock.now()
         checked = self._lora_checked.get(avatar_id)
