@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     fal_queue_url: str = "https://queue.fal.run"
     fal_rest_url: str = "https://rest.fal.ai"
     fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # Our FAL account's user id: a signed webhook for any other account is refused.
+    fal_user_id: str | None = None
     # Longest wait for one FAL call; a submission that outlasts it is "maybe submitted" (kept, not resent).
     fal_timeout_seconds: float = Field(default=30.0, gt=0)
     openai_api_key: SecretStr | None = None

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.admin.service import BROADCAST_JOB, AdminRules, AdminService
 from aisha.api.fal import FalWebhookRegistry
-from aisha.avatars.service import TRAIN_JOB, AvatarNotifier, AvatarRules, AvatarService
+from aisha.avatars.service import KEEP_JOB, TRAIN_JOB, AvatarNotifier, AvatarRules, AvatarService
 from aisha.avatars.training import FalTrainer, TrainerConfig
 from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThresholds
 from aisha.billing.payments import PaymentService, StarRefunds
@@ -432,7 +432,7 @@ def _wire_avatars(services: Services) -> None:
     """Avatars: the trainer on FAL, the photo checks, jobs, the recovery check and webhook routing."""
     settings = services.settings
     services.fal_verifier = FalWebhookVerifier(
-        settings.fal_jwks_url, http=services.http, clock=services.clock
+        settings.fal_jwks_url, http=services.http, clock=services.clock, user_id=settings.fal_user_id
     )
     trainer = None
     if services.fal is not None:
@@ -453,6 +453,9 @@ def _wire_avatars(services: Services) -> None:
 
     async def enqueue_training(avatar_id: uuid.UUID) -> None:
         await services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar_id))
+
+    async def enqueue_keep(avatar_id: uuid.UUID) -> None:
+        await services.queue.enqueue(KEEP_JOB, avatar_id=str(avatar_id))
 
     services.avatars = AvatarService(
         sessions=services.sessions,
@@ -475,6 +478,7 @@ def _wire_avatars(services: Services) -> None:
             public_base_url=settings.public_base_url,
         ),
         enqueue_training=enqueue_training,
+        enqueue_keep=enqueue_keep,
         metrics=services.metrics.jobs,
     )
     avatars = services.avatars
@@ -487,12 +491,16 @@ def _wire_avatars(services: Services) -> None:
     async def train_job(*, avatar_id: str) -> None:
         await avatars.train(avatar_id=uuid.UUID(avatar_id))
 
+    async def keep_job(*, avatar_id: str) -> None:
+        await avatars.keep_lora(avatar_id=uuid.UUID(avatar_id))
+
     async def on_webhook(row_id: str, webhook: FalWebhook) -> bool:
         avatar_id = parse_uuid(row_id)
         return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
 
     services.queue.register("avatars.photo", photo_job)
     services.queue.register(TRAIN_JOB, train_job)
+    services.queue.register(KEEP_JOB, keep_job)
     services.recovery.register("avatars.stuck", avatars.sweep)
     services.fal_webhooks.register("avatar", on_webhook)
 

@@ -49,6 +49,7 @@ async def _seed(app: Runtime, user_id: int) -> None:
         await storage.put(
             f"avatars/{user_id}/{avatar_id}/{n}.jpg", b"photo %d" % n, content_type="image/jpeg"
         )
+    await storage.put(f"loras/{user_id}/{avatar_id}/lora.safetensors", b"weights")  # our copy
     await storage.put(image_key, b"png", content_type="image/png")
     await storage.put(f"{base}/audio.ogg", b"ogg")
     await storage.put(f"{base}/text.txt", b"my secret words")
@@ -170,7 +171,7 @@ async def test_delete_me_erases_the_user_and_keeps_anonymized_totals(
         await _seed(app, user.id)
     bob_files = [f for f in _files(root) if f"/{BOB.id}/" in f]
     bob_rows = await _rows_of(db, BOB.id)
-    assert len(bob_files) == 6 and all(bob_rows.values())
+    assert len(bob_files) == 7 and all(bob_rows.values())
 
     asked = await say(telegram, ALICE, "/delete_me")
     # 100 bonus + 500 top-up - 40 spent - 150 held
@@ -184,7 +185,7 @@ async def test_delete_me_erases_the_user_and_keeps_anonymized_totals(
     alert = await telegram.wait_for_call("answerCallbackQuery")
     assert alert.params.get("show_alert") is True
     assert await _rows_of(db, ALICE.id) == bob_rows
-    assert len(_files(root)) == 12
+    assert len(_files(root)) == 14
 
     press(telegram, ALICE, confirm, under=asked)
     done = await telegram.wait_for_call("editMessageText", lambda c: c.params.get("chat_id") == ALICE.id)

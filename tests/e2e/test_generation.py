@@ -11,8 +11,10 @@ answered once it has queued the `generation.finish` job, so tests wait for the i
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,10 +33,11 @@ from aisha.db.session import unit_of_work
 from aisha.generation.models import ImageGeneration
 from aisha.generation.service import FINISH_JOB, storage_prefix
 from aisha.jobs.queue import JobQueue
+from aisha.providers.fal import webhook_url
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer
-from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_image_urls
+from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer, png_bytes
+from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_image_urls, chat_json_schema
 from aisha.sandbox.faults import Fault
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, free_port
@@ -47,9 +50,13 @@ VISION_PRICE = 2  # photo to prompt
 TRIGGER = "ohwxe2e0000001"
 
 
+LORA_FILE = "avatar-lora.safetensors"
+
+
 @pytest.fixture
 async def fal() -> AsyncIterator[FakeFalServer]:
     async with FakeFalServer() as server:
+        server.host_file(LORA_FILE, b"weights")  # the LoRA of the avatars _setup_user makes
         yield server
 
 
@@ -70,6 +77,7 @@ async def app(
     settings = make_settings(
         fal_key=fal.key,
         fal_queue_url=fal.base_url,
+        fal_rest_url=fal.base_url,  # FAL's storage upload
         fal_jwks_url=fal.jwks_url,
         openai_api_key="sk-e2e",
         openai_base_url=openai_server.base_url,
@@ -159,7 +167,7 @@ async def _setup_user(app: Runtime, telegram: FakeTelegramServer, user: FakeUser
                     name="Me",
                     trigger_phrase=f"{TRIGGER}{user.id}"[-14:],
                     is_main=True,
-                    lora_url="https://example.invalid/lora.safetensors",
+                    lora_url=f"{app.services.settings.fal_queue_url}/files/{LORA_FILE}",
                     training_config={},
                 )
             )
@@ -268,7 +276,7 @@ async def test_text_prompt_is_generated_stored_delivered_and_captured_once(
     job = await _submitted(fal)
     assert job.endpoint == "fal-ai/flux-lora"
     payload = job.payload
-    assert payload["loras"] == [{"path": "https://example.invalid/lora.safetensors", "scale": 1.0}]
+    assert payload["loras"] == [{"path": f"{fal.base_url}/files/{LORA_FILE}", "scale": 1.0}]
     assert payload["image_size"] == "landscape_16_9"
     assert payload["num_images"] == 2 and payload["enable_safety_checker"] is True
     assert payload["num_inference_steps"] == 28 and payload["guidance_scale"] == 3.5
@@ -788,6 +796,18 @@ async def test_the_free_regeneration_turns_the_offer_into_its_status_message(
     await _complete(app, fal, first.request_id)
     offer = telegram.calls_of("sendMessage")[-1]
     assert "regenerate it once for free" in offer.params["text"]
+    # The check saw the whole image at high detail, where eyes and fingers can be made out.
+    [check] = [
+        body
+        for body in openai_server.chat_calls
+        if (chat_json_schema(body) or ("",))[0] == "portrait_quality"
+    ]
+    [image] = [part for part in check["messages"][1]["content"] if part["type"] == "image_url"]
+    assert image["image_url"]["detail"] == "high"
+    assert Image.open(io.BytesIO(base64.b64decode(image["image_url"]["url"].split(",", 1)[1]))).size == (
+        768,
+        1024,
+    )
     free = next(data for _, data in _buttons(offer) if data.startswith("gact:free:"))
 
     await _press(telegram, user, free, offer)
@@ -801,3 +821,96 @@ async def test_the_free_regeneration_turns_the_offer_into_its_status_message(
     assert len(fal.submissions) == 2
     assert await _balance(app, user.id) == FUNDS - PRICE
     await _settled(app, user.id)
+
+
+async def test_an_avatar_outlives_fals_cdn_the_generation_republishes_our_copy(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5140, first_name="Lea", language_code="en")
+    await _setup_user(app, telegram, user, avatar=False)
+    # A training FAL is running for the user (how it started is not under test here).
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for n in range(10):
+            zipped.writestr(f"{n:02d}.png", png_bytes(512, 512, (n * 20, 90, 120)))
+    avatar_id = uuid.uuid4()
+    fal_client = app.services.fal
+    assert fal_client is not None and app.settings.public_base_url
+    submission = await fal_client.submit(
+        "fal-ai/flux-lora-portrait-trainer",
+        {"images_data_url": fal.host_file("training.zip", archive.getvalue(), "application/zip")},
+        webhook_url=webhook_url(app.settings.public_base_url, kind="avatar", row_id=avatar_id),
+    )
+    async with unit_of_work(app.services.sessions) as session:
+        session.add(
+            Avatar(
+                id=avatar_id,
+                user_id=user.id,
+                type=AvatarType.PORTRAIT,
+                status=AvatarStatus.SUBMITTED,
+                name="Me",
+                trigger_phrase=f"{TRIGGER}{user.id}"[-14:],
+                provider_endpoint="fal-ai/flux-lora-portrait-trainer",
+                provider_request_id=submission.request_id,
+                training_config={},
+            )
+        )
+
+    # Training ends: the avatar is ready, and its LoRA and config are copied into our storage.
+    assert await fal.complete(submission.request_id) == 200
+    await _jobs_done(app)
+    async with db.sessions() as session:
+        avatar = await session.get(Avatar, avatar_id)
+        assert avatar is not None and avatar.status is AvatarStatus.READY and avatar.lora_url
+        fal_lora_url, kept = avatar.lora_url, dict(avatar.training_config)
+    root: Path = app.services.storage.root  # type: ignore[attr-defined]
+    fal_lora = fal.files[fal_lora_url.rsplit("/", 1)[1]][0]
+    assert (root / kept["lora_key"]).read_bytes() == fal_lora
+    assert (root / kept["config_key"]).is_file()
+
+    # FAL's media expiry removes the LoRA from its CDN.
+    fal.expire_file(fal_lora_url)
+    await _confirm(telegram, user, await _say(telegram, user, "me in Paris"))
+    job = await _submitted(fal, 2)
+    [lora] = job.payload["loras"]
+    assert lora["path"] != fal_lora_url and fal.files[lora["path"].rsplit("/", 1)[1]][0] == fal_lora
+    await _complete(app, fal, job.request_id)
+
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUCCEEDED and generation.cost == PRICE
+    assert len(telegram.calls_of("sendPhoto")) == 1
+    await _captured_once(app, db, user.id, images=1)
+    async with db.sessions() as session:
+        avatar = await session.get(Avatar, avatar_id)
+        assert avatar is not None and avatar.lora_url == lora["path"]  # the next one starts from there
+
+
+async def test_a_webhook_for_another_fal_user_is_refused_and_changes_nothing(
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    db: Database,
+) -> None:
+    port = free_port()
+    app: Runtime = await start_app(
+        make_settings(
+            fal_key=fal.key,
+            fal_queue_url=fal.base_url,
+            fal_jwks_url=fal.jwks_url,
+            fal_user_id="our-fal-user",  # the fake FAL signs as "fake-fal-user"
+            public_base_url=f"http://127.0.0.1:{port}",
+            webhook_secret=WEBHOOK_SECRET,
+            http_port=port,
+        )
+    )
+    user = FakeUser(id=5141, first_name="Max", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me at the sea"))
+    job = await _submitted(fal)
+    assert await fal.complete(job.request_id) == 401
+    await _jobs_done(app)
+    generation = await _generation(db, user.id)
+    assert generation.status is JobStatus.SUBMITTED and not generation.results
+    assert await _balance(app, user.id) == FUNDS - PRICE  # still held, nothing captured
+    assert not telegram.calls_of("sendPhoto")

@@ -130,9 +130,13 @@ class World:
         )
         self.trainer = ScriptedTrainer()
         self.enqueued: list[uuid.UUID] = []
+        self.kept: list[uuid.UUID] = []  # `avatars.keep_lora` jobs queued
 
         async def enqueue(avatar_id: uuid.UUID) -> None:
             self.enqueued.append(avatar_id)
+
+        async def enqueue_keep(avatar_id: uuid.UUID) -> None:
+            self.kept.append(avatar_id)
 
         self.service = AvatarService(
             sessions=db.sessions,
@@ -146,6 +150,7 @@ class World:
             notifier=AvatarNotifier(messenger=self.messenger, translator=Translator.load()),
             rules=AvatarRules(min_photos=2, max_photos=3, public_base_url="https://bot.example"),
             enqueue_training=enqueue,
+            enqueue_keep=enqueue_keep,
         )
 
     async def users(self, credits: int = FUNDS) -> None:

@@ -71,9 +71,10 @@ async def test_generation_submit_status_result(
     fal: FakeFalServer, client: FalClient, http: httpx.AsyncClient
 ) -> None:
     fal.nsfw_flags = [False, True]
+    lora_url = fal.host_file("lora.safetensors", b"weights")
     payload = {
         "prompt": "portrait of TOK, cinematic",
-        "loras": [{"path": "https://cdn.example/lora.safetensors", "scale": 1.0}],
+        "loras": [{"path": lora_url, "scale": 1.0}],
         "image_size": "square",
         "num_images": 2,
         "seed": 1234,
@@ -205,6 +206,62 @@ async def test_failed_job_raises_request_failed_without_retrying(
         await client.result(PORTRAIT, submission.request_id)
     assert caught.value.status_code == error_status and caught.value.error_type == error_type
     assert len(fal.requests) == before + 1
+
+
+@pytest.mark.parametrize("where", ["expired", "nowhere"])
+async def test_a_lora_fal_cannot_download_fails_the_job_as_fal_does(
+    fal: FakeFalServer, client: FalClient, where: str
+) -> None:
+    lora_url = fal.host_file("lora.safetensors", b"weights")
+    if where == "expired":
+        fal.expire_file(lora_url)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(lora_url)).status_code == 404
+    else:
+        lora_url = "https://lora.invalid/lora.safetensors"
+    # Accepted into the queue: the runner fetches the LoRA only when the job runs.
+    submission = await client.submit(FLUX_LORA, {"prompt": "x", "loras": [{"path": lora_url, "scale": 1}]})
+    await fal.complete(submission.request_id)
+    with pytest.raises(FalRequestFailed) as caught:
+        await client.result(FLUX_LORA, submission.request_id)
+    assert caught.value.status_code == 422
+    assert caught.value.detail[0]["loc"] == ["body", "loras", 0, "path"]
+    assert caught.value.detail[0]["type"] == "file_download_error"
+
+
+@pytest.mark.parametrize(
+    ("error_status", "documented_type"), [(500, "internal_server_error"), (504, "generation_timeout")]
+)
+async def test_a_documented_server_error_of_the_job_fails_it_at_once(
+    fal: FakeFalServer, client: FalClient, error_status: int, documented_type: str
+) -> None:
+    # FAL's error reference: a detail list of {loc, msg, type, url}, no error_type. It is the
+    # job's stored outcome (FAL's server answered it), not an outage to retry.
+    submission = await client.submit(FLUX_LORA, {"prompt": "x"})
+    await fal.complete(
+        submission.request_id,
+        error="Internal server error",
+        error_status=error_status,
+        documented_type=documented_type,
+    )
+    before = len(fal.requests)
+    with pytest.raises(FalRequestFailed, match="Internal server error") as caught:
+        await client.result(FLUX_LORA, submission.request_id)
+    assert caught.value.status_code == error_status
+    assert caught.value.detail[0]["type"] == documented_type
+    assert len(fal.requests) == before + 1
+
+
+async def test_an_ingress_outage_on_the_result_is_retried_then_unavailable(
+    fal: FakeFalServer, client: FalClient
+) -> None:
+    submission = await client.submit(FLUX_LORA, {"prompt": "x"})
+    await fal.complete(submission.request_id)
+    fal.outage(times=2, status=502)
+    assert parse_images_result(await client.result(FLUX_LORA, submission.request_id)).images
+    fal.outage(times=10, status=503)
+    with pytest.raises(FalUnavailable):
+        await client.result(FLUX_LORA, submission.request_id)
 
 
 async def test_unknown_request_is_not_found(fal: FakeFalServer, client: FalClient) -> None:

@@ -42,6 +42,7 @@ from aisha.messaging import Buttons
 from aisha.providers.fal import FalClient
 from aisha.providers.fal_webhook import FalWebhook, parse_webhook
 from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.faults import Fault
 from aisha.storage import LocalStorage
 from aisha.users.service import TelegramProfile, UserService
 from tests.conftest import Database
@@ -175,7 +176,7 @@ async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
                 name="Me",
                 trigger_phrase="ohwxint0000001",
                 is_main=True,
-                lora_url="https://example.invalid/lora.safetensors",
+                lora_url=fal.host_file("lora.safetensors", b"weights"),
                 training_config={},
             )
             session.add(avatar)
@@ -192,7 +193,9 @@ async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
             finishes.append((generation_id, webhook))
 
         generator = FalImageGenerator(
-            FalClient(key=fal.key, queue_url=fal.base_url, http=http, backoff_base=0.01),
+            FalClient(
+                key=fal.key, queue_url=fal.base_url, rest_url=fal.base_url, http=http, backoff_base=0.01
+            ),
             http,
             GeneratorConfig(),
         )
@@ -396,3 +399,149 @@ async def test_deleting_removes_the_files_only_once_the_deletion_committed(
     assert not folder.exists() or list(folder.iterdir()) == []
     async with h.db.sessions() as session:
         assert await session.get(ImageGeneration, generation_id) is None
+
+
+def _told(h: Harness) -> list[str]:
+    return [str(payload) for kind, _, payload in h.messenger.sent if kind in ("text", "edit")]
+
+
+async def test_polling_a_job_failed_by_the_model_releases_at_once(make: Callable[..., Any]) -> None:
+    # FAL's documented error shape (no error_type): the job's outcome, not an outage to retry.
+    h: Harness = await make(webhooks=False)
+    generation_id = await h.create()
+
+    async def fail_when_submitted() -> None:
+        [job] = await h.fal.wait_submissions(1)
+        await h.fal.complete(
+            job.request_id,
+            error="Internal server error",
+            error_status=500,
+            documented_type="internal_server_error",
+        )
+
+    async with asyncio.timeout(15):
+        await asyncio.gather(h.service.run(generation_id=generation_id), fail_when_submitted())
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.FAILED and row.error == "provider" and row.cost == 0
+    assert await h.balance() == FUNDS
+    assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
+    assert "The image could not be created: the image service failed." in _told(h)[-1]
+    assert "10 credits returned to your balance." in _told(h)[-1]
+
+
+async def test_polling_through_an_outage_of_the_result_endpoint_still_delivers(
+    make: Callable[..., Any],
+) -> None:
+    h: Harness = await make(webhooks=False)
+    generation_id = await h.create()
+
+    async def outage_then_done() -> None:
+        [job] = await h.fal.wait_submissions(1)
+        await h.fal.complete(job.request_id)
+        h.fal.fail_nth(f"GET /fal-ai/flux-lora/requests/{job.request_id}", Fault.SERVER_ERROR, n=1)
+
+    async with asyncio.timeout(15):
+        await asyncio.gather(h.service.run(generation_id=generation_id), outage_then_done())
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.SUCCEEDED and row.cost == 10
+    assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
+
+
+@pytest.mark.parametrize("delivery", ["error webhook", "result too large for the webhook"])
+async def test_a_webhook_for_a_job_failed_by_the_model_releases_at_once(
+    make: Callable[..., Any], delivery: str
+) -> None:
+    h: Harness = await make()
+    generation_id = await h.create()
+    await h.service.run(generation_id=generation_id)
+    request_id = h.fal.submissions[0].request_id
+    await h.fal.complete(
+        request_id,
+        error="Generation timeout",
+        error_status=504,
+        documented_type="generation_timeout",
+        deliver=False,
+    )
+    webhook = parse_webhook(h.fal.webhook_body(request_id))
+    if delivery != "error webhook":  # FAL says OK but left the payload out: the result endpoint decides
+        webhook = FalWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
+    assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
+    assert await h.service.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.FAILED and await h.balance() == FUNDS
+    assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
+    assert "the image service failed." in _told(h)[-1]
+    assert not await h.service.finish(generation_id=generation_id, webhook=webhook)  # once only
+    assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
+
+
+async def test_a_webhook_whose_result_fal_cannot_serve_now_waits_for_the_sweep(
+    make: Callable[..., Any],
+) -> None:
+    h: Harness = await make()
+    generation_id = await h.create()
+    await h.service.run(generation_id=generation_id)
+    request_id = h.fal.submissions[0].request_id
+    await h.fal.complete(request_id, deliver=False)
+    webhook = FalWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
+    assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
+    h.fal.outage(times=4, status=502)  # every try of one result call
+    assert not await h.service.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
+    assert (await h.row(generation_id)).status is JobStatus.SUBMITTED and await h.balance() == FUNDS - 10
+    h.clock.advance(timedelta(minutes=2))
+    assert await h.service.sweep() == 1  # FAL is back: the sweep's poll delivers
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.SUCCEEDED and row.cost == 10
+    assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
+
+
+async def test_a_lora_that_expires_within_the_check_window_fails_once_then_is_republished(
+    make: Callable[..., Any], tmp_path: Path
+) -> None:
+    h: Harness = await make(webhooks=False)
+    h.fal.complete_after = 0.1
+    storage = LocalStorage(tmp_path / "files")  # the service's storage
+    await storage.put("loras/7001/copy/lora.safetensors", b"weights")
+    async with unit_of_work(h.db.sessions) as session:
+        avatar = await session.get(Avatar, h.avatar_id)
+        assert avatar is not None and avatar.lora_url
+        avatar.training_config = {"lora_key": "loras/7001/copy/lora.safetensors"}
+        fal_url = avatar.lora_url
+
+    async def generate() -> ImageGeneration:
+        generation_id = await h.create(num_images=1)
+        async with asyncio.timeout(15):
+            await h.service.run(generation_id=generation_id)
+        return await h.row(generation_id)
+
+    assert (await generate()).status is JobStatus.SUCCEEDED  # FAL's CDN answered: remembered a while
+    h.fal.expire_file(fal_url)
+    # Within the window nobody asks the CDN: FAL can't download the LoRA, the job fails, released.
+    failed = await generate()
+    assert failed.status is JobStatus.FAILED and failed.cost == 0
+    assert h.fal.submissions[1].payload["loras"][0]["path"] == fal_url
+    # The failure dropped what was remembered: the next one finds the file gone and republishes ours.
+    row = await generate()
+    assert row.status is JobStatus.SUCCEEDED and row.cost == 5
+    republished = h.fal.submissions[2].payload["loras"][0]["path"]
+    assert republished != fal_url and h.fal.files[republished.rsplit("/", 1)[1]][0] == b"weights"
+    assert await h.balance() == FUNDS - 10
+    hold, capture, release = EntryKind.HOLD, EntryKind.CAPTURE, EntryKind.RELEASE
+    assert await h.entries() == [EntryKind.BONUS, hold, capture, hold, release, hold, capture]
+
+
+async def test_a_gone_lora_without_our_copy_fails_as_fal_fails_it_and_releases(
+    make: Callable[..., Any],
+) -> None:
+    h: Harness = await make(webhooks=False)
+    h.fal.complete_after = 0.1
+    async with h.db.sessions() as session:
+        avatar = await session.get(Avatar, h.avatar_id)
+        assert avatar is not None and avatar.lora_url
+    h.fal.expire_file(avatar.lora_url)
+    generation_id = await h.create(num_images=1)
+    async with asyncio.timeout(15):
+        await h.service.run(generation_id=generation_id)
+    row = await h.row(generation_id)
+    assert row.status is JobStatus.FAILED and await h.balance() == FUNDS
+    assert "the image service failed." in _told(h)[-1]

@@ -314,3 +314,17 @@ def test_parse_payload_error_webhook() -> None:
 def test_parse_rejects_malformed_bodies(body: bytes) -> None:
     with pytest.raises(WebhookRejected):
         parse_webhook(body)
+
+
+async def test_a_webhook_signed_for_another_fal_user_is_refused_when_our_user_id_is_set(
+    http: httpx.AsyncClient, clock: FrozenClock, fal_key: Ed25519PrivateKey
+) -> None:
+    ours = FalWebhookVerifier(JWKS_URL, http=http, clock=clock, user_id="user-42")
+    await ours.verify(headers(fal_key, clock, user_id="user-42"), BODY)
+    # Genuinely signed by FAL, for another account's job.
+    assert (
+        await rejected(ours, headers(fal_key, clock, user_id="user-7")) == "webhook is for another FAL user"
+    )
+    # Without the setting any FAL user's webhook is checked by its signature alone.
+    anyone = FalWebhookVerifier(JWKS_URL, http=http, clock=clock)
+    await anyone.verify(headers(fal_key, clock, user_id="user-7"), BODY)

@@ -12,6 +12,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from aisha.db.base import Base, Timestamps, UUIDPrimaryKey, str_enum, utcnow
 
+# Keys of `Avatar.training_config` that record our copy of the trained files (made when training
+# ends, so the avatar outlives FAL's media expiry): storage keys, or LORA_LOST when FAL's file
+# was gone before a copy could be made.
+LORA_KEY, CONFIG_KEY, LORA_LOST = "lora_key", "config_key", "lora_lost"
+
 
 class AvatarType(StrEnum):
     PORTRAIT = "portrait"
@@ -44,6 +49,7 @@ class Avatar(UUIDPrimaryKey, Timestamps, Base):
     provider_request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
     lora_url: Mapped[str | None] = mapped_column(Text)
     config_url: Mapped[str | None] = mapped_column(Text)
+    # What was sent to the trainer, and where our copy of the result is kept (LORA_KEY...).
     training_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     hold_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("credit_holds.id", ondelete="SET NULL"))
     price: Mapped[int] = mapped_column(default=0)

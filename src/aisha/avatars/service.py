@@ -13,6 +13,7 @@ may have changed meanwhile; messages go out after the commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import tempfile
 import uuid
@@ -33,7 +34,15 @@ from aisha.avatars.errors import (
     TrainingUnavailable,
     WrongAvatarStatus,
 )
-from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
+from aisha.avatars.models import (
+    CONFIG_KEY,
+    LORA_KEY,
+    LORA_LOST,
+    Avatar,
+    AvatarPhoto,
+    AvatarStatus,
+    AvatarType,
+)
 from aisha.avatars.training import Trainer, TrainingFailed, TrainingRequest, TrainingState
 from aisha.avatars.validation import (
     PhotoValidator,
@@ -53,6 +62,7 @@ from aisha.messaging import Button, FileTooLarge, Messenger
 from aisha.providers.fal import (
     FalError,
     FalMalformedOutput,
+    FalNotFound,
     FalRequestRefused,
     FalUnavailable,
     TrainingOutput,
@@ -67,6 +77,7 @@ from aisha.users.service import user_locale
 log = structlog.get_logger(__name__)
 
 TRAIN_JOB = "avatars.train"
+KEEP_JOB = "avatars.keep_lora"
 MAX_NAME_LENGTH = 64
 # Held and (perhaps) at FAL: only a webhook, a poll or the timeout moves these on.
 IN_TRAINING = (AvatarStatus.SUBMITTING, AvatarStatus.SUBMITTED, AvatarStatus.TRAINING)
@@ -138,6 +149,11 @@ class _Snapshot:
 
 def photo_prefix(user_id: int, avatar_id: uuid.UUID) -> str:
     return f"avatars/{user_id}/{avatar_id}"
+
+
+def lora_prefix(user_id: int, avatar_id: uuid.UUID) -> str:
+    """Our copy of the avatar's LoRA: kept apart from the photos, which are purged after training."""
+    return f"loras/{user_id}/{avatar_id}"
 
 
 def new_trigger_phrase() -> str:
@@ -224,6 +240,7 @@ class AvatarService:
         notifier: AvatarNotifier,
         rules: AvatarRules,
         enqueue_training: Callable[[uuid.UUID], Awaitable[None]],
+        enqueue_keep: Callable[[uuid.UUID], Awaitable[None]],
         metrics: JobMetrics | None = None,
     ) -> None:
         self._sessions = sessions
@@ -237,6 +254,7 @@ class AvatarService:
         self._notifier = notifier
         self.rules = rules
         self._enqueue_training = enqueue_training
+        self._enqueue_keep = enqueue_keep
         self._metrics = metrics or JobMetrics()
 
     # --- prices --------------------------------------------------------------------------------
@@ -666,7 +684,12 @@ class AvatarService:
                 output = parse_training_result(webhook.payload)
             except FalMalformedOutput:
                 # FAL couldn't put the output in the webhook: read it from the queue instead.
-                output, error = await self._fetch_result(endpoint, webhook.request_id)
+                try:
+                    output, error = await self._fetch_result(endpoint, webhook.request_id)
+                except FalError as exc:
+                    # An outage, not the job's answer: the sweep polls FAL for this avatar later.
+                    log.warning("avatar.result_unavailable", avatar_id=str(avatar_id), error=str(exc))
+                    return False
         else:
             error = webhook.error or "training failed"
         return await self._finish(
@@ -678,6 +701,8 @@ class AvatarService:
         return str(endpoint(avatar_type)) if callable(endpoint) else ""
 
     async def _fetch_result(self, endpoint: str, request_id: str) -> tuple[TrainingOutput | None, str | None]:
+        """(the LoRA, None), or (None, the error) when the training failed. An outage (FalError)
+        propagates: the training may have succeeded, so the caller asks again later."""
         assert self._trainer is not None
         try:
             return await self._trainer.result(endpoint=endpoint, request_id=request_id), None
@@ -755,11 +780,66 @@ class AvatarService:
             locale = await user_locale(session, row.user_id)
         log.info("avatar.finished", avatar_id=str(avatar_id), ready=output is not None, reason=reason)
         if output is not None:
+            await self._queue_keep(avatar_id)
             await self._notifier.ready(user_id=row.user_id, locale=locale, name=row.name)
         else:
             await self._failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
         await self._purge_if_due(avatar_id)
         return True
+
+    # --- our copy of the LoRA --------------------------------------------------------------------
+
+    async def _queue_keep(self, avatar_id: uuid.UUID) -> None:
+        try:
+            await self._enqueue_keep(avatar_id)
+        except Exception:
+            # The row says the copy is missing: the sweep queues it again.
+            log.warning("avatar.keep_enqueue_failed", avatar_id=str(avatar_id), exc_info=True)
+
+    async def keep_lora(self, *, avatar_id: uuid.UUID) -> None:
+        """The `avatars.keep_lora` job: copy a READY avatar's LoRA and config from FAL's CDN into
+        our storage, so the avatar outlives FAL's media expiry. Idempotent.
+
+        Files first, then the keys on the avatar in a transaction of its own: a crash between
+        them leaves the avatar without a recorded copy, and the sweep queues this job again (the
+        same keys are overwritten). An avatar deleted meanwhile gets its copy deleted.
+        """
+        async with self._sessions() as session:
+            avatar = await session.get(Avatar, avatar_id)
+            if avatar is None or avatar.status is not AvatarStatus.READY or not avatar.lora_url:
+                return
+            if LORA_KEY in avatar.training_config or LORA_LOST in avatar.training_config:
+                return  # kept by an earlier run
+            user_id, lora_url, config_url = avatar.user_id, avatar.lora_url, avatar.config_url
+        trainer = self._trainer
+        if trainer is None:
+            return
+        prefix = lora_prefix(user_id, avatar_id)
+        copies: dict[str, Any] = {CONFIG_KEY: None}
+        try:
+            lora = await trainer.download(lora_url)
+        except FalNotFound:
+            # FAL's file expired before ours was made: nothing left to copy, so stop trying.
+            log.error("avatar.lora_lost", avatar_id=str(avatar_id))
+            copies = {LORA_LOST: True}
+        else:
+            if config_url:
+                with contextlib.suppress(FalNotFound):  # generation needs only the LoRA
+                    config = await trainer.download(config_url)
+                    await self._storage.put(f"{prefix}/config.json", config, content_type="application/json")
+                    copies[CONFIG_KEY] = f"{prefix}/config.json"
+            await self._storage.put(
+                f"{prefix}/lora.safetensors", lora, content_type="application/octet-stream"
+            )
+            copies[LORA_KEY] = f"{prefix}/lora.safetensors"
+        async with unit_of_work(self._sessions) as session:
+            avatar = await self._locked(session, avatar_id)
+            if avatar is not None:
+                avatar.training_config = {**avatar.training_config, **copies}
+        if avatar is None:
+            await self._storage.delete_prefix(prefix)
+            return
+        log.info("avatar.lora_kept", avatar_id=str(avatar_id), kept=LORA_KEY in copies)
 
     # --- recovery ----------------------------------------------------------------------------------
 
@@ -800,6 +880,19 @@ class AvatarService:
                     )
                 )
             ).all()
+            # READY with no copy of the LoRA recorded: the process died before (or while) its
+            # `keep_lora` job ran, or the job was lost. `poll_after` gives that job its time first.
+            unkept = (
+                await session.scalars(
+                    select(Avatar.id).where(
+                        Avatar.status == AvatarStatus.READY,
+                        Avatar.lora_url.is_not(None),
+                        Avatar.finished_at <= poll_before,
+                        Avatar.training_config[LORA_KEY].as_string().is_(None),
+                        Avatar.training_config[LORA_LOST].as_string().is_(None),
+                    )
+                )
+            ).all()
         for avatar_id, updated_at, first_try in pending:
             # A try that failed before reaching FAL keeps its first time: retries don't extend it.
             if (first_try or updated_at) <= timeout_before:
@@ -819,6 +912,9 @@ class AvatarService:
             async with unit_of_work(self._sessions) as session:
                 if await self.discard_draft(session=session, user_id=user_id, avatar_id=avatar_id):
                     handled += 1
+        for avatar_id in unkept if self._trainer is not None else ():
+            await self._queue_keep(avatar_id)
+            handled += 1
         return handled
 
     async def _poll(
@@ -976,6 +1072,7 @@ class AvatarService:
         await session.flush()
         # Storage is not called inside the caller's transaction: the files go after its commit.
         after_commit(session, lambda: self._storage.delete_prefix(photo_prefix(user_id, avatar_id)))
+        after_commit(session, lambda: self._storage.delete_prefix(lora_prefix(user_id, avatar_id)))
         if was_main:
             successor = await session.scalar(
                 select(Avatar)
@@ -1035,6 +1132,7 @@ class AvatarService:
 
 __all__ = [
     "GENERATE_CALLBACK",
+    "KEEP_JOB",
     "REVIEW_CALLBACK",
     "AvatarNotifier",
     "AvatarRules",
@@ -1042,5 +1140,6 @@ __all__ = [
     "AvatarView",
     "PhotoOutcome",
     "Review",
+    "lora_prefix",
     "photo_prefix",
 ]

@@ -23,6 +23,9 @@ from aisha.providers.fal import (
     parse_training_result,
 )
 
+# A FLUX LoRA of rank 16 is about 90 MB; the trainers' largest ranks stay well under this.
+MAX_LORA_BYTES = 1024 * 1024 * 1024
+
 
 class TrainingFailed(Exception):
     """The provider ran the training and it failed (or has no result): release the credits."""
@@ -66,6 +69,13 @@ class Trainer(Protocol):
         ...
 
     async def cancel(self, *, endpoint: str, request_id: str) -> None: ...
+
+    async def download(self, url: str) -> bytes:
+        """A file of a finished training (the LoRA, its config) from the provider's CDN.
+
+        Raises FalNotFound when the file is gone, another FalError when it can't be had now.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,9 @@ class FalTrainer:
 
     async def cancel(self, *, endpoint: str, request_id: str) -> None:
         await self._client.cancel(endpoint, request_id)
+
+    async def download(self, url: str) -> bytes:
+        return await self._client.download(url, max_bytes=MAX_LORA_BYTES)
 
     async def aclose(self) -> None:
         await self._client.aclose()

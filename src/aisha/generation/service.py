@@ -37,7 +37,7 @@ import structlog
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from aisha.avatars.models import Avatar, AvatarStatus, AvatarType
+from aisha.avatars.models import LORA_KEY, Avatar, AvatarStatus, AvatarType
 from aisha.billing.errors import HoldAlreadyResolved, HoldNotFound
 from aisha.billing.prices import PriceList
 from aisha.billing.service import LedgerService
@@ -147,12 +147,23 @@ class ImageGenerator(Protocol):
     async def state(self, *, endpoint: str, request_id: str) -> ProviderState: ...
 
     async def result(self, *, endpoint: str, request_id: str) -> ImagesOutput:
-        """The images of a completed job; GenerationFailed if it failed or is gone."""
+        """The images of a completed job; GenerationFailed if it failed or is gone.
+
+        Raises FalUnavailable (or another FalError) when FAL could not say: ask again later.
+        """
         ...
 
     async def cancel(self, *, endpoint: str, request_id: str) -> None: ...
 
     async def download(self, url: str) -> bytes: ...
+
+    async def lora_answers(self, url: str) -> bool:
+        """False when the provider's CDN says the LoRA file is gone (media expiry)."""
+        ...
+
+    async def publish_lora(self, data: bytes) -> str:
+        """Put LoRA weights where the provider can fetch them; their new URL. Raises FalError."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +226,14 @@ class FalImageGenerator:
     async def cancel(self, *, endpoint: str, request_id: str) -> None:
         await self._client.cancel(endpoint, request_id)
 
+    async def lora_answers(self, url: str) -> bool:
+        return await self._client.answers(url)
+
+    async def publish_lora(self, data: bytes) -> str:
+        return await self._client.upload(
+            data, file_name="lora.safetensors", content_type="application/octet-stream"
+        )
+
     async def download(self, url: str) -> bytes:
         response = await self._http.get(url, timeout=60.0, follow_redirects=True)
         response.raise_for_status()
@@ -237,6 +256,8 @@ class GenerationRules:
     quality_check: bool = True
     # Where FAL posts its webhook; None: polling mode (the job polls).
     public_base_url: str | None = None
+    # How long a LoRA URL that answered is trusted without asking FAL's CDN again.
+    lora_check_ttl: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +464,8 @@ class GenerationService:
         self.rules = rules
         self._enqueue = enqueue
         self._enqueue_finish = enqueue_finish
+        # avatar id -> (the LoRA URL that answered, when): one HEAD per avatar per `lora_check_ttl`.
+        self._lora_checked: dict[uuid.UUID, tuple[str, datetime]] = {}
 
     # --- quoting and checks --------------------------------------------------------------------
 
@@ -612,7 +635,7 @@ class GenerationService:
                 return  # done by an earlier run, or gone
             user_id, config = row.user_id, dict(row.config)
             prompt, enhanced = row.prompt, row.enhanced_prompt
-            subject, lora_url = None, None
+            subject, lora_url, lora_key, avatar_id = None, None, None, row.avatar_id
             if row.avatar_id is not None:
                 avatar = await session.get(Avatar, row.avatar_id)
                 if avatar is None or avatar.status is not AvatarStatus.READY or not avatar.lora_url:
@@ -620,6 +643,7 @@ class GenerationService:
                 else:
                     subject = PromptSubject(avatar.trigger_phrase, avatar.type)
                     lora_url = avatar.lora_url
+                    lora_key = avatar.training_config.get(LORA_KEY)
             avatar_missing = row.avatar_id is not None and subject is None
             locale = await user_locale(session, user_id)
         generator = self._generator
@@ -656,6 +680,16 @@ class GenerationService:
                     .execution_options(synchronize_session=False)
                 )
             config["llm_enhanced"] = result.llm_used
+
+        if lora_url is not None and avatar_id is not None:
+            try:
+                lora_url = await self._live_lora(generator, avatar_id, lora_url, lora_key)
+            except (FalError, StorageError) as exc:
+                log.error("generation.lora_unavailable", generation_id=str(generation_id), error=str(exc))
+                await self._finish(
+                    generation_id, request_id=None, output=None, reason="provider", pending=True
+                )
+                return
 
         endpoint, payload = generator.request(
             prompt=enhanced,
@@ -719,6 +753,40 @@ class GenerationService:
             log.info("generation.submitted", generation_id=str(generation_id), request_id=request_id)
         if webhook is None and request_id is not None:
             await self._poll_until_done(generation_id, user_id, endpoint, request_id)
+
+    async def _live_lora(
+        self, generator: ImageGenerator, avatar_id: uuid.UUID, lora_url: str, lora_key: str | None
+    ) -> str:
+        """A URL of the avatar's LoRA that FAL can download: FAL's CDN file while it answers, else
+        our copy (made when training ended) re-published on FAL's storage and kept on the avatar.
+
+        A HEAD before the submission rather than reacting to FAL's failed result: reacting would
+        mean a queue round trip for nothing, then a second submission for the same row (a second
+        request id, a webhook for the first to ignore) and the user waiting twice. The answer is
+        cached per avatar for `lora_check_ttl`, so a burst of generations costs one HEAD; a LoRA
+        that expires within that window fails its job, which releases the hold and drops the
+        cache, so the next generation republishes.
+        """
+        now = self._clock.now()
+        checked = self._lora_checked.get(avatar_id)
+        if checked is not None and checked[0] == lora_url and now - checked[1] < self.rules.lora_check_ttl:
+            return lora_url
+        if not await generator.lora_answers(lora_url):
+            if lora_key is None:
+                # No copy of ours (trained before copies were kept, or FAL's file was gone first).
+                log.error("generation.lora_gone_without_copy", avatar_id=str(avatar_id))
+                return lora_url
+            lora_url = await generator.publish_lora(await self._storage.get(lora_key))
+            async with unit_of_work(self._sessions) as session:
+                await session.execute(
+                    update(Avatar)
+                    .where(Avatar.id == avatar_id)
+                    .values(lora_url=lora_url, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            log.info("generation.lora_republished", avatar_id=str(avatar_id))
+        self._lora_checked[avatar_id] = (lora_url, now)
+        return lora_url
 
     async def _describe(self, user_id: int, config: dict[str, Any]) -> str | None:
         vision = self._vision
@@ -800,7 +868,14 @@ class GenerationService:
                     raise FalMalformedOutput(webhook.payload_error or "no payload")
                 output = parse_images_result(webhook.payload)
             except FalMalformedOutput:
-                output = await self._fetch_result(endpoint, webhook.request_id)
+                try:
+                    output = await self._fetch_result(endpoint, webhook.request_id)
+                except FalError as exc:
+                    # FAL can't say now: the sweep polls this row once `poll_after` has passed.
+                    log.warning(
+                        "generation.result_unavailable", generation_id=str(generation_id), error=str(exc)
+                    )
+                    return False
         else:
             log.info("generation.provider_error", generation_id=str(generation_id), error=webhook.error)
         return await self._finish(
@@ -808,11 +883,16 @@ class GenerationService:
         )
 
     async def _fetch_result(self, endpoint: str, request_id: str) -> ImagesOutput | None:
+        """The job's images; None when the job failed (the model's error, or no result).
+
+        An outage (FalUnavailable, or any FalError that isn't the job's own answer) propagates:
+        the job may well have succeeded, so the caller asks again later.
+        """
         if self._generator is None or not endpoint:
             return None
         try:
             return await self._generator.result(endpoint=endpoint, request_id=request_id)
-        except (GenerationFailed, FalError) as exc:
+        except GenerationFailed as exc:
             log.warning("generation.result_failed", request_id=request_id, error=str(exc))
             return None
 
@@ -825,11 +905,11 @@ class GenerationService:
             return False
         try:
             state = await generator.state(endpoint=endpoint, request_id=request_id)
+            output = await self._fetch_result(endpoint, request_id) if state is ProviderState.DONE else None
         except FalError as exc:
             log.warning("generation.poll_failed", generation_id=str(generation_id), error=str(exc))
             return False
         if state is ProviderState.DONE:
-            output = await self._fetch_result(endpoint, request_id)
             return await self._finish(generation_id, request_id=request_id, output=output, reason="provider")
         if state is ProviderState.UNKNOWN:
             return await self._finish(generation_id, request_id=request_id, output=None, reason="provider")
@@ -895,6 +975,7 @@ class GenerationService:
             if row is None or row.status not in ((JobStatus.PENDING,) if pending else AT_PROVIDER):
                 return False
             user_id, config, requested_at = row.user_id, dict(row.config), row.created_at
+            avatar_id = row.avatar_id
         wanted = int(config.get("num_images", 1))
         delivery = _Delivery(failed=wanted)
         if output is not None:
@@ -976,6 +1057,8 @@ class GenerationService:
             captured=captured,
         )
         if not delivered:
+            if avatar_id is not None:
+                self._lora_checked.pop(avatar_id, None)  # its LoRA may be why: ask the CDN next time
             await self._notifier.failed(finished=finished, reason=str(values["error"]))
             await self._metrics.job_failed(JOB_NAME, str(values["error"]))
             return True

@@ -336,6 +336,46 @@ class FalClient:
             raise FalUnavailable(f"FAL storage refused the upload: HTTP {put.status_code}")
         return file_url
 
+    async def download(self, url: str, *, max_bytes: int) -> bytes:
+        """A file a job left on FAL's CDN (a trained LoRA, its config).
+
+        Raises FalNotFound when the CDN no longer has it (media expiry), FalUnavailable when it
+        can't be reached, FalMalformedOutput past ``max_bytes``. CDN links are capabilities of
+        their own: the key is never sent with them.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with self._http.stream(
+                "GET", url, timeout=self._timeout, follow_redirects=True
+            ) as response:
+                if response.status_code in (403, 404, 410):
+                    raise FalNotFound(f"FAL's CDN no longer has the file (HTTP {response.status_code})")
+                if response.status_code >= 400:
+                    raise FalUnavailable(
+                        f"FAL's CDN answered {response.status_code}", status_code=response.status_code
+                    )
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise FalMalformedOutput(f"the file is larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+        except httpx.TransportError as exc:
+            raise FalUnavailable(f"FAL's CDN is unreachable: {type(exc).__name__}") from None
+        return b"".join(chunks)
+
+    async def answers(self, url: str) -> bool:
+        """Whether a CDN file is still there: False only when the CDN says it is gone (403/404/410).
+
+        A HEAD costs a few hundred bytes; an outage or an odd status counts as "there" (FAL's
+        own download then decides, and a failed job releases its hold).
+        """
+        try:
+            response = await self._http.head(url, timeout=self._timeout, follow_redirects=True)
+        except httpx.TransportError:
+            return True
+        return response.status_code not in (403, 404, 410)
+
     async def submit(
         self, endpoint: str, payload: Mapping[str, Any], *, webhook_url: str | None = None
     ) -> FalSubmission:
@@ -514,8 +554,9 @@ class FalClient:
     ) -> httpx.Response:
         """Send a request that may be repeated, retrying transport errors and transient statuses.
 
-        With ``job_errors`` a 5xx that carries FAL's ``error_type`` is the stored failure of the
-        job (the result endpoint replays it), not an outage, and is returned, not retried.
+        With ``job_errors`` a 5xx that FAL's own server answered (see ``_is_job_answer``) is the
+        stored failure of the job (the result endpoint replays it), not an outage, and is
+        returned, not retried.
         """
         attempt = 0
         while True:
@@ -530,7 +571,8 @@ class FalClient:
                     continue
                 raise FalUnavailable(f"FAL is unreachable ({what}): {type(exc).__name__}") from None
             status = response.status_code
-            if status in _RETRY_STATUSES and not (job_errors and _error_type(response)):
+            stored_failure = job_errors and status >= 500 and _is_job_answer(response)
+            if status in _RETRY_STATUSES and not stored_failure:
                 if attempt < self._max_attempts:
                     await self._backoff(attempt, what, str(status), retry_after=_retry_after(response))
                     continue
@@ -621,6 +663,24 @@ def _error_detail(response: httpx.Response) -> Any:
     if data is None:
         return None
     return data.get("detail", data)
+
+
+def _is_job_answer(response: httpx.Response) -> bool:
+    """Whether an error response came from FAL's queue server (the job's stored outcome) rather
+    than from the ingress in front of it (an outage worth retrying).
+
+    fal_client tells them apart the same way: FAL's server sets ``x-fal-request-id``, an ingress
+    page (nginx HTML) does not. The job's own errors also come as ``error_type`` or in the shape
+    of FAL's error reference: ``detail`` as a list of ``{loc, msg, type}``. Anything else (an
+    HTML page, an empty or other body) is treated as an outage.
+    """
+    if "x-fal-request-id" in response.headers or _error_type(response):
+        return True
+    data = _json_object(response)
+    detail = data.get("detail") if data is not None else None
+    return (
+        isinstance(detail, list) and bool(detail) and all(isinstance(d, dict) and "type" in d for d in detail)
+    )
 
 
 def _error_type(response: httpx.Response) -> str | None:

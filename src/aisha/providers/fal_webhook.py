@@ -133,8 +133,12 @@ class FalWebhookVerifier:
         cache_ttl: timedelta = timedelta(hours=24),
         refresh_interval: timedelta = timedelta(seconds=60),
         fetch_timeout: float = 10.0,
+        user_id: str | None = None,
     ) -> None:
         self._jwks_url = jwks_url
+        # FAL signs webhooks of every account with the same keys: only the signed user id says
+        # the job was ours (the request id check in each feature says which row).
+        self._user_id = user_id
         self._http = http
         self._clock: Clock = clock or SystemClock()
         self._leeway = leeway
@@ -159,6 +163,8 @@ class FalWebhookVerifier:
             if value is None or not value.strip():
                 raise WebhookRejected(f"missing header {name}")
             values[name] = value.strip()
+        if self._user_id is not None and values[HEADER_USER_ID] != self._user_id:
+            raise WebhookRejected("webhook is for another FAL user")
 
         timestamp = values[HEADER_TIMESTAMP]
         if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:

@@ -130,6 +130,11 @@ def _field_error(field_name: str, msg: str, kind: str = "value_error") -> JsonDi
     return {"loc": ["body", field_name], "msg": msg, "type": kind}
 
 
+def _documented_error(loc: list[Any], msg: str, kind: str) -> JsonDict:
+    """One item of FAL's documented error ``detail`` list (docs.fal.ai/errors)."""
+    return {"loc": loc, "msg": msg, "type": kind, "url": f"https://docs.fal.ai/errors/#{kind}"}
+
+
 @dataclass
 class FakeFalJob:
     """One accepted submission and what became of it."""
@@ -144,6 +149,8 @@ class FakeFalJob:
     error: str | None = None
     error_status: int | None = None
     error_type: str | None = None
+    # FAL's documented error shape (a list of {loc, msg, type, url}), when the failure has one.
+    error_detail: list[JsonDict] | None = None
     cancel_requested: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
     completed_at: float | None = None
@@ -284,6 +291,19 @@ class FakeFalServer(LoopbackServer):
             waiting.set()
         self._held_answers.clear()
 
+    def host_file(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Put a file on the fake CDN (as if FAL made it earlier); returns its URL."""
+        self._put_file(name, data, content_type)
+        return f"{self.base_url}/files/{name}"
+
+    def expire_file(self, url: str) -> None:
+        """FAL's media expiry: the CDN file at ``url`` answers 404 from now on."""
+        name = self._own_file(url)
+        if name is None or name not in self.files:
+            raise KeyError(f"no fake FAL file at {url}")
+        del self.files[name]
+        self._save_state()
+
     def start_job(self, request_id: str) -> None:
         """Move a queued job to IN_PROGRESS."""
         job = self._job(request_id)
@@ -299,22 +319,33 @@ class FakeFalServer(LoopbackServer):
         error: str | None = None,
         error_status: int = 422,
         error_type: str | None = None,
+        documented_type: str | None = None,
         nsfw: list[bool] | None = None,
         deliver: bool = True,
     ) -> int | None:
         """End a job: with ``output`` (or the endpoint's default output) or, given ``error``, failed.
 
         A failure with a 4xx status looks like a model's validation error (``detail`` list), with
-        a 5xx like a request error (``detail`` text and ``error_type``). When the job has a
-        webhook and ``deliver`` is true the signed webhook is sent; its HTTP status is returned.
+        a 5xx like a request error (``detail`` text and ``error_type``). ``documented_type``
+        (e.g. ``"internal_server_error"``, ``"generation_timeout"``) answers in the shape FAL's
+        error reference documents instead: a ``detail`` list of ``{loc, msg, type, url}`` and no
+        ``error_type``. A generation whose LoRA can't be downloaded fails as FAL fails it
+        (422 ``file_download_error``). When the job has a webhook and ``deliver`` is true the
+        signed webhook is sent; its HTTP status is returned.
         """
         job = self._job(request_id)
         if job.state == "COMPLETED":
             raise ValueError(f"job {request_id} has already completed")
+        if error is None and output is None and (bad := await self._unreachable_lora(job)) is not None:
+            error, error_status, documented_type = "File download error", 422, "file_download_error"
+            job.error_detail = [_documented_error(["body", "loras", bad, "path"], error, documented_type)]
+        elif documented_type is not None:
+            job.error_detail = [_documented_error(["body"], error or documented_type, documented_type)]
         if error is not None:
             job.error = error
             job.error_status = error_status
-            job.error_type = error_type or ("runner_server_error" if error_status >= 500 else None)
+            if job.error_detail is None:
+                job.error_type = error_type or ("runner_server_error" if error_status >= 500 else None)
         else:
             job.output = output if output is not None else await self._default_output(job, nsfw)
         job.state = "COMPLETED"
@@ -511,10 +542,12 @@ class FakeFalServer(LoopbackServer):
             return web.json_response({"detail": "Request not found"}, status=404)
         if job.state != "COMPLETED":
             return web.json_response({"detail": "Request is still in progress"}, status=400)
+        headers = {"X-Fal-Request-Id": job.request_id}
         if job.failed:
-            headers = {"X-Fal-Error-Type": job.error_type} if job.error_type else None
+            if job.error_type:
+                headers["X-Fal-Error-Type"] = job.error_type
             return web.json_response(self._error_body(job), status=job.error_status or 500, headers=headers)
-        return web.json_response(job.output)
+        return web.json_response(job.output, headers=headers)
 
     async def _cancel(self, request: web.Request) -> web.Response:
         job = self._lookup(request)
@@ -601,9 +634,38 @@ class FakeFalServer(LoopbackServer):
 
     @staticmethod
     def _error_body(job: FakeFalJob) -> JsonDict:
+        if job.error_detail is not None:
+            return {"detail": job.error_detail}
         if job.error_type:
             return {"detail": job.error, "error_type": job.error_type}
         return {"detail": [{"loc": ["body"], "msg": job.error, "type": "value_error"}]}
+
+    def _own_file(self, url: str) -> str | None:
+        prefix = f"{self.base_url}/files/"
+        return url[len(prefix) :] if url.startswith(prefix) else None
+
+    async def _unreachable_lora(self, job: FakeFalJob) -> int | None:
+        """The index of the first LoRA FAL could not download, as its runner does before it starts."""
+        loras = job.payload.get("loras") if not self._is_trainer(job.endpoint) else None
+        for index, lora in enumerate(loras if isinstance(loras, list) else []):
+            url = str(lora.get("path", "")) if isinstance(lora, dict) else ""
+            name = self._own_file(url)
+            if name is not None:
+                if name not in self.files:
+                    return index
+                continue
+            if not await self._answers(url):
+                return index
+        return None
+
+    async def _answers(self, url: str) -> bool:
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._webhook_timeout))
+        try:
+            async with self._client.head(url, allow_redirects=True) as response:
+                return response.status < 400
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
 
     @staticmethod
     def _is_trainer(endpoint: str) -> bool:

@@ -3,14 +3,18 @@
 Tests and the sandbox point ``AsyncOpenAI(base_url=server.base_url)`` at it, so the client's
 multipart encoding, response parsing and error mapping run for real. It answers:
 
-- ``POST /v1/audio/transcriptions`` (multipart): ``json``, ``text`` or ``verbose_json`` as asked,
-  with the checks OpenAI makes that our code could get wrong (a missing file or model, a file
-  format it does not take, over 25 MB, shorter than 0.1 s, ``verbose_json`` asked of a
-  gpt-4o model). The text is a deterministic "simulated transcript" naming the upload and its
-  length (read from the OGG or WAV header), unless a test scripts it with ``transcripts``.
-- ``POST /v1/chat/completions``: a fixed answer, or whatever ``chat_handler`` builds. Image inputs
-  (``image_url`` parts) must be http(s) URLs or base64 data URLs of a real image, as OpenAI
-  requires. Structured output (``response_format`` of type ``json_schema``) is answered with
+- ``POST /v1/audio/transcriptions`` (multipart): ``json``, ``text``, ``verbose_json``, ``srt``
+  or ``vtt`` as asked, with the checks OpenAI makes that our code could get wrong (a body over
+  25 MB refused with 413 before anything else, a missing file or model, a file format it does not
+  take, shorter than 0.1 s, a ``response_format`` the model doesn't answer: the gpt-4o
+  transcribe models only ``json`` and ``text``). The text is a deterministic "simulated
+  transcript" naming the upload and its length (read from the OGG or WAV header), unless a test
+  scripts it with ``transcripts``.
+- ``POST /v1/chat/completions``: a fixed answer, or whatever ``chat_handler`` builds. Requests are
+  checked as OpenAI checks them: message roles and contents, content part shapes, images only
+  from the user, with ``detail`` auto/low/high, as http(s) URLs or base64 data URLs of a real
+  image; the temperature's range; a ``json_schema`` response format's name and, when strict,
+  objects that require every property and allow no others. Structured output is answered with
   the JSON that ``structured_replies[<schema name>]`` gives (a dict, or a callable of the body),
   else with a deterministic instance of the schema.
 
@@ -63,8 +67,15 @@ Endpoint = Literal["transcriptions", "chat"]
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # OpenAI: "Maximum content size limit (26214400) exceeded"
 _MIN_SECONDS = 0.1
+# The docs list flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav, webm; the API's own error adds oga.
 _SUPPORTED_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
-_RESPONSE_FORMATS = ("json", "text", "verbose_json")
+# What each model answers (API reference, createTranscription `response_format`): the gpt-4o
+# transcribe models only json or text; Whisper also subtitles and timed segments.
+_WHISPER_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+_GPT4O_FORMATS = ("json", "text")
+_CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+_IMAGE_DETAILS = ("auto", "low", "high")
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LANGUAGE_NAMES = {
     "en": "english",
     "ru": "russian",
@@ -317,6 +328,8 @@ class FakeOpenAIServer(LoopbackServer):
             return _error(fault.status, f"injected fault: {fault.value}")
         try:
             return await handler(request)
+        except web.HTTPRequestEntityTooLarge:  # aiohttp's own limit: answered in OpenAI's shape
+            return _too_large(request.content_length or MAX_UPLOAD_BYTES + 1)
         except web.HTTPException:
             raise
         except Exception as exc:
@@ -337,6 +350,9 @@ class FakeOpenAIServer(LoopbackServer):
         return None
 
     async def _transcriptions(self, request: web.Request) -> web.Response:
+        # OpenAI's edge refuses a request body over its limit before looking at any field.
+        if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
+            return _too_large(request.content_length)
         form = await request.post()
         upload = form.get("file")
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
@@ -371,14 +387,22 @@ class FakeOpenAIServer(LoopbackServer):
         delay = self.delay(call) if callable(self.delay) else self.delay
         if delay > 0:
             await asyncio.sleep(delay)
+        if call.size > MAX_UPLOAD_BYTES:
+            return _too_large(call.size)
         if not call.model:
             return _error(400, "you must provide a model parameter", param="model")
-        if call.response_format not in _RESPONSE_FORMATS:
-            return _error(400, f"response_format '{call.response_format}' is not supported by this fake")
-        if call.response_format == "verbose_json" and "whisper" not in call.model:
+        if call.response_format not in _WHISPER_FORMATS:
             return _error(
                 400,
-                f"response_format 'verbose_json' is not compatible with model '{call.model}'. "
+                f"Invalid value: '{call.response_format}'. Supported values are: 'json', 'text', 'srt', "
+                "'verbose_json', and 'vtt'.",
+                param="response_format",
+                code="invalid_value",
+            )
+        if "whisper" not in call.model and call.response_format not in _GPT4O_FORMATS:
+            return _error(
+                400,
+                f"response_format '{call.response_format}' is not compatible with model '{call.model}'. "
                 "Use 'json' or 'text' instead.",
                 param="response_format",
                 code="unsupported_value",
@@ -388,8 +412,6 @@ class FakeOpenAIServer(LoopbackServer):
             return _error(
                 400, f"Invalid file format. Supported formats: {list(_SUPPORTED_EXTENSIONS)}", param="file"
             )
-        if call.size > MAX_UPLOAD_BYTES:
-            return _error(413)
         if call.duration is not None and call.duration < _MIN_SECONDS:
             return _error(
                 400, "Audio file is too short. Minimum audio length is 0.1 seconds.", code="audio_too_short"
@@ -416,6 +438,8 @@ class FakeOpenAIServer(LoopbackServer):
         if call.response_format == "json":
             return web.json_response({"text": transcript.text, "usage": usage})
         segments = transcript.segments or _spread(transcript.text, duration)
+        if call.response_format in ("srt", "vtt"):
+            return web.Response(text=_subtitles(segments, call.response_format), content_type="text/plain")
         language = call.language or transcript.language
         return web.json_response(
             {
@@ -468,6 +492,8 @@ class FakeOpenAIServer(LoopbackServer):
             return _error(400, "streaming is not supported by this fake")
         if (failure := self._scripted_failure("chat", body)) is not None:
             return failure
+        if (invalid := _check_chat(body)) is not None:
+            return invalid
         if (invalid := _check_image_inputs(body)) is not None:
             return invalid
         if self.chat_handler is not None:
@@ -512,6 +538,27 @@ def _spread(text: str, duration: float) -> list[tuple[float, float, str]]:
         segments.append((round(start, 3), round(end, 3), sentence))
         start = end
     return segments
+
+
+def _subtitles(segments: list[tuple[float, float, str]], kind: str) -> str:
+    """Whisper's ``srt`` or ``vtt`` answer for the segments."""
+
+    def stamp(seconds: float) -> str:
+        ms = round(seconds * 1000)
+        h, rest = divmod(ms, 3_600_000)
+        m, rest = divmod(rest, 60_000)
+        sec, ms = divmod(rest, 1000)
+        return f"{h:02d}:{m:02d}:{sec:02d}{',' if kind == 'srt' else '.'}{ms:03d}"
+
+    cues = [
+        (f"{i}\n" if kind == "srt" else "") + f"{stamp(start)} --> {stamp(end)}\n{text}\n"
+        for i, (start, end, text) in enumerate(segments, start=1)
+    ]
+    return ("WEBVTT\n\n" if kind == "vtt" else "") + "\n".join(cues)
+
+
+def _too_large(size: int) -> web.Response:
+    return _error(413, f"Maximum content size limit ({MAX_UPLOAD_BYTES}) exceeded ({size} bytes read)")
 
 
 def _error(
@@ -578,6 +625,128 @@ def schema_instance(schema: JsonDict, name: str = "value") -> Any:
     if kind in ("integer", "number"):
         return 0
     return f"simulated {name}"
+
+
+def _check_chat(body: JsonDict) -> web.Response | None:
+    """What OpenAI checks of a chat request before a model sees it: each message's role and
+    content, each content part's shape (an image only from the user, its detail one of
+    auto/low/high), the temperature's range, and a json_schema response format."""
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        return _invalid("messages", "Invalid type for 'messages': expected an array.", "invalid_type")
+    for i, message in enumerate(messages):
+        where = f"messages.[{i}]"
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in _CHAT_ROLES:
+            return _invalid(
+                f"{where}.role",
+                f"Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', "
+                "'function', 'tool', and 'developer'.",
+            )
+        content = message.get("content")
+        if content is None and role != "assistant":
+            return _missing(f"{where}.content")
+        if content is None or isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            return _invalid(f"{where}.content", f"Invalid type for '{where}.content'.", "invalid_type")
+        for j, part in enumerate(content):
+            if (problem := _check_part(f"{where}.content.[{j}]", role, part)) is not None:
+                return problem
+    temperature = body.get("temperature")
+    if temperature is not None and not (isinstance(temperature, int | float) and 0 <= temperature <= 2):
+        return _invalid(
+            "temperature",
+            f"Invalid 'temperature': {temperature!r}. Expected a value between 0 and 2.",
+            "decimal_above_max_value",
+        )
+    return _check_json_schema(body.get("response_format"))
+
+
+def _check_part(where: str, role: str, part: Any) -> web.Response | None:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        return None if isinstance(part.get("text"), str) else _missing(f"{where}.text")
+    if kind == "image_url":
+        if role != "user":
+            return _invalid(
+                f"{where}.type",
+                f"Image URLs are only allowed for messages with role 'user', but this message with role "
+                f"'{role}' contains an image URL.",
+            )
+        image = part.get("image_url")
+        if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+            return _missing(f"{where}.image_url.url")
+        if "detail" in image and image["detail"] not in _IMAGE_DETAILS:
+            return _invalid(
+                f"{where}.image_url.detail",
+                f"Invalid value: '{image['detail']}'. Supported values are: 'auto', 'low', and 'high'.",
+            )
+        return None
+    if kind in ("input_audio", "file"):
+        return None
+    return _invalid(
+        f"{where}.type",
+        f"Invalid value: '{kind}'. Supported values are: 'text', 'image_url', 'input_audio', 'refusal', "
+        "and 'file'.",
+    )
+
+
+def _check_json_schema(response_format: Any) -> web.Response | None:
+    """A json_schema response format needs a name and a schema; a strict one, objects that list
+    every property as required and allow no others (OpenAI's structured outputs)."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        return _missing("response_format.json_schema.name")
+    name = spec["name"]
+    if not _SCHEMA_NAME.match(name):
+        return _invalid(
+            "response_format.json_schema.name",
+            "Invalid 'response_format.json_schema.name': string does not match pattern. Expected a string "
+            "that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+        )
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        return _missing("response_format.json_schema.schema")
+    if spec.get("strict") is True and (problem := _strict_problem(schema, ())) is not None:
+        return _invalid(
+            "response_format",
+            f"Invalid schema for response_format '{name}': {problem}",
+            "invalid_json_schema",
+        )
+    return None
+
+
+def _strict_problem(schema: JsonDict, context: tuple[str, ...]) -> str | None:
+    where = f"In context={context}, "
+    if schema.get("type") == "object":
+        if schema.get("additionalProperties") is not False:
+            return where + "'additionalProperties' is required to be supplied and to be false."
+        properties = schema.get("properties") or {}
+        missing = [key for key in properties if key not in (schema.get("required") or [])]
+        if missing:
+            return (
+                where + "'required' is required to be supplied and to be an array including every key "
+                f"in properties. Missing '{missing[0]}'."
+            )
+        for key, sub in properties.items():
+            if isinstance(sub, dict) and (problem := _strict_problem(sub, (*context, "properties", key))):
+                return problem
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        return _strict_problem(schema["items"], (*context, "items"))
+    return None
+
+
+def _missing(param: str) -> web.Response:
+    return _error(
+        400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
+def _invalid(param: str, message: str, code: str = "invalid_value") -> web.Response:
+    return _error(400, message, param=param, code=code)
 
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"RIFF")

@@ -5,8 +5,8 @@ anonymized per-kind totals (no user id) and deleted, and their photos, avatars, 
 images, transcripts and payments are deleted. The users row stays, scrubbed to the bare
 Telegram id and interface language: without it the next message would register the user anew
 and grant the welcome bonus again, and a block would be lifted by deleting oneself. After the
-commit every storage prefix of the user is deleted (`avatars/<id>/`, `generations/<id>/`,
-`transcripts/<id>/`); a failure there is retried by the next /delete_me, which deletes by prefix
+commit every storage prefix of the user is deleted (`avatars/<id>/`, `loras/<id>/`,
+`generations/<id>/`, `transcripts/<id>/`); a failure there is retried by the next /delete_me, which deletes by prefix
 and needs no rows.
 """
 
@@ -39,7 +39,7 @@ from aisha.transcription.models import Transcript
 from aisha.users.models import User
 
 log = structlog.get_logger(__name__)
-STORAGE_ROOTS = ("avatars", "generations", "transcripts")
+STORAGE_ROOTS = ("avatars", "loras", "generations", "transcripts")
 
 
 def user_prefixes(user_id: int) -> list[str]:
