@@ -257,4 +257,5 @@ async def test_forged_and_expired_links_to_a_bucket_are_refused_without_reading_
         ok = await client.get(f"{link.path}?{link.query}")
         assert ok.status_code == 200 and ok.content == b"PK\x03\x04 faces"
         assert ok.headers["content-length"] == str(len(b"PK\x03\x04 faces"))
+        assert ok.headers["content-type"] == "application/zip"
         assert reads == ["size avatars/1/a/training.zip", "stream avatars/1/a/training.zip"]
