@@ -508,7 +508,8 @@ async def test_a_hanging_fal_submission_blocks_no_other_user(
     fal.submit_delay = 20
     trainee = FakeUser(id=7601, language_code="en")
     avatar_id = await _seed_and_train(app, telegram, trainee)
-    await _submitted(fal)  # FAL has the request and hangs before answering
+    job = await _submitted(fal)  # FAL has the request and hangs before answering
+    await eventually(lambda: _true(job.request_id in fal.archives))  # its runner fetched the archive
     assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
     assert await _balance(app, trainee.id) == BONUS - PRICE  # the hold is committed already
 
