@@ -212,9 +212,9 @@ def ledger_verify() -> None:
 
 @app.command()
 def doctor() -> None:
-    """Check every dependency (database, storage, Telegram, Redis, provider keys) and print a table;
-    exit 1 when a required one is down."""
-    from aisha.health import check_all
+    """Check every dependency (database, storage, Telegram, Redis, provider keys) and print a table
+    with the way FAL gets training archives; exit 1 when a required dependency is down."""
+    from aisha.health import archive_check, check_all
     from aisha.runtime import Runtime
 
     settings = _settings()
@@ -228,11 +228,12 @@ def doctor() -> None:
             await runtime.bot.session.close()
             await runtime.services.aclose()
 
-    results = asyncio.run(run_checks())
+    results = [*asyncio.run(run_checks()), archive_check(settings)]
     typer.echo(f"{'dependency':<10} {'status':<15} {'latency':>9}  detail")
     for r in results:
         latency = f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-"
-        status = r.status + ("" if r.required else " (optional)" if r.status != "ok" else "")
+        optional = not r.required and r.status not in ("ok", "warning")
+        status = r.status + (" (optional)" if optional else "")
         typer.echo(f"{r.name:<10} {status:<15} {latency:>9}  {r.detail}".rstrip())
     if any(r.failing for r in results):
         raise typer.Exit(1)

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from aisha.storage.public import PublicRoute, public_route
+
 MIN_WEBHOOK_SECRET_LENGTH = 16
 Network = IPv4Network | IPv6Network
 
@@ -55,6 +57,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     storage_url: str = "file://./data/files"
     s3_endpoint_url: str | None = None
+    # The bucket's address as the outside world (FAL) reaches it; presigned links are built on it only.
+    s3_public_endpoint_url: str | None = None
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_region: str | None = None
@@ -185,7 +189,7 @@ class Settings(BaseSettings):
         name = getattr(info, "field_name", "URL") or "URL"
         return _check_http_url(name.upper(), value)
 
-    @field_validator("public_base_url", "openai_base_url", "s3_endpoint_url")
+    @field_validator("public_base_url", "openai_base_url", "s3_endpoint_url", "s3_public_endpoint_url")
     @classmethod
     def _optional_http_url(cls, value: str | None, info: object) -> str | None:
         if value is None or value == "":
@@ -261,6 +265,15 @@ class Settings(BaseSettings):
     @property
     def webhook_mode(self) -> bool:
         return self.public_base_url is not None
+
+    @property
+    def archive_route(self) -> PublicRoute:
+        """How FAL fetches a training archive: presigned, our signed link, or FAL's storage."""
+        return public_route(
+            storage_url=self.storage_url,
+            s3_public_endpoint_url=self.s3_public_endpoint_url,
+            public_base_url=self.public_base_url,
+        )
 
     @property
     def is_sqlite(self) -> bool:

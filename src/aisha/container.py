@@ -131,7 +131,7 @@ def build_services(
     engine = create_engine(settings.database_url)
     sessions = create_session_factory(engine)
     prices = load_prices(settings.prices_file)
-    # Signed links to local files exist only where FAL can reach us: webhook mode.
+    # Signed links to stored files exist only where FAL can reach us: webhook mode.
     signer = None
     if settings.public_base_url and settings.bot_token:
         signer = LinkSigner(link_secret(settings.bot_token.get_secret_value()), settings.public_base_url)
@@ -146,6 +146,7 @@ def build_services(
         storage=create_storage(
             settings.storage_url,
             s3_endpoint_url=settings.s3_endpoint_url,
+            s3_public_endpoint_url=settings.s3_public_endpoint_url,
             s3_access_key=_secret(settings.s3_access_key),
             s3_secret_key=_secret(settings.s3_secret_key),
             s3_region=settings.s3_region,
@@ -476,6 +477,7 @@ def _wire_avatars(services: Services) -> None:
             draft_ttl=timedelta(seconds=settings.avatar_draft_ttl_seconds),
             duplicate_max_distance=settings.photo_duplicate_max_distance,
             public_base_url=settings.public_base_url,
+            archive_route=settings.archive_route,
         ),
         enqueue_training=enqueue_training,
         enqueue_keep=enqueue_keep,

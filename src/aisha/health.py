@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
+from aisha.storage.public import PublicRoute, unreachable_reason
+
 if TYPE_CHECKING:
     from aiogram import Bot
 
+    from aisha.config import Settings
     from aisha.container import Services
 
 CHECK_TIMEOUT_SECONDS = 5.0
@@ -21,7 +24,7 @@ CHECK_TIMEOUT_SECONDS = 5.0
 @dataclass(frozen=True)
 class CheckResult:
     name: str
-    status: str  # "ok", "down" or "not configured"
+    status: str  # "ok", "down", "not configured" or "warning" (works, or not, but needs a look)
     required: bool
     latency_ms: float | None
     detail: str = ""
@@ -80,3 +83,37 @@ async def check_all(services: Services, bot: Bot) -> list[CheckResult]:
     results.append(_configured("fal", settings.fal_key))
     results.append(_configured("openai", settings.openai_api_key))
     return results
+
+
+def archive_check(settings: Settings) -> CheckResult:
+    """Which way FAL gets training archives, and a warning when that way can't work (`aisha doctor`).
+
+    Judged from the configuration alone: whether FAL can reach an address is not something this
+    machine can test.
+    """
+    route = settings.archive_route
+    if route is PublicRoute.PRESIGNED:
+        url = settings.s3_public_endpoint_url or ""
+        detail = f"presigned S3 links on S3_PUBLIC_ENDPOINT_URL {url}"
+        fix = "set S3_PUBLIC_ENDPOINT_URL to the bucket's public address, or unset it to use PUBLIC_BASE_URL"
+    elif route is PublicRoute.SIGNED_LINK:
+        url = settings.public_base_url or ""
+        detail = f"signed links on PUBLIC_BASE_URL {url}/files/, streamed from storage by the api"
+        fix = "set PUBLIC_BASE_URL to the address the internet reaches this bot at"
+    else:
+        detail = "uploaded to FAL's storage (no PUBLIC_BASE_URL or S3_PUBLIC_ENDPOINT_URL)"
+        return CheckResult("archive", "ok", False, None, detail)
+    reason = unreachable_reason(url)
+    if reason is not None:
+        return CheckResult(
+            "archive", "warning", False, None, f"{detail}: FAL can't fetch it, {reason}; {fix}"
+        )
+    if settings.s3_public_endpoint_url and not settings.storage_url.startswith("s3://"):
+        return CheckResult(
+            "archive",
+            "warning",
+            False,
+            None,
+            f"{detail}; S3_PUBLIC_ENDPOINT_URL is ignored without s3:// storage",
+        )
+    return CheckResult("archive", "ok", False, None, detail)

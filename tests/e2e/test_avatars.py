@@ -44,11 +44,14 @@ BONUS = PRICE + 50
 async def fal() -> AsyncIterator[FakeFalServer]:
     async with FakeFalServer() as server:
         yield server
+        assert server.errors == []
 
 
 @pytest.fixture
 def avatar_settings(make_settings: Callable[..., Any], fal: FakeFalServer) -> Callable[..., Any]:
-    def make(**overrides: Any) -> Any:
+    def make(*, reachable: bool = True, **overrides: Any) -> Any:
+        """``reachable``: this machine's address stands in for the bot's public one, and the fake
+        FAL may fetch the training archive from it."""
         port = free_port()
         values: dict[str, Any] = {
             "fal_key": fal.key,
@@ -58,7 +61,10 @@ def avatar_settings(make_settings: Callable[..., Any], fal: FakeFalServer) -> Ca
             "webhook_secret": WEBHOOK_SECRET,
             "http_port": port,
         }
-        return make_settings(**(values | overrides))
+        settings = make_settings(**(values | overrides))
+        if reachable and settings.public_base_url:
+            fal.reachable(settings.public_base_url)
+        return settings
 
     return make
 
@@ -255,6 +261,7 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
     avatar = await _avatar(db, user.id)
     assert job.payload["trigger_phrase"] == avatar.trigger_phrase
     assert job.payload["steps"] == 2500
+    assert job.payload["data_archive_format"] == "zip"
     webhook = urlsplit(job.webhook_url or "")
     assert f"{webhook.scheme}://{webhook.netloc}" == app.settings.public_base_url
     assert webhook.path == "/webhooks/fal"
@@ -264,6 +271,10 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
         archive = await http.get(job.payload["images_data_url"])
     assert archive.status_code == 200
     assert len(zipfile.ZipFile(io.BytesIO(archive.content)).namelist()) == 10
+    # ...and the fake FAL's runner did fetch it, from the URL as given.
+    async with asyncio.timeout(10):
+        await fal.complete(job.request_id, deliver=False)
+    assert fal.archives[job.request_id] == [f"{i:02d}.jpg" for i in range(1, 11)]
 
     async def submitted() -> bool:
         row = await _avatar(db, user.id)
@@ -273,7 +284,6 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
     assert await _balance(app, user.id) == BONUS - PRICE  # held
 
     # Forged webhooks: an unknown key, a stale timestamp, a changed body, no signature.
-    await fal.complete(job.request_id, deliver=False)
     assert await fal.deliver(job.request_id, sign_with="unknown") == 401
     assert await fal.deliver(job.request_id, timestamp_offset=-3600) == 401
     assert await fal.deliver(job.request_id, tamper_body=True) == 401
@@ -413,6 +423,12 @@ async def test_without_a_public_address_the_archive_goes_to_fal_storage_and_trai
     archive_url = job.payload["images_data_url"]
     assert archive_url.startswith(f"{fal.base_url}/files/upload-")
     assert fal.files[archive_url.rsplit("/", 1)[1]][0][:2] == b"PK"  # the zip reached FAL's storage
+    # FAL deletes it once training is over: the 3-hour training limit and an hour more.
+    [(_, lifecycle)] = fal.uploads
+    assert lifecycle["X-Fal-Object-Lifecycle-Preference"] == '{"expiration_duration_seconds": 14400}'
+    assert await _files(app, user.id, avatar_id) == [
+        f"{photo_prefix(user.id, avatar_id)}/photos/{i}.jpg" for i in range(10)
+    ]
     assert "fal_webhook" not in str(fal.requests)  # nobody to call back: the sweep polls
 
     await fal.complete(job.request_id, deliver=False)
@@ -492,7 +508,8 @@ async def test_a_hanging_fal_submission_blocks_no_other_user(
     fal.submit_delay = 20
     trainee = FakeUser(id=7601, language_code="en")
     avatar_id = await _seed_and_train(app, telegram, trainee)
-    await _submitted(fal)  # FAL has the request and hangs before answering
+    job = await _submitted(fal)  # FAL has the request and hangs before answering
+    await eventually(lambda: _true(job.request_id in fal.archives))  # its runner fetched the archive
     assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
     assert await _balance(app, trainee.id) == BONUS - PRICE  # the hold is committed already
 

@@ -13,6 +13,9 @@ import httpx
 
 from aisha.sandbox import FakeTelegramServer
 from tests.conftest import Database
+from tests.integration.conftest import S3Server, s3_bucket, s3_server
+
+__all__ = ["s3_bucket", "s3_server"]  # fixtures, used by name
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -84,5 +87,57 @@ async def test_doctor_prints_the_same_table(
         "redis": "down",
         "fal": "ok",
         "openai": "not",
+        "archive": "ok",
     }
     assert "fal-secret-key-value" not in table + stderr.decode()
+    archive = table.splitlines()[-1]
+    assert archive.endswith("uploaded to FAL's storage (no PUBLIC_BASE_URL or S3_PUBLIC_ENDPOINT_URL)")
+
+
+async def _doctor(env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aisha",
+        "doctor",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode() + stderr.decode()
+
+
+async def test_doctor_says_how_fal_gets_archives_on_the_compose_stack(
+    telegram: FakeTelegramServer, db: Database, tmp_path: Path, s3_server: S3Server, s3_bucket: str
+) -> None:
+    compose = {
+        "BOT_TOKEN": telegram.token,
+        "TELEGRAM_API_URL": telegram.base_url,
+        "DATABASE_URL": db.url,
+        "STORAGE_URL": f"s3://{s3_bucket}",
+        "S3_ENDPOINT_URL": s3_server.endpoint_url.replace("127.0.0.1", "localhost"),  # like minio:9000
+        "S3_ACCESS_KEY": s3_server.access_key,
+        "S3_SECRET_KEY": s3_server.secret_key,
+        "S3_REGION": s3_server.region,
+        "PUBLIC_BASE_URL": "https://bot.example.com",
+        "WEBHOOK_SECRET": "doctor-webhook-secret-0123456789",
+        "FAL_KEY": "fal-secret-key-value",
+    }
+    code, output = await _doctor(compose, tmp_path)
+    assert code == 0, output
+    assert (
+        "archive    ok                      -  signed links on PUBLIC_BASE_URL https://bot.example.com/files/,"
+        " streamed from storage by the api" in output
+    )
+
+    # The bucket's internal name given as its public one: said plainly, not a start-up failure.
+    code, output = await _doctor(compose | {"S3_PUBLIC_ENDPOINT_URL": "http://minio:9000"}, tmp_path)
+    assert code == 0, output
+    assert (
+        "archive    warning                 -  presigned S3 links on S3_PUBLIC_ENDPOINT_URL http://minio:9000:"
+        " FAL can't fetch it, 'minio' is a local name, not resolvable on the internet;"
+        " set S3_PUBLIC_ENDPOINT_URL to the bucket's public address, or unset it to use PUBLIC_BASE_URL"
+    ) in output

@@ -51,6 +51,8 @@ def cluster_settings(
     """Settings of one process: everything shared but its own port and public URL."""
 
     def make(port: int, public_port: int | None = None) -> Settings:
+        # This machine stands in for the public address FAL fetches training archives from.
+        fal.reachable(f"http://127.0.0.1:{public_port or port}")
         return make_settings(
             redis_url=redis_url,
             storage_url=f"file://{tmp_path / 'shared-files'}",

@@ -30,6 +30,7 @@ from aisha.messaging import Buttons
 from aisha.providers.fal import FalRequestRefused, FalUnavailable, TrainingOutput
 from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import LocalStorage
+from aisha.storage.public import PublicRoute
 from aisha.users.models import User
 from tests.conftest import Database
 
@@ -87,13 +88,15 @@ class ScriptedTrainer:
         self.fail_submit: Exception | None = None
         self.fail_upload: Exception | None = None
         self.uploads: list[bytes] = []
+        self.upload_expiries: list[int] = []
         self.state_answer = TrainingState.QUEUED
         self.attempts = 0  # calls to submit, answered or not
 
-    async def upload_archive(self, data: bytes) -> str:
+    async def upload_archive(self, data: bytes, *, expires_in: int) -> str:
         if self.fail_upload is not None:
             raise self.fail_upload
         self.uploads.append(data)
+        self.upload_expiries.append(expires_in)
         return f"https://fal.media/files/upload-{len(self.uploads)}.zip"
 
     async def submit(
@@ -148,7 +151,12 @@ class World:
             trainer=self.trainer,
             messenger=self.messenger,
             notifier=AvatarNotifier(messenger=self.messenger, translator=Translator.load()),
-            rules=AvatarRules(min_photos=2, max_photos=3, public_base_url="https://bot.example"),
+            rules=AvatarRules(
+                min_photos=2,
+                max_photos=3,
+                public_base_url="https://bot.example",
+                archive_route=PublicRoute.SIGNED_LINK if signer else PublicRoute.PROVIDER_UPLOAD,
+            ),
             enqueue_training=enqueue,
             enqueue_keep=enqueue_keep,
         )
@@ -514,6 +522,8 @@ async def test_without_a_public_url_the_archive_goes_to_fal_storage(db: Database
     assert avatar.status is AvatarStatus.SUBMITTED
     assert world.trainer.submitted[0]["url"] == "https://fal.media/files/upload-1.zip"
     assert world.trainer.uploads[0][:2] == b"PK"  # the zip itself
+    assert world.trainer.upload_expiries == [4 * 3600]  # the 3-hour training limit and an hour
+    assert not any(p.name == "training.zip" for p in (tmp_path / "files").rglob("*"))  # not kept here
 
 
 async def test_an_archive_that_cannot_reach_fal_fails_without_charging(db: Database, tmp_path: Path) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import socket
 import struct
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,7 +32,7 @@ from aisha.providers.fal import (
     parse_training_result,
 )
 from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier, WebhookRejected
-from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.fake_fal import FakeFalServer, png_bytes
 
 PORTRAIT = "fal-ai/flux-lora-portrait-trainer"
 FAST = "fal-ai/flux-lora-fast-training"
@@ -45,6 +48,16 @@ async def fal() -> AsyncIterator[FakeFalServer]:
     async with FakeFalServer() as server:
         yield server
         assert server.errors == []
+
+
+@pytest.fixture
+def archive_url(fal: FakeFalServer) -> str:
+    """A training archive (two PNGs) where the fake's runner can fetch it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("01.png", png_bytes(8, 8))
+        archive.writestr("02.png", png_bytes(8, 8, (1, 2, 3)))
+    return fal.serve_file("train.zip", buffer.getvalue())
 
 
 @pytest.fixture
@@ -122,17 +135,19 @@ async def test_subpath_endpoint_is_polled_under_owner_and_app(fal: FakeFalServer
 @pytest.mark.parametrize(
     ("endpoint", "payload"),
     [
-        (
-            PORTRAIT,
-            {"images_data_url": "https://files.example/a.zip", "trigger_phrase": "TOK", "steps": 1000},
-        ),
-        (FAST, {"images_data_url": "https://files.example/a.zip", "trigger_word": "TOK", "is_style": True}),
+        (PORTRAIT, {"trigger_phrase": "TOK", "steps": 1000, "data_archive_format": "zip"}),
+        (FAST, {"trigger_word": "TOK", "is_style": True, "data_archive_format": "zip"}),
     ],
 )
 async def test_training_result(
-    fal: FakeFalServer, client: FalClient, http: httpx.AsyncClient, endpoint: str, payload: dict[str, object]
+    fal: FakeFalServer,
+    client: FalClient,
+    http: httpx.AsyncClient,
+    archive_url: str,
+    endpoint: str,
+    payload: dict[str, object],
 ) -> None:
-    submission = await client.submit(endpoint, payload)
+    submission = await client.submit(endpoint, {"images_data_url": archive_url, **payload})
     await fal.complete(submission.request_id)
     output = parse_training_result(await client.result(endpoint, submission.request_id))
     lora = await http.get(output.lora_url)
@@ -179,6 +194,102 @@ async def test_invalid_input_is_refused_with_field_errors(fal: FakeFalServer, cl
     assert fal.submissions == []
 
 
+async def test_trainer_inputs_are_checked_against_their_schemas(
+    fal: FakeFalServer, client: FalClient, archive_url: str
+) -> None:
+    refused = {
+        "data_archive_format": {"data_archive_format": "rar"},
+        "trigger_word": {"trigger_word": "TOK"},  # the portrait trainer's field is trigger_phrase
+        "steps": {"steps": "1000"},
+        "subject_crop": {"subject_crop": 1},
+    }
+    for field_name, extra in refused.items():
+        with pytest.raises(FalRequestRefused, match=field_name) as caught:
+            await client.submit(PORTRAIT, {"images_data_url": archive_url, **extra})
+        assert caught.value.status_code == 422
+    with pytest.raises(FalRequestRefused, match="trigger_phrase"):
+        await client.submit(FAST, {"images_data_url": archive_url, "trigger_phrase": "TOK"})
+    with pytest.raises(FalRequestRefused, match="output_format"):
+        await client.submit(FLUX_LORA, {"prompt": "x", "output_format": "gif"})
+    with pytest.raises(FalRequestRefused, match="num_inference_steps"):
+        await client.submit(FLUX_LORA, {"prompt": "x", "num_inference_steps": 0})
+    assert fal.submissions == []
+
+
+def _zip(**members: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("where", "kind"),
+    [
+        ("http://127.0.0.1:9/train.zip", "file_download_error"),  # loopback
+        ("http://minio:9000/aisha/train.zip?X-Amz-Signature=x", "file_download_error"),  # compose-only name
+        ("http://10.1.2.3/train.zip", "file_download_error"),  # private
+        ("missing", "file_download_error"),  # 404 on a reachable host
+        ("not-a-zip", "image_load_error"),
+        ("empty", "image_load_error"),
+        ("not-images", "image_load_error"),
+    ],
+)
+async def test_the_runner_fetches_the_archive_and_fails_the_job_when_it_cannot(
+    fal: FakeFalServer, client: FalClient, receiver: Receiver, where: str, kind: str
+) -> None:
+    served = {
+        "not-a-zip": b"%PDF-1.4 not a zip",
+        "empty": _zip(),
+        "not-images": _zip(**{"01.jpg": b"plain text, named like a photo"}),
+    }
+    if where in served:
+        url = fal.serve_file(f"{where}.zip", served[where])
+    elif where == "missing":
+        url = f"{fal.base_url}/files/missing.zip"
+    else:
+        url = where
+    submission = await client.submit(PORTRAIT, {"images_data_url": url}, webhook_url=receiver.url)
+    async with asyncio.timeout(10):
+        while not receiver.accepted:
+            await asyncio.sleep(0.02)
+    [webhook] = receiver.accepted
+    assert not webhook.ok and webhook.error == "Invalid status code: 422"
+    [problem] = webhook.payload["detail"]
+    assert problem["loc"] == ["body", "images_data_url"] and problem["type"] == kind
+    with pytest.raises(FalRequestFailed) as caught:
+        await client.result(PORTRAIT, submission.request_id)
+    assert caught.value.status_code == 422
+    with pytest.raises(ValueError, match="already completed"):
+        await fal.complete(submission.request_id)  # a job that failed to start never succeeds
+
+
+async def test_a_local_address_marked_reachable_is_fetched(
+    fal: FakeFalServer, client: FalClient, archive_url: str
+) -> None:
+    data = _zip(**{"01.jpg": b"\xff\xd8\xff\xe0 jpeg", "01.txt": b"a caption"})
+
+    async def serve(_: web.Request) -> web.Response:
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/a.zip", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        fal.reachable(f"http://127.0.0.1:{port}")
+        submission = await client.submit(PORTRAIT, {"images_data_url": f"http://127.0.0.1:{port}/a.zip"})
+        await fal.complete(submission.request_id)
+        assert fal.archives[submission.request_id] == ["01.jpg", "01.txt"]
+        assert parse_training_result(await client.result(PORTRAIT, submission.request_id)).lora_url
+    finally:
+        await runner.cleanup()
+
+
 async def test_wrong_key_is_an_auth_failure_that_never_shows_the_key(
     fal: FakeFalServer, http: httpx.AsyncClient
 ) -> None:
@@ -195,9 +306,9 @@ async def test_wrong_key_is_an_auth_failure_that_never_shows_the_key(
 
 @pytest.mark.parametrize(("error_status", "error_type"), [(422, None), (500, "runner_server_error")])
 async def test_failed_job_raises_request_failed_without_retrying(
-    fal: FakeFalServer, client: FalClient, error_status: int, error_type: str | None
+    fal: FakeFalServer, client: FalClient, archive_url: str, error_status: int, error_type: str | None
 ) -> None:
-    submission = await client.submit(PORTRAIT, {"images_data_url": "https://files.example/a.zip"})
+    submission = await client.submit(PORTRAIT, {"images_data_url": archive_url})
     await fal.complete(submission.request_id, error="no face found in the images", error_status=error_status)
     status = await client.status(PORTRAIT, submission.request_id)
     assert status.done and status.error == "no face found in the images"
@@ -379,9 +490,9 @@ async def test_genuine_webhook_is_accepted(fal: FakeFalServer, client: FalClient
 
 
 async def test_failure_webhook_is_accepted_with_its_error(
-    fal: FakeFalServer, client: FalClient, receiver: Receiver
+    fal: FakeFalServer, client: FalClient, receiver: Receiver, archive_url: str
 ) -> None:
-    submission = await client.submit(FAST, {"images_data_url": "https://x/a.zip"}, webhook_url=receiver.url)
+    submission = await client.submit(FAST, {"images_data_url": archive_url}, webhook_url=receiver.url)
     assert await fal.complete(submission.request_id, error="training diverged", error_status=500) == 200
     [webhook] = receiver.accepted
     assert not webhook.ok and webhook.error == "Invalid status code: 500"
@@ -509,6 +620,14 @@ async def test_upload_puts_the_file_on_fal_storage(fal: FakeFalServer, http: htt
     assert url.startswith(f"{fal.base_url}/files/upload-") and url.endswith("training.zip")
     fetched = await http.get(url)
     assert fetched.status_code == 200 and fetched.content == b"PK\x03\x04 zip bytes"
+    assert fal.uploads[-1] == ("training.zip", {})  # no expiry asked: FAL's default retention
+
+    # With an expiry: fal_client's object lifecycle preference, on the upload request.
+    await client.upload(b"PK", file_name="training.zip", content_type="application/zip", expires_in=14400)
+    _, lifecycle = fal.uploads[-1]
+    preference = {"expiration_duration_seconds": 14400}
+    assert json.loads(lifecycle["X-Fal-Object-Lifecycle-Preference"]) == preference
+    assert json.loads(lifecycle["X-Fal-Object-Lifecycle"]) == preference
 
     wrong = FalClient(key="wrong-key", queue_url=fal.base_url, rest_url=fal.base_url, http=http, timeout=5.0)
     with pytest.raises(FalAuthFailed):

@@ -27,13 +27,29 @@ async def chunked(data: bytes, size: int) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-async def test_presigned_url_is_fetchable_by_another_service(
-    s3_storage: S3Storage, s3_server: S3Server
+@pytest.fixture
+async def public_storage(s3_server: S3Server, s3_bucket: str) -> AsyncIterator[S3Storage]:
+    """The bucket reached at ``localhost`` by us (like ``minio``), published at its IP address."""
+    storage = S3Storage(
+        s3_bucket,
+        endpoint_url=s3_server.endpoint_url.replace("127.0.0.1", "localhost"),
+        public_endpoint_url=s3_server.endpoint_url,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        region=s3_server.region,
+    )
+    yield storage
+    await storage.aclose()
+
+
+async def test_presigned_url_is_on_the_public_endpoint_and_fetchable_by_another_service(
+    public_storage: S3Storage, s3_server: S3Server
 ) -> None:
     image = payload(200_000)
-    await s3_storage.put("generations/9/result.png", image, content_type="image/png")
+    await public_storage.put("generations/9/result.png", image, content_type="image/png")
 
-    url = await s3_storage.url("generations/9/result.png", expires_in=300)
+    url = await public_storage.url("generations/9/result.png", expires_in=300)
+    assert url.startswith(f"{s3_server.endpoint_url}/")  # never the internal "localhost"
     async with httpx.AsyncClient() as http:
         response = await http.get(url)
 
@@ -47,8 +63,31 @@ async def test_presigned_url_is_fetchable_by_another_service(
         assert s3_server.secret_key not in url  # a signature, never the secret itself
 
 
+async def test_without_a_public_endpoint_no_presigned_url_is_built(
+    s3_storage: S3Storage, s3_server: S3Server, s3_bucket: str
+) -> None:
+    await s3_storage.put("avatars/1/training.zip", b"PK")
+    # The internal endpoint is no one else's address: no link, rather than one nobody can fetch.
+    with pytest.raises(StorageError, match="S3_PUBLIC_ENDPOINT_URL or PUBLIC_BASE_URL"):
+        await s3_storage.url("avatars/1/training.zip", expires_in=60)
+
+    signed = S3Storage(
+        s3_bucket,
+        endpoint_url=s3_server.endpoint_url,
+        url_signer=lambda key, ttl: f"https://bot.example.com/files/{key}?expires={ttl}",
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        region=s3_server.region,
+    )
+    # With PUBLIC_BASE_URL: the app's signed link, which streams the object from the bucket.
+    assert await signed.url("avatars/1/training.zip", expires_in=60) == (
+        "https://bot.example.com/files/avatars/1/training.zip?expires=60"
+    )
+    await signed.aclose()
+
+
 async def test_expired_presigned_url_is_refused(
-    s3_storage: S3Storage, s3_server: S3Server, request: pytest.FixtureRequest
+    public_storage: S3Storage, s3_server: S3Server, request: pytest.FixtureRequest
 ) -> None:
     if s3_server.is_moto:
         # moto's server serves presigned URLs without checking X-Amz-Expires (moto 5.2); run the
@@ -56,9 +95,9 @@ async def test_expired_presigned_url_is_refused(
         request.applymarker(
             pytest.mark.xfail(reason="moto does not enforce presigned URL expiry", strict=True)
         )
-    await s3_storage.put("avatars/1/photo.jpg", b"private photo")
+    await public_storage.put("avatars/1/photo.jpg", b"private photo")
 
-    url = await s3_storage.url("avatars/1/photo.jpg", expires_in=1)
+    url = await public_storage.url("avatars/1/photo.jpg", expires_in=1)
     assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["1"]
     await asyncio.sleep(2)
     async with httpx.AsyncClient() as http:

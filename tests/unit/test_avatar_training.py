@@ -34,6 +34,7 @@ async def test_portrait_payload_uses_trigger_phrase_and_steps() -> None:
         "images_data_url": "https://x/a.zip",
         "trigger_phrase": "ohwx1",
         "steps": 2500,
+        "data_archive_format": "zip",
     }
 
 
@@ -47,6 +48,7 @@ async def test_style_payload_uses_trigger_word_and_is_style() -> None:
         "trigger_word": "ohwx2",
         "is_style": True,
         "steps": 1000,
+        "data_archive_format": "zip",
     }
 
 

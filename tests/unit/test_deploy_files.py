@@ -6,7 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from aisha.config import Settings
+from aisha.config import Settings, load_settings
+from aisha.health import archive_check
+from aisha.storage.public import PublicRoute
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,3 +44,20 @@ def test_readme_table_lists_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
     assert missing == []
+
+
+def test_the_compose_stack_gives_fal_training_archives_through_nginx() -> None:
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy" / "aisha.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    filled = {name.lower(): value for name, value in example.items() if value}
+    settings = load_settings(_env_file=None, webhook_secret="compose-webhook-secret-0123", **filled)
+    assert settings.s3_endpoint_url == "http://minio:9000" and settings.s3_public_endpoint_url is None
+    assert settings.archive_route is PublicRoute.SIGNED_LINK
+    assert archive_check(settings).status == "ok"
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "files/" in nginx.split("location ~ ^/(", 1)[1].split(")", 1)[0]  # proxied to the api
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    assert "ports" not in compose["services"]["minio"]  # the bucket stays private

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, status
@@ -30,6 +31,6 @@ async def signed_file(
         async for chunk in storage.stream(key):
             yield chunk
 
-    return StreamingResponse(
-        body(), media_type="application/octet-stream", headers={"Content-Length": str(size)}
-    )
+    # The type by the key's extension (a training archive is application/zip), for fetchers that look.
+    media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return StreamingResponse(body(), media_type=media_type, headers={"Content-Length": str(size)})

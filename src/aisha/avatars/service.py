@@ -71,6 +71,7 @@ from aisha.providers.fal import (
 )
 from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import ObjectStorage, StorageError
+from aisha.storage.public import PublicRoute
 from aisha.users.models import User
 from aisha.users.service import user_locale
 
@@ -86,6 +87,7 @@ QUEUED = (AvatarStatus.PENDING, AvatarStatus.SUBMITTING, AvatarStatus.SUBMITTED)
 # Callback data the bot's avatar router answers (kept here so job messages carry the same buttons).
 REVIEW_CALLBACK = "avw:review"
 GENERATE_CALLBACK = "gen:new"  # handled by the generation feature
+MAX_LINK_SECONDS = 7 * 24 * 3600  # the longest a presigned S3 URL may live
 _FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic", "AVIF": "avif"}
 
 
@@ -100,7 +102,14 @@ class AvatarRules:
     duplicate_max_distance: int = 10
     # Where FAL posts its webhook; None: polling mode (the recovery sweep polls instead).
     public_base_url: str | None = None
-    archive_link_ttl_seconds: int = 6 * 3600
+    # How FAL gets the training archive (see storage/public.py).
+    archive_route: PublicRoute = PublicRoute.PROVIDER_UPLOAD
+
+    @property
+    def archive_ttl(self) -> timedelta:
+        """How long the archive's link (or FAL's copy) lives: the training's whole time limit, in
+        which FAL may queue it and fetch it late, plus an hour; not longer (the archive is faces)."""
+        return self.training_timeout + timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,17 +527,17 @@ class AvatarService:
     async def _images_url(
         self, trainer: Trainer, avatar_id: uuid.UUID, user_id: int, keys: Sequence[str]
     ) -> str | None:
-        """Where FAL fetches the photos: our storage's link, else FAL's storage. None: failed."""
-        archive_key = f"{photo_prefix(user_id, avatar_id)}/training.zip"
+        """Where FAL fetches the photos, by the configured route. None: failed (and told)."""
         archive = await self._archive(keys)
-        await self._storage.put(archive_key, archive, content_type="application/zip")
+        ttl = int(self.rules.archive_ttl.total_seconds())
+        if self.rules.archive_route is not PublicRoute.PROVIDER_UPLOAD:
+            # A presigned link on the bucket's public address, or our own signed link.
+            archive_key = f"{photo_prefix(user_id, avatar_id)}/training.zip"
+            await self._storage.put(archive_key, archive, content_type="application/zip")
+            return await self._storage.url(archive_key, expires_in=min(ttl, MAX_LINK_SECONDS))
+        # No public address at all: FAL's own storage, expiring once training is over.
         try:
-            return await self._storage.url(archive_key, expires_in=self.rules.archive_link_ttl_seconds)
-        except StorageError:
-            pass
-        # No presigned S3 URL and no public address for a signed link: FAL's own storage.
-        try:
-            return await trainer.upload_archive(archive)
+            return await trainer.upload_archive(archive, expires_in=ttl)
         except FalError as error:
             log.error("avatar.archive_upload_failed", avatar_id=str(avatar_id), error=str(error))
             await self._fail_unsubmitted(avatar_id, "unavailable", "the archive could not reach FAL")

@@ -2,9 +2,13 @@
 
 Schemas (fal.ai model pages, checked for this build):
 - ``fal-ai/flux-lora-portrait-trainer``: ``images_data_url``, ``trigger_phrase``, ``steps``
-  (default 2500), ``learning_rate``...; output ``diffusers_lora_file``, ``config_file``.
+  (default 2500), ``learning_rate``, ``data_archive_format``...; output ``diffusers_lora_file``,
+  ``config_file``.
 - ``fal-ai/flux-lora-fast-training``: ``images_data_url``, ``trigger_word``, ``is_style``,
-  ``steps`` (default 1000), ``create_masks``...; the same output.
+  ``steps`` (default 1000), ``create_masks``, ``data_archive_format``...; the same output.
+
+Both take ``data_archive_format`` (optional, inferred when left out): we always send ``"zip"``,
+so the trainer never has to guess from a URL that, for a signed link, ends in a query string.
 """
 
 from __future__ import annotations
@@ -60,8 +64,8 @@ class Trainer(Protocol):
 
     async def state(self, *, endpoint: str, request_id: str) -> TrainingState: ...
 
-    async def upload_archive(self, data: bytes) -> str:
-        """Put the training archive where the provider can fetch it; returns its URL."""
+    async def upload_archive(self, data: bytes, *, expires_in: int) -> str:
+        """Put the training archive in the provider's storage for ``expires_in`` seconds; its URL."""
         ...
 
     async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
@@ -97,16 +101,20 @@ class FalTrainer:
                 "images_data_url": images_url,
                 "trigger_phrase": trigger_phrase,
                 "steps": self._config.portrait_steps,
+                "data_archive_format": "zip",
             }
         return {
             "images_data_url": images_url,
             "trigger_word": trigger_phrase,
             "is_style": True,
             "steps": self._config.style_steps,
+            "data_archive_format": "zip",
         }
 
-    async def upload_archive(self, data: bytes) -> str:
-        return await self._client.upload(data, file_name="training.zip", content_type="application/zip")
+    async def upload_archive(self, data: bytes, *, expires_in: int) -> str:
+        return await self._client.upload(
+            data, file_name="training.zip", content_type="application/zip", expires_in=expires_in
+        )
 
     def endpoint(self, avatar_type: AvatarType) -> str:
         if avatar_type is AvatarType.PORTRAIT:

@@ -305,18 +305,29 @@ class FalClient:
 
     # ------------------------------------------------------------------------- operations
 
-    async def upload(self, data: bytes, *, file_name: str, content_type: str) -> str:
+    async def upload(
+        self, data: bytes, *, file_name: str, content_type: str, expires_in: int | None = None
+    ) -> str:
         """Put a file on FAL's CDN and return its URL, for a bot that has no public address.
 
         The protocol of FAL's own clients (fal-js `storage.ts`): ask the REST API for an upload
-        URL, PUT the bytes there, and hand the returned `file_url` to a model.
+        URL, PUT the bytes there, and hand the returned `file_url` to a model. With ``expires_in``
+        FAL deletes the file after that many seconds: the object lifecycle preference that
+        fal_client sends with the upload request (``_object_lifecycle_headers``: both
+        ``X-Fal-Object-Lifecycle-Preference`` and, for CDN uploads, ``X-Fal-Object-Lifecycle``).
         """
         initiate = f"{self._rest_url}/storage/upload/initiate?storage_type=fal-cdn-v3"
+        headers = self._headers()
+        if expires_in is not None:
+            if expires_in < 1:
+                raise ValueError(f"expires_in must be positive, got {expires_in}")
+            lifecycle = json.dumps({"expiration_duration_seconds": expires_in})
+            headers |= {"X-Fal-Object-Lifecycle-Preference": lifecycle, "X-Fal-Object-Lifecycle": lifecycle}
         try:
             response = await self._http.post(
                 initiate,
                 json={"file_name": file_name, "content_type": content_type},
-                headers=self._headers(),
+                headers=headers,
                 timeout=self._timeout,
             )
             if response.status_code in (401, 403):

@@ -135,6 +135,10 @@ class Sandbox:
         bot_port = ports.take("bot") or _free_port()
         ports.remember("bot", bot_port)
         settings = self._settings(bot_port, webhook_secret=webhook_secret)
+        # Everything runs on 127.0.0.1, which the fake FAL (like FAL) won't fetch from unless told:
+        # the bot's own address stands in for its public one here.
+        assert settings.public_base_url is not None
+        self.fal.reachable(settings.public_base_url)
         await asyncio.to_thread(upgrade, settings.database_url)
         self.runtime = Runtime(settings)
         self._stack.push_async_callback(self.runtime.stop)

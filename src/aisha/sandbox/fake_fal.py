@@ -23,6 +23,15 @@ restarted sandbox still serves its files; ``resume_jobs()`` re-arms the unfinish
 first), until ``answer_submissions()``: a FAL that hangs, or, past the client's timeout, an answer
 lost after FAL took the job.
 
+A training's ``images_data_url`` is downloaded as FAL's runner would, from the URL as given:
+loopback, private and single-label hosts (``127.0.0.1``, ``10.0.0.5``, ``minio``, ``localhost``)
+are refused unless the test marks them with ``fal.reachable(prefix)`` (the fake's own file host
+always is), and the archive must be a zip of images. A failed download or a bad archive fails
+the job the way FAL reports it (a 422 ``file_download_error`` / ``image_load_error`` detail, and
+the webhook), so the bot's own failure path runs. ``fal.archives`` keeps what each job fetched.
+Request bodies of the trainers and the FLUX image endpoints are checked against their documented
+inputs (required fields, types, enum values, ranges; the trainers refuse unknown fields).
+
 It runs inside the caller's event loop (``aiohttp.web``); image encoding runs in a thread.
 """
 
@@ -32,6 +41,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import random
@@ -39,6 +49,7 @@ import secrets
 import struct
 import time
 import uuid
+import zipfile
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -53,6 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aisha.sandbox._http import LoopbackServer
 from aisha.sandbox._state import read_json, write_json_atomically
 from aisha.sandbox.faults import Fault, FaultPlan, never_answer
+from aisha.storage.public import unreachable_reason
 
 __all__ = [
     "FakeFalJob",
@@ -135,6 +147,66 @@ def _documented_error(loc: list[Any], msg: str, kind: str) -> JsonDict:
     return {"loc": loc, "msg": msg, "type": kind, "url": f"https://docs.fal.ai/errors/#{kind}"}
 
 
+# The trainers' documented inputs (fal.ai model pages): name -> accepted JSON types.
+_TRAINER_INPUTS: dict[str, dict[str, tuple[type, ...]]] = {
+    "fal-ai/flux-lora-portrait-trainer": {
+        "images_data_url": (str,),
+        "trigger_phrase": (str,),
+        "learning_rate": (int, float),
+        "steps": (int,),
+        "multiresolution_training": (bool,),
+        "subject_crop": (bool,),
+        "create_masks": (bool,),
+        "data_archive_format": (str, type(None)),
+        "resume_from_checkpoint": (str,),
+    },
+    "fal-ai/flux-lora-fast-training": {
+        "images_data_url": (str,),
+        "trigger_word": (str,),
+        "create_masks": (bool,),
+        "steps": (int,),
+        "is_style": (bool,),
+        "is_input_format_already_preprocessed": (bool,),
+        "data_archive_format": (str, type(None)),
+    },
+}
+_ARCHIVE_FORMATS = frozenset({"zip"})
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG; WEBP checked apart
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+_DOWNLOAD_FAILED = "Failed to download the file. Please check if the URL is accessible."
+
+
+def _of_type(value: Any, kinds: tuple[type, ...]) -> bool:
+    # JSON true is not a number, and 1 is not a boolean.
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
+
+
+def _archive_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a zip of images FAL could train on, or None."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        corrupt = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return "The archive is not a valid zip file."
+    if corrupt is not None:
+        return f"The archive is corrupt ({corrupt})."
+    images = 0
+    for info in archive.infolist():
+        name = info.filename.lower()
+        if info.is_dir() or name.startswith("__macosx/") or name.endswith(".txt"):
+            continue  # captions may sit beside the images
+        head = archive.read(info)[:12]
+        is_webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+        if not name.endswith(_IMAGE_SUFFIXES) or not (head.startswith(_IMAGE_MAGIC) or is_webp):
+            return f"Failed to load the image {info.filename!r}: not a supported image."
+        images += 1
+    if images == 0:
+        return "The archive contains no images."
+    return None
+
+
 @dataclass
 class FakeFalJob:
     """One accepted submission and what became of it."""
@@ -149,7 +221,7 @@ class FakeFalJob:
     error: str | None = None
     error_status: int | None = None
     error_type: str | None = None
-    # FAL's documented error shape (a list of {loc, msg, type, url}), when the failure has one.
+    # FAL's documented error shape (a list of {loc, msg, type, ...}), when the failure has one.
     error_detail: list[JsonDict] | None = None
     cancel_requested: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
@@ -225,6 +297,10 @@ class FakeFalServer(LoopbackServer):
         self.submissions: list[FakeFalJob] = []
         self.deliveries: list[WebhookDelivery] = []
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.archives: dict[str, list[str]] = {}  # request id -> file names of the archive it fetched
+        self.uploads: list[tuple[str, dict[str, str]]] = []  # (file name, lifecycle headers) per upload
+        self._reachable: list[str] = []  # URL prefixes FAL may fetch although local (tests, sandbox)
+        self._fetches: dict[str, asyncio.Task[None]] = {}
         self._pending_uploads: dict[str, str] = {}  # upload name -> content type
         self.jwks_requests = 0
         self.requests: list[tuple[str, str]] = []  # (method, path?query) of every queue API call
@@ -274,6 +350,21 @@ class FakeFalServer(LoopbackServer):
         return self._signing_keys[name]
 
     # ------------------------------------------------------------------------------ test controls
+
+    def reachable(self, *prefixes: str) -> None:
+        """Let FAL fetch URLs starting with these prefixes although their hosts are local (this
+        machine stands in for the internet: ``fal.reachable(settings.public_base_url)``)."""
+        self._reachable.extend(p.rstrip("/") + "/" for p in prefixes)
+
+    def serve_file(self, name: str, data: bytes, content_type: str = "application/zip") -> str:
+        """Host a file on the fake's CDN (always reachable); its URL."""
+        self._put_file(name, data, content_type)
+        return f"{self.base_url}/files/{name}"
+
+    def can_reach(self, url: str) -> bool:
+        if url.startswith(self.base_url + "/") or any(url.startswith(p) for p in self._reachable):
+            return True
+        return unreachable_reason(url) is None
 
     def refuse_next(self, status: int = 422, detail: Any = None) -> None:
         """Answer the next submission with ``status`` and ``{"detail": detail}``; nothing is queued."""
@@ -334,8 +425,9 @@ class FakeFalServer(LoopbackServer):
         signed webhook is sent; its HTTP status is returned.
         """
         job = self._job(request_id)
+        await self._fetched(job)  # the runner reads its input first
         if job.state == "COMPLETED":
-            raise ValueError(f"job {request_id} has already completed")
+            raise ValueError(f"job {request_id} has already completed ({job.error or 'succeeded'})")
         if error is None and output is None and (bad := await self._unreachable_lora(job)) is not None:
             error, error_status, documented_type = "File download error", 422, "file_download_error"
             job.error_detail = [_documented_error(["body", "loras", bad, "path"], error, documented_type)]
@@ -495,6 +587,11 @@ class FakeFalServer(LoopbackServer):
         async with self._submitted:
             self.submissions.append(job)
             self._submitted.notify_all()
+        if self._is_trainer(endpoint):
+            fetch = asyncio.create_task(self._fetch_archive(job))
+            self._fetches[request_id] = fetch
+            self._tasks.add(fetch)
+            fetch.add_done_callback(self._tasks.discard)
         self._arm(job)
         if self.submit_delay > 0:
             answer = asyncio.Event()
@@ -587,6 +684,10 @@ class FakeFalServer(LoopbackServer):
             return web.json_response({"detail": "Unauthorized"}, status=401)
         body = await request.json()
         file_name = str(body.get("file_name") or "upload.bin")
+        lifecycle = {
+            k: v for k, v in request.headers.items() if k.lower().startswith("x-fal-object-lifecycle")
+        }
+        self.uploads.append((file_name, lifecycle))
         name = f"upload-{secrets.token_hex(6)}-{file_name.replace('/', '_')}"
         self._pending_uploads[name] = str(body.get("content_type") or "application/octet-stream")
         self._save_state()
@@ -672,28 +773,112 @@ class FakeFalServer(LoopbackServer):
         return "train" in endpoint
 
     def _validate(self, endpoint: str, payload: JsonDict) -> list[JsonDict]:
-        """The few checks FAL's schemas make that tests are likely to trip (422 with field errors)."""
-        problems: list[JsonDict] = []
+        """The checks FAL's input schemas make (422 with field errors)."""
         if self._is_trainer(endpoint):
-            if not isinstance(payload.get("images_data_url"), str) or not payload["images_data_url"]:
-                problems.append(_field_error("images_data_url", "field required", "value_error.missing"))
-            return problems
+            return self._validate_training(endpoint, payload)
+        problems: list[JsonDict] = []
         if not isinstance(payload.get("prompt"), str) or not payload["prompt"].strip():
             problems.append(_field_error("prompt", "field required", "value_error.missing"))
         num = payload.get("num_images", 1)
-        if not isinstance(num, int) or isinstance(num, bool) or not 1 <= num <= 4:
+        if not _of_type(num, (int,)) or not 1 <= num <= 4:
             problems.append(_field_error("num_images", "ensure this value is between 1 and 4"))
+        steps = payload.get("num_inference_steps", 28)
+        if not _of_type(steps, (int,)) or not 1 <= steps <= 50:
+            problems.append(_field_error("num_inference_steps", "ensure this value is between 1 and 50"))
+        guidance = payload.get("guidance_scale", 3.5)
+        if not _of_type(guidance, (int, float)) or not 0 <= guidance <= 35:
+            problems.append(_field_error("guidance_scale", "ensure this value is between 0 and 35"))
+        if "seed" in payload and not _of_type(payload["seed"], (int, type(None))):
+            problems.append(_field_error("seed", "value is not a valid integer", "type_error.integer"))
+        for flag in ("enable_safety_checker", "sync_mode"):
+            if flag in payload and not _of_type(payload[flag], (bool,)):
+                problems.append(
+                    _field_error(flag, "value could not be parsed to a boolean", "type_error.bool")
+                )
+        if payload.get("output_format", "jpeg") not in ("jpeg", "png"):
+            problems.append(
+                _field_error("output_format", "value is not a valid enumeration member: jpeg, png")
+            )
         loras = payload.get("loras", [])
         if not isinstance(loras, list) or not all(
             isinstance(x, dict)
             and isinstance(x.get("path"), str)
-            and isinstance(x.get("scale", 1), int | float)
+            and _of_type(x.get("scale", 1), (int, float))
             for x in loras
         ):
             problems.append(_field_error("loras", "each LoRA needs a path and a numeric scale"))
         if self._image_size(payload.get("image_size", "landscape_4_3")) is None:
             problems.append(_field_error("image_size", "unknown image size"))
         return problems
+
+    @staticmethod
+    def _validate_training(endpoint: str, payload: JsonDict) -> list[JsonDict]:
+        problems: list[JsonDict] = []
+        url = payload.get("images_data_url")
+        if not isinstance(url, str) or not url:
+            problems.append(_field_error("images_data_url", "field required", "value_error.missing"))
+        schema = _TRAINER_INPUTS.get(endpoint)
+        if schema is None:  # another trainer: only what every one of them needs
+            return problems
+        for name, value in payload.items():
+            kinds = schema.get(name)
+            if kinds is None:
+                problems.append(_field_error(name, "extra fields not permitted", "value_error.extra"))
+            elif not _of_type(value, kinds):
+                problems.append(_field_error(name, f"value is not a valid {kinds[0].__name__}", "type_error"))
+        archive_format = payload.get("data_archive_format")
+        if archive_format is not None and archive_format not in _ARCHIVE_FORMATS:
+            problems.append(_field_error("data_archive_format", "unsupported archive format: zip"))
+        steps = payload.get("steps", 1)
+        if _of_type(steps, (int,)) and not 1 <= steps <= 10000:
+            problems.append(_field_error("steps", "ensure this value is between 1 and 10000"))
+        return problems
+
+    async def _fetched(self, job: FakeFalJob) -> None:
+        fetch = self._fetches.get(job.request_id)
+        if fetch is not None and asyncio.current_task() is not fetch:
+            await asyncio.shield(fetch)
+
+    async def _fetch_archive(self, job: FakeFalJob) -> None:
+        try:
+            await self._run_fetch(job)
+        except Exception as exc:
+            self.errors.append(f"archive fetch: {type(exc).__name__}: {exc}")
+            log.exception("fake FAL archive fetch failed")
+
+    async def _run_fetch(self, job: FakeFalJob) -> None:
+        """Download ``images_data_url`` as FAL's runner does; a failure ends the job failed."""
+        url = job.payload["images_data_url"]
+        problem: tuple[str, str] | None = None
+        if not self.can_reach(url):
+            problem = ("file_download_error", _DOWNLOAD_FAILED)
+        else:
+            try:
+                if self._client is None:
+                    self._client = aiohttp.ClientSession(
+                        timeout=aiohttp.ClientTimeout(total=self._webhook_timeout)
+                    )
+                async with self._client.get(url) as response:
+                    data = await response.read()
+                    ok = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok, data = False, b""
+            if not ok:
+                problem = ("file_download_error", _DOWNLOAD_FAILED)
+            else:
+                bad = _archive_problem(data)
+                if bad is not None:
+                    problem = ("image_load_error", bad)
+                else:
+                    self.archives[job.request_id] = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        self.timeline.append(
+            (time.time(), "GET", f"[runner] images_data_url {'failed' if problem else 'ok'}")
+        )
+        if problem is None or job.state == "COMPLETED":
+            return
+        kind, message = problem
+        job.error_detail = [{"loc": ["body", "images_data_url"], "msg": message, "type": kind, "input": url}]
+        await self.complete(job.request_id, error=message, error_status=422)
 
     @staticmethod
     def _image_size(value: Any) -> tuple[int, int] | None:
@@ -793,6 +978,7 @@ class FakeFalServer(LoopbackServer):
             job.state = "IN_PROGRESS"
             self._save_state()
         await asyncio.sleep(delay / 2)
+        await self._fetched(job)
         if job.state != "COMPLETED":
             await self.complete(job.request_id)
 

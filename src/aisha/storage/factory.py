@@ -17,12 +17,17 @@ def create_storage(
     url: str,
     *,
     s3_endpoint_url: str | None = None,
+    s3_public_endpoint_url: str | None = None,
     s3_access_key: str | None = None,
     s3_secret_key: str | None = None,
     s3_region: str | None = None,
     url_signer: Callable[[str, int], str] | None = None,
 ) -> ObjectStorage:
-    """``file://`` → LocalStorage (a relative path is taken from the current directory), ``s3://`` → S3Storage."""
+    """``file://`` → LocalStorage (a relative path is taken from the current directory), ``s3://`` → S3Storage.
+
+    ``url_signer`` (signed links served by the HTTP app) gives either backend its public URLs; an
+    S3 bucket presigns its own links instead when ``s3_public_endpoint_url`` names its public address.
+    """
     parts = urlsplit(url)
     if parts.scheme == "file":
         # Not urlsplit's path: in "file://./data/files" the "." would be read as a host name.
@@ -41,6 +46,8 @@ def create_storage(
             return S3Storage(
                 parts.netloc,
                 endpoint_url=s3_endpoint_url,
+                public_endpoint_url=s3_public_endpoint_url,
+                url_signer=url_signer,
                 access_key=s3_access_key,
                 secret_key=s3_secret_key,
                 region=s3_region,

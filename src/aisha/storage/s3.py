@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, NoReturn, cast
 
@@ -50,6 +50,10 @@ class S3Storage:
     multipart upload of ``part_size`` parts, so at most about one part is held in memory.
     Uploads aborted by a crash can leave parts behind: give the bucket a lifecycle rule that
     aborts incomplete multipart uploads.
+
+    ``url()`` hands out a link someone outside can fetch: presigned on ``public_endpoint_url``
+    (the bucket's outside address; a presigned URL is signed for its host, so never on the
+    internal ``endpoint_url``), else ``url_signer``'s link through the HTTP app, else none.
     """
 
     def __init__(
@@ -57,6 +61,8 @@ class S3Storage:
         bucket: str,
         *,
         endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
+        url_signer: Callable[[str, int], str] | None = None,
         access_key: str | None = None,
         secret_key: str | None = None,
         region: str | None = None,
@@ -71,6 +77,8 @@ class S3Storage:
         self._prefix = validate_prefix(prefix) + "/" if prefix.strip("/") else ""
         self._part_size = part_size
         self._endpoint_url = endpoint_url
+        self._public_endpoint_url = public_endpoint_url
+        self._url_signer = url_signer
         self._region = region
         self._session = aioboto3.Session(
             aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
@@ -86,6 +94,7 @@ class S3Storage:
             response_checksum_validation=checksums,
         )
         self._client: S3Client | None = None
+        self._presigner: S3Client | None = None  # on public_endpoint_url; signs links, sends nothing
         self._exit_stack: AsyncExitStack | None = None
         self._lock = asyncio.Lock()
 
@@ -107,26 +116,33 @@ class S3Storage:
             return self._client
         async with self._lock:
             if self._client is None:
-                stack = AsyncExitStack()
-                try:
-                    self._client = await stack.enter_async_context(
-                        self._session.client(
-                            "s3",
-                            endpoint_url=self._endpoint_url,
-                            region_name=self._region,
-                            config=self._config,
-                        )
-                    )
-                except BaseException:
-                    await stack.aclose()
-                    raise
-                self._exit_stack = stack
+                self._client = await self._open(self._endpoint_url)
             return self._client
+
+    async def _get_presigner(self, endpoint_url: str) -> S3Client:
+        if self._presigner is not None:
+            return self._presigner
+        async with self._lock:
+            if self._presigner is None:
+                self._presigner = await self._open(endpoint_url)
+            return self._presigner
+
+    async def _open(self, endpoint_url: str | None) -> S3Client:
+        """A client on ``endpoint_url``, closed by ``aclose()``; called under the lock."""
+        stack = self._exit_stack or AsyncExitStack()
+        client = await stack.enter_async_context(
+            self._session.client(
+                "s3", endpoint_url=endpoint_url, region_name=self._region, config=self._config
+            )
+        )
+        self._exit_stack = stack
+        return client
 
     async def aclose(self) -> None:
         """Close the connection pool; a later call opens a new one."""
         async with self._lock:
-            stack, self._exit_stack, self._client = self._exit_stack, None, None
+            stack, self._exit_stack = self._exit_stack, None
+            self._client = self._presigner = None
             if stack is not None:
                 await stack.aclose()
 
@@ -314,12 +330,21 @@ class S3Storage:
     # -- links and setup ----------------------------------------------------------------------
 
     async def url(self, key: str, *, expires_in: int) -> str:
-        """A presigned GET URL. It carries a signature, not the secret, but still grants access: don't log it."""
+        """A link FAL (or anyone outside) can GET the object from; it grants access: don't log it.
+
+        Raises StorageError when the bucket has no public address and no signed links are configured.
+        """
         full_key = self._full_key(key)
         validate_expires_in(expires_in)
-        client = await self._get_client()
+        if self._public_endpoint_url is None:
+            if self._url_signer is None:
+                raise StorageError(
+                    "the bucket has no public URL: set S3_PUBLIC_ENDPOINT_URL or PUBLIC_BASE_URL"
+                )
+            return self._url_signer(key, expires_in)
+        presigner = await self._get_presigner(self._public_endpoint_url)
         with self._errors("presign", key):
-            return await client.generate_presigned_url(
+            return await presigner.generate_presigned_url(
                 "get_object", Params={"Bucket": self._bucket, "Key": full_key}, ExpiresIn=expires_in
             )
 
