@@ -112,8 +112,9 @@ async def test_the_compose_stack_trains_through_the_apps_signed_link(
     )
     assert set(parse_qs(parts.query)) == {"expires", "signature"}
     assert "localhost" not in url  # never the bucket's internal address
-    # The archive (faces) and the photos are gone once training is over.
-    assert await _bucket_keys(s3_server, s3_bucket) == []
+    # The archive (faces) and the photos are gone once training is over; only the kept LoRA stays.
+    left = await _bucket_keys(s3_server, s3_bucket)
+    assert [key for key in left if not key.startswith(f"loras/{user.id}/{avatar_id}/")] == []
 
 
 async def test_a_public_bucket_endpoint_gets_presigned_links_on_that_host(
