@@ -102,7 +102,7 @@ def _excerpt(text: str, limit: int = PROMPT_EXCERPT) -> str:
 
 
 def too_many_text(t: Texts, error: TooManyInFlight) -> str:
-    return t("generation.too_many", running=error.running, limit=error.limit, count=error.running)
+    return t("generation.too_many", running=error.running, limit=error.limit)
 
 
 def _marked(selected: bool, label: str) -> str:
@@ -126,7 +126,7 @@ def options_keyboard(t: Texts, draft: dict[str, Any], price: int) -> InlineKeybo
         for n in range(1, MAX_IMAGES + 1)
     ]
     go = InlineKeyboardButton(
-        text=t("generation.button.go", price=price, count=price),
+        text=t("generation.button.go", price=price),
         callback_data=GenOption(draft=draft_id, field="go").pack(),
     )
     cancel = InlineKeyboardButton(

@@ -101,9 +101,7 @@ def create_router(services: Services) -> Router:
             await message.reply(t("transcription.error.too_large", limit_mb=error.limit // 2**20))
             return
         except TooManyTranscriptions as error:
-            await message.reply(
-                t("transcription.too_many", running=error.running, limit=error.limit, count=error.running)
-            )
+            await message.reply(t("transcription.too_many", running=error.running, limit=error.limit))
             return
         # Enqueued once this update's transaction commits, so the job finds the row.
         after_commit(session, lambda: services.queue.enqueue(JOB_NAME, transcript_id=str(transcript_id)))
