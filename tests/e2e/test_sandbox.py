@@ -280,8 +280,10 @@ async def test_an_avatar_from_ten_photos_trains_and_then_generates(client: aioht
     await say(client, "/balance")
     balance = await bot_message(client, text_has("Balance:"))
     assert balance["text"].startswith("💰 Balance: 205 credits")  # 100 + 300 + 110 - 300 - 5
+    # One line per operation: the training and the image each with what they cost.
     assert all(
-        line in balance["text"] for line in ("-300  Avatar training", "Image generation", "+110  Top-up")
+        line in balance["text"]
+        for line in ("−300  Avatar training", "−5  Image generation, 1 image", "+110  Top-up")
     )
     jobs = {(j["kind"], j["status"]) for j in (await panel(client))["jobs"]}
     assert jobs == {("training", "ready"), ("generation", "succeeded")}
