@@ -3,7 +3,7 @@ see the support router)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from aiogram import Bot, F, Router, html
@@ -20,7 +20,6 @@ from aiogram.types import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.errors import AlreadyRefunded, InsufficientCredits, PaymentNotFound, RefundInProgress
-from aisha.billing.models import EntryKind
 from aisha.billing.payments import STARS_CURRENCY, RefundCompletion, RefundOutcome, RefundResult, payment_key
 from aisha.billing.service import DEFAULT_DESCRIPTIONS
 from aisha.billing.statement import Operation, OperationState, StatementPage, statement
@@ -45,14 +44,15 @@ class Buy(CallbackData, prefix="buy"):
     package: str
 
 
-def describe(t: Texts, *, kind: EntryKind, description: str, args: dict[str, Any]) -> str:
-    """An entry's or operation's name in the user's language (HTML-safe)."""
+def describe(t: Texts, operation: Operation) -> str:
+    """The operation's name in the user's language (HTML-safe)."""
     try:
         # Arguments may hold user text (an avatar's name): escape it, the history is HTML.
+        args = operation.description_args
         quoted = {k: html.quote(v) if isinstance(v, str) else v for k, v in args.items()}
-        return t(description, **quoted)
+        return t(operation.description, **quoted)
     except (KeyError, IndexError, ValueError):
-        return t(DEFAULT_DESCRIPTIONS[kind])
+        return t(DEFAULT_DESCRIPTIONS[operation.kind])
 
 
 def signed(amount: int) -> str:
@@ -62,9 +62,7 @@ def signed(amount: int) -> str:
 
 def operation_line(t: Texts, operation: Operation) -> str:
     """One line of the statement: a job with what it finally cost, or holds while it runs."""
-    what = describe(
-        t, kind=operation.kind, description=operation.description, args=operation.description_args
-    )
+    what = describe(t, operation)
     if operation.state is not OperationState.DONE:
         what = t(f"billing.operation.{operation.state.value}", what=what)
     when = operation.started_at.strftime(t("billing.date_format"))
