@@ -55,7 +55,7 @@ TRANSCRIPT = re.compile(
     re.IGNORECASE,
 )
 BALANCE = re.compile(r"Balance: (\d+)")  # case matters: not "Your balance: 450" after a top-up
-HISTORY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d\s+([+-]\d+)\s+(.+)$")
+HISTORY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d\s+([+−]?\d+)\s+(.+)$")  # a true minus: −5
 STEP = 30_000  # ms: one bot answer
 LONG = 180_000  # ms: photo checks, training, generation
 
@@ -317,11 +317,11 @@ def _history(chat: Chat, screenshot: str) -> tuple[int, list[tuple[int, str]]]:
         for line in text.splitlines():
             match = HISTORY_LINE.match(line.strip())
             if match:
-                entries.append((int(match[1]), match[2]))
+                entries.append((int(match[1].replace("−", "-")), match[2]))
         total = int(title[3])
         if len(entries) >= total:
             return balance, entries
-        chat.press(message, "Older")
+        chat.press(message, "Earlier")
         # The same message is edited to show the next page.
         chat.expect(message.locator(".text")).not_to_contain_text(title[0])
 

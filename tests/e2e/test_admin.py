@@ -141,7 +141,7 @@ async def test_grant_and_take_move_the_balance_once_with_a_ledger_entry(
     telegram.queue_update(grant)
     telegram.queue_update(grant)  # the same update delivered again
     done = await telegram.wait_for_call("sendMessage", lambda c: "Added" in c.params["text"])
-    assert done.params["text"] == "Added 50 to 5001. Balance: <b>50</b>."
+    assert done.params["text"] == "Added 50 credits to 5001. Balance: <b>50</b>."
     await _settle(telegram, ADMIN)
     assert await _balance(app, ALICE.id) == 50
     assert len([t for t in _texts_to(telegram, ADMIN.id) if "Added" in t]) == 1
@@ -154,7 +154,7 @@ async def test_grant_and_take_move_the_balance_once_with_a_ledger_entry(
     refused = await say(telegram, ADMIN, "/take 5001 80 chargeback")
     assert refused.params["text"] == "Not taken: the balance of 5001 is 50, less than 80."
     taken = await say(telegram, ADMIN, "/take 5001 20 chargeback")
-    assert taken.params["text"] == "Took 20 from 5001. Balance: <b>30</b>."
+    assert taken.params["text"] == "Took 20 credits from 5001. Balance: <b>30</b>."
     no_reason = await say(telegram, ADMIN, "/grant 5001 5")
     assert no_reason.params["text"] == "Give a reason after the amount."
     assert await _balance(app, ALICE.id) == 30
@@ -360,7 +360,7 @@ async def test_grant_through_the_card_asks_amount_and_reason_then_confirms(
     press(telegram, ADMIN, _confirm_data(confirmation), confirmation)
     card = await telegram.wait_for_call("editMessageText")
     assert card.params["message_id"] == confirmation.result["message_id"]
-    assert card.params["text"].startswith("Added 500 to 5001. Balance: <b>500</b>.\n\n<b>User</b>")
+    assert card.params["text"].startswith("Added 500 credits to 5001. Balance: <b>500</b>.\n\n<b>User</b>")
     assert "Balance: <b>500</b> (reserved 0)" in card.params["text"]
     assert ("➕ Grant", "admu:grant:5001") in buttons(card)
     await eventually(lambda: _balance_is(app, ALICE.id, 500))
@@ -470,7 +470,7 @@ async def test_confirm_pressed_twice_grants_once(
         (70, {"reason": "contest prize"})
     ]
     edits = [c.params["text"] for c in telegram.calls_of("editMessageText")]
-    assert edits and all(t.startswith("Added 70 to 5001. Balance: <b>70</b>.") for t in edits)
+    assert edits and all(t.startswith("Added 70 credits to 5001. Balance: <b>70</b>.") for t in edits)
     answers = [a.params.get("text") for a in telegram.calls_of("answerCallbackQuery")]
     assert answers[-1] == "This confirmation is no longer valid: nothing changed."
 
@@ -483,7 +483,7 @@ async def test_credits_moved_by_hand_stay_moved_when_the_reply_fails(
     telegram.fail_nth("sendMessage", Fault.FORBIDDEN)
     telegram.queue_update(telegram.message_update(ADMIN, "/grant 5001 40 outage"))
     failed = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == ADMIN.id)
-    assert failed.failed and failed.params["text"] == "Added 40 to 5001. Balance: <b>40</b>."
+    assert failed.failed and failed.params["text"] == "Added 40 credits to 5001. Balance: <b>40</b>."
     await eventually(lambda: _balance_is(app, ALICE.id, 40))
 
     # The card's confirmation: Telegram fails the answer to the button, the grant stands.

@@ -301,7 +301,7 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
     ready = [c for c in telegram.calls_of("sendMessage") if "is ready" in c.params["text"]]
     assert len(ready) == 1
     assert "Your avatar <b>Space &lt;me&gt;</b> is ready!" in ready[0].params["text"]
-    assert ("🎨 Create an image", "gen:new") in buttons(ready[0])
+    assert ("🎨 Create an image", f"gen:new:{avatar.id.hex}") in buttons(ready[0])
     assert await _balance(app, user.id) == BONUS - PRICE
     assert await _entries(db, user.id) == [
         (EntryKind.BONUS, BONUS),
@@ -643,3 +643,61 @@ async def _has(items: list[Any]) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_create_image_under_a_ready_avatar_uses_that_avatar_not_the_main_one(
+    telegram: FakeTelegramServer, fal: FakeFalServer, app: Runtime, db: Database
+) -> None:
+    user = FakeUser(id=7301, language_code="en")
+    first = await _seed_and_train(app, telegram, user)  # "Seeded", the main avatar once ready
+    await fal.complete((await _submitted(fal)).request_id)
+    await eventually(lambda: _status_is(db, first, AvatarStatus.READY))
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.ledger.credit(
+            session=session, user_id=user.id, amount=PRICE, key="test:second", kind=EntryKind.BONUS
+        )
+    second = await enqueue_seeded_training(app, user.id, name="Second")
+    await fal.complete((await _submitted(fal, 2)).request_id)
+    await eventually(lambda: _status_is(db, second, AvatarStatus.READY))
+
+    def ready_message() -> Any:
+        return next(
+            (c for c in telegram.calls_of("sendMessage") if "<b>Second</b> is ready!" in c.params["text"]),
+            None,
+        )
+
+    await eventually(lambda: _true(ready_message() is not None))
+    ready = ready_message()
+    assert buttons(ready) == [("🎨 Create an image", f"gen:new:{second.hex}")]
+
+    # Tampered data, or the button pressed by someone else: a clear answer, nothing changes.
+    intruder = FakeUser(id=7302, language_code="en")
+    start = await _say(telegram, intruder, "/start")
+    await _press(telegram, intruder, f"gen:new:{second.hex}", start)  # forged under their own message
+    assert await _last_alert(telegram) == "That avatar is not available any more. Please start again."
+    await _press(telegram, user, "gen:new:not-an-id", ready)
+    assert await _last_alert(telegram) == "This button is not valid any more."
+    card = await _say(telegram, intruder, "a cat on the moon")
+    assert "Second" not in card.params["text"]
+
+    await _press(telegram, user, f"gen:new:{second.hex}", ready)
+    assert _texts_to(telegram, user)[-1].startswith(
+        "Describe the picture you want with the avatar <b>Second</b>"
+    )
+    card = await _say(telegram, user, "a cat on the moon")
+    assert "🧑 Avatar: Second" in card.params["text"]
+    # For that one card: the next prompt is the main avatar's again.
+    card = await _say(telegram, user, "a dog on the moon")
+    assert "🧑 Avatar: Seeded" in card.params["text"]
+
+
+async def test_a_style_avatar_gets_advice_for_a_style_not_for_a_face(
+    telegram: FakeTelegramServer, app: Runtime
+) -> None:
+    user = FakeUser(id=7303, language_code="en")
+    intro = await _say(telegram, user, "/avatar")
+    await _press(telegram, user, "avt:style", intro)
+    asked = await _say(telegram, user, "Watercolours")
+    assert asked.params["text"].startswith("Now send 10–20 photos in the style you want")
+    assert "Good photos for a style: pictures of one kind" in asked.params["text"]
+    assert "only you in the picture" not in asked.params["text"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -135,13 +136,13 @@ async def test_history_pages_and_tamperedbuttons(
     assert "💰 Balance: <b>28</b> credits" in first.params["text"]
     assert "History</b> (1–5 of 7" in first.params["text"]
     assert "<b>+7</b>  Bonus" in first.params["text"] and "<b>+2</b>" not in first.params["text"]
-    assert ("Older ▶", "hist:5") in buttons(first)
+    assert ("Earlier ▶", "hist:5") in buttons(first)
 
     press(telegram, user, "hist:5", first)
     edit = await telegram.wait_for_call("editMessageText")
     assert "History</b> (6–7 of 7" in edit.params["text"]
     assert "<b>+2</b>  Bonus" in edit.params["text"] and "<b>+1</b>  Bonus" in edit.params["text"]
-    assert ("◀ Newer", "hist:0") in buttons(edit)
+    assert ("◀ Later", "hist:0") in buttons(edit)
 
     for forged in ("hist:-5", "hist:abc", "buy:nope", "zzz"):
         press(telegram, user, forged, first)
@@ -152,6 +153,108 @@ async def test_history_pages_and_tamperedbuttons(
         )
     assert telegram.calls_of("sendInvoice") == []
     assert await _balance(db, app, user.id) == 28
+
+
+def _statement(text: str) -> list[str]:
+    """The history lines of a /balance message as read, without their dates and markup."""
+    lines = [line for line in text.splitlines() if line.startswith("<code>")]
+    return [re.sub(r"<[^>]+>", "", line.split("</code>", 1)[1]).strip().replace("  ", " ") for line in lines]
+
+
+async def test_history_is_a_statement_with_one_line_per_operation(
+    telegram: FakeTelegramServer, app: Runtime, db: Database
+) -> None:
+    """A job's hold and its capture or release read as one line with what it finally cost; one
+    still running reads as pending; top-ups and refunds stand on their own. Pages count operations."""
+    user = FakeUser(id=5011, language_code="en")
+    await say(telegram, user, "/start")
+    ledger = app.services.ledger
+    async with unit_of_work(app.services.sessions) as session:
+
+        async def hold(ref: str, amount: int, description: str, step: str = "hold", **args: int) -> Any:
+            result = await ledger.hold(
+                session=session,
+                user_id=user.id,
+                amount=amount,
+                key=f"{ref}:{step}",
+                reference=ref,
+                description=description,
+                description_args=args,
+            )
+            return result.hold_id
+
+        await ledger.credit(
+            session=session,
+            user_id=user.id,
+            amount=100,
+            key="t:topup",
+            kind=EntryKind.TOPUP,
+            description="ledger.topup",
+            description_args={"stars": 100},
+        )
+        done = await hold("gen:a", 9, "generation.ledger.hold", count=3)
+        await ledger.capture(
+            session=session,
+            hold_id=done,
+            amount=6,
+            key="gen:a:capture",
+            description="generation.ledger.capture",
+            description_args={"count": 2},
+        )
+        failed = await hold("transcript:b", 12, "ledger.transcription", minutes=12)
+        await ledger.release(session=session, hold_id=failed, key="transcript:b:release")
+        # A recording longer than its header said: the first hold goes back, a bigger one replaces it.
+        short = await hold("transcript:c", 2, "ledger.transcription", minutes=2)
+        await ledger.release(session=session, hold_id=short, key="transcript:c:release")
+        real = await hold("transcript:c", 3, "ledger.transcription", "hold-decoded", minutes=3)
+        await ledger.capture(
+            session=session,
+            hold_id=real,
+            amount=3,
+            key="transcript:c:capture",
+            description="ledger.transcription_done",
+        )
+        await ledger.debit(
+            session=session,
+            user_id=user.id,
+            amount=10,
+            key="t:refund",
+            kind=EntryKind.REFUND,
+            description="ledger.payment_refund",
+            description_args={"stars": 10},
+        )
+        await hold("gen:d", 3, "generation.ledger.hold", count=1)
+
+    first = await say(telegram, user, "/balance")
+    text = first.params["text"]
+    assert "💰 Balance: <b>78</b> credits\n⏳ Reserved for jobs in progress: 3 credits" in text
+    assert "History</b> (1–5 of 6" in text  # 6 operations out of 10 entries
+    assert _statement(text) == [
+        "−3 Image generation, 1 image — ⏳ in progress",
+        "−10 Stars refunded: 10 ⭐",
+        "−3 Transcription, 3 minutes",
+        "0 Transcription, 12 minutes — refunded",
+        "−6 Image generation, 2 images",
+    ]
+    assert ("Earlier ▶", "hist:5") in buttons(first)
+
+    press(telegram, user, "hist:5", first)
+    edit = await telegram.wait_for_call("editMessageText")
+    assert "History</b> (6–6 of 6" in edit.params["text"]
+    assert _statement(edit.params["text"]) == ["+100 Top-up: 100 ⭐"]
+    assert ("◀ Later", "hist:0") in buttons(edit)
+
+    # The history reads in the user's current language.
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.users.set_language(session, telegram_id=user.id, language="ru")
+    ru = (await say(telegram, user, "/balance")).params["text"]
+    assert _statement(ru)[:5] == [
+        "−3 Генерация: 1 изображение — ⏳ в работе",
+        "−10 Возврат Stars: 10 ⭐",
+        "−3 Расшифровка, 3 минуты",
+        "0 Расшифровка, 12 минут — возвращено",
+        "−6 Генерация: 2 изображения",
+    ]
 
 
 async def test_prices_are_shown_in_the_users_language(telegram: FakeTelegramServer, app: Runtime) -> None:

@@ -151,7 +151,14 @@ def _alert(telegram: FakeTelegramServer) -> str:
     return str(telegram.calls_of("answerCallbackQuery")[-1].params.get("text", ""))
 
 
-async def _setup_user(app: Runtime, telegram: FakeTelegramServer, user: FakeUser, *, avatar: bool) -> None:
+async def _setup_user(
+    app: Runtime,
+    telegram: FakeTelegramServer,
+    user: FakeUser,
+    *,
+    avatar: bool,
+    avatar_type: AvatarType = AvatarType.PORTRAIT,
+) -> None:
     await _say(telegram, user, "/start")
     async with unit_of_work(app.services.sessions) as session:
         await app.services.ledger.credit(
@@ -162,7 +169,7 @@ async def _setup_user(app: Runtime, telegram: FakeTelegramServer, user: FakeUser
             session.add(
                 Avatar(
                     user_id=user.id,
-                    type=AvatarType.PORTRAIT,
+                    type=avatar_type,
                     status=AvatarStatus.READY,
                     name="Me",
                     trigger_phrase=f"{TRIGGER}{user.id}"[-14:],
@@ -322,16 +329,20 @@ async def test_text_prompt_is_generated_stored_delivered_and_captured_once(
     assert [kind for kind, _ in entries] == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
     assert len(telegram.calls_of("sendMediaGroup")) == 1
 
-    # "Show the prompt" shows both prompts.
+    # "Show the prompt" shows both prompts, the model's without the avatar's trigger token.
     await _press(telegram, user, f"gact:prompt:{generation.id.hex}:0", actions)
     shown = telegram.calls_of("sendMessage")[-1].params["text"]
-    assert "я астронавт на Марсе" in shown and trigger in shown
+    assert "я астронавт на Марсе" in shown
+    assert "<code>me as an astronaut on Mars, red dust, Earth in the sky" in shown
 
     # The gallery shows it, newest first, one card.
     before = len(telegram.calls_of("sendPhoto"))
     await _send(telegram, telegram.message_update(user, "/gallery"))
     card = telegram.calls_of("sendPhoto")[before]
     assert "1 of 1" in card.params["caption"] and f"{2 * PRICE} credits" in card.params["caption"]
+
+    # Nothing the bot sent in the whole flow carries the token (texts, captions, buttons).
+    assert [c.method for c in telegram.calls if trigger in str(c.params)] == []
 
 
 async def _captured_once(app: Runtime, db: Database, user_id: int, *, images: int) -> None:
@@ -914,3 +925,13 @@ async def test_a_webhook_for_another_fal_user_is_refused_and_changes_nothing(
     assert generation.status is JobStatus.SUBMITTED and not generation.results
     assert await _balance(app, user.id) == FUNDS - PRICE  # still held, nothing captured
     assert not telegram.calls_of("sendPhoto")
+
+
+async def test_a_style_avatar_shows_as_a_style_on_the_card(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer
+) -> None:
+    user = FakeUser(id=5190, language_code="ru")
+    await _setup_user(app, telegram, user, avatar=True, avatar_type=AvatarType.STYLE)
+    options = await _say(telegram, user, "лиса в снегу")
+    assert "🎨 Стиль: Me" in options.params["text"]
+    assert "🧑" not in options.params["text"]

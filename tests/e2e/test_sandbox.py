@@ -208,6 +208,11 @@ async def test_a_top_up_with_stars_raises_the_balance_with_a_ledger_entry(
     assert (entry["kind"], entry["amount"], entry["balance_after"]) == ("topup", 110, 210)
     assert (welcome["kind"], welcome["amount"], welcome["description"]) == ("bonus", 100, "Welcome bonus")
     assert entry["description"] == "Top-up: 100 ⭐"
+    # The statement the user reads, folded (here every entry is an operation of its own).
+    assert [(o["amount"], o["state"], o["description"]) for o in view["operations"]] == [
+        (110, "done", "Top-up: 100 ⭐"),
+        (100, "done", "Welcome bonus"),
+    ]
     methods = [c["method"] for c in view["calls"] if c["service"] == "telegram"]
     credited = next(c["summary"] for c in view["calls"] if "credits added" in c["summary"])
     assert "<" not in credited  # shown as the chat shows it, without the HTML markup
@@ -275,8 +280,10 @@ async def test_an_avatar_from_ten_photos_trains_and_then_generates(client: aioht
     await say(client, "/balance")
     balance = await bot_message(client, text_has("Balance:"))
     assert balance["text"].startswith("💰 Balance: 205 credits")  # 100 + 300 + 110 - 300 - 5
+    # One line per operation: the training and the image each with what they cost.
     assert all(
-        line in balance["text"] for line in ("-300  Avatar training", "Image generation", "+110  Top-up")
+        line in balance["text"]
+        for line in ("−300  Avatar training", "−5  Image generation, 1 image", "+110  Top-up")
     )
     jobs = {(j["kind"], j["status"]) for j in (await panel(client))["jobs"]}
     assert jobs == {("training", "ready"), ("generation", "succeeded")}
@@ -479,6 +486,13 @@ async def test_a_restart_keeps_the_chat_and_balance_and_finishes_the_training(tm
         ("topup", 300),
         ("bonus", 100),
     ]
+    # The hold and its capture are one operation: the training, which cost 300.
+    assert [(o["kind"], o["amount"], o["entries"]) for o in view["operations"]] == [
+        ("hold", -300, 2),
+        ("topup", 300, 1),
+        ("bonus", 100, 1),
+    ]
+    assert view["operations"][0]["description"] == "Avatar training"
 
 
 async def test_a_remembered_port_in_use_is_named_clearly(tmp_path: Path) -> None:

@@ -24,18 +24,30 @@ async def test_language_switch_changes_every_following_answer(
     user = FakeUser(id=6001, first_name="Kate", language_code="en")
     settings_message = await say(telegram, user, "/settings")
     assert settings_message.params["text"].startswith("<b>Settings</b>")
-    assert [data for _, data in buttons(settings_message)] == [
-        "lang:ru",
-        "lang:en",
-        "tlang:auto",
-        "tlang:ru",
-        "tlang:en",
+    # The current choices are marked.
+    assert buttons(settings_message) == [
+        ("🇷🇺 Русский", "lang:ru"),
+        ("✓ 🇬🇧 English", "lang:en"),
+        ("✓ 🎙 Auto", "tlang:auto"),
+        ("🎙 Russian", "tlang:ru"),
+        ("🎙 English", "tlang:en"),
     ]
 
     message = telegram.chat_messages(user.id)[-1]
     telegram.queue_update(telegram.callback_update(user, "lang:ru", message=message))
     changed = await telegram.wait_for_call("sendMessage", lambda c: c.params.get("chat_id") == user.id)
     assert changed.params["text"] == "Язык переключён на русский."
+    # The settings message itself now reads in Russian, the mark on the new language.
+    edited = telegram.calls_of("editMessageText")[-1]
+    assert edited.params["message_id"] == message["message_id"]
+    assert edited.params["text"].startswith("<b>Настройки</b>\nЯзык интерфейса")
+    assert buttons(edited) == [
+        ("✓ 🇷🇺 Русский", "lang:ru"),
+        ("🇬🇧 English", "lang:en"),
+        ("✓ 🎙 Авто", "tlang:auto"),
+        ("🎙 Русский", "tlang:ru"),
+        ("🎙 Английский", "tlang:en"),
+    ]
     keyboard = telegram.reply_keyboard(user.id)
     assert keyboard is not None
     labels = [button["text"] for row in keyboard["keyboard"] for button in row]
@@ -71,6 +83,8 @@ async def test_transcription_language_is_chosen_in_settings(
     telegram.queue_update(telegram.callback_update(user, "tlang:ru", message=message))
     answer = await telegram.wait_for_call("answerCallbackQuery")
     assert answer.params["text"] == "Recordings will be transcribed as: 🎙 Russian"
+    marked = await telegram.wait_for_call("editMessageReplyMarkup")
+    assert [label for label, _ in buttons(marked)][2:] == ["🎙 Auto", "✓ 🎙 Russian", "🎙 English"]
     await eventually(lambda: _transcription_language_is(db, user.id, "ru"))
     telegram.queue_update(telegram.callback_update(user, "tlang:auto", message=message))
     await telegram.wait_for_call("answerCallbackQuery")

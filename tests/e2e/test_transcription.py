@@ -23,7 +23,7 @@ from aisha.transcription.audio import find_ffmpeg
 from aisha.transcription.models import Transcript
 from aisha.transcription.service import MAX_RUNS
 from tests.conftest import Database
-from tests.e2e.conftest import count, eventually
+from tests.e2e.conftest import buttons, count, eventually
 from tests.media import ffconcat_list, hls_playlist, lying_ogg
 
 
@@ -245,7 +245,7 @@ async def test_another_users_transcript_cannot_be_opened(
     assert row is not None
 
     message = telegram.chat_messages(other.id)[-1]
-    for action in ("view", "file", "delete"):
+    for action in ("view", "file", "srt", "delete", "delete_yes", "keep"):
         telegram.queue_update(telegram.callback_update(other, f"tr:{action}:{row.id.hex}:0", message=message))
         alert = await telegram.wait_for_call("answerCallbackQuery", lambda c: c.params.get("show_alert"))
         assert alert.params["text"] == "This button is not valid any more."
@@ -835,3 +835,63 @@ async def test_a_run_that_died_after_keeping_the_text_is_finished_by_delivering_
     assert await _holds(db, user.id) == [(2, HoldStatus.CAPTURED, 1)]
     assert speech.transcription_calls == []
     await _verify_ledger(app)
+
+
+async def test_a_transcript_is_downloaded_file_by_file_and_deleted_only_when_confirmed(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes
+) -> None:
+    user = FakeUser(id=7060, language_code="en")
+    await _fund(app, user, telegram, 10)
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+    await _final_status(telegram, user, "✅ Transcribed")
+    await eventually(lambda: _status_is(db, user.id, JobStatus.SUCCEEDED))
+    [row] = await _rows(db, user.id)
+
+    telegram.queue_update(telegram.message_update(user, "/transcripts"))
+    listing = await telegram.wait_for_call(
+        "sendMessage", lambda c: c.params.get("chat_id") == user.id and "Your transcripts" in c.params["text"]
+    )
+    assert buttons(listing) == [
+        ("📄 1", f"tr:view:{row.id.hex}:0"),
+        ("⬇️ .txt", f"tr:file:{row.id.hex}:0"),
+        ("⬇️ .srt", f"tr:srt:{row.id.hex}:0"),
+        ("🗑", f"tr:delete:{row.id.hex}:0"),
+    ]
+    message = next(
+        m for m in telegram.chat_messages(user.id) if m["message_id"] == listing.result["message_id"]
+    )
+
+    async def press(data: str) -> None:
+        update = telegram.callback_update(user, data, message=message)
+        telegram.queue_update(update)
+        await telegram.wait_until_handled(update)
+
+    # "⬇️ .txt" sends the .txt alone (the .srt has its own button).
+    before = len(telegram.calls_of("sendDocument"))
+    await press(f"tr:file:{row.id.hex}:0")
+    sent = telegram.calls_of("sendDocument")[before:]
+    assert [c.result["document"]["file_name"] for c in sent] == ["transcript.txt"]
+    await press(f"tr:srt:{row.id.hex}:0")
+    assert telegram.calls_of("sendDocument")[-1].result["document"]["file_name"] == "transcript.srt"
+
+    # 🗑 asks first; "Keep" changes nothing and brings the list back.
+    await press(f"tr:delete:{row.id.hex}:0")
+    asked = telegram.calls_of("editMessageText")[-1]
+    assert asked.params["text"].startswith("Delete the transcript of <code>")
+    assert asked.params["text"].endswith(
+        "(0:03)?\n<i>Hello from the fake speech service. &lt;b&gt;Tags&lt;/b&gt; stay …</i>\n\nThis can't be undone."
+    )
+    assert buttons(asked) == [
+        ("🗑 Yes, delete", f"tr:delete_yes:{row.id.hex}:0"),
+        ("Keep", f"tr:keep:{row.id.hex}:0"),
+    ]
+    await press(f"tr:keep:{row.id.hex}:0")
+    assert telegram.calls_of("answerCallbackQuery")[-1].params["text"] == "Kept."
+    assert "Your transcripts" in telegram.calls_of("editMessageText")[-1].params["text"]
+    assert await count(db, Transcript, Transcript.id == row.id) == 1
+
+    await press(f"tr:delete:{row.id.hex}:0")
+    await press(f"tr:delete_yes:{row.id.hex}:0")
+    assert telegram.calls_of("answerCallbackQuery")[-1].params["text"] == "Transcript deleted."
+    assert telegram.calls_of("editMessageText")[-1].params["text"].startswith("No transcripts yet")
+    assert await count(db, Transcript, Transcript.id == row.id) == 0

@@ -215,13 +215,11 @@ class AvatarNotifier:
             buttons = [[Button(t("avatars.button.review"), REVIEW_CALLBACK)]]
         await self._send(user_id, "\n".join(lines), buttons=buttons, reply_to=reply_to)
 
-    async def ready(self, *, user_id: int, locale: str, name: str) -> None:
+    async def ready(self, *, user_id: int, locale: str, name: str, avatar_id: uuid.UUID) -> None:
         t = self._translator.bind(locale)
-        await self._send(
-            user_id,
-            t("avatars.ready", name=_quote(name)),
-            buttons=[[Button(t("avatars.button.generate"), GENERATE_CALLBACK)]],
-        )
+        # The button carries the avatar: it creates with this one, not the main one.
+        create = Button(t("avatars.button.generate"), f"{GENERATE_CALLBACK}:{avatar_id.hex}")
+        await self._send(user_id, t("avatars.ready", name=_quote(name)), buttons=[[create]])
 
     async def failed(self, *, user_id: int, locale: str, name: str, reason: str) -> None:
         t = self._translator.bind(locale)
@@ -790,7 +788,7 @@ class AvatarService:
         log.info("avatar.finished", avatar_id=str(avatar_id), ready=output is not None, reason=reason)
         if output is not None:
             await self._queue_keep(avatar_id)
-            await self._notifier.ready(user_id=row.user_id, locale=locale, name=row.name)
+            await self._notifier.ready(user_id=row.user_id, locale=locale, name=row.name, avatar_id=avatar_id)
         else:
             await self._failed(user_id=row.user_id, locale=locale, name=row.name, reason=reason)
         await self._purge_if_due(avatar_id)

@@ -32,16 +32,19 @@ def menu_button(translator: Translator, key: str) -> MagicFilter:
     return F.text.in_({translator.get(locale, key) for locale in translator.locales})
 
 
-def language_keyboard(t: Texts) -> InlineKeyboardMarkup:
-    """The interface language, then the language recordings are transcribed in."""
+def language_keyboard(t: Texts, *, language: str, transcription: str | None) -> InlineKeyboardMarkup:
+    """The interface language, then the language recordings are transcribed in (None: auto); the
+    current choice of each is marked."""
+
+    def choice(key: str, data: str, current: bool) -> InlineKeyboardButton:
+        text = t("settings.current", label=t(key)) if current else t(key)
+        return InlineKeyboardButton(text=text, callback_data=data)
+
     return InlineKeyboardMarkup(
         inline_keyboard=[
+            [choice(f"settings.language.{code}", f"lang:{code}", code == language) for code in ("ru", "en")],
             [
-                InlineKeyboardButton(text=t("settings.language.ru"), callback_data="lang:ru"),
-                InlineKeyboardButton(text=t("settings.language.en"), callback_data="lang:en"),
-            ],
-            [
-                InlineKeyboardButton(text=t(f"settings.transcription.{code}"), callback_data=f"tlang:{code}")
+                choice(f"settings.transcription.{code}", f"tlang:{code}", code == (transcription or "auto"))
                 for code in ("auto", "ru", "en")
             ],
         ]

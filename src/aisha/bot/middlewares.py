@@ -174,7 +174,7 @@ class ThrottleMiddleware(BaseMiddleware):
             return await handler(event, data)
         log.info("update.throttled", user_id=tg_user.id, verdict=decision.verdict.value)
         if decision.verdict is Verdict.WARN:
-            text = data["t"]("limits.throttled", seconds=decision.retry_after, count=decision.retry_after)
+            text = data["t"]("limits.throttled", seconds=decision.retry_after)
             bot: Bot = data["bot"]
             if event.callback_query is not None:
                 await bot.answer_callback_query(event.callback_query.id, text=text, show_alert=False)

@@ -18,7 +18,7 @@ def topup_button(t: Texts) -> InlineKeyboardButton:
 
 
 def price_line(t: Texts, *, price: int, balance: int) -> str:
-    return t("billing.price_line", price=price, balance=balance, count=price)
+    return t("billing.price_line", price=price, balance=balance)
 
 
 def insufficient_text(t: Texts, error: InsufficientCredits) -> str:
@@ -27,7 +27,6 @@ def insufficient_text(t: Texts, error: InsufficientCredits) -> str:
         required=error.required,
         balance=error.balance,
         shortfall=error.shortfall,
-        count=error.shortfall,
     )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from aisha.avatars.models import Avatar
 from aisha.billing.service import DEFAULT_DESCRIPTIONS, HistoryItem
+from aisha.billing.statement import Operation, statement
 from aisha.container import Services
 from aisha.generation.models import ImageGeneration
 from aisha.i18n import Texts
@@ -29,12 +30,14 @@ _SUMMARY_PARAMS = ("text", "caption", "title", "action", "url", "callback_query_
 
 
 async def account(services: Services, *, user_id: int, t: Texts) -> JsonDict:
-    """Balance, credits on hold, the newest ledger entries and the user's jobs of every kind."""
+    """Balance, credits on hold, the newest operations (as the user's statement folds them) and
+    ledger entries (raw, for the operator's toggle), and the user's jobs of every kind."""
     ledger = services.ledger
     async with services.sessions() as session:
         balance = await ledger.get_balance(session=session, user_id=user_id)
         on_hold = await ledger.held_total(session=session, user_id=user_id)
         page = await ledger.history(session=session, user_id=user_id, limit=LEDGER_LIMIT)
+        operations = await statement(session, user_id=user_id, limit=LEDGER_LIMIT)
         avatars = (await session.scalars(_newest(Avatar, user_id))).all()
         generations = (await session.scalars(_newest(ImageGeneration, user_id))).all()
         transcripts = (await session.scalars(_newest(Transcript, user_id))).all()
@@ -45,6 +48,7 @@ async def account(services: Services, *, user_id: int, t: Texts) -> JsonDict:
     return {
         "balance": balance,
         "on_hold": on_hold,
+        "operations": [_operation(operation, t) for operation in operations.operations],
         "ledger": [_entry(item, t) for item in page.items],
         "jobs": jobs[:JOBS_LIMIT],
     }
@@ -54,11 +58,26 @@ def _newest(model: Any, user_id: int) -> Any:
     return select(model).where(model.user_id == user_id).order_by(model.created_at.desc()).limit(JOBS_LIMIT)
 
 
-def _entry(item: HistoryItem, t: Texts) -> JsonDict:
+def _describe(t: Texts, item: HistoryItem | Operation) -> str:
     try:
-        description = t(item.description, **item.description_args)
+        return t(item.description, **item.description_args)
     except (KeyError, IndexError, ValueError):
-        description = t(DEFAULT_DESCRIPTIONS[item.kind])
+        return t(DEFAULT_DESCRIPTIONS[item.kind])
+
+
+def _operation(operation: Operation, t: Texts) -> JsonDict:
+    return {
+        "created_at": _iso(operation.started_at),
+        "kind": operation.kind.value,
+        "state": operation.state.value,
+        "amount": operation.amount,
+        "description": _describe(t, operation),
+        "entries": len(operation.entries),
+    }
+
+
+def _entry(item: HistoryItem, t: Texts) -> JsonDict:
+    description = _describe(t, item)
     return {
         "id": str(item.id),
         "created_at": _iso(item.created_at),

@@ -230,7 +230,11 @@ def create_router(services: Services) -> Router:
         await state.update_data(avatar_id=str(avatar.id))
         await state.set_state(AvatarWizard.uploading)
         await message.answer(
-            t("avatars.ask_photos", min=avatars.rules.min_photos, max=avatars.rules.max_photos)
+            t(
+                f"avatars.ask_photos.{avatar.type.value}",
+                min=avatars.rules.min_photos,
+                max=avatars.rules.max_photos,
+            )
         )
 
     @router.message(AvatarWizard.uploading, F.photo | F.document)

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.errors import AlreadyRefunded, InsufficientCredits, PaymentNotFound, RefundInProgress
 from aisha.billing.payments import STARS_CURRENCY, RefundCompletion, RefundOutcome, RefundResult, payment_key
-from aisha.billing.service import DEFAULT_DESCRIPTIONS, HistoryItem, HistoryPage
+from aisha.billing.service import DEFAULT_DESCRIPTIONS
+from aisha.billing.statement import Operation, OperationState, StatementPage, statement
 from aisha.bot.keyboards import menu_button
 from aisha.bot.paywall import TopUp, topup_button
 from aisha.bot.replies import reply_after_commit
@@ -43,32 +44,46 @@ class Buy(CallbackData, prefix="buy"):
     package: str
 
 
-def history_line(t: Texts, item: HistoryItem) -> str:
+def describe(t: Texts, operation: Operation) -> str:
+    """The operation's name in the user's language (HTML-safe)."""
     try:
         # Arguments may hold user text (an avatar's name): escape it, the history is HTML.
-        args = {k: html.quote(v) if isinstance(v, str) else v for k, v in item.description_args.items()}
-        what = t(item.description, **args)
+        args = operation.description_args
+        quoted = {k: html.quote(v) if isinstance(v, str) else v for k, v in args.items()}
+        return t(operation.description, **quoted)
     except (KeyError, IndexError, ValueError):
-        what = t(DEFAULT_DESCRIPTIONS[item.kind])
-    when = item.created_at.strftime(t("billing.date_format"))
-    return t("billing.history_line", when=when, amount=f"{item.amount:+d}", what=what)
+        return t(DEFAULT_DESCRIPTIONS[operation.kind])
 
 
-def balance_text(t: Texts, *, balance: int, held: int, page: HistoryPage) -> str:
-    lines = [t("billing.balance", balance=balance, count=balance)]
+def signed(amount: int) -> str:
+    """+110, −5 (a true minus sign, as on a bank statement), 0."""
+    return f"+{amount}" if amount > 0 else f"−{-amount}" if amount < 0 else "0"
+
+
+def operation_line(t: Texts, operation: Operation) -> str:
+    """One line of the statement: a job with what it finally cost, or holds while it runs."""
+    what = describe(t, operation)
+    if operation.state is not OperationState.DONE:
+        what = t(f"billing.operation.{operation.state.value}", what=what)
+    when = operation.started_at.strftime(t("billing.date_format"))
+    return t("billing.history_line", when=when, amount=signed(operation.amount), what=what)
+
+
+def balance_text(t: Texts, *, balance: int, held: int, page: StatementPage) -> str:
+    lines = [t("billing.balance", balance=balance)]
     if held:
-        lines.append(t("billing.held", held=held, count=held))
+        lines.append(t("billing.held", held=held))
     lines.append("")
-    if page.items:
-        first, last = page.offset + 1, page.offset + len(page.items)
+    if page.operations:
+        first, last = page.offset + 1, page.offset + len(page.operations)
         lines.append(t("billing.history_title", first=first, last=last, total=page.total))
-        lines.extend(history_line(t, item) for item in page.items)
+        lines.extend(operation_line(t, operation) for operation in page.operations)
     else:
         lines.append(t("billing.history_empty"))
     return "\n".join(lines)
 
 
-def balance_keyboard(t: Texts, page: HistoryPage) -> InlineKeyboardMarkup:
+def balance_keyboard(t: Texts, page: StatementPage) -> InlineKeyboardMarkup:
     navigation = []
     if page.offset > 0:
         newer = max(page.offset - page.limit, 0)
@@ -94,9 +109,7 @@ def create_router(services: Services) -> Router:
     ) -> tuple[str, InlineKeyboardMarkup]:
         balance = await ledger.get_balance(session=session, user_id=user.telegram_id)
         held = await ledger.held_total(session=session, user_id=user.telegram_id)
-        page = await ledger.history(
-            session=session, user_id=user.telegram_id, limit=HISTORY_PAGE_SIZE, offset=offset
-        )
+        page = await statement(session, user_id=user.telegram_id, limit=HISTORY_PAGE_SIZE, offset=offset)
         return balance_text(t, balance=balance, held=held, page=page), balance_keyboard(t, page)
 
     @router.message(Command("balance"))
@@ -134,7 +147,7 @@ def create_router(services: Services) -> Router:
         rows = [
             [
                 InlineKeyboardButton(
-                    text=t("billing.package", stars=p.stars, credits=p.credits, count=p.credits),
+                    text=t("billing.package", stars=p.stars, credits=p.credits),
                     callback_data=Buy(package=p.id).pack(),
                 )
             ]
@@ -163,13 +176,13 @@ def create_router(services: Services) -> Router:
         await query.answer()
         await bot.send_invoice(
             chat_id=user.telegram_id,
-            title=t("billing.invoice_title", credits=package.credits, count=package.credits),
-            description=t("billing.invoice_description", credits=package.credits, count=package.credits),
+            title=t("billing.invoice_title", credits=package.credits),
+            description=t("billing.invoice_description", credits=package.credits),
             payload=payments.make_invoice_payload(user_id=user.telegram_id, package=package),
             currency=STARS_CURRENCY,
             prices=[
                 LabeledPrice(
-                    label=t("billing.invoice_label", credits=package.credits, count=package.credits),
+                    label=t("billing.invoice_label", credits=package.credits),
                     amount=package.stars,
                 )
             ],
@@ -214,7 +227,7 @@ def create_router(services: Services) -> Router:
             session=session,
             key="thanks:" + payment_key(payment.telegram_payment_charge_id),
             chat_id=user.telegram_id,
-            text=t("billing.thanks", credits=result.credits, balance=result.balance, count=result.credits),
+            text=t("billing.thanks", credits=result.credits, balance=result.balance),
         )
 
     @router.message(F.refunded_payment)

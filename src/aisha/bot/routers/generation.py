@@ -8,6 +8,7 @@ every options button, so an old options message can't confirm a newer draft.
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from aiogram.types import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aisha.avatars.models import Avatar, AvatarType
 from aisha.billing.errors import InsufficientCredits
 from aisha.bot.keyboards import MAIN_MENU, menu_button
 from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line
@@ -62,9 +64,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 DRAFT_KEY = "gen_draft"
+CHOSEN_AVATAR_KEY = "gen_avatar"  # the avatar a "Create image" button was pressed for
 RATIOS = list(ASPECT_RATIOS)  # buttons carry the index: ":" separates callback fields
 AVATARS_NEW_CALLBACK = "avw:new"  # the avatars feature's "create an avatar" entry
 PROMPT_EXCERPT = 400
+
+
+# An avatar's trigger token (avatars.service.new_trigger_phrase: "ohwx" and 10 hex digits) is how
+# the model knows the avatar; to a person it is noise, so the prompt shown never carries it.
+TRIGGER_PATTERN = r"\bohwx[0-9a-f]{10}\b"
 
 
 class GenOption(CallbackData, prefix="gopt"):
@@ -85,6 +93,14 @@ class GalleryPage(CallbackData, prefix="gal"):
     offset: int
 
 
+def readable_prompt(enhanced: str, trigger: str | None) -> str:
+    """The prompt the model got, as a person reads it: "me" where a portrait's token stood, "my
+    avatar" for a style's (also for the tokens of avatars deleted since)."""
+    token = f"{re.escape(trigger)}|{TRIGGER_PATTERN}" if trigger else TRIGGER_PATTERN
+    text = re.sub(rf"in the style of (?:{token})", "in the style of my avatar", enhanced, flags=re.IGNORECASE)
+    return re.sub(token, "me", text, flags=re.IGNORECASE)
+
+
 def _excerpt(text: str, limit: int = PROMPT_EXCERPT) -> str:
     """The prompt on one line, at most ``limit`` UTF-16 units as Telegram counts them (an emoji is
     two), ending in "…" when cut, escaped for HTML."""
@@ -102,7 +118,7 @@ def _excerpt(text: str, limit: int = PROMPT_EXCERPT) -> str:
 
 
 def too_many_text(t: Texts, error: TooManyInFlight) -> str:
-    return t("generation.too_many", running=error.running, limit=error.limit, count=error.running)
+    return t("generation.too_many", running=error.running, limit=error.limit)
 
 
 def _marked(selected: bool, label: str) -> str:
@@ -126,7 +142,7 @@ def options_keyboard(t: Texts, draft: dict[str, Any], price: int) -> InlineKeybo
         for n in range(1, MAX_IMAGES + 1)
     ]
     go = InlineKeyboardButton(
-        text=t("generation.button.go", price=price, count=price),
+        text=t("generation.button.go", price=price),
         callback_data=GenOption(draft=draft_id, field="go").pack(),
     )
     cancel = InlineKeyboardButton(
@@ -209,7 +225,10 @@ def create_router(services: Services) -> Router:
         else:
             lines.append(t("generation.options.regenerate", prompt=_excerpt(str(draft["prompt"]))))
         if with_avatar:
-            lines.append(t("generation.options.avatar", name=html.quote(str(draft.get("avatar_name", "")))))
+            kind = draft.get("avatar_type", AvatarType.PORTRAIT.value)  # drafts saved before it was kept
+            lines.append(
+                t(f"generation.options.avatar.{kind}", name=html.quote(str(draft.get("avatar_name", ""))))
+            )
         else:
             lines.append(t("generation.options.no_avatar"))
         lines.append("")
@@ -283,9 +302,22 @@ def create_router(services: Services) -> Router:
                         session=session, user_id=user.telegram_id, avatar_id=row.avatar_id
                     )
         if source is not Source.REGENERATE:
-            avatar = await service.main_avatar(session=session, user_id=user.telegram_id)
+            # The avatar whose "Create image" button was pressed (for this one card), if it is
+            # still there; else the main one.
+            chosen = parse_uuid(str((await state.get_data()).get(CHOSEN_AVATAR_KEY) or ""))
+            await state.update_data({CHOSEN_AVATAR_KEY: None})
+            if chosen is not None:
+                avatar = await service.avatar_choice(
+                    session=session, user_id=user.telegram_id, avatar_id=chosen
+                )
+            if avatar is None:
+                avatar = await service.main_avatar(session=session, user_id=user.telegram_id)
         if avatar is not None:
-            draft |= {"avatar_id": avatar.id.hex, "avatar_name": avatar.name}
+            draft |= {
+                "avatar_id": avatar.id.hex,
+                "avatar_name": avatar.name,
+                "avatar_type": avatar.type.value,
+            }
         await state.update_data({DRAFT_KEY: draft})
         if avatar is None and source is not Source.REGENERATE:
             keyboard = InlineKeyboardMarkup(
@@ -428,10 +460,29 @@ def create_router(services: Services) -> Router:
         await message.answer(t("generation.ask_prompt"))
 
     @router.callback_query(F.data == NEW_CALLBACK)
-    async def generate_new(query: CallbackQuery, t: Texts) -> None:
+    async def generate_new(query: CallbackQuery, t: Texts, state: FSMContext) -> None:
+        await state.update_data({CHOSEN_AVATAR_KEY: None})
         await query.answer()
         if isinstance(query.message, Message):
             await query.message.answer(t("generation.ask_prompt"))
+
+    @router.callback_query(F.data.startswith(NEW_CALLBACK + ":"))
+    async def generate_with_avatar(
+        query: CallbackQuery, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        """ "Create image" under a newly ready avatar: the next card is for that avatar."""
+        avatar_id = parse_uuid(str(query.data).removeprefix(NEW_CALLBACK + ":"))
+        if avatar_id is None:  # tampered: nothing changes
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        avatar = await service.avatar_choice(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
+        if avatar is None:  # another user's, or deleted since: nothing changes
+            await query.answer(t("generation.avatar_gone"), show_alert=True)
+            return
+        await state.update_data({CHOSEN_AVATAR_KEY: avatar.id.hex})
+        await query.answer()
+        if isinstance(query.message, Message):
+            await query.message.answer(t("generation.ask_prompt_for", name=html.quote(avatar.name)))
 
     @router.message(Command("like"))
     async def like_command(
@@ -514,16 +565,14 @@ def create_router(services: Services) -> Router:
             )
         elif action == "prompt":
             row = await service.get(session=session, user_id=user_id, generation_id=generation_id)
+            avatar = await session.get(Avatar, row.avatar_id) if row.avatar_id else None
             await query.answer()
             if row.enhanced_prompt is None:
                 await message.answer(t("generation.prompt_pending"))
                 return
+            enhanced = readable_prompt(row.enhanced_prompt, avatar.trigger_phrase if avatar else None)
             await message.answer(
-                t(
-                    "generation.prompt_shown",
-                    prompt=_excerpt(row.prompt, 1500),
-                    enhanced=html.quote(row.enhanced_prompt),
-                )
+                t("generation.prompt_shown", prompt=_excerpt(row.prompt, 1500), enhanced=html.quote(enhanced))
             )
         elif action == "del":
             await service.get(session=session, user_id=user_id, generation_id=generation_id)

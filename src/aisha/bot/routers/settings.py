@@ -24,8 +24,9 @@ def create_router(services: Services) -> Router:
 
     @router.message(Command("settings"))
     @router.message(menu_button(services.translator, "menu.settings"))
-    async def show_settings(message: Message, t: Texts) -> None:
-        await message.answer(t("settings.text"), reply_markup=language_keyboard(t))
+    async def show_settings(message: Message, user: User, t: Texts) -> None:
+        keyboard = language_keyboard(t, language=t.locale, transcription=user.transcription_language)
+        await message.answer(t("settings.text"), reply_markup=keyboard)
 
     @router.callback_query(F.data.startswith("tlang:"))
     async def choose_transcription_language(
@@ -36,12 +37,16 @@ def create_router(services: Services) -> Router:
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
         language = None if choice == "auto" else choice
+        unchanged = language == user.transcription_language
         await services.users.set_transcription_language(
             session, telegram_id=user.telegram_id, language=language
         )
         await query.answer(
             t("settings.transcription.changed", language=t(f"settings.transcription.{choice}"))
         )
+        if isinstance(query.message, Message) and not unchanged:  # the mark moves to the new choice
+            keyboard = language_keyboard(t, language=t.locale, transcription=language)
+            await query.message.edit_reply_markup(reply_markup=keyboard)
 
     @router.callback_query(F.data.startswith("lang:"))
     async def choose_language(query: CallbackQuery, session: AsyncSession, user: User, t: Texts) -> None:
@@ -50,10 +55,16 @@ def create_router(services: Services) -> Router:
             # Tampered callback data: say so and change nothing.
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
+        unchanged = language == t.locale
         await services.users.set_language(session, telegram_id=user.telegram_id, language=language)
         t = services.translator.bind(language)
         await query.answer(t("settings.language.changed"))
-        if query.message is not None:
+        if unchanged:
+            return
+        if isinstance(query.message, Message):  # the settings themselves now read in the new language
+            keyboard = language_keyboard(t, language=language, transcription=user.transcription_language)
+            await query.message.edit_text(t("settings.text"), reply_markup=keyboard)
+            # A new message: only a sent one can bring the menu below in the new language.
             await query.message.answer(t("settings.language.changed"), reply_markup=main_menu(t))
 
     return router

@@ -82,7 +82,6 @@ def card_text(t: Texts, card: SupportCard) -> str:
             when=p.created_at.strftime(when),
             stars=p.stars,
             credits=p.credits,
-            count=p.credits,
             status=t(f"support.payment_status.{p.status.value}"),
             charge_id=html.quote(p.charge_id),
         )
@@ -92,7 +91,6 @@ def card_text(t: Texts, card: SupportCard) -> str:
         t(
             "support.hold_line",
             amount=h.amount,
-            count=h.amount,
             reference=html.quote(h.reference),
             when=h.created_at.strftime(when),
         )

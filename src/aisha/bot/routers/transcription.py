@@ -41,9 +41,9 @@ PREVIEW_UNITS = 120  # the most a preview takes, in UTF-16 units
 
 
 class TranscriptAction(CallbackData, prefix="tr"):
-    action: str  # view, file, delete, page
+    action: str  # view, file (.txt), srt, delete (asks), delete_yes, keep, page
     id: str = ""
-    offset: int = 0
+    offset: int = 0  # the list page to come back to
 
 
 def media_of(message: Message, *, user_id: int) -> IncomingMedia | None:
@@ -84,6 +84,21 @@ def _preview(transcript: Transcript) -> str:
     return html.quote(text)
 
 
+def confirm_keyboard(t: Texts, transcript_id: str, offset: int) -> InlineKeyboardMarkup:
+    def button(key: str, action: str) -> InlineKeyboardButton:
+        data = TranscriptAction(action=action, id=transcript_id, offset=offset).pack()
+        return InlineKeyboardButton(text=t(key), callback_data=data)
+
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                button("transcription.button.delete_yes", "delete_yes"),
+                button("transcription.button.keep", "keep"),
+            ]
+        ]
+    )
+
+
 def create_router(services: Services) -> Router:
     router = Router(name="transcription")
     transcription = services.transcription
@@ -101,9 +116,7 @@ def create_router(services: Services) -> Router:
             await message.reply(t("transcription.error.too_large", limit_mb=error.limit // 2**20))
             return
         except TooManyTranscriptions as error:
-            await message.reply(
-                t("transcription.too_many", running=error.running, limit=error.limit, count=error.running)
-            )
+            await message.reply(t("transcription.too_many", running=error.running, limit=error.limit))
             return
         # Enqueued once this update's transaction commits, so the job finds the row.
         after_commit(session, lambda: services.queue.enqueue(JOB_NAME, transcript_id=str(transcript_id)))
@@ -134,6 +147,11 @@ def create_router(services: Services) -> Router:
         items, total = await transcription.list_for(
             session, user_id=user.telegram_id, limit=PAGE_SIZE, offset=offset
         )
+        if not items and total:  # the last one on its page was deleted: the page before
+            offset = (total - 1) // PAGE_SIZE * PAGE_SIZE
+            items, total = await transcription.list_for(
+                session, user_id=user.telegram_id, limit=PAGE_SIZE, offset=offset
+            )
         if not items:
             text = t("transcription.list.empty")
             keyboard = None
@@ -151,22 +169,30 @@ def create_router(services: Services) -> Router:
                         preview=_preview(item),
                     )
                 )
-                rows.append(
-                    [
+                row = [
+                    InlineKeyboardButton(
+                        text=t("transcription.button.view", number=number),
+                        callback_data=TranscriptAction(action="view", id=item.id.hex).pack(),
+                    ),
+                    InlineKeyboardButton(
+                        text=t("transcription.button.file"),
+                        callback_data=TranscriptAction(action="file", id=item.id.hex).pack(),
+                    ),
+                ]
+                if item.srt_key:
+                    row.append(
                         InlineKeyboardButton(
-                            text=t("transcription.button.view", number=number),
-                            callback_data=TranscriptAction(action="view", id=item.id.hex).pack(),
-                        ),
-                        InlineKeyboardButton(
-                            text=t("transcription.button.file"),
-                            callback_data=TranscriptAction(action="file", id=item.id.hex).pack(),
-                        ),
-                        InlineKeyboardButton(
-                            text=t("transcription.button.delete"),
-                            callback_data=TranscriptAction(action="delete", id=item.id.hex).pack(),
-                        ),
-                    ]
+                            text=t("transcription.button.srt"),
+                            callback_data=TranscriptAction(action="srt", id=item.id.hex).pack(),
+                        )
+                    )
+                row.append(
+                    InlineKeyboardButton(
+                        text=t("transcription.button.delete"),
+                        callback_data=TranscriptAction(action="delete", id=item.id.hex, offset=offset).pack(),
+                    )
                 )
+                rows.append(row)
             navigation = []
             if offset > 0:
                 navigation.append(
@@ -222,17 +248,38 @@ def create_router(services: Services) -> Router:
             text = (transcript.text or "").strip()
             for part in split_message(text, MESSAGE_LIMIT) if text else [t("transcription.empty")]:
                 await message.answer(html.quote(part))
-        elif callback_data.action == "file" and transcript.text_key:
+        elif callback_data.action in ("file", "srt"):
+            # Each button sends the one file it names.
+            key, name = (
+                (transcript.text_key, "transcript.txt")
+                if callback_data.action == "file"
+                else (transcript.srt_key, "transcript.srt")
+            )
+            if key is None:
+                await query.answer(t("errors.bad_button"), show_alert=True)
+                return
             await query.answer()
-            data = await transcription.read_file(transcript.text_key)
-            await message.answer_document(BufferedInputFile(data, filename="transcript.txt"))
-            if transcript.srt_key:
-                srt = await transcription.read_file(transcript.srt_key)
-                await message.answer_document(BufferedInputFile(srt, filename="transcript.srt"))
+            data = await transcription.read_file(key)
+            await message.answer_document(BufferedInputFile(data, filename=name))
         elif callback_data.action == "delete":
+            # Asked first, as the gallery does; the list message turns into the question.
+            await query.answer()
+            await message.edit_text(
+                t(
+                    "transcription.delete_confirm",
+                    when=transcript.created_at.strftime(t("billing.date_format")),
+                    duration=format_duration(transcript.duration_ms / 1000),
+                    preview=_preview(transcript),
+                ),
+                reply_markup=confirm_keyboard(t, transcript.id.hex, callback_data.offset),
+            )
+        elif callback_data.action == "delete_yes":
             await transcription.delete(session, user_id=user.telegram_id, transcript_id=transcript.id)
             await query.answer(t("transcription.deleted"))
-            await show_page(message, user, session, t, 0, edit=True)
+            await show_page(message, user, session, t, callback_data.offset, edit=True)
+        elif callback_data.action == "keep":
+            await query.answer(t("transcription.kept"))
+            await show_page(message, user, session, t, callback_data.offset, edit=True)
         else:
             await query.answer(t("errors.bad_button"), show_alert=True)
 

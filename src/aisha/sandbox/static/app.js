@@ -34,6 +34,10 @@
       balance: "Balance",
       on_hold: "On hold",
       ledger: "Ledger",
+      operations: "Operations",
+      raw_entries: "Raw entries",
+      state_pending: "in progress",
+      state_refunded: "refunded",
       jobs: "Jobs",
       calls: "Calls to services",
       all: "All",
@@ -96,6 +100,10 @@
       balance: "Баланс",
       on_hold: "В резерве",
       ledger: "Проводки",
+      operations: "Операции",
+      raw_entries: "Все проводки",
+      state_pending: "в работе",
+      state_refunded: "возвращено",
       jobs: "Задачи",
       calls: "Вызовы сервисов",
       all: "Все",
@@ -1191,7 +1199,8 @@
 
   // ------------------------------------------------------------------------------ operator panel
 
-  const panel = { busy: false, signature: "", data: null, service: "" };
+  // raw: the ledger's entries one by one, as stored, instead of the operations the user sees.
+  const panel = { busy: false, signature: "", data: null, service: "", raw: false };
 
   async function refreshPanel() {
     if (panel.busy) return;
@@ -1214,7 +1223,7 @@
   function renderPanel(data) {
     $("#panel-balance").textContent = data.balance === undefined ? "—" : String(data.balance);
     $("#panel-on-hold").textContent = data.on_hold === undefined ? "—" : String(data.on_hold);
-    fillList("#panel-ledger", data.ledger, ledgerItem);
+    fillList("#panel-ledger", panel.raw ? data.ledger : data.operations, ledgerItem);
     fillList("#panel-jobs", data.jobs, jobItem);
     const calls = (data.calls || []).filter((c) => !panel.service || c.service === panel.service);
     fillList("#panel-calls", calls, callItem);
@@ -1229,10 +1238,16 @@
 
   function ledgerItem(entry) {
     const amount = Number(entry.amount) || 0;
-    const description = entry.description || entry.reason || "";
+    let description = entry.description || entry.reason || "";
+    if (entry.state === "pending" || entry.state === "refunded") description += " — " + tr("state_" + entry.state);
     return el(
       "li",
-      { className: "ledger-entry", "data-kind": entry.kind || "", "data-amount": String(amount) },
+      {
+        className: "ledger-entry",
+        "data-kind": entry.kind || "",
+        "data-state": entry.state || "",
+        "data-amount": String(amount),
+      },
       el(
         "div",
         { className: "row" },
@@ -1287,6 +1302,18 @@
       ),
       call.summary ? el("div", { className: "detail" }, String(call.summary)) : null
     );
+  }
+
+  function bindLedgerView() {
+    for (const button of document.querySelectorAll("#ledger-view button")) {
+      button.addEventListener("click", () => {
+        panel.raw = Boolean(button.dataset.raw);
+        for (const other of document.querySelectorAll("#ledger-view button")) {
+          other.classList.toggle("active", other === button);
+        }
+        if (panel.data) renderPanel(panel.data);
+      });
+    }
   }
 
   function bindCallsFilter() {
@@ -1357,6 +1384,7 @@
     bindComposer();
     bindRecordButton();
     bindCallsFilter();
+    bindLedgerView();
     updateComposer();
     pollChat();
     refreshPanel();
