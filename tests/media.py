@@ -70,3 +70,14 @@ def hls_playlist(target: Path) -> bytes:
 def ffconcat_list(target: Path) -> bytes:
     """An ffconcat script naming a local file (read relative to the script's folder)."""
     return f"ffconcat version 1.0\nfile '{target.name}'\n".encode()
+
+
+def large_wav(path: Path, *, seconds: float = 41.0) -> Path:
+    """About 60 MB of WAV made cheaply: a short two-tone recording at a high bitrate (192 kHz,
+    stereo, 32-bit: 1.5 MB a second), far over the public Bot API's 20 MB download limit."""
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"sine=f=440:r=192000:d={seconds}",
+        "-f", "lavfi", "-i", f"sine=f=660:r=192000:d={seconds}",
+        "-filter_complex", "[0:a][1:a]amerge=inputs=2", "-c:a", "pcm_s32le", str(path),
+    )  # fmt: skip
+    return path

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     bot_token: SecretStr | None = None
     telegram_api_url: str = "https://api.telegram.org"
     telegram_api_local: bool = False
+    # Local Bot API server (TELEGRAM_API_LOCAL=true): getFile answers with a path under the
+    # server's --dir; our processes read it where that folder is mounted for them (required), and
+    # the server's own name for it is the prefix mapped (unset: the same path).
+    telegram_api_local_dir: Path | None = None
+    telegram_api_server_dir: str | None = None
+    telegram_api_local_max_file_mb: int = Field(default=2000, ge=1)  # larger files are refused
+    telegram_api_local_min_free_mb: int = Field(default=1024, ge=0)  # kept free on each disk
     # Outgoing sends and edits, shared by every process through Redis when REDIS_URL is set
     # (Telegram's limits); 0 turns a limit off.
     telegram_messages_per_second: float = Field(default=30.0, ge=0)
@@ -197,6 +204,11 @@ class Settings(BaseSettings):
         name = getattr(info, "field_name", "URL") or "URL"
         return _check_http_url(name.upper(), value)
 
+    @field_validator("telegram_api_local_dir", "telegram_api_server_dir", mode="before")
+    @classmethod
+    def _blank_path_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("transcription_backend", "whisper_model", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -230,6 +242,21 @@ class Settings(BaseSettings):
         if parts.scheme == "file" or (parts.scheme == "s3" and parts.netloc):
             return value
         raise ValueError(f"STORAGE_URL must be file://PATH or s3://BUCKET, got {value!r}")
+
+    @model_validator(mode="after")
+    def _local_api_folder(self) -> Settings:
+        if not self.telegram_api_local:
+            return self
+        if self.telegram_api_local_dir is None:
+            raise ValueError(
+                "TELEGRAM_API_LOCAL=true needs TELEGRAM_API_LOCAL_DIR: the local Bot API server's --dir"
+                " as mounted in this process (it answers getFile with paths there)"
+            )
+        if not self.telegram_api_local_dir.is_absolute():
+            raise ValueError("TELEGRAM_API_LOCAL_DIR must be an absolute path")
+        if self.telegram_api_server_dir is not None and not self.telegram_api_server_dir.startswith("/"):
+            raise ValueError("TELEGRAM_API_SERVER_DIR must be an absolute path (the server's --dir)")
+        return self
 
     @model_validator(mode="after")
     def _avatar_photo_range(self) -> Settings:

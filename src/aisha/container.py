@@ -44,7 +44,7 @@ from aisha.i18n import Translator
 from aisha.jobs.metrics import create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
-from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Messenger
+from aisha.messaging import Messenger
 from aisha.metrics import Metrics
 from aisha.notices import NoticeRules, NoticeService
 from aisha.providers.fal import FalClient
@@ -355,7 +355,6 @@ def _wire_transcription(services: Services) -> None:
         settings=TranscriptionSettings(
             keep_audio=settings.transcription_keep_audio,
             model=model,
-            download_limit=None if settings.telegram_api_local else PUBLIC_API_DOWNLOAD_LIMIT,
             max_in_flight=settings.transcription_max_in_flight,
         ),
         metrics=services.metrics.jobs,

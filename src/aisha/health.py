@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
@@ -49,6 +52,17 @@ def _configured(name: str, value: object) -> CheckResult:
     return CheckResult(name, status, False, None)
 
 
+def _local_bot_api_dir(folder: Path) -> CheckResult:
+    """A local Bot API server's folder: every file is read there, so it is required."""
+    name = "botapi-dir"
+    if not (folder.is_dir() and os.access(folder, os.R_OK | os.X_OK)):
+        return CheckResult(
+            name, "down", True, None, f"TELEGRAM_API_LOCAL_DIR {folder} is not a readable folder"
+        )
+    free_mb = shutil.disk_usage(folder).free // 2**20
+    return CheckResult(name, "ok", True, None, f"{folder}, {free_mb} MB free")
+
+
 async def check_all(services: Services, bot: Bot) -> list[CheckResult]:
     settings = services.settings
 
@@ -80,6 +94,8 @@ async def check_all(services: Services, bot: Bot) -> list[CheckResult]:
         results.append(
             CheckResult("redis", "not configured", False, None, "in-memory jobs, FSM in the database")
         )
+    if settings.telegram_api_local and settings.telegram_api_local_dir is not None:
+        results.append(await asyncio.to_thread(_local_bot_api_dir, settings.telegram_api_local_dir))
     results.append(_configured("fal", settings.fal_key))
     results.append(_configured("openai", settings.openai_api_key))
     return results

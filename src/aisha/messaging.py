@@ -22,12 +22,25 @@ PUBLIC_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # what the public Bot API lets a b
 
 
 class FileTooLarge(Exception):
-    """The file is over what the Bot API lets a bot download."""
+    """The file is over what the bot may download: Telegram's 20 MB for bots on the public Bot API
+    (`public_api`), else the operator's cap for a local Bot API server. `size` 0: not known."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, *, public_api: bool) -> None:
         self.size = size
         self.limit = limit
+        self.public_api = public_api
         super().__init__(f"file of {size} bytes is over the {limit}-byte download limit")
+
+
+class NotEnoughRoom(Exception):
+    """The disk can't take the file now (a local Bot API server's large files): nothing was
+    started; the operator has to free space, the user may try again later."""
+
+    def __init__(self, *, size: int, free: int, needed: int) -> None:
+        self.size = size
+        self.free = free
+        self.needed = needed
+        super().__init__(f"a file of {size} bytes needs {needed} bytes free on disk, {free} are")
 
 
 class RecipientUnreachable(Exception):
@@ -64,6 +77,12 @@ class Messenger(Protocol):
         """Sends 2–10 images as one album (the caption goes under the first); returns their ids."""
         ...
 
+    async def check_download(self, size: int | None) -> None:
+        """Raises FileTooLarge or NotEnoughRoom for a file of `size` bytes (as the message said)
+        that can't be downloaded now; checked before anything is started for it."""
+        ...
+
     async def download(self, file_id: str, destination: Path) -> int:
-        """Saves a Telegram file to `destination`; returns its size. Raises FileTooLarge."""
+        """Saves a Telegram file to `destination`; returns its size. Raises FileTooLarge,
+        NotEnoughRoom."""
         ...

@@ -15,6 +15,7 @@ from aiogram import Bot, Dispatcher
 from aisha.api.app import create_api
 from aisha.bot.app import create_bot, create_dispatcher
 from aisha.bot.commands import publish_commands
+from aisha.bot.local_files import local_folder
 from aisha.bot.messenger import BotMessenger
 from aisha.bot.outgoing import OutgoingLimiter, create_limiter
 from aisha.clock import Clock
@@ -44,7 +45,7 @@ class Runtime:
         self.settings = settings
         self.limiter: OutgoingLimiter = create_limiter(settings)
         self.bot: Bot = create_bot(settings, limiter=self.limiter)
-        messenger = BotMessenger(self.bot, local_api=settings.telegram_api_local)
+        messenger = BotMessenger(self.bot, local_files=local_folder(settings))
         self.services: Services = build_services(
             settings, messenger=messenger, clock=clock, refunds=messenger
         )

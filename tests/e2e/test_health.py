@@ -54,6 +54,26 @@ async def test_readyz_reports_an_unreachable_redis_as_down(
     assert body["checks"]["database"]["status"] == "ok"
 
 
+async def test_readyz_needs_the_local_bot_api_servers_folder(
+    make_settings: Callable[..., Any], start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    missing = tmp_path / "not-mounted"
+    runtime = await start_app(
+        make_settings(telegram_api_local=True, telegram_api_local_dir=str(missing)), serve_only=True
+    )
+    async with httpx.AsyncClient() as client:
+        url = f"http://127.0.0.1:{runtime.http_port}/readyz"
+        down = await client.get(url)
+        missing.mkdir()
+        up = await client.get(url)
+    assert down.status_code == 503
+    check = down.json()["checks"]["botapi-dir"]
+    assert check["status"] == "down" and check["required"] is True
+    assert check["detail"] == f"TELEGRAM_API_LOCAL_DIR {missing} is not a readable folder"
+    assert up.status_code == 200
+    assert up.json()["checks"]["botapi-dir"]["detail"].startswith(f"{missing}, ")
+
+
 async def test_doctor_prints_the_same_table(
     telegram: FakeTelegramServer, db: Database, tmp_path: Path
 ) -> None:

@@ -24,7 +24,7 @@ from aisha.transcription.models import Transcript
 from aisha.transcription.service import MAX_RUNS
 from tests.conftest import Database
 from tests.e2e.conftest import buttons, count, eventually
-from tests.media import ffconcat_list, hls_playlist, lying_ogg
+from tests.media import ffconcat_list, hls_playlist, large_wav, lying_ogg
 
 
 def _ffmpeg(*args: str, output: Path) -> bytes:
@@ -229,6 +229,37 @@ async def test_files_that_cannot_be_transcribed_are_refused_without_charge(
         await count(db, Transcript, Transcript.user_id == user.id, Transcript.status == JobStatus.SUCCEEDED)
         == 0
     )
+
+
+async def test_a_60_mb_recording_is_refused_on_the_public_bot_api_saying_its_20_mb_limit(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, speech: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    recording = large_wav(tmp_path / "meeting.wav").read_bytes()
+    assert len(recording) > 60 * 1024 * 1024
+    for user, expected in (
+        (
+            FakeUser(id=7021, language_code="en"),
+            "This file is too large: Telegram lets bots download files of at most 20 MB. Send a shorter"
+            " or more compressed recording (a voice message is small). Nothing was charged.",
+        ),
+        (
+            FakeUser(id=7022, language_code="ru"),
+            "Файл слишком большой: Telegram позволяет ботам скачивать файлы не больше 20 МБ. Отправьте"
+            " запись покороче или сожмите её (голосовое сообщение занимает мало). Оплата не списана.",
+        ),
+    ):
+        await _fund(app, user, telegram, 5)
+        telegram.queue_update(telegram.message_update(user, document=(recording, "meeting.wav", "audio/wav")))
+        refused = await telegram.wait_for_call(
+            "sendMessage", lambda c, u=user: c.params.get("chat_id") == u.id
+        )
+        assert refused.params["text"] == expected
+        await telegram.wait_until_handled()
+        assert await _balance(app, user.id) == 5
+        assert await count(db, Transcript, Transcript.user_id == user.id) == 0
+    # Refused before Telegram was asked for the file (which it would refuse: "file is too big").
+    assert telegram.calls_of("getFile") == []
+    assert speech.transcription_calls == []
 
 
 async def test_another_users_transcript_cannot_be_opened(

@@ -24,6 +24,28 @@ def test_compose_has_every_service_with_a_healthcheck_or_a_reason() -> None:
     assert services["api"]["env_file"] == "aisha.env"
 
 
+def test_the_local_bot_api_servers_folder_is_where_api_and_worker_read_it() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    server = services["telegram-bot-api"]
+    assert server["image"].startswith("aiogram/telegram-bot-api")
+    assert set(server["environment"]) == {"TELEGRAM_API_ID", "TELEGRAM_API_HASH", "TELEGRAM_LOCAL"}
+    [server_volume] = server["volumes"]
+    volume, server_dir = server_volume.split(":")
+    assert volume in compose["volumes"] and server_dir == "/var/lib/telegram-bot-api"  # the image's --dir
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy" / "aisha.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert env["TELEGRAM_API_URL"] == "http://telegram-bot-api:8081"
+    assert env["TELEGRAM_API_LOCAL"] == "true"
+    for name in ("api", "worker"):
+        # Mounted read-only at the path the server names its files by, in the group that may read them.
+        assert f"{volume}:{env['TELEGRAM_API_LOCAL_DIR']}:ro" in services[name]["volumes"], name
+        assert "101" in services[name]["group_add"], name
+
+
 def test_env_example_names_only_real_settings() -> None:
     names = {
         line.split("=", 1)[0]

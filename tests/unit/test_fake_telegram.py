@@ -910,3 +910,35 @@ def test_a_test_whose_bot_call_was_refused_fails(
             '*sendMessage: 400 Bad Request: can\'t parse entities: Unsupported start tag "name" at byte offset 3*',
         ]
     )
+
+
+async def test_get_file_over_20_mb_is_refused_as_the_public_bot_api_does(
+    server: FakeTelegramServer, bot: Bot
+) -> None:
+    small, _ = server.register_file(b"x" * (20 * 1024 * 1024), file_path_hint="music/ok.mp3")
+    big, _ = server.register_file(b"x" * (20 * 1024 * 1024 + 1), file_path_hint="music/big.mp3")
+    server.expect_refusal("getFile", "file is too big")
+
+    assert (await bot.get_file(small)).file_size == 20 * 1024 * 1024
+    with pytest.raises(TelegramBadRequest, match="Bad Request: file is too big"):
+        await bot.get_file(big)
+
+
+async def test_a_local_server_answers_get_file_with_an_absolute_path_in_its_folder(tmp_path: Path) -> None:
+    content = b"x" * (21 * 1024 * 1024)  # over the public API's limit: no limit here
+    async with FakeTelegramServer(local_dir=tmp_path, local_server_dir="/var/lib/telegram-bot-api") as fake:
+        bot = make_bot(fake)
+        try:
+            file_id, _ = fake.register_file(content, file_path_hint="music/long.mp3")
+            file = await bot.get_file(file_id)
+            assert file.file_path is not None and file.file_size == len(content)
+            relative = file.file_path.removeprefix(f"/var/lib/telegram-bot-api/{fake.token}/")
+            assert relative != file.file_path and relative.startswith("music/")
+            assert (tmp_path / fake.token / relative).read_bytes() == content
+            # A local server serves no HTTP downloads: the file is read from its folder.
+            async with aiohttp.ClientSession() as http:
+                response = await http.get(f"{fake.base_url}/file/bot{fake.token}/{relative}")
+                assert response.status == 404
+        finally:
+            await bot.session.close()
+    assert fake.errors == [] and fake.unexpected_refusals() == []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -23,6 +24,7 @@ from aiogram.types import (
 )
 
 from aisha.billing.errors import ChargeAlreadyRefunded, RefundRefused
+from aisha.bot.local_files import LocalBotApiFolder, UnsafeFilePath
 from aisha.messaging import PUBLIC_API_DOWNLOAD_LIMIT, Buttons, FileTooLarge, RecipientUnreachable
 
 T = TypeVar("T")
@@ -40,9 +42,11 @@ def keyboard(buttons: Buttons | None) -> InlineKeyboardMarkup | None:
 
 
 class BotMessenger:
-    def __init__(self, bot: Bot, *, local_api: bool = False) -> None:
+    def __init__(self, bot: Bot, *, local_files: LocalBotApiFolder | None = None) -> None:
+        """`local_files`: a local Bot API server's folder, where its files are read (no HTTP)."""
         self._bot = bot
-        self.download_limit = None if local_api else PUBLIC_API_DOWNLOAD_LIMIT
+        self._local = local_files
+        self.download_limit = local_files.max_bytes if local_files else PUBLIC_API_DOWNLOAD_LIMIT
 
     async def _call(self, request: Callable[[], Awaitable[T]]) -> T:
         # Rate limits and 429 retries live in the Bot session's middleware (aisha.bot.outgoing).
@@ -122,11 +126,38 @@ class BotMessenger:
         messages = await self._call(lambda: self._bot.send_media_group(chat_id, media))
         return [m.message_id for m in messages]
 
+    async def check_download(self, size: int | None) -> None:
+        self._check_size(size or 0)
+        if self._local is not None and size:
+            # Where the job will copy it: the worker's temporary folder (see transcription).
+            work_dir = Path(tempfile.gettempdir())
+            await asyncio.to_thread(self._local.check_room, size, work_dir=work_dir)
+
+    def _check_size(self, size: int) -> None:
+        if size > self.download_limit:
+            raise FileTooLarge(size, self.download_limit, public_api=self._local is None)
+
     async def download(self, file_id: str, destination: Path) -> int:
-        file = await self._call(lambda: self._bot.get_file(file_id))
-        if self.download_limit is not None and (file.file_size or 0) > self.download_limit:
-            raise FileTooLarge(file.file_size or 0, self.download_limit)
+        try:
+            file = await self._call(lambda: self._bot.get_file(file_id))
+        except TelegramBadRequest as error:
+            if "file is too big" in error.message:  # the public Bot API's 20 MB
+                raise FileTooLarge(0, self.download_limit, public_api=self._local is None) from error
+            raise
+        self._check_size(file.file_size or 0)
         assert file.file_path is not None
         await asyncio.to_thread(destination.parent.mkdir, parents=True, exist_ok=True)
-        await self._bot.download_file(file.file_path, destination)
-        return (await asyncio.to_thread(destination.stat)).st_size
+        if self._local is None:
+            await self._bot.download_file(file.file_path, destination)
+            return (await asyncio.to_thread(destination.stat)).st_size
+        try:
+            source = await asyncio.to_thread(self._local.resolve, file.file_path)
+        except UnsafeFilePath as error:
+            # The path holds the bot token: log it with the token masked.
+            path = file.file_path.replace(self._bot.token, "<token>")
+            log.error("telegram.local_file_refused", reason=str(error), path=path)
+            raise
+        await asyncio.to_thread(
+            self._local.check_room, file.file_size or 0, work_dir=destination.parent, fetched=True
+        )
+        return await asyncio.to_thread(self._local.copy, source, destination)

@@ -200,6 +200,7 @@ _NOT_MODIFIED = (
 _STALE_QUERY = "Bad Request: query is too old and response timeout expired or query ID is invalid"
 _WRONG_FILE = "Bad Request: wrong file identifier/HTTP URL specified"
 _MAX_BODY = 64 * 1024 * 1024  # bots may upload documents up to 50 MB
+_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile on the public Bot API: "file is too big" beyond
 
 # Folder and default extension per media kind, mirroring Telegram's file_path layout.
 _FILE_LAYOUT: dict[str, tuple[str, str]] = {
@@ -422,11 +423,21 @@ class FakeTelegramServer(LoopbackServer):
         port: int = 0,
         state_dir: Path | None = None,
         keep_calls: int | None = None,
+        local_dir: Path | None = None,
+        local_server_dir: str | None = None,
     ) -> None:
         """``state_dir``: keep the chats, files and counters there (saved on every change, loaded
         here), so a sandbox restarted on the same folder carries on the same conversation.
         ``keep_calls``: remember only about the newest N calls (a long sandbox session would
-        otherwise hold every upload's bytes); None keeps all, as tests want."""
+        otherwise hold every upload's bytes); None keeps all, as tests want.
+
+        ``local_dir`` makes it a local Bot API server (``telegram-bot-api --local --dir``): getFile
+        of any size writes the file to ``local_dir/<token>/...`` and answers with its absolute path
+        there (no HTTP download, which answers 404), named as the server sees that folder:
+        ``local_server_dir`` (a container's own path) or ``local_dir`` itself. Without it, the public
+        Bot API: getFile of a file over 20 MB is refused ("file is too big")."""
+        self._local_dir = local_dir
+        self._local_server_dir = local_server_dir or (str(local_dir) if local_dir else None)
         self._keep_calls = keep_calls
         self._token = token
         prefix = token.split(":", 1)[0]
@@ -800,7 +811,7 @@ class FakeTelegramServer(LoopbackServer):
             return web.json_response(_ApiError(401, "Unauthorized").to_json(), status=401)
         path = request.match_info["file_path"]
         stored = self._files_by_path.get(path)
-        if stored is None or stored.content is None:
+        if stored is None or stored.content is None or self._local_dir is not None:
             return web.json_response(_ApiError(404, "Not Found").to_json(), status=404)
         self.downloads.append(path)
         return web.Response(body=stored.content, content_type=stored.mime_type or "application/octet-stream")
@@ -1738,7 +1749,15 @@ class FakeTelegramServer(LoopbackServer):
         stored = self._files.get(_str(req.params, "file_id", ""))
         if stored is None:
             raise _bad_request("invalid file_id")
-        return stored.to_file()
+        if self._local_dir is None:
+            if (stored.file_size or 0) > _DOWNLOAD_LIMIT:
+                raise _bad_request("file is too big")
+            return stored.to_file()
+        # The local server fetches the file into its folder and names it by its own path.
+        if stored.content is not None:
+            target = self._local_dir / self._token / stored.file_path
+            await asyncio.to_thread(_write_file, target, stored.content)
+        return {**stored.to_file(), "file_path": f"{self._local_server_dir}/{self._token}/{stored.file_path}"}
 
     def _invoice_params(self, params: JsonDict) -> JsonDict:
         for key in ("title", "description", "payload", "currency"):

@@ -44,7 +44,7 @@ from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.i18n import Texts, Translator
 from aisha.jobs.metrics import JobMetrics
-from aisha.messaging import Button, FileTooLarge, Messenger
+from aisha.messaging import Button, FileTooLarge, Messenger, NotEnoughRoom
 from aisha.storage import ObjectStorage
 from aisha.transcription.audio import AudioError, AudioTooLong, FFmpegError
 from aisha.transcription.merge import split_message
@@ -100,7 +100,6 @@ class TranscriptionSettings:
     model: str = "whisper-1"
     # A running job that hasn't reported progress for this long is taken to be lost.
     stale_after: timedelta = timedelta(minutes=30)
-    download_limit: int | None = 20 * 1024 * 1024
     max_in_flight: int = 2  # per user
 
 
@@ -120,6 +119,12 @@ class _Run:
 
 class _ClaimLost(Exception):
     """Another run took the row, or it has ended: this run stops and writes nothing more."""
+
+
+def too_large_text(t: Texts, error: FileTooLarge) -> str:
+    """Telegram's 20 MB for bots on the public Bot API, or the operator's cap on a local one."""
+    key = "transcription.error.too_large" if error.public_api else "transcription.error.too_large_local"
+    return t(key, limit_mb=error.limit // 2**20)
 
 
 def format_duration(seconds: float) -> str:
@@ -162,19 +167,14 @@ class TranscriptionService:
 
     # --- inside an update --------------------------------------------------------------------
 
-    def check_size(self, media: IncomingMedia) -> None:
-        """Refuse at once what the Bot API won't let us download (no row, no hold)."""
-        limit = self._settings.download_limit
-        if limit is not None and (media.file_size or 0) > limit:
-            raise FileTooLarge(media.file_size or 0, limit)
-
     async def accept(self, session: AsyncSession, *, media: IncomingMedia) -> uuid.UUID:
         """Record the request; the caller enqueues `run` after its transaction commits.
 
-        Raises FileTooLarge, TooManyTranscriptions. The caller holds the user's operation lock,
-        so two requests can't both pass the count.
+        Raises FileTooLarge, NotEnoughRoom (what can't be downloaded is refused at once: no row,
+        no hold), TooManyTranscriptions. The caller holds the user's operation lock, so two
+        requests can't both pass the count.
         """
-        self.check_size(media)
+        await self._messenger.check_download(media.file_size)
         running = int(
             await session.scalar(
                 select(func.count())
@@ -191,7 +191,12 @@ class TranscriptionService:
             source_kind=media.kind,
             file_name=media.file_name,
             model=self._settings.model,
-            details={"file_id": media.file_id, "chat_id": media.chat_id, "message_id": media.message_id},
+            details={
+                "file_id": media.file_id,
+                "file_size": media.file_size,
+                "chat_id": media.chat_id,
+                "message_id": media.message_id,
+            },
         )
         session.add(transcript)
         await session.flush()
@@ -301,11 +306,15 @@ class TranscriptionService:
         await self._status(run, t("transcription.status.downloading"))
         source = run.work / f"source{_suffix(transcript.file_name)}"
         try:
+            # The disk may have filled since the file was accepted: checked again before Telegram
+            # is asked (a local Bot API server fetches the file on getFile).
+            await self._messenger.check_download(run.details.get("file_size"))
             await self._messenger.download(str(run.details["file_id"]), source)
         except FileTooLarge as error:
-            await self._fail(
-                run, "too_large", t("transcription.error.too_large", limit_mb=error.limit // 2**20)
-            )
+            await self._fail(run, "too_large", too_large_text(t, error))
+            return
+        except NotEnoughRoom:
+            await self._fail(run, "no_room", t("transcription.error.no_room"))
             return
         except Exception as error:  # Telegram refused or dropped the download; nothing is held yet
             log.warning("transcription.download_failed", transcript_id=str(transcript.id), error=str(error))

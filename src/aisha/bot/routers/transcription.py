@@ -20,7 +20,7 @@ from aisha.bot.keyboards import menu_button
 from aisha.db.base import parse_uuid
 from aisha.db.session import after_commit
 from aisha.i18n import Texts
-from aisha.messaging import FileTooLarge
+from aisha.messaging import FileTooLarge, NotEnoughRoom
 from aisha.transcription.merge import split_message, utf16_len
 from aisha.transcription.models import Transcript
 from aisha.transcription.service import (
@@ -29,6 +29,7 @@ from aisha.transcription.service import (
     IncomingMedia,
     TooManyTranscriptions,
     format_duration,
+    too_large_text,
 )
 from aisha.users.models import User
 
@@ -113,7 +114,10 @@ def create_router(services: Services) -> Router:
         try:
             transcript_id = await transcription.accept(session, media=media)
         except FileTooLarge as error:
-            await message.reply(t("transcription.error.too_large", limit_mb=error.limit // 2**20))
+            await message.reply(too_large_text(t, error))
+            return
+        except NotEnoughRoom:
+            await message.reply(t("transcription.error.no_room"))
             return
         except TooManyTranscriptions as error:
             await message.reply(t("transcription.too_many", running=error.running, limit=error.limit))
