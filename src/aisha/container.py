@@ -484,9 +484,15 @@ def _wire_avatars(services: Services) -> None:
     )
     avatars = services.avatars
 
-    async def photo_job(*, user_id: int, avatar_id: str, file_id: str, message_id: int) -> None:
+    async def photo_job(
+        *, user_id: int, avatar_id: str, file_id: str, message_id: int, file_size: int | None = None
+    ) -> None:
         await avatars.intake_photo(
-            user_id=user_id, avatar_id=uuid.UUID(avatar_id), file_id=file_id, reply_to=message_id
+            user_id=user_id,
+            avatar_id=uuid.UUID(avatar_id),
+            file_id=file_id,
+            file_size=file_size,
+            reply_to=message_id,
         )
 
     async def train_job(*, avatar_id: str) -> None:

@@ -82,7 +82,7 @@ class Messenger(Protocol):
         that can't be downloaded now; checked before anything is started for it."""
         ...
 
-    async def download(self, file_id: str, destination: Path) -> int:
-        """Saves a Telegram file to `destination`; returns its size. Raises FileTooLarge,
-        NotEnoughRoom."""
+    async def download(self, file_id: str, destination: Path, *, max_bytes: int | None = None) -> int:
+        """Saves a Telegram file to `destination`; returns its size. Raises FileTooLarge (also over
+        the caller's own `max_bytes`, checked before anything is copied), NotEnoughRoom."""
         ...

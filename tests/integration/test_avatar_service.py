@@ -76,7 +76,7 @@ class ScriptedMessenger:
     async def send_chat_action(self, chat_id: int, action: str) -> None:
         return None
 
-    async def download(self, file_id: str, destination: Path) -> int:
+    async def download(self, file_id: str, destination: Path, *, max_bytes: int | None = None) -> int:
         destination.write_bytes(self.files[file_id])
         return len(self.files[file_id])
 
@@ -289,6 +289,19 @@ async def test_a_photo_for_someone_elses_draft_is_ignored(world: World) -> None:
         await world.service.intake_photo(user_id=OTHER, avatar_id=avatar_id, file_id="A", reply_to=1) is None
     )
     assert world.files(avatar_id) == [] and world.messenger.sent == []
+
+
+async def test_a_photo_over_the_size_limit_is_refused_without_being_fetched(world: World) -> None:
+    # A local Bot API server would fetch a 2 GB "photo" to its disk on getFile: the size the
+    # message gave is enough to refuse it. "huge" is not among the messenger's files either.
+    avatar_id = await world.draft()
+    outcome = await world.service.intake_photo(
+        user_id=OWNER, avatar_id=avatar_id, file_id="huge", reply_to=1, file_size=1_500 * 1024 * 1024
+    )
+    assert outcome is not None and (outcome.accepted, outcome.reason) == (False, "too_large")
+    assert world.files(avatar_id) == []
+    [(_, text, _)] = world.messenger.sent
+    assert "the file is too large." in text
 
 
 async def test_confirm_needs_enough_photos_and_credits_and_writes_nothing_otherwise(

@@ -74,7 +74,7 @@ class RecordingMessenger:
     async def send_chat_action(self, chat_id: int, action: str) -> None:
         self.sent.append(("action", chat_id, action))
 
-    async def download(self, file_id: str, destination: Path) -> int:
+    async def download(self, file_id: str, destination: Path, *, max_bytes: int | None = None) -> int:
         raise AssertionError("not used here")
 
     async def send_photo(

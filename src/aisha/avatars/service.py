@@ -310,7 +310,7 @@ class AvatarService:
         return True
 
     async def intake_photo(
-        self, *, user_id: int, avatar_id: uuid.UUID, file_id: str, reply_to: int
+        self, *, user_id: int, avatar_id: uuid.UUID, file_id: str, reply_to: int, file_size: int | None = None
     ) -> PhotoOutcome | None:
         """The `avatars.photo` job: download, check, then keep the photo or say why not.
 
@@ -322,6 +322,9 @@ class AvatarService:
         outcome: PhotoOutcome | None
         if snapshot.accepted >= self.rules.max_photos:
             outcome = PhotoOutcome(accepted=False, accepted_count=snapshot.accepted, reason="limit")
+        elif file_size is not None and file_size > self._validator.thresholds.max_file_bytes:
+            # Known from the message: not fetched at all (a local Bot API server takes 2 GB files).
+            outcome = PhotoOutcome(False, snapshot.accepted, RejectReason.TOO_LARGE.value)
         else:
             outcome = await self._check_and_store(user_id, avatar_id, file_id, snapshot)
         if outcome is None:
@@ -364,7 +367,9 @@ class AvatarService:
         with tempfile.TemporaryDirectory(prefix="aisha-photo-") as folder:
             path = Path(folder) / "photo"
             try:
-                await self._messenger.download(file_id, path)
+                await self._messenger.download(
+                    file_id, path, max_bytes=self._validator.thresholds.max_file_bytes
+                )
             except FileTooLarge:
                 return PhotoOutcome(False, snapshot.accepted, RejectReason.TOO_LARGE.value)
             data = await asyncio.to_thread(path.read_bytes)

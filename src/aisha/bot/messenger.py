@@ -133,18 +133,20 @@ class BotMessenger:
             work_dir = Path(tempfile.gettempdir())
             await asyncio.to_thread(self._local.check_room, size, work_dir=work_dir)
 
-    def _check_size(self, size: int) -> None:
+    def _check_size(self, size: int, max_bytes: int | None = None) -> None:
         if size > self.download_limit:
             raise FileTooLarge(size, self.download_limit, public_api=self._local is None)
+        if max_bytes is not None and size > max_bytes:
+            raise FileTooLarge(size, max_bytes, public_api=False)
 
-    async def download(self, file_id: str, destination: Path) -> int:
+    async def download(self, file_id: str, destination: Path, *, max_bytes: int | None = None) -> int:
         try:
             file = await self._call(lambda: self._bot.get_file(file_id))
         except TelegramBadRequest as error:
             if "file is too big" in error.message:  # the public Bot API's 20 MB
                 raise FileTooLarge(0, self.download_limit, public_api=self._local is None) from error
             raise
-        self._check_size(file.file_size or 0)
+        self._check_size(file.file_size or 0, max_bytes)
         assert file.file_path is not None
         await asyncio.to_thread(destination.parent.mkdir, parents=True, exist_ok=True)
         if self._local is None:

@@ -240,13 +240,15 @@ def create_router(services: Services) -> Router:
     @router.message(AvatarWizard.uploading, F.photo | F.document)
     async def photo_received(message: Message, user: User, state: FSMContext) -> None:
         data = await state.get_data()
-        file_id = message.photo[-1].file_id if message.photo else message.document.file_id  # type: ignore[union-attr]
-        # Only the file id travels: the job downloads and checks it off this update.
+        file = message.photo[-1] if message.photo else message.document
+        assert file is not None
+        # Only the file's id and size travel: the job downloads and checks it off this update.
         await services.queue.enqueue(
             "avatars.photo",
             user_id=user.telegram_id,
             avatar_id=str(data.get("avatar_id", "")),
-            file_id=file_id,
+            file_id=file.file_id,
+            file_size=file.file_size,
             message_id=message.message_id,
         )
 
