@@ -364,7 +364,11 @@ class PhotoValidator:
             return verdict(RejectReason.DUPLICATE)
         try:
             decoded = decode_image(
-                data, max_pixels=t.max_pixels, max_side=t.analysis_max_side, formats=t.allowed_formats
+                data,
+                max_pixels=t.max_pixels,
+                max_side=t.analysis_max_side,
+                min_short_side=_MEASURE_SHORT_SIDE,
+                formats=t.allowed_formats,
             )
         except TooManyPixelsError as exc:
             return verdict(RejectReason.TOO_MANY_PIXELS, width=exc.width, height=exc.height)
