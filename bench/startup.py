@@ -10,9 +10,12 @@ builds one router and polls. Rounds alternate the two, and each keeps its fastes
 this machine, and their load comes and goes).
 
 Then `aisha api` (webhook mode, no photo validated) is started the same way, ready at its
-setWebhook, and its resident memory read once it has sat idle for a few seconds.
+setWebhook, and its resident memory read once it has sat idle for a few seconds (the bare bot's
+is read the same way, for scale: aiogram alone is most of it). The CPU seconds each child had used
+when it became ready are printed too: on a loaded machine their ratio is the steadier figure.
 
-The last line is one JSON object: {"ready_s": …, "baseline_ready_s": …, "ratio": …, "api_idle_rss_mb": …}.
+The last line is one JSON object: {"ready_s": …, "baseline_ready_s": …, "ratio": …, "api_idle_rss_mb": …}
+(and a few more figures after those).
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds the process has used (user + system): less swayed than wall time by the load
+    others put on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -83,9 +93,9 @@ def rss_mb(pid: int) -> float:
 
 async def start_and_wait(
     command: list[str], env: dict[str, str], cwd: Path, ready_method: str, *, idle_s: float = 0
-) -> tuple[float, float]:
-    """Seconds from spawning `command` until `ready_method` reaches a fresh fake Telegram, and the
-    child's RSS (MB) after `idle_s` more seconds."""
+) -> tuple[float, float, float]:
+    """Seconds from spawning `command` until `ready_method` reaches a fresh fake Telegram, the CPU
+    seconds the child had used by then, and its RSS (MB) after `idle_s` more seconds."""
     async with FakeTelegramServer(TOKEN) as telegram:
         full_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -108,6 +118,7 @@ async def start_and_wait(
                 raise RuntimeError(f"{' '.join(command)} exited with {child.returncode}:\n{error}")
             wait.result()
             ready = time.perf_counter() - started
+            cpu = cpu_s(child.pid)
             await asyncio.sleep(idle_s)
             memory = rss_mb(child.pid)
         finally:
@@ -118,7 +129,7 @@ async def start_and_wait(
                 except TimeoutError:
                     child.kill()
                     await child.wait()
-    return ready, memory
+    return ready, cpu, memory
 
 
 async def measure(rounds: int) -> dict[str, float]:
@@ -128,17 +139,23 @@ async def measure(rounds: int) -> dict[str, float]:
         bare.write_text(BARE_BOT)
         database = {"DATABASE_URL": f"sqlite+aiosqlite:///{folder / 'aisha.db'}"}
         run_env = {**database, "HTTP_PORT": str(free_port())}
-        aisha, baseline, run_rss = [], [], []
+        aisha, baseline, aisha_cpu, baseline_cpu, run_rss, bare_rss = [], [], [], [], [], []
         for _ in range(rounds):
-            seconds, _rss = await start_and_wait([sys.executable, str(bare)], {}, folder, "getUpdates")
+            seconds, cpu, memory = await start_and_wait(
+                [sys.executable, str(bare)], {}, folder, "getUpdates", idle_s=IDLE_S
+            )
             baseline.append(seconds)
-            seconds, memory = await start_and_wait(
+            baseline_cpu.append(cpu)
+            bare_rss.append(memory)
+            seconds, cpu, memory = await start_and_wait(
                 [sys.executable, "-m", "aisha", "run"], run_env, folder, "getUpdates", idle_s=IDLE_S
             )
             aisha.append(seconds)
+            aisha_cpu.append(cpu)
             run_rss.append(memory)
             print(
-                f"  bare aiogram {baseline[-1]:6.2f} s   aisha run {aisha[-1]:6.2f} s ({memory:.0f} MB idle)"
+                f"  bare aiogram {baseline[-1]:6.2f} s ({baseline_cpu[-1]:.2f} s CPU, {bare_rss[-1]:.0f} MB idle)"
+                f"   aisha run {aisha[-1]:6.2f} s ({aisha_cpu[-1]:.2f} s CPU, {memory:.0f} MB idle)"
             )
         port = free_port()
         api_env = {
@@ -147,7 +164,7 @@ async def measure(rounds: int) -> dict[str, float]:
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "WEBHOOK_SECRET": WEBHOOK_SECRET,
         }
-        api_ready, api_rss = await start_and_wait(
+        api_ready, _cpu, api_rss = await start_and_wait(
             [sys.executable, "-m", "aisha", "api"], api_env, folder, "setWebhook", idle_s=IDLE_S
         )
         print(f"  aisha api ready in {api_ready:.2f} s, {api_rss:.0f} MB after {IDLE_S:.0f} s idle")
@@ -156,7 +173,9 @@ async def measure(rounds: int) -> dict[str, float]:
         "baseline_ready_s": round(min(baseline), 2),
         "ratio": round(min(aisha) / min(baseline), 2),
         "api_idle_rss_mb": round(api_rss, 1),
+        "cpu_ratio": round(min(aisha_cpu) / min(baseline_cpu), 2),
         "run_idle_rss_mb": round(min(run_rss), 1),
+        "baseline_idle_rss_mb": round(min(bare_rss), 1),
     }
 
 
@@ -170,8 +189,11 @@ def main() -> None:
     figures = asyncio.run(measure(args.rounds))
     print(
         f"ready: aisha run {figures['ready_s']:.2f} s, bare aiogram bot {figures['baseline_ready_s']:.2f} s "
-        f"({figures['ratio']:.2f}×, fastest of {args.rounds}); idle RSS: aisha run "
-        f"{figures['run_idle_rss_mb']:.0f} MB, aisha api {figures['api_idle_rss_mb']:.0f} MB"
+        f"({figures['ratio']:.2f}×, fastest of {args.rounds}; in CPU seconds {figures['cpu_ratio']:.2f}×)"
+    )
+    print(
+        f"idle RSS: aisha run {figures['run_idle_rss_mb']:.0f} MB, aisha api {figures['api_idle_rss_mb']:.0f} MB,"
+        f" the bare aiogram bot {figures['baseline_idle_rss_mb']:.0f} MB"
     )
     print(json.dumps(figures))
 
