@@ -103,6 +103,8 @@ async def start_and_wait(
             "TELEGRAM_API_URL": telegram.base_url,
             **env,
         }
+        if "PYTHONPATH" in os.environ:  # e.g. another checkout's src, to measure it the same way
+            full_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         started = time.perf_counter()
         child = await asyncio.create_subprocess_exec(
             *command, env=full_env, cwd=cwd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
