@@ -2,21 +2,30 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+# Two stamps: `make run` installs what the bot needs to run (with the local Whisper the sandbox
+# transcribes voice with), `make test` and `make lint` add the tests, linters and bench extras.
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
 
 .PHONY: run test lint install clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,local-speech,bench]'
-	touch $(STAMP)
 
-install: $(STAMP)
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[local-speech]'
+	touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,local-speech,bench]'
+	touch $@
+
+install: $(DEV_STAMP)
 
 ## Set up and run the bot (needs BOT_TOKEN; see README). Without a BOT_TOKEN in the environment
 ## or in ./.env it runs the sandbox instead: the whole bot against built-in fakes, in the browser.
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	@if [ -n "$$BOT_TOKEN" ] || grep -Eqs '^[[:space:]]*(export[[:space:]]+)?BOT_TOKEN=[^[:space:]]' .env; then \
 		$(BIN)/aisha run; \
 	else \
@@ -24,10 +33,10 @@ run: $(STAMP)
 	fi
 
 ## Set up and run the tests.
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy

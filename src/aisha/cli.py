@@ -73,7 +73,6 @@ def _guarded(action: Callable[[], T]) -> T:
 
 
 def _serve(role_name: str) -> None:
-    from aisha.db.migrate import upgrade
     from aisha.logs import configure_logging
     from aisha.runtime import Role, Runtime
 
@@ -90,6 +89,8 @@ def _serve(role_name: str) -> None:
     def start() -> None:
         if role is Role.ALL:
             # One process on the embedded defaults needs no other setup: bring the schema up to date.
+            from aisha.db.migrate import upgrade  # alembic: only the role that migrates loads it
+
             upgrade(settings.database_url)
         asyncio.run(main())
 

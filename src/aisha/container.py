@@ -9,10 +9,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from openai import AsyncOpenAI
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -55,7 +54,6 @@ from aisha.providers.local_transcriber import (
     bundled_model,
     local_speech_installed,
 )
-from aisha.providers.openai_transcriber import OpenAITranscriber
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
 from aisha.support.service import SupportService
@@ -66,6 +64,13 @@ from aisha.transcription.service import TranscriptionService, TranscriptionSetti
 from aisha.users.locks import UserLocks, create_user_locks
 from aisha.users.privacy import PrivacyService
 from aisha.users.service import UserService
+
+if TYPE_CHECKING:
+    # Imported where a client is built: only a process configured for OpenAI pays for the openai
+    # package (over a second of start-up and 14 MB here).
+    from openai import AsyncOpenAI
+
+    from aisha.providers.openai_transcriber import OpenAITranscriber
 
 
 @dataclass
@@ -248,6 +253,8 @@ def _wire_generation(services: Services) -> None:
         )
     writer, vision = None, None
     if settings.openai_api_key:
+        from openai import AsyncOpenAI
+
         # One retry at most: a slow model must not hold a generation up; enhancement falls back.
         services.openai_chat = AsyncOpenAI(
             api_key=settings.openai_api_key.get_secret_value(),
@@ -393,6 +400,8 @@ def _transcriber(settings: Settings) -> OpenAITranscriber | LocalTranscriber | N
     if backend is TranscriptionBackend.OPENAI:
         if not settings.openai_api_key:
             raise ConfigError("TRANSCRIPTION_BACKEND=openai needs OPENAI_API_KEY")
+        from aisha.providers.openai_transcriber import OpenAITranscriber
+
         return OpenAITranscriber(
             settings.openai_api_key.get_secret_value(),
             settings.openai_base_url,

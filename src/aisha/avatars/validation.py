@@ -12,7 +12,8 @@ last so that a photo without a person is told "no face" rather than accused of n
 
 Models (OpenCV's Haar cascade, NudeNet's ONNX detector) ship inside their wheels, load lazily
 once per process (the cascade once per thread: OpenCV doesn't promise a shared one is thread-safe)
-and never download anything.
+and never download anything. OpenCV and numpy themselves are imported where pixels are handled,
+so a process that never checks a photo never loads them.
 """
 
 from __future__ import annotations
@@ -27,11 +28,8 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import cv2
-import numpy as np
-from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aisha.avatars.imaging import (
@@ -48,6 +46,11 @@ from aisha.avatars.imaging import (
     perceptual_hash,
     write_training_zip,
 )
+
+if TYPE_CHECKING:
+    import cv2
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = [
     "Detection",
@@ -230,6 +233,8 @@ class NudeNetDetector:
     name = "nudenet"
 
     def detect(self, rgb: NDArray[np.uint8]) -> Sequence[Detection]:
+        import cv2
+
         # NudeNet expects what cv2.imread returns: BGR.
         found = _NUDENET.get().detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         detections = []
@@ -248,6 +253,8 @@ _thread_local = threading.local()
 
 
 def _face_cascade() -> cv2.CascadeClassifier:
+    import cv2
+
     cascade: cv2.CascadeClassifier | None = getattr(_thread_local, "face_cascade", None)
     if cascade is None:
         cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
@@ -364,7 +371,11 @@ class PhotoValidator:
             return verdict(RejectReason.DUPLICATE)
         try:
             decoded = decode_image(
-                data, max_pixels=t.max_pixels, max_side=t.analysis_max_side, formats=t.allowed_formats
+                data,
+                max_pixels=t.max_pixels,
+                max_side=t.analysis_max_side,
+                min_short_side=_MEASURE_SHORT_SIDE,
+                formats=t.allowed_formats,
             )
         except TooManyPixelsError as exc:
             return verdict(RejectReason.TOO_MANY_PIXELS, width=exc.width, height=exc.height)
@@ -377,6 +388,9 @@ class PhotoValidator:
         metrics["format"] = decoded.format
         if min(decoded.width, decoded.height) < t.min_short_side:
             return verdict(RejectReason.TOO_SMALL, width=decoded.width, height=decoded.height)
+        import cv2
+        import numpy as np
+
         rgb: NDArray[np.uint8] = np.asarray(decoded.image)
         gray_full = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
         phash = perceptual_hash(gray_full)
@@ -392,6 +406,8 @@ class PhotoValidator:
         accepted_hashes: Sequence[str],
         metrics: dict[str, Any],
     ) -> RejectReason | None:
+        import cv2
+
         t = self.thresholds
         if accepted_hashes:
             distance = min(hamming_distance(phash, known) for known in accepted_hashes)
@@ -474,6 +490,8 @@ class PhotoValidator:
 
     def _faces(self, gray: NDArray[np.uint8], detections: Sequence[Detection] | None) -> list[_Face]:
         """Clearly visible faces, largest first, one box per face."""
+        import numpy as np
+
         t = self.thresholds
         min_side = max(_HAAR_MIN_FACE_PX, round(min(gray.shape) * t.face_search_min_fraction))
         # No histogram equalisation: on a flat background it stretches noise and hid real faces.
@@ -538,6 +556,9 @@ def _rescale(detections: Sequence[Detection], factor: float) -> list[Detection]:
 
 
 def _crop_face(gray_full: NDArray[np.uint8], face: _Face, factor: float) -> NDArray[np.uint8]:
+    import cv2
+    import numpy as np
+
     x, y, side = round(face.x * factor), round(face.y * factor), max(1, round(face.side * factor))
     crop = gray_full[y : y + side, x : x + side]
     interpolation = cv2.INTER_AREA if side > _FACE_CROP_SIDE else cv2.INTER_LINEAR
@@ -546,6 +567,9 @@ def _crop_face(gray_full: NDArray[np.uint8], face: _Face, factor: float) -> NDAr
 
 
 def _resize_short_side(image: NDArray[np.uint8], short: int) -> NDArray[np.uint8]:
+    import cv2
+    import numpy as np
+
     h, w = image.shape[:2]
     scale = short / min(h, w)
     if scale >= 1:
@@ -555,6 +579,9 @@ def _resize_short_side(image: NDArray[np.uint8], short: int) -> NDArray[np.uint8
 
 
 def _resize_long_side(image: NDArray[np.uint8], long: int) -> NDArray[np.uint8]:
+    import cv2
+    import numpy as np
+
     h, w = image.shape[:2]
     scale = long / max(h, w)
     if scale >= 1:

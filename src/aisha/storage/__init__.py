@@ -1,5 +1,7 @@
 """Object storage: user photos, generated images and audio, on local disk or S3/MinIO."""
 
+from typing import TYPE_CHECKING
+
 from aisha.storage.base import (
     InvalidKeyError,
     ObjectNotFoundError,
@@ -9,7 +11,9 @@ from aisha.storage.base import (
 )
 from aisha.storage.factory import create_storage
 from aisha.storage.local import LocalStorage
-from aisha.storage.s3 import S3Storage
+
+if TYPE_CHECKING:
+    from aisha.storage.s3 import S3Storage
 
 __all__ = [
     "InvalidKeyError",
@@ -21,3 +25,12 @@ __all__ = [
     "create_storage",
     "validate_key",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # S3Storage brings in aioboto3 (botocore and all its service data): only for s3:// storage.
+    if name == "S3Storage":
+        from aisha.storage.s3 import S3Storage
+
+        return S3Storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 
 from aisha.storage.base import InvalidKeyError, ObjectStorage
 from aisha.storage.local import LocalStorage
-from aisha.storage.s3 import S3Storage
 
 _USAGE = "STORAGE_URL must be file://PATH (file://./data/files, file:///abs/path) or s3://BUCKET[/PREFIX]"
 
@@ -42,6 +41,8 @@ def create_storage(
             raise ValueError("STORAGE_URL must not contain credentials: set S3_ACCESS_KEY and S3_SECRET_KEY")
         if not parts.hostname or parts.port is not None or parts.query or parts.fragment:
             raise ValueError(f"{_USAGE}; got an s3 URL without a plain bucket name")
+        from aisha.storage.s3 import S3Storage  # aioboto3 is heavy: only s3:// storage needs it
+
         try:
             return S3Storage(
                 parts.netloc,
