@@ -187,5 +187,10 @@ async def test_a_local_servers_file_is_copied_from_the_mounted_folder(tmp_path: 
             assert error.value.limit == 30 * MB and not error.value.public_api
             with pytest.raises(FileTooLarge):
                 await messenger.check_download(31 * MB)  # what the handler asks, before getFile
+
+            # The caller's own limit (a photo's 20 MB) holds in local mode too: nothing is copied.
+            with pytest.raises(FileTooLarge) as error:
+                await messenger.download(file_id, tmp_path / "work" / "photo.jpg", max_bytes=20 * MB)
+            assert error.value.limit == 20 * MB and not (tmp_path / "work" / "photo.jpg").exists()
         finally:
             await bot.session.close()
