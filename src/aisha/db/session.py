@@ -95,6 +95,11 @@ def _mark_writing(session: Session) -> None:
     _writing.add(session)
 
 
+def mark_writing(session: AsyncSession) -> None:
+    """Note a write the session events can't see (a text statement that inserts or updates)."""
+    _mark_writing(session.sync_session)
+
+
 @event.listens_for(Session, "do_orm_execute")
 def _on_execute(state: ORMExecuteState) -> None:
     if state.is_insert or state.is_update or state.is_delete:
