@@ -146,6 +146,13 @@ class HistoryPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Overview:
+    balance: int  # what the user can spend now
+    held: int  # reserved by active holds
+    page: HistoryPage
+
+
+@dataclass(frozen=True, slots=True)
 class AccountMismatch:
     """An account whose numbers don't add up; `balance` is None when the account row is missing.
 
@@ -551,28 +558,50 @@ class LedgerService:
         self, *, session: AsyncSession, user_id: int, limit: int = 10, offset: int = 0
     ) -> HistoryPage:
         """One page of the user's entries, newest first, with the total count."""
+        return (await self.overview(session=session, user_id=user_id, limit=limit, offset=offset)).page
+
+    async def overview(
+        self, *, session: AsyncSession, user_id: int, limit: int = 10, offset: int = 0
+    ) -> Overview:
+        """The balance, the credits held and one page of history (what /balance shows), read in one
+        statement: the figures ride along each entry of the page as scalar subqueries (one more
+        statement only when the page is empty)."""
         if limit < 1 or offset < 0:
             raise ValueError("limit must be >= 1 and offset >= 0")
-        total = await session.scalar(
-            select(func.count()).select_from(CreditEntry).where(CreditEntry.user_id == user_id)
+        balance = select(CreditAccount.balance).where(CreditAccount.user_id == user_id).scalar_subquery()
+        held = (
+            select(func.coalesce(func.sum(CreditHold.amount), 0))
+            .where(CreditHold.user_id == user_id, CreditHold.status == HoldStatus.ACTIVE)
+            .scalar_subquery()
         )
-        rows = await session.execute(
-            select(
-                CreditEntry.id,
-                CreditEntry.kind,
-                CreditEntry.amount,
-                CreditEntry.balance_after,
-                CreditEntry.description,
-                CreditEntry.description_args,
-                CreditEntry.reference,
-                CreditEntry.hold_id,
-                CreditEntry.created_at,
-            )
+        total = (
+            select(func.count())
+            .select_from(CreditEntry)
             .where(CreditEntry.user_id == user_id)
-            .order_by(CreditEntry.seq.desc())
-            .limit(limit)
-            .offset(offset)
+            .scalar_subquery()
         )
+        figures = (balance.label("balance"), held.label("held"), total.label("total"))
+        rows = (
+            await session.execute(
+                select(
+                    CreditEntry.id,
+                    CreditEntry.kind,
+                    CreditEntry.amount,
+                    CreditEntry.balance_after,
+                    CreditEntry.description,
+                    CreditEntry.description_args,
+                    CreditEntry.reference,
+                    CreditEntry.hold_id,
+                    CreditEntry.created_at,
+                    *figures,
+                )
+                .where(CreditEntry.user_id == user_id)
+                .order_by(CreditEntry.seq.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
+        first = rows[0] if rows else (await session.execute(select(*figures))).one()
         items = [
             HistoryItem(
                 id=row.id,
@@ -587,7 +616,11 @@ class LedgerService:
             )
             for row in rows
         ]
-        return HistoryPage(items=items, total=int(total or 0), limit=limit, offset=offset)
+        return Overview(
+            balance=int(first.balance or 0),
+            held=int(first.held or 0),
+            page=HistoryPage(items=items, total=int(first.total or 0), limit=limit, offset=offset),
+        )
 
     async def verify_all(self, *, session: AsyncSession) -> list[AccountMismatch]:
         """Every account whose books are wrong: balances and the balance_after chain, holds

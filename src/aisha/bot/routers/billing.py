@@ -92,12 +92,12 @@ def create_router(services: Services) -> Router:
     async def render_balance(
         session: AsyncSession, user: User, t: Texts, offset: int
     ) -> tuple[str, InlineKeyboardMarkup]:
-        balance = await ledger.get_balance(session=session, user_id=user.telegram_id)
-        held = await ledger.held_total(session=session, user_id=user.telegram_id)
-        page = await ledger.history(
+        # One statement for the balance, the held credits and the page.
+        seen = await ledger.overview(
             session=session, user_id=user.telegram_id, limit=HISTORY_PAGE_SIZE, offset=offset
         )
-        return balance_text(t, balance=balance, held=held, page=page), balance_keyboard(t, page)
+        text = balance_text(t, balance=seen.balance, held=seen.held, page=seen.page)
+        return text, balance_keyboard(t, seen.page)
 
     @router.message(Command("balance"))
     @router.message(menu_button(services.translator, "menu.balance"))
