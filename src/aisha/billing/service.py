@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import BindParameter, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -564,44 +564,12 @@ class LedgerService:
         self, *, session: AsyncSession, user_id: int, limit: int = 10, offset: int = 0
     ) -> Overview:
         """The balance, the credits held and one page of history (what /balance shows), read in one
-        statement: the figures ride along each entry of the page as scalar subqueries (one more
-        statement only when the page is empty)."""
+        statement (one more only when the page is empty)."""
         if limit < 1 or offset < 0:
             raise ValueError("limit must be >= 1 and offset >= 0")
-        balance = select(CreditAccount.balance).where(CreditAccount.user_id == user_id).scalar_subquery()
-        held = (
-            select(func.coalesce(func.sum(CreditHold.amount), 0))
-            .where(CreditHold.user_id == user_id, CreditHold.status == HoldStatus.ACTIVE)
-            .scalar_subquery()
-        )
-        total = (
-            select(func.count())
-            .select_from(CreditEntry)
-            .where(CreditEntry.user_id == user_id)
-            .scalar_subquery()
-        )
-        figures = (balance.label("balance"), held.label("held"), total.label("total"))
-        rows = (
-            await session.execute(
-                select(
-                    CreditEntry.id,
-                    CreditEntry.kind,
-                    CreditEntry.amount,
-                    CreditEntry.balance_after,
-                    CreditEntry.description,
-                    CreditEntry.description_args,
-                    CreditEntry.reference,
-                    CreditEntry.hold_id,
-                    CreditEntry.created_at,
-                    *figures,
-                )
-                .where(CreditEntry.user_id == user_id)
-                .order_by(CreditEntry.seq.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-        ).all()
-        first = rows[0] if rows else (await session.execute(select(*figures))).one()
+        params = {"user_id": user_id, "limit": limit, "offset": offset}
+        rows = (await session.execute(_OVERVIEW_PAGE, params)).all()
+        first = rows[0] if rows else (await session.execute(_OVERVIEW_FIGURES, params)).one()
         items = [
             HistoryItem(
                 id=row.id,
@@ -932,6 +900,44 @@ class LedgerService:
         row = (await session.execute(select(*_HOLD_COLUMNS).where(CreditHold.id == hold_id))).first()
         return None if row is None else _hold_from_row(row)
 
+
+# What /balance shows, built once (it runs on every /balance): the figures as scalar subqueries,
+# riding along each entry of the page, or alone when the page is empty.
+_OVERVIEW_USER: BindParameter[int] = bindparam("user_id")
+_OVERVIEW_FIGURES_COLUMNS = (
+    select(CreditAccount.balance)
+    .where(CreditAccount.user_id == _OVERVIEW_USER)
+    .scalar_subquery()
+    .label("balance"),
+    select(func.coalesce(func.sum(CreditHold.amount), 0))
+    .where(CreditHold.user_id == _OVERVIEW_USER, CreditHold.status == HoldStatus.ACTIVE)
+    .scalar_subquery()
+    .label("held"),
+    select(func.count())
+    .select_from(CreditEntry)
+    .where(CreditEntry.user_id == _OVERVIEW_USER)
+    .scalar_subquery()
+    .label("total"),
+)
+_OVERVIEW_FIGURES = select(*_OVERVIEW_FIGURES_COLUMNS)
+_OVERVIEW_PAGE = (
+    select(
+        CreditEntry.id,
+        CreditEntry.kind,
+        CreditEntry.amount,
+        CreditEntry.balance_after,
+        CreditEntry.description,
+        CreditEntry.description_args,
+        CreditEntry.reference,
+        CreditEntry.hold_id,
+        CreditEntry.created_at,
+        *_OVERVIEW_FIGURES_COLUMNS,
+    )
+    .where(CreditEntry.user_id == _OVERVIEW_USER)
+    .order_by(CreditEntry.seq.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
 
 _HOLD_COLUMNS = (
     CreditHold.id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.service import LedgerService
@@ -14,6 +14,10 @@ from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
 
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
+# Built once: it runs on every update.
+_USER_BY_ID = (
+    select(User).where(User.telegram_id == bindparam("telegram_id")).execution_options(populate_existing=True)
+)
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,7 @@ class UserService:
         LAST_SEEN_RESOLUTION (the admin's "active today" needs no finer clock).
         """
         now = self._clock.now()
-        user = await session.scalar(
-            select(User)
-            .where(User.telegram_id == profile.telegram_id)
-            .execution_options(populate_existing=True)
-        )
+        user = await session.scalar(_USER_BY_ID, {"telegram_id": profile.telegram_id})
         if user is not None:
             if (user.username, user.first_name, user.last_name) != (
                 profile.username,
