@@ -13,7 +13,9 @@ from aisha.clock import Clock
 from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
 
-LAST_SEEN_RESOLUTION = timedelta(minutes=1)
+# last_seen_at is read by the day ("active today", "this week") and shown as a date: written at
+# most this often per user, so most updates write nothing to the user row.
+LAST_SEEN_RESOLUTION = timedelta(minutes=5)
 # Built once: it runs on every update.
 _USER_BY_ID = (
     select(User).where(User.telegram_id == bindparam("telegram_id")).execution_options(populate_existing=True)
