@@ -16,7 +16,9 @@ uvicorn, each answering by a real `sendMessage` to the fake over HTTP:
 A second process posts the updates with httpx (N concurrent clients, one request in flight each, a
 pool of pre-registered users so /start is a returning user's), so the load generator doesn't take
 the servers' CPU. Phases alternate baseline/aisha so drifting machine load hits both alike; each
-has a 2 s warm-up that is not counted. The database is dropped at the end.
+has a 2 s warm-up that is not counted. Last, each app gets updates at a fixed 50 a second (open
+loop, /start and /balance alternating) for the latency under an ordinary load. The database is
+dropped at the end.
 
 Telegram's outgoing limits (30 messages/s, 1/s per chat) and the per-user throttle are turned off
 for aisha: with them on, the figure is simply Telegram's cap of 30 answers a second.
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import json
 import multiprocessing
 import os
 import socket
@@ -63,6 +66,8 @@ SECRET = "bench-webhook-secret-0123456789"
 WARMUP_SECONDS = 2.0
 COMMANDS = ("/start", "/balance")
 FIRST_USER = 10_000_000
+FIXED_RATE = 50.0  # updates per second in the fixed-rate phase
+AT_RATE = "at 50/s"
 
 
 @dataclass
@@ -134,6 +139,41 @@ def _load(
 
             started = time.perf_counter()
             await asyncio.gather(*(worker(started + seconds) for _ in range(clients)))
+            return Result(len(latencies), failures, time.perf_counter() - started, latencies)
+
+    return asyncio.run(run())
+
+
+def _load_at_rate(url: str, rate: float, seconds: float, users: int, first_id: int) -> Result:
+    """Runs in the child process: updates sent at a fixed `rate` per second (open loop: each at its
+    time, whether or not the earlier ones were answered), /start and /balance alternating."""
+
+    async def run() -> Result:
+        latencies: list[float] = []
+        failures = 0
+        # A server that falls behind piles up requests: at most this many connections, the rest
+        # wait in the client (their wait counted in their latency).
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+            async def send(n: int, at: float) -> None:
+                nonlocal failures
+                await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        url,
+                        json=_update(first_id + n, FIRST_USER + n % users, COMMANDS[n % len(COMMANDS)]),
+                        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+                    )
+                    failures += response.status_code != 200
+                except httpx.HTTPError:
+                    failures += 1
+                latencies.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
+            count = int(rate * seconds)
+            await asyncio.gather(*(send(n, started + n / rate) for n in range(count)))
             return Result(len(latencies), failures, time.perf_counter() - started, latencies)
 
     return asyncio.run(run())
@@ -214,6 +254,14 @@ async def _run(database_url: str, *, seconds: float, clients: int, users: int) -
             result = await loop.run_in_executor(pool, _load, url, command, duration, clients, users, first_id)
         return result
 
+    async def measure_at_rate(url: str) -> Result:
+        for duration in (WARMUP_SECONDS, seconds):
+            first_id = next(phase_ids) * 100_000_000
+            result = await loop.run_in_executor(
+                pool, _load_at_rate, url, FIXED_RATE, duration, users, first_id
+            )
+        return result
+
     with tempfile.TemporaryDirectory() as directory:
         async with FakeTelegramServer() as telegram:
             # As in production (JSON, secrets masked), but warnings only: the output stays readable.
@@ -237,6 +285,9 @@ async def _run(database_url: str, *, seconds: float, clients: int, users: int) -
                         for name, url in (("baseline", baseline_url), ("aisha", aisha_url)):
                             results[(command, name)] = await measure(url, command)
                             telegram.clear_calls()  # the fake remembers every call: keep it small
+                    for name, url in (("baseline", baseline_url), ("aisha", aisha_url)):
+                        results[(AT_RATE, name)] = await measure_at_rate(url)
+                        telegram.clear_calls()
                     registered = await _count_users(runtime)
             finally:
                 await bare_bot.session.close()
@@ -270,6 +321,20 @@ def _print(results: dict[tuple[str, str], Result], *, seconds: float, clients: i
             f"{ours.percentile(50) / base.percentile(50):>9.2f}{ours.percentile(99) / base.percentile(99):>9.2f}"
             "   (aisha / baseline)"
         )
+    print(f"at a fixed {FIXED_RATE:g} updates/s (/start and /balance alternating):")
+    for name in ("baseline", "aisha"):
+        r = results[(AT_RATE, name)]
+        print(
+            f"{'':10}{name:10}{r.rate:>11,.0f}{r.percentile(50):>9.1f}{r.percentile(99):>9.1f}{r.failures:>8}"
+        )
+    figures = {
+        "start_ratio": results[("/start", "aisha")].rate / results[("/start", "baseline")].rate,
+        "balance_ratio": results[("/balance", "aisha")].rate / results[("/balance", "baseline")].rate,
+        "p99_ms_at_50": results[(AT_RATE, "aisha")].percentile(99),
+        "baseline_p99_ms_at_50": results[(AT_RATE, "baseline")].percentile(99),
+    }
+    # Last line: one JSON object, to compare runs.
+    print(json.dumps({name: round(value, 3) for name, value in figures.items()}))
 
 
 def main() -> int:

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from aisha.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain function dependency in a worker thread, a hop per request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -1,8 +1,11 @@
 """The credit ledger rules: balances, immutable entries, two-phase holds, idempotency.
 
 Every method runs inside the caller's transaction (`session`) and never commits. Each operation
-writes its entry and moves the cached balance together, inside a SAVEPOINT, so that a refused or
-duplicated operation leaves nothing behind while the caller's other work stays.
+writes its entry and moves the cached balance together, so that a refused or duplicated operation
+leaves nothing behind while the caller's other work stays: on PostgreSQL in one statement
+(`billing/pg.py`: the entry's unique key is the gate, no savepoint), and when that statement writes
+nothing, or on SQLite, by the portable path here (a pre-read, then the writes in a SAVEPOINT),
+which also replays a used key or raises the precise error.
 
 Invariants:
 - `credit_accounts.balance` >= 0, enforced by a conditional UPDATE (plus the CHECK constraint);
@@ -33,10 +36,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import BindParameter, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aisha.billing import pg
 from aisha.billing.errors import (
     HoldAlreadyResolved,
     HoldNotFound,
@@ -139,6 +143,13 @@ class HistoryPage:
     @property
     def has_more(self) -> bool:
         return self.offset + len(self.items) < self.total
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    balance: int  # what the user can spend now
+    held: int  # reserved by active holds
+    page: HistoryPage
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +394,25 @@ class LedgerService:
         _require_positive(amount)
         description = description or DEFAULT_DESCRIPTIONS[EntryKind.HOLD]
         _check_texts(key=key, description=description, reference=reference)
+        if _on_postgresql(session):
+            now = self._clock.now()
+            hold_id = ordered_uuid()  # time-ordered: the expiry sweep takes the oldest first
+            balance = await pg.hold(
+                session,
+                entry_id=ordered_uuid(),
+                hold_id=hold_id,
+                user_id=user_id,
+                amount=amount,
+                key=key,
+                reference=reference,
+                description=description,
+                description_args=description_args,
+                now=now,
+                expires_at=now + self._hold_ttl,
+            )
+            if balance is not None:
+                return HoldResult(hold_id=hold_id, amount=amount, balance=balance, replayed=False)
+            # Nothing written: the portable path below replays the key or says why not.
         stored = await self._stored_entry(session, key)
         if stored is not None:
             return _replay_hold(stored, key=key, user_id=user_id, amount=amount)
@@ -528,28 +558,18 @@ class LedgerService:
         self, *, session: AsyncSession, user_id: int, limit: int = 10, offset: int = 0
     ) -> HistoryPage:
         """One page of the user's entries, newest first, with the total count."""
+        return (await self.overview(session=session, user_id=user_id, limit=limit, offset=offset)).page
+
+    async def overview(
+        self, *, session: AsyncSession, user_id: int, limit: int = 10, offset: int = 0
+    ) -> Overview:
+        """The balance, the credits held and one page of history (what /balance shows), read in one
+        statement (one more only when the page is empty)."""
         if limit < 1 or offset < 0:
             raise ValueError("limit must be >= 1 and offset >= 0")
-        total = await session.scalar(
-            select(func.count()).select_from(CreditEntry).where(CreditEntry.user_id == user_id)
-        )
-        rows = await session.execute(
-            select(
-                CreditEntry.id,
-                CreditEntry.kind,
-                CreditEntry.amount,
-                CreditEntry.balance_after,
-                CreditEntry.description,
-                CreditEntry.description_args,
-                CreditEntry.reference,
-                CreditEntry.hold_id,
-                CreditEntry.created_at,
-            )
-            .where(CreditEntry.user_id == user_id)
-            .order_by(CreditEntry.seq.desc())
-            .limit(limit)
-            .offset(offset)
-        )
+        params = {"user_id": user_id, "limit": limit, "offset": offset}
+        rows = (await session.execute(_OVERVIEW_PAGE, params)).all()
+        first = rows[0] if rows else (await session.execute(_OVERVIEW_FIGURES, params)).one()
         items = [
             HistoryItem(
                 id=row.id,
@@ -564,7 +584,11 @@ class LedgerService:
             )
             for row in rows
         ]
-        return HistoryPage(items=items, total=int(total or 0), limit=limit, offset=offset)
+        return Overview(
+            balance=int(first.balance or 0),
+            held=int(first.held or 0),
+            page=HistoryPage(items=items, total=int(first.total or 0), limit=limit, offset=offset),
+        )
 
     async def verify_all(self, *, session: AsyncSession) -> list[AccountMismatch]:
         """Every account whose books are wrong: balances and the balance_after chain, holds
@@ -592,6 +616,24 @@ class LedgerService:
     ) -> EntryResult:
         """One entry without a hold: move the balance by `delta` and record it, once per key."""
         _check_texts(key=key, description=description, reference=reference)
+        if _on_postgresql(session):
+            entry_id = ordered_uuid()
+            balance = await pg.apply(
+                session,
+                entry_id=entry_id,
+                user_id=user_id,
+                kind=kind,
+                delta=delta,
+                key=key,
+                description=description,
+                description_args=description_args,
+                reference=reference,
+                now=self._clock.now(),
+            )
+            if balance is not None:
+                return EntryResult(entry_id=entry_id, balance=balance, amount=delta, replayed=False)
+            # Nothing written (key used, credits short, no account yet): the portable path below
+            # replays, raises or creates the account.
         stored = await self._stored_entry(session, key)
         if stored is not None:
             return _replay_entry(
@@ -638,12 +680,38 @@ class LedgerService:
     ) -> ResolutionResult:
         """Capture, release or expire a hold: the conditional UPDATE lets exactly one win."""
         _check_texts(key=key, description=description, reference=None)
+        kind = EntryKind.CAPTURE if target is HoldStatus.CAPTURED else EntryKind.RELEASE
+        if _on_postgresql(session) and _is_amount(spend) and spend >= 0:
+            entry_id = ordered_uuid()
+            moved = await pg.resolve(
+                session,
+                entry_id=entry_id,
+                hold_id=hold_id,
+                target=target,
+                kind=kind,
+                spend=spend,
+                key=key,
+                description=description,
+                description_args=description_args,
+                now=self._clock.now(),
+            )
+            if moved is not None:
+                balance, returned = moved
+                return ResolutionResult(
+                    hold_id=hold_id,
+                    status=target,
+                    captured=spend,
+                    returned=returned,
+                    balance=balance,
+                    entry_id=entry_id,
+                    replayed=False,
+                )
+            # Nothing written: the portable path below replays the key or says why not.
         hold, stored = await self._hold_and_entry(session, hold_id, key)
         if hold is None:
             raise HoldNotFound(hold_id)
-        if isinstance(spend, bool) or not isinstance(spend, int) or not 0 <= spend <= hold.amount:
+        if not _is_amount(spend) or not 0 <= spend <= hold.amount:
             raise InvalidAmount(f"capture must be between 0 and the held {hold.amount}, got {spend!r}")
-        kind = EntryKind.CAPTURE if target is HoldStatus.CAPTURED else EntryKind.RELEASE
         returned = hold.amount - spend
 
         if stored is not None:
@@ -833,6 +901,44 @@ class LedgerService:
         return None if row is None else _hold_from_row(row)
 
 
+# What /balance shows, built once (it runs on every /balance): the figures as scalar subqueries,
+# riding along each entry of the page, or alone when the page is empty.
+_OVERVIEW_USER: BindParameter[int] = bindparam("user_id")
+_OVERVIEW_FIGURES_COLUMNS = (
+    select(CreditAccount.balance)
+    .where(CreditAccount.user_id == _OVERVIEW_USER)
+    .scalar_subquery()
+    .label("balance"),
+    select(func.coalesce(func.sum(CreditHold.amount), 0))
+    .where(CreditHold.user_id == _OVERVIEW_USER, CreditHold.status == HoldStatus.ACTIVE)
+    .scalar_subquery()
+    .label("held"),
+    select(func.count())
+    .select_from(CreditEntry)
+    .where(CreditEntry.user_id == _OVERVIEW_USER)
+    .scalar_subquery()
+    .label("total"),
+)
+_OVERVIEW_FIGURES = select(*_OVERVIEW_FIGURES_COLUMNS)
+_OVERVIEW_PAGE = (
+    select(
+        CreditEntry.id,
+        CreditEntry.kind,
+        CreditEntry.amount,
+        CreditEntry.balance_after,
+        CreditEntry.description,
+        CreditEntry.description_args,
+        CreditEntry.reference,
+        CreditEntry.hold_id,
+        CreditEntry.created_at,
+        *_OVERVIEW_FIGURES_COLUMNS,
+    )
+    .where(CreditEntry.user_id == _OVERVIEW_USER)
+    .order_by(CreditEntry.seq.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+
 _HOLD_COLUMNS = (
     CreditHold.id,
     CreditHold.user_id,
@@ -862,8 +968,17 @@ def _hold_from_row(row: Any) -> HoldInfo:
     )
 
 
+def _on_postgresql(session: AsyncSession) -> bool:
+    """Whether the one-statement operations of `billing/pg.py` apply (SQLite: the portable path)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _is_amount(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _require_positive(amount: int) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+    if not _is_amount(amount) or amount <= 0:
         raise InvalidAmount(f"amount must be a positive integer, got {amount!r}")
 
 

@@ -9,7 +9,9 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
+from aiogram.fsm.middleware import FSMContextMiddleware
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
+from aiogram.fsm.storage.memory import DisabledEventIsolation
 from aiogram.fsm.storage.redis import RedisEventIsolation, RedisStorage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,9 +20,12 @@ from aisha.bot.metrics import ObserveUpdateMiddleware
 from aisha.bot.middlewares import (
     BlockedMiddleware,
     CommitBeforeSend,
+    KeepResponseModels,
     ThrottleMiddleware,
     UnitOfWorkMiddleware,
+    UserIsolationMiddleware,
     UserMiddleware,
+    run_filters_inline,
 )
 from aisha.bot.outgoing import OutgoingLimiter, OutgoingLimitMiddleware, create_limiter
 from aisha.bot.routers import (
@@ -58,6 +63,7 @@ def create_bot(settings: Settings, *, limiter: OutgoingLimiter | None = None) ->
     )
     session.middleware(StaleCallbackAnswerMiddleware())
     session.middleware(SkipUnreadableUpdatesMiddleware())
+    session.middleware(KeepResponseModels())
     return Bot(
         token=settings.require_bot_token(),
         session=session,
@@ -84,12 +90,21 @@ def create_event_isolation(storage: BaseStorage) -> BaseEventIsolation:
 
 def create_dispatcher(services: Services) -> Dispatcher:
     storage = create_fsm_storage(services.settings, services.sessions)
+    # aiogram's own FSM middleware is off: it would read the state before the update's unit of
+    # work exists (on a connection of its own); ours below reads it inside, under the same lock.
     dispatcher = Dispatcher(
-        storage=storage, events_isolation=create_event_isolation(storage), services=services
+        storage=storage,
+        events_isolation=create_event_isolation(storage),
+        disable_fsm=True,
+        services=services,
     )
-    # Outermost of ours: times the whole update and tags its log lines.
+    # Outermost: the user's updates one at a time, each until its transaction has committed.
+    dispatcher.update.outer_middleware(UserIsolationMiddleware(dispatcher.fsm))
+    # Times the whole update and tags its log lines.
     dispatcher.update.outer_middleware(ObserveUpdateMiddleware(services.metrics))
     dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services))
+    # The wizard state, read once in the update's transaction (the lock is already held).
+    dispatcher.update.outer_middleware(FSMContextMiddleware(storage, DisabledEventIsolation()))
     dispatcher.update.outer_middleware(UserMiddleware(services))
     dispatcher.update.outer_middleware(BlockedMiddleware(services))
     dispatcher.update.outer_middleware(ThrottleMiddleware(services))
@@ -112,4 +127,5 @@ def create_dispatcher(services: Services) -> Dispatcher:
         generation.create_router(services),
         start.create_fallback_router(),
     )
+    run_filters_inline(dispatcher)
     return dispatcher

@@ -28,7 +28,10 @@ class SqlStorage(BaseStorage):
     async def _read(self, key: StorageKey) -> FsmRecord | None:
         session = current_session.get()
         if session is not None:
-            return await session.get(FsmRecord, _key(key), populate_existing=True)
+            record = await session.get(FsmRecord, _key(key), populate_existing=True)
+            if record is None:
+                _absent(session).add(_key(key))
+            return record
         async with self._sessions() as own:
             return await own.get(FsmRecord, _key(key))
 
@@ -44,14 +47,20 @@ class SqlStorage(BaseStorage):
 
     @staticmethod
     async def _upsert(session: AsyncSession, key: str, values: dict[str, Any]) -> None:
-        record = await session.get(FsmRecord, key)
+        absent = _absent(session)
+        # A key this update found absent isn't read again (aiogram's clear() is two writes, each
+        # of which would read it): nobody else writes it while the user's lock is held.
+        record = None if key in absent else await session.get(FsmRecord, key)
         state = values.get("state", record.state if record else None)
         data = values.get("data", record.data if record else {})
         if state is None and not data:
-            if record is not None:
-                await session.delete(record)  # nothing left to remember
+            if record is None:
+                return  # nothing stored, nothing to store
+            await session.delete(record)  # nothing left to remember
+            absent.add(key)
         elif record is None:
             session.add(FsmRecord(key=key, state=state, data=data))
+            absent.discard(key)
         else:
             record.state, record.data = state, data
         await session.flush()
@@ -73,6 +82,12 @@ class SqlStorage(BaseStorage):
 
     async def close(self) -> None:
         return None
+
+
+def _absent(session: AsyncSession) -> set[str]:
+    """Keys known to have no record in this session's update."""
+    absent: set[str] = session.info.setdefault("aisha.fsm_absent", set())
+    return absent
 
 
 class UserEventIsolation(BaseEventIsolation):

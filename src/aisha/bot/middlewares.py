@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiogram import BaseMiddleware, Bot
+from aiogram import BaseMiddleware, Bot, Router
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
+from aiogram.fsm.middleware import FSMContextMiddleware
 from aiogram.methods import Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import TelegramObject, Update
@@ -43,6 +44,62 @@ class CommitBeforeSend(BaseRequestMiddleware):
     ) -> Response[TelegramType]:
         await before_outside_call()
         return await make_request(bot, method)
+
+
+class KeepResponseModels(BaseRequestMiddleware):
+    """aiogram reads each answer with `Response[<result type>]`, a pydantic model built on first
+    use and cached by pydantic only weakly: after a garbage collection the next call builds its
+    schema again (milliseconds). One kept per method type makes it built once per process."""
+
+    def __init__(self) -> None:
+        self._models: dict[type[Any], Any] = {}
+
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Response[TelegramType]:
+        if type(method) not in self._models:
+            self._models[type(method)] = Response[method.__returning__]  # type: ignore[name-defined]
+        return await make_request(bot, method)
+
+
+def run_filters_inline(router: Router) -> None:
+    """aiogram runs a filter that is no coroutine (every `F` filter) through asyncio.to_thread: a
+    thread hop for each filter of each handler tried, for a check of a few attributes. Ours are
+    all such checks (no I/O), so they run on the event loop; call once the routers are joined."""
+    for each in router.chain_tail:
+        for observer in each.observers.values():
+            # The router's own filters (`router.message.filter(...)`), then each handler's.
+            for handler in (observer._handler, *observer.handlers):
+                for check in handler.filters or ():
+                    if not check.awaitable:
+                        check.callback = _as_coroutine(check.callback)
+                        check.awaitable = True
+
+
+def _as_coroutine(check: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return check(*args, **kwargs)
+
+    return call
+
+
+class UserIsolationMiddleware(BaseMiddleware):
+    """Each user's updates in a chat one after another (in this process, or in every process when
+    the isolation is Redis's), each held until its unit of work has committed: the wizard state is
+    read inside, so a quick next message is never read against a state not yet saved."""
+
+    def __init__(self, fsm: FSMContextMiddleware) -> None:
+        self._fsm = fsm  # aiogram's, for its keys and its isolation (it reads no state itself)
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        context = self._fsm.resolve_event_context(data["bot"], data)
+        if context is None:
+            return await handler(event, data)
+        async with self._fsm.events_isolation.lock(key=context.key):
+            return await handler(event, data)
 
 
 class UnitOfWorkMiddleware(BaseMiddleware):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Insert, Table, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +20,14 @@ async def insert_ignore(
     reports the conflict, which is what makes "handled exactly once" hold across processes.
     """
     dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=list(conflict_columns))
-    result = await session.execute(statement)
+    statement = _statement(dialect, table, tuple(values), tuple(conflict_columns))
+    result = await session.execute(statement, dict(values))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _statement(dialect: str, table: Table, columns: tuple[str, ...], conflict: tuple[str, ...]) -> Insert:
+    # Built once per shape, with the values as parameters: it runs on every update.
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = {name: bindparam(name, type_=table.c[name].type) for name in columns}
+    return insert(table).values(values).on_conflict_do_nothing(index_elements=list(conflict))

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.service import LedgerService
 from aisha.clock import Clock
 from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
+
+# last_seen_at is read by the day ("active today", "this week") and shown as a date: written at
+# most this often per user, so most updates write nothing to the user row.
+LAST_SEEN_RESOLUTION = timedelta(minutes=5)
+# Built once: it runs on every update.
+_USER_BY_ID = (
+    select(User).where(User.telegram_id == bindparam("telegram_id")).execution_options(populate_existing=True)
+)
 
 
 @dataclass(frozen=True)
@@ -40,9 +49,20 @@ class UserService:
     ) -> tuple[User, bool]:
         """Create the user on first contact (exactly once, also under concurrency) or refresh them.
 
-        Returns the user and whether this call created them.
+        Returns the user and whether this call created them. A returning user costs one read: the
+        row is written only when Telegram's profile changed or `last_seen_at` is older than
+        LAST_SEEN_RESOLUTION (the admin's "active today" needs no finer clock).
         """
         now = self._clock.now()
+        user = await session.scalar(_USER_BY_ID, {"telegram_id": profile.telegram_id})
+        if user is not None:
+            if (user.username, user.first_name, user.last_name) != (
+                profile.username,
+                profile.first_name,
+                profile.last_name,
+            ) or now - user.last_seen_at >= LAST_SEEN_RESOLUTION:
+                await self._touch(session, profile=profile, now=now)
+            return user, False
         created = await insert_ignore(
             session,
             User.__table__,  # type: ignore[arg-type]
@@ -60,17 +80,8 @@ class UserService:
             },
             conflict_columns=["telegram_id"],
         )
-        if not created:
-            await session.execute(
-                update(User)
-                .where(User.telegram_id == profile.telegram_id)
-                .values(
-                    username=profile.username,
-                    first_name=profile.first_name,
-                    last_name=profile.last_name,
-                    last_seen_at=now,
-                )
-            )
+        if not created:  # registered meanwhile by a concurrent update
+            await self._touch(session, profile=profile, now=now)
         else:
             await self._ledger.ensure_account(session=session, user_id=profile.telegram_id)
             # Once per user: the bonus is keyed by the user id in the ledger.
@@ -84,6 +95,20 @@ class UserService:
         )
         assert user is not None
         return user, created
+
+    @staticmethod
+    async def _touch(session: AsyncSession, *, profile: TelegramProfile, now: datetime) -> None:
+        # An ORM UPDATE: the User already loaded in this session gets the new values too.
+        await session.execute(
+            update(User)
+            .where(User.telegram_id == profile.telegram_id)
+            .values(
+                username=profile.username,
+                first_name=profile.first_name,
+                last_name=profile.last_name,
+                last_seen_at=now,
+            )
+        )
 
     async def get(self, session: AsyncSession, *, telegram_id: int) -> User | None:
         return await session.get(User, telegram_id)
