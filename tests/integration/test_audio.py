@@ -241,6 +241,24 @@ async def test_corrupt_file_is_refused(media: Path, binary: str, kind: str) -> N
     assert caught.value.reason == "undecodable"
 
 
+@pytest.mark.parametrize("kind", ["noise", "truncated"])
+async def test_corrupt_file_is_refused_before_any_piece_is_made(
+    media: Path, continuous: Path, tmp_path: Path, kind: str
+) -> None:
+    path = media / f"corrupt-{kind}.mp3"
+    if kind == "noise":
+        path.write_bytes(random.Random(8).randbytes(4096))
+    else:
+        path.write_bytes(continuous.read_bytes()[:300])  # a header and not one whole frame
+    known = await probe(continuous, config=CONFIG)  # as if a caller had probed another file
+
+    for info in (None, known):
+        with pytest.raises((UndecodableAudio, EmptyAudio)) as caught:
+            await prepare_audio(path, tmp_path, config=CONFIG, info=info)
+        assert caught.value.reason in ("undecodable", "empty")
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_missing_file_is_refused(media: Path) -> None:
     with pytest.raises(UndecodableAudio):
         await probe(media / "nowhere.ogg")

@@ -199,7 +199,6 @@ class AudioConfig:
     min_speed: float = 2.0
     timeout_floor: float = 60.0
     probe_timeout: float = 30.0
-    cut_concurrency: int = 4
     ffmpeg: str | None = None  # an explicit binary; default: ffmpeg on PATH, else imageio-ffmpeg's
 
     def __post_init__(self) -> None:
@@ -207,12 +206,12 @@ class AudioConfig:
             raise ValueError("max_chunk_seconds and max_duration must be positive")
         if self.hard_cut_overlap < 0 or self.search_window < 0:
             raise ValueError("hard_cut_overlap and search_window must not be negative")
-        if self.min_speed <= 0 or self.cut_concurrency < 1:
-            raise ValueError("min_speed must be positive and cut_concurrency at least 1")
+        if self.min_speed <= 0:
+            raise ValueError("min_speed must be positive")
 
     @property
     def chunk_seconds(self) -> float:
-        """The longest chunk that also stays under ``max_chunk_bytes`` (20% margin for VBR)."""
+        """The longest re-encoded chunk that also stays under ``max_chunk_bytes`` (20% margin for VBR)."""
         by_size = self.max_chunk_bytes * 8 / self.bitrate * 0.8
         return min(self.max_chunk_seconds, by_size)
 
@@ -599,7 +598,7 @@ _SILENCE_START_RE = re.compile(r"silence_start: (-?[0-9.eE+-]+)")
 _SILENCE_END_RE = re.compile(r"silence_end: (-?[0-9.eE+-]+)")
 _SAMPLES_RE = re.compile(r"\] n_samples: (\d+)")
 # Silences are found as well at 8 kHz as at 16, on half the samples.
-SCAN_SAMPLE_RATE = 8_000
+_SCAN_RATE = 8_000
 
 
 class _SilenceLog:
@@ -654,7 +653,7 @@ async def scan(src: str | os.PathLike[str], *, config: AudioConfig | None = None
         if m := _TIME_RE.match(line):
             span_us = max(span_us, int(m.group(1)))
 
-    rate = SCAN_SAMPLE_RATE
+    rate = _SCAN_RATE
     cap = config.max_duration + 1.0  # a header that lied about its length cannot make us decode forever
     chain = ",".join(
         [
