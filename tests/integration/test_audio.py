@@ -330,6 +330,14 @@ async def test_a_lying_header_is_only_a_claim_the_decoded_length_is_the_real_one
     assert prepared.chunks[0].start == 0.0 and prepared.chunks[-1].end == prepared.duration
 
 
+async def test_chained_ogg_streams_are_copied_whole(liar: Path, tmp_path: Path) -> None:
+    # Each chained stream's timestamps start again at zero: no piece may lose the last one.
+    prepared = await prepare_audio(liar, tmp_path, config=CONFIG)
+
+    assert prepared.copied and len(prepared.chunks) == 3
+    await assert_chunk_files(prepared.chunks, codec="opus", suffix=".ogg")
+
+
 async def test_a_lying_header_past_the_limit_is_refused_with_its_real_length(
     liar: Path, tmp_path: Path
 ) -> None:

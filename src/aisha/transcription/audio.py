@@ -853,6 +853,10 @@ _MIN_COPY_SHARE = 0.5
 # samples decoded. Where the two disagree (timestamps with gaps or jumps), the plan would not fit
 # the pieces: such a file goes the re-encoding way, whose timeline is its samples.
 _TIMELINE_TOLERANCE = 0.5
+# Chunks cut at once, and how far before a chunk its ffmpeg enters the file (an Ogg page, an MP3
+# seek table's step); the packets in between are read and dropped.
+_CUT_CONCURRENCY = 2
+_SEEK_MARGIN = 10.0
 
 
 def chunk_file_name(index: int, suffix: str) -> str:
@@ -887,27 +891,60 @@ async def cut_chunks(
 ) -> list[AudioChunk]:
     """Copy each planned chunk of the first audio stream of ``src`` into a file of its own.
 
-    Packets are copied (nothing re-encoded but FLAC, see ``_COPYABLE``), in one pass over ``src``
-    with one output per chunk (chunks may overlap after a hard cut); each chunk starts and ends on
-    a packet boundary.
+    Packets are copied (nothing re-encoded but FLAC, see ``_COPYABLE``), each chunk starting and
+    ending on a packet boundary. One ffmpeg per chunk, two at a time: each seeks near its start
+    and reads only its own part (one ffmpeg writing every chunk would hand each packet to all).
     """
     config = config or AudioConfig()
-    args = ["-nostats", "-y", *_input(src, audio_only=True)]
-    chunks: list[AudioChunk] = []
-    for plan in plans:
+    slots = asyncio.Semaphore(_CUT_CONCURRENCY)
+
+    async def cut_one(plan: ChunkPlan) -> AudioChunk:
         dst = Path(work_dir) / chunk_file_name(plan.index, piece.suffix)
-        args += ["-map", "0:a:0", "-c:a", piece.codec, "-map_metadata", "-1", "-map_chapters", "-1"]
-        args += ["-ss", f"{plan.start:.3f}"]
-        if plan is not plans[-1]:  # the last one runs to the end of what was decoded
-            args += ["-to", f"{plan.end:.3f}"]
-        args += ["-f", piece.muxer, str(dst)]
-        chunks.append(AudioChunk(plan, dst))
-    result = await run_ffmpeg(args, timeout=config.timeout_for(plans[-1].end), ffmpeg=config.ffmpeg)
+        last = plan is plans[-1]
+        async with slots:
+            await _cut(src, plan, dst, piece, config, last=last, seek=True)
+            if await _output_duration(dst, config) < plan.duration - _TIMELINE_TOLERANCE:
+                # The seek landed past the start (a bitrate guess), or timestamps start over
+                # (chained Ogg): read from the top, as the silences were found.
+                log.info("audio chunk %d: the seek missed its start, cut again from the top", plan.index)
+                await _cut(src, plan, dst, piece, config, last=last, seek=False)
+        return AudioChunk(plan, dst)
+
+    return list(await asyncio.gather(*(cut_one(plan) for plan in plans)))
+
+
+async def _cut(
+    src: str | os.PathLike[str],
+    plan: ChunkPlan,
+    dst: Path,
+    piece: PieceFormat,
+    config: AudioConfig,
+    *,
+    last: bool,
+    seek: bool,
+) -> None:
+    """Write chunk ``plan`` of ``src`` to ``dst``.
+
+    With ``seek``, the input is entered a little before the chunk (demuxers land on a page or a
+    guess, not a packet); the exact start and end are then picked by timestamp, counted from the
+    file's start as everywhere else (``-copyts -start_at_zero``), and the chunk's own timestamps
+    start at zero. Without, the file is read from the top, its timestamps made continuous by
+    ffmpeg (chained Ogg streams each start again at zero).
+    """
+    args = ["-nostats", "-y"]
+    if seek:
+        args += ["-copyts", "-start_at_zero", "-ss", f"{max(0.0, plan.start - _SEEK_MARGIN):.3f}"]
+    args += _input(src, audio_only=True)
+    args += ["-map", "0:a:0", "-c:a", piece.codec, "-map_metadata", "-1", "-map_chapters", "-1"]
+    args += ["-ss", f"{plan.start:.3f}"]
+    if not last:  # the last one runs to the end of what was decoded
+        args += ["-to", f"{plan.end:.3f}"]
+    args += ["-avoid_negative_ts", "make_zero", "-f", piece.muxer, str(dst)]
+    result = await run_ffmpeg(args, timeout=config.timeout_for(plan.end), ffmpeg=config.ffmpeg)
     if result.returncode != 0:
         raise FFmpegError(
-            "cutting the audio failed", returncode=result.returncode, stderr_tail=result.stderr_tail
+            f"cutting chunk {plan.index} failed", returncode=result.returncode, stderr_tail=result.stderr_tail
         )
-    return chunks
 
 
 async def _encode_chunk(
