@@ -330,6 +330,21 @@ async def test_a_lying_header_is_only_a_claim_the_decoded_length_is_the_real_one
     assert prepared.chunks[0].start == 0.0 and prepared.chunks[-1].end == prepared.duration
 
 
+async def test_audio_that_changes_format_midway_is_charged_for_all_of_it(media: Path, tmp_path: Path) -> None:
+    # Two MP3s end to end, mono 44.1 kHz then stereo 22.05 kHz: ffmpeg decodes them in two goes.
+    parts = []
+    for name, rate, channels in (("first", 44100, "1"), ("second", 22050, "2")):
+        part = media / f"{name}.mp3"
+        ffmpeg("-f", "lavfi", "-i", f"sine=f=300:r={rate}:d=5", "-ac", channels, str(part))
+        parts.append(part.read_bytes())
+    path = media / "changing.mp3"
+    path.write_bytes(b"".join(parts))
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG)
+
+    assert prepared.duration == pytest.approx(10.0, abs=0.2)
+
+
 async def test_chained_ogg_streams_are_copied_whole(liar: Path, tmp_path: Path) -> None:
     # Each chained stream's timestamps start again at zero: no piece may lose the last one.
     prepared = await prepare_audio(liar, tmp_path, config=CONFIG)

@@ -644,7 +644,8 @@ async def scan(src: str | os.PathLike[str], *, config: AudioConfig | None = None
     def stderr_line(line: str) -> None:
         nonlocal samples
         if m := _SAMPLES_RE.search(line):
-            samples = int(m.group(1))
+            # One count per filter graph: ffmpeg builds a new one when the audio's format changes.
+            samples += int(m.group(1))
         else:
             silences.feed(line)
 
