@@ -22,9 +22,9 @@ The steps:
    out of the original stream (:func:`cut_chunks`, no re-encoding): far less work than encoding,
    and the API hears the recording as it was. A piece that would still be over the API's size
    limit is re-encoded on its own.
-3. Otherwise (a codec the API doesn't read, audio whose pieces would have to be tiny to fit the
-   size limit, or a header whose length disagrees with what decodes), :func:`normalize` decodes
-   it once into mono 16 kHz Opus and finds the silences in the same pass; that file is cut.
+3. Otherwise (a codec the API doesn't read, PCM, audio whose pieces would have to be short to
+   fit the size limit, or timestamps that disagree with the samples decoded), :func:`normalize`
+   decodes it once into mono 16 kHz Opus and finds the silences in the same pass; that file is cut.
 4. :func:`plan_chunks` (pure) picks the cut points: near each target boundary, the middle of the
    longest silence in a window; where there is none, a hard cut, and the next chunk starts a little
    earlier so that no word is lost (the merge removes the words heard twice). Copied cuts land on
