@@ -345,6 +345,40 @@ async def test_audio_that_changes_format_midway_is_charged_for_all_of_it(media: 
     assert prepared.duration == pytest.approx(10.0, abs=0.2)
 
 
+@pytest.mark.parametrize("name", ["voice.ogg", "memo.m4a"])
+async def test_the_first_piece_keeps_the_first_packet(
+    gapped: tuple[Path, list[Silence]], media: Path, tmp_path: Path, name: str
+) -> None:
+    # Opus and AAC streams start before zero (pre-skip, priming): a cut at 0 would drop a packet.
+    wav, _ = gapped
+    path = media / f"first-{name}"
+    ffmpeg("-i", str(wav), *ACCEPTED[name][0], str(path))
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG)
+
+    first = prepared.chunks[0].path.read_bytes()
+    packets = subprocess.run(
+        [
+            FFMPEG,
+            "-hide_banner",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-c",
+            "copy",
+            "-t",
+            "1",
+            "-f",
+            "data",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert packets[:200] in first  # the source's very first packet is in the first piece
+
+
 async def test_chained_ogg_streams_are_copied_whole(liar: Path, tmp_path: Path) -> None:
     # Each chained stream's timestamps start again at zero: no piece may lose the last one.
     prepared = await prepare_audio(liar, tmp_path, config=CONFIG)

@@ -933,11 +933,12 @@ async def _cut(
     ffmpeg (chained Ogg streams each start again at zero).
     """
     args = ["-nostats", "-y"]
-    if seek:
+    if seek and plan.start > 0:
         args += ["-copyts", "-start_at_zero", "-ss", f"{max(0.0, plan.start - _SEEK_MARGIN):.3f}"]
     args += _input(src, audio_only=True)
     args += ["-map", "0:a:0", "-c:a", piece.codec, "-map_metadata", "-1", "-map_chapters", "-1"]
-    args += ["-ss", f"{plan.start:.3f}"]
+    if plan.start > 0:  # the first piece keeps the packets before zero (Opus's pre-skip)
+        args += ["-ss", f"{plan.start:.3f}"]
     if not last:  # the last one runs to the end of what was decoded
         args += ["-to", f"{plan.end:.3f}"]
     args += ["-avoid_negative_ts", "make_zero", "-f", piece.muxer, str(dst)]
