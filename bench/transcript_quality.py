@@ -7,6 +7,10 @@ pipeline silences to cut at; the long paragraph of grievances (several minutes) 
 where the next piece repeats two seconds of audio and the merge must drop the words heard twice.
 Each word's time is known to within its sentence (spread by characters over the sentence's audio).
 
+With ``--format`` other than ``wav`` the recording is then encoded as people send it (``ogg``: Opus
+as Telegram's voice notes, ``mp3``, ``m4a``: AAC), so the pipeline cuts that stream by copying it;
+both passes hear the same encoded file.
+
 Then it transcribes the recording with the local backend (faster-whisper):
 
 - whole: the recognizer once over the whole file (the baseline);
@@ -21,6 +25,7 @@ line, JSON: ``{"wer_whole", "wer_pipeline", "boundary_lost", "boundary_doubled",
 Target: the pipeline's WER at most one point above the whole pass, no doubled words at boundaries.
 
     .venv/bin/python bench/transcript_quality.py [--piece 60] [--beam 5] [--prompt] [--model DIR] [--keep DIR]
+                                                 [--format wav|ogg|mp3|m4a]
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import jiwer
 import numpy as np
 
 from aisha.providers.local_transcriber import LocalModel, LocalTranscriber, bundled_model
-from aisha.transcription.audio import AudioConfig
+from aisha.transcription.audio import AudioConfig, find_ffmpeg
 from aisha.transcription.pipeline import TranscriptionPipeline
 
 TEXT = Path(__file__).parent / "texts" / "declaration.txt"
@@ -50,6 +55,12 @@ RATE = 22050  # espeak-ng's output
 SENTENCE_GAP = 0.3
 PARAGRAPH_GAP = 1.2
 WINDOW = 5.0  # seconds either side of a boundary
+# How the recording is encoded for --format (wav: left as espeak-ng made it).
+ENCODINGS = {
+    "ogg": ["-ac", "1", "-ar", "48000", "-c:a", "libopus", "-b:a", "32k"],
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "64k"],
+    "m4a": ["-c:a", "aac", "-b:a", "64k"],
+}
 NEAR = 4  # an inserted word equal to a word said this many words away counts as doubled
 
 
@@ -82,7 +93,7 @@ def synthesize(sentence: str, work: Path, speed: int) -> np.ndarray:
     return samples[loud[0] : loud[-1] + 1] if loud.size else samples
 
 
-def build_recording(work: Path, speed: int) -> Recording:
+def build_recording(work: Path, speed: int, encoding: str = "wav") -> Recording:
     pieces: list[np.ndarray] = []
     words: list[str] = []
     times: list[float] = []
@@ -110,6 +121,14 @@ def build_recording(work: Path, speed: int) -> Recording:
         w.setsampwidth(2)
         w.setframerate(RATE)
         w.writeframes(np.concatenate(pieces).tobytes())
+    if encoding != "wav":
+        encoded = path.with_suffix(f".{encoding}")
+        subprocess.run(
+            [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(path),
+             *ENCODINGS[encoding], str(encoded)],
+            check=True,
+        )  # fmt: skip
+        path = encoded
     return Recording(path, words, times, t)
 
 
@@ -166,7 +185,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     work.mkdir(parents=True, exist_ok=True)
     try:
         started = time.perf_counter()
-        recording = build_recording(work, args.speed)
+        recording = build_recording(work, args.speed, args.format)
         print(
             f"recording: {recording.duration / 60:.1f} min, {len(recording.words)} words,"
             f" built in {time.perf_counter() - started:.1f} s"
@@ -227,6 +246,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "speed_pipeline": round(speed_pipeline, 1),
         "model": model.name,
         "beam": args.beam,
+        "format": args.format,
         "prompt": args.prompt,
     }
 
@@ -246,6 +266,9 @@ def main() -> None:
     )
     parser.add_argument("--model", help="a CTranslate2 model folder (default: the bundled tiny.en)")
     parser.add_argument("--keep", help="keep the recording and transcripts in this folder")
+    parser.add_argument(
+        "--format", default="wav", choices=["wav", *ENCODINGS], help="how the recording is sent (wav)"
+    )
     figures = asyncio.run(run(parser.parse_args()))
     print(json.dumps(figures))
 

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -31,6 +32,7 @@ from aisha.transcription.audio import (
     EmptyAudio,
     FFmpegTimeout,
     NoAudioStream,
+    PreparedAudio,
     Silence,
     UndecodableAudio,
     UnsupportedFormat,
@@ -40,6 +42,7 @@ from aisha.transcription.audio import (
     prepare_audio,
     probe,
     run_ffmpeg,
+    scan,
 )
 from tests.media import ffconcat_list, hls_playlist, lying_ogg
 
@@ -88,6 +91,13 @@ def boundaries(plans: Sequence[ChunkPlan]) -> list[float]:
 
 def inside(t: float, silences: Sequence[Silence], margin: float = 0.0) -> bool:
     return any(s.start + margin <= t <= s.end - margin for s in silences)
+
+
+def streams(path: Path) -> list[str]:
+    """Each stream of ``path`` as ``ffmpeg -i`` names it, e.g. ``Audio: aac`` (ffprobe's job; the
+    imageio-ffmpeg wheel has no ffprobe)."""
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+    return [f"{m.group(1)}: {m.group(2)}" for m in re.finditer(r"Stream #0:\d+\S*: (\w+): (\w+)", header)]
 
 
 def opus_head(path: Path) -> tuple[int, int]:
@@ -192,7 +202,10 @@ async def test_video_with_sound_gives_its_audio(media: Path, tmp_path: Path, bin
 
     assert [s.codec for s in info.audio_streams] == ["aac"]
     assert prepared.duration == pytest.approx(3.0, abs=0.1)
-    assert opus_head(prepared.chunks[0].path) == (1, 16000)
+    # The sound track copied out as it was, without the picture.
+    piece = prepared.chunks[0].path
+    assert piece.suffix == ".m4a"
+    assert streams(piece) == ["Audio: aac"]
 
 
 async def test_empty_file_is_refused(media: Path) -> None:
@@ -226,6 +239,24 @@ async def test_corrupt_file_is_refused(media: Path, binary: str, kind: str) -> N
     with pytest.raises(UndecodableAudio) as caught:
         await probe(path, config=AudioConfig(ffmpeg=binary))
     assert caught.value.reason == "undecodable"
+
+
+@pytest.mark.parametrize("kind", ["noise", "truncated"])
+async def test_corrupt_file_is_refused_before_any_piece_is_made(
+    media: Path, continuous: Path, tmp_path: Path, kind: str
+) -> None:
+    path = media / f"corrupt-{kind}.mp3"
+    if kind == "noise":
+        path.write_bytes(random.Random(8).randbytes(4096))
+    else:
+        path.write_bytes(continuous.read_bytes()[:300])  # a header and not one whole frame
+    known = await probe(continuous, config=CONFIG)  # as if a caller had probed another file
+
+    for info in (None, known):
+        with pytest.raises((UndecodableAudio, EmptyAudio)) as caught:
+            await prepare_audio(path, tmp_path, config=CONFIG, info=info)
+        assert caught.value.reason in ("undecodable", "empty")
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_missing_file_is_refused(media: Path) -> None:
@@ -297,6 +328,63 @@ async def test_a_lying_header_is_only_a_claim_the_decoded_length_is_the_real_one
     assert prepared.duration == pytest.approx(40.0, abs=0.1)
     # The chunks cover the whole real recording, and nothing but it.
     assert prepared.chunks[0].start == 0.0 and prepared.chunks[-1].end == prepared.duration
+
+
+async def test_audio_that_changes_format_midway_is_charged_for_all_of_it(media: Path, tmp_path: Path) -> None:
+    # Two MP3s end to end, mono 44.1 kHz then stereo 22.05 kHz: ffmpeg decodes them in two goes.
+    parts = []
+    for name, rate, channels in (("first", 44100, "1"), ("second", 22050, "2")):
+        part = media / f"{name}.mp3"
+        ffmpeg("-f", "lavfi", "-i", f"sine=f=300:r={rate}:d=5", "-ac", channels, str(part))
+        parts.append(part.read_bytes())
+    path = media / "changing.mp3"
+    path.write_bytes(b"".join(parts))
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG)
+
+    assert prepared.duration == pytest.approx(10.0, abs=0.2)
+
+
+@pytest.mark.parametrize("name", ["voice.ogg", "memo.m4a"])
+async def test_the_first_piece_keeps_the_first_packet(
+    gapped: tuple[Path, list[Silence]], media: Path, tmp_path: Path, name: str
+) -> None:
+    # Opus and AAC streams start before zero (pre-skip, priming): a cut at 0 would drop a packet.
+    wav, _ = gapped
+    path = media / f"first-{name}"
+    ffmpeg("-i", str(wav), *ACCEPTED[name][0], str(path))
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG)
+
+    first = prepared.chunks[0].path.read_bytes()
+    packets = subprocess.run(
+        [
+            FFMPEG,
+            "-hide_banner",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-c",
+            "copy",
+            "-t",
+            "1",
+            "-f",
+            "data",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert packets[:200] in first  # the source's very first packet is in the first piece
+
+
+async def test_chained_ogg_streams_are_copied_whole(liar: Path, tmp_path: Path) -> None:
+    # Each chained stream's timestamps start again at zero: no piece may lose the last one.
+    prepared = await prepare_audio(liar, tmp_path, config=CONFIG)
+
+    assert prepared.copied and len(prepared.chunks) == 3
+    await assert_chunk_files(prepared.chunks, codec="opus", suffix=".ogg")
 
 
 async def test_a_lying_header_past_the_limit_is_refused_with_its_real_length(
@@ -390,10 +478,10 @@ async def test_cuts_land_in_the_middle_of_silences(
     assert plans[0].start == 0 and plans[-1].end == prepared.duration
     for cut in boundaries(plans):
         assert inside(cut, gaps, margin=0.3), f"cut at {cut:.2f} s is not well inside a known silence {gaps}"
-        assert inside(cut, prepared.normalized.silences), f"cut at {cut:.2f} s is not in a detected silence"
+        assert inside(cut, prepared.silences), f"cut at {cut:.2f} s is not in a detected silence"
     for before, after in itertools.pairwise(plans):
         assert after.start == before.end
-    await assert_chunk_files(prepared.chunks)
+    await assert_chunk_files(prepared.chunks, codec="opus", suffix=".ogg")
 
 
 async def test_no_silence_near_the_boundary_gives_hard_cuts_with_overlap(
@@ -402,7 +490,7 @@ async def test_no_silence_near_the_boundary_gives_hard_cuts_with_overlap(
     prepared = await prepare_audio(continuous, tmp_path, config=CONFIG)
 
     plans = [chunk.plan for chunk in prepared.chunks]
-    assert prepared.normalized.silences == ()
+    assert prepared.silences == ()
     assert len(plans) == 3
     assert not plans[0].hard_cut
     for before, after in itertools.pairwise(plans):
@@ -410,29 +498,41 @@ async def test_no_silence_near_the_boundary_gives_hard_cuts_with_overlap(
         assert after.overlap == pytest.approx(2.0)
         assert after.start == pytest.approx(before.end - 2.0)
     assert all(plan.duration <= 20.0 for plan in plans)
-    await assert_chunk_files(prepared.chunks)
+    await assert_chunk_files(prepared.chunks, codec="mp3", suffix=".mp3")
 
 
-async def test_a_short_file_is_one_chunk_without_cutting(
-    gapped: tuple[Path, list[Silence]], tmp_path: Path
-) -> None:
-    path, _ = gapped
-
-    prepared = await prepare_audio(path, tmp_path, config=AudioConfig())
+async def test_a_short_file_is_one_chunk_without_cutting(continuous: Path, tmp_path: Path) -> None:
+    prepared = await prepare_audio(continuous, tmp_path, config=AudioConfig())
 
     assert len(prepared.chunks) == 1
-    assert prepared.chunks[0].path == prepared.normalized.path
+    assert prepared.chunks[0].plan == ChunkPlan(0, 0.0, prepared.duration)
+    await assert_chunk_files(prepared.chunks, codec="mp3", suffix=".mp3")
 
 
-async def assert_chunk_files(chunks: Sequence[object]) -> None:
+async def test_audio_too_big_to_copy_in_full_length_pieces_is_re_encoded(
+    continuous: Path, tmp_path: Path
+) -> None:
+    # 128 kbit/s MP3: under 100 KB, a copied piece could hold 5 s of the 20 s asked.
+    config = AudioConfig(max_chunk_seconds=20.0, max_chunk_bytes=100_000)
+
+    prepared = await prepare_audio(continuous, tmp_path, config=config)
+
+    assert not prepared.copied
+    assert len(prepared.chunks) == 3
+    for chunk in prepared.chunks:
+        assert opus_head(chunk.path) == (1, 16000)
+        assert chunk.path.stat().st_size <= config.max_chunk_bytes
+
+
+async def assert_chunk_files(chunks: Sequence[object], *, codec: str, suffix: str) -> None:
     from aisha.transcription.audio import AudioChunk
 
     for chunk in chunks:
         assert isinstance(chunk, AudioChunk)
-        assert chunk.path.name == f"chunk-{chunk.index:04d}.ogg"
+        assert chunk.path.name == f"chunk-{chunk.index:04d}{suffix}"
         info = await probe(chunk.path)
+        assert [s.codec for s in info.audio_streams] == [codec]
         assert info.duration == pytest.approx(chunk.plan.duration, abs=0.1)
-        assert opus_head(chunk.path) == (1, 16000)
         assert chunk.path.stat().st_size <= CONFIG.max_chunk_bytes
 
 
@@ -440,6 +540,120 @@ def test_chunks_also_respect_the_byte_limit() -> None:
     # 1 MB at 24 kbit/s is ~333 s; with the VBR margin chunks stay well under it.
     config = AudioConfig(max_chunk_seconds=600, max_chunk_bytes=1_000_000)
     assert config.chunk_seconds == pytest.approx(1_000_000 * 8 / 24_000 * 0.8)
+
+
+# ------------------------------------------------------------------------------ stream copy
+
+# What people send, and what the speech API gets of it: (options to make it from the gapped WAV,
+# the codec of the pieces, their suffix, how far a cut may land from its plan: one packet).
+ACCEPTED = {
+    "voice.ogg": (["-ac", "1", "-ar", "48000", "-c:a", "libopus", "-b:a", "32k"], "opus", ".ogg", 0.05),
+    "song.mp3": (["-c:a", "libmp3lame", "-b:a", "128k"], "mp3", ".mp3", 0.05),
+    "memo.m4a": (["-c:a", "aac", "-b:a", "96k"], "aac", ".m4a", 0.05),
+    "raw.aac": (["-c:a", "aac", "-b:a", "96k"], "aac", ".m4a", 0.05),  # ADTS, no MP4 around it
+    "clip.webm": (["-c:a", "libopus", "-b:a", "32k"], "opus", ".ogg", 0.05),
+    "take.flac": (["-c:a", "flac"], "flac", ".flac", 0.05),  # re-encoded losslessly, see audio.py
+}
+RE_ENCODED = {
+    "note.wav": ["-ac", "1", "-ar", "16000"],  # uncompressed: far bigger than the Opus it becomes
+    "old.wma": ["-c:a", "wmav2"],
+    "studio.aiff": [],  # big-endian PCM
+    "lossless.m4a": ["-c:a", "alac"],  # a container the API reads, a codec it doesn't
+}
+
+
+async def assert_same_audio(prepared: PreparedAudio, gaps: Sequence[Silence], tolerance: float) -> None:
+    """Laid end to end, the pieces hold the recording as it was: every pause where it was."""
+    for chunk in prepared.chunks:
+        heard = (await scan(chunk.path, config=CONFIG)).silences
+        inner = [s for s in heard if s.start > 0.1 and s.end < chunk.plan.duration - 0.1]
+        expected = [g for g in gaps if chunk.start < g.start and g.end < chunk.end]
+        assert len(inner) == len(expected), (chunk.path.name, inner, expected)
+        for found, known in zip(inner, expected, strict=True):
+            assert found.start + chunk.start == pytest.approx(known.start, abs=tolerance)
+            assert found.end + chunk.start == pytest.approx(known.end, abs=tolerance)
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED))
+async def test_what_the_api_reads_is_cut_by_copying_the_stream(
+    gapped: tuple[Path, list[Silence]], media: Path, tmp_path: Path, name: str
+) -> None:
+    wav, gaps = gapped
+    options, codec, suffix, tolerance = ACCEPTED[name]
+    path = media / name
+    ffmpeg("-i", str(wav), *options, str(path))
+    info = await probe(path, config=CONFIG)
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG, info=info)
+
+    assert prepared.copied
+    assert [s.codec for s in info.audio_streams] == [codec]
+    assert prepared.duration == pytest.approx(sum(TONES) + GAP * (len(TONES) - 1), abs=0.1)
+    plans = [chunk.plan for chunk in prepared.chunks]
+    assert len(plans) == 3 and not any(plan.hard_cut for plan in plans)
+    for cut in boundaries(plans):
+        assert inside(cut, gaps, margin=0.3)
+    await assert_chunk_files(prepared.chunks, codec=codec, suffix=suffix)
+    await assert_same_audio(prepared, gaps, tolerance)
+
+
+async def test_a_videos_sound_is_copied_out_and_its_picture_left(
+    gapped: tuple[Path, list[Silence]], media: Path, tmp_path: Path
+) -> None:
+    wav, gaps = gapped
+    path = media / "talk.mp4"
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc=d=50:s=160x120:r=10", "-i", str(wav), "-map", "0:v", "-map", "1:a",
+        "-c:v", "mpeg4", "-c:a", "aac", "-shortest", str(path),
+    )  # fmt: skip
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG)
+
+    assert prepared.copied and len(prepared.chunks) == 3
+    await assert_chunk_files(prepared.chunks, codec="aac", suffix=".m4a")
+    assert all(streams(chunk.path) == ["Audio: aac"] for chunk in prepared.chunks)
+    await assert_same_audio(prepared, gaps, 0.05)
+
+
+@pytest.mark.parametrize("name", list(RE_ENCODED))
+async def test_what_the_api_does_not_read_is_re_encoded(
+    gapped: tuple[Path, list[Silence]], media: Path, tmp_path: Path, name: str
+) -> None:
+    wav, gaps = gapped
+    path = media / name
+    ffmpeg("-i", str(wav), *RE_ENCODED[name], str(path))
+
+    prepared = await prepare_audio(path, tmp_path, config=CONFIG)
+
+    assert not prepared.copied
+    assert len(prepared.chunks) == 3
+    await assert_chunk_files(prepared.chunks, codec="opus", suffix=".ogg")
+    assert all(opus_head(chunk.path) == (1, 16000) for chunk in prepared.chunks)
+    await assert_same_audio(prepared, gaps, 0.1)  # WMA's own frames are 46 ms
+
+
+async def test_a_piece_over_the_size_limit_is_re_encoded_on_its_own(
+    gapped: tuple[Path, list[Silence]], media: Path, tmp_path: Path
+) -> None:
+    wav, gaps = gapped
+    # FLAC beside a picture: the header tells no bitrate for the sound, so it is copied, and
+    # every 20 s piece turns out at over 300 KB.
+    path = media / "lossless.mkv"
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc=d=50:s=160x120:r=10", "-i", str(wav), "-map", "0:v", "-map", "1:a",
+        "-c:v", "mpeg4", "-c:a", "flac", "-shortest", str(path),
+    )  # fmt: skip
+    config = AudioConfig(max_chunk_seconds=20.0, max_chunk_bytes=300_000)
+
+    prepared = await prepare_audio(path, tmp_path, config=config)
+
+    assert len(prepared.chunks) == 3
+    assert [p.name for p in sorted(tmp_path.iterdir())] == [f"chunk-000{i}.ogg" for i in range(3)]
+    for chunk in prepared.chunks:
+        assert opus_head(chunk.path) == (1, 16000)
+        assert chunk.path.stat().st_size <= config.max_chunk_bytes
+        assert (await probe(chunk.path)).duration == pytest.approx(chunk.plan.duration, abs=0.1)
+    await assert_same_audio(prepared, gaps, 0.05)
 
 
 # ------------------------------------------------------------------------------ real speech
@@ -484,9 +698,9 @@ async def test_real_speech_is_cut_between_sentences(
     assert len(plans) >= 3
     assert not any(plan.hard_cut for plan in plans)
     for cut in boundaries(plans):
-        assert inside(cut, prepared.normalized.silences), f"cut at {cut:.2f} s falls in speech"
+        assert inside(cut, prepared.silences), f"cut at {cut:.2f} s falls in speech"
         assert inside(cut, pauses), f"cut at {cut:.2f} s is not in a pause between sentences {pauses}"
-    await assert_chunk_files(prepared.chunks)
+    await assert_chunk_files(prepared.chunks, codec="mp3", suffix=".mp3")
 
 
 # ----------------------------------------------------------------------------- the subprocess

@@ -1,7 +1,7 @@
 """The transcription pipeline end to end: real ffmpeg, the real ``openai`` client, the fake OpenAI server.
 
 Recordings are ~50 s long and cut into 20 s chunks, so each test sends three chunks over HTTP.
-The fake tells the chunks apart by the uploaded file's name (``chunk-0001.ogg``).
+The fake tells the chunks apart by the uploaded file's name (``chunk-0001.m4a``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def ffmpeg(*args: str) -> None:
 
 
 def chunk_index(call: TranscriptionRequest) -> int:
-    match = re.fullmatch(r"chunk-(\d+)\.ogg", call.filename)
+    match = re.fullmatch(r"chunk-(\d+)\.\w+", call.filename)
     assert match, call.filename
     return int(match.group(1))
 
@@ -135,7 +135,7 @@ async def test_default_fake_transcript_names_each_chunk_and_its_length(
 ) -> None:
     result = await make_pipeline().transcribe(gapped)
 
-    lengths = [float(x) for x in re.findall(r"chunk-\d{4}\.ogg, ([\d.]+) seconds", result.text)]
+    lengths = [float(x) for x in re.findall(r"chunk-\d{4}\.m4a, ([\d.]+) seconds", result.text)]
     assert lengths == pytest.approx([c.duration for c in result.chunks], abs=0.15)
     assert result.language == "en"  # whisper's "english" comes back as an ISO code
 
@@ -256,14 +256,14 @@ async def test_a_chunk_rate_limited_twice_is_retried_alone(
     server: FakeOpenAIServer, make_pipeline: PipelineFactory, gapped: Path
 ) -> None:
     server.transcripts = by_chunk
-    server.fail_next(2, status=429, when=lambda call: call.filename == "chunk-0001.ogg")
+    server.fail_next(2, status=429, when=lambda call: call.filename == "chunk-0001.m4a")
 
     result = await make_pipeline().transcribe(gapped)
 
     assert result.text == "Part 0. Part 1. Part 2."
-    assert [c.status for c in server.calls_for("chunk-0001.ogg")] == [429, 429, 200]
-    assert [c.status for c in server.calls_for("chunk-0000.ogg")] == [200]
-    assert [c.status for c in server.calls_for("chunk-0002.ogg")] == [200]
+    assert [c.status for c in server.calls_for("chunk-0001.m4a")] == [429, 429, 200]
+    assert [c.status for c in server.calls_for("chunk-0000.m4a")] == [200]
+    assert [c.status for c in server.calls_for("chunk-0002.m4a")] == [200]
     assert result.attempts == 5
 
 
@@ -271,8 +271,8 @@ async def test_server_errors_and_timeouts_are_retried(
     server: FakeOpenAIServer, make_pipeline: PipelineFactory, gapped: Path
 ) -> None:
     server.transcripts = by_chunk
-    server.fail_next(1, status=503, when=lambda call: call.filename == "chunk-0000.ogg")
-    slow_once = {"chunk-0002.ogg"}
+    server.fail_next(1, status=503, when=lambda call: call.filename == "chunk-0000.m4a")
+    slow_once = {"chunk-0002.m4a"}
 
     def delay(call: TranscriptionRequest) -> float:
         if call.filename in slow_once:
@@ -285,26 +285,26 @@ async def test_server_errors_and_timeouts_are_retried(
     result = await make_pipeline(timeout=1.0).transcribe(gapped)
 
     assert result.text == "Part 0. Part 1. Part 2."
-    assert [c.status for c in server.calls_for("chunk-0000.ogg")] == [503, 200]
-    assert len(server.calls_for("chunk-0001.ogg")) == 1
-    assert len(server.calls_for("chunk-0002.ogg")) == 2  # the first one timed out
+    assert [c.status for c in server.calls_for("chunk-0000.m4a")] == [503, 200]
+    assert len(server.calls_for("chunk-0001.m4a")) == 1
+    assert len(server.calls_for("chunk-0002.m4a")) == 2  # the first one timed out
 
 
 async def test_retry_after_is_honoured(
     server: FakeOpenAIServer, make_pipeline: PipelineFactory, gapped: Path
 ) -> None:
-    server.fail_next(1, status=429, retry_after=0.5, when=lambda call: call.filename == "chunk-0000.ogg")
+    server.fail_next(1, status=429, retry_after=0.5, when=lambda call: call.filename == "chunk-0000.m4a")
 
     await make_pipeline().transcribe(gapped)
 
-    first, second = server.calls_for("chunk-0000.ogg")
+    first, second = server.calls_for("chunk-0000.m4a")
     assert second.time - first.time >= 0.45
 
 
 async def test_a_provider_failing_for_good_raises_transcription_failed(
     server: FakeOpenAIServer, make_pipeline: PipelineFactory, gapped: Path
 ) -> None:
-    server.fail_always(500, when=lambda call: call.filename == "chunk-0002.ogg")
+    server.fail_always(500, when=lambda call: call.filename == "chunk-0002.m4a")
 
     with pytest.raises(TranscriptionFailed) as caught:
         await make_pipeline(concurrency=1).transcribe(gapped)
@@ -312,8 +312,8 @@ async def test_a_provider_failing_for_good_raises_transcription_failed(
     assert caught.value.chunk_index == 2
     assert caught.value.attempts == FAST_RETRY.max_attempts
     assert caught.value.status == 500
-    assert len(server.calls_for("chunk-0002.ogg")) == FAST_RETRY.max_attempts
-    assert len(server.calls_for("chunk-0000.ogg")) == len(server.calls_for("chunk-0001.ogg")) == 1
+    assert len(server.calls_for("chunk-0002.m4a")) == FAST_RETRY.max_attempts
+    assert len(server.calls_for("chunk-0000.m4a")) == len(server.calls_for("chunk-0001.m4a")) == 1
 
 
 async def test_a_permanent_error_is_not_retried_and_never_shows_the_key(
@@ -398,7 +398,7 @@ async def test_a_short_recording_is_one_request(
     result = await make_pipeline().transcribe(voice, on_progress=on_progress)
 
     assert len(server.transcription_calls) == 1
-    assert server.transcription_calls[0].filename == "normalized.ogg"
+    assert server.transcription_calls[0].filename == "chunk-0000.ogg"
     assert progress == [(1, 1)]
     assert result.messages() == [result.text]
 

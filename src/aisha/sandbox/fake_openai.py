@@ -8,7 +8,7 @@ multipart encoding, response parsing and error mapping run for real. It answers:
   25 MB refused with 413 before anything else, a missing file or model, a file format it does not
   take, shorter than 0.1 s, a ``response_format`` the model doesn't answer: the gpt-4o
   transcribe models only ``json`` and ``text``). The text is a deterministic "simulated
-  transcript" naming the upload and its length (read from the OGG or WAV header), unless a test
+  transcript" naming the upload and its length (read from the OGG, WAV or MP4 header), unless a test
   scripts it with ``transcripts``.
 - ``POST /v1/chat/completions``: a fixed answer, or whatever ``chat_handler`` builds. Requests are
   checked as OpenAI checks them: message roles and contents, content part shapes, images only
@@ -171,11 +171,13 @@ def chat_completion(
 
 
 def audio_duration(data: bytes, filename: str = "") -> float | None:
-    """The length of an OGG (Opus or Vorbis) or WAV upload from its headers; None for others."""
+    """The length of an OGG (Opus or Vorbis), WAV or MP4/M4A upload from its headers; None for others."""
     if data.startswith(b"OggS"):
         return _ogg_duration(data)
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return _wav_duration(data)
+    if data[4:8] == b"ftyp":
+        return _mp4_duration(data)
     return None
 
 
@@ -193,6 +195,37 @@ def _ogg_duration(data: bytes) -> float | None:
         rate: int = struct.unpack_from("<I", first_packet, 12)[0]
         return granule / rate if rate else None
     return None
+
+
+def _mp4_boxes(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
+    """The boxes between ``start`` and ``end``: type -> (where its body starts, where it ends)."""
+    boxes: dict[bytes, tuple[int, int]] = {}
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        body = pos + 8
+        if size == 1 and pos + 16 <= end:  # a 64-bit size follows the type
+            size, body = struct.unpack_from(">Q", data, pos + 8)[0], pos + 16
+        elif size == 0:  # runs to the end
+            size = end - pos
+        if size < body - pos:
+            break
+        boxes.setdefault(kind, (body, min(pos + size, end)))
+        pos += size
+    return boxes
+
+
+def _mp4_duration(data: bytes) -> float | None:
+    """The movie header's duration (``moov/mvhd``): its length in its own time scale."""
+    moov = _mp4_boxes(data, 0, len(data)).get(b"moov")
+    mvhd = _mp4_boxes(data, *moov).get(b"mvhd") if moov else None
+    if mvhd is None or mvhd[1] - mvhd[0] < 32:
+        return None
+    if data[mvhd[0]] == 1:  # version 1: 64-bit times
+        scale, duration = struct.unpack_from(">IQ", data, mvhd[0] + 20)
+    else:
+        scale, duration = struct.unpack_from(">II", data, mvhd[0] + 12)
+    return duration / scale if scale else None
 
 
 def _wav_duration(data: bytes) -> float | None:

@@ -1,9 +1,13 @@
-"""The audio side of transcription, on ffmpeg: probe, normalize, find silences, cut into chunks.
+"""The audio side of transcription, on ffmpeg: probe, find silences, cut into pieces the API takes.
 
 Every ffmpeg run is an async subprocess with a timeout, its stderr read line by line as it comes
 (only a short tail is kept for error messages), and the process killed if the caller is cancelled.
 Audio never enters Python's memory: each step reads a file on disk and writes one in a work dir,
 so peak memory stays flat however long the recording is.
+
+Every input is opened as ``file:<path>`` with ``-protocol_whitelist file`` and
+``-format_whitelist``, so ffmpeg itself refuses to follow a playlist or a list of other files
+(``hls``, ``concat``…), or to reach any other protocol, whatever a file says about itself.
 
 The steps:
 
@@ -12,23 +16,27 @@ The steps:
    an image sequence: see ``ALLOWED_DEMUXERS``), one with no audio stream, an empty or undecodable
    one, and one whose header says it is longer than the maximum, before anything is charged. The
    header's duration is only a claim: it prices the first hold, never the bill.
-2. :func:`normalize` decodes the first audio stream once into mono 16 kHz Opus in OGG and runs
-   ``silencedetect`` on the same decoded samples, in one ffmpeg pass. The length of what it decoded
-   is the real length: the one charged, and the only audio the speech API ever gets.
-
-Every input is opened as ``file:<path>`` with ``-protocol_whitelist file`` and
-``-format_whitelist``, so ffmpeg itself refuses to follow a playlist or a list of other files
-(``hls``, ``concat``…), or to reach any other protocol, whatever a file says about itself.
-3. :func:`plan_chunks` (pure) picks the cut points: near each target boundary, the middle of the
+2. When the speech API reads the first audio stream's codec (see :func:`copy_format`),
+   :func:`scan` decodes it cheaply (mono, 8 kHz, video never decoded) and runs ``silencedetect``
+   on it; the length it decoded is the real length, the one charged. The pieces are then copied
+   out of the original stream (:func:`cut_chunks`, no re-encoding): far less work than encoding,
+   and the API hears the recording as it was. A piece that would still be over the API's size
+   limit is re-encoded on its own.
+3. Otherwise (a codec the API doesn't read, PCM, audio whose pieces would have to be short to
+   fit the size limit, or timestamps that disagree with the samples decoded), :func:`normalize`
+   decodes it once into mono 16 kHz Opus and finds the silences in the same pass; that file is cut.
+4. :func:`plan_chunks` (pure) picks the cut points: near each target boundary, the middle of the
    longest silence in a window; where there is none, a hard cut, and the next chunk starts a little
-   earlier so that no word is lost (the merge removes the words heard twice).
-4. :func:`cut_chunks` copies each chunk's packets out of the normalized file (no re-encoding).
+   earlier so that no word is lost (the merge removes the words heard twice). Copied cuts land on
+   the nearest packet boundary (an MP3 or AAC frame, an Opus packet: tens of milliseconds), well
+   inside a pause or the overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -60,11 +68,14 @@ __all__ = [
     "FFmpegTimeout",
     "NoAudioStream",
     "NormalizedAudio",
+    "PieceFormat",
     "PreparedAudio",
+    "ScannedAudio",
     "Silence",
     "UndecodableAudio",
     "UnsupportedFormat",
     "chunk_file_name",
+    "copy_format",
     "cut_chunks",
     "find_ffmpeg",
     "normalize",
@@ -72,6 +83,7 @@ __all__ = [
     "prepare_audio",
     "probe",
     "run_ffmpeg",
+    "scan",
 ]
 
 log = logging.getLogger(__name__)
@@ -187,7 +199,6 @@ class AudioConfig:
     min_speed: float = 2.0
     timeout_floor: float = 60.0
     probe_timeout: float = 30.0
-    cut_concurrency: int = 4
     ffmpeg: str | None = None  # an explicit binary; default: ffmpeg on PATH, else imageio-ffmpeg's
 
     def __post_init__(self) -> None:
@@ -195,12 +206,12 @@ class AudioConfig:
             raise ValueError("max_chunk_seconds and max_duration must be positive")
         if self.hard_cut_overlap < 0 or self.search_window < 0:
             raise ValueError("hard_cut_overlap and search_window must not be negative")
-        if self.min_speed <= 0 or self.cut_concurrency < 1:
-            raise ValueError("min_speed must be positive and cut_concurrency at least 1")
+        if self.min_speed <= 0:
+            raise ValueError("min_speed must be positive")
 
     @property
     def chunk_seconds(self) -> float:
-        """The longest chunk that also stays under ``max_chunk_bytes`` (20% margin for VBR)."""
+        """The longest re-encoded chunk that also stays under ``max_chunk_bytes`` (20% margin for VBR)."""
         by_size = self.max_chunk_bytes * 8 / self.bitrate * 0.8
         return min(self.max_chunk_seconds, by_size)
 
@@ -217,6 +228,7 @@ class AudioStream:
     codec: str
     sample_rate: int | None
     channels: str | None
+    bitrate: int | None = None  # bits/s, when the header tells
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +289,17 @@ class AudioChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class ScannedAudio:
+    """What decoding the first audio stream found: its real length (samples decoded, the length
+    charged), its silences, and where its timestamps end (``span``: the timeline pieces are cut
+    on, and silences placed on)."""
+
+    duration: float
+    silences: tuple[Silence, ...]
+    span: float
+
+
+@dataclass(frozen=True, slots=True)
 class NormalizedAudio:
     path: Path
     duration: float
@@ -284,14 +307,28 @@ class NormalizedAudio:
 
 
 @dataclass(frozen=True, slots=True)
-class PreparedAudio:
-    info: AudioInfo
-    normalized: NormalizedAudio
-    chunks: tuple[AudioChunk, ...] = field(default=())
+class PieceFormat:
+    """The container a piece is written in: ffmpeg's muxer, the suffix the API reads it by, and
+    the codec (packets copied, unless the container can't be written right from copied ones)."""
 
-    @property
-    def duration(self) -> float:
-        return self.normalized.duration
+    muxer: str
+    suffix: str
+    codec: str = "copy"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedAudio:
+    """The pieces to send; ``duration`` is the decoded length they cover: the one charged.
+
+    ``copied`` says the pieces are the original audio stream, cut without re-encoding (except a
+    piece that was over the size limit); otherwise they are cut from a normalized Opus file.
+    """
+
+    info: AudioInfo
+    duration: float
+    silences: tuple[Silence, ...]
+    chunks: tuple[AudioChunk, ...] = field(default=())
+    copied: bool = False
 
 
 # ------------------------------------------------------------------------------ running ffmpeg
@@ -402,9 +439,14 @@ async def run_ffmpeg(
 # ---------------------------------------------------------------------------------------- probe
 
 
-def _input(path: str | os.PathLike[str]) -> list[str]:
-    """Options that let ffmpeg open this one local file as a recording, and nothing else."""
+def _input(path: str | os.PathLike[str], *, audio_only: bool = False) -> list[str]:
+    """Options that let ffmpeg open this one local file as a recording, and nothing else.
+
+    ``audio_only``: the demuxer drops every other stream at once (a video is never decoded, and
+    an MP4's video samples are not even read).
+    """
     return [
+        *(["-vn", "-sn", "-dn"] if audio_only else []),
         "-protocol_whitelist",
         "file",
         "-format_whitelist",
@@ -418,12 +460,14 @@ _DURATION_RE = re.compile(r"^\s*Duration:\s*(?:(\d+):(\d+):(\d+(?:\.\d+)?)|N/A)"
 _INPUT_RE = re.compile(r"^Input #0, (.+?), from ")
 _STREAM_RE = re.compile(r"^\s*Stream #0:(\d+)\S*: (\w+): (.*)$")
 _RATE_RE = re.compile(r"(\d+) Hz(?:, ([^,]+))?")
+_KBPS_RE = re.compile(r"(\d+) kb/s")
 _TIME_RE = re.compile(r"^out_time_us=(\d+)")
 
 
 def _parse_header(lines: Sequence[str]) -> tuple[str | None, float | None, list[AudioStream], int]:
     container: str | None = None
     duration: float | None = None
+    bitrate: int | None = None  # of the whole file
     audio: list[AudioStream] = []
     other_streams = 0
     for line in lines:
@@ -437,6 +481,8 @@ def _parse_header(lines: Sequence[str]) -> tuple[str | None, float | None, list[
         if duration is None and (m := _DURATION_RE.match(line)):
             if m.group(1) is not None:
                 duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+            if kbps := _KBPS_RE.search(line):
+                bitrate = int(kbps.group(1)) * 1000
             continue
         if m := _STREAM_RE.match(line):
             if m.group(2) != "Audio":
@@ -444,14 +490,19 @@ def _parse_header(lines: Sequence[str]) -> tuple[str | None, float | None, list[
                 continue
             codec = m.group(3).split(maxsplit=1)[0].rstrip(",") if m.group(3).strip() else "unknown"
             rate = _RATE_RE.search(m.group(3))
+            kbps = _KBPS_RE.search(m.group(3))
             audio.append(
                 AudioStream(
                     index=int(m.group(1)),
                     codec=codec,
                     sample_rate=int(rate.group(1)) if rate else None,
                     channels=rate.group(2).strip() if rate and rate.group(2) else None,
+                    bitrate=int(kbps.group(1)) * 1000 if kbps else None,
                 )
             )
+    if len(audio) == 1 and not other_streams and audio[0].bitrate is None and bitrate:
+        # Some containers (Ogg, FLAC, Matroska) state no bitrate per stream; the file's is its own.
+        audio[0] = dataclasses.replace(audio[0], bitrate=bitrate)
     return container, duration, audio, other_streams
 
 
@@ -541,14 +592,104 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no details"
 
 
-# ------------------------------------------------------------------------------------ normalize
+# ------------------------------------------------------------------------------- find silences
 
 _SILENCE_START_RE = re.compile(r"silence_start: (-?[0-9.eE+-]+)")
 _SILENCE_END_RE = re.compile(r"silence_end: (-?[0-9.eE+-]+)")
+_SAMPLES_RE = re.compile(r"\] n_samples: (\d+)")
+# Silences are found as well at 8 kHz as at 16, on half the samples.
+_SCAN_RATE = 8_000
+
+
+class _SilenceLog:
+    """The silences ``silencedetect`` reports on ffmpeg's stderr, collected line by line."""
+
+    def __init__(self) -> None:
+        self._found: list[Silence] = []
+        self._open: float | None = None
+
+    def feed(self, line: str) -> None:
+        if m := _SILENCE_START_RE.search(line):
+            self._open = max(0.0, float(m.group(1)))
+        elif (m := _SILENCE_END_RE.search(line)) and self._open is not None:
+            self._found.append(Silence(self._open, float(m.group(1))))
+            self._open = None
+
+    def until(self, duration: float) -> tuple[Silence, ...]:
+        if self._open is not None:  # older ffmpeg leaves a silence running into the end unclosed
+            return (*self._found, Silence(self._open, duration))
+        return tuple(self._found)
+
+
+async def _too_long(src: str | os.PathLike[str], config: AudioConfig) -> AudioTooLong:
+    """Decoding stopped just past the limit; a plain decode (nothing encoded or filtered) finds
+    how long the recording really is, up to twice the limit, for the user's message."""
+    cap = 2 * config.max_duration
+    real = await _measure_duration(Path(src), config, cap=cap)
+    return AudioTooLong(min(real, cap), config.max_duration, exact=real < cap - 1.0)
+
+
+async def scan(src: str | os.PathLike[str], *, config: AudioConfig | None = None) -> ScannedAudio:
+    """Decode the first audio stream of ``src`` as cheaply as finding silences allows (mono,
+    8 kHz, nothing encoded, video never decoded): its real length and its silences.
+
+    Silence times are the stream's own timestamps (as ffmpeg counts them from the file's start),
+    the times a stream copy cuts at; the length is the count of samples decoded.
+    """
+    config = config or AudioConfig()
+    silences = _SilenceLog()
+    samples = 0
+    span_us = 0
+
+    def stderr_line(line: str) -> None:
+        nonlocal samples
+        if m := _SAMPLES_RE.search(line):
+            # One count per filter graph: ffmpeg builds a new one when the audio's format changes.
+            samples += int(m.group(1))
+        else:
+            silences.feed(line)
+
+    def stdout_line(line: str) -> None:
+        nonlocal span_us
+        if m := _TIME_RE.match(line):
+            span_us = max(span_us, int(m.group(1)))
+
+    rate = _SCAN_RATE
+    cap = config.max_duration + 1.0  # a header that lied about its length cannot make us decode forever
+    chain = ",".join(
+        [
+            f"aresample={rate}",
+            f"aformat=sample_fmts=s16:sample_rates={rate}:channel_layouts=mono",
+            f"silencedetect=noise={config.silence_noise_db:g}dB:d={config.silence_min_seconds:g}",
+            "volumedetect",  # for its count of samples, printed at the end
+        ]
+    )
+    args = ["-nostats", "-progress", "pipe:1", *_input(src, audio_only=True), "-map", "0:a:0"]
+    args += ["-t", f"{cap:.3f}", "-af", chain, "-f", "null", "-"]
+    result = await run_ffmpeg(
+        args,
+        # The header's length is only a claim: the timeout allows for the most we will decode.
+        timeout=config.timeout_for(cap),
+        ffmpeg=config.ffmpeg,
+        on_stderr=stderr_line,
+        on_stdout=stdout_line,
+    )
+    if result.returncode != 0:
+        raise UndecodableAudio(f"the audio cannot be decoded: {_last_line(result.stderr_tail)}")
+    duration = samples / rate
+    if duration > config.max_duration:
+        raise await _too_long(src, config)
+    if duration < MIN_AUDIO_SECONDS:
+        raise EmptyAudio(f"the audio lasts {duration:.3f} s")
+    span = span_us / 1_000_000
+    return ScannedAudio(duration=duration, silences=silences.until(span), span=span)
+
+
+# ------------------------------------------------------------------------------------ normalize
 
 
 @functools.cache
-def _encoder(ffmpeg: str) -> tuple[str, list[str]]:
+def _encoder(ffmpeg: str) -> tuple[PieceFormat, list[str]]:
     # libopus in both Debian's build and imageio-ffmpeg's; mp3 in case a build lacks it. Runs
     # once per binary, in a thread (see _pick_encoder).
     out = subprocess.run(  # noqa: S603 - fixed arguments, the binary chosen by configuration
@@ -556,11 +697,11 @@ def _encoder(ffmpeg: str) -> tuple[str, list[str]]:
     ).stdout
     if re.search(r"^\s*A\S*\s+libopus\b", out, re.MULTILINE):
         # Complexity 5 of 10 encodes a third faster than the default for the same size on speech.
-        return ".ogg", ["-c:a", "libopus", "-application", "voip", "-compression_level", "5"]
-    return ".mp3", ["-c:a", "libmp3lame"]
+        return _OGG, ["-c:a", "libopus", "-application", "voip", "-compression_level", "5"]
+    return _MP3, ["-c:a", "libmp3lame"]
 
 
-async def _pick_encoder(config: AudioConfig) -> tuple[str, list[str]]:
+async def _pick_encoder(config: AudioConfig) -> tuple[PieceFormat, list[str]]:
     return await asyncio.to_thread(_encoder, find_ffmpeg(config.ffmpeg))
 
 
@@ -572,33 +713,14 @@ async def normalize(
 ) -> NormalizedAudio:
     """Decode ``src`` once into mono compressed audio in ``work_dir`` and find its silences."""
     config = config or AudioConfig()
-    ext, codec_args = await _pick_encoder(config)
-    dst = Path(work_dir) / f"normalized{ext}"
-    silences: list[Silence] = []
-    open_start: float | None = None
-
-    def stderr_line(line: str) -> None:
-        nonlocal open_start
-        if m := _SILENCE_START_RE.search(line):
-            open_start = max(0.0, float(m.group(1)))
-        elif (m := _SILENCE_END_RE.search(line)) and open_start is not None:
-            silences.append(Silence(open_start, float(m.group(1))))
-            open_start = None
-
+    piece, codec_args = await _pick_encoder(config)
+    dst = Path(work_dir) / f"normalized{piece.suffix}"
+    silences = _SilenceLog()
     cap = config.max_duration + 1.0  # a header that lied about its length cannot make us decode forever
-    chain = ",".join(
-        [
-            f"aresample={config.sample_rate}",
-            f"aformat=sample_fmts=flt:sample_rates={config.sample_rate}:channel_layouts=mono",
-            # Count time in samples from zero, so silence times are times in the output file.
-            "asetpts=N/SR/TB",
-            f"silencedetect=noise={config.silence_noise_db:g}dB:d={config.silence_min_seconds:g}",
-        ]
-    )
     args = [
         "-nostats",
         "-y",
-        *_input(src),
+        *_input(src, audio_only=True),
         "-map",
         "0:a:0",
         "-map_metadata",
@@ -606,7 +728,15 @@ async def normalize(
         "-t",
         f"{cap:.3f}",
         "-af",
-        chain,
+        ",".join(
+            [
+                f"aresample={config.sample_rate}",
+                f"aformat=sample_fmts=flt:sample_rates={config.sample_rate}:channel_layouts=mono",
+                # Count time in samples from zero, so silence times are times in the output file.
+                "asetpts=N/SR/TB",
+                f"silencedetect=noise={config.silence_noise_db:g}dB:d={config.silence_min_seconds:g}",
+            ]
+        ),
         *codec_args,
         "-b:a",
         str(config.bitrate),
@@ -618,22 +748,16 @@ async def normalize(
         # allows for the most we will ever decode, so a lying header is charged, not timed out.
         timeout=config.timeout_for(cap),
         ffmpeg=config.ffmpeg,
-        on_stderr=stderr_line,
+        on_stderr=silences.feed,
     )
     if result.returncode != 0:
         raise UndecodableAudio(f"the audio cannot be decoded: {_last_line(result.stderr_tail)}")
     duration = await _output_duration(dst, config)
     if duration > config.max_duration:
-        # Decoding stopped just past the limit; a plain decode (no encoding, far faster) finds
-        # how long the recording really is, up to twice the limit, for the user's message.
-        cap = 2 * config.max_duration
-        real = await _measure_duration(Path(src), config, cap=cap)
-        raise AudioTooLong(min(real, cap), config.max_duration, exact=real < cap - 1.0)
+        raise await _too_long(src, config)
     if duration < MIN_AUDIO_SECONDS:
         raise EmptyAudio(f"the audio lasts {duration:.3f} s")
-    if open_start is not None:  # older ffmpeg leaves a silence running into the end unclosed
-        silences.append(Silence(open_start, duration))
-    return NormalizedAudio(path=dst, duration=duration, silences=tuple(silences))
+    return NormalizedAudio(path=dst, duration=duration, silences=silences.until(duration))
 
 
 async def _output_duration(path: Path, config: AudioConfig) -> float:
@@ -706,63 +830,192 @@ def plan_chunks(
 
 # ------------------------------------------------------------------------------------------ cut
 
+_OGG = PieceFormat("ogg", ".ogg")
+_MP3 = PieceFormat("mp3", ".mp3")
+# The codecs the speech API reads, each in a container it reads them in (it knows a file by its
+# name: flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav, webm). Anything else is re-encoded, WAV's
+# PCM too: uncompressed, it would upload 10 to 60 times the bytes of the Opus it becomes, and a
+# 10-minute piece of CD-quality PCM is over the size limit.
+_COPYABLE: dict[str, PieceFormat] = {
+    "mp3": _MP3,
+    "aac": PieceFormat("ipod", ".m4a"),  # from an MP4, a video, ADTS or MPEG-TS alike
+    "opus": _OGG,  # Telegram's voice notes; WebM/Matroska Opus too
+    "vorbis": _OGG,
+    # A FLAC header states the length, and stream copy would keep the whole file's: each piece is
+    # encoded again, losslessly (a few hundred times faster than real time).
+    "flac": PieceFormat("flac", ".flac", codec="flac"),
+}
+# Copied pieces keep this share of the size limit free (a VBR stream's rate varies).
+_SIZE_MARGIN = 0.8
+# Below this share of the usual chunk length, pieces small enough for the size limit would mean
+# many requests and a large upload (lossless audio, a very high bitrate): those are re-encoded.
+_MIN_COPY_SHARE = 0.5
+# Pieces are cut, and silences found, at the stream's own timestamps; the length charged is the
+# samples decoded. Where the two disagree (timestamps with gaps or jumps), the plan would not fit
+# the pieces: such a file goes the re-encoding way, whose timeline is its samples.
+_TIMELINE_TOLERANCE = 0.5
+# Chunks cut at once, and how far before a chunk its ffmpeg enters the file (an Ogg page, an MP3
+# seek table's step); the packets in between are read and dropped.
+_CUT_CONCURRENCY = 2
+_SEEK_MARGIN = 10.0
+
 
 def chunk_file_name(index: int, suffix: str) -> str:
     """The file name of chunk ``index`` (what the provider sees as the upload's name)."""
     return f"chunk-{index:04d}{suffix}"
 
 
+def copy_format(stream: AudioStream, config: AudioConfig) -> tuple[PieceFormat, float] | None:
+    """How to cut ``stream`` without re-encoding it: the pieces' format and longest length.
+
+    None when it must be re-encoded: a codec the speech API doesn't read, or a bitrate so high
+    that pieces under the size limit would be less than half the usual length.
+    """
+    piece = _COPYABLE.get(stream.codec)
+    if piece is None:
+        return None
+    seconds = config.max_chunk_seconds
+    if stream.bitrate:
+        seconds = min(seconds, config.max_chunk_bytes * 8 / stream.bitrate * _SIZE_MARGIN)
+    if seconds < config.max_chunk_seconds * _MIN_COPY_SHARE:
+        return None
+    return piece, seconds
+
+
 async def cut_chunks(
-    normalized: NormalizedAudio,
+    src: str | os.PathLike[str],
     plans: Sequence[ChunkPlan],
     work_dir: str | os.PathLike[str],
     *,
+    piece: PieceFormat,
     config: AudioConfig | None = None,
 ) -> list[AudioChunk]:
-    """Copy each planned chunk out of the normalized file (packets copied, nothing re-encoded)."""
+    """Copy each planned chunk of the first audio stream of ``src`` into a file of its own.
+
+    Packets are copied (nothing re-encoded but FLAC, see ``_COPYABLE``), each chunk starting and
+    ending on a packet boundary. One ffmpeg per chunk, two at a time: each seeks near its start
+    and reads only its own part (one ffmpeg writing every chunk would hand each packet to all).
+    """
     config = config or AudioConfig()
-    if len(plans) == 1 and plans[0].start == 0 and plans[0].end >= normalized.duration:
-        return [AudioChunk(plans[0], normalized.path)]
-    suffix = normalized.path.suffix
-    limit = asyncio.Semaphore(config.cut_concurrency)
+    slots = asyncio.Semaphore(_CUT_CONCURRENCY)
 
     async def cut_one(plan: ChunkPlan) -> AudioChunk:
-        dst = Path(work_dir) / chunk_file_name(plan.index, suffix)
-        async with limit:
-            result = await run_ffmpeg(
-                [
-                    "-nostats",
-                    "-y",
-                    "-ss",
-                    f"{plan.start:.3f}",
-                    *_input(normalized.path),
-                    "-t",
-                    f"{plan.duration:.3f}",
-                    "-map",
-                    "0:a:0",
-                    "-c",
-                    "copy",
-                    "-map_metadata",
-                    "-1",
-                    str(dst),
-                ],
-                timeout=config.timeout_for(plan.duration),
-                ffmpeg=config.ffmpeg,
-            )
-        if result.returncode != 0:
-            raise FFmpegError(
-                f"cutting chunk {plan.index} failed",
-                returncode=result.returncode,
-                stderr_tail=result.stderr_tail,
-            )
-        size = await asyncio.to_thread(lambda: dst.stat().st_size)
-        if size > config.max_chunk_bytes:
-            raise FFmpegError(
-                f"chunk {plan.index} is {size} bytes, over the {config.max_chunk_bytes} allowed"
-            )
+        dst = Path(work_dir) / chunk_file_name(plan.index, piece.suffix)
+        last = plan is plans[-1]
+        async with slots:
+            await _cut(src, plan, dst, piece, config, last=last, seek=True)
+            if await _output_duration(dst, config) < plan.duration - _TIMELINE_TOLERANCE:
+                # The seek landed past the start (a bitrate guess), or timestamps start over
+                # (chained Ogg): read from the top, as the silences were found.
+                log.info("audio chunk %d: the seek missed its start, cut again from the top", plan.index)
+                await _cut(src, plan, dst, piece, config, last=last, seek=False)
         return AudioChunk(plan, dst)
 
     return list(await asyncio.gather(*(cut_one(plan) for plan in plans)))
+
+
+async def _cut(
+    src: str | os.PathLike[str],
+    plan: ChunkPlan,
+    dst: Path,
+    piece: PieceFormat,
+    config: AudioConfig,
+    *,
+    last: bool,
+    seek: bool,
+) -> None:
+    """Write chunk ``plan`` of ``src`` to ``dst``.
+
+    With ``seek``, the input is entered a little before the chunk (demuxers land on a page or a
+    guess, not a packet); the exact start and end are then picked by timestamp, counted from the
+    file's start as everywhere else (``-copyts -start_at_zero``), and the chunk's own timestamps
+    start at zero. Without, the file is read from the top, its timestamps made continuous by
+    ffmpeg (chained Ogg streams each start again at zero).
+    """
+    args = ["-nostats", "-y"]
+    if seek and plan.start > 0:
+        args += ["-copyts", "-start_at_zero", "-ss", f"{max(0.0, plan.start - _SEEK_MARGIN):.3f}"]
+    args += _input(src, audio_only=True)
+    args += ["-map", "0:a:0", "-c:a", piece.codec, "-map_metadata", "-1", "-map_chapters", "-1"]
+    if plan.start > 0:  # the first piece keeps the packets before zero (Opus's pre-skip)
+        args += ["-ss", f"{plan.start:.3f}"]
+    if not last:  # the last one runs to the end of what was decoded
+        args += ["-to", f"{plan.end:.3f}"]
+    args += ["-avoid_negative_ts", "make_zero", "-f", piece.muxer, str(dst)]
+    result = await run_ffmpeg(args, timeout=config.timeout_for(plan.end), ffmpeg=config.ffmpeg)
+    if result.returncode != 0:
+        raise FFmpegError(
+            f"cutting chunk {plan.index} failed", returncode=result.returncode, stderr_tail=result.stderr_tail
+        )
+
+
+async def _encode_chunk(
+    src: str | os.PathLike[str], plan: ChunkPlan, work_dir: Path, config: AudioConfig
+) -> AudioChunk:
+    """Chunk ``plan`` of ``src`` re-encoded to mono Opus, for a copied piece over the size limit."""
+    piece, codec_args = await _pick_encoder(config)
+    dst = work_dir / chunk_file_name(plan.index, piece.suffix)
+    rate = config.sample_rate
+    result = await run_ffmpeg(
+        [
+            "-nostats",
+            "-y",
+            "-ss",
+            f"{plan.start:.3f}",
+            *_input(src, audio_only=True),
+            "-t",
+            f"{plan.duration:.3f}",
+            "-map",
+            "0:a:0",
+            "-map_metadata",
+            "-1",
+            "-af",
+            f"aresample={rate},aformat=sample_fmts=flt:sample_rates={rate}:channel_layouts=mono",
+            *codec_args,
+            "-b:a",
+            str(config.bitrate),
+            str(dst),
+        ],
+        timeout=config.timeout_for(plan.duration),
+        ffmpeg=config.ffmpeg,
+    )
+    if result.returncode != 0:
+        raise FFmpegError(
+            f"encoding chunk {plan.index} failed",
+            returncode=result.returncode,
+            stderr_tail=result.stderr_tail,
+        )
+    return AudioChunk(plan, dst)
+
+
+async def _within_size(
+    chunks: Sequence[AudioChunk], config: AudioConfig, *, reencode_from: str | os.PathLike[str] | None = None
+) -> list[AudioChunk]:
+    """The chunks, each one over the size limit re-encoded from ``reencode_from`` (or refused)."""
+    sizes = await asyncio.to_thread(lambda: [chunk.path.stat().st_size for chunk in chunks])
+    fitted: list[AudioChunk] = []
+    for chunk, size in zip(chunks, sizes, strict=True):
+        if size > config.max_chunk_bytes and reencode_from is not None:
+            log.info("audio chunk %d is %d bytes: re-encoded", chunk.index, size)
+            encoded = await _encode_chunk(reencode_from, chunk.plan, chunk.path.parent, config)
+            if encoded.path != chunk.path:
+                await asyncio.to_thread(chunk.path.unlink)
+            size = (await asyncio.to_thread(encoded.path.stat)).st_size
+            chunk = encoded
+        if size > config.max_chunk_bytes:
+            raise FFmpegError(
+                f"chunk {chunk.index} is {size} bytes, over the {config.max_chunk_bytes} allowed"
+            )
+        fitted.append(chunk)
+    return fitted
+
+
+def _plan(
+    duration: float, silences: Sequence[Silence], max_chunk: float, config: AudioConfig
+) -> list[ChunkPlan]:
+    return plan_chunks(
+        duration, silences, max_chunk=max_chunk, window=config.search_window, overlap=config.hard_cut_overlap
+    )
 
 
 async def prepare_audio(
@@ -772,25 +1025,42 @@ async def prepare_audio(
     config: AudioConfig | None = None,
     info: AudioInfo | None = None,
 ) -> PreparedAudio:
-    """Probe (unless ``info`` is given), normalize and cut ``src`` into chunks under ``work_dir``."""
+    """Probe (unless ``info`` is given), find the silences and cut ``src`` into chunks under
+    ``work_dir``: copied from the original stream where the speech API reads it, else re-encoded."""
     config = config or AudioConfig()
     if info is None:
         info = await probe(src, config=config)
     elif info.duration > config.max_duration:
         raise AudioTooLong(info.duration, config.max_duration)
+    copying = copy_format(info.audio_streams[0], config) if info.audio_streams else None
+    if copying is not None:
+        piece, max_chunk = copying
+        scanned = await scan(src, config=config)
+        if abs(scanned.span - scanned.duration) <= _TIMELINE_TOLERANCE:
+            plans = _plan(scanned.duration, scanned.silences, max_chunk, config)
+            chunks = await cut_chunks(src, plans, work_dir, piece=piece, config=config)
+            chunks = await _within_size(chunks, config, reencode_from=src)
+            return _prepared(info, scanned.duration, scanned.silences, chunks, copied=True)
+        log.info("audio timestamps span %.1f s, %.1f s decoded: re-encoded", scanned.span, scanned.duration)
     normalized = await normalize(src, work_dir, config=config)
-    plans = plan_chunks(
-        normalized.duration,
-        normalized.silences,
-        max_chunk=config.chunk_seconds,
-        window=config.search_window,
-        overlap=config.hard_cut_overlap,
-    )
-    chunks = await cut_chunks(normalized, plans, work_dir, config=config)
+    plans = _plan(normalized.duration, normalized.silences, config.chunk_seconds, config)
+    if len(plans) == 1:
+        chunks = [AudioChunk(plans[0], normalized.path)]
+    else:
+        piece, _ = await _pick_encoder(config)
+        chunks = await cut_chunks(normalized.path, plans, work_dir, piece=piece, config=config)
+    chunks = await _within_size(chunks, config)
+    return _prepared(info, normalized.duration, normalized.silences, chunks, copied=False)
+
+
+def _prepared(
+    info: AudioInfo, duration: float, silences: tuple[Silence, ...], chunks: list[AudioChunk], *, copied: bool
+) -> PreparedAudio:
     log.debug(
-        "audio prepared: %.1f s, %d silences, %d chunks",
-        normalized.duration,
-        len(normalized.silences),
+        "audio prepared: %.1f s, %d silences, %d chunks, %s",
+        duration,
+        len(silences),
         len(chunks),
+        "copied" if copied else "re-encoded",
     )
-    return PreparedAudio(info=info, normalized=normalized, chunks=tuple(chunks))
+    return PreparedAudio(info=info, duration=duration, silences=silences, chunks=tuple(chunks), copied=copied)
