@@ -30,7 +30,7 @@ from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_fal import FakeFalServer
 from aisha.sandbox.faults import Fault
 from tests.conftest import Database
-from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, free_port, say
+from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, free_port, jobs_done, say
 from tests.media import DISTINCT, face_photo
 
 PRICE = PriceList().avatar_portrait  # the default portrait price
@@ -548,7 +548,7 @@ async def test_a_submission_with_no_answer_is_kept_until_the_timeout_then_releas
     avatar_id = await _seed_and_train(app, telegram, user)
     await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTING))
     await eventually(lambda: _true(fal.faults.injected != []))
-    await asyncio.sleep(0.7)  # the client has given up by now
+    await jobs_done(app)  # the client has given up, and the job with it
     await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))  # a redelivery
     await app.services.recovery.run_once()  # before the timeout: nothing to poll, nothing to do
     assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
@@ -578,12 +578,12 @@ async def test_a_submission_whose_answer_is_lost_is_adopted_by_the_webhook_and_c
     user = FakeUser(id=7801, language_code="en")
     avatar_id = await _seed_and_train(app, telegram, user)
     job = await _submitted(fal)
-    await asyncio.sleep(0.8)
+    await jobs_done(app)  # the client has given up waiting, and the job with it
     assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
     assert (await _avatar(db, user.id)).provider_request_id is None
     fal.answer_submissions()  # to nobody: the client has hung up
     await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))  # a redelivery
-    await asyncio.sleep(0.3)
+    await jobs_done(app)
     assert len(fal.submissions) == 1
 
     assert await fal.complete(job.request_id) == 200  # the signed webhook names our avatar
@@ -625,7 +625,7 @@ async def test_a_crash_right_after_fal_accepted_ends_ready_and_charged_once(
     assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
     await app.services.queue.enqueue("avatars.train", avatar_id=str(avatar_id))  # the job again
     await app.services.recovery.run_once()
-    await asyncio.sleep(0.3)
+    await jobs_done(app)
     assert len(fal.submissions) == 1
 
     assert await fal.complete(job.request_id) == 200

@@ -7,7 +7,6 @@ told at most once, and every test ends with the ledger adding up.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -372,7 +371,7 @@ async def test_a_crash_before_telegram_is_asked_is_finished_by_the_sweep(
     monkeypatch.setattr(app.services.payments, "complete_refund", crash)
     telegram.queue_update(telegram.message_update(ADMIN, "/refund charge-r6"))
     await eventually(lambda: _status_is(db, "charge-r6", PaymentStatus.REFUNDING))
-    await asyncio.sleep(0.2)
+    await telegram.wait_until_handled()
     assert telegram.calls_of("refundStarPayment") == []
     assert await _balance(app, user.id) == 0  # the intent is committed with the debit
     monkeypatch.undo()

@@ -23,7 +23,7 @@ from aisha.transcription.audio import find_ffmpeg
 from aisha.transcription.models import Transcript
 from aisha.transcription.service import MAX_RUNS
 from tests.conftest import Database
-from tests.e2e.conftest import buttons, count, eventually
+from tests.e2e.conftest import buttons, count, eventually, jobs_done
 from tests.media import ffconcat_list, hls_playlist, large_wav, lying_ogg
 
 
@@ -614,7 +614,7 @@ async def test_a_late_outcome_of_a_lost_run_changes_nothing_another_run_delivere
 
     await eventually(first_answered)
     assert first[0].status == (400 if late == "failure" else 200)
-    await asyncio.sleep(0.3)  # the first run's outcome has arrived and been ignored
+    await jobs_done(app)  # the first run's outcome has arrived and been ignored
 
     [row] = await _rows(db, user.id)
     assert row.status == JobStatus.SUCCEEDED and row.error is None
