@@ -132,6 +132,35 @@ class HistoryItem:
     hold_id: uuid.UUID | None
     created_at: datetime
 
+    @classmethod
+    def of(cls, row: Any) -> HistoryItem:
+        """One entry from a row selected with HISTORY_COLUMNS."""
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            amount=row.amount,
+            balance_after=row.balance_after,
+            description=row.description,
+            description_args=dict(row.description_args or {}),
+            reference=row.reference,
+            hold_id=row.hold_id,
+            created_at=row.created_at,
+        )
+
+
+# What a history line reads of an entry (HistoryItem.of builds one from them).
+HISTORY_COLUMNS = (
+    CreditEntry.id,
+    CreditEntry.kind,
+    CreditEntry.amount,
+    CreditEntry.balance_after,
+    CreditEntry.description,
+    CreditEntry.description_args,
+    CreditEntry.reference,
+    CreditEntry.hold_id,
+    CreditEntry.created_at,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
@@ -570,20 +599,7 @@ class LedgerService:
         params = {"user_id": user_id, "limit": limit, "offset": offset}
         rows = (await session.execute(_OVERVIEW_PAGE, params)).all()
         first = rows[0] if rows else (await session.execute(_OVERVIEW_FIGURES, params)).one()
-        items = [
-            HistoryItem(
-                id=row.id,
-                kind=row.kind,
-                amount=row.amount,
-                balance_after=row.balance_after,
-                description=row.description,
-                description_args=dict(row.description_args or {}),
-                reference=row.reference,
-                hold_id=row.hold_id,
-                created_at=row.created_at,
-            )
-            for row in rows
-        ]
+        items = [HistoryItem.of(row) for row in rows]
         return Overview(
             balance=int(first.balance or 0),
             held=int(first.held or 0),
@@ -921,18 +937,7 @@ _OVERVIEW_FIGURES_COLUMNS = (
 )
 _OVERVIEW_FIGURES = select(*_OVERVIEW_FIGURES_COLUMNS)
 _OVERVIEW_PAGE = (
-    select(
-        CreditEntry.id,
-        CreditEntry.kind,
-        CreditEntry.amount,
-        CreditEntry.balance_after,
-        CreditEntry.description,
-        CreditEntry.description_args,
-        CreditEntry.reference,
-        CreditEntry.hold_id,
-        CreditEntry.created_at,
-        *_OVERVIEW_FIGURES_COLUMNS,
-    )
+    select(*HISTORY_COLUMNS, *_OVERVIEW_FIGURES_COLUMNS)
     .where(CreditEntry.user_id == _OVERVIEW_USER)
     .order_by(CreditEntry.seq.desc())
     .limit(bindparam("limit"))

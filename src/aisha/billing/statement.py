@@ -18,7 +18,7 @@ from sqlalchemy import String, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.models import CreditEntry, EntryKind
-from aisha.billing.service import HistoryItem
+from aisha.billing.service import HISTORY_COLUMNS, HistoryItem
 
 FOLDED_KINDS = (EntryKind.HOLD, EntryKind.CAPTURE, EntryKind.RELEASE)
 
@@ -83,35 +83,12 @@ async def statement(
     grouped: dict[str, list[HistoryItem]] = {k: [] for k in keys}
     if keys:
         rows = await session.execute(
-            select(
-                key,
-                CreditEntry.id,
-                CreditEntry.kind,
-                CreditEntry.amount,
-                CreditEntry.balance_after,
-                CreditEntry.description,
-                CreditEntry.description_args,
-                CreditEntry.reference,
-                CreditEntry.hold_id,
-                CreditEntry.created_at,
-            )
+            select(key, *HISTORY_COLUMNS)
             .where(CreditEntry.user_id == user_id, _operation_key().in_(keys))
             .order_by(CreditEntry.seq)
         )
         for row in rows:
-            grouped[row.operation].append(
-                HistoryItem(
-                    id=row.id,
-                    kind=row.kind,
-                    amount=row.amount,
-                    balance_after=row.balance_after,
-                    description=row.description,
-                    description_args=dict(row.description_args or {}),
-                    reference=row.reference,
-                    hold_id=row.hold_id,
-                    created_at=row.created_at,
-                )
-            )
+            grouped[row.operation].append(HistoryItem.of(row))
     return StatementPage(
         operations=[fold(entries) for entries in grouped.values() if entries],
         total=int(total or 0),
