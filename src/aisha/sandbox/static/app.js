@@ -667,7 +667,8 @@
     const fromUser = Boolean(user && target.from && target.from.id === user.id);
     const who = fromUser ? tr("you") : (target.from && target.from.first_name) || "";
     const kind = mediaKind(target);
-    const what = target.text || target.caption || (kind ? tr(kind) : target.invoice ? tr("invoice") : "");
+    const what =
+      target.text || target.caption || fileName(target, kind) || (kind ? tr(kind) : target.invoice ? tr("invoice") : "");
     const node = el(
       "div",
       { className: "reply-quote" },
@@ -676,6 +677,12 @@
     );
     node.addEventListener("click", () => highlight(target.message_id));
     return node;
+  }
+
+  /** A file's own name, as Telegram's reply quote shows it ("report.pdf"), or "" when it has none. */
+  function fileName(message, kind) {
+    const media = kind && kind !== "photo" ? message[kind] : null;
+    return (media && typeof media.file_name === "string" && media.file_name) || "";
   }
 
   function highlight(messageId) {
@@ -709,6 +716,8 @@
     }
   }
 
+  const PHOTO_MAX_HEIGHT = 420;
+
   function renderPhoto(size, spoiler) {
     const img = el("img", {
       className: "photo",
@@ -718,9 +727,13 @@
       "data-file-id": size.file_id,
     });
     if (size.width && size.height) {
-      // Reserves the space before the bytes arrive (the CSS scales it), so the chat doesn't jump.
+      // Reserves the space before the bytes arrive, so the chat doesn't jump; the height follows
+      // the width, so the picture keeps its proportions: as wide as it is, at most 420 px tall.
       img.width = size.width;
       img.height = size.height;
+      img.style.width = Math.round(Math.min(size.width, (PHOTO_MAX_HEIGHT * size.width) / size.height)) + "px";
+    } else {
+      img.style.maxHeight = PHOTO_MAX_HEIGHT + "px"; // width and height auto: the browser keeps the ratio
     }
     if (spoiler) img.style.filter = "blur(24px)";
     img.addEventListener("click", () => {
