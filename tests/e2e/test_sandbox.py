@@ -256,7 +256,9 @@ async def test_a_generation_returns_images_marked_as_sandbox_output(
     assert ("generation", "succeeded") in kinds
 
 
-async def test_an_avatar_from_ten_photos_trains_and_then_generates(client: aiohttp.ClientSession) -> None:
+async def test_an_avatar_from_ten_photos_trains_and_then_generates(
+    client: aiohttp.ClientSession, sandbox: Sandbox
+) -> None:
     await top_up(client, "l")
     await top_up(client, "m")
     await say(client, "/avatar")
@@ -287,6 +289,14 @@ async def test_an_avatar_from_ten_photos_trains_and_then_generates(client: aioht
     )
     jobs = {(j["kind"], j["status"]) for j in (await panel(client))["jobs"]}
     assert jobs == {("training", "ready"), ("generation", "succeeded")}
+    # The operator sees what each job cost, with which avatar, how long it took and its FAL id.
+    by_kind = {job["kind"]: job for job in (await panel(client))["jobs"]}
+    training, generation = by_kind["training"], by_kind["generation"]
+    assert (training["charged"], generation["charged"]) == (300, 5)
+    assert (training["avatar"], generation["avatar"]) == ("Me", "Me")
+    assert training["provider_request_id"] in sandbox.fal.jobs
+    assert generation["provider_request_id"] in sandbox.fal.jobs
+    assert generation["duration_seconds"] >= 0 and generation["error"] is None
 
 
 async def test_a_voice_message_is_transcribed_for_real(client: aiohttp.ClientSession, speech: bytes) -> None:
@@ -317,6 +327,7 @@ async def test_russian_on_the_english_only_model_is_refused_plainly(
     await bot_message(client, text_has("understands English only"), timeout=60)
     jobs = (await panel(client))["jobs"]
     assert [(j["kind"], j["status"]) for j in jobs] == [("transcription", "failed")]
+    assert jobs[0]["charged"] == 0 and jobs[0]["error"]
     assert (await panel(client))["balance"] == balance  # the hold went back
 
 

@@ -3,15 +3,18 @@ the bot made to each fake service, newest first."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from aisha.avatars.models import Avatar
+from aisha.avatars.models import Avatar, AvatarStatus
+from aisha.billing.models import CreditHold, HoldStatus
 from aisha.billing.service import DEFAULT_DESCRIPTIONS, HistoryItem
 from aisha.billing.statement import Operation, statement
 from aisha.container import Services
+from aisha.db.base import JobStatus
 from aisha.generation.models import ImageGeneration
 from aisha.i18n import Texts
 from aisha.sandbox.fake_fal import FakeFalServer
@@ -25,6 +28,8 @@ LEDGER_LIMIT = 50
 JOBS_LIMIT = 50
 CALLS_LIMIT = 100
 _SUMMARY_CHARS = 100
+_SUCCEEDED = frozenset({JobStatus.SUCCEEDED.value, AvatarStatus.READY.value})
+_FAILED = frozenset({JobStatus.FAILED.value, AvatarStatus.FAILED.value})
 # What says most about a Bot API call, in order of preference.
 _SUMMARY_PARAMS = ("text", "caption", "title", "action", "url", "callback_query_id", "pre_checkout_query_id")
 
@@ -41,9 +46,17 @@ async def account(services: Services, *, user_id: int, t: Texts) -> JsonDict:
         avatars = (await session.scalars(_newest(Avatar, user_id))).all()
         generations = (await session.scalars(_newest(ImageGeneration, user_id))).all()
         transcripts = (await session.scalars(_newest(Transcript, user_id))).all()
-    jobs = [_training(row) for row in avatars]
-    jobs += [_generation(row) for row in generations]
-    jobs += [_transcription(row) for row in transcripts]
+        rows = [*avatars, *generations, *transcripts]
+        hold_ids = {row.hold_id for row in rows if row.hold_id is not None}
+        holds = {
+            hold.id: hold
+            for hold in await session.scalars(select(CreditHold).where(CreditHold.id.in_(hold_ids)))
+        }
+        avatar_names = await session.execute(select(Avatar.id, Avatar.name).where(Avatar.user_id == user_id))
+        names = {avatar_id: name for avatar_id, name in avatar_names}
+    jobs = [_job("training", row, f"{row.name} ({row.type.value})", row.name, holds) for row in avatars]
+    jobs += [_job("generation", row, _prompt(row), names.get(row.avatar_id), holds) for row in generations]
+    jobs += [_job("transcription", row, _transcript(row), None, holds) for row in transcripts]
     jobs.sort(key=lambda job: job["created_at"], reverse=True)
     return {
         "balance": balance,
@@ -88,29 +101,46 @@ def _entry(item: HistoryItem, t: Texts) -> JsonDict:
     }
 
 
-def _job(kind: str, row: Any, detail: str) -> JsonDict:
-    if row.error:
-        detail = f"{detail} · {row.error}"
+def _job(
+    kind: str, row: Any, detail: str, avatar: str | None, holds: dict[uuid.UUID, CreditHold]
+) -> JsonDict:
+    """A job as the operator checks it: what it cost, with which avatar, how long it took, why it
+    failed and its id at the provider (to look it up in FAL's dashboard)."""
+    finished = row.finished_at
     return {
         "kind": kind,
         "id": str(row.id),
         "status": str(row.status),
         "created_at": _iso(row.created_at),
         "detail": detail,
+        "avatar": avatar,
+        "price": row.price,
+        "charged": _charged(row, holds.get(row.hold_id) if row.hold_id is not None else None),
+        "duration_seconds": None
+        if finished is None
+        else round((finished - row.created_at).total_seconds(), 1),
+        "error": row.error,
+        "provider_request_id": getattr(row, "provider_request_id", None),
     }
 
 
-def _training(avatar: Avatar) -> JsonDict:
-    return _job("training", avatar, f"{avatar.name} ({avatar.type.value})")
+def _charged(row: Any, hold: CreditHold | None) -> int | None:
+    """Credits the job took in the end: what its hold captured; None while it is still running."""
+    if hold is not None:
+        return None if hold.status is HoldStatus.ACTIVE else hold.captured_amount
+    # No hold left to ask (free, or the hold's row is gone): a success cost its price.
+    if str(row.status) in _SUCCEEDED:
+        return int(getattr(row, "cost", row.price))
+    return 0 if str(row.status) in _FAILED else None
 
 
-def _generation(generation: ImageGeneration) -> JsonDict:
-    return _job("generation", generation, generation.prompt[:_SUMMARY_CHARS])
+def _prompt(generation: ImageGeneration) -> str:
+    return generation.prompt[:_SUMMARY_CHARS]
 
 
-def _transcription(transcript: Transcript) -> JsonDict:
+def _transcript(transcript: Transcript) -> str:
     seconds = transcript.duration_ms // 1000
-    return _job("transcription", transcript, f"{transcript.source_kind}, {seconds // 60}:{seconds % 60:02d}")
+    return f"{transcript.source_kind}, {seconds // 60}:{seconds % 60:02d}"
 
 
 def service_calls(

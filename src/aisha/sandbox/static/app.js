@@ -73,6 +73,12 @@
       mic_denied: "No access to the microphone: {error}",
       too_short: "Too short: hold the microphone a little longer.",
       balance_after: "→ {balance}",
+      job_avatar: "Avatar: {name}",
+      job_charged: "charged {amount}",
+      job_on_hold: "{amount} on hold",
+      job_refunded: "{amount} refunded",
+      job_request: "provider id",
+      seconds: "{n} s",
       b: "B",
       kb: "KB",
       mb: "MB",
@@ -139,6 +145,12 @@
       mic_denied: "Нет доступа к микрофону: {error}",
       too_short: "Слишком коротко: держите микрофон чуть дольше.",
       balance_after: "→ {balance}",
+      job_avatar: "Аватар: {name}",
+      job_charged: "списано {amount}",
+      job_on_hold: "{amount} в резерве",
+      job_refunded: "{amount} возвращено",
+      job_request: "id у провайдера",
+      seconds: "{n} с",
       b: "Б",
       kb: "КБ",
       mb: "МБ",
@@ -1294,8 +1306,40 @@
         ),
         el("span", { className: "when" }, formatTime(job.created_at))
       ),
-      job.detail ? el("div", { className: "detail" }, String(job.detail)) : null
+      job.detail ? el("div", { className: "detail" }, String(job.detail)) : null,
+      jobFacts(job),
+      job.error ? el("div", { className: "job-error" }, String(job.error)) : null
     );
+  }
+
+  /** "Avatar: Astro · charged 5 · 12.4 s · FAL id 1f2e…": what the operator checks a job by. */
+  function jobFacts(job) {
+    const facts = [];
+    if (job.avatar) facts.push(tr("job_avatar", { name: job.avatar }));
+    const price = Number(job.price) || 0;
+    if (job.charged === null || job.charged === undefined) {
+      if (price) facts.push(tr("job_on_hold", { amount: price }));
+    } else if (job.charged > 0) {
+      facts.push(tr("job_charged", { amount: job.charged }));
+    } else if (price) {
+      facts.push(tr("job_refunded", { amount: price }));
+    }
+    if (typeof job.duration_seconds === "number") facts.push(formatSeconds(job.duration_seconds));
+    const node = el("div", { className: "job-facts" }, facts.join(" · "));
+    if (job.provider_request_id) {
+      node.append(
+        facts.length ? " · " : "",
+        tr("job_request"),
+        " ",
+        el("code", { className: "request-id", title: job.provider_request_id }, job.provider_request_id)
+      );
+    }
+    return node.childNodes.length ? node : null;
+  }
+
+  function formatSeconds(seconds) {
+    if (seconds < 60) return tr("seconds", { n: seconds.toFixed(1) });
+    return formatDuration(seconds);
   }
 
   function callItem(call) {
