@@ -264,6 +264,7 @@ class RecordedCall:
     params: JsonDict
     files: dict[str, bytes]
     time: datetime
+    number: int = 0  # 1, 2, 3… in the order the server got them (the sandbox panel asks by it)
     failed: bool = False
     # The error JSON returned when failed, else the "result" returned (filled once answered).
     error: JsonDict | None = None
@@ -449,6 +450,7 @@ class FakeTelegramServer(LoopbackServer):
         self._client: aiohttp.ClientSession | None = None
 
         self.calls: list[RecordedCall] = []
+        self._calls_recorded = 0
         self.downloads: list[str] = []  # file paths fetched through /file/bot<token>/...
         # Unexpected exceptions inside the fake itself: tests can assert this stays empty.
         self.errors: list[str] = []
@@ -787,7 +789,10 @@ class FakeTelegramServer(LoopbackServer):
 
     def _record(self, method: str, params: JsonDict, uploads: dict[str, _Upload]) -> RecordedCall:
         files = {name: upload.data for name, upload in uploads.items()}
-        call = RecordedCall(method=method, params=params, files=files, time=datetime.now(UTC))
+        self._calls_recorded += 1
+        call = RecordedCall(
+            method=method, params=params, files=files, time=datetime.now(UTC), number=self._calls_recorded
+        )
         self.calls.append(call)
         if self._keep_calls is not None and len(self.calls) >= 2 * self._keep_calls:
             self._forget_calls(len(self.calls) - self._keep_calls)

@@ -17,6 +17,7 @@ from aisha.container import Services
 from aisha.db.base import JobStatus
 from aisha.generation.models import ImageGeneration
 from aisha.i18n import Texts
+from aisha.sandbox.exchanges import Exchange, shorten
 from aisha.sandbox.fake_fal import FakeFalServer
 from aisha.sandbox.fake_openai import FakeOpenAIServer
 from aisha.sandbox.fake_telegram import FakeTelegramServer, RecordedCall, parse_html
@@ -148,10 +149,49 @@ def service_calls(
 ) -> list[JsonDict]:
     """The newest calls the bot made to the three fakes, merged, newest first."""
     calls = [_telegram_call(call) for call in telegram.calls[-limit:]]
-    calls += [_call("fal", at, method, path.split("?", 1)[0]) for at, method, path in fal.timeline[-limit:]]
-    calls += [_call("openai", at, endpoint, summary) for at, endpoint, summary in openai.timeline[-limit:]]
+    calls += [_fal_call(exchange) for exchange in fal.exchanges.recent(limit)]
+    calls += [_openai_call(exchange) for exchange in openai.exchanges.recent(limit)]
     calls.sort(key=lambda call: call["at"], reverse=True)
     return calls[:limit]
+
+
+def call_detail(
+    telegram: FakeTelegramServer, fal: FakeFalServer, openai: FakeOpenAIServer, *, service: str, number: int
+) -> JsonDict | None:
+    """One call with what the bot sent and what the fake answered; None when it is not kept (any
+    more). Long strings are cut and files named by size; no header, so no key, is ever shown."""
+    if service == "telegram":
+        call = next((call for call in reversed(telegram.calls) if call.number == number), None)
+        if call is None:
+            return None
+        return _telegram_call(call) | {
+            "path": call.method,
+            "status": None if not call.answered else int((call.error or {}).get("error_code", 200)),
+            "request": _telegram_request(call),
+            "response": shorten(call.error if call.failed else call.result) if call.answered else None,
+        }
+    log = {"fal": fal.exchanges, "openai": openai.exchanges}.get(service)
+    exchange = log.get(number) if log is not None else None
+    if exchange is None:
+        return None
+    listed = _fal_call(exchange) if service == "fal" else _openai_call(exchange)
+    return listed | {
+        "path": exchange.path,
+        "status": exchange.status,
+        "request": exchange.request,
+        "response": exchange.response,
+    }
+
+
+# Sent to Telegram but not for the operator's eyes: the webhook's shared secret.
+_SECRET_PARAMS = frozenset({"secret_token"})
+
+
+def _telegram_request(call: RecordedCall) -> JsonDict:
+    params = {key: "•••" if key in _SECRET_PARAMS else value for key, value in call.params.items()}
+    files = {name: f"{len(data)} bytes" for name, data in call.files.items()}
+    request: JsonDict = shorten(params) | files
+    return request
 
 
 def _telegram_call(call: RecordedCall) -> JsonDict:
@@ -160,7 +200,18 @@ def _telegram_call(call: RecordedCall) -> JsonDict:
         summary = _plain(summary)
     if call.failed and call.error is not None:
         summary = f"{call.error.get('description', 'failed')} · {summary}"
-    return _call("telegram", call.time.timestamp(), call.method, summary)
+    return _call("telegram", call.number, call.time.timestamp(), call.method, summary)
+
+
+def _fal_call(exchange: Exchange) -> JsonDict:
+    path = exchange.path.split("?", 1)[0]  # the fal_webhook URL is for the details
+    summary = f"{path} {exchange.summary}" if exchange.summary else path
+    return _call("fal", exchange.number, exchange.at, exchange.method, summary)
+
+
+def _openai_call(exchange: Exchange) -> JsonDict:
+    endpoint = exchange.path.split("?", 1)[0].removeprefix("/v1/")
+    return _call("openai", exchange.number, exchange.at, endpoint, exchange.summary)
 
 
 def _plain(html_text: str) -> str:
@@ -171,9 +222,10 @@ def _plain(html_text: str) -> str:
         return html_text
 
 
-def _call(service: str, at: float, method: str, summary: str) -> JsonDict:
+def _call(service: str, number: int, at: float, method: str, summary: str) -> JsonDict:
     return {
         "service": service,
+        "number": number,
         "at": _iso(datetime.fromtimestamp(at, UTC)),
         "method": method,
         "summary": summary[:_SUMMARY_CHARS],

@@ -79,6 +79,10 @@
       job_refunded: "{amount} refunded",
       job_request: "provider id",
       seconds: "{n} s",
+      request: "Request",
+      response: "Response · HTTP {status}",
+      not_answered: "No answer (yet)",
+      loading: "Loading…",
       b: "B",
       kb: "KB",
       mb: "MB",
@@ -151,6 +155,10 @@
       job_refunded: "{amount} возвращено",
       job_request: "id у провайдера",
       seconds: "{n} с",
+      request: "Запрос",
+      response: "Ответ · HTTP {status}",
+      not_answered: "Ответа нет (пока)",
+      loading: "Загрузка…",
       b: "Б",
       kb: "КБ",
       mb: "МБ",
@@ -1225,7 +1233,16 @@
   // ------------------------------------------------------------------------------ operator panel
 
   // raw: the ledger's entries one by one, as stored, instead of the operations the user sees.
-  const panel = { busy: false, signature: "", data: null, service: "", raw: false };
+  // openCalls: the calls the operator opened (service/number); details: what /api/calls said of them.
+  const panel = {
+    busy: false,
+    signature: "",
+    data: null,
+    service: "",
+    raw: false,
+    openCalls: new Set(),
+    details: new Map(),
+  };
 
   async function refreshPanel() {
     if (panel.busy) return;
@@ -1342,10 +1359,17 @@
     return formatDuration(seconds);
   }
 
+  function callKey(call) {
+    return call.service + "/" + call.number;
+  }
+
+  /** A call in the list; clicked, it opens to show what the bot sent and what came back. */
   function callItem(call) {
-    return el(
-      "li",
-      { className: "call", "data-service": call.service || "" },
+    const key = callKey(call);
+    const open = panel.openCalls.has(key);
+    const head = el(
+      "div",
+      { className: "call-head", role: "button", tabIndex: 0, "aria-expanded": String(open) },
       el(
         "div",
         { className: "row" },
@@ -1359,6 +1383,64 @@
       ),
       call.summary ? el("div", { className: "detail" }, String(call.summary)) : null
     );
+    head.addEventListener("click", () => toggleCall(key));
+    head.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        toggleCall(key);
+      }
+    });
+    return el(
+      "li",
+      { className: "call" + (open ? " open" : ""), "data-service": call.service || "", "data-number": String(call.number) },
+      head,
+      open ? callDetail(panel.details.get(key)) : null
+    );
+  }
+
+  async function toggleCall(key) {
+    if (panel.openCalls.delete(key)) {
+      if (panel.data) renderPanel(panel.data);
+      return;
+    }
+    panel.openCalls.add(key);
+    const known = panel.details.get(key);
+    if (known && known.status !== null && known.status !== undefined) {
+      if (panel.data) renderPanel(panel.data);
+      return;
+    }
+    // Not fetched yet, or not answered when it was: ask again.
+    panel.details.set(key, null);
+    if (panel.data) renderPanel(panel.data);
+    let detail;
+    try {
+      detail = await api("/api/calls/" + key.split("/").map(encodeURIComponent).join("/"));
+    } catch (error) {
+      detail = { error: error.message };
+    }
+    panel.details.set(key, detail);
+    if (panel.data) renderPanel(panel.data);
+  }
+
+  function callDetail(detail) {
+    if (!detail) return el("div", { className: "call-detail" }, tr("loading"));
+    if (detail.error) return el("div", { className: "call-detail job-error" }, detail.error);
+    const answered = detail.status !== null && detail.status !== undefined;
+    return el(
+      "div",
+      { className: "call-detail" },
+      el("div", { className: "call-path" }, detail.path || ""),
+      el("div", { className: "call-part" }, tr("request")),
+      el("pre", { className: "call-body" }, pretty(detail.request)),
+      el("div", { className: "call-part" }, answered ? tr("response", { status: detail.status }) : tr("not_answered")),
+      answered ? el("pre", { className: "call-body" }, pretty(detail.response)) : null
+    );
+  }
+
+  /** A body as the operator reads it: text as it is, JSON indented. */
+  function pretty(value) {
+    if (value === null || value === undefined) return "—";
+    return typeof value === "string" ? value : JSON.stringify(value, null, 2);
   }
 
   function bindLedgerView() {
