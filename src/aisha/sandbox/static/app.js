@@ -1512,7 +1512,11 @@
     });
     $("#panel-toggle").addEventListener("click", () => $("#app").classList.toggle("panel-hidden"));
     $("#panel-close").addEventListener("click", () => $("#app").classList.add("panel-hidden"));
-    if (window.matchMedia("(max-width: 900px)").matches) $("#app").classList.add("panel-hidden");
+    // On a narrow screen the panel would cover the chat: it starts closed, and closes when the
+    // window becomes narrow (a phone turned, a window made smaller).
+    const narrow = window.matchMedia("(max-width: 900px)");
+    if (narrow.matches) $("#app").classList.add("panel-hidden");
+    narrow.addEventListener("change", () => $("#app").classList.toggle("panel-hidden", narrow.matches));
   }
 
   function start() {
