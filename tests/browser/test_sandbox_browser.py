@@ -489,6 +489,20 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     assert not problems, problems
     assert not foreign, foreign
 
+    # The operator's panel: the generation job with its avatar and charge; a FAL call opened
+    # shows what the bot sent and what came back.
+    generation_job = page.locator("#panel-jobs .job[data-kind=generation]").first
+    chat.expect(generation_job.locator(".job-facts")).to_contain_text("Avatar: Astro")
+    chat.expect(generation_job.locator(".job-facts")).to_contain_text("charged")
+    page.locator("#calls-filter button[data-service=fal]").click()
+    generate = page.locator(".detail", has_text=re.compile(r"/fal-ai/flux-lora$"))
+    submission = page.locator("#panel-calls .call").filter(has=generate).first
+    submission.locator(".call-head").click()
+    chat.expect(submission.locator(".call-detail")).to_contain_text("Response · HTTP 200")
+    chat.expect(submission.locator(".call-body").first).to_contain_text("astronaut")
+    submission.scroll_into_view_if_needed()
+    page.locator("#panel").screenshot(path=str(output / f"{chat.shots:02d}-panel-call.png"))
+
     # Stop the server mid-conversation: the page says it is reconnecting.
     messages_before = page.locator(".message[data-message-id]").count()
     assert sandbox.stop() == 0, sandbox.log_tail()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 from sqlalchemy import select
 
@@ -176,7 +177,7 @@ def call_detail(
         return None
     listed = _fal_call(exchange) if service == "fal" else _openai_call(exchange)
     return listed | {
-        "path": exchange.path,
+        "path": unquote(exchange.path),  # the fal_webhook URL readable
         "status": exchange.status,
         "request": exchange.request,
         "response": exchange.response,
