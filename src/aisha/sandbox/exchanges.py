@@ -52,11 +52,9 @@ class ExchangeLog:
         self._items.append(exchange)
         return exchange
 
-    async def add_request(self, request: web.Request, *, summary: str = "") -> Exchange:
+    def add_request(self, request: web.Request, *, summary: str = "") -> Exchange:
         """Records ``request``; a handler finds it as ``request[EXCHANGE]`` to add what it read."""
-        exchange = self.add(
-            request.method, request.path_qs, summary=summary, request=await request_body(request)
-        )
+        exchange = self.add(request.method, request.path_qs, summary=summary, request=request_body(request))
         request[EXCHANGE] = exchange
         return exchange
 
@@ -67,18 +65,19 @@ class ExchangeLog:
         return next((exchange for exchange in self._items if exchange.number == number), None)
 
 
-async def request_body(request: web.Request) -> Any:
-    """A JSON body as parsed; any other body by its type and size (the handler reads it itself:
-    a multipart stream can be read only once)."""
-    if request.content_type == "application/json":
-        raw = await request.read()  # aiohttp keeps these bytes for the handler's request.json()
-        try:
-            return shorten(json.loads(raw))
-        except ValueError:
-            return f"{len(raw)} bytes, not JSON"
+def request_body(request: web.Request) -> str | None:
+    """The body by its type and size, until the handler that parses it calls `note_request`: read
+    here, a body over the server's limit or a multipart stream would not reach the handler whole."""
     if not request.body_exists:
         return None
     return file_note(request.content_type, request.content_length)
+
+
+def note_request(request: web.Request, body: Any) -> None:
+    """What the handler read from the request (JSON, form fields), shortened, for the panel."""
+    exchange = request.get(EXCHANGE)
+    if exchange is not None:
+        exchange.request = shorten(body)
 
 
 def response_body(response: web.StreamResponse) -> Any:

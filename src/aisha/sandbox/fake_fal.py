@@ -63,7 +63,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aisha.sandbox._http import LoopbackServer
 from aisha.sandbox._state import read_json, write_json_atomically
-from aisha.sandbox.exchanges import Exchange, ExchangeLog
+from aisha.sandbox.exchanges import Exchange, ExchangeLog, note_request
 from aisha.sandbox.faults import Fault, FaultPlan, never_answer
 from aisha.storage.public import unreachable_reason
 
@@ -543,14 +543,14 @@ class FakeFalServer(LoopbackServer):
         public = request.path == "/.well-known/jwks.json" or request.path.startswith(("/files/", "/uploads/"))
         fault = self.faults.take(f"{request.method} {request.path}")
         if fault is not None:
-            refused = await self.exchanges.add_request(request, summary=f"[{fault.value}]")
+            refused = self.exchanges.add_request(request, summary=f"[{fault.value}]")
             if fault.status is None:
                 return await never_answer(request, fault)
             return _answered(refused, {"detail": f"injected fault: {fault.value}"}, status=fault.status)
         exchange: Exchange | None = None
         if not public:
             self.requests.append((request.method, request.path_qs))
-            exchange = await self.exchanges.add_request(request)
+            exchange = self.exchanges.add_request(request)
             if self._outages:
                 status = self._outages.popleft()
                 page = (
@@ -584,6 +584,7 @@ class FakeFalServer(LoopbackServer):
             payload = await request.json()
         except ValueError:
             payload = None
+        note_request(request, payload)
         if not isinstance(payload, dict):
             return web.json_response({"detail": [_field_error("body", "must be a JSON object")]}, status=422)
         problems = self._validate(endpoint, payload)
@@ -699,6 +700,7 @@ class FakeFalServer(LoopbackServer):
         if request.headers.get("Authorization") != f"Key {self.key}":
             return web.json_response({"detail": "Unauthorized"}, status=401)
         body = await request.json()
+        note_request(request, body)
         file_name = str(body.get("file_name") or "upload.bin")
         lifecycle = {
             k: v for k, v in request.headers.items() if k.lower().startswith("x-fal-object-lifecycle")

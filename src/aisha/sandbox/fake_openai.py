@@ -44,7 +44,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from aisha.sandbox._http import LoopbackServer
-from aisha.sandbox.exchanges import EXCHANGE, Exchange, ExchangeLog, file_note, shorten
+from aisha.sandbox.exchanges import EXCHANGE, Exchange, ExchangeLog, file_note, note_request
 from aisha.sandbox.faults import Fault, FaultPlan, never_answer
 
 __all__ = [
@@ -319,7 +319,7 @@ class FakeOpenAIServer(LoopbackServer):
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        exchange = await self.exchanges.add_request(request)
+        exchange = self.exchanges.add_request(request)
         response = await self._answer(request, handler, exchange)
         exchange.answered(response)
         return response
@@ -392,9 +392,8 @@ class FakeOpenAIServer(LoopbackServer):
             call.data = b""  # records stay small however many uploads a sandbox session sees
             self.transcription_calls.append(call)
             length = "" if call.duration is None else f", {call.duration:.1f} s"
-            exchange = request[EXCHANGE]
-            exchange.summary = f"{call.filename}{length}"
-            exchange.request = shorten({**fields, "file": file_note(call.content_type, call.size)})
+            request[EXCHANGE].summary = f"{call.filename}{length}"
+            note_request(request, {**fields, "file": file_note(call.content_type, call.size)})
         call.status = response.status
         return response
 
@@ -501,6 +500,7 @@ class FakeOpenAIServer(LoopbackServer):
         if not isinstance(body, dict) or not body.get("model") or not body.get("messages"):
             return _error(400, "'model' and 'messages' are required properties.")
         self.chat_calls.append(body)
+        note_request(request, body)
         schema = chat_json_schema(body)
         request[EXCHANGE].summary = schema[0] if schema else str(body["model"])
         if body.get("stream"):
