@@ -6,8 +6,10 @@ a portrait avatar from 10 photos → training done → 2 images → a voice file
 data dir, and the page still shows the conversation and the balance.
 
 Playwright drives /usr/bin/chromium (apt package `chromium`); no browser is ever downloaded.
-Screenshots of the key steps and the server's log go to `test-output/browser/` at the repository
-root (git-ignored), so CI can keep them as artifacts.
+Screenshots of the key steps, each 1280 and 390 px wide (a laptop and a phone), and the server's
+log go to `test-output/browser/` at the repository root (git-ignored), so CI can keep them as
+artifacts. At every screenshot, no picture on the page may be drawn in other proportions than its
+file's, and no reply-keyboard button may be cut.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ TRANSCRIPT = re.compile(
 )
 BALANCE = re.compile(r"Balance: (\d+)")  # case matters: not "Your balance: 450" after a top-up
 HISTORY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d\s+([+−]?\d+)\s+(.+)$")  # a true minus: −5
+WIDE = {"width": 1280, "height": 900}
+NARROW = {"width": 390, "height": 844}  # a phone
 STEP = 30_000  # ms: one bot answer
 LONG = 180_000  # ms: photo checks, training, generation
 
@@ -171,8 +175,9 @@ def _speech(folder: Path) -> Path:
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def output() -> Path:
+    """Emptied once, so each test's screenshots stay beside the others'."""
     shutil.rmtree(OUTPUT, ignore_errors=True)
     OUTPUT.mkdir(parents=True)
     return OUTPUT
@@ -213,6 +218,28 @@ _FIND_BOT_MESSAGE = """({since, pattern, flags}) => {
         (m) => Number(m.dataset.messageId) > since && re.test(m.innerText));
     return found.length ? found[found.length - 1].dataset.messageId : false;
 }"""
+
+
+_NEXT_FRAME = "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+# Every loaded picture on screen whose box has other proportions than its file (a pixel or two
+# of rounding allowed, either way), as "file: drawn WxH, file WxH".
+_SQUASHED_IMAGES = """() => [...document.images]
+    .filter((img) => img.complete && img.naturalWidth > 0 && img.getClientRects().length > 0)
+    .map((img) => {
+        const box = img.getBoundingClientRect();
+        const ratio = img.naturalWidth / img.naturalHeight;
+        const fits = Math.abs(box.width - box.height * ratio) <= 2 || Math.abs(box.height - box.width / ratio) <= 2;
+        return fits ? null : `${img.currentSrc}: drawn ${box.width.toFixed(1)}x${box.height.toFixed(1)}, `
+            + `file ${img.naturalWidth}x${img.naturalHeight}`;
+    })
+    .filter(Boolean)"""
+
+# Reply-keyboard buttons whose label doesn't fit or that stick out of the window.
+_CUT_REPLY_BUTTONS = """() => [...document.querySelectorAll("#reply-keyboard .reply-button")]
+    .filter((b) => b.getClientRects().length > 0)
+    .filter((b) => b.scrollWidth > b.clientWidth + 1 || b.getBoundingClientRect().right > window.innerWidth)
+    .map((b) => b.innerText)"""
 
 
 class Chat:
@@ -294,9 +321,22 @@ class Chat:
             arg=selector,
         )
 
-    def screenshot(self, name: str) -> None:
+    def screenshot(self, name: str, *, check: bool = True) -> None:
+        """The page 1280 and 390 px wide, checked for squashed pictures and cut buttons at each
+        (not when a test has already failed: the picture is for finding out why)."""
         self.shots += 1
-        self.page.screenshot(path=str(self.output / f"{self.shots:02d}-{name}.png"))
+        for size in (WIDE, NARROW):
+            self.page.set_viewport_size(size)
+            self.page.evaluate(_NEXT_FRAME)  # laid out again at the new width
+            self.page.screenshot(path=str(self.output / f"{self.shots:02d}-{name}-{size['width']}.png"))
+            if not check:
+                continue
+            at = f"{name}, {size['width']} px wide"
+            squashed = self.page.evaluate(_SQUASHED_IMAGES)
+            assert not squashed, f"{at}: pictures drawn in other proportions than their files: {squashed}"
+            cut = self.page.evaluate(_CUT_REPLY_BUTTONS)
+            assert not cut, f"{at}: reply-keyboard buttons cut: {cut}"
+        self.page.set_viewport_size(WIDE)
 
 
 def _history(chat: Chat, screenshot: str) -> tuple[int, list[tuple[int, str]]]:
@@ -341,7 +381,7 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     started = time.monotonic()
     sandbox.start()
 
-    context = browser.new_context(viewport={"width": 1360, "height": 900}, locale="en-US")
+    context = browser.new_context(viewport=WIDE, locale="en-US")
     page = context.new_page()
     page.set_default_timeout(STEP)
     problems: list[str] = []
@@ -367,8 +407,11 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     assert bonus > 0
     chat.screenshot("start")
 
-    # Top up with Stars: /balance → Top up → a package → the invoice → Pay.
-    chat.tap_reply_button("Balance")
+    # Top up with Stars: /balance (tapped in the greeting, as in Telegram) → Top up → a package →
+    # the invoice → Pay.
+    chat._mark()
+    chat.bot("I'm Aisha").locator(".command-link", has_text="/balance").click()
+    chat.expect(page.locator(".message.outgoing").last).to_have_text(re.compile(r"^/balance"))
     chat.press(chat.wait_bot(BALANCE), "Top up")
     packages = chat.wait_bot("Choose a package")
     package = packages.locator(".inline-button").last  # the largest: enough for the avatar too
@@ -419,6 +462,13 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     chat.wait_images_loaded(".message:not(.outgoing) .album .photo")
     chat.screenshot("images")
 
+    # The gallery shows one portrait picture with its caption: drawn whole, not squashed.
+    chat.send("/gallery")
+    card = chat.wait_bot("1 of 1")
+    chat.expect(card.locator(".photo")).to_have_count(1)
+    chat.wait_images_loaded(".message:not(.outgoing) .bubble > .photo")
+    chat.screenshot("gallery")
+
     # A voice file → its transcript.
     chat.attach("voice", [voice])
     chat.expect(page.locator(".message.outgoing audio").last).to_be_visible()
@@ -438,6 +488,20 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     assert balance < bonus + credits  # the avatar, the images and the transcript were charged
     assert not problems, problems
     assert not foreign, foreign
+
+    # The operator's panel: the generation job with its avatar and charge; a FAL call opened
+    # shows what the bot sent and what came back.
+    generation_job = page.locator("#panel-jobs .job[data-kind=generation]").first
+    chat.expect(generation_job.locator(".job-facts")).to_contain_text("Avatar: Astro")
+    chat.expect(generation_job.locator(".job-facts")).to_contain_text("charged")
+    page.locator("#calls-filter button[data-service=fal]").click()
+    generate = page.locator(".detail", has_text=re.compile(r"/fal-ai/flux-lora$"))
+    submission = page.locator("#panel-calls .call").filter(has=generate).first
+    submission.locator(".call-head").click()
+    chat.expect(submission.locator(".call-detail")).to_contain_text("Response · HTTP 200")
+    chat.expect(submission.locator(".call-body").first).to_contain_text("astronaut")
+    submission.scroll_into_view_if_needed()
+    page.locator("#panel").screenshot(path=str(output / f"{chat.shots:02d}-panel-call.png"))
 
     # Stop the server mid-conversation: the page says it is reconnecting.
     messages_before = page.locator(".message[data-message-id]").count()
@@ -519,7 +583,7 @@ def test_a_voice_recorded_in_the_browser_comes_back_as_its_words(
             try:
                 transcript = chat.wait_bot(re.compile(r"narrow stair", re.IGNORECASE), timeout=LONG)
             except Exception:
-                chat.screenshot("recorded-voice-failed")
+                chat.screenshot("recorded-voice-failed", check=False)
                 texts = page.locator(".message").all_inner_texts()
                 pytest.fail(f"no transcript with the words said; the chat: {texts}")
             chat.screenshot("recorded-voice")

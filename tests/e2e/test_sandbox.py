@@ -218,6 +218,20 @@ async def test_a_top_up_with_stars_raises_the_balance_with_a_ledger_entry(
     assert "<" not in credited  # shown as the chat shows it, without the HTML markup
     assert methods.index("answerPreCheckoutQuery") < methods.index("sendInvoice")  # newest first
 
+    # A call opens to show what the bot sent and what Telegram answered.
+    invoice = next(c for c in view["calls"] if c["method"] == "sendInvoice")
+    status, detail = await call(client, "GET", f"/api/calls/telegram/{invoice['number']}")
+    assert status == 200
+    assert (detail["status"], detail["request"]["currency"]) == (200, "XTR")
+    assert detail["response"]["invoice"]["total_amount"] == 100
+    [set_webhook] = [c for c in view["calls"] if c["method"] == "setWebhook"]
+    status, webhook = await call(client, "GET", f"/api/calls/telegram/{set_webhook['number']}")
+    assert status == 200
+    assert webhook["request"]["secret_token"] == "•••"  # the webhook's secret is not shown
+    for gone in ("/api/calls/telegram/99999", "/api/calls/fal/1", "/api/calls/mail/1", "/api/calls/fal/x"):
+        status, body = await call(client, "GET", gone)
+        assert (status, body) == (404, {"error": "That call is not kept any more (only the newest are)."})
+
 
 async def test_three_photos_arrive_as_one_album(client: aiohttp.ClientSession) -> None:
     status, body = await upload(client, "photo", *((f"{i}.jpg", face_photo(i)) for i in range(3)))
@@ -252,11 +266,25 @@ async def test_a_generation_returns_images_marked_as_sandbox_output(
     assert len(colours) > 100  # a drawn picture, not a plain fill
     [job] = sandbox.fal.submissions
     assert "red fox" in job.payload["prompt"]
-    kinds = {(j["kind"], j["status"]) for j in (await panel(client))["jobs"]}
+    view = await panel(client)
+    kinds = {(j["kind"], j["status"]) for j in view["jobs"]}
     assert ("generation", "succeeded") in kinds
 
+    # The submission opens to show the prompt sent and the request id FAL gave back.
+    submit = next(c for c in view["calls"] if c["service"] == "fal" and c["method"] == "POST")
+    status, detail = await call(client, "GET", f"/api/calls/fal/{submit['number']}")
+    assert status == 200 and "fal_webhook=" in detail["path"]
+    assert "red fox" in detail["request"]["prompt"]
+    assert (detail["status"], detail["response"]["request_id"]) == (200, job.request_id)
+    enhance = next(c for c in view["calls"] if c["service"] == "openai")
+    status, detail = await call(client, "GET", f"/api/calls/openai/{enhance['number']}")
+    assert status == 200 and detail["method"] == "chat/completions"
+    assert detail["request"]["messages"] and detail["response"]["choices"]
 
-async def test_an_avatar_from_ten_photos_trains_and_then_generates(client: aiohttp.ClientSession) -> None:
+
+async def test_an_avatar_from_ten_photos_trains_and_then_generates(
+    client: aiohttp.ClientSession, sandbox: Sandbox
+) -> None:
     await top_up(client, "l")
     await top_up(client, "m")
     await say(client, "/avatar")
@@ -287,6 +315,14 @@ async def test_an_avatar_from_ten_photos_trains_and_then_generates(client: aioht
     )
     jobs = {(j["kind"], j["status"]) for j in (await panel(client))["jobs"]}
     assert jobs == {("training", "ready"), ("generation", "succeeded")}
+    # The operator sees what each job cost, with which avatar, how long it took and its FAL id.
+    by_kind = {job["kind"]: job for job in (await panel(client))["jobs"]}
+    training, generation = by_kind["training"], by_kind["generation"]
+    assert (training["charged"], generation["charged"]) == (300, 5)
+    assert (training["avatar"], generation["avatar"]) == ("Me", "Me")
+    assert training["provider_request_id"] in sandbox.fal.jobs
+    assert generation["provider_request_id"] in sandbox.fal.jobs
+    assert generation["duration_seconds"] >= 0 and generation["error"] is None
 
 
 async def test_a_voice_message_is_transcribed_for_real(client: aiohttp.ClientSession, speech: bytes) -> None:
@@ -317,6 +353,7 @@ async def test_russian_on_the_english_only_model_is_refused_plainly(
     await bot_message(client, text_has("understands English only"), timeout=60)
     jobs = (await panel(client))["jobs"]
     assert [(j["kind"], j["status"]) for j in jobs] == [("transcription", "failed")]
+    assert jobs[0]["charged"] == 0 and jobs[0]["error"]
     assert (await panel(client))["balance"] == balance  # the hold went back
 
 

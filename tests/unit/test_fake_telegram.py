@@ -942,3 +942,18 @@ async def test_a_local_server_answers_get_file_with_an_absolute_path_in_its_fold
         finally:
             await bot.session.close()
     assert fake.errors == [] and fake.unexpected_refusals() == []
+
+
+async def test_commands_in_a_bot_message_become_bot_command_entities(server: FakeTelegramServer) -> None:
+    """As Telegram does, so a client can make them tappable; not inside code, links or paths."""
+    bot = make_bot(server, default=DefaultBotProperties(parse_mode="HTML"))
+    try:
+        message = await bot.send_message(
+            USER.id, "😀 <b>/balance</b> or /start@aisha_bot, not <code>/help</code>, 1/2, /tmp/x or a.b/c"
+        )
+        assert message.text is not None and message.entities is not None
+        found = [(e.type, e.offset, e.length) for e in message.entities]
+        assert found == [("bold", 3, 8), ("bot_command", 3, 8), ("bot_command", 15, 16), ("code", 37, 5)]
+        assert message.text[3 - 1 : 3 - 1 + 8] == "/balance"  # 😀 is two UTF-16 units, one character
+    finally:
+        await bot.session.close()

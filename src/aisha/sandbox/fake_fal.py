@@ -63,6 +63,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aisha.sandbox._http import LoopbackServer
 from aisha.sandbox._state import read_json, write_json_atomically
+from aisha.sandbox.exchanges import Exchange, ExchangeLog, note_request
 from aisha.sandbox.faults import Fault, FaultPlan, never_answer
 from aisha.storage.public import unreachable_reason
 
@@ -136,6 +137,13 @@ def _b64url(raw: bytes) -> str:
 def _colour(seed: int) -> tuple[int, int, int]:
     rng = random.Random(seed)
     return rng.randrange(40, 230), rng.randrange(40, 230), rng.randrange(40, 230)
+
+
+def _answered(exchange: Exchange, body: JsonDict, *, status: int) -> web.Response:
+    """A JSON answer, noted on ``exchange`` as the bot received it."""
+    response = web.json_response(body, status=status)
+    exchange.answered(response)
+    return response
 
 
 def _field_error(field_name: str, msg: str, kind: str = "value_error") -> JsonDict:
@@ -304,7 +312,7 @@ class FakeFalServer(LoopbackServer):
         self._pending_uploads: dict[str, str] = {}  # upload name -> content type
         self.jwks_requests = 0
         self.requests: list[tuple[str, str]] = []  # (method, path?query) of every queue API call
-        self.timeline: list[tuple[float, str, str]] = []  # the same with time.time(), for the sandbox panel
+        self.exchanges = ExchangeLog()  # the same with their bodies and answers, for the sandbox panel
         self.errors: list[str] = []  # unexpected exceptions inside the fake; should stay empty
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -535,29 +543,37 @@ class FakeFalServer(LoopbackServer):
         public = request.path == "/.well-known/jwks.json" or request.path.startswith(("/files/", "/uploads/"))
         fault = self.faults.take(f"{request.method} {request.path}")
         if fault is not None:
-            self.timeline.append((time.time(), request.method, f"{request.path_qs} [{fault.value}]"))
+            refused = self.exchanges.add_request(request, summary=f"[{fault.value}]")
             if fault.status is None:
                 return await never_answer(request, fault)
-            return web.json_response({"detail": f"injected fault: {fault.value}"}, status=fault.status)
+            return _answered(refused, {"detail": f"injected fault: {fault.value}"}, status=fault.status)
+        exchange: Exchange | None = None
         if not public:
             self.requests.append((request.method, request.path_qs))
-            self.timeline.append((time.time(), request.method, request.path_qs))
+            exchange = self.exchanges.add_request(request)
             if self._outages:
                 status = self._outages.popleft()
                 page = (
                     f"<html><body><center><h1>{status}</h1></center><hr><center>nginx</center></body></html>"
                 )
-                return web.Response(status=status, text=page, content_type="text/html")
+                outage = web.Response(status=status, text=page, content_type="text/html")
+                exchange.answered(outage)
+                return outage
             if request.headers.get("Authorization") != f"Key {self.key}":
-                return web.json_response({"detail": "Invalid or missing FAL key"}, status=401)
+                return _answered(exchange, {"detail": "Invalid or missing FAL key"}, status=401)
         try:
-            return await handler(request)
-        except web.HTTPException:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exchange is not None:
+                exchange.status, exchange.response = exc.status, exc.text
             raise
         except Exception as exc:
             self.errors.append(f"{request.method} {request.path}: {type(exc).__name__}: {exc}")
             log.exception("fake FAL server error")
-            return web.json_response({"detail": "internal error in the fake"}, status=500)
+            response = web.json_response({"detail": "internal error in the fake"}, status=500)
+        if exchange is not None:
+            exchange.answered(response)
+        return response
 
     async def _submit(self, request: web.Request) -> web.Response:
         endpoint = request.match_info["endpoint"].strip("/")
@@ -568,6 +584,7 @@ class FakeFalServer(LoopbackServer):
             payload = await request.json()
         except ValueError:
             payload = None
+        note_request(request, payload)
         if not isinstance(payload, dict):
             return web.json_response({"detail": [_field_error("body", "must be a JSON object")]}, status=422)
         problems = self._validate(endpoint, payload)
@@ -683,6 +700,7 @@ class FakeFalServer(LoopbackServer):
         if request.headers.get("Authorization") != f"Key {self.key}":
             return web.json_response({"detail": "Unauthorized"}, status=401)
         body = await request.json()
+        note_request(request, body)
         file_name = str(body.get("file_name") or "upload.bin")
         lifecycle = {
             k: v for k, v in request.headers.items() if k.lower().startswith("x-fal-object-lifecycle")
@@ -871,9 +889,8 @@ class FakeFalServer(LoopbackServer):
                     problem = ("image_load_error", bad)
                 else:
                     self.archives[job.request_id] = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        self.timeline.append(
-            (time.time(), "GET", f"[runner] images_data_url {'failed' if problem else 'ok'}")
-        )
+        # Not a call of the bot's: the trainer fetching the photos the bot pointed it at.
+        self.exchanges.add("GET", f"[runner] images_data_url {'failed' if problem else 'ok'}", request=url)
         if problem is None or job.state == "COMPLETED":
             return
         kind, message = problem

@@ -44,6 +44,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from aisha.sandbox._http import LoopbackServer
+from aisha.sandbox.exchanges import EXCHANGE, Exchange, ExchangeLog, file_note, note_request
 from aisha.sandbox.faults import Fault, FaultPlan, never_answer
 
 __all__ = [
@@ -279,8 +280,8 @@ class FakeOpenAIServer(LoopbackServer):
         self.structured_replies: dict[str, StructuredReply] = dict(structured_replies or {})
         self.transcription_calls: list[TranscriptionRequest] = []
         self.chat_calls: list[JsonDict] = []
-        # (time.time(), endpoint, summary) of every call, for the sandbox panel.
-        self.timeline: list[tuple[float, str, str]] = []
+        # Every call with its body and answer, for the sandbox panel.
+        self.exchanges = ExchangeLog()
         # Unexpected exceptions inside the fake itself: tests can assert this stays empty.
         self.errors: list[str] = []
 
@@ -351,11 +352,22 @@ class FakeOpenAIServer(LoopbackServer):
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        exchange = self.exchanges.add_request(request)
+        response = await self._answer(request, handler, exchange)
+        exchange.answered(response)
+        return response
+
+    async def _answer(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        exchange: Exchange,
+    ) -> web.StreamResponse:
         if self._api_key is not None and request.headers.get("Authorization") != f"Bearer {self._api_key}":
             return _error(401, "Incorrect API key provided.")
         fault = self.faults.take(request.path)
         if fault is not None:
-            self.timeline.append((time.time(), request.path, f"injected fault: {fault.value}"))
+            exchange.summary = f"injected fault: {fault.value}"
             if fault.status is None:
                 return await never_answer(request, fault)
             return _error(fault.status, f"injected fault: {fault.value}")
@@ -363,7 +375,8 @@ class FakeOpenAIServer(LoopbackServer):
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:  # aiohttp's own limit: answered in OpenAI's shape
             return _too_large(request.content_length or MAX_UPLOAD_BYTES + 1)
-        except web.HTTPException:
+        except web.HTTPException as exc:
+            exchange.status, exchange.response = exc.status, exc.text
             raise
         except Exception as exc:
             log.exception("fake OpenAI server failed")
@@ -412,7 +425,8 @@ class FakeOpenAIServer(LoopbackServer):
             call.data = b""  # records stay small however many uploads a sandbox session sees
             self.transcription_calls.append(call)
             length = "" if call.duration is None else f", {call.duration:.1f} s"
-            self.timeline.append((call.time, "audio/transcriptions", f"{call.filename}{length}"))
+            request[EXCHANGE].summary = f"{call.filename}{length}"
+            note_request(request, {**fields, "file": file_note(call.content_type, call.size)})
         call.status = response.status
         return response
 
@@ -519,8 +533,9 @@ class FakeOpenAIServer(LoopbackServer):
         if not isinstance(body, dict) or not body.get("model") or not body.get("messages"):
             return _error(400, "'model' and 'messages' are required properties.")
         self.chat_calls.append(body)
+        note_request(request, body)
         schema = chat_json_schema(body)
-        self.timeline.append((time.time(), "chat/completions", schema[0] if schema else str(body["model"])))
+        request[EXCHANGE].summary = schema[0] if schema else str(body["model"])
         if body.get("stream"):
             return _error(400, "streaming is not supported by this fake")
         if (failure := self._scripted_failure("chat", body)) is not None:

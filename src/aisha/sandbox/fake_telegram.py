@@ -264,6 +264,7 @@ class RecordedCall:
     params: JsonDict
     files: dict[str, bytes]
     time: datetime
+    number: int = 0  # 1, 2, 3… in the order the server got them (the sandbox panel asks by it)
     failed: bool = False
     # The error JSON returned when failed, else the "result" returned (filled once answered).
     error: JsonDict | None = None
@@ -449,6 +450,7 @@ class FakeTelegramServer(LoopbackServer):
         self._client: aiohttp.ClientSession | None = None
 
         self.calls: list[RecordedCall] = []
+        self._calls_recorded = 0
         self.downloads: list[str] = []  # file paths fetched through /file/bot<token>/...
         # Unexpected exceptions inside the fake itself: tests can assert this stays empty.
         self.errors: list[str] = []
@@ -787,7 +789,10 @@ class FakeTelegramServer(LoopbackServer):
 
     def _record(self, method: str, params: JsonDict, uploads: dict[str, _Upload]) -> RecordedCall:
         files = {name: upload.data for name, upload in uploads.items()}
-        call = RecordedCall(method=method, params=params, files=files, time=datetime.now(UTC))
+        self._calls_recorded += 1
+        call = RecordedCall(
+            method=method, params=params, files=files, time=datetime.now(UTC), number=self._calls_recorded
+        )
         self.calls.append(call)
         if self._keep_calls is not None and len(self.calls) >= 2 * self._keep_calls:
             self._forget_calls(len(self.calls) - self._keep_calls)
@@ -1995,22 +2000,57 @@ def _chat_id(params: JsonDict) -> int:
 def _formatted(
     params: JsonDict, text_key: str, entities_key: str
 ) -> tuple[str | None, list[JsonDict] | None]:
-    """Text and entities the way Telegram stores them: explicit entities win over parse_mode."""
+    """Text and entities the way Telegram stores them: explicit entities win over parse_mode, and
+    the /commands in the text become bot_command entities, as Telegram finds them by itself."""
     raw = params.get(text_key)
     if raw is None:
         return None, None
     text = str(raw)
     entities = params.get(entities_key)
     if isinstance(entities, list):
-        return text, entities or None
+        return text, _with_commands(text, entities) or None
     if str(params.get("parse_mode") or "").lower() == "html":
         try:
             plain, parsed = parse_html(text)
         except ValueError as exc:
             raise _bad_request(f"can't parse entities: {exc}") from None
-        return plain, parsed or None
+        return plain, _with_commands(plain, parsed) or None
     # Markdown and MarkdownV2 are passed through unparsed.
-    return text, None
+    return text, _with_commands(text, []) or None
+
+
+# "/balance" or "/start@aisha_bot", not part of a word, a path ("a/b", "/tmp/x") or a link.
+_COMMAND_IN_TEXT_RE = re.compile(r"(?<![\w/@.])/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{3,32})?(?![\w/@])")
+# Telegram finds no command inside these.
+_NO_COMMANDS_IN = frozenset({"code", "pre", "url", "text_link", "email"})
+
+
+def _position(entity: JsonDict) -> tuple[int, int]:
+    """Sort key: by offset, the outer (longer) entity first; a malformed entity goes first."""
+    offset, length = entity.get("offset"), entity.get("length")
+    return (offset if isinstance(offset, int) else 0, -length if isinstance(length, int) else 0)
+
+
+def _with_commands(text: str, entities: list[JsonDict]) -> list[JsonDict]:
+    """``entities`` plus a bot_command entity for every /command outside code and links."""
+    if not all(isinstance(entity, dict) for entity in entities):
+        return entities  # not Telegram's shape: left as sent
+    taken = [
+        (entity["offset"], entity["offset"] + entity["length"])
+        for entity in entities
+        if entity.get("type") in _NO_COMMANDS_IN
+        and isinstance(entity.get("offset"), int)
+        and isinstance(entity.get("length"), int)
+    ]
+    commands = []
+    for match in _COMMAND_IN_TEXT_RE.finditer(text):
+        offset = _utf16_len(text[: match.start()])
+        length = _utf16_len(match[0])
+        if not any(start < offset + length and offset < end for start, end in taken):
+            commands.append({"type": "bot_command", "offset": offset, "length": length})
+    if not commands:
+        return entities
+    return sorted([*entities, *commands], key=_position)
 
 
 def _caption_content(params: JsonDict) -> JsonDict:

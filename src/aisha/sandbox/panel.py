@@ -3,17 +3,22 @@ the bot made to each fake service, newest first."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 from sqlalchemy import select
 
-from aisha.avatars.models import Avatar
+from aisha.avatars.models import Avatar, AvatarStatus
+from aisha.billing.models import CreditHold, HoldStatus
 from aisha.billing.service import DEFAULT_DESCRIPTIONS, HistoryItem
 from aisha.billing.statement import Operation, statement
 from aisha.container import Services
+from aisha.db.base import JobStatus
 from aisha.generation.models import ImageGeneration
 from aisha.i18n import Texts
+from aisha.sandbox.exchanges import Exchange, shorten
 from aisha.sandbox.fake_fal import FakeFalServer
 from aisha.sandbox.fake_openai import FakeOpenAIServer
 from aisha.sandbox.fake_telegram import FakeTelegramServer, RecordedCall, parse_html
@@ -25,6 +30,8 @@ LEDGER_LIMIT = 50
 JOBS_LIMIT = 50
 CALLS_LIMIT = 100
 _SUMMARY_CHARS = 100
+_SUCCEEDED = frozenset({JobStatus.SUCCEEDED.value, AvatarStatus.READY.value})
+_FAILED = frozenset({JobStatus.FAILED.value, AvatarStatus.FAILED.value})
 # What says most about a Bot API call, in order of preference.
 _SUMMARY_PARAMS = ("text", "caption", "title", "action", "url", "callback_query_id", "pre_checkout_query_id")
 
@@ -41,9 +48,17 @@ async def account(services: Services, *, user_id: int, t: Texts) -> JsonDict:
         avatars = (await session.scalars(_newest(Avatar, user_id))).all()
         generations = (await session.scalars(_newest(ImageGeneration, user_id))).all()
         transcripts = (await session.scalars(_newest(Transcript, user_id))).all()
-    jobs = [_training(row) for row in avatars]
-    jobs += [_generation(row) for row in generations]
-    jobs += [_transcription(row) for row in transcripts]
+        rows = [*avatars, *generations, *transcripts]
+        hold_ids = {row.hold_id for row in rows if row.hold_id is not None}
+        holds = {
+            hold.id: hold
+            for hold in await session.scalars(select(CreditHold).where(CreditHold.id.in_(hold_ids)))
+        }
+        avatar_names = await session.execute(select(Avatar.id, Avatar.name).where(Avatar.user_id == user_id))
+        names = {avatar_id: name for avatar_id, name in avatar_names}
+    jobs = [_job("training", row, f"{row.name} ({row.type.value})", row.name, holds) for row in avatars]
+    jobs += [_job("generation", row, _prompt(row), names.get(row.avatar_id), holds) for row in generations]
+    jobs += [_job("transcription", row, _transcript(row), None, holds) for row in transcripts]
     jobs.sort(key=lambda job: job["created_at"], reverse=True)
     return {
         "balance": balance,
@@ -88,29 +103,46 @@ def _entry(item: HistoryItem, t: Texts) -> JsonDict:
     }
 
 
-def _job(kind: str, row: Any, detail: str) -> JsonDict:
-    if row.error:
-        detail = f"{detail} · {row.error}"
+def _job(
+    kind: str, row: Any, detail: str, avatar: str | None, holds: dict[uuid.UUID, CreditHold]
+) -> JsonDict:
+    """A job as the operator checks it: what it cost, with which avatar, how long it took, why it
+    failed and its id at the provider (to look it up in FAL's dashboard)."""
+    finished = row.finished_at
     return {
         "kind": kind,
         "id": str(row.id),
         "status": str(row.status),
         "created_at": _iso(row.created_at),
         "detail": detail,
+        "avatar": avatar,
+        "price": row.price,
+        "charged": _charged(row, holds.get(row.hold_id) if row.hold_id is not None else None),
+        "duration_seconds": None
+        if finished is None
+        else round((finished - row.created_at).total_seconds(), 1),
+        "error": row.error,
+        "provider_request_id": getattr(row, "provider_request_id", None),
     }
 
 
-def _training(avatar: Avatar) -> JsonDict:
-    return _job("training", avatar, f"{avatar.name} ({avatar.type.value})")
+def _charged(row: Any, hold: CreditHold | None) -> int | None:
+    """Credits the job took in the end: what its hold captured; None while it is still running."""
+    if hold is not None:
+        return None if hold.status is HoldStatus.ACTIVE else hold.captured_amount
+    # No hold left to ask (free, or the hold's row is gone): a success cost its price.
+    if str(row.status) in _SUCCEEDED:
+        return int(getattr(row, "cost", row.price))
+    return 0 if str(row.status) in _FAILED else None
 
 
-def _generation(generation: ImageGeneration) -> JsonDict:
-    return _job("generation", generation, generation.prompt[:_SUMMARY_CHARS])
+def _prompt(generation: ImageGeneration) -> str:
+    return generation.prompt[:_SUMMARY_CHARS]
 
 
-def _transcription(transcript: Transcript) -> JsonDict:
+def _transcript(transcript: Transcript) -> str:
     seconds = transcript.duration_ms // 1000
-    return _job("transcription", transcript, f"{transcript.source_kind}, {seconds // 60}:{seconds % 60:02d}")
+    return f"{transcript.source_kind}, {seconds // 60}:{seconds % 60:02d}"
 
 
 def service_calls(
@@ -118,10 +150,49 @@ def service_calls(
 ) -> list[JsonDict]:
     """The newest calls the bot made to the three fakes, merged, newest first."""
     calls = [_telegram_call(call) for call in telegram.calls[-limit:]]
-    calls += [_call("fal", at, method, path.split("?", 1)[0]) for at, method, path in fal.timeline[-limit:]]
-    calls += [_call("openai", at, endpoint, summary) for at, endpoint, summary in openai.timeline[-limit:]]
+    calls += [_fal_call(exchange) for exchange in fal.exchanges.recent(limit)]
+    calls += [_openai_call(exchange) for exchange in openai.exchanges.recent(limit)]
     calls.sort(key=lambda call: call["at"], reverse=True)
     return calls[:limit]
+
+
+def call_detail(
+    telegram: FakeTelegramServer, fal: FakeFalServer, openai: FakeOpenAIServer, *, service: str, number: int
+) -> JsonDict | None:
+    """One call with what the bot sent and what the fake answered; None when it is not kept (any
+    more). Long strings are cut and files named by size; no header, so no key, is ever shown."""
+    if service == "telegram":
+        call = next((call for call in reversed(telegram.calls) if call.number == number), None)
+        if call is None:
+            return None
+        return _telegram_call(call) | {
+            "path": call.method,
+            "status": None if not call.answered else int((call.error or {}).get("error_code", 200)),
+            "request": _telegram_request(call),
+            "response": shorten(call.error if call.failed else call.result) if call.answered else None,
+        }
+    log = {"fal": fal.exchanges, "openai": openai.exchanges}.get(service)
+    exchange = log.get(number) if log is not None else None
+    if exchange is None:
+        return None
+    listed = _fal_call(exchange) if service == "fal" else _openai_call(exchange)
+    return listed | {
+        "path": unquote(exchange.path),  # the fal_webhook URL readable
+        "status": exchange.status,
+        "request": exchange.request,
+        "response": exchange.response,
+    }
+
+
+# Sent to Telegram but not for the operator's eyes: the webhook's shared secret.
+_SECRET_PARAMS = frozenset({"secret_token"})
+
+
+def _telegram_request(call: RecordedCall) -> JsonDict:
+    params = {key: "•••" if key in _SECRET_PARAMS else value for key, value in call.params.items()}
+    files = {name: f"{len(data)} bytes" for name, data in call.files.items()}
+    request: JsonDict = shorten(params) | files
+    return request
 
 
 def _telegram_call(call: RecordedCall) -> JsonDict:
@@ -130,7 +201,18 @@ def _telegram_call(call: RecordedCall) -> JsonDict:
         summary = _plain(summary)
     if call.failed and call.error is not None:
         summary = f"{call.error.get('description', 'failed')} · {summary}"
-    return _call("telegram", call.time.timestamp(), call.method, summary)
+    return _call("telegram", call.number, call.time.timestamp(), call.method, summary)
+
+
+def _fal_call(exchange: Exchange) -> JsonDict:
+    path = exchange.path.split("?", 1)[0]  # the fal_webhook URL is for the details
+    summary = f"{path} {exchange.summary}" if exchange.summary else path
+    return _call("fal", exchange.number, exchange.at, exchange.method, summary)
+
+
+def _openai_call(exchange: Exchange) -> JsonDict:
+    endpoint = exchange.path.split("?", 1)[0].removeprefix("/v1/")
+    return _call("openai", exchange.number, exchange.at, endpoint, exchange.summary)
 
 
 def _plain(html_text: str) -> str:
@@ -141,9 +223,10 @@ def _plain(html_text: str) -> str:
         return html_text
 
 
-def _call(service: str, at: float, method: str, summary: str) -> JsonDict:
+def _call(service: str, number: int, at: float, method: str, summary: str) -> JsonDict:
     return {
         "service": service,
+        "number": number,
         "at": _iso(datetime.fromtimestamp(at, UTC)),
         "method": method,
         "summary": summary[:_SUMMARY_CHARS],

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import random
 import textwrap
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -21,6 +23,9 @@ from aisha.sandbox.fake_openai import (
 )
 
 _PROMPT_CHARS = 120  # how much of the prompt is written on the picture
+# Pillow's own default font (Aileron) has no Cyrillic: Russian prompts came out as boxes.
+# Source Sans Pro covers Latin and Cyrillic (SIL OFL 1.1, licence beside it).
+FONT_PATH = Path(__file__).parent / "fonts" / "SourceSansPro-Regular.otf"
 
 
 def render_sandbox_image(prompt: str, width: int, height: int, seed: int) -> bytes:
@@ -34,14 +39,20 @@ def render_sandbox_image(prompt: str, width: int, height: int, seed: int) -> byt
     image = corners.resize((width, height), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image)
     unit = max(12, min(width, height) // 12)
-    draw.text((unit, unit), "SANDBOX", fill=(255, 255, 255), font=ImageFont.load_default(size=unit * 2))
+    draw.text((unit, unit), "SANDBOX", fill=(255, 255, 255), font=font(unit * 2))
     size = unit // 2 + 1
     characters_per_line = max(16, (width - 2 * unit) // round(size * 0.55))  # ~ the font's average width
     caption = textwrap.fill(prompt[:_PROMPT_CHARS], width=characters_per_line)
-    draw.multiline_text((unit, unit * 4), caption, fill=(30, 30, 30), font=ImageFont.load_default(size=size))
+    draw.multiline_text((unit, unit * 4), caption, fill=(30, 30, 30), font=font(size))
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=1)
     return out.getvalue()
+
+
+@cache
+def font(size: int) -> ImageFont.FreeTypeFont:
+    """The font the pictures are written in, at ``size`` pixels (loaded once per size)."""
+    return ImageFont.truetype(FONT_PATH, size)
 
 
 def _mix(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:

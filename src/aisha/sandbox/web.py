@@ -71,6 +71,7 @@ def create_app(sandbox: Sandbox) -> web.Application:
     app.router.add_post("/api/pay", _pay)
     app.router.add_get("/api/files/{file_id}", _file)
     app.router.add_get("/api/panel", _panel)
+    app.router.add_get("/api/calls/{service}/{number}", _call)
     return app
 
 
@@ -199,6 +200,20 @@ async def _panel(request: web.Request) -> web.Response:
     view = await panel.account(sandbox.runtime.services, user_id=sandbox.user.profile.id, t=t)
     view["calls"] = panel.service_calls(sandbox.telegram, sandbox.fal, sandbox.openai)
     return web.json_response(view)
+
+
+async def _call(request: web.Request) -> web.Response:
+    """One call to a fake with its request and response, when the operator opens it."""
+    sandbox = request.app[SANDBOX]
+    service, number = request.match_info["service"], request.match_info["number"]
+    detail = None
+    if number.isdigit():
+        detail = panel.call_detail(
+            sandbox.telegram, sandbox.fal, sandbox.openai, service=service, number=int(number)
+        )
+    if detail is None:
+        raise SandboxError(404, "sandbox.error_no_call")
+    return web.json_response(detail)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

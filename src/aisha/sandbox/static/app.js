@@ -73,6 +73,16 @@
       mic_denied: "No access to the microphone: {error}",
       too_short: "Too short: hold the microphone a little longer.",
       balance_after: "→ {balance}",
+      job_avatar: "Avatar: {name}",
+      job_charged: "charged {amount}",
+      job_on_hold: "{amount} on hold",
+      job_refunded: "{amount} refunded",
+      job_request: "provider id",
+      seconds: "{n} s",
+      request: "Request",
+      response: "Response · HTTP {status}",
+      not_answered: "No answer (yet)",
+      loading: "Loading…",
       b: "B",
       kb: "KB",
       mb: "MB",
@@ -139,6 +149,16 @@
       mic_denied: "Нет доступа к микрофону: {error}",
       too_short: "Слишком коротко: держите микрофон чуть дольше.",
       balance_after: "→ {balance}",
+      job_avatar: "Аватар: {name}",
+      job_charged: "списано {amount}",
+      job_on_hold: "{amount} в резерве",
+      job_refunded: "{amount} возвращено",
+      job_request: "id у провайдера",
+      seconds: "{n} с",
+      request: "Запрос",
+      response: "Ответ · HTTP {status}",
+      not_answered: "Ответа нет (пока)",
+      loading: "Загрузка…",
       b: "Б",
       kb: "КБ",
       mb: "МБ",
@@ -667,7 +687,8 @@
     const fromUser = Boolean(user && target.from && target.from.id === user.id);
     const who = fromUser ? tr("you") : (target.from && target.from.first_name) || "";
     const kind = mediaKind(target);
-    const what = target.text || target.caption || (kind ? tr(kind) : target.invoice ? tr("invoice") : "");
+    const what =
+      target.text || target.caption || fileName(target, kind) || (kind ? tr(kind) : target.invoice ? tr("invoice") : "");
     const node = el(
       "div",
       { className: "reply-quote" },
@@ -676,6 +697,12 @@
     );
     node.addEventListener("click", () => highlight(target.message_id));
     return node;
+  }
+
+  /** A file's own name, as Telegram's reply quote shows it ("report.pdf"), or "" when it has none. */
+  function fileName(message, kind) {
+    const media = kind && kind !== "photo" ? message[kind] : null;
+    return (media && typeof media.file_name === "string" && media.file_name) || "";
   }
 
   function highlight(messageId) {
@@ -709,6 +736,8 @@
     }
   }
 
+  const PHOTO_MAX_HEIGHT = 420;
+
   function renderPhoto(size, spoiler) {
     const img = el("img", {
       className: "photo",
@@ -718,9 +747,13 @@
       "data-file-id": size.file_id,
     });
     if (size.width && size.height) {
-      // Reserves the space before the bytes arrive (the CSS scales it), so the chat doesn't jump.
+      // Reserves the space before the bytes arrive, so the chat doesn't jump; the height follows
+      // the width, so the picture keeps its proportions: as wide as it is, at most 420 px tall.
       img.width = size.width;
       img.height = size.height;
+      img.style.width = Math.round(Math.min(size.width, (PHOTO_MAX_HEIGHT * size.width) / size.height)) + "px";
+    } else {
+      img.style.maxHeight = PHOTO_MAX_HEIGHT + "px"; // width and height auto: the browser keeps the ratio
     }
     if (spoiler) img.style.filter = "blur(24px)";
     img.addEventListener("click", () => {
@@ -1200,7 +1233,16 @@
   // ------------------------------------------------------------------------------ operator panel
 
   // raw: the ledger's entries one by one, as stored, instead of the operations the user sees.
-  const panel = { busy: false, signature: "", data: null, service: "", raw: false };
+  // openCalls: the calls the operator opened (service/number); details: what /api/calls said of them.
+  const panel = {
+    busy: false,
+    signature: "",
+    data: null,
+    service: "",
+    raw: false,
+    openCalls: new Set(),
+    details: new Map(),
+  };
 
   async function refreshPanel() {
     if (panel.busy) return;
@@ -1281,14 +1323,53 @@
         ),
         el("span", { className: "when" }, formatTime(job.created_at))
       ),
-      job.detail ? el("div", { className: "detail" }, String(job.detail)) : null
+      job.detail ? el("div", { className: "detail" }, String(job.detail)) : null,
+      jobFacts(job),
+      job.error ? el("div", { className: "job-error" }, String(job.error)) : null
     );
   }
 
+  /** "Avatar: Astro · charged 5 · 12.4 s · FAL id 1f2e…": what the operator checks a job by. */
+  function jobFacts(job) {
+    const facts = [];
+    if (job.avatar) facts.push(tr("job_avatar", { name: job.avatar }));
+    const price = Number(job.price) || 0;
+    if (job.charged === null || job.charged === undefined) {
+      if (price) facts.push(tr("job_on_hold", { amount: price }));
+    } else if (job.charged > 0) {
+      facts.push(tr("job_charged", { amount: job.charged }));
+    } else if (price) {
+      facts.push(tr("job_refunded", { amount: price }));
+    }
+    if (typeof job.duration_seconds === "number") facts.push(formatSeconds(job.duration_seconds));
+    const node = el("div", { className: "job-facts" }, facts.join(" · "));
+    if (job.provider_request_id) {
+      node.append(
+        facts.length ? " · " : "",
+        tr("job_request"),
+        " ",
+        el("code", { className: "request-id", title: job.provider_request_id }, job.provider_request_id)
+      );
+    }
+    return node.childNodes.length ? node : null;
+  }
+
+  function formatSeconds(seconds) {
+    if (seconds < 60) return tr("seconds", { n: seconds.toFixed(1) });
+    return formatDuration(seconds);
+  }
+
+  function callKey(call) {
+    return call.service + "/" + call.number;
+  }
+
+  /** A call in the list; clicked, it opens to show what the bot sent and what came back. */
   function callItem(call) {
-    return el(
-      "li",
-      { className: "call", "data-service": call.service || "" },
+    const key = callKey(call);
+    const open = panel.openCalls.has(key);
+    const head = el(
+      "div",
+      { className: "call-head", role: "button", tabIndex: 0, "aria-expanded": String(open) },
       el(
         "div",
         { className: "row" },
@@ -1302,6 +1383,64 @@
       ),
       call.summary ? el("div", { className: "detail" }, String(call.summary)) : null
     );
+    head.addEventListener("click", () => toggleCall(key));
+    head.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        toggleCall(key);
+      }
+    });
+    return el(
+      "li",
+      { className: "call" + (open ? " open" : ""), "data-service": call.service || "", "data-number": String(call.number) },
+      head,
+      open ? callDetail(panel.details.get(key)) : null
+    );
+  }
+
+  async function toggleCall(key) {
+    if (panel.openCalls.delete(key)) {
+      if (panel.data) renderPanel(panel.data);
+      return;
+    }
+    panel.openCalls.add(key);
+    const known = panel.details.get(key);
+    if (known && known.status !== null && known.status !== undefined) {
+      if (panel.data) renderPanel(panel.data);
+      return;
+    }
+    // Not fetched yet, or not answered when it was: ask again.
+    panel.details.set(key, null);
+    if (panel.data) renderPanel(panel.data);
+    let detail;
+    try {
+      detail = await api("/api/calls/" + key.split("/").map(encodeURIComponent).join("/"));
+    } catch (error) {
+      detail = { error: error.message };
+    }
+    panel.details.set(key, detail);
+    if (panel.data) renderPanel(panel.data);
+  }
+
+  function callDetail(detail) {
+    if (!detail) return el("div", { className: "call-detail" }, tr("loading"));
+    if (detail.error) return el("div", { className: "call-detail job-error" }, detail.error);
+    const answered = detail.status !== null && detail.status !== undefined;
+    return el(
+      "div",
+      { className: "call-detail" },
+      el("div", { className: "call-path" }, detail.path || ""),
+      el("div", { className: "call-part" }, tr("request")),
+      el("pre", { className: "call-body" }, pretty(detail.request)),
+      el("div", { className: "call-part" }, answered ? tr("response", { status: detail.status }) : tr("not_answered")),
+      answered ? el("pre", { className: "call-body" }, pretty(detail.response)) : null
+    );
+  }
+
+  /** A body as the operator reads it: text as it is, JSON indented. */
+  function pretty(value) {
+    if (value === null || value === undefined) return "—";
+    return typeof value === "string" ? value : JSON.stringify(value, null, 2);
   }
 
   function bindLedgerView() {
@@ -1373,7 +1512,11 @@
     });
     $("#panel-toggle").addEventListener("click", () => $("#app").classList.toggle("panel-hidden"));
     $("#panel-close").addEventListener("click", () => $("#app").classList.add("panel-hidden"));
-    if (window.matchMedia("(max-width: 900px)").matches) $("#app").classList.add("panel-hidden");
+    // On a narrow screen the panel would cover the chat: it starts closed, and closes when the
+    // window becomes narrow (a phone turned, a window made smaller).
+    const narrow = window.matchMedia("(max-width: 900px)");
+    if (narrow.matches) $("#app").classList.add("panel-hidden");
+    narrow.addEventListener("change", () => $("#app").classList.toggle("panel-hidden", narrow.matches));
   }
 
   function start() {
