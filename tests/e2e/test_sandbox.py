@@ -525,7 +525,7 @@ async def test_a_restart_keeps_the_chat_and_balance_and_finishes_the_training(tm
     ]
     # The hold and its capture are one operation: the training, which cost 300.
     assert [(o["kind"], o["amount"], o["entries"]) for o in view["operations"]] == [
-        ("hold", -300, 2),
+        ("job", -300, 2),
         ("topup", 300, 1),
         ("bonus", 100, 1),
     ]

@@ -157,6 +157,34 @@ async def test_training_result(
     assert output.config_url is not None and (await http.get(output.config_url)).status_code == 200
 
 
+async def test_pictures_drawn_with_a_trained_lora_show_the_subject_not_its_trigger(
+    http: httpx.AsyncClient, archive_url: str
+) -> None:
+    drawn: list[str] = []
+
+    def renderer(prompt: str, width: int, height: int, seed: int) -> bytes:
+        drawn.append(prompt)
+        return png_bytes(width, height)
+
+    async with FakeFalServer(image_renderer=renderer) as fal:
+        client = FalClient(key=fal.key, queue_url=fal.base_url, http=http, timeout=5.0, sleep=no_sleep)
+        trainer = "fal-ai/flux-lora-portrait-trainer"
+        archive = fal.serve_file("train.zip", (await http.get(archive_url)).content)
+        training = await client.submit(
+            trainer, {"images_data_url": archive, "trigger_phrase": "ohwx0123abcdef"}
+        )
+        await fal.complete(training.request_id)
+        lora_url = parse_training_result(await client.result(trainer, training.request_id)).lora_url
+        prompt = "ohwx0123abcdef as an astronaut on Mars, golden hour"
+        submission = await client.submit(
+            FLUX_LORA, {"prompt": prompt, "loras": [{"path": lora_url, "scale": 1.0}]}
+        )
+        await fal.complete(submission.request_id)
+        assert parse_images_result(await client.result(FLUX_LORA, submission.request_id)).images
+    # The model draws the person; the sandbox writes the rest of the prompt on the picture.
+    assert drawn == ["as an astronaut on Mars, golden hour"]
+
+
 async def test_auto_completion_after_a_delay(http: httpx.AsyncClient) -> None:
     async with FakeFalServer(complete_after=0.2) as fal:
         client = FalClient(key=fal.key, queue_url=fal.base_url, http=http)

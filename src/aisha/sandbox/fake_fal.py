@@ -777,6 +777,19 @@ class FakeFalServer(LoopbackServer):
                 return index
         return None
 
+    def _triggers(self, payload: JsonDict) -> set[str]:
+        """The trigger words of the LoRAs a generation uses that this fake trained."""
+        triggers = set()
+        for lora in payload.get("loras") or []:
+            name = self._own_file(str(lora.get("path", ""))) if isinstance(lora, dict) else None
+            data = self.files[name][0] if name in self.files else b""
+            try:
+                size = struct.unpack("<Q", data[:8])[0]
+                triggers.add(str(json.loads(data[8 : 8 + size])["__metadata__"]["trigger"]))
+            except (struct.error, ValueError, KeyError, TypeError):
+                continue  # not a LoRA of ours
+        return triggers - {""}
+
     async def _answers(self, url: str) -> bool:
         if self._client is None:
             self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._webhook_timeout))
@@ -916,7 +929,10 @@ class FakeFalServer(LoopbackServer):
         file_id = uuid.uuid4().hex[:12]
         if self._is_trainer(job.endpoint):
             lora_name, config_name = f"{file_id}.safetensors", f"{file_id}.json"
-            header = b'{"__metadata__":{"format":"pt"}}'
+            # The trigger rides in the metadata, so a picture drawn with this LoRA (or a copy of
+            # it republished elsewhere) shows the subject, not the token.
+            trigger = job.payload.get("trigger_phrase") or job.payload.get("trigger_word") or ""
+            header = json.dumps({"__metadata__": {"format": "pt", "trigger": trigger}}).encode()
             header += b" " * (-len(header) % 8)
             lora = struct.pack("<Q", len(header)) + header
             config = json.dumps({"input": job.payload}).encode()
@@ -948,8 +964,9 @@ class FakeFalServer(LoopbackServer):
         checker_on = payload.get("enable_safety_checker", True) is not False
         blacked = [flag and checker_on for flag in flags]
         prompt = str(payload.get("prompt", ""))
+        drawn = " ".join(word for word in prompt.split() if word.strip(",.") not in self._triggers(payload))
         encoded = await asyncio.to_thread(
-            lambda: [self._render(prompt, width, height, seed + i, black) for i, black in enumerate(blacked)]
+            lambda: [self._render(drawn, width, height, seed + i, black) for i, black in enumerate(blacked)]
         )
         images = []
         for index, data in enumerate(encoded):

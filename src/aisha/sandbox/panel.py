@@ -11,7 +11,7 @@ from urllib.parse import unquote
 from sqlalchemy import select
 
 from aisha.avatars.models import Avatar, AvatarStatus
-from aisha.billing.models import CreditHold, HoldStatus
+from aisha.billing.models import CreditHold, EntryKind, HoldStatus
 from aisha.billing.service import DEFAULT_DESCRIPTIONS, HistoryItem
 from aisha.billing.statement import Operation, statement
 from aisha.container import Services
@@ -83,7 +83,8 @@ def _describe(t: Texts, item: HistoryItem | Operation) -> str:
 def _operation(operation: Operation, t: Texts) -> JsonDict:
     return {
         "created_at": _iso(operation.started_at),
-        "kind": operation.kind.value,
+        # A paid job's hold and its capture or release are one operation: not a "hold".
+        "kind": "job" if operation.kind is EntryKind.HOLD else operation.kind.value,
         "state": operation.state.value,
         "amount": operation.amount,
         "description": _describe(t, operation),
