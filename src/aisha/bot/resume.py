@@ -37,6 +37,7 @@ INTENT_KEY = "intent"
 class IntentKind(StrEnum):
     GENERATION = "gen"  # data: the generation draft (prompt, options, avatar)
     AVATAR = "avatar"  # data: {"avatar_id": the draft avatar to train}
+    TRANSCRIPTION = "tr"  # data: {"transcript_id": the recording refused for credits}
 
 
 class Resume(CallbackData, prefix="resume"):
@@ -134,7 +135,25 @@ async def offer(
 ) -> Offer | None:
     """What a top-up offers to continue: the intent's price against the balance now, or None when
     the intent can't be done any more (its avatar is gone, the draft trained or discarded)."""
+    priced = await _priced(services, session, t, user_id=user_id, intent=intent)
+    if priced is None:
+        return None
+    price, go, short = priced
     balance = await services.ledger.get_balance(session=session, user_id=user_id)
+    if balance >= price:
+        button = InlineKeyboardButton(
+            text=go, callback_data=Resume(kind=intent.kind, token=intent.token).pack()
+        )
+    else:  # the top-up was not enough: the intent stays remembered for the next one
+        button = InlineKeyboardButton(text=short, callback_data=TopUp().pack())
+    return Offer(text=t("resume.offer"), keyboard=InlineKeyboardMarkup(inline_keyboard=[[button]]))
+
+
+async def _priced(
+    services: Services, session: AsyncSession, t: Texts, *, user_id: int, intent: Intent
+) -> tuple[int, str, str] | None:
+    """The intent's price and its two button labels (continue, top up first); None when it can't
+    be done any more."""
     if intent.kind is IntentKind.GENERATION:
         draft = intent.data
         avatar_id = parse_uuid(str(draft.get("avatar_id") or ""))
@@ -146,9 +165,8 @@ async def offer(
         price = services.generation.quote(
             num_images=int(draft["n"]), with_avatar=avatar_id is not None, source=Source(draft["source"])
         )
-        go = t("resume.button.generation", price=price)
-        short = t("generation.button.topup", price=price)
-    else:
+        return price, t("resume.button.generation", price=price), t("generation.button.topup", price=price)
+    if intent.kind is IntentKind.AVATAR:
         avatar_id = parse_uuid(str(intent.data.get("avatar_id") or ""))
         if avatar_id is None:
             return None
@@ -158,14 +176,19 @@ async def offer(
             return None
         price = services.avatars.price(review.type)
         go = t("resume.button.avatar", name=review.name, price=price)  # a button is plain text
-        short = t("avatars.button.topup", price=price)
-    if balance >= price:
-        button = InlineKeyboardButton(
-            text=go, callback_data=Resume(kind=intent.kind, token=intent.token).pack()
-        )
-    else:  # the top-up was not enough: the intent stays remembered for the next one
-        button = InlineKeyboardButton(text=short, callback_data=TopUp().pack())
-    return Offer(text=t("resume.offer"), keyboard=InlineKeyboardMarkup(inline_keyboard=[[button]]))
+        return price, go, t("avatars.button.topup", price=price)
+    transcript_id = parse_uuid(str(intent.data.get("transcript_id") or ""))
+    refused = transcript_id and await services.transcription.refused_for_credits(
+        session, user_id=user_id, transcript_id=transcript_id
+    )
+    if not refused:
+        return None
+    price = refused.required
+    return (
+        price,
+        t("resume.button.transcription", price=price),
+        t("transcription.button.topup", price=price),
+    )
 
 
 def answer_for(lookup_result: Lookup) -> str:
