@@ -22,6 +22,7 @@ from aisha.avatars.service import photo_prefix
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.billing.prices import PriceList
 from aisha.clock import FrozenClock
+from aisha.db.models import FsmRecord
 from aisha.db.session import unit_of_work
 from aisha.generation.models import ImageGeneration
 from aisha.runtime import Runtime
@@ -387,3 +388,23 @@ async def test_the_avatar_review_at_a_short_balance_opens_the_top_up_and_continu
         avatars = list(await session.scalars(select(Avatar).where(Avatar.user_id == user.id)))
     assert [a.id for a in avatars] == [avatar_id]
     assert avatars[0].status is not AvatarStatus.DRAFT
+
+
+async def test_delete_me_forgets_a_remembered_prompt(
+    app: Runtime, telegram: FakeTelegramServer, db: Database
+) -> None:
+    user = FakeUser(id=8106, first_name="Fay", language_code="en")
+    await _with_avatar(app, telegram, user, credits=0)
+    card = await _say(telegram, user, "my secret wish")
+    await _press(telegram, user, _data(card, ":top:"), card)
+
+    async def remembered() -> list[str]:
+        async with db.sessions() as session:
+            records = (await session.scalars(select(FsmRecord).where(FsmRecord.key.like("%:resume")))).all()
+        return [str(record.data) for record in records]
+
+    assert any("my secret wish" in data for data in await remembered())
+    asked = await _say(telegram, user, "/delete_me")
+    confirm = next(data for _, data in buttons(asked) if "confirm" in data)
+    await _press(telegram, user, confirm, asked)
+    assert await remembered() == []

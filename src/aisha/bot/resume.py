@@ -65,7 +65,9 @@ class Lookup(StrEnum):
 
 
 def _context(state: FSMContext) -> FSMContext:
-    return FSMContext(storage=state.storage, key=replace(state.key, destiny=DESTINY))
+    # Keyed by the user alone: a top-up is paid in the private chat, whichever chat the refusal was in.
+    key = replace(state.key, chat_id=state.key.user_id, thread_id=None, destiny=DESTINY)
+    return FSMContext(storage=state.storage, key=key)
 
 
 async def remember(state: FSMContext, *, kind: IntentKind, data: dict[str, Any], now: datetime) -> Intent:
