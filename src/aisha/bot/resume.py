@@ -180,10 +180,10 @@ async def _priced(
         go = t("resume.button.avatar", name=review.name, price=price)  # a button is plain text
         return price, go, t("avatars.button.topup", price=price)
     transcript_id = parse_uuid(str(intent.data.get("transcript_id") or ""))
-    refused = transcript_id and await services.transcription.refused_for_credits(
+    refused = await services.transcription.refused_for_credits(
         session, user_id=user_id, transcript_id=transcript_id
     )
-    if not refused:
+    if refused is None:
         return None
     price = refused.required
     return (

@@ -218,11 +218,11 @@ class TranscriptionService:
         return transcript.id
 
     async def refused_for_credits(
-        self, session: AsyncSession, *, user_id: int, transcript_id: uuid.UUID
+        self, session: AsyncSession, *, user_id: int, transcript_id: uuid.UUID | None
     ) -> RefusedRecording | None:
         """The user's recording whose transcription was refused for credits; None for anything else
         (another user's, one that ran, a tampered id)."""
-        row = await session.get(Transcript, transcript_id)
+        row = await session.get(Transcript, transcript_id) if transcript_id is not None else None
         if (
             row is None
             or row.user_id != user_id

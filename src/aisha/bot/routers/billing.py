@@ -216,8 +216,10 @@ def create_router(services: Services) -> Router:
         if result.replayed:  # the same payment again: offered when it was first credited
             return
         intent = await resume.current(state, now=services.clock.now())
-        found = intent and await resume.offer(services, session, t, user_id=user.telegram_id, intent=intent)
-        if found:
+        if intent is None:
+            return
+        found = await resume.offer(services, session, t, user_id=user.telegram_id, intent=intent)
+        if found is not None:
             # After the thanks, once the credits are committed; a lost offer loses no money.
             reply_after_commit(session, lambda: message.answer(found.text, reply_markup=found.keyboard))
 

@@ -138,10 +138,10 @@ def create_router(services: Services) -> Router:
     ) -> None:
         """The top-up under a refusal for credits: remember the recording, open the top-up."""
         transcript_id = parse_uuid(str(query.data).removeprefix(TOPUP_CALLBACK))
-        refused = transcript_id and await transcription.refused_for_credits(
+        refused = await transcription.refused_for_credits(
             session, user_id=user.telegram_id, transcript_id=transcript_id
         )
-        if not refused or transcript_id is None or not isinstance(query.message, Message):
+        if refused is None or transcript_id is None or not isinstance(query.message, Message):
             await query.answer(t("errors.bad_button"), show_alert=True)  # tampered or another's
             return
         data = {"transcript_id": transcript_id.hex}
@@ -161,10 +161,10 @@ def create_router(services: Services) -> Router:
         """ "Continue" after a top-up: the same recording, accepted as if sent again."""
         found, intent = await resume.lookup(state, callback_data, now=services.clock.now())
         transcript_id = parse_uuid(str(intent.data.get("transcript_id", ""))) if intent else None
-        refused = transcript_id and await transcription.refused_for_credits(
+        refused = await transcription.refused_for_credits(
             session, user_id=user.telegram_id, transcript_id=transcript_id
         )
-        if not refused or not isinstance(query.message, Message):
+        if refused is None or not isinstance(query.message, Message):
             await query.answer(t(resume.answer_for(found)), show_alert=True)
             return
         await query.answer()
