@@ -408,3 +408,33 @@ async def test_delete_me_forgets_a_remembered_prompt(
     confirm = next(data for _, data in buttons(asked) if "confirm" in data)
     await _press(telegram, user, confirm, asked)
     assert await remembered() == []
+
+
+async def test_a_training_refused_at_the_press_is_remembered_and_continued_after_a_top_up(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer
+) -> None:
+    user = FakeUser(id=8107, first_name="Gus", language_code="ru")
+    await _say(telegram, user, "/start")
+    async with unit_of_work(app.services.sessions) as session:
+        await app.services.ledger.credit(
+            session=session, user_id=user.id, amount=AVATAR_PRICE, key="gift", kind=EntryKind.BONUS
+        )
+    await _draft_with_photos(app, telegram, user)
+    hint = await _say(telegram, user, "готово?")
+    await _press(telegram, user, "avw:review", hint)
+    review = _sent(telegram, user)[-1]
+    assert buttons(review)[0] == ("🚀 Запустить обучение", "avw:go")
+    async with unit_of_work(app.services.sessions) as session:  # spent elsewhere before the press
+        await app.services.ledger.charge(session=session, user_id=user.id, amount=1, key="spent")
+
+    await _press(telegram, user, "avw:go", review)
+    refusal = _sent(telegram, user)[-1]
+    assert refusal.params["text"].startswith("Недостаточно кредитов")
+    await _press(telegram, user, "topup", refusal)
+    await _pay(telegram, user, _sent(telegram, user)[-1])  # 50 credits: enough now
+    offer = _offers(telegram, user)[-1]
+    [(label, data)] = buttons(offer)
+    assert label == f"▶ Продолжить: обучить «Me in space» за {AVATAR_PRICE} кредитов"
+    await _press(telegram, user, data, offer)
+    assert "Me in space" in _sent(telegram, user)[-1].params["text"]
+    assert (await _submitted(fal)).endpoint == "fal-ai/flux-lora-portrait-trainer"
