@@ -23,7 +23,7 @@ from aisha.transcription.audio import find_ffmpeg
 from aisha.transcription.models import Transcript
 from aisha.transcription.service import MAX_RUNS
 from tests.conftest import Database
-from tests.e2e.conftest import buttons, count, eventually, jobs_done
+from tests.e2e.conftest import buttons, count, eventually, jobs_done, press
 from tests.media import ffconcat_list, hls_playlist, large_wav, lying_ogg
 
 
@@ -190,10 +190,63 @@ async def test_too_little_balance_refuses_with_the_shortfall_and_holds_nothing(
     text = await _final_status(telegram, user, "Not enough credits")
     assert text == "Not enough credits: this costs 1, you have 0. You need 1 more credit."
     top_up = telegram.chat_messages(user.id)[-1]["reply_markup"]["inline_keyboard"][0][0]
-    assert top_up == {"text": "⭐ Top up", "callback_data": "topup"}
     await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+    async with db.sessions() as session:
+        refused = await session.scalar(select(Transcript).where(Transcript.user_id == user.id))
+    assert refused is not None
+    # The top-up carries the recording, so that a paid top-up can resume it.
+    assert top_up == {"text": "⭐ Top up", "callback_data": f"trtop:{refused.id.hex}"}
     assert await count(db, CreditHold, CreditHold.user_id == user.id) == 0
     assert speech.transcription_calls == []
+
+
+async def test_a_recording_refused_for_credits_is_transcribed_after_a_top_up_in_one_press(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes, speech: FakeOpenAIServer
+) -> None:
+    user = FakeUser(id=7063, language_code="en")
+    await _fund(app, user, telegram, 0)
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+    await _final_status(telegram, user, "Not enough credits")
+    await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+    refusal = telegram.chat_messages(user.id)[-1]
+    top_up = refusal["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+
+    def to_user(text: str) -> Callable[[Any], bool]:
+        return lambda c: c.params.get("chat_id") == user.id and text in c.params.get("text", "")
+
+    telegram.queue_update(telegram.callback_update(user, top_up, message=refusal))
+    packages = await telegram.wait_for_call("sendMessage", to_user("Choose a package"))
+    press(telegram, user, "buy:s", packages)
+    invoice = await telegram.wait_for_call("sendInvoice", lambda c: c.params.get("chat_id") == user.id)
+    payload = invoice.params["payload"]
+    telegram.queue_update(
+        telegram.pre_checkout_update(user, currency="XTR", total_amount=50, invoice_payload=payload)
+    )
+    await telegram.wait_for_call("answerPreCheckoutQuery")
+    telegram.queue_update(
+        telegram.successful_payment_update(
+            user, currency="XTR", total_amount=50, invoice_payload=payload, telegram_payment_charge_id="tr-1"
+        )
+    )
+    offer = await telegram.wait_for_call("sendMessage", to_user("Pick up where you left off"))
+    [(label, data)] = buttons(offer)
+    assert label == "▶ Continue: transcribe for 1 credit"
+
+    first = press(telegram, user, data, offer)
+    second = press(telegram, user, data, offer)  # a double press: one transcription
+    await telegram.wait_until_handled(first, second)
+    alerts = [c.params.get("text") for c in telegram.calls_of("answerCallbackQuery")]
+    assert alerts[-1] == "This offer was already used or replaced by a newer one."
+    await _final_status(telegram, user, "✅ Transcribed")
+
+    async def resumed_once() -> bool:
+        async with db.sessions() as session:
+            rows = (await session.scalars(select(Transcript).where(Transcript.user_id == user.id))).all()
+        return sorted(row.status for row in rows) == sorted([JobStatus.FAILED, JobStatus.SUCCEEDED])
+
+    await eventually(resumed_once)
+    assert await _balance(app, user.id) == 49
+    assert len(speech.transcription_calls) == 1
 
 
 async def test_files_that_cannot_be_transcribed_are_refused_without_charge(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -10,7 +11,13 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.fsm.middleware import FSMContextMiddleware
-from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
+from aiogram.fsm.storage.base import (
+    DEFAULT_DESTINY,
+    BaseEventIsolation,
+    BaseStorage,
+    DefaultKeyBuilder,
+    StorageKey,
+)
 from aiogram.fsm.storage.memory import DisabledEventIsolation
 from aiogram.fsm.storage.redis import RedisEventIsolation, RedisStorage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -71,11 +78,22 @@ def create_bot(settings: Settings, *, limiter: OutgoingLimiter | None = None) ->
     )
 
 
+class DestinyKeyBuilder(DefaultKeyBuilder):
+    """aiogram's Redis keys, unchanged for the default destiny (so wizards in flight survive a
+    deploy), with any other destiny (the resume intent, bot/resume.py) as a part of its own."""
+
+    def build(self, key: StorageKey, part: Literal["data", "state", "lock"] | None = None) -> str:
+        if key.destiny == DEFAULT_DESTINY:
+            return super().build(key, part)
+        base = super().build(replace(key, destiny=DEFAULT_DESTINY))
+        return self.separator.join([base, key.destiny, *([part] if part else [])])
+
+
 def create_fsm_storage(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> BaseStorage:
     """Redis when configured (shared by every process), else the database: never only memory,
     so a wizard survives a restart."""
     if settings.redis_url:
-        return RedisStorage.from_url(settings.redis_url)
+        return RedisStorage.from_url(settings.redis_url, key_builder=DestinyKeyBuilder())
     return SqlStorage(sessions)
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from aisha.billing.errors import InsufficientCredits
+from aisha.billing.prices import StarPackage
 from aisha.i18n import Texts
 
 
 class TopUp(CallbackData, prefix="topup"):
     """Opens the list of Stars packages."""
+
+
+class Buy(CallbackData, prefix="buy"):
+    package: str
 
 
 def topup_button(t: Texts) -> InlineKeyboardButton:
@@ -32,3 +39,17 @@ def insufficient_text(t: Texts, error: InsufficientCredits) -> str:
 
 def insufficient_keyboard(t: Texts) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=[[topup_button(t)]])
+
+
+async def show_packages(message: Message, t: Texts, packages: Sequence[StarPackage]) -> None:
+    """The invoice choice: one button per Stars package."""
+    rows = [
+        [
+            InlineKeyboardButton(
+                text=t("billing.package", stars=p.stars, credits=p.credits),
+                callback_data=Buy(package=p.id).pack(),
+            )
+        ]
+        for p in packages
+    ]
+    await message.answer(t("billing.choose_package"), reply_markup=InlineKeyboardMarkup(inline_keyboard=rows))

@@ -70,6 +70,13 @@ MAX_RUNS = 3
 # The first hold covers the header's length plus this much (see `_run`).
 HOLD_MARGIN = 0.05
 HOLD_MARGIN_SECONDS = 2.0
+# The top-up button under a refusal for credits carries the transcript, so the top-up can resume it.
+TOPUP_CALLBACK = "trtop:"
+REFUSED_FOR_CREDITS = "insufficient_credits"
+
+
+def topup_callback(transcript_id: uuid.UUID) -> str:
+    return TOPUP_CALLBACK + transcript_id.hex
 
 
 class TooManyTranscriptions(Exception):
@@ -79,6 +86,14 @@ class TooManyTranscriptions(Exception):
         self.limit = limit
         self.running = running
         super().__init__(f"{running} transcriptions in flight, at most {limit} allowed")
+
+
+@dataclass(frozen=True)
+class RefusedRecording:
+    """A recording whose transcription was refused for credits: what it needed, and the file."""
+
+    media: IncomingMedia
+    required: int
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,31 @@ class TranscriptionService:
         session.add(transcript)
         await session.flush()
         return transcript.id
+
+    async def refused_for_credits(
+        self, session: AsyncSession, *, user_id: int, transcript_id: uuid.UUID | None
+    ) -> RefusedRecording | None:
+        """The user's recording whose transcription was refused for credits; None for anything else
+        (another user's, one that ran, a tampered id)."""
+        row = await session.get(Transcript, transcript_id) if transcript_id is not None else None
+        if (
+            row is None
+            or row.user_id != user_id
+            or row.status != JobStatus.FAILED
+            or row.error != REFUSED_FOR_CREDITS
+        ):
+            return None
+        details = row.details
+        media = IncomingMedia(
+            user_id=user_id,
+            chat_id=int(details["chat_id"]),
+            message_id=int(details["message_id"]),
+            file_id=str(details["file_id"]),
+            kind=row.source_kind,
+            file_name=row.file_name,
+            file_size=details.get("file_size"),
+        )
+        return RefusedRecording(media=media, required=int(details.get("required", 0)))
 
     async def list_for(
         self, session: AsyncSession, *, user_id: int, limit: int, offset: int
@@ -339,7 +379,7 @@ class TranscriptionService:
         except InsufficientCredits as error:
             await self._fail(
                 run,
-                "insufficient_credits",
+                REFUSED_FOR_CREDITS,
                 t(
                     "billing.insufficient",
                     required=error.required,
@@ -347,7 +387,8 @@ class TranscriptionService:
                     shortfall=error.shortfall,
                     count=error.shortfall,
                 ),
-                buttons=[[Button(t("billing.topup_button"), "topup")]],
+                buttons=[[Button(t("billing.topup_button"), topup_callback(transcript.id))]],
+                required=error.required,
             )
             return
 
@@ -377,7 +418,7 @@ class TranscriptionService:
         except InsufficientCredits as error:
             await self._fail(
                 run,
-                "insufficient_credits",
+                REFUSED_FOR_CREDITS,
                 t(
                     "transcription.error.not_enough_for",
                     duration=format_duration(prepared.duration),
@@ -386,7 +427,8 @@ class TranscriptionService:
                     balance=error.balance,
                     count=error.required,
                 ),
-                buttons=[[Button(t("billing.topup_button"), "topup")]],
+                buttons=[[Button(t("billing.topup_button"), topup_callback(transcript.id))]],
+                required=error.required,
             )
             return
         header = t(
@@ -592,7 +634,13 @@ class TranscriptionService:
                     log.warning("transcription.file_undelivered", transcript_id=str(row.id), error=str(error))
 
     async def _fail(
-        self, run: _Run, code: str, message: str, *, buttons: list[list[Button]] | None = None
+        self,
+        run: _Run,
+        code: str,
+        message: str,
+        *,
+        buttons: list[list[Button]] | None = None,
+        required: int | None = None,
     ) -> None:
         """End the transcript as failed: give any hold back, drop what was kept, tell the user once.
 
@@ -604,6 +652,8 @@ class TranscriptionService:
             if row.hold_id is not None:
                 await self._give_back(session, row)
             row.status, row.error, row.finished_at = JobStatus.FAILED, code, self._clock.now()
+            if required is not None:  # a refusal for credits: what a top-up must cover to resume it
+                row.details = {**row.details, "required": required}
             files = [row.audio_key, row.text_key, row.srt_key]
             row.audio_key = row.text_key = row.srt_key = row.text = None
         for key in files:

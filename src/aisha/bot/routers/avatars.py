@@ -33,8 +33,10 @@ from aisha.avatars.errors import (
 from aisha.avatars.models import AvatarStatus, AvatarType
 from aisha.avatars.service import MAX_NAME_LENGTH, REVIEW_CALLBACK, TRAIN_JOB, AvatarView
 from aisha.billing.errors import InsufficientCredits
+from aisha.bot import resume
 from aisha.bot.keyboards import main_menu, menu_button
-from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line
+from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line, show_packages
+from aisha.bot.resume import IntentKind, Resume
 from aisha.db.base import parse_uuid
 from aisha.db.session import after_commit
 from aisha.i18n import Texts
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from aisha.container import Services
 
 START_CALLBACK = "avw:go"
+TOPUP_CALLBACK = "avw:top"  # the review's price button when the balance is short
 CANCEL_CALLBACK = "avw:cancel"
 NEW_CALLBACK = "avw:new"
 
@@ -292,19 +295,30 @@ def create_router(services: Services) -> Router:
             count=summary.accepted,
         )
         text += "\n" + price_line(t, price=summary.price, balance=summary.balance)
+        # A balance that doesn't cover the price gets the top-up at once, not a refusal after the press.
         if summary.balance < summary.price:
-            error = InsufficientCredits(balance=summary.balance, required=summary.price)
-            await query.message.answer(
-                text + "\n\n" + insufficient_text(t, error), reply_markup=insufficient_keyboard(t)
+            go = InlineKeyboardButton(
+                text=t("avatars.button.topup", price=summary.price), callback_data=TOPUP_CALLBACK
             )
-            return
+        else:
+            go = InlineKeyboardButton(text=t("avatars.button.start"), callback_data=START_CALLBACK)
         keyboard = InlineKeyboardMarkup(
             inline_keyboard=[
-                [InlineKeyboardButton(text=t("avatars.button.start"), callback_data=START_CALLBACK)],
+                [go],
                 [InlineKeyboardButton(text=t("avatars.button.cancel"), callback_data=CANCEL_CALLBACK)],
             ]
         )
         await query.message.answer(text, reply_markup=keyboard)
+
+    @router.callback_query(F.data == TOPUP_CALLBACK, StateFilter(AvatarWizard.uploading))
+    async def top_up_first(query: CallbackQuery, t: Texts, state: FSMContext) -> None:
+        avatar_id = parse_uuid(str((await state.get_data()).get("avatar_id", "")))
+        if avatar_id is None or not isinstance(query.message, Message):
+            await query.answer(t("errors.bad_button"), show_alert=True)
+            return
+        await remember(state, avatar_id)
+        await query.answer()
+        await show_packages(query.message, t, services.payments.packages)
 
     @router.callback_query(F.data == START_CALLBACK, StateFilter(AvatarWizard.uploading))
     async def start_training(
@@ -314,14 +328,48 @@ def create_router(services: Services) -> Router:
         if avatar_id is None or not isinstance(query.message, Message):
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
+        await train(query, query.message, session, user, t, state, avatar_id)
+
+    @router.callback_query(Resume.filter(F.kind == IntentKind.AVATAR))
+    async def resume_training(
+        query: CallbackQuery,
+        callback_data: Resume,
+        session: AsyncSession,
+        user: User,
+        t: Texts,
+        state: FSMContext,
+    ) -> None:
+        """ "Continue" after a top-up: the remembered draft avatar, confirmed as its own button would."""
+        found, intent = await resume.lookup(state, callback_data, now=services.clock.now())
+        avatar_id = parse_uuid(str(intent.data.get("avatar_id", ""))) if intent else None
+        if avatar_id is None or not isinstance(query.message, Message):
+            await query.answer(t(resume.answer_for(found)), show_alert=True)
+            return
+        await train(query, query.message, session, user, t, state, avatar_id)
+
+    async def remember(state: FSMContext, avatar_id: uuid.UUID) -> None:
+        data = {"avatar_id": avatar_id.hex}
+        await resume.remember(state, kind=IntentKind.AVATAR, data=data, now=services.clock.now())
+
+    async def train(
+        query: CallbackQuery,
+        message: Message,
+        session: AsyncSession,
+        user: User,
+        t: Texts,
+        state: FSMContext,
+        avatar_id: uuid.UUID,
+    ) -> None:
+        """The one way a draft avatar is confirmed: the review's button, or "Continue" after a top-up."""
         if not await services.locks.hold_for(session, user_id=user.telegram_id):
             await query.answer(t("limits.busy"), show_alert=True)
             return
         try:
             avatar = await avatars.confirm(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
         except InsufficientCredits as error:
+            await remember(state, avatar_id)  # nothing is held: a top-up offers to continue
             await query.answer()
-            await query.message.answer(insufficient_text(t, error), reply_markup=insufficient_keyboard(t))
+            await message.answer(insufficient_text(t, error), reply_markup=insufficient_keyboard(t))
             return
         except NotEnoughPhotos as error:
             await query.answer(
@@ -334,10 +382,12 @@ def create_router(services: Services) -> Router:
         except (AvatarNotFound, WrongAvatarStatus):
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
-        await state.clear()
+        if parse_uuid(str((await state.get_data()).get("avatar_id", ""))) == avatar_id:
+            await state.clear()  # the wizard of this avatar is done
+        await resume.forget_matching(state, kind=IntentKind.AVATAR, key="avatar_id", value=avatar_id.hex)
         after_commit(session, lambda: services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar.id)))
         await query.answer()
-        await query.message.answer(
+        await message.answer(
             t("avatars.training_started", name=html.quote(avatar.name)), reply_markup=main_menu(t)
         )
 

@@ -9,6 +9,7 @@ import structlog
 from aiogram import Bot, F, Router, html
 from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
+from aiogram.fsm.context import FSMContext
 from aiogram.types import (
     CallbackQuery,
     InlineKeyboardButton,
@@ -23,8 +24,9 @@ from aisha.billing.errors import AlreadyRefunded, InsufficientCredits, PaymentNo
 from aisha.billing.payments import STARS_CURRENCY, RefundCompletion, RefundOutcome, RefundResult, payment_key
 from aisha.billing.service import DEFAULT_DESCRIPTIONS
 from aisha.billing.statement import Operation, OperationState, StatementPage, statement
+from aisha.bot import resume
 from aisha.bot.keyboards import menu_button
-from aisha.bot.paywall import TopUp, topup_button
+from aisha.bot.paywall import Buy, TopUp, show_packages, topup_button
 from aisha.bot.replies import reply_after_commit
 from aisha.i18n import Texts
 from aisha.users.models import User
@@ -38,10 +40,6 @@ log = structlog.get_logger(__name__)
 
 class History(CallbackData, prefix="hist"):
     offset: int
-
-
-class Buy(CallbackData, prefix="buy"):
-    package: str
 
 
 def describe(t: Texts, operation: Operation) -> str:
@@ -143,29 +141,15 @@ def create_router(services: Services) -> Router:
             )
         )
 
-    async def show_packages(message: Message, t: Texts) -> None:
-        rows = [
-            [
-                InlineKeyboardButton(
-                    text=t("billing.package", stars=p.stars, credits=p.credits),
-                    callback_data=Buy(package=p.id).pack(),
-                )
-            ]
-            for p in payments.packages
-        ]
-        await message.answer(
-            t("billing.choose_package"), reply_markup=InlineKeyboardMarkup(inline_keyboard=rows)
-        )
-
     @router.message(Command("topup"))
     async def topup_command(message: Message, t: Texts) -> None:
-        await show_packages(message, t)
+        await show_packages(message, t, payments.packages)
 
     @router.callback_query(TopUp.filter())
     async def topup_pressed(query: CallbackQuery, t: Texts) -> None:
         await query.answer()
         if isinstance(query.message, Message):
-            await show_packages(query.message, t)
+            await show_packages(query.message, t, payments.packages)
 
     @router.callback_query(Buy.filter())
     async def buy(query: CallbackQuery, callback_data: Buy, user: User, t: Texts, bot: Bot) -> None:
@@ -206,7 +190,7 @@ def create_router(services: Services) -> Router:
             await query.answer(ok=False, error_message=t(error))
 
     @router.message(F.successful_payment)
-    async def paid(message: Message, session: AsyncSession, user: User, t: Texts) -> None:
+    async def paid(message: Message, session: AsyncSession, user: User, t: Texts, state: FSMContext) -> None:
         payment = message.successful_payment
         assert payment is not None
         result = await payments.record_successful_payment(
@@ -229,6 +213,15 @@ def create_router(services: Services) -> Router:
             chat_id=user.telegram_id,
             text=t("billing.thanks", credits=result.credits, balance=result.balance),
         )
+        if result.replayed:  # the same payment again: offered when it was first credited
+            return
+        intent = await resume.current(state, now=services.clock.now())
+        if intent is None:
+            return
+        found = await resume.offer(services, session, t, user_id=user.telegram_id, intent=intent)
+        if found is not None:
+            # After the thanks, once the credits are committed; a lost offer loses no money.
+            reply_after_commit(session, lambda: message.answer(found.text, reply_markup=found.keyboard))
 
     @router.message(F.refunded_payment)
     async def refunded(message: Message, session: AsyncSession, user: User) -> None:

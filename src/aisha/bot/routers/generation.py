@@ -31,8 +31,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.avatars.models import Avatar, AvatarType
 from aisha.billing.errors import InsufficientCredits
+from aisha.bot import resume
 from aisha.bot.keyboards import MAIN_MENU, menu_button
-from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line
+from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line, show_packages
+from aisha.bot.resume import IntentKind, Resume
 from aisha.db.base import parse_uuid
 from aisha.db.session import after_commit
 from aisha.generation.errors import (
@@ -77,7 +79,7 @@ TRIGGER_PATTERN = r"\bohwx[0-9a-f]{10}\b"
 
 class GenOption(CallbackData, prefix="gopt"):
     draft: str
-    field: str  # r: ratio, n: images, na: without avatar, go: confirm, x: cancel
+    field: str  # r: ratio, n: images, na: without avatar, go: confirm, top: top up first, x: cancel
     value: str = ""
 
 
@@ -125,7 +127,7 @@ def _marked(selected: bool, label: str) -> str:
     return f"• {label} •" if selected else label
 
 
-def options_keyboard(t: Texts, draft: dict[str, Any], price: int) -> InlineKeyboardMarkup:
+def options_keyboard(t: Texts, draft: dict[str, Any], price: int, balance: int) -> InlineKeyboardMarkup:
     draft_id = str(draft["id"])
     ratios = [
         InlineKeyboardButton(
@@ -141,9 +143,11 @@ def options_keyboard(t: Texts, draft: dict[str, Any], price: int) -> InlineKeybo
         )
         for n in range(1, MAX_IMAGES + 1)
     ]
+    # A balance that doesn't cover the price gets the top-up at once, not a refusal after the press.
+    covered = price <= balance
     go = InlineKeyboardButton(
-        text=t("generation.button.go", price=price),
-        callback_data=GenOption(draft=draft_id, field="go").pack(),
+        text=t("generation.button.go" if covered else "generation.button.topup", price=price),
+        callback_data=GenOption(draft=draft_id, field="go" if covered else "top").pack(),
     )
     cancel = InlineKeyboardButton(
         text=t("generation.button.cancel"), callback_data=GenOption(draft=draft_id, field="x").pack()
@@ -211,7 +215,8 @@ def create_router(services: Services) -> Router:
 
     async def options_text(
         session: AsyncSession, user: User, t: Texts, draft: dict[str, Any]
-    ) -> tuple[str, int]:
+    ) -> tuple[str, int, int]:
+        """The card's text, its price and the balance."""
         source = Source(draft["source"])
         with_avatar = draft.get("avatar_id") is not None
         price = service.quote(num_images=int(draft["n"]), with_avatar=with_avatar, source=source)
@@ -237,7 +242,7 @@ def create_router(services: Services) -> Router:
             lines.append(t("generation.options.vision_price", price=services.prices.photo_to_prompt))
         balance = await ledger.get_balance(session=session, user_id=user.telegram_id)
         lines.append(price_line(t, price=price, balance=balance))
-        return "\n".join(lines), price
+        return "\n".join(lines), price, balance
 
     async def start_draft(
         message: Message,
@@ -338,8 +343,8 @@ def create_router(services: Services) -> Router:
             price = service.unit_price(with_avatar=False)
             await message.answer(t("generation.no_avatar", price=price), reply_markup=keyboard)
             return
-        text, price = await options_text(session, user, t, draft)
-        await message.answer(text, reply_markup=options_keyboard(t, draft, price))
+        text, price, balance = await options_text(session, user, t, draft)
+        await message.answer(text, reply_markup=options_keyboard(t, draft, price, balance))
 
     @router.callback_query(GenOption.filter())
     async def option(
@@ -369,6 +374,11 @@ def create_router(services: Services) -> Router:
         if field == "go":
             await confirm(query, message, session, user, t, state, draft)
             return
+        if field == "top":  # the balance is short: remember the card, open the top-up
+            await resume.remember(state, kind=IntentKind.GENERATION, data=draft, now=services.clock.now())
+            await query.answer()
+            await show_packages(message, t, services.payments.packages)
+            return
         if field == "r" and value.isdigit() and int(value) < len(RATIOS):
             draft["ratio"] = RATIOS[int(value)]
         elif field == "n" and value.isdigit() and 1 <= int(value) <= MAX_IMAGES:
@@ -379,8 +389,8 @@ def create_router(services: Services) -> Router:
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
         await state.update_data({DRAFT_KEY: draft})
-        text, price = await options_text(session, user, t, draft)
-        await message.edit_text(text, reply_markup=options_keyboard(t, draft, price))
+        text, price, balance = await options_text(session, user, t, draft)
+        await message.edit_text(text, reply_markup=options_keyboard(t, draft, price, balance))
         await query.answer()
 
     async def confirm(
@@ -392,6 +402,7 @@ def create_router(services: Services) -> Router:
         state: FSMContext,
         draft: dict[str, Any],
     ) -> None:
+        """The one way a draft is confirmed: its card's button, or "Continue" after a top-up."""
         source = Source(draft["source"])
         request = GenerationRequest(
             source=source,
@@ -409,6 +420,8 @@ def create_router(services: Services) -> Router:
         try:
             generation = await service.create(session=session, user_id=user.telegram_id, request=request)
         except InsufficientCredits as error:
+            # Remembered (nothing is held for it): a top-up offers to continue it.
+            await resume.remember(state, kind=IntentKind.GENERATION, data=draft, now=services.clock.now())
             await message.edit_text(insufficient_text(t, error), reply_markup=insufficient_keyboard(t))
             await query.answer()
             return
@@ -428,7 +441,10 @@ def create_router(services: Services) -> Router:
         except (EmptyPrompt, PromptTooLong, ValueError):
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
-        await state.update_data({DRAFT_KEY: None})
+        current = (await state.get_data()).get(DRAFT_KEY)
+        if isinstance(current, dict) and current.get("id") == draft["id"]:
+            await state.update_data({DRAFT_KEY: None})  # a newer card stays usable
+        await resume.forget_matching(state, kind=IntentKind.GENERATION, key="id", value=draft["id"])
         # The options message becomes the one status message the job keeps editing (written
         # before any Bot API call, so the update's work is complete when Telegram is called).
         await service.set_status_message(
@@ -438,6 +454,22 @@ def create_router(services: Services) -> Router:
         after_commit(session, lambda: service.enqueue(generation_id))
         await message.edit_text(t("generation.status.queued"))
         await query.answer()
+
+    @router.callback_query(Resume.filter(F.kind == IntentKind.GENERATION))
+    async def resume_generation(
+        query: CallbackQuery,
+        callback_data: Resume,
+        session: AsyncSession,
+        user: User,
+        t: Texts,
+        state: FSMContext,
+    ) -> None:
+        """ "Continue" after a top-up: the remembered draft, confirmed as its own button would."""
+        found, intent = await resume.lookup(state, callback_data, now=services.clock.now())
+        if intent is None or not isinstance(query.message, Message):
+            await query.answer(t(resume.answer_for(found)), show_alert=True)
+            return
+        await confirm(query, query.message, session, user, t, state, intent.data)
 
     # --- entry points ----------------------------------------------------------------------------
 

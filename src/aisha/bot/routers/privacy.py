@@ -10,6 +10,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aisha.bot import resume
 from aisha.i18n import Texts
 from aisha.users.models import User
 
@@ -63,6 +64,7 @@ def create_router(services: Services) -> Router:
             await query.answer(t("limits.busy"), show_alert=True)
             return
         await state.clear()
+        await resume.forget(state)  # a remembered prompt is the user's data too
         await privacy.delete_user_data(session=session, user_id=user.telegram_id)
         await query.answer()
         if isinstance(query.message, Message):

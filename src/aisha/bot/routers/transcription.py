@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiogram import F, Router, html
 from aiogram.filters import Command, StateFilter
 from aiogram.filters.callback_data import CallbackData
+from aiogram.fsm.context import FSMContext
 from aiogram.types import (
     BufferedInputFile,
     CallbackQuery,
@@ -16,7 +17,10 @@ from aiogram.types import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aisha.bot import resume
 from aisha.bot.keyboards import menu_button
+from aisha.bot.paywall import show_packages
+from aisha.bot.resume import IntentKind, Resume
 from aisha.db.base import parse_uuid
 from aisha.db.session import after_commit
 from aisha.i18n import Texts
@@ -26,6 +30,7 @@ from aisha.transcription.models import Transcript
 from aisha.transcription.service import (
     JOB_NAME,
     MESSAGE_LIMIT,
+    TOPUP_CALLBACK,
     IncomingMedia,
     TooManyTranscriptions,
     format_duration,
@@ -104,26 +109,67 @@ def create_router(services: Services) -> Router:
     router = Router(name="transcription")
     transcription = services.transcription
 
-    async def start(message: Message, media: IncomingMedia, session: AsyncSession, t: Texts) -> None:
+    async def start(message: Message, media: IncomingMedia, session: AsyncSession, t: Texts) -> bool:
+        """Accept the recording and enqueue its job; False (the user told why) when refused."""
         if not transcription.available:
             await message.reply(t("transcription.error.not_configured"))
-            return
+            return False
         if not await services.locks.hold_for(session, user_id=media.user_id):
             await message.reply(t("limits.busy"))
-            return
+            return False
         try:
             transcript_id = await transcription.accept(session, media=media)
         except FileTooLarge as error:
             await message.reply(too_large_text(t, error))
-            return
+            return False
         except NotEnoughRoom:
             await message.reply(t("transcription.error.no_room"))
-            return
+            return False
         except TooManyTranscriptions as error:
             await message.reply(t("transcription.too_many", running=error.running, limit=error.limit))
-            return
+            return False
         # Enqueued once this update's transaction commits, so the job finds the row.
         after_commit(session, lambda: services.queue.enqueue(JOB_NAME, transcript_id=str(transcript_id)))
+        return True
+
+    @router.callback_query(F.data.startswith(TOPUP_CALLBACK))
+    async def top_up_first(
+        query: CallbackQuery, session: AsyncSession, user: User, t: Texts, state: FSMContext
+    ) -> None:
+        """The top-up under a refusal for credits: remember the recording, open the top-up."""
+        transcript_id = parse_uuid(str(query.data).removeprefix(TOPUP_CALLBACK))
+        refused = await transcription.refused_for_credits(
+            session, user_id=user.telegram_id, transcript_id=transcript_id
+        )
+        if refused is None or transcript_id is None or not isinstance(query.message, Message):
+            await query.answer(t("errors.bad_button"), show_alert=True)  # tampered or another's
+            return
+        data = {"transcript_id": transcript_id.hex}
+        await resume.remember(state, kind=IntentKind.TRANSCRIPTION, data=data, now=services.clock.now())
+        await query.answer()
+        await show_packages(query.message, t, services.payments.packages)
+
+    @router.callback_query(Resume.filter(F.kind == IntentKind.TRANSCRIPTION))
+    async def resume_transcription(
+        query: CallbackQuery,
+        callback_data: Resume,
+        session: AsyncSession,
+        user: User,
+        t: Texts,
+        state: FSMContext,
+    ) -> None:
+        """ "Continue" after a top-up: the same recording, accepted as if sent again."""
+        found, intent = await resume.lookup(state, callback_data, now=services.clock.now())
+        transcript_id = parse_uuid(str(intent.data.get("transcript_id", ""))) if intent else None
+        refused = await transcription.refused_for_credits(
+            session, user_id=user.telegram_id, transcript_id=transcript_id
+        )
+        if refused is None or not isinstance(query.message, Message):
+            await query.answer(t(resume.answer_for(found)), show_alert=True)
+            return
+        await query.answer()
+        if await start(query.message, refused.media, session, t):
+            await resume.forget(state)
 
     media_filter = F.voice | F.audio | F.video | F.video_note | F.document
 
