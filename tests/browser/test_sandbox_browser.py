@@ -397,7 +397,7 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     album.scroll_into_view_if_needed()
     chat.screenshot("photos-sent")
     chat.scroll_to_bottom()
-    ready = chat.wait_bot("10 of 10 accepted", timeout=LONG)
+    ready = chat.wait_bot("Accepted: 10 photos", timeout=LONG)
     chat.screenshot("photos-accepted")
     chat.press(ready, "Review and start")
     chat.press(chat.wait_bot("10 photos accepted"), "Start training")

@@ -160,6 +160,7 @@ class UploadStatus:
     type: AvatarType
     accepted: int
     refused: list[tuple[int, str | None, str]]  # (upload number, file name, RejectReason value or "limit")
+    refused_count: int  # all refused so far; `refused` keeps the latest
     collecting: bool  # still a draft: more photos may come, and review is offered
 
 
@@ -275,16 +276,16 @@ class AvatarNotifier:
             if count >= min_photos:
                 buttons = [[Button(t("avatars.button.review"), REVIEW_CALLBACK)]]
         if status.refused:
-            lines += ["", t("avatars.upload.refused", count=len(status.refused))]
+            lines += ["", t("avatars.upload.refused", count=status.refused_count)]
+            hidden = status.refused_count - min(len(status.refused), REFUSED_SHOWN)
+            if hidden > 0:  # the earliest ones
+                lines.append(t("avatars.upload.refused_more", count=hidden))
             # In the order they were sent (checks end in any order).
             for number, file_name, reason in sorted(status.refused, key=lambda r: r[0])[-REFUSED_SHOWN:]:
                 label = _quote(file_name) if file_name else t("avatars.upload.photo_n", n=number)
                 lines.append(
                     t("avatars.upload.refused_line", label=label, reason=t(f"avatars.refused.{reason}"))
                 )
-            hidden = len(status.refused) - REFUSED_SHOWN
-            if hidden > 0:
-                lines.append(t("avatars.upload.refused_more", count=hidden))
         return "\n".join(lines), buttons
 
     async def ready(self, *, user_id: int, locale: str, name: str, avatar_id: uuid.UUID) -> None:
@@ -538,7 +539,9 @@ class AvatarService:
                 )
                 return PhotoOutcome(True, len(rows) + 1)
             state = _upload_state(avatar)
-            state["refused"] = [*state.get("refused", []), [*label, reason]]
+            # The latest few are kept (a spare for jobs ending out of order), and how many in all.
+            state["refused"] = [*state.get("refused", []), [*label, reason]][-2 * REFUSED_SHOWN :]
+            state["refused_count"] = int(state.get("refused_count", 0)) + 1
             _save_upload_state(avatar, state)
             if drop_file is not None:
                 after_commit(session, drop_file)
@@ -594,6 +597,7 @@ class AvatarService:
                         type=avatar.type,
                         accepted=await self._photo_count(session, avatar_id),
                         refused=[(int(n or 0), name, str(why)) for n, name, why in state.get("refused", [])],
+                        refused_count=int(state.get("refused_count", 0)),
                         collecting=avatar.status is AvatarStatus.DRAFT,
                     )
                     locale = await user_locale(session, user_id)

@@ -6,6 +6,7 @@ the job downloads, checks and answers each one, so an album never blocks the upd
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from aiogram.types import (
     CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputMediaPhoto,
     Message,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,7 +36,7 @@ from aisha.avatars.models import AvatarStatus, AvatarType
 from aisha.avatars.service import MAX_NAME_LENGTH, REVIEW_CALLBACK, TRAIN_JOB, AvatarView
 from aisha.billing.errors import InsufficientCredits
 from aisha.bot.keyboards import main_menu, menu_button
-from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line
+from aisha.bot.paywall import insufficient_keyboard, insufficient_text
 from aisha.db.base import parse_uuid
 from aisha.db.session import after_commit
 from aisha.i18n import Texts
@@ -46,6 +48,15 @@ if TYPE_CHECKING:
 START_CALLBACK = "avw:go"
 CANCEL_CALLBACK = "avw:cancel"
 NEW_CALLBACK = "avw:new"
+ALBUM_MAX = 10  # Telegram's album: 2-10 pictures
+
+
+def album_sizes(count: int) -> list[int]:
+    """Albums as even as can be, none over 10 nor (with two photos or more) under 2: 11 → 6 + 5."""
+    if count <= 0:
+        return []
+    albums = math.ceil(count / ALBUM_MAX)
+    return [count // albums + (1 if i < count % albums else 0) for i in range(albums)]
 
 
 class AvatarWizard(StatesGroup):
@@ -144,11 +155,17 @@ def create_cancel_router(services: Services) -> Router:
 
 
 async def _discard(services: Services, session: AsyncSession, user: User, state: FSMContext) -> None:
+    """The draft goes, and its status message keeps no button: that step is over."""
     data = await state.get_data()
     avatar_id = parse_uuid(str(data.get("avatar_id", "")))
-    if avatar_id is not None:
-        await services.avatars.discard_draft(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
     await state.clear()
+    if avatar_id is None:
+        return
+    discarded = await services.avatars.discard_draft(
+        session=session, user_id=user.telegram_id, avatar_id=avatar_id
+    )
+    if discarded is not None and discarded.status_message is not None:
+        await services.messenger.remove_buttons(user.telegram_id, discarded.status_message)
 
 
 def create_router(services: Services) -> Router:
@@ -212,6 +229,9 @@ def create_router(services: Services) -> Router:
         await state.set_state(AvatarWizard.naming)
         await query.answer()
         if isinstance(query.message, Message):
+            # The kind is chosen: its buttons go, the choice stays in the text.
+            chosen = t("avatars.type_chosen", type=t(f"avatars.type.{callback_data.type.value}"))
+            await query.message.edit_text(f"{query.message.html_text}\n\n{chosen}")
             await query.message.answer(t("avatars.ask_name", max=MAX_NAME_LENGTH))
 
     @router.message(AvatarWizard.naming, F.text)
@@ -238,30 +258,38 @@ def create_router(services: Services) -> Router:
         )
 
     @router.message(AvatarWizard.uploading, F.photo | F.document)
-    async def photo_received(message: Message, user: User, state: FSMContext) -> None:
-        data = await state.get_data()
+    async def photo_received(message: Message, session: AsyncSession, user: User, state: FSMContext) -> None:
+        avatar_id = parse_uuid(str((await state.get_data()).get("avatar_id", "")))
+        number = None
+        if avatar_id is not None:
+            number = await avatars.number_upload(
+                session=session, user_id=user.telegram_id, avatar_id=avatar_id
+            )
+        if avatar_id is None or number is None:
+            return  # the draft is gone (expired): nothing to add the photo to
         file = message.photo[-1] if message.photo else message.document
         assert file is not None
-        # Only the file's id and size travel: the job downloads and checks it off this update.
-        await services.queue.enqueue(
-            "avatars.photo",
-            user_id=user.telegram_id,
-            avatar_id=str(data.get("avatar_id", "")),
-            file_id=file.file_id,
-            file_size=file.file_size,
-            message_id=message.message_id,
+        file_name = message.document.file_name if message.document else None
+        # Only the file's id, size and name travel: the job downloads and checks it off this
+        # update, after it committed (the job then sees the upload's number).
+        after_commit(
+            session,
+            lambda: services.queue.enqueue(
+                "avatars.photo",
+                user_id=user.telegram_id,
+                avatar_id=str(avatar_id),
+                file_id=file.file_id,
+                file_size=file.file_size,
+                number=number,
+                file_name=file_name,
+            ),
         )
 
     @router.message(AvatarWizard.uploading)
     async def not_a_photo(message: Message, t: Texts) -> None:
-        keyboard = InlineKeyboardMarkup(
-            inline_keyboard=[
-                [InlineKeyboardButton(text=t("avatars.button.review"), callback_data=REVIEW_CALLBACK)]
-            ]
-        )
+        # No button here: the status message keeps the one "Review and start".
         await message.answer(
-            t("avatars.photos.hint", min=avatars.rules.min_photos, max=avatars.rules.max_photos),
-            reply_markup=keyboard,
+            t("avatars.photos.hint", min=avatars.rules.min_photos, max=avatars.rules.max_photos)
         )
 
     @router.callback_query(F.data == REVIEW_CALLBACK, StateFilter(AvatarWizard.uploading))
@@ -273,6 +301,9 @@ def create_router(services: Services) -> Router:
             if avatar_id is None:
                 raise AvatarNotFound("no draft")
             summary = await avatars.review(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
+            photos = await avatars.review_photos(
+                session=session, user_id=user.telegram_id, avatar_id=avatar_id
+            )
         except (AvatarNotFound, WrongAvatarStatus):
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
@@ -285,13 +316,27 @@ def create_router(services: Services) -> Router:
         await query.answer()
         if not isinstance(query.message, Message):
             return
+        # The photos themselves, as albums (Telegram takes 2-10 pictures in one).
+        start = 0
+        for size in album_sizes(len(photos)):
+            chunk = photos[start : start + size]
+            if size == 1:
+                await query.message.answer_photo(BufferedInputFile(chunk[0], filename="1.jpg"))
+            else:
+                await query.message.answer_media_group(
+                    [
+                        InputMediaPhoto(media=BufferedInputFile(data, filename=f"{start + n}.jpg"))
+                        for n, data in enumerate(chunk, start=1)
+                    ]
+                )
+            start += size
         text = t(
             "avatars.review",
             name=html.quote(summary.name),
             type=t(f"avatars.type.{summary.type.value}"),
             count=summary.accepted,
         )
-        text += "\n" + price_line(t, price=summary.price, balance=summary.balance)
+        text += "\n" + t("avatars.review_price", price=summary.price, balance=summary.balance)
         if summary.balance < summary.price:
             error = InsufficientCredits(balance=summary.balance, required=summary.price)
             await query.message.answer(
@@ -335,11 +380,13 @@ def create_router(services: Services) -> Router:
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
         await state.clear()
-        after_commit(session, lambda: services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar.id)))
+        user_id = user.telegram_id
+        after_commit(session, lambda: services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar_id)))
+        # The status message's step is over: its button goes (by whoever holds its turn).
+        after_commit(session, lambda: avatars.refresh_upload_status(user_id=user_id, avatar_id=avatar_id))
         await query.answer()
-        await query.message.answer(
-            t("avatars.training_started", name=html.quote(avatar.name)), reply_markup=main_menu(t)
-        )
+        # The review's buttons are replaced by what happened.
+        await query.message.edit_text(t("avatars.training_started", name=html.quote(avatar.name)))
 
     @router.callback_query(F.data == CANCEL_CALLBACK, StateFilter(AvatarWizard))
     async def cancel_pressed(
@@ -348,7 +395,7 @@ def create_router(services: Services) -> Router:
         await _discard(services, session, user, state)
         await query.answer()
         if isinstance(query.message, Message):
-            await query.message.answer(t("avatars.cancelled"), reply_markup=main_menu(t))
+            await query.message.edit_text(t("avatars.cancelled"))
 
     # --- the gallery ---------------------------------------------------------------------------
 
