@@ -374,6 +374,34 @@ async def test_confirm_and_cancel_take_the_status_buttons_away(world: World, db:
     assert discarded is not None and discarded.status_message == 2
 
 
+async def test_training_that_begins_during_an_edit_leaves_no_button_behind(
+    world: World, db: Database
+) -> None:
+    avatar_id = await world.draft(photos=1)
+    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=1)
+    messenger = world.messenger
+    edit = messenger.edit_text
+
+    async def confirmed_and_submitted_meanwhile(*args: Any, **kwargs: Any) -> None:
+        # While Telegram takes the edit: the user starts training, and the job replaces the
+        # draft's training_config with what FAL was sent (so the status state is gone).
+        async with unit_of_work(db.sessions) as session:
+            await world.service.confirm(session=session, user_id=OWNER, avatar_id=avatar_id)
+        async with unit_of_work(db.sessions) as session:
+            avatar = await session.get(Avatar, avatar_id)
+            assert avatar is not None
+            avatar.training_config = {"steps": 1}
+        messenger.edit_text = edit  # type: ignore[method-assign]
+        await edit(*args, **kwargs)
+
+    messenger.edit_text = confirmed_and_submitted_meanwhile  # type: ignore[method-assign]
+    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="C", number=2)
+    text, buttons = messenger.shown[1]
+    assert "Accepted: 3 photos" in text and buttons is None  # the turn's holder took it away
+    await world.service.refresh_upload_status(user_id=OWNER, avatar_id=avatar_id)  # nothing more to do
+    assert len(messenger.sent) == 1
+
+
 async def test_confirm_needs_enough_photos_and_credits_and_writes_nothing_otherwise(
     world: World, db: Database
 ) -> None:

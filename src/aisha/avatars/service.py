@@ -582,8 +582,8 @@ class AvatarService:
     ) -> None:
         """Holding the turn: show the status until nobody marked it dirty meanwhile.
 
-        `message_id` and `with_button`: the message as this turn found it. A draft cancelled
-        during the turn leaves its button to this turn (see discard_draft).
+        `message_id` and `with_button`: the message as this turn found it. A draft that ends
+        during the turn (cancelled, or its training began) leaves its button to this turn.
         """
         while True:
             async with unit_of_work(self._sessions) as session:
@@ -601,10 +601,8 @@ class AvatarService:
                         collecting=avatar.status is AvatarStatus.DRAFT,
                     )
                     locale = await user_locale(session, user_id)
-            if avatar is None:
-                break  # cancelled
-            if not _has_upload_status(avatar):
-                return  # training took the row on: the message was closed before
+            if avatar is None or not _has_upload_status(avatar):
+                break  # cancelled, or training took the row on
             message_id, shown = state.get("message_id"), state.get("shown")
             text, buttons = self._notifier.upload_status(
                 locale=locale,
@@ -631,12 +629,12 @@ class AvatarService:
                     if not state.get("dirty"):
                         state["lease"] = None
                     _save_upload_state(avatar, state)
-            if avatar is None:
-                break  # cancelled
+            if avatar is None or UPLOAD_KEY not in avatar.training_config:
+                break  # cancelled, or training took the row on
             if not state.get("dirty"):
                 return
         if message_id is not None and with_button:
-            # Cancelled during this turn: /cancel left the button to it.
+            # The draft ended during this turn (/cancel left its button to the turn's holder).
             await self._notifier.remove_buttons(user_id, message_id)
 
     async def review_photos(
