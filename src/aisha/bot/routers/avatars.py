@@ -1,7 +1,8 @@
 """/avatar (the wizard: type → name → photos → confirm) and /avatars (the gallery).
 
 Thin: every rule lives in AvatarService. Photos are only handed to the `avatars.photo` job here;
-the job downloads, checks and answers each one, so an album never blocks the update.
+the job downloads and checks each one and keeps the wizard's one status message up to date, so
+an album never blocks the update. A step's buttons go when the step ends.
 """
 
 from __future__ import annotations
@@ -140,6 +141,23 @@ def avatar_keyboard(t: Texts, view: AvatarView) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
+async def _send_albums(message: Message, photos: list[bytes]) -> None:
+    """The photos themselves, as albums (Telegram takes 2-10 pictures in one)."""
+    start = 0
+    for size in album_sizes(len(photos)):
+        chunk = photos[start : start + size]
+        if size == 1:
+            await message.answer_photo(BufferedInputFile(chunk[0], filename="1.jpg"))
+        else:
+            await message.answer_media_group(
+                [
+                    InputMediaPhoto(media=BufferedInputFile(data, filename=f"{start + n}.jpg"))
+                    for n, data in enumerate(chunk, start=1)
+                ]
+            )
+        start += size
+
+
 def create_cancel_router(services: Services) -> Router:
     """/cancel inside the wizard removes the uploads; included before the general /cancel."""
     router = Router(name="avatars-cancel")
@@ -270,8 +288,8 @@ def create_router(services: Services) -> Router:
         file = message.photo[-1] if message.photo else message.document
         assert file is not None
         file_name = message.document.file_name if message.document else None
-        # Only the file's id, size and name travel: the job downloads and checks it off this
-        # update, after it committed (the job then sees the upload's number).
+        # Only the file's id, size, name and number travel: the job downloads and checks it off
+        # this update, once the update committed (until then it holds the draft's row).
         after_commit(
             session,
             lambda: services.queue.enqueue(
@@ -301,35 +319,22 @@ def create_router(services: Services) -> Router:
             if avatar_id is None:
                 raise AvatarNotFound("no draft")
             summary = await avatars.review(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
+            if summary.accepted < avatars.rules.min_photos:
+                await query.answer(
+                    t("avatars.not_enough", accepted=summary.accepted, required=avatars.rules.min_photos),
+                    show_alert=True,
+                )
+                return
             photos = await avatars.review_photos(
                 session=session, user_id=user.telegram_id, avatar_id=avatar_id
             )
         except (AvatarNotFound, WrongAvatarStatus):
             await query.answer(t("errors.bad_button"), show_alert=True)
             return
-        if summary.accepted < avatars.rules.min_photos:
-            await query.answer(
-                t("avatars.not_enough", accepted=summary.accepted, required=avatars.rules.min_photos),
-                show_alert=True,
-            )
-            return
         await query.answer()
         if not isinstance(query.message, Message):
             return
-        # The photos themselves, as albums (Telegram takes 2-10 pictures in one).
-        start = 0
-        for size in album_sizes(len(photos)):
-            chunk = photos[start : start + size]
-            if size == 1:
-                await query.message.answer_photo(BufferedInputFile(chunk[0], filename="1.jpg"))
-            else:
-                await query.message.answer_media_group(
-                    [
-                        InputMediaPhoto(media=BufferedInputFile(data, filename=f"{start + n}.jpg"))
-                        for n, data in enumerate(chunk, start=1)
-                    ]
-                )
-            start += size
+        await _send_albums(query.message, photos)
         text = t(
             "avatars.review",
             name=html.quote(summary.name),
