@@ -24,7 +24,6 @@ from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
 from aisha.avatars.service import photo_prefix
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.billing.prices import PriceList
-from aisha.bot.paywall import TopUp
 from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.runtime import Runtime
@@ -300,6 +299,11 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
     assert "<b>Space &lt;me&gt;</b> (🧑 Portrait): 10 photos accepted." in review.params["text"]
     assert f"Training costs {PRICE} credits; your balance: {BONUS} credits." in review.params["text"]
     assert buttons(review) == [("🚀 Start training", "avw:go"), ("✖ Cancel", "avw:cancel")]
+    # Reviewed again: the newer review's buttons replace the older one's.
+    await _press_on(telegram, user, "avw:review", status["message_id"])
+    assert "reply_markup" not in _message(telegram, user, review.result["message_id"])
+    review = telegram.calls_of("sendMessage")[-1]
+    assert [data for _, data in _buttons_in_chat(telegram, user)] == ["avw:review", "avw:go", "avw:cancel"]
     await _press(telegram, user, "avw:go", review)
     started = _message(telegram, user, review.result["message_id"])
     assert started["text"].startswith("🚀 Training of Space <me> has started")
@@ -754,7 +758,7 @@ async def test_a_style_avatar_gets_advice_for_a_style_not_for_a_face(
     assert "only you in the picture" not in asked.params["text"]
 
 
-async def test_the_status_never_counts_past_the_maximum_and_cancel_takes_its_button_away(
+async def test_the_status_never_counts_past_the_maximum_and_cancel_leaves_no_button(
     telegram: FakeTelegramServer,
     avatar_settings: Callable[..., Any],
     start_app: Callable[..., Any],
@@ -763,6 +767,7 @@ async def test_the_status_never_counts_past_the_maximum_and_cancel_takes_its_but
     app: Runtime = await start_app(avatar_settings(avatar_min_photos=2, avatar_max_photos=3))
     user = FakeUser(id=7551, language_code="ru")
     intro = await _say(telegram, user, "/avatar")
+    await _fund(app, user.id)
     await _press(telegram, user, "avt:portrait", intro)
     await _say(telegram, user, "Я")
     for i in DISTINCT[:5]:
@@ -777,16 +782,17 @@ async def test_the_status_never_counts_past_the_maximum_and_cancel_takes_its_but
     assert max(_accepted_counts(telegram, user, status["message_id"], word="Принято")) == 3
     assert _buttons_in_chat(telegram, user) == [("▶ Проверить и запустить", "avw:review")]
 
-    # Review: three photos in one album; the price against a balance that doesn't cover it.
+    # Review: three photos in one album; the price against the balance.
     await _press_on(telegram, user, "avw:review", status["message_id"])
     [album] = telegram.calls_of("sendMediaGroup")
     assert len(album.params["media"]) == 3
     review = telegram.calls_of("sendMessage")[-1]
-    assert f"Обучение стоит {PRICE} кредитов; ваш баланс: 0 кредитов." in review.params["text"]
+    assert f"Обучение стоит {PRICE} кредитов; ваш баланс: {BONUS} кредитов." in review.params["text"]
+    assert [data for _, data in buttons(review)] == ["avw:go", "avw:cancel"]
 
     # /cancel: the draft goes, and no button is left under the status message.
     done = await _say(telegram, user, "/cancel")
     assert done.params["text"].startswith("Отменено.")
-    # Left: only the review's top-up (the balance is short), not the status message's review.
-    assert [data for _, data in _buttons_in_chat(telegram, user)] == [TopUp().pack()]
+    # No button is left: neither the status message's review nor the review's start.
+    assert _buttons_in_chat(telegram, user) == []
     assert await count(db, Avatar, Avatar.user_id == user.id) == 0

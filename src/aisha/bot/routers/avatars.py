@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 START_CALLBACK = "avw:go"
 CANCEL_CALLBACK = "avw:cancel"
 NEW_CALLBACK = "avw:new"
+REVIEW_MESSAGE_KEY = "review_message"  # FSM data: the review whose Start and Cancel are shown
 ALBUM_MAX = 10  # Telegram's album: 2-10 pictures
 
 
@@ -158,6 +159,14 @@ async def _send_albums(message: Message, photos: list[bytes]) -> None:
         start += size
 
 
+async def _close_review(services: Services, user: User, state: FSMContext) -> None:
+    """The last review's Start and Cancel go: the wizard ended, or a newer review took over."""
+    review = (await state.get_data()).get(REVIEW_MESSAGE_KEY)
+    if isinstance(review, int):
+        await state.update_data({REVIEW_MESSAGE_KEY: None})
+        await services.messenger.remove_buttons(user.telegram_id, review)
+
+
 def create_cancel_router(services: Services) -> Router:
     """/cancel inside the wizard removes the uploads; included before the general /cancel."""
     router = Router(name="avatars-cancel")
@@ -174,8 +183,8 @@ def create_cancel_router(services: Services) -> Router:
 
 async def _discard(services: Services, session: AsyncSession, user: User, state: FSMContext) -> None:
     """The draft goes, and its status message keeps no button: that step is over."""
-    data = await state.get_data()
-    avatar_id = parse_uuid(str(data.get("avatar_id", "")))
+    avatar_id = parse_uuid(str((await state.get_data()).get("avatar_id", "")))
+    await _close_review(services, user, state)
     await state.clear()
     if avatar_id is None:
         return
@@ -334,6 +343,7 @@ def create_router(services: Services) -> Router:
         await query.answer()
         if not isinstance(query.message, Message):
             return
+        await _close_review(services, user, state)  # a newer review replaces it
         await _send_albums(query.message, photos)
         text = t(
             "avatars.review",
@@ -354,7 +364,8 @@ def create_router(services: Services) -> Router:
                 [InlineKeyboardButton(text=t("avatars.button.cancel"), callback_data=CANCEL_CALLBACK)],
             ]
         )
-        await query.message.answer(text, reply_markup=keyboard)
+        sent = await query.message.answer(text, reply_markup=keyboard)
+        await state.update_data({REVIEW_MESSAGE_KEY: sent.message_id})
 
     @router.callback_query(F.data == START_CALLBACK, StateFilter(AvatarWizard.uploading))
     async def start_training(
