@@ -497,17 +497,14 @@ class AvatarService:
                 )
             ).all()
             verdict = checked.verdict
-            if checked.key is not None and (
-                verdict is None or not any(r.sha256 == verdict.sha256 for r in rows)
-            ):
-                key = checked.key
-                # Removed unless it is kept below (an accepted photo's file stays).
-                drop_file: Callable[[], Awaitable[object]] | None = lambda: self._storage.delete(key)  # noqa: E731
-            else:
-                drop_file = None
+            key = checked.key
+            # A stored file not kept goes after the commit, unless an accepted photo is the same
+            # content (so the same file).
+            same_kept = verdict is not None and any(r.sha256 == verdict.sha256 for r in rows)
+            drop_file = key is not None and not same_kept
             if avatar is None or avatar.status is not AvatarStatus.DRAFT:
-                if drop_file is not None:
-                    after_commit(session, drop_file)
+                if drop_file and key is not None:
+                    after_commit(session, lambda: self._storage.delete(key))
                 return None  # cancelled or confirmed meanwhile
             reason = checked.reason
             if reason is None and len(rows) >= self.rules.max_photos:
@@ -523,11 +520,11 @@ class AvatarService:
                     reason = RejectReason.DUPLICATE.value
             avatar.updated_at = self._clock.now()  # the draft's time-to-live counts from the last photo
             if reason is None:
-                assert verdict is not None and checked.key is not None and verdict.perceptual_hash
+                assert verdict is not None and key is not None and verdict.perceptual_hash
                 session.add(
                     AvatarPhoto(
                         avatar_id=avatar_id,
-                        storage_key=checked.key,
+                        storage_key=key,
                         sha256=verdict.sha256,
                         perceptual_hash=verdict.perceptual_hash,
                         size_bytes=verdict.size_bytes,
@@ -543,8 +540,8 @@ class AvatarService:
             state["refused"] = [*state.get("refused", []), [*label, reason]][-2 * REFUSED_SHOWN :]
             state["refused_count"] = int(state.get("refused_count", 0)) + 1
             _save_upload_state(avatar, state)
-            if drop_file is not None:
-                after_commit(session, drop_file)
+            if drop_file and key is not None:
+                after_commit(session, lambda: self._storage.delete(key))
             return PhotoOutcome(False, len(rows), reason)
 
     # --- the wizard's one status message -----------------------------------------------------------
