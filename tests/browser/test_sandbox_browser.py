@@ -400,7 +400,10 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     ready = chat.wait_bot("Accepted: 10 photos", timeout=LONG)
     chat.screenshot("photos-accepted")
     chat.press(ready, "Review and start")
-    chat.press(chat.wait_bot("10 photos accepted"), "Start training")
+    review = chat.wait_bot("10 photos accepted")
+    # The review shows the photos: one album of the ten accepted.
+    chat.expect(page.locator(".message:not(.outgoing) .album").last.locator(".photo")).to_have_count(10)
+    chat.press(review, "Start training")
     chat.wait_bot("has started")
     avatar_ready = chat.wait_bot("is ready", timeout=LONG)
     chat.screenshot("avatar-ready")
@@ -414,7 +417,7 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     chat.expect(options).to_contain_text("images: 2")
     chat.press(options, "Generate for")
     chat.wait_bot("Done: 2 images", timeout=LONG)
-    images = page.locator(".message:not(.outgoing) .album .photo")
+    images = page.locator(".message:not(.outgoing) .album").last.locator(".photo")  # not the review's
     chat.expect(images).to_have_count(2)
     chat.wait_images_loaded(".message:not(.outgoing) .album .photo")
     chat.screenshot("images")
