@@ -494,14 +494,22 @@ def _wire_avatars(services: Services) -> None:
     avatars = services.avatars
 
     async def photo_job(
-        *, user_id: int, avatar_id: str, file_id: str, message_id: int, file_size: int | None = None
+        *,
+        user_id: int,
+        avatar_id: str,
+        file_id: str,
+        file_size: int | None = None,
+        number: int = 0,
+        file_name: str | None = None,
+        **_queued_before: object,  # jobs queued by an older version also carried message_id
     ) -> None:
         await avatars.intake_photo(
             user_id=user_id,
             avatar_id=uuid.UUID(avatar_id),
             file_id=file_id,
             file_size=file_size,
-            reply_to=message_id,
+            number=number,
+            file_name=file_name,
         )
 
     async def train_job(*, avatar_id: str) -> None:

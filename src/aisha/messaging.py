@@ -61,6 +61,10 @@ class Messenger(Protocol):
         """Edits a message; an unchanged text is not an error."""
         ...
 
+    async def remove_buttons(self, chat_id: int, message_id: int) -> None:
+        """Takes the inline buttons off a message (its step is over)."""
+        ...
+
     async def send_document(
         self, chat_id: int, *, file_name: str, data: bytes, caption: str | None = None
     ) -> None: ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable
@@ -92,15 +93,51 @@ async def _say(telegram: FakeTelegramServer, user: FakeUser, text: str) -> Any:
 
 
 async def _press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -> None:
-    message = next(
-        m for m in telegram.chat_messages(user.id) if m.get("message_id") == under.result["message_id"]
-    )
+    await _press_on(telegram, user, data, under.result["message_id"])
+
+
+async def _press_on(telegram: FakeTelegramServer, user: FakeUser, data: str, message_id: int) -> None:
+    message = next(m for m in telegram.chat_messages(user.id) if m.get("message_id") == message_id)
     await _send(telegram, telegram.callback_update(user, data, message=message))
 
 
 async def _last_alert(telegram: FakeTelegramServer) -> str:
     call = telegram.calls_of("answerCallbackQuery")[-1]
     return str(call.params.get("text", ""))
+
+
+def _statuses(telegram: FakeTelegramServer, user: FakeUser) -> list[dict[str, Any]]:
+    """The wizard's status messages in the chat, as they read now."""
+    return [m for m in telegram.chat_messages(user.id) if m.get("text", "").startswith("📸 ")]
+
+
+def _message(telegram: FakeTelegramServer, user: FakeUser, message_id: int) -> dict[str, Any]:
+    return next(m for m in telegram.chat_messages(user.id) if m["message_id"] == message_id)
+
+
+def _buttons_in_chat(telegram: FakeTelegramServer, user: FakeUser) -> list[tuple[str, str]]:
+    """Every inline button still shown in the chat."""
+    return [
+        (b["text"], b.get("callback_data", ""))
+        for m in telegram.chat_messages(user.id)
+        for row in (m.get("reply_markup") or {}).get("inline_keyboard", [])
+        for b in row
+    ]
+
+
+def _accepted_counts(
+    telegram: FakeTelegramServer, user: FakeUser, message_id: int, *, word: str = "Accepted"
+) -> list[int]:
+    """The "Accepted: N" of every version of the status message, in the order they were sent."""
+    versions = [
+        c.params["text"]
+        for c in telegram.calls
+        if c.method in ("sendMessage", "editMessageText")
+        and c.params.get("chat_id") == user.id
+        and (c.method == "sendMessage" or c.params.get("message_id") == message_id)
+        and c.params.get("text", "").startswith("📸 ")
+    ]
+    return [int(re.search(rf"{word}: (\d+)", text)[1]) for text in versions]  # type: ignore[index]
 
 
 async def _fund(app: Runtime, user_id: int) -> None:
@@ -203,6 +240,9 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
 
     await _press(telegram, user, "avt:portrait", intro)
     assert "What shall we call this avatar?" in _texts_to(telegram, user)[-1]
+    # The kind is chosen: the intro keeps its text and the choice, not its buttons.
+    chosen = _message(telegram, user, intro.result["message_id"])
+    assert chosen["text"].endswith("Chosen: 🧑 Portrait") and "reply_markup" not in chosen
     asked = await _say(telegram, user, "Space <me>")
     assert "send 10–20 photos" in asked.params["text"]
     avatar = await _avatar(db, user.id)
@@ -226,35 +266,50 @@ async def test_wizard_training_and_signed_webhook_make_an_avatar_and_charge_once
     for update in updates:
         await _send(telegram, update)
 
-    def replies() -> list[Any]:
-        return [
-            c
-            for c in telegram.calls_of("sendMessage")
-            if c.params.get("chat_id") == user.id and c.params.get("reply_to_message_id")
-        ]
+    await jobs_done(app, timeout=60)
 
-    async def all_answered() -> bool:
-        return len(replies()) == 12
-
-    await eventually(all_answered, timeout=40)
-    texts = [c.params["text"] for c in replies()]
-    assert sum("✅ Photo accepted." in text for text in texts) == 10
-    assert any("this is not a picture" in text for text in texts)
-    assert any("same as or very close to a photo you already sent" in text for text in texts)
-    assert any("10 of 10 accepted." in text for text in texts)
-    ready_to_go = next(c for c in replies() if "10 of 10 accepted." in c.params["text"])
-    assert ("▶ Review and start", "avw:review") in buttons(ready_to_go)
+    # One status message, edited in place as the photos were checked; one button under it.
+    statuses = _statuses(telegram, user)
+    assert len(statuses) == 1 and statuses[0]["edited"]
+    status = statuses[0]
+    assert status["text"] == (
+        "📸 Photos for Space <me>\n"
+        "Accepted: 10 photos (you need 10–20).\n"
+        "That's enough to start. You can add up to 10 more photos, or review and start.\n"
+        "\n"
+        "Not accepted: 2 photos\n"
+        "• cv.pdf — not a picture\n"
+        "• photo 12 — same as another photo"
+    )
+    assert _buttons_in_chat(telegram, user) == [("▶ Review and start", "avw:review")]
+    assert not [c for c in telegram.calls_of("sendMessage") if c.params.get("reply_to_message_id")]
+    # Every state it showed on the way counted within the limits, in order.
+    counts = _accepted_counts(telegram, user, status["message_id"])
+    assert counts == sorted(counts) and counts[-1] == 10 and max(counts) <= 20
     assert await count(db, AvatarPhoto, AvatarPhoto.avatar_id == avatar.id) == 10
     stored = await _files(app, user.id, avatar.id)
     assert len(stored) == 10 and all("/photos/" in key for key in stored)
 
-    # Review: the price and the balance; then start.
-    await _press(telegram, user, "avw:review", ready_to_go)
+    # Review: the photos as albums (10 in one), the price against the balance; then start.
+    albums_before = len(telegram.calls_of("sendMediaGroup"))
+    await _press_on(telegram, user, "avw:review", status["message_id"])
+    albums = telegram.calls_of("sendMediaGroup")[albums_before:]
+    assert [len(call.params["media"]) for call in albums] == [10]
     review = telegram.calls_of("sendMessage")[-1]
     assert "<b>Space &lt;me&gt;</b> (🧑 Portrait): 10 photos accepted." in review.params["text"]
-    assert f"Price: <b>{PRICE}</b> credits. Your balance: {BONUS}." in review.params["text"]
+    assert f"Training costs {PRICE} credits; your balance: {BONUS} credits." in review.params["text"]
+    assert buttons(review) == [("🚀 Start training", "avw:go"), ("✖ Cancel", "avw:cancel")]
+    # Reviewed again: the newer review's buttons replace the older one's.
+    await _press_on(telegram, user, "avw:review", status["message_id"])
+    assert "reply_markup" not in _message(telegram, user, review.result["message_id"])
+    review = telegram.calls_of("sendMessage")[-1]
+    assert [data for _, data in _buttons_in_chat(telegram, user)] == ["avw:review", "avw:go", "avw:cancel"]
     await _press(telegram, user, "avw:go", review)
-    assert "Training of <b>Space &lt;me&gt;</b> has started" in _texts_to(telegram, user)[-1]
+    started = _message(telegram, user, review.result["message_id"])
+    assert started["text"].startswith("🚀 Training of Space <me> has started")
+    # The step is over: no button is left under the status or the review.
+    await eventually(lambda: _true(_buttons_in_chat(telegram, user) == []))
+    assert "That's enough to start" not in _message(telegram, user, status["message_id"])["text"]
 
     job = await _submitted(fal)
     assert job.endpoint == "fal-ai/flux-lora-portrait-trainer"
@@ -701,3 +756,43 @@ async def test_a_style_avatar_gets_advice_for_a_style_not_for_a_face(
     assert asked.params["text"].startswith("Now send 10–20 photos in the style you want")
     assert "Good photos for a style: pictures of one kind" in asked.params["text"]
     assert "only you in the picture" not in asked.params["text"]
+
+
+async def test_the_status_never_counts_past_the_maximum_and_cancel_leaves_no_button(
+    telegram: FakeTelegramServer,
+    avatar_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    app: Runtime = await start_app(avatar_settings(avatar_min_photos=2, avatar_max_photos=3))
+    user = FakeUser(id=7551, language_code="ru")
+    intro = await _say(telegram, user, "/avatar")
+    await _fund(app, user.id)
+    await _press(telegram, user, "avt:portrait", intro)
+    await _say(telegram, user, "Я")
+    for i in DISTINCT[:5]:
+        await _send(telegram, telegram.message_update(user, photo=face_photo(i)))
+    await jobs_done(app, timeout=40)
+
+    [status] = _statuses(telegram, user)
+    assert "Принято: 3 фото (нужно 2–3).\nЭто максимум. Проверьте и запустите обучение." in status["text"]
+    # Which two came too late depends on how fast each was checked.
+    assert "Не принято: 2 фото\n" in status["text"]
+    assert len(re.findall(r"• фото [1-5] — сверх максимума", status["text"])) == 2
+    assert max(_accepted_counts(telegram, user, status["message_id"], word="Принято")) == 3
+    assert _buttons_in_chat(telegram, user) == [("▶ Проверить и запустить", "avw:review")]
+
+    # Review: three photos in one album; the price against the balance.
+    await _press_on(telegram, user, "avw:review", status["message_id"])
+    [album] = telegram.calls_of("sendMediaGroup")
+    assert len(album.params["media"]) == 3
+    review = telegram.calls_of("sendMessage")[-1]
+    assert f"Обучение стоит {PRICE} кредитов; ваш баланс: {BONUS} кредитов." in review.params["text"]
+    assert [data for _, data in buttons(review)] == ["avw:go", "avw:cancel"]
+
+    # /cancel: the draft goes, and no button is left under the status message.
+    done = await _say(telegram, user, "/cancel")
+    assert done.params["text"].startswith("Отменено.")
+    # No button is left: neither the status message's review nor the review's start.
+    assert _buttons_in_chat(telegram, user) == []
+    assert await count(db, Avatar, Avatar.user_id == user.id) == 0

@@ -935,3 +935,81 @@ async def test_a_style_avatar_shows_as_a_style_on_the_card(
     options = await _say(telegram, user, "лиса в снегу")
     assert "🎨 Стиль: Me" in options.params["text"]
     assert "🧑" not in options.params["text"]
+
+
+async def test_the_card_switches_to_another_ready_avatar_and_generates_with_its_lora(
+    app: Runtime,
+    telegram: FakeTelegramServer,
+    fal: FakeFalServer,
+    openai_server: FakeOpenAIServer,
+    db: Database,
+) -> None:
+    user = FakeUser(id=5901, language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)  # "Me", the main one
+    other = FakeUser(id=5902, language_code="en")
+    await _setup_user(app, telegram, other, avatar=True)  # someone else's "Me"
+    fal.host_file("second-lora.safetensors", b"second weights")
+    second_lora = f"{fal.base_url}/files/second-lora.safetensors"
+    async with unit_of_work(app.services.sessions) as session:
+        second = Avatar(
+            user_id=user.id,
+            type=AvatarType.STYLE,
+            status=AvatarStatus.READY,
+            name="Watercolour",
+            trigger_phrase="ohwxe2e0005999",
+            lora_url=second_lora,
+            training_config={},
+        )
+        session.add(second)
+        await session.flush()
+        second_id = second.id
+        foreign_id = await session.scalar(select(Avatar.id).where(Avatar.user_id == other.id))
+    assert foreign_id is not None
+
+    def card_text(options: Any) -> str:
+        [message] = [
+            m for m in telegram.chat_messages(user.id) if m["message_id"] == options.result["message_id"]
+        ]
+        return str(message["text"])
+
+    options = await _say(telegram, user, "a lighthouse at dawn")
+    draft = _draft(options)
+    assert "Avatar: Me" in card_text(options)
+    assert ("🔄 Another avatar", f"gopt:{draft}:av:") in _buttons(options)
+
+    await _press(telegram, user, f"gopt:{draft}:av:", options)
+    listed = telegram.calls_of("editMessageReplyMarkup")[-1]
+    assert _buttons(listed) == [
+        ("• Me •", f"gopt:{draft}:a:{(await _main_avatar(db, user.id)).hex}"),
+        ("Watercolour", f"gopt:{draft}:a:{second_id.hex}"),
+        ("◀ Back", f"gopt:{draft}:b:"),
+    ]
+    assert all(len(data.encode()) <= 64 for _, data in _buttons(listed))
+
+    await _press(telegram, user, f"gopt:{draft}:b:", options)  # back: the options again
+    assert (f"✨ Generate for {PRICE} credits", f"gopt:{draft}:go:") in _buttons(
+        telegram.calls_of("editMessageReplyMarkup")[-1]
+    )
+    await _press(telegram, user, f"gopt:{draft}:av:", options)
+
+    # Tampered or foreign ids: a clear answer, and the card stays as it was.
+    for forged in (foreign_id.hex, "0" * 32, "not-an-id"):
+        await _press(telegram, user, f"gopt:{draft}:a:{forged}", options)
+        assert _alert(telegram) == "That avatar is not available any more. Please start again."
+    assert "Avatar: Me" in card_text(options)
+
+    await _press(telegram, user, f"gopt:{draft}:a:{second_id.hex}", options)
+    assert "🎨 Style: Watercolour" in card_text(options) and "Avatar: Me" not in card_text(options)
+    await _confirm(telegram, user, telegram.calls_of("editMessageText")[-1])
+    job = await _submitted(fal)
+    assert job.payload["loras"] == [{"path": second_lora, "scale": 1.0}]
+    assert (await _generation(db, user.id)).avatar_id == second_id
+
+
+async def _main_avatar(db: Database, user_id: int) -> uuid.UUID:
+    async with db.sessions() as session:
+        found = await session.scalar(
+            select(Avatar.id).where(Avatar.user_id == user_id, Avatar.is_main.is_(True))
+        )
+        assert found is not None
+        return found

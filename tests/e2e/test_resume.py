@@ -141,6 +141,16 @@ async def _pay(
     return paid
 
 
+def _edited(telegram: FakeTelegramServer, message: Any) -> str:
+    """The text `message` was last edited into (its buttons gone with the step)."""
+    edits = [
+        c
+        for c in telegram.calls_of("editMessageText")
+        if c.params.get("message_id") == message.result["message_id"] and c.result
+    ]
+    return str(edits[-1].params["text"]) if edits else ""
+
+
 def _offers(telegram: FakeTelegramServer, user: FakeUser) -> list[Any]:
     return [c for c in _sent(telegram, user) if any(d.startswith("resume:") for _, d in buttons(c))]
 
@@ -369,7 +379,7 @@ async def test_the_avatar_review_at_a_short_balance_opens_the_top_up_and_continu
     hint = await _say(telegram, user, "done?")  # any text in the wizard offers the review
     await _press(telegram, user, "avw:review", hint)
     review = _sent(telegram, user)[-1]
-    assert f"Price: <b>{AVATAR_PRICE}</b> credits. Your balance: 0." in review.params["text"]
+    assert f"Training costs {AVATAR_PRICE} credits; your balance: 0 credits." in review.params["text"]
     assert buttons(review)[0] == (f"⭐ Top up to train ({AVATAR_PRICE} credits)", "avw:top")
 
     await _press(telegram, user, "avw:top", review)
@@ -379,7 +389,7 @@ async def test_the_avatar_review_at_a_short_balance_opens_the_top_up_and_continu
     assert label == f"▶ Continue: train «Me in space» for {AVATAR_PRICE} credits"
 
     await _press(telegram, user, data, offer)
-    assert "Training of <b>Me in space</b> has started" in _sent(telegram, user)[-1].params["text"]
+    assert "Training of <b>Me in space</b> has started" in _edited(telegram, offer)
     await _press(telegram, user, data, offer)  # again: nothing more
     assert _alert(telegram) == "This offer was already used or replaced by a newer one."
     job = await _submitted(fal)
@@ -436,5 +446,5 @@ async def test_a_training_refused_at_the_press_is_remembered_and_continued_after
     [(label, data)] = buttons(offer)
     assert label == f"▶ Продолжить: обучить «Me in space» за {AVATAR_PRICE} кредитов"
     await _press(telegram, user, data, offer)
-    assert "Me in space" in _sent(telegram, user)[-1].params["text"]
+    assert "Обучение аватара <b>Me in space</b> запущено" in _edited(telegram, offer)
     assert (await _submitted(fal)).endpoint == "fal-ai/flux-lora-portrait-trainer"

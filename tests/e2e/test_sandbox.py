@@ -294,7 +294,7 @@ async def test_an_avatar_from_ten_photos_trains_and_then_generates(
     await say(client, "Me")
     status, _ = await upload(client, "photo", *((f"{i}.jpg", face_photo(i)) for i in DISTINCT))
     assert status == 200
-    accepted = await bot_message(client, text_has("10 of 10 accepted."), timeout=60)
+    accepted = await bot_message(client, text_has("Accepted: 10 photos"), timeout=60)
     await press(client, accepted, "avw:review")
     review = await bot_message(client, lambda m: "avw:go" in callback_data(m))
     await press(client, review, "avw:go")
@@ -303,7 +303,8 @@ async def test_an_avatar_from_ten_photos_trains_and_then_generates(
     await say(client, "me as an astronaut")
     options = await bot_message(client, lambda m: any(":go:" in data for data in callback_data(m)))
     await press(client, options, next(data for data in callback_data(options) if ":go:" in data))
-    await bot_message(client, lambda m: "photo" in m, timeout=30)
+    # The result carries its prompt (the review's album of the photos did not).
+    await bot_message(client, lambda m: "photo" in m and "astronaut" in m.get("caption", ""), timeout=30)
 
     await say(client, "/balance")
     balance = await bot_message(client, text_has("Balance:"))

@@ -16,7 +16,13 @@ from sqlalchemy import select
 
 from aisha.avatars.errors import AvatarNotFound, NotEnoughPhotos, WrongAvatarStatus
 from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
-from aisha.avatars.service import AvatarNotifier, AvatarRules, AvatarService, photo_prefix
+from aisha.avatars.service import (
+    REVIEW_CALLBACK,
+    AvatarNotifier,
+    AvatarRules,
+    AvatarService,
+    photo_prefix,
+)
 from aisha.avatars.training import TrainingRequest, TrainingState
 from aisha.avatars.validation import PhotoValidator
 from aisha.billing.errors import InsufficientCredits
@@ -26,7 +32,7 @@ from aisha.billing.service import LedgerService
 from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.i18n import Translator
-from aisha.messaging import Buttons
+from aisha.messaging import Button, Buttons
 from aisha.providers.fal import FalRequestRefused, FalUnavailable, TrainingOutput
 from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import LocalStorage
@@ -53,20 +59,35 @@ PHOTO_D = _jpeg(ImageOps.mirror(ASTRONAUT.crop((48, 0, 478, 430)).resize((600, 6
 
 
 class ScriptedMessenger:
+    """Keeps what each message reads now, and refuses an edit that changes nothing, as Telegram."""
+
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files = files
         self.sent: list[tuple[int, str, Buttons | None]] = []
+        self.shown: dict[int, tuple[str, Buttons | None]] = {}  # message id: its text and buttons
+        self.versions: list[str] = []  # every text sent or edited in, in order
+        self.delay = 0.0  # seconds each call takes: concurrent jobs overlap
 
     async def send_text(
         self, chat_id: int, text: str, *, buttons: Buttons | None = None, reply_to: int | None = None
     ) -> int:
+        await asyncio.sleep(self.delay)
         self.sent.append((chat_id, text, buttons))
+        self.shown[len(self.sent)] = (text, buttons)
+        self.versions.append(text)
         return len(self.sent)
 
     async def edit_text(
         self, chat_id: int, message_id: int, text: str, *, buttons: Buttons | None = None
     ) -> None:
-        return None
+        await asyncio.sleep(self.delay)
+        assert self.shown[message_id] != (text, buttons), "message is not modified"
+        self.shown[message_id] = (text, buttons)
+        self.versions.append(text)
+
+    async def remove_buttons(self, chat_id: int, message_id: int) -> None:
+        assert self.shown[message_id][1], "message is not modified"
+        self.shown[message_id] = (self.shown[message_id][0], None)
 
     async def send_document(
         self, chat_id: int, *, file_name: str, data: bytes, caption: str | None = None
@@ -262,8 +283,8 @@ async def test_parallel_photos_respect_the_limit_and_duplicates_under_the_lock(w
         return list(
             await asyncio.gather(
                 *(
-                    world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id=f, reply_to=n)
-                    for n, f in enumerate(file_ids)
+                    world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id=f, number=n)
+                    for n, f in enumerate(file_ids, start=1)
                 )
             )
         )
@@ -278,16 +299,20 @@ async def test_parallel_photos_respect_the_limit_and_duplicates_under_the_lock(w
         rows = (await session.scalars(select(AvatarPhoto).where(AvatarPhoto.avatar_id == avatar_id))).all()
     assert len(rows) == 3 and len({r.sha256 for r in rows}) == 3
     assert len(world.files(avatar_id)) == 3
-    texts = [text for _, text, _ in world.messenger.sent]
-    assert len(texts) == 5 and any("3 of 2 accepted." in t for t in texts)
-    assert any("you already have the maximum of 3 photos" in t for t in texts)
+    # One status message, never counting past the maximum, ending on the final state.
+    assert len(world.messenger.sent) == 1
+    counts = [int(text.split("Accepted: ")[1].split()[0]) for text in world.messenger.versions]
+    assert max(counts) == 3 and counts == sorted(counts)
+    text, buttons = world.messenger.shown[1]
+    assert "Accepted: 3 photos (you need 2–3).\nThat's the maximum. Review and start." in text
+    assert "Not accepted: 2 photos\n• photo " in text
+    assert "— same as another photo" in text and "— over the maximum" in text
+    assert buttons == [[Button("▶ Review and start", REVIEW_CALLBACK)]]
 
 
 async def test_a_photo_for_someone_elses_draft_is_ignored(world: World) -> None:
     avatar_id = await world.draft()
-    assert (
-        await world.service.intake_photo(user_id=OTHER, avatar_id=avatar_id, file_id="A", reply_to=1) is None
-    )
+    assert await world.service.intake_photo(user_id=OTHER, avatar_id=avatar_id, file_id="A", number=1) is None
     assert world.files(avatar_id) == [] and world.messenger.sent == []
 
 
@@ -296,12 +321,85 @@ async def test_a_photo_over_the_size_limit_is_refused_without_being_fetched(worl
     # message gave is enough to refuse it. "huge" is not among the messenger's files either.
     avatar_id = await world.draft()
     outcome = await world.service.intake_photo(
-        user_id=OWNER, avatar_id=avatar_id, file_id="huge", reply_to=1, file_size=1_500 * 1024 * 1024
+        user_id=OWNER, avatar_id=avatar_id, file_id="huge", number=1, file_size=1_500 * 1024 * 1024
     )
     assert outcome is not None and (outcome.accepted, outcome.reason) == (False, "too_large")
     assert world.files(avatar_id) == []
-    [(_, text, _)] = world.messenger.sent
-    assert "the file is too large." in text
+    [(_, text, buttons)] = world.messenger.sent
+    assert (
+        text
+        == "📸 Photos for <b>Me</b>\nAccepted: 0 photos (you need 2–3).\nSend at least 2 more photos.\n\nNot accepted: 1 photo\n• photo 1 — file too large"
+    )
+    assert buttons is None  # not enough photos to review
+
+
+async def test_racing_photo_jobs_share_one_status_message_that_ends_on_the_final_count(world: World) -> None:
+    # Telegram answers slowly: the jobs' turns at the message overlap, and the refusals (too
+    # large, known without a download) commit while the first message is still being sent.
+    world.messenger.delay = 0.05
+    avatar_id = await world.draft(photos=1)
+    jobs = [
+        world.service.intake_photo(
+            user_id=OWNER, avatar_id=avatar_id, file_id=f"big-{n}", number=n, file_size=10**9
+        )
+        for n in range(1, 7)
+    ]
+    await asyncio.gather(*jobs)
+    assert len(world.messenger.sent) == 1  # never a second status message
+    text, _ = world.messenger.shown[1]
+    assert "Not accepted: 6 photos" in text and "• photo 6 — file too large" in text
+    assert "Accepted: 1 photo (you need 2–3)" in text
+    # The turn was given back: a later photo is shown at once.
+    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=7)
+    text, buttons = world.messenger.shown[1]
+    assert "Accepted: 2 photos" in text and buttons == [[Button("▶ Review and start", REVIEW_CALLBACK)]]
+    assert len(world.messenger.sent) == 1
+
+
+async def test_confirm_and_cancel_take_the_status_buttons_away(world: World, db: Database) -> None:
+    avatar_id = await world.draft(photos=1)
+    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=1)
+    assert world.messenger.shown[1][1] is not None
+    async with unit_of_work(db.sessions) as session:
+        await world.service.confirm(session=session, user_id=OWNER, avatar_id=avatar_id)
+    await world.service.refresh_upload_status(user_id=OWNER, avatar_id=avatar_id)
+    text, buttons = world.messenger.shown[1]
+    assert buttons is None and text.endswith("Accepted: 2 photos (you need 2–3).")
+
+    # Cancelled: the caller is told which message still has its button.
+    other = await world.draft(photos=1)
+    await world.service.intake_photo(user_id=OWNER, avatar_id=other, file_id="C", number=1)
+    async with unit_of_work(db.sessions) as session:
+        discarded = await world.service.discard_draft(session=session, user_id=OWNER, avatar_id=other)
+    assert discarded is not None and discarded.status_message == 2
+
+
+async def test_training_that_begins_during_an_edit_leaves_no_button_behind(
+    world: World, db: Database
+) -> None:
+    avatar_id = await world.draft(photos=1)
+    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=1)
+    messenger = world.messenger
+    edit = messenger.edit_text
+
+    async def confirmed_and_submitted_meanwhile(*args: Any, **kwargs: Any) -> None:
+        # While Telegram takes the edit: the user starts training, and the job replaces the
+        # draft's training_config with what FAL was sent (so the status state is gone).
+        async with unit_of_work(db.sessions) as session:
+            await world.service.confirm(session=session, user_id=OWNER, avatar_id=avatar_id)
+        async with unit_of_work(db.sessions) as session:
+            avatar = await session.get(Avatar, avatar_id)
+            assert avatar is not None
+            avatar.training_config = {"steps": 1}
+        messenger.edit_text = edit  # type: ignore[method-assign]
+        await edit(*args, **kwargs)
+
+    messenger.edit_text = confirmed_and_submitted_meanwhile  # type: ignore[method-assign]
+    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="C", number=2)
+    text, buttons = messenger.shown[1]
+    assert "Accepted: 3 photos" in text and buttons is None  # the turn's holder took it away
+    await world.service.refresh_upload_status(user_id=OWNER, avatar_id=avatar_id)  # nothing more to do
+    assert len(messenger.sent) == 1
 
 
 async def test_confirm_needs_enough_photos_and_credits_and_writes_nothing_otherwise(

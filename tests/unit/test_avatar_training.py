@@ -69,6 +69,6 @@ async def test_webhook_kinds_register_once() -> None:
 def test_every_reject_reason_and_failure_has_a_text(locale: str) -> None:
     translator = Translator.load()
     for reason in [*RejectReason, "limit"]:
-        assert translator.get(locale, f"avatars.reject.{reason}", max=20)
+        assert translator.get(locale, f"avatars.refused.{reason}")
     for failure in ("provider", "timeout", "refused", "unavailable", "insufficient"):
         assert translator.get(locale, f"avatars.failure.{failure}")

@@ -16,6 +16,10 @@ from aisha.db.base import Base, Timestamps, UUIDPrimaryKey, str_enum, utcnow
 # ends, so the avatar outlives FAL's media expiry): storage keys, or LORA_LOST when FAL's file
 # was gone before a copy could be made.
 LORA_KEY, CONFIG_KEY, LORA_LOST = "lora_key", "config_key", "lora_lost"
+# The key of `Avatar.training_config` that, while the wizard collects photos, keeps its one live
+# status message: its id, what it shows, the photos refused and who may edit it now (see
+# AvatarService.refresh_upload_status). Training replaces the whole dict with what FAL was sent.
+UPLOAD_KEY = "upload"
 
 
 class AvatarType(StrEnum):

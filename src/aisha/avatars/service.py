@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import secrets
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from aisha.avatars.models import (
     CONFIG_KEY,
     LORA_KEY,
     LORA_LOST,
+    UPLOAD_KEY,
     Avatar,
     AvatarPhoto,
     AvatarStatus,
@@ -46,6 +48,7 @@ from aisha.avatars.models import (
 from aisha.avatars.training import Trainer, TrainingFailed, TrainingRequest, TrainingState
 from aisha.avatars.validation import (
     PhotoValidator,
+    PhotoVerdict,
     RejectReason,
     build_training_zip,
     hamming_distance,
@@ -72,7 +75,6 @@ from aisha.providers.fal import (
 from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import ObjectStorage, StorageError
 from aisha.storage.public import PublicRoute
-from aisha.users.models import User
 from aisha.users.service import user_locale
 
 log = structlog.get_logger(__name__)
@@ -87,6 +89,8 @@ QUEUED = (AvatarStatus.PENDING, AvatarStatus.SUBMITTING, AvatarStatus.SUBMITTED)
 # Callback data the bot's avatar router answers (kept here so job messages carry the same buttons).
 REVIEW_CALLBACK = "avw:review"
 GENERATE_CALLBACK = "gen:new"  # handled by the generation feature
+STATUS_LEASE = timedelta(seconds=60)  # a turn at the status message outlives a crashed holder no longer
+REFUSED_SHOWN = 8  # the status lists the latest refused photos, and how many more there were
 MAX_LINK_SECONDS = 7 * 24 * 3600  # the longest a presigned S3 URL may live
 _FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic", "AVIF": "avif"}
 
@@ -149,11 +153,51 @@ class _Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadStatus:
+    """What the wizard's status message shows."""
+
+    name: str
+    type: AvatarType
+    accepted: int
+    refused: list[tuple[int, str | None, str]]  # (upload number, file name, RejectReason value or "limit")
+    refused_count: int  # all refused so far; `refused` keeps the latest
+    collecting: bool  # still a draft: more photos may come, and review is offered
+
+
+@dataclass(frozen=True, slots=True)
+class DraftDiscarded:
+    """A discarded draft; `status_message`: its status message, whose button is still to go."""
+
+    status_message: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Snapshot:
-    locale: str
     accepted: int
     hashes: list[str]
     shas: set[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A photo checked outside any transaction: refused (`reason`), or stored at `key`."""
+
+    reason: str | None
+    key: str | None = None
+    verdict: PhotoVerdict | None = None
+
+
+def _upload_state(avatar: Avatar) -> dict[str, Any]:
+    return dict(avatar.training_config.get(UPLOAD_KEY) or {})
+
+
+def _has_upload_status(avatar: Avatar) -> bool:
+    """A draft has one (from its first photo on); a confirmed avatar until training replaces it."""
+    return avatar.status is AvatarStatus.DRAFT or UPLOAD_KEY in avatar.training_config
+
+
+def _save_upload_state(avatar: Avatar, state: dict[str, Any]) -> None:
+    avatar.training_config = {**avatar.training_config, UPLOAD_KEY: state}
 
 
 def photo_prefix(user_id: int, avatar_id: uuid.UUID) -> str:
@@ -184,36 +228,65 @@ class AvatarNotifier:
         *,
         buttons: list[list[Button]] | None = None,
         reply_to: int | None = None,
-    ) -> None:
+    ) -> int | None:
         try:
-            await self._messenger.send_text(user_id, text, buttons=buttons, reply_to=reply_to)
+            return await self._messenger.send_text(user_id, text, buttons=buttons, reply_to=reply_to)
         except Exception:
             # The database already holds the truth; a blocked bot or a Telegram outage loses a message only.
             log.warning("avatar.notify_failed", user_id=user_id, exc_info=True)
+            return None
 
-    async def photo(
-        self,
-        *,
-        user_id: int,
-        locale: str,
-        outcome: PhotoOutcome,
-        min_photos: int,
-        max_photos: int,
-        reply_to: int,
-    ) -> None:
+    async def send(self, user_id: int, text: str, *, buttons: list[list[Button]] | None) -> int | None:
+        return await self._send(user_id, text, buttons=buttons)
+
+    async def edit(
+        self, user_id: int, message_id: int, text: str, *, buttons: list[list[Button]] | None
+    ) -> bool:
+        try:
+            await self._messenger.edit_text(user_id, message_id, text, buttons=buttons)
+        except Exception:
+            log.warning("avatar.status_edit_failed", user_id=user_id, exc_info=True)
+            return False
+        return True
+
+    async def remove_buttons(self, user_id: int, message_id: int) -> None:
+        try:
+            await self._messenger.remove_buttons(user_id, message_id)
+        except Exception:
+            log.warning("avatar.status_edit_failed", user_id=user_id, exc_info=True)
+
+    def upload_status(
+        self, *, locale: str, status: UploadStatus, min_photos: int, max_photos: int
+    ) -> tuple[str, list[list[Button]] | None]:
+        """The wizard's status message: accepted so far, what to do next, the refused ones."""
         t = self._translator.bind(locale)
-        count = outcome.accepted_count
-        progress = t("avatars.photos.progress", accepted=count, required=min_photos, count=count)
+        count = status.accepted
+        lines = [
+            t("avatars.upload.title", name=_quote(status.name)),
+            t("avatars.upload.accepted", count=count, min=min_photos, max=max_photos),
+        ]
         buttons = None
-        if outcome.accepted:
-            lines = [t("avatars.photos.accepted"), progress]
-        else:
-            reason = t(f"avatars.reject.{outcome.reason}", max=max_photos)
-            lines = [t("avatars.photos.rejected", reason=reason), progress]
-        if count >= min_photos:
-            lines.append(t("avatars.photos.enough", max=max_photos))
-            buttons = [[Button(t("avatars.button.review"), REVIEW_CALLBACK)]]
-        await self._send(user_id, "\n".join(lines), buttons=buttons, reply_to=reply_to)
+        if status.collecting:
+            if count < min_photos:
+                lines.append(t("avatars.upload.need_more", count=min_photos - count))
+            elif count < max_photos:
+                lines.append(t("avatars.upload.enough", count=max_photos - count))
+            else:
+                lines.append(t("avatars.upload.full"))
+            if count >= min_photos:
+                buttons = [[Button(t("avatars.button.review"), REVIEW_CALLBACK)]]
+        if status.refused:
+            lines += ["", t("avatars.upload.refused", count=status.refused_count)]
+            hidden = status.refused_count - min(len(status.refused), REFUSED_SHOWN)
+            if hidden > 0:  # the earliest ones
+                lines.append(t("avatars.upload.refused_more", count=hidden))
+            # In the order they were sent (checks end in any order).
+            for number, file_name, reason in sorted(status.refused, key=lambda r: r[0])[-REFUSED_SHOWN:]:
+                label = _quote(file_name) if file_name else t("avatars.upload.photo_n", n=number)
+                lines.append(
+                    t("avatars.upload.refused_line", label=label, reason=t(f"avatars.refused.{reason}"))
+                )
+        return "\n".join(lines), buttons
 
     async def ready(self, *, user_id: int, locale: str, name: str, avatar_id: uuid.UUID) -> None:
         t = self._translator.bind(locale)
@@ -298,45 +371,68 @@ class AvatarService:
         await session.flush()
         return avatar
 
-    async def discard_draft(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> bool:
-        """/cancel: the draft, its photo rows and its files go. False if there was no draft."""
+    async def discard_draft(
+        self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID
+    ) -> DraftDiscarded | None:
+        """/cancel: the draft, its photo rows and its files go. None if there was no draft.
+
+        The status message's button is the caller's to remove, unless a photo job holds the turn
+        at that message: that one removes it when it finds the draft gone.
+        """
         avatar = await self._locked(session, avatar_id, user_id)
         if avatar is None or avatar.status is not AvatarStatus.DRAFT:
-            return False
+            return None
+        state = _upload_state(avatar)
+        held = self._turn_taken(state)
+        button_left = state.get("message_id") if state.get("button") and not held else None
         await session.delete(avatar)
         await session.flush()
         # The files go once the row is gone for good (a photo job then finds no draft and adds none).
         after_commit(session, lambda: self._storage.delete_prefix(photo_prefix(user_id, avatar_id)))
-        return True
+        return DraftDiscarded(status_message=button_left)
+
+    async def number_upload(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> int | None:
+        """The next upload's number in this draft ("photo 3" in the status), in the order the
+        updates came; None when there is no draft to add to."""
+        avatar = await self._locked(session, avatar_id, user_id)
+        if avatar is None or avatar.status is not AvatarStatus.DRAFT:
+            return None
+        state = _upload_state(avatar)
+        state["received"] = number = int(state.get("received", 0)) + 1
+        _save_upload_state(avatar, state)
+        await session.flush()
+        return number
 
     async def intake_photo(
-        self, *, user_id: int, avatar_id: uuid.UUID, file_id: str, reply_to: int, file_size: int | None = None
+        self,
+        *,
+        user_id: int,
+        avatar_id: uuid.UUID,
+        file_id: str,
+        file_size: int | None = None,
+        number: int = 0,
+        file_name: str | None = None,
     ) -> PhotoOutcome | None:
-        """The `avatars.photo` job: download, check, then keep the photo or say why not.
+        """The `avatars.photo` job: download, check, keep the photo or note why not, then bring
+        the wizard's one status message up to date.
 
         None when the draft is gone (cancelled or confirmed meanwhile): nothing to say.
         """
         snapshot = await self._snapshot(user_id, avatar_id)
         if snapshot is None:
             return None
-        outcome: PhotoOutcome | None
+        checked: _Checked
         if snapshot.accepted >= self.rules.max_photos:
-            outcome = PhotoOutcome(accepted=False, accepted_count=snapshot.accepted, reason="limit")
+            checked = _Checked(reason="limit")
         elif file_size is not None and file_size > self._validator.thresholds.max_file_bytes:
             # Known from the message: not fetched at all (a local Bot API server takes 2 GB files).
-            outcome = PhotoOutcome(False, snapshot.accepted, RejectReason.TOO_LARGE.value)
+            checked = _Checked(reason=RejectReason.TOO_LARGE.value)
         else:
-            outcome = await self._check_and_store(user_id, avatar_id, file_id, snapshot)
-        if outcome is None:
-            return None
-        await self._notifier.photo(
-            user_id=user_id,
-            locale=snapshot.locale,
-            outcome=outcome,
-            min_photos=self.rules.min_photos,
-            max_photos=self.rules.max_photos,
-            reply_to=reply_to,
-        )
+            checked = await self._check(user_id, avatar_id, file_id, snapshot)
+        label = [number, file_name]
+        outcome = await self._settle(user_id, avatar_id, checked, label)
+        if outcome is not None:
+            await self.refresh_upload_status(user_id=user_id, avatar_id=avatar_id)
         return outcome
 
     async def _snapshot(self, user_id: int, avatar_id: uuid.UUID) -> _Snapshot | None:
@@ -346,7 +442,6 @@ class AvatarService:
             )
             if avatar is None or avatar.status is not AvatarStatus.DRAFT:
                 return None
-            locale = await session.scalar(select(User.language).where(User.telegram_id == user_id))
             rows = (
                 await session.execute(
                     select(AvatarPhoto.sha256, AvatarPhoto.perceptual_hash).where(
@@ -355,15 +450,13 @@ class AvatarService:
                 )
             ).all()
         return _Snapshot(
-            locale=locale or "en",
             accepted=len(rows),
             hashes=[r.perceptual_hash for r in rows],
             shas={r.sha256 for r in rows},
         )
 
-    async def _check_and_store(
-        self, user_id: int, avatar_id: uuid.UUID, file_id: str, snapshot: _Snapshot
-    ) -> PhotoOutcome | None:
+    async def _check(self, user_id: int, avatar_id: uuid.UUID, file_id: str, snapshot: _Snapshot) -> _Checked:
+        """Download and check the photo, and store it if it passed; no transaction is open."""
         with tempfile.TemporaryDirectory(prefix="aisha-photo-") as folder:
             path = Path(folder) / "photo"
             try:
@@ -371,23 +464,28 @@ class AvatarService:
                     file_id, path, max_bytes=self._validator.thresholds.max_file_bytes
                 )
             except FileTooLarge:
-                return PhotoOutcome(False, snapshot.accepted, RejectReason.TOO_LARGE.value)
+                return _Checked(reason=RejectReason.TOO_LARGE.value)
             data = await asyncio.to_thread(path.read_bytes)
-        # CPU work in the validator's pool, with no transaction open.
+        # CPU work in the validator's pool.
         verdict = await self._validator.validate_async(
             data, accepted_hashes=snapshot.hashes, accepted_sha256=snapshot.shas
         )
         if not verdict.accepted:
             assert verdict.reason is not None
-            return PhotoOutcome(False, snapshot.accepted, verdict.reason.value)
+            return _Checked(reason=verdict.reason.value)
         assert verdict.perceptual_hash is not None
         extension = _FORMAT_EXTENSIONS.get(str(verdict.metrics.get("format", "")).upper(), "jpg")
         key = f"{photo_prefix(user_id, avatar_id)}/photos/{verdict.sha256}.{extension}"
-        # The file first, outside any transaction. Its name is its content: the same photo sent
-        # twice at once writes the same file, and a refused one is removed after the commit
-        # unless an accepted photo has the same content (so the same file).
+        # The file first. Its name is its content: the same photo sent twice at once writes the
+        # same file, and a refused one is removed after the commit unless an accepted photo has
+        # the same content (so the same file).
         await self._storage.put(key, data, content_type=f"image/{extension}")
+        return _Checked(reason=None, key=key, verdict=verdict)
 
+    async def _settle(
+        self, user_id: int, avatar_id: uuid.UUID, checked: _Checked, label: list[Any]
+    ) -> PhotoOutcome | None:
+        """Keep the photo, or note it refused, under the draft's lock."""
         async with unit_of_work(self._sessions) as session:
             avatar = await self._locked(session, avatar_id, user_id)
             # Photos checked in parallel: only now, under the lock, is the set of accepted ones final.
@@ -398,20 +496,31 @@ class AvatarService:
                     )
                 )
             ).all()
-            outcome: PhotoOutcome | None = None
+            verdict = checked.verdict
+            key = checked.key
+            # A stored file not kept goes after the commit, unless an accepted photo is the same
+            # content (so the same file).
+            same_kept = verdict is not None and any(r.sha256 == verdict.sha256 for r in rows)
+            drop_file = key is not None and not same_kept
             if avatar is None or avatar.status is not AvatarStatus.DRAFT:
-                outcome = None  # cancelled or confirmed meanwhile
-            elif len(rows) >= self.rules.max_photos:
-                outcome = PhotoOutcome(False, len(rows), "limit")
-            elif any(
-                r.sha256 == verdict.sha256
-                or hamming_distance(r.perceptual_hash, verdict.perceptual_hash)
-                <= self.rules.duplicate_max_distance
-                for r in rows
-            ):
-                outcome = PhotoOutcome(False, len(rows), RejectReason.DUPLICATE.value)
-            else:
-                assert avatar is not None
+                if drop_file and key is not None:
+                    after_commit(session, lambda: self._storage.delete(key))
+                return None  # cancelled or confirmed meanwhile
+            reason = checked.reason
+            if reason is None and len(rows) >= self.rules.max_photos:
+                reason = "limit"
+            elif reason is None:
+                assert verdict is not None and verdict.perceptual_hash is not None
+                if any(
+                    r.sha256 == verdict.sha256
+                    or hamming_distance(r.perceptual_hash, verdict.perceptual_hash)
+                    <= self.rules.duplicate_max_distance
+                    for r in rows
+                ):
+                    reason = RejectReason.DUPLICATE.value
+            avatar.updated_at = self._clock.now()  # the draft's time-to-live counts from the last photo
+            if reason is None:
+                assert verdict is not None and key is not None and verdict.perceptual_hash
                 session.add(
                     AvatarPhoto(
                         avatar_id=avatar_id,
@@ -425,11 +534,125 @@ class AvatarService:
                         created_at=self._clock.now(),
                     )
                 )
-                avatar.updated_at = self._clock.now()  # the draft's time-to-live counts from the last photo
                 return PhotoOutcome(True, len(rows) + 1)
-            if not any(r.sha256 == verdict.sha256 for r in rows):
+            state = _upload_state(avatar)
+            # The latest few are kept (a spare for jobs ending out of order), and how many in all.
+            state["refused"] = [*state.get("refused", []), [*label, reason]][-2 * REFUSED_SHOWN :]
+            state["refused_count"] = int(state.get("refused_count", 0)) + 1
+            _save_upload_state(avatar, state)
+            if drop_file and key is not None:
                 after_commit(session, lambda: self._storage.delete(key))
-            return outcome
+            return PhotoOutcome(False, len(rows), reason)
+
+    # --- the wizard's one status message -----------------------------------------------------------
+    #
+    # Photo jobs run at once, in several processes; each one, after its photo is committed, asks
+    # for the status message to be brought up to date. One of them at a time holds the turn (a
+    # lease on the draft row) and edits; the others only mark the status dirty, and the holder
+    # reads it again before giving the turn back. So one message is ever sent, edits never cross
+    # at Telegram, and the last edit shows the state after the last commit. An edit that would
+    # change nothing is not made (Telegram refuses it).
+
+    async def refresh_upload_status(self, *, user_id: int, avatar_id: uuid.UUID) -> None:
+        async with unit_of_work(self._sessions) as session:
+            avatar = await self._locked(session, avatar_id, user_id)
+            if avatar is None or not _has_upload_status(avatar):
+                return
+            state = _upload_state(avatar)
+            mine = not self._turn_taken(state)
+            if mine:
+                state["lease"] = (self._clock.now() + STATUS_LEASE).isoformat()
+            else:
+                state["dirty"] = True
+            _save_upload_state(avatar, state)
+        if mine:
+            await self._show_upload_status(
+                user_id, avatar_id, message_id=state.get("message_id"), with_button=bool(state.get("button"))
+            )
+
+    def _turn_taken(self, state: dict[str, Any]) -> bool:
+        lease = state.get("lease")
+        return isinstance(lease, str) and datetime.fromisoformat(lease) > self._clock.now()
+
+    async def _show_upload_status(
+        self, user_id: int, avatar_id: uuid.UUID, *, message_id: int | None, with_button: bool
+    ) -> None:
+        """Holding the turn: show the status until nobody marked it dirty meanwhile.
+
+        `message_id` and `with_button`: the message as this turn found it. A draft that ends
+        during the turn (cancelled, or its training began) leaves its button to this turn.
+        """
+        while True:
+            async with unit_of_work(self._sessions) as session:
+                avatar = await self._locked(session, avatar_id, user_id)
+                if avatar is not None and _has_upload_status(avatar):
+                    state = _upload_state(avatar)
+                    state["dirty"] = False
+                    _save_upload_state(avatar, state)
+                    status = UploadStatus(
+                        name=avatar.name,
+                        type=avatar.type,
+                        accepted=await self._photo_count(session, avatar_id),
+                        refused=[(int(n or 0), name, str(why)) for n, name, why in state.get("refused", [])],
+                        refused_count=int(state.get("refused_count", 0)),
+                        collecting=avatar.status is AvatarStatus.DRAFT,
+                    )
+                    locale = await user_locale(session, user_id)
+            if avatar is None or not _has_upload_status(avatar):
+                break  # cancelled, or training took the row on
+            message_id, shown = state.get("message_id"), state.get("shown")
+            text, buttons = self._notifier.upload_status(
+                locale=locale,
+                status=status,
+                min_photos=self.rules.min_photos,
+                max_photos=self.rules.max_photos,
+            )
+            digest = hashlib.sha256(repr((text, buttons)).encode()).hexdigest()[:16]
+            if message_id is None and status.collecting:
+                message_id = await self._notifier.send(user_id, text, buttons=buttons)
+                if message_id is not None:
+                    shown, with_button = digest, bool(buttons)
+            elif (
+                message_id is not None
+                and digest != shown
+                and await self._notifier.edit(user_id, message_id, text, buttons=buttons)
+            ):
+                shown, with_button = digest, bool(buttons)
+            async with unit_of_work(self._sessions) as session:
+                avatar = await self._locked(session, avatar_id, user_id)
+                if avatar is not None and UPLOAD_KEY in avatar.training_config:
+                    state = _upload_state(avatar)
+                    state |= {"message_id": message_id, "shown": shown, "button": with_button}
+                    if not state.get("dirty"):
+                        state["lease"] = None
+                    _save_upload_state(avatar, state)
+            if avatar is None or UPLOAD_KEY not in avatar.training_config:
+                break  # cancelled, or training took the row on
+            if not state.get("dirty"):
+                return
+        if message_id is not None and with_button:
+            # The draft ended during this turn (/cancel left its button to the turn's holder).
+            await self._notifier.remove_buttons(user_id, message_id)
+
+    async def review_photos(
+        self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID
+    ) -> list[bytes]:
+        """The draft's accepted photos, in the order they came, for the review."""
+        avatar = await self._owned(session, avatar_id, user_id)
+        if avatar.status is not AvatarStatus.DRAFT:
+            raise WrongAvatarStatus(avatar.status.value)
+        keys = (
+            await session.scalars(
+                select(AvatarPhoto.storage_key)
+                .where(AvatarPhoto.avatar_id == avatar_id)
+                .order_by(AvatarPhoto.created_at, AvatarPhoto.id)
+            )
+        ).all()
+        photos = []
+        for key in keys:
+            with contextlib.suppress(StorageError):  # removed meanwhile (/cancel)
+                photos.append(await self._storage.get(key))
+        return photos
 
     async def review(self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID) -> Review:
         avatar = await self._owned(session, avatar_id, user_id)
@@ -1150,8 +1373,10 @@ __all__ = [
     "AvatarRules",
     "AvatarService",
     "AvatarView",
+    "DraftDiscarded",
     "PhotoOutcome",
     "Review",
+    "UploadStatus",
     "lora_prefix",
     "photo_prefix",
 ]

@@ -95,6 +95,15 @@ class BotMessenger:
             if "not modified" not in error.message:
                 raise
 
+    async def remove_buttons(self, chat_id: int, message_id: int) -> None:
+        try:
+            await self._call(
+                lambda: self._bot.edit_message_reply_markup(chat_id=chat_id, message_id=message_id)
+            )
+        except TelegramBadRequest as error:
+            if "not modified" not in error.message:
+                raise
+
     async def send_document(
         self, chat_id: int, *, file_name: str, data: bytes, caption: str | None = None
     ) -> None:

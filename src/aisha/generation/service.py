@@ -504,6 +504,15 @@ class GenerationService:
         )
         return AvatarChoice(avatar.id, avatar.name, avatar.type) if avatar else None
 
+    async def ready_avatars(self, *, session: AsyncSession, user_id: int) -> list[AvatarChoice]:
+        """The user's READY avatars, the main one first, then the newest: what a card offers."""
+        avatars = await session.scalars(
+            select(Avatar)
+            .where(Avatar.user_id == user_id, Avatar.status == AvatarStatus.READY)
+            .order_by(Avatar.is_main.desc(), Avatar.finished_at.desc(), Avatar.created_at.desc())
+        )
+        return [AvatarChoice(a.id, a.name, a.type) for a in avatars]
+
     async def avatar_choice(
         self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID
     ) -> AvatarChoice | None:

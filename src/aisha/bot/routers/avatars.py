@@ -1,11 +1,13 @@
 """/avatar (the wizard: type → name → photos → confirm) and /avatars (the gallery).
 
 Thin: every rule lives in AvatarService. Photos are only handed to the `avatars.photo` job here;
-the job downloads, checks and answers each one, so an album never blocks the update.
+the job downloads and checks each one and keeps the wizard's one status message up to date, so
+an album never blocks the update. A step's buttons go when the step ends.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ from aiogram.types import (
     CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputMediaPhoto,
     Message,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +38,7 @@ from aisha.avatars.service import MAX_NAME_LENGTH, REVIEW_CALLBACK, TRAIN_JOB, A
 from aisha.billing.errors import InsufficientCredits
 from aisha.bot import resume
 from aisha.bot.keyboards import main_menu, menu_button
-from aisha.bot.paywall import insufficient_keyboard, insufficient_text, price_line, show_packages
+from aisha.bot.paywall import insufficient_keyboard, insufficient_text, show_packages
 from aisha.bot.resume import IntentKind, Resume
 from aisha.db.base import parse_uuid
 from aisha.db.session import after_commit
@@ -49,6 +52,16 @@ START_CALLBACK = "avw:go"
 TOPUP_CALLBACK = "avw:top"  # the review's price button when the balance is short
 CANCEL_CALLBACK = "avw:cancel"
 NEW_CALLBACK = "avw:new"
+REVIEW_MESSAGE_KEY = "review_message"  # FSM data: the review whose Start and Cancel are shown
+ALBUM_MAX = 10  # Telegram's album: 2-10 pictures
+
+
+def album_sizes(count: int) -> list[int]:
+    """Albums as even as can be, none over 10 nor (with two photos or more) under 2: 11 → 6 + 5."""
+    if count <= 0:
+        return []
+    albums = math.ceil(count / ALBUM_MAX)
+    return [count // albums + (1 if i < count % albums else 0) for i in range(albums)]
 
 
 class AvatarWizard(StatesGroup):
@@ -132,6 +145,31 @@ def avatar_keyboard(t: Texts, view: AvatarView) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
+async def _send_albums(message: Message, photos: list[bytes]) -> None:
+    """The photos themselves, as albums (Telegram takes 2-10 pictures in one)."""
+    start = 0
+    for size in album_sizes(len(photos)):
+        chunk = photos[start : start + size]
+        if size == 1:
+            await message.answer_photo(BufferedInputFile(chunk[0], filename="1.jpg"))
+        else:
+            await message.answer_media_group(
+                [
+                    InputMediaPhoto(media=BufferedInputFile(data, filename=f"{start + n}.jpg"))
+                    for n, data in enumerate(chunk, start=1)
+                ]
+            )
+        start += size
+
+
+async def _close_review(services: Services, user: User, state: FSMContext) -> None:
+    """The last review's Start and Cancel go: the wizard ended, or a newer review took over."""
+    review = (await state.get_data()).get(REVIEW_MESSAGE_KEY)
+    if isinstance(review, int):
+        await state.update_data({REVIEW_MESSAGE_KEY: None})
+        await services.messenger.remove_buttons(user.telegram_id, review)
+
+
 def create_cancel_router(services: Services) -> Router:
     """/cancel inside the wizard removes the uploads; included before the general /cancel."""
     router = Router(name="avatars-cancel")
@@ -147,11 +185,17 @@ def create_cancel_router(services: Services) -> Router:
 
 
 async def _discard(services: Services, session: AsyncSession, user: User, state: FSMContext) -> None:
-    data = await state.get_data()
-    avatar_id = parse_uuid(str(data.get("avatar_id", "")))
-    if avatar_id is not None:
-        await services.avatars.discard_draft(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
+    """The draft goes, and its status message keeps no button: that step is over."""
+    avatar_id = parse_uuid(str((await state.get_data()).get("avatar_id", "")))
+    await _close_review(services, user, state)
     await state.clear()
+    if avatar_id is None:
+        return
+    discarded = await services.avatars.discard_draft(
+        session=session, user_id=user.telegram_id, avatar_id=avatar_id
+    )
+    if discarded is not None and discarded.status_message is not None:
+        await services.messenger.remove_buttons(user.telegram_id, discarded.status_message)
 
 
 def create_router(services: Services) -> Router:
@@ -215,6 +259,9 @@ def create_router(services: Services) -> Router:
         await state.set_state(AvatarWizard.naming)
         await query.answer()
         if isinstance(query.message, Message):
+            # The kind is chosen: its buttons go, the choice stays in the text.
+            chosen = t("avatars.type_chosen", type=t(f"avatars.type.{callback_data.type.value}"))
+            await query.message.edit_text(f"{query.message.html_text}\n\n{chosen}")
             await query.message.answer(t("avatars.ask_name", max=MAX_NAME_LENGTH))
 
     @router.message(AvatarWizard.naming, F.text)
@@ -241,30 +288,38 @@ def create_router(services: Services) -> Router:
         )
 
     @router.message(AvatarWizard.uploading, F.photo | F.document)
-    async def photo_received(message: Message, user: User, state: FSMContext) -> None:
-        data = await state.get_data()
+    async def photo_received(message: Message, session: AsyncSession, user: User, state: FSMContext) -> None:
+        avatar_id = parse_uuid(str((await state.get_data()).get("avatar_id", "")))
+        number = None
+        if avatar_id is not None:
+            number = await avatars.number_upload(
+                session=session, user_id=user.telegram_id, avatar_id=avatar_id
+            )
+        if avatar_id is None or number is None:
+            return  # the draft is gone (expired): nothing to add the photo to
         file = message.photo[-1] if message.photo else message.document
         assert file is not None
-        # Only the file's id and size travel: the job downloads and checks it off this update.
-        await services.queue.enqueue(
-            "avatars.photo",
-            user_id=user.telegram_id,
-            avatar_id=str(data.get("avatar_id", "")),
-            file_id=file.file_id,
-            file_size=file.file_size,
-            message_id=message.message_id,
+        file_name = message.document.file_name if message.document else None
+        # Only the file's id, size, name and number travel: the job downloads and checks it off
+        # this update, once the update committed (until then it holds the draft's row).
+        after_commit(
+            session,
+            lambda: services.queue.enqueue(
+                "avatars.photo",
+                user_id=user.telegram_id,
+                avatar_id=str(avatar_id),
+                file_id=file.file_id,
+                file_size=file.file_size,
+                number=number,
+                file_name=file_name,
+            ),
         )
 
     @router.message(AvatarWizard.uploading)
     async def not_a_photo(message: Message, t: Texts) -> None:
-        keyboard = InlineKeyboardMarkup(
-            inline_keyboard=[
-                [InlineKeyboardButton(text=t("avatars.button.review"), callback_data=REVIEW_CALLBACK)]
-            ]
-        )
+        # No button here: the status message keeps the one "Review and start".
         await message.answer(
-            t("avatars.photos.hint", min=avatars.rules.min_photos, max=avatars.rules.max_photos),
-            reply_markup=keyboard,
+            t("avatars.photos.hint", min=avatars.rules.min_photos, max=avatars.rules.max_photos)
         )
 
     @router.callback_query(F.data == REVIEW_CALLBACK, StateFilter(AvatarWizard.uploading))
@@ -276,25 +331,30 @@ def create_router(services: Services) -> Router:
             if avatar_id is None:
                 raise AvatarNotFound("no draft")
             summary = await avatars.review(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
+            if summary.accepted < avatars.rules.min_photos:
+                await query.answer(
+                    t("avatars.not_enough", accepted=summary.accepted, required=avatars.rules.min_photos),
+                    show_alert=True,
+                )
+                return
+            photos = await avatars.review_photos(
+                session=session, user_id=user.telegram_id, avatar_id=avatar_id
+            )
         except (AvatarNotFound, WrongAvatarStatus):
             await query.answer(t("errors.bad_button"), show_alert=True)
-            return
-        if summary.accepted < avatars.rules.min_photos:
-            await query.answer(
-                t("avatars.not_enough", accepted=summary.accepted, required=avatars.rules.min_photos),
-                show_alert=True,
-            )
             return
         await query.answer()
         if not isinstance(query.message, Message):
             return
+        await _close_review(services, user, state)  # a newer review replaces it
+        await _send_albums(query.message, photos)
         text = t(
             "avatars.review",
             name=html.quote(summary.name),
             type=t(f"avatars.type.{summary.type.value}"),
             count=summary.accepted,
         )
-        text += "\n" + price_line(t, price=summary.price, balance=summary.balance)
+        text += "\n" + t("avatars.review_price", price=summary.price, balance=summary.balance)
         # A balance that doesn't cover the price gets the top-up at once, not a refusal after the press.
         if summary.balance < summary.price:
             go = InlineKeyboardButton(
@@ -308,7 +368,8 @@ def create_router(services: Services) -> Router:
                 [InlineKeyboardButton(text=t("avatars.button.cancel"), callback_data=CANCEL_CALLBACK)],
             ]
         )
-        await query.message.answer(text, reply_markup=keyboard)
+        sent = await query.message.answer(text, reply_markup=keyboard)
+        await state.update_data({REVIEW_MESSAGE_KEY: sent.message_id})
 
     @router.callback_query(F.data == TOPUP_CALLBACK, StateFilter(AvatarWizard.uploading))
     async def top_up_first(query: CallbackQuery, t: Texts, state: FSMContext) -> None:
@@ -385,11 +446,13 @@ def create_router(services: Services) -> Router:
         if parse_uuid(str((await state.get_data()).get("avatar_id", ""))) == avatar_id:
             await state.clear()  # the wizard of this avatar is done
         await resume.forget_matching(state, kind=IntentKind.AVATAR, key="avatar_id", value=avatar_id.hex)
-        after_commit(session, lambda: services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar.id)))
+        user_id = user.telegram_id
+        after_commit(session, lambda: services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar_id)))
+        # The status message's step is over: its button goes (by whoever holds its turn).
+        after_commit(session, lambda: avatars.refresh_upload_status(user_id=user_id, avatar_id=avatar_id))
         await query.answer()
-        await message.answer(
-            t("avatars.training_started", name=html.quote(avatar.name)), reply_markup=main_menu(t)
-        )
+        # The review's (or the offer's) buttons are replaced by what happened.
+        await message.edit_text(t("avatars.training_started", name=html.quote(avatar.name)))
 
     @router.callback_query(F.data == CANCEL_CALLBACK, StateFilter(AvatarWizard))
     async def cancel_pressed(
@@ -398,7 +461,7 @@ def create_router(services: Services) -> Router:
         await _discard(services, session, user, state)
         await query.answer()
         if isinstance(query.message, Message):
-            await query.message.answer(t("avatars.cancelled"), reply_markup=main_menu(t))
+            await query.message.edit_text(t("avatars.cancelled"))
 
     # --- the gallery ---------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from aisha.generation.service import (
     DEFAULT_RATIO,
     MAX_IMAGES,
     NEW_CALLBACK,
+    AvatarChoice,
     GalleryCard,
     GenerationRequest,
     Source,
@@ -79,7 +80,9 @@ TRIGGER_PATTERN = r"\bohwx[0-9a-f]{10}\b"
 
 class GenOption(CallbackData, prefix="gopt"):
     draft: str
-    field: str  # r: ratio, n: images, na: without avatar, go: confirm, top: top up first, x: cancel
+    # r: ratio, n: images, na: without avatar, av: list the avatars, a: this avatar (value: its
+    # id in hex; 48 bytes in all), b: back to the options, go: confirm, top: top up first, x: cancel
+    field: str
     value: str = ""
 
 
@@ -127,7 +130,10 @@ def _marked(selected: bool, label: str) -> str:
     return f"• {label} •" if selected else label
 
 
-def options_keyboard(t: Texts, draft: dict[str, Any], price: int, balance: int) -> InlineKeyboardMarkup:
+def options_keyboard(
+    t: Texts, draft: dict[str, Any], price: int, balance: int, *, avatars: int = 0
+) -> InlineKeyboardMarkup:
+    """`avatars`: how many ready avatars the user has (another one can be chosen on the card)."""
     draft_id = str(draft["id"])
     ratios = [
         InlineKeyboardButton(
@@ -152,7 +158,32 @@ def options_keyboard(t: Texts, draft: dict[str, Any], price: int, balance: int) 
     cancel = InlineKeyboardButton(
         text=t("generation.button.cancel"), callback_data=GenOption(draft=draft_id, field="x").pack()
     )
-    return InlineKeyboardMarkup(inline_keyboard=[ratios, counts, [go], [cancel]])
+    rows = [ratios, counts]
+    if avatars > 1 or (avatars and not draft.get("avatar_id")):
+        switch = InlineKeyboardButton(
+            text=t("generation.button.switch_avatar"),
+            callback_data=GenOption(draft=draft_id, field="av").pack(),
+        )
+        rows.append([switch])
+    return InlineKeyboardMarkup(inline_keyboard=[*rows, [go], [cancel]])
+
+
+def avatars_keyboard(t: Texts, draft: dict[str, Any], avatars: list[AvatarChoice]) -> InlineKeyboardMarkup:
+    """The card's avatar choice: each ready avatar (the current one marked), and back."""
+    draft_id = str(draft["id"])
+    rows = [
+        [
+            InlineKeyboardButton(
+                text=_marked(avatar.id.hex == draft.get("avatar_id"), avatar.name),
+                callback_data=GenOption(draft=draft_id, field="a", value=avatar.id.hex).pack(),
+            )
+        ]
+        for avatar in avatars
+    ]
+    back = InlineKeyboardButton(
+        text=t("generation.button.back"), callback_data=GenOption(draft=draft_id, field="b").pack()
+    )
+    return InlineKeyboardMarkup(inline_keyboard=[*rows, [back]])
 
 
 def gallery_caption(t: Texts, card: GalleryCard) -> str:
@@ -344,7 +375,13 @@ def create_router(services: Services) -> Router:
             await message.answer(t("generation.no_avatar", price=price), reply_markup=keyboard)
             return
         text, price, balance = await options_text(session, user, t, draft)
-        await message.answer(text, reply_markup=options_keyboard(t, draft, price, balance))
+        await message.answer(text, reply_markup=await card_keyboard(session, user, t, draft, price, balance))
+
+    async def card_keyboard(
+        session: AsyncSession, user: User, t: Texts, draft: dict[str, Any], price: int, balance: int
+    ) -> InlineKeyboardMarkup:
+        avatars = await service.ready_avatars(session=session, user_id=user.telegram_id)
+        return options_keyboard(t, draft, price, balance, avatars=len(avatars))
 
     @router.callback_query(GenOption.filter())
     async def option(
@@ -379,7 +416,29 @@ def create_router(services: Services) -> Router:
             await query.answer()
             await show_packages(message, t, services.payments.packages)
             return
-        if field == "r" and value.isdigit() and int(value) < len(RATIOS):
+        if field == "av":
+            avatars = await service.ready_avatars(session=session, user_id=user.telegram_id)
+            await message.edit_reply_markup(reply_markup=avatars_keyboard(t, draft, avatars))
+            await query.answer()
+            return
+        if field == "a":
+            chosen_id = parse_uuid(value)
+            chosen = None
+            if chosen_id is not None:
+                chosen = await service.avatar_choice(
+                    session=session, user_id=user.telegram_id, avatar_id=chosen_id
+                )
+            if chosen is None:  # tampered, someone else's, or deleted since: nothing changes
+                await query.answer(t("generation.avatar_gone"), show_alert=True)
+                return
+            draft |= {
+                "avatar_id": chosen.id.hex,
+                "avatar_name": chosen.name,
+                "avatar_type": chosen.type.value,
+            }
+        elif field == "b":
+            pass  # back to the options as they were
+        elif field == "r" and value.isdigit() and int(value) < len(RATIOS):
             draft["ratio"] = RATIOS[int(value)]
         elif field == "n" and value.isdigit() and 1 <= int(value) <= MAX_IMAGES:
             draft["n"] = int(value)
@@ -390,7 +449,11 @@ def create_router(services: Services) -> Router:
             return
         await state.update_data({DRAFT_KEY: draft})
         text, price, balance = await options_text(session, user, t, draft)
-        await message.edit_text(text, reply_markup=options_keyboard(t, draft, price, balance))
+        keyboard = await card_keyboard(session, user, t, draft, price, balance)
+        if field == "b":
+            await message.edit_reply_markup(reply_markup=keyboard)  # the text did not change
+        else:
+            await message.edit_text(text, reply_markup=keyboard)
         await query.answer()
 
     async def confirm(
