@@ -1,9 +1,12 @@
 """The sandbox in a real browser: `aisha sandbox` as a subprocess, its page driven in Debian's chromium.
 
-A person's whole first session, as they would click through it: /start → top up with Stars →
-a portrait avatar from 10 photos → training done → 2 images → a voice file → its transcript →
-/balance with every entry; then the server is stopped with SIGTERM and started again on the same
-data dir, and the page still shows the conversation and the balance.
+A person's whole first session, as they would click through it: /start → top up with Stars (the
+small package) → a portrait avatar from 10 photos, whose price the balance doesn't cover: top up
+from the review → "Continue" trains it → 2 images → a voice file → its transcript → a second
+avatar, again continued after a top-up → the button under *its* "is ready" generates with it, and
+2 images cost more than is left: the card offers the top-up → paid → "Continue" generates that
+prompt → /balance with one line per operation; then the server is stopped with SIGTERM and started
+again on the same data dir, and the page still shows the conversation and the balance.
 
 Playwright drives /usr/bin/chromium (apt package `chromium`); no browser is ever downloaded.
 Screenshots of the key steps, each 1280 and 390 px wide (a laptop and a phone), and the server's
@@ -57,6 +60,14 @@ TRANSCRIPT = re.compile(
     re.IGNORECASE,
 )
 BALANCE = re.compile(r"Balance: (\d+)")  # case matters: not "Your balance: 450" after a top-up
+# Under a card ("Price: 10 credits. Your balance: 9.") or a review ("Training costs 300 credits;
+# your balance: 210 credits.").
+PRICE_LINE = re.compile(r"(?:Price:|Training costs) (\d+) credits?[.;] Your balance: (\d+)", re.IGNORECASE)
+PACKAGE = re.compile(r"(\d+) ⭐ → (\d+) credits?")  # a top-up offer: "100 ⭐ → 110 credits"
+FIRST_PACKAGE = 110  # credits: with the welcome bonus, less than an avatar costs
+FIRST_PROMPT = "me as an astronaut on Mars, golden hour"
+SECOND_PROMPT = "me as a lighthouse keeper in a storm, oil painting"
+TRANSCRIPTION_PRICE = 1  # a voice of a few seconds: one started minute
 HISTORY_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d\s+([+−]?\d+)\s+(.+)$")  # a true minus: −5
 WIDE = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}  # a phone
@@ -366,6 +377,71 @@ def _history(chat: Chat, screenshot: str) -> tuple[int, list[tuple[int, str]]]:
         chat.expect(message.locator(".text")).not_to_contain_text(title[0])
 
 
+def _price_line(message: Any) -> tuple[int, int]:
+    """(price, balance) from a card's or a review's "Price: N credits. Your balance: M." line."""
+    found = PRICE_LINE.search(message.inner_text())
+    assert found is not None, message.inner_text()
+    return int(found[1]), int(found[2])
+
+
+def _buy(chat: Chat, packages: Any, *, credits: int | None = None, at_least: int = 0) -> tuple[int, int]:
+    """In a "Choose a package" message, the package giving `credits`, or else the smallest that
+    gives at least `at_least` (as a careful person picks); its invoice paid with Stars. Returns
+    (stars, credits) of the package."""
+    offers = []
+    for label in packages.locator(".inline-button").all_inner_texts():
+        found = PACKAGE.search(label)
+        if found:
+            offers.append((int(found[2]), int(found[1]), label))
+    chosen = (
+        [o for o in offers if o[0] == credits]
+        if credits is not None
+        else sorted(o for o in offers if o[0] >= at_least)
+    )
+    assert chosen, f"no package for {credits or f'at least {at_least}'} credits among {offers}"
+    got, stars, label = chosen[0]
+    chat._mark()
+    chat.press(packages, re.compile(rf"^\s*{re.escape(label)}\s*$"))  # the whole label
+    invoice = chat.wait_bot(f"{got} credits for Aisha")
+    chat.expect(invoice.locator(".invoice")).to_be_visible()
+    invoice.locator(".pay-button").click()
+    chat.wait_bot("Thank you!")
+    chat.expect(invoice.locator(".pay-button")).to_have_class(re.compile(r"\bpaid\b"))
+    return stars, got
+
+
+def _new_avatar(chat: Chat, name: str, photos: list[Path], *, screenshots: bool = False) -> Any:
+    """/avatar → Portrait → its name → the photos as one album → all accepted → "Review and start":
+    the review message, with the price against the balance."""
+    page = chat.page
+    chat.send("/avatar")
+    chat.press(chat.wait_bot("New avatar"), "Portrait")
+    chat.wait_bot("What shall we call")
+    chat.send(name)
+    chat.wait_bot("Now send")
+    chat.attach("photo", photos)
+    album = page.locator(".message.outgoing.album-message").last
+    chat.expect(album.locator(".photo")).to_have_count(len(photos))
+    if screenshots:
+        chat.wait_images_loaded(".message.outgoing.album-message .photo")
+        album.scroll_into_view_if_needed()
+        chat.screenshot("photos-sent")
+        chat.scroll_to_bottom()
+    # One status message, edited as the photos are checked, with one button once there are enough.
+    ready = chat.wait_bot(f"Accepted: {len(photos)} photos", timeout=LONG)
+    chat.expect(page.locator(".message:not(.outgoing)", has_text=f"Photos for {name}")).to_have_count(1)
+    chat.expect(page.locator(".inline-button", has_text="Review and start")).to_have_count(1)
+    if screenshots:
+        chat.screenshot("photos-accepted")
+    chat.press(ready, "Review and start")
+    review = chat.wait_bot(f"{len(photos)} photos accepted")
+    # The review shows the photos: one album of those accepted.
+    chat.expect(page.locator(".message:not(.outgoing) .album").last.locator(".photo")).to_have_count(
+        len(photos)
+    )
+    return review
+
+
 # --- the test ------------------------------------------------------------------------------------
 
 
@@ -408,61 +484,59 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     chat.screenshot("start")
 
     # Top up with Stars: /balance (tapped in the greeting, as in Telegram) → Top up → a package →
-    # the invoice → Pay.
+    # the invoice → Pay. A small package: with the bonus, less than an avatar costs. Every
+    # operation is noted as the statement in /balance should show it, newest last.
+    statement: list[tuple[int, str]] = [(bonus, "Welcome bonus")]
     chat._mark()
     chat.bot("I'm Aisha").locator(".command-link", has_text="/balance").click()
     chat.expect(page.locator(".message.outgoing").last).to_have_text(re.compile(r"^/balance"))
     chat.press(chat.wait_bot(BALANCE), "Top up")
-    packages = chat.wait_bot("Choose a package")
-    package = packages.locator(".inline-button").last  # the largest: enough for the avatar too
-    offer = re.search(r"→\s*(\d+)", package.inner_text())  # "500 ⭐ → 650 credits"
-    assert offer is not None
-    credits = int(offer[1])
-    package.click()
-    invoice = page.locator(".message:has(.invoice)").last
-    chat.expect(invoice).to_be_visible()
-    invoice.locator(".pay-button").click()
-    chat.wait_bot("Thank you!")
-    chat.expect(invoice.locator(".pay-button")).to_have_class(re.compile(r"\bpaid\b"))
-    chat.wait_panel_balance(bonus + credits)
+    stars, credits = _buy(chat, chat.wait_bot("Choose a package"), credits=FIRST_PACKAGE)
+    statement.append((credits, f"Top-up: {stars} ⭐"))
+    balance = bonus + credits
+    chat.wait_panel_balance(balance)
     chat.screenshot("paid")
 
-    # A portrait avatar from 10 photos, sent as one album.
-    chat.send("/avatar")
-    chat.press(chat.wait_bot("New avatar"), "Portrait")
-    chat.wait_bot("What shall we call")
-    chat.send("Astro")
-    chat.wait_bot("Now send")
-    chat.attach("photo", photos)
-    album = page.locator(".message.outgoing.album-message").last
-    chat.expect(album.locator(".photo")).to_have_count(10)
-    chat.wait_images_loaded(".message.outgoing.album-message .photo")
-    album.scroll_into_view_if_needed()
-    chat.screenshot("photos-sent")
-    chat.scroll_to_bottom()
-    ready = chat.wait_bot("Accepted: 10 photos", timeout=LONG)
-    chat.screenshot("photos-accepted")
-    chat.press(ready, "Review and start")
-    review = chat.wait_bot("10 photos accepted")
-    # The review shows the photos: one album of the ten accepted.
-    chat.expect(page.locator(".message:not(.outgoing) .album").last.locator(".photo")).to_have_count(10)
-    chat.press(review, "Start training")
-    chat.wait_bot("has started")
-    avatar_ready = chat.wait_bot("is ready", timeout=LONG)
+    # A portrait avatar from 10 photos, sent as one album. The review shows its price against the
+    # balance, which doesn't cover it: its button offers the top-up at once; after the payment,
+    # "Continue" trains that avatar.
+    review = _new_avatar(chat, "Astro", photos, screenshots=True)
+    avatar_price, shown = _price_line(review)
+    assert shown == balance < avatar_price, review.inner_text()
+    chat.expect(review.locator(".inline-button", has_text="Start training")).to_have_count(0)
+    chat.screenshot("avatar-short")
+    chat._mark()
+    chat.press(review, f"Top up to train ({avatar_price} credits)")
+    stars, credits = _buy(chat, chat.wait_bot("Choose a package"), at_least=avatar_price - balance)
+    statement.append((credits, f"Top-up: {stars} ⭐"))
+    balance += credits
+    chat.wait_panel_balance(balance)
+    offer = chat.wait_bot("Pick up where you left off")
+    chat.screenshot("avatar-continue")
+    chat.press(offer, f"Continue: train «Astro» for {avatar_price} credits")
+    chat.wait_bot("Training of Astro has started")
+    avatar_ready = chat.wait_bot("Your avatar Astro is ready", timeout=LONG)
+    statement.append((-avatar_price, "Avatar training"))
+    balance -= avatar_price
+    chat.wait_panel_balance(balance)
     chat.screenshot("avatar-ready")
 
     # Two images with the avatar.
     chat.press(avatar_ready, "Create an image")
     chat.wait_bot("Describe the picture")
-    chat.send("me as an astronaut on Mars, golden hour")
+    chat.send(FIRST_PROMPT)
     options = chat.wait_bot("Avatar: Astro")
     options.get_by_role("button", name="2", exact=True).click()
     chat.expect(options).to_contain_text("images: 2")
+    price, _ = _price_line(options)
     chat.press(options, "Generate for")
     chat.wait_bot("Done: 2 images", timeout=LONG)
     images = page.locator(".message:not(.outgoing) .album").last.locator(".photo")  # not the review's
     chat.expect(images).to_have_count(2)
     chat.wait_images_loaded(".message:not(.outgoing) .album .photo")
+    statement.append((-price, "Image generation, 2 images"))
+    balance -= price
+    chat.wait_panel_balance(balance)
     chat.screenshot("images")
 
     # The gallery shows one portrait picture with its caption: drawn whole, not squashed.
@@ -478,31 +552,96 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     chat.wait_bot("Transcribed", timeout=LONG)
     transcript = chat.wait_bot(TRANSCRIPT, timeout=LONG)
     transcript_text = transcript.locator(".text").inner_text()
+    statement.append((-TRANSCRIPTION_PRICE, "Transcription, 1 minute"))
+    balance -= TRANSCRIPTION_PRICE
+    chat.wait_panel_balance(balance)
     chat.screenshot("transcript")
 
-    # /balance: every entry, and the sums agree with the operator's panel.
-    balance, entries = _history(chat, "balance")
-    described = " | ".join(what for _, what in entries)
-    for expected in ("Welcome bonus", "Top-up", "Avatar", "Image generation", "Transcription"):
-        assert expected in described, f"{expected!r} missing from the history: {described}"
+    # A second avatar, trained the same way: short again, topped up from the review, continued.
+    # Astro stays the main avatar, so a card made for the main one would name Astro, not Nova.
+    review = _new_avatar(chat, "Nova", photos)
+    avatar_price, shown = _price_line(review)
+    assert shown == balance < avatar_price, review.inner_text()
+    chat._mark()
+    chat.press(review, f"Top up to train ({avatar_price} credits)")
+    stars, credits = _buy(chat, chat.wait_bot("Choose a package"), at_least=avatar_price - balance)
+    statement.append((credits, f"Top-up: {stars} ⭐"))
+    balance += credits
+    chat.press(
+        chat.wait_bot("Pick up where you left off"), f"Continue: train «Nova» for {avatar_price} credits"
+    )
+    chat.wait_bot("Training of Nova has started")
+    second_ready = chat.wait_bot("Your avatar Nova is ready", timeout=LONG)
+    statement.append((-avatar_price, "Avatar training"))
+    balance -= avatar_price
+    chat.wait_panel_balance(balance)
+    chat.screenshot("second-avatar-ready")
+
+    # The button under the newly ready avatar makes the card for that avatar. Two images cost more
+    # than is left: the card's button offers the top-up instead of refusing after the press.
+    named = re.search(r"Your avatar (.+?) is ready", second_ready.inner_text())
+    assert named is not None
+    avatar = named[1]
+    chat.press(second_ready, "Create an image")
+    chat.wait_bot(f"Describe the picture you want with the avatar {avatar}")
+    chat.send(SECOND_PROMPT)
+    card = chat.wait_bot(f"Avatar: {avatar}")
+    chat.expect(card).not_to_contain_text("Astro")
+    card.get_by_role("button", name="2", exact=True).click()
+    chat.expect(card).to_contain_text("images: 2")
+    price, shown = _price_line(card)
+    assert shown == balance < price, card.inner_text()
+    chat.expect(card.locator(".inline-button", has_text="Generate for")).to_have_count(0)
+    chat.screenshot("generation-short")
+
+    # Top up from the card → paid → "Continue" generates that card: the same prompt, the same
+    # avatar, charged once.
+    chat._mark()
+    chat.press(card, f"Top up to generate ({price} credits)")
+    stars, credits = _buy(chat, chat.wait_bot("Choose a package"), at_least=price - balance)
+    statement.append((credits, f"Top-up: {stars} ⭐"))
+    balance += credits
+    chat.wait_panel_balance(balance)
+    offer = chat.wait_bot("Pick up where you left off")
+    chat.screenshot("generation-continue")
+    chat.press(offer, f"Continue: generate for {price} credits")
+    chat.wait_bot("Done: 2 images", timeout=LONG)
+    continued = chat.wait_bot(SECOND_PROMPT, timeout=LONG)
+    chat.expect(continued.locator(".album .photo")).to_have_count(2)
+    chat.expect(continued.locator(".caption")).to_have_text(SECOND_PROMPT)
+    chat.expect(images).to_have_count(4)
+    chat.wait_images_loaded(".message:not(.outgoing) .album .photo")
+    statement.append((-price, "Image generation, 2 images"))
+    balance -= price
+    chat.wait_panel_balance(balance)
+    continued.scroll_into_view_if_needed()
+    chat.screenshot("generation-continued")
+    chat.scroll_to_bottom()
+
+    # /balance: a statement, newest first, one line per operation with what it finally moved (a
+    # job's hold and capture are one line); the sums agree with the operator's panel.
+    shown, entries = _history(chat, "balance")
+    assert shown == balance
+    assert entries == statement[::-1], "\n".join(f"{amount:+} {what}" for amount, what in entries)
     assert sum(amount for amount, _ in entries) == balance
     chat.wait_panel_balance(balance)
     chat.expect(page.locator(".ledger-entry")).to_have_count(len(entries))
-    assert balance < bonus + credits  # the avatar, the images and the transcript were charged
     assert not problems, problems
     assert not foreign, foreign
 
     # The operator's panel: the generation job with its avatar and charge; a FAL call opened
     # shows what the bot sent and what came back.
-    generation_job = page.locator("#panel-jobs .job[data-kind=generation]").first
-    chat.expect(generation_job.locator(".job-facts")).to_contain_text("Avatar: Astro")
-    chat.expect(generation_job.locator(".job-facts")).to_contain_text("charged")
+    generation_jobs = page.locator("#panel-jobs .job[data-kind=generation] .job-facts")
+    chat.expect(generation_jobs).to_have_count(2)
+    chat.expect(generation_jobs.first).to_contain_text(f"Avatar: {avatar}")  # the newest
+    chat.expect(generation_jobs.last).to_contain_text("Avatar: Astro")
+    chat.expect(generation_jobs.first).to_contain_text("charged")
     page.locator("#calls-filter button[data-service=fal]").click()
     generate = page.locator(".detail", has_text=re.compile(r"/fal-ai/flux-lora$"))
     submission = page.locator("#panel-calls .call").filter(has=generate).first
     submission.locator(".call-head").click()
     chat.expect(submission.locator(".call-detail")).to_contain_text("Response · HTTP 200")
-    chat.expect(submission.locator(".call-body").first).to_contain_text("astronaut")
+    chat.expect(submission.locator(".call-body").first).to_contain_text("lighthouse")  # the newest
     submission.scroll_into_view_if_needed()
     page.locator("#panel").screenshot(path=str(output / f"{chat.shots:02d}-panel-call.png"))
 
@@ -518,9 +657,9 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     page.reload()
     chat.expect(page.locator(".message[data-message-id]")).to_have_count(messages_before)
     chat.expect(chat.bot(transcript_text)).to_be_visible()
-    chat.expect(images).to_have_count(2)
+    chat.expect(images).to_have_count(4)
     chat.wait_images_loaded(".message:not(.outgoing) .album .photo")
-    chat.expect(page.locator(".message.outgoing.album-message .photo")).to_have_count(10)
+    chat.expect(page.locator(".message.outgoing.album-message .photo")).to_have_count(2 * len(photos))
     chat.wait_panel_balance(balance)
     chat.expect(page.locator(".ledger-entry")).to_have_count(len(entries))
     balance_after, entries_after = _history(chat, "after-restart")

@@ -36,7 +36,8 @@ class Exchange:
         self.response = response_body(response)
 
 
-EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange", Exchange)
+# A plain key: aiohttp's typed web.RequestKey is newer than the aiohttp that aiogram's floor admits.
+EXCHANGE = "aisha.exchange"
 
 
 class ExchangeLog:
@@ -75,7 +76,7 @@ def request_body(request: web.Request) -> str | None:
 
 def note_request(request: web.Request, body: Any) -> None:
     """What the handler read from the request (JSON, form fields), shortened, for the panel."""
-    exchange = request.get(EXCHANGE)
+    exchange: Exchange | None = request.get(EXCHANGE)
     if exchange is not None:
         exchange.request = shorten(body)
 
