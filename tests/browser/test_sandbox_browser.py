@@ -531,7 +531,13 @@ def test_a_first_session_in_the_browser_survives_a_restart(
     price, _ = _price_line(options)
     chat.press(options, "Generate for")
     chat.wait_bot("Done: 2 images", timeout=LONG)
-    images = page.locator(".message:not(.outgoing) .album").last.locator(".photo")  # not the review's
+    # The generated pictures: albums captioned with a prompt (not the reviews' albums of photos).
+    images = (
+        page.locator(".message:not(.outgoing)")
+        .filter(has=page.locator(".album"))
+        .filter(has_text=re.compile(f"{re.escape(FIRST_PROMPT)}|{re.escape(SECOND_PROMPT)}"))
+        .locator(".album .photo")
+    )
     chat.expect(images).to_have_count(2)
     chat.wait_images_loaded(".message:not(.outgoing) .album .photo")
     statement.append((-price, "Image generation, 2 images"))
