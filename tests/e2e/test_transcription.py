@@ -911,6 +911,9 @@ async def test_a_run_that_died_after_keeping_the_text_is_finished_by_delivering_
     await app.services.transcription.run(transcript_id=str(row.id))
 
     assert (await _final_status(telegram, user, "✅ Transcribed")).startswith("✅ Transcribed (0:42)")
+    # The app's own recovery sweep may have taken the run over: wait for whichever run delivers.
+    await telegram.wait_for_call("sendMessage", lambda c: c.params["text"] == "Kept before the crash.")
+    await jobs_done(app)
     sent = [c for c in telegram.calls_of("sendMessage") if c.params["text"] == "Kept before the crash."]
     assert len(sent) == 1
     [stored] = await _rows(db, user.id)
