@@ -47,13 +47,14 @@ from aisha.messaging import Messenger
 from aisha.metrics import Metrics
 from aisha.notices import NoticeRules, NoticeService
 from aisha.providers.fal import FalClient
-from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier
+from aisha.providers.fal_webhook import FalWebhookVerifier
 from aisha.providers.local_transcriber import (
     LocalModel,
     LocalTranscriber,
     bundled_model,
     local_speech_installed,
 )
+from aisha.remote import RemoteWebhook
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
 from aisha.support.service import SupportService
@@ -268,7 +269,7 @@ def _wire_generation(services: Services) -> None:
     async def enqueue(generation_id: uuid.UUID) -> None:
         await services.queue.enqueue(GENERATION_JOB, generation_id=str(generation_id))
 
-    async def enqueue_finish(generation_id: uuid.UUID, webhook: FalWebhook) -> None:
+    async def enqueue_finish(generation_id: uuid.UUID, webhook: RemoteWebhook) -> None:
         # The webhook's fields are plain JSON (an image result is a few KB): the job gets them all.
         await services.queue.enqueue(
             GENERATION_FINISH_JOB, generation_id=str(generation_id), webhook=asdict(webhook)
@@ -307,9 +308,9 @@ def _wire_generation(services: Services) -> None:
         await generation.run(generation_id=uuid.UUID(generation_id))
 
     async def finish_job(*, generation_id: str, webhook: dict[str, Any]) -> None:
-        await generation.finish(generation_id=uuid.UUID(generation_id), webhook=FalWebhook(**webhook))
+        await generation.finish(generation_id=uuid.UUID(generation_id), webhook=RemoteWebhook(**webhook))
 
-    async def on_webhook(row_id: str, webhook: FalWebhook) -> bool:
+    async def on_webhook(row_id: str, webhook: RemoteWebhook) -> bool:
         generation_id = parse_uuid(row_id)
         return generation_id is not None and await generation.apply_webhook(
             generation_id=generation_id, webhook=webhook
@@ -518,7 +519,7 @@ def _wire_avatars(services: Services) -> None:
     async def keep_job(*, avatar_id: str) -> None:
         await avatars.keep_lora(avatar_id=uuid.UUID(avatar_id))
 
-    async def on_webhook(row_id: str, webhook: FalWebhook) -> bool:
+    async def on_webhook(row_id: str, webhook: RemoteWebhook) -> bool:
         avatar_id = parse_uuid(row_id)
         return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
 

@@ -26,7 +26,8 @@ from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.i18n import Translator
 from aisha.providers.fal import FalClient
-from aisha.providers.fal_webhook import FalWebhook, parse_webhook
+from aisha.providers.fal_webhook import parse_webhook
+from aisha.remote import RemoteWebhook
 from aisha.sandbox.fake_fal import FakeFalServer, png_bytes
 from aisha.sandbox.faults import Fault
 from aisha.storage import LocalStorage
@@ -206,7 +207,7 @@ async def test_a_webhook_for_a_training_the_model_failed_releases_it_at_once(
     )
     webhook = parse_webhook(world.fal.webhook_body(request_id))
     if delivery != "error webhook":  # FAL says OK but left the payload out: the result endpoint decides
-        webhook = FalWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
+        webhook = RemoteWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
     assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
     await _assert_failed_once(world, avatar_id)
     assert not await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)  # FAL's retry
@@ -216,7 +217,7 @@ async def test_a_webhook_for_a_training_the_model_failed_releases_it_at_once(
 async def test_a_webhook_whose_result_fal_cannot_serve_now_leaves_it_to_the_sweep(world: World) -> None:
     avatar_id, request_id = await world.training()
     await world.fal.complete(request_id, deliver=False)
-    webhook = FalWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
+    webhook = RemoteWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
     world.fal.outage(times=4, status=502)
     assert not await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
     assert (await world.avatar(avatar_id)).status is AvatarStatus.SUBMITTED

@@ -33,8 +33,8 @@ from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.i18n import Translator
 from aisha.messaging import Button, Buttons
-from aisha.providers.fal import FalRequestRefused, FalUnavailable, TrainingOutput
-from aisha.providers.fal_webhook import FalWebhook
+from aisha.providers.fal import TrainingOutput
+from aisha.remote import RemoteRefused, RemoteUnavailable, RemoteWebhook
 from aisha.storage import LocalStorage
 from aisha.storage.public import PublicRoute
 from aisha.users.models import User
@@ -435,7 +435,7 @@ async def test_training_holds_and_submits_together_and_racing_outcomes_apply_onc
     await world.service.train(avatar_id=avatar_id)  # a repeated job does nothing
     assert len(world.trainer.submitted) == 1
 
-    webhook = FalWebhook(
+    webhook = RemoteWebhook(
         request_id="req-1",
         status="OK",
         payload={
@@ -443,7 +443,7 @@ async def test_training_holds_and_submits_together_and_racing_outcomes_apply_onc
             "config_file": {"url": "https://fal/c.json"},
         },
     )
-    forged = FalWebhook(request_id="req-other", status="ERROR", payload=None, error="x")
+    forged = RemoteWebhook(request_id="req-other", status="ERROR", payload=None, error="x")
     assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=forged) is False
     results = await asyncio.gather(
         *(world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook) for _ in range(4)),
@@ -459,7 +459,7 @@ async def test_training_holds_and_submits_together_and_racing_outcomes_apply_onc
 
 
 async def test_a_refusal_releases_the_committed_hold_and_tells_once(world: World) -> None:
-    world.trainer.fail_submit = FalRequestRefused(422, "bad input")
+    world.trainer.fail_submit = RemoteRefused(422, "bad input")
     avatar_id = await world.submitted()
     avatar = await world.avatar(avatar_id)
     assert avatar.status is AvatarStatus.FAILED and avatar.error == "refused"
@@ -475,7 +475,7 @@ async def test_a_refusal_releases_the_committed_hold_and_tells_once(world: World
 async def test_unknown_submit_outcome_keeps_the_hold_is_never_resubmitted_and_the_webhook_settles_it(
     world: World,
 ) -> None:
-    world.trainer.fail_submit = FalUnavailable("reset", maybe_submitted=True)
+    world.trainer.fail_submit = RemoteUnavailable("reset", maybe_submitted=True)
     avatar_id = await world.submitted()
     avatar = await world.avatar(avatar_id)
     assert avatar.status is AvatarStatus.SUBMITTING and avatar.provider_request_id is None
@@ -488,7 +488,7 @@ async def test_unknown_submit_outcome_keeps_the_hold_is_never_resubmitted_and_th
     assert world.trainer.attempts == 1 and world.enqueued == []
     assert (await world.avatar(avatar_id)).status is AvatarStatus.SUBMITTING
 
-    webhook = FalWebhook(request_id="late-1", status="ERROR", payload=None, error="boom")
+    webhook = RemoteWebhook(request_id="late-1", status="ERROR", payload=None, error="boom")
     assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
     avatar = await world.avatar(avatar_id)
     assert avatar.status is AvatarStatus.FAILED and avatar.provider_request_id == "late-1"
@@ -500,7 +500,7 @@ async def test_unknown_submit_outcome_keeps_the_hold_is_never_resubmitted_and_th
 async def test_an_unknown_outcome_with_no_webhook_is_failed_and_released_after_the_timeout(
     world: World,
 ) -> None:
-    world.trainer.fail_submit = FalUnavailable("ReadTimeout", maybe_submitted=True)
+    world.trainer.fail_submit = RemoteUnavailable("ReadTimeout", maybe_submitted=True)
     avatar_id = await world.submitted()
     world.clock.advance(timedelta(hours=2))
     await world.service.sweep()  # nothing to poll: no request id
@@ -515,7 +515,7 @@ async def test_an_unknown_outcome_with_no_webhook_is_failed_and_released_after_t
     await world.service.sweep()
     assert len(world.texts()) == 1 and "it took too long" in world.texts()[0]
     # FAL's late webhook finds the avatar settled and changes nothing.
-    webhook = FalWebhook(
+    webhook = RemoteWebhook(
         request_id="late-2", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
     )
     assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook) is False
@@ -540,7 +540,7 @@ async def test_a_crash_after_fal_accepted_is_settled_by_the_webhook_and_charged_
     await world.service.train(avatar_id=avatar.id)  # the job is redelivered after the crash
     assert world.trainer.attempts == 1
 
-    webhook = FalWebhook(
+    webhook = RemoteWebhook(
         request_id="req-1",
         status="OK",
         payload={"diffusers_lora_file": {"url": "https://fal/l.safetensors"}},
@@ -559,7 +559,7 @@ async def test_a_webhook_faster_than_the_recorded_answer_wins_and_the_answer_cha
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = world.service._submitted
-    webhook = FalWebhook(
+    webhook = RemoteWebhook(
         request_id="req-1", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
     )
 
@@ -576,8 +576,8 @@ async def test_a_webhook_faster_than_the_recorded_answer_wins_and_the_answer_cha
 
 
 async def test_a_certain_outage_keeps_the_hold_and_the_sweep_sends_it_once_more(world: World) -> None:
-    world.trainer.fail_submit = FalUnavailable("down")  # nothing reached FAL
-    with pytest.raises(FalUnavailable):
+    world.trainer.fail_submit = RemoteUnavailable("down")  # nothing reached FAL
+    with pytest.raises(RemoteUnavailable):
         await world.submitted()
     async with world.db.sessions() as session:
         pending = (await session.scalars(select(Avatar).where(Avatar.status == AvatarStatus.PENDING))).all()
@@ -595,8 +595,8 @@ async def test_a_certain_outage_keeps_the_hold_and_the_sweep_sends_it_once_more(
 
 
 async def test_a_certain_outage_past_the_timeout_fails_and_releases(world: World) -> None:
-    world.trainer.fail_submit = FalUnavailable("down")
-    with pytest.raises(FalUnavailable):
+    world.trainer.fail_submit = RemoteUnavailable("down")
+    with pytest.raises(RemoteUnavailable):
         await world.submitted()
     for _ in range(12):  # the sweep keeps trying; the first try's time still counts
         world.clock.advance(timedelta(minutes=16))
@@ -605,7 +605,7 @@ async def test_a_certain_outage_past_the_timeout_fails_and_releases(world: World
             avatar = await session.scalar(select(Avatar))
         assert avatar is not None
         if avatar.status is AvatarStatus.PENDING:
-            with pytest.raises(FalUnavailable):
+            with pytest.raises(RemoteUnavailable):
                 await world.service.train(avatar_id=avatar.id)
     assert avatar.status is AvatarStatus.FAILED and await world.balance() == FUNDS
     assert len(world.texts()) == 1 and "it took too long" in world.texts()[0]
@@ -639,7 +639,7 @@ async def test_without_a_public_url_the_archive_goes_to_fal_storage(db: Database
 
 async def test_an_archive_that_cannot_reach_fal_fails_without_charging(db: Database, tmp_path: Path) -> None:
     world = World(db, tmp_path, signer=False)
-    world.trainer.fail_upload = FalUnavailable("FAL storage is unreachable: ConnectError")
+    world.trainer.fail_upload = RemoteUnavailable("FAL storage is unreachable: ConnectError")
     await world.users()
     avatar_id = await world.submitted()
     avatar = await world.avatar(avatar_id)
@@ -680,7 +680,7 @@ async def test_abandoned_drafts_and_their_files_are_swept(world: World) -> None:
 
 async def test_deleting_an_avatar_removes_its_files_only_once_the_deletion_committed(world: World) -> None:
     avatar_id = await world.submitted()
-    webhook = FalWebhook(
+    webhook = RemoteWebhook(
         request_id="req-1", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
     )
     assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)

@@ -16,22 +16,20 @@ import httpx
 import pytest
 from aiohttp import web
 
-from aisha.providers.fal import (
+from aisha.providers.fal import FalClient, app_path, parse_images_result, parse_training_result
+from aisha.providers.fal_webhook import FalWebhookVerifier, WebhookRejected
+from aisha.remote import (
     CancelOutcome,
-    FalAuthFailed,
-    FalClient,
-    FalMalformedOutput,
-    FalNotFound,
-    FalNotReady,
-    FalRequestFailed,
-    FalRequestRefused,
-    FalState,
-    FalUnavailable,
-    app_path,
-    parse_images_result,
-    parse_training_result,
+    RemoteAuthFailed,
+    RemoteFailed,
+    RemoteMalformedOutput,
+    RemoteNotFound,
+    RemoteNotReady,
+    RemoteRefused,
+    RemoteState,
+    RemoteUnavailable,
+    RemoteWebhook,
 )
-from aisha.providers.fal_webhook import FalWebhook, FalWebhookVerifier, WebhookRejected
 from aisha.sandbox.fake_fal import FakeFalServer, png_bytes
 
 PORTRAIT = "fal-ai/flux-lora-portrait-trainer"
@@ -99,13 +97,13 @@ async def test_generation_submit_status_result(
     assert [job.payload for job in fal.submissions] == [payload]
 
     status = await client.status(FLUX_LORA, submission.request_id)
-    assert status.state is FalState.IN_QUEUE and status.queue_position == 0
-    with pytest.raises(FalNotReady):
+    assert status.state is RemoteState.IN_QUEUE and status.queue_position == 0
+    with pytest.raises(RemoteNotReady):
         await client.result(FLUX_LORA, submission.request_id)
 
     fal.start_job(submission.request_id)
     status = await client.status(FLUX_LORA, submission.request_id, logs=True)
-    assert status.state is FalState.IN_PROGRESS and status.logs
+    assert status.state is RemoteState.IN_PROGRESS and status.logs
 
     assert await fal.complete(submission.request_id) is None  # no webhook asked for
     status = await client.status(FLUX_LORA, submission.request_id)
@@ -197,7 +195,7 @@ async def test_auto_completion_after_a_delay(http: httpx.AsyncClient) -> None:
                 if status.done:
                     break
                 await asyncio.sleep(0.03)
-        assert states[0] is FalState.IN_QUEUE and FalState.IN_PROGRESS in states
+        assert states[0] is RemoteState.IN_QUEUE and RemoteState.IN_PROGRESS in states
         assert parse_images_result(await client.result(FLUX_LORA, submission.request_id)).images
 
 
@@ -206,7 +204,7 @@ async def test_auto_completion_after_a_delay(http: httpx.AsyncClient) -> None:
 
 async def test_refusal_carries_the_providers_message(fal: FakeFalServer, client: FalClient) -> None:
     fal.refuse_next(422, [{"loc": ["body", "loras", 0, "path"], "msg": "LoRA file not found", "type": "x"}])
-    with pytest.raises(FalRequestRefused) as caught:
+    with pytest.raises(RemoteRefused) as caught:
         await client.submit(FLUX_LORA, {"prompt": "x"})
     assert caught.value.status_code == 422
     assert caught.value.message == "loras.0.path: LoRA file not found"
@@ -214,10 +212,10 @@ async def test_refusal_carries_the_providers_message(fal: FakeFalServer, client:
 
 
 async def test_invalid_input_is_refused_with_field_errors(fal: FakeFalServer, client: FalClient) -> None:
-    with pytest.raises(FalRequestRefused, match="num_images") as caught:
+    with pytest.raises(RemoteRefused, match="num_images") as caught:
         await client.submit(FLUX_LORA, {"prompt": "x", "num_images": 9})
     assert caught.value.status_code == 422
-    with pytest.raises(FalRequestRefused, match="images_data_url"):
+    with pytest.raises(RemoteRefused, match="images_data_url"):
         await client.submit(PORTRAIT, {"trigger_phrase": "TOK"})
     assert fal.submissions == []
 
@@ -232,14 +230,14 @@ async def test_trainer_inputs_are_checked_against_their_schemas(
         "subject_crop": {"subject_crop": 1},
     }
     for field_name, extra in refused.items():
-        with pytest.raises(FalRequestRefused, match=field_name) as caught:
+        with pytest.raises(RemoteRefused, match=field_name) as caught:
             await client.submit(PORTRAIT, {"images_data_url": archive_url, **extra})
         assert caught.value.status_code == 422
-    with pytest.raises(FalRequestRefused, match="trigger_phrase"):
+    with pytest.raises(RemoteRefused, match="trigger_phrase"):
         await client.submit(FAST, {"images_data_url": archive_url, "trigger_phrase": "TOK"})
-    with pytest.raises(FalRequestRefused, match="output_format"):
+    with pytest.raises(RemoteRefused, match="output_format"):
         await client.submit(FLUX_LORA, {"prompt": "x", "output_format": "gif"})
-    with pytest.raises(FalRequestRefused, match="num_inference_steps"):
+    with pytest.raises(RemoteRefused, match="num_inference_steps"):
         await client.submit(FLUX_LORA, {"prompt": "x", "num_inference_steps": 0})
     assert fal.submissions == []
 
@@ -286,7 +284,7 @@ async def test_the_runner_fetches_the_archive_and_fails_the_job_when_it_cannot(
     assert not webhook.ok and webhook.error == "Invalid status code: 422"
     [problem] = webhook.payload["detail"]
     assert problem["loc"] == ["body", "images_data_url"] and problem["type"] == kind
-    with pytest.raises(FalRequestFailed) as caught:
+    with pytest.raises(RemoteFailed) as caught:
         await client.result(PORTRAIT, submission.request_id)
     assert caught.value.status_code == 422
     with pytest.raises(ValueError, match="already completed"):
@@ -323,12 +321,12 @@ async def test_wrong_key_is_an_auth_failure_that_never_shows_the_key(
 ) -> None:
     secret = "wrong-secret-key-1234567890"
     client = FalClient(key=secret, queue_url=fal.base_url, http=http, sleep=no_sleep)
-    with pytest.raises(FalAuthFailed) as caught:
+    with pytest.raises(RemoteAuthFailed) as caught:
         await client.submit(FLUX_LORA, {"prompt": "x"})
     assert caught.value.status_code == 401
     assert secret not in str(caught.value) and fal.key not in str(caught.value)
     assert secret not in repr(client)
-    with pytest.raises(FalRequestRefused):  # auth failures are refusals too
+    with pytest.raises(RemoteRefused):  # auth failures are refusals too
         await client.submit(FLUX_LORA, {"prompt": "x"})
 
 
@@ -341,7 +339,7 @@ async def test_failed_job_raises_request_failed_without_retrying(
     status = await client.status(PORTRAIT, submission.request_id)
     assert status.done and status.error == "no face found in the images"
     before = len(fal.requests)
-    with pytest.raises(FalRequestFailed, match="no face found") as caught:
+    with pytest.raises(RemoteFailed, match="no face found") as caught:
         await client.result(PORTRAIT, submission.request_id)
     assert caught.value.status_code == error_status and caught.value.error_type == error_type
     assert len(fal.requests) == before + 1
@@ -361,7 +359,7 @@ async def test_a_lora_fal_cannot_download_fails_the_job_as_fal_does(
     # Accepted into the queue: the runner fetches the LoRA only when the job runs.
     submission = await client.submit(FLUX_LORA, {"prompt": "x", "loras": [{"path": lora_url, "scale": 1}]})
     await fal.complete(submission.request_id)
-    with pytest.raises(FalRequestFailed) as caught:
+    with pytest.raises(RemoteFailed) as caught:
         await client.result(FLUX_LORA, submission.request_id)
     assert caught.value.status_code == 422
     assert caught.value.detail[0]["loc"] == ["body", "loras", 0, "path"]
@@ -384,7 +382,7 @@ async def test_a_documented_server_error_of_the_job_fails_it_at_once(
         documented_type=documented_type,
     )
     before = len(fal.requests)
-    with pytest.raises(FalRequestFailed, match="Internal server error") as caught:
+    with pytest.raises(RemoteFailed, match="Internal server error") as caught:
         await client.result(FLUX_LORA, submission.request_id)
     assert caught.value.status_code == error_status
     assert caught.value.detail[0]["type"] == documented_type
@@ -399,14 +397,14 @@ async def test_an_ingress_outage_on_the_result_is_retried_then_unavailable(
     fal.outage(times=2, status=502)
     assert parse_images_result(await client.result(FLUX_LORA, submission.request_id)).images
     fal.outage(times=10, status=503)
-    with pytest.raises(FalUnavailable):
+    with pytest.raises(RemoteUnavailable):
         await client.result(FLUX_LORA, submission.request_id)
 
 
 async def test_unknown_request_is_not_found(fal: FakeFalServer, client: FalClient) -> None:
-    with pytest.raises(FalNotFound):
+    with pytest.raises(RemoteNotFound):
         await client.status(FLUX_LORA, "00000000-0000-0000-0000-000000000000")
-    with pytest.raises(FalNotFound):
+    with pytest.raises(RemoteNotFound):
         await client.result(FLUX_LORA, "00000000-0000-0000-0000-000000000000")
     with pytest.raises(ValueError, match="request id"):
         await client.status(FLUX_LORA, "../../etc")
@@ -415,7 +413,7 @@ async def test_unknown_request_is_not_found(fal: FakeFalServer, client: FalClien
 async def test_cancel(fal: FakeFalServer, client: FalClient) -> None:
     submission = await client.submit(FLUX_LORA, {"prompt": "x"})
     assert await client.cancel(FLUX_LORA, submission.request_id) is CancelOutcome.CANCELLATION_REQUESTED
-    with pytest.raises(FalRequestFailed):
+    with pytest.raises(RemoteFailed):
         await client.result(FLUX_LORA, submission.request_id)
     assert await client.cancel(FLUX_LORA, submission.request_id) is CancelOutcome.ALREADY_COMPLETED
     assert await client.cancel(FLUX_LORA, "00000000-0000-0000-0000-000000000000") is CancelOutcome.NOT_FOUND
@@ -427,11 +425,11 @@ async def test_cancel(fal: FakeFalServer, client: FalClient) -> None:
 async def test_idempotent_calls_retry_through_an_outage(fal: FakeFalServer, client: FalClient) -> None:
     submission = await client.submit(FLUX_LORA, {"prompt": "x"})
     fal.outage(times=2, status=503)
-    assert (await client.status(FLUX_LORA, submission.request_id)).state is FalState.IN_QUEUE
+    assert (await client.status(FLUX_LORA, submission.request_id)).state is RemoteState.IN_QUEUE
     assert len(fal.requests) == 4  # submit + two 503s + the answer
 
     fal.outage(times=10, status=502)
-    with pytest.raises(FalUnavailable) as caught:
+    with pytest.raises(RemoteUnavailable) as caught:
         await client.status(FLUX_LORA, submission.request_id)
     assert caught.value.status_code == 502 and not caught.value.maybe_submitted
 
@@ -440,7 +438,7 @@ async def test_submit_is_not_retried_when_a_job_may_have_started(
     fal: FakeFalServer, client: FalClient
 ) -> None:
     fal.outage(times=1, status=503)
-    with pytest.raises(FalUnavailable) as caught:
+    with pytest.raises(RemoteUnavailable) as caught:
         await client.submit(FLUX_LORA, {"prompt": "x"})
     assert caught.value.maybe_submitted
     assert len(fal.requests) == 1
@@ -463,7 +461,7 @@ async def test_unreachable_fal_is_retried_then_unavailable(http: httpx.AsyncClie
         sleeps.append(delay)
 
     client = FalClient(key="k", queue_url=f"http://127.0.0.1:{port}", http=http, max_attempts=3, sleep=record)
-    with pytest.raises(FalUnavailable) as caught:
+    with pytest.raises(RemoteUnavailable) as caught:
         await client.submit(FLUX_LORA, {"prompt": "x"})
     assert not caught.value.maybe_submitted
     assert len(sleeps) == 2 and sleeps[0] < sleeps[1] * 2
@@ -478,7 +476,7 @@ class Receiver:
 
     verifier: FalWebhookVerifier
     url: str = ""
-    accepted: list[FalWebhook] = field(default_factory=list)
+    accepted: list[RemoteWebhook] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -625,11 +623,11 @@ def test_bad_endpoint_ids_are_refused_before_sending(endpoint: str) -> None:
 
 
 def test_parsers_reject_outputs_without_their_files() -> None:
-    with pytest.raises(FalMalformedOutput):
+    with pytest.raises(RemoteMalformedOutput):
         parse_training_result({"config_file": {"url": "https://x/c.json"}})
-    with pytest.raises(FalMalformedOutput):
+    with pytest.raises(RemoteMalformedOutput):
         parse_images_result({"images": [], "seed": 1})
-    with pytest.raises(FalMalformedOutput):
+    with pytest.raises(RemoteMalformedOutput):
         parse_images_result({"images": [{"width": 1}]})
     # Missing flags and sizes are tolerated: nothing is flagged, sizes are unknown.
     output = parse_images_result({"images": [{"url": "https://x/a.jpg"}], "seed": 196619188014358660})
@@ -658,5 +656,5 @@ async def test_upload_puts_the_file_on_fal_storage(fal: FakeFalServer, http: htt
     assert json.loads(lifecycle["X-Fal-Object-Lifecycle"]) == preference
 
     wrong = FalClient(key="wrong-key", queue_url=fal.base_url, rest_url=fal.base_url, http=http, timeout=5.0)
-    with pytest.raises(FalAuthFailed):
+    with pytest.raises(RemoteAuthFailed):
         await wrong.upload(b"x", file_name="a.zip", content_type="application/zip")

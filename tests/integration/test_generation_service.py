@@ -40,7 +40,8 @@ from aisha.generation.vision import QualityVerdict
 from aisha.i18n import Translator
 from aisha.messaging import Buttons
 from aisha.providers.fal import FalClient
-from aisha.providers.fal_webhook import FalWebhook, parse_webhook
+from aisha.providers.fal_webhook import parse_webhook
+from aisha.remote import RemoteWebhook
 from aisha.sandbox.fake_fal import FakeFalServer
 from aisha.sandbox.faults import Fault
 from aisha.storage import LocalStorage
@@ -108,7 +109,7 @@ class Harness:
     db: Database
     ledger: LedgerService
     enqueued: list[uuid.UUID]
-    finishes: list[tuple[uuid.UUID, FalWebhook]]  # `generation.finish` jobs queued by webhooks
+    finishes: list[tuple[uuid.UUID, RemoteWebhook]]  # `generation.finish` jobs queued by webhooks
     avatar_id: uuid.UUID
 
     async def balance(self) -> int:
@@ -184,12 +185,12 @@ async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
             avatar_id = avatar.id
         enqueued: list[uuid.UUID] = []
 
-        finishes: list[tuple[uuid.UUID, FalWebhook]] = []
+        finishes: list[tuple[uuid.UUID, RemoteWebhook]] = []
 
         async def enqueue(generation_id: uuid.UUID) -> None:
             enqueued.append(generation_id)
 
-        async def enqueue_finish(generation_id: uuid.UUID, webhook: FalWebhook) -> None:
+        async def enqueue_finish(generation_id: uuid.UUID, webhook: RemoteWebhook) -> None:
             finishes.append((generation_id, webhook))
 
         generator = FalImageGenerator(
@@ -464,7 +465,7 @@ async def test_a_webhook_for_a_job_failed_by_the_model_releases_at_once(
     )
     webhook = parse_webhook(h.fal.webhook_body(request_id))
     if delivery != "error webhook":  # FAL says OK but left the payload out: the result endpoint decides
-        webhook = FalWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
+        webhook = RemoteWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
     assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
     assert await h.service.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
     row = await h.row(generation_id)
@@ -483,7 +484,7 @@ async def test_a_webhook_whose_result_fal_cannot_serve_now_waits_for_the_sweep(
     await h.service.run(generation_id=generation_id)
     request_id = h.fal.submissions[0].request_id
     await h.fal.complete(request_id, deliver=False)
-    webhook = FalWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
+    webhook = RemoteWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
     assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
     h.fal.outage(times=4, status=502)  # every try of one result call
     assert not await h.service.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])

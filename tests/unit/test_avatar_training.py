@@ -11,7 +11,7 @@ from aisha.avatars.training import FalTrainer, TrainerConfig
 from aisha.avatars.validation import RejectReason
 from aisha.i18n import Translator
 from aisha.providers.fal import FalClient
-from aisha.providers.fal_webhook import FalWebhook
+from aisha.remote import RemoteWebhook
 
 CONFIG = TrainerConfig(
     portrait_endpoint="fal-ai/flux-lora-portrait-trainer",
@@ -55,7 +55,7 @@ async def test_style_payload_uses_trigger_word_and_is_style() -> None:
 async def test_webhook_kinds_register_once() -> None:
     registry = FalWebhookRegistry()
 
-    async def target(row_id: str, webhook: FalWebhook) -> bool:
+    async def target(row_id: str, webhook: RemoteWebhook) -> bool:
         return True
 
     registry.register("avatar", target)

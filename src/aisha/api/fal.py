@@ -18,12 +18,13 @@ from starlette.requests import ClientDisconnect
 from aisha.api.body import BodyTooLarge, read_capped
 from aisha.api.deps import RuntimeDep
 from aisha.providers.fal import WEBHOOK_PATH
-from aisha.providers.fal_webhook import FalWebhook, JwksUnavailable, WebhookRejected
+from aisha.providers.fal_webhook import JwksUnavailable, WebhookRejected
+from aisha.remote import RemoteWebhook
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a training or image result is a few KB of JSON
 
 # (the id from the URL, the verified webhook) → whether it was acted on (applied, or queued for a job)
-WebhookTarget = Callable[[str, FalWebhook], Awaitable[bool]]
+WebhookTarget = Callable[[str, RemoteWebhook], Awaitable[bool]]
 
 router = APIRouter()
 log = structlog.get_logger(__name__)

@@ -62,17 +62,15 @@ from aisha.db.session import after_commit, unit_of_work
 from aisha.i18n import Translator
 from aisha.jobs.metrics import JobMetrics
 from aisha.messaging import Button, FileTooLarge, Messenger
-from aisha.providers.fal import (
-    FalError,
-    FalMalformedOutput,
-    FalNotFound,
-    FalRequestRefused,
-    FalUnavailable,
-    TrainingOutput,
-    parse_training_result,
-    webhook_url,
+from aisha.providers.fal import TrainingOutput, parse_training_result, webhook_url
+from aisha.remote import (
+    RemoteError,
+    RemoteMalformedOutput,
+    RemoteNotFound,
+    RemoteRefused,
+    RemoteUnavailable,
+    RemoteWebhook,
 )
-from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import ObjectStorage, StorageError
 from aisha.storage.public import PublicRoute
 from aisha.users.service import user_locale
@@ -733,13 +731,13 @@ class AvatarService:
                 trigger_phrase=claim.trigger_phrase,
                 webhook_url=webhook,
             )
-        except FalRequestRefused as exc:
+        except RemoteRefused as exc:
             log.warning(
                 "avatar.submit_refused", avatar_id=str(avatar_id), status=exc.status_code, error=exc.message
             )
             await self._finish(avatar_id, request_id=None, output=None, error="refused", reason="refused")
             return
-        except FalUnavailable as exc:
+        except RemoteUnavailable as exc:
             if exc.maybe_submitted:
                 # FAL may have queued it: keep the hold; its webhook or the timeout settles it.
                 log.warning("avatar.submit_outcome_unknown", avatar_id=str(avatar_id), error=str(exc))
@@ -764,7 +762,7 @@ class AvatarService:
         # No public address at all: FAL's own storage, expiring once training is over.
         try:
             return await trainer.upload_archive(archive, expires_in=ttl)
-        except FalError as error:
+        except RemoteError as error:
             log.error("avatar.archive_upload_failed", avatar_id=str(avatar_id), error=str(error))
             await self._fail_unsubmitted(avatar_id, "unavailable", "the archive could not reach FAL")
             return None
@@ -898,7 +896,7 @@ class AvatarService:
 
     # --- outcomes --------------------------------------------------------------------------------
 
-    async def apply_webhook(self, *, avatar_id: uuid.UUID, webhook: FalWebhook) -> bool:
+    async def apply_webhook(self, *, avatar_id: uuid.UUID, webhook: RemoteWebhook) -> bool:
         """A verified FAL webhook for this avatar. True if it changed something."""
         async with self._sessions() as session:
             avatar = await session.get(Avatar, avatar_id)
@@ -915,13 +913,13 @@ class AvatarService:
         if webhook.ok:
             try:
                 if webhook.payload is None:
-                    raise FalMalformedOutput(webhook.payload_error or "no payload")
+                    raise RemoteMalformedOutput(webhook.payload_error or "no payload")
                 output = parse_training_result(webhook.payload)
-            except FalMalformedOutput:
+            except RemoteMalformedOutput:
                 # FAL couldn't put the output in the webhook: read it from the queue instead.
                 try:
                     output, error = await self._fetch_result(endpoint, webhook.request_id)
-                except FalError as exc:
+                except RemoteError as exc:
                     # An outage, not the job's answer: the sweep polls FAL for this avatar later.
                     log.warning("avatar.result_unavailable", avatar_id=str(avatar_id), error=str(exc))
                     return False
@@ -936,12 +934,12 @@ class AvatarService:
         return str(endpoint(avatar_type)) if callable(endpoint) else ""
 
     async def _fetch_result(self, endpoint: str, request_id: str) -> tuple[TrainingOutput | None, str | None]:
-        """(the LoRA, None), or (None, the error) when the training failed. An outage (FalError)
+        """(the LoRA, None), or (None, the error) when the training failed. An outage (RemoteError)
         propagates: the training may have succeeded, so the caller asks again later."""
         assert self._trainer is not None
         try:
             return await self._trainer.result(endpoint=endpoint, request_id=request_id), None
-        except (TrainingFailed, FalMalformedOutput) as exc:
+        except (TrainingFailed, RemoteMalformedOutput) as exc:
             return None, str(exc)
 
     async def _finish(
@@ -1053,13 +1051,13 @@ class AvatarService:
         copies: dict[str, Any] = {CONFIG_KEY: None}
         try:
             lora = await trainer.download(lora_url)
-        except FalNotFound:
+        except RemoteNotFound:
             # FAL's file expired before ours was made: nothing left to copy, so stop trying.
             log.error("avatar.lora_lost", avatar_id=str(avatar_id))
             copies = {LORA_LOST: True}
         else:
             if config_url:
-                with contextlib.suppress(FalNotFound):  # generation needs only the LoRA
+                with contextlib.suppress(RemoteNotFound):  # generation needs only the LoRA
                     config = await trainer.download(config_url)
                     await self._storage.put(f"{prefix}/config.json", config, content_type="application/json")
                     copies[CONFIG_KEY] = f"{prefix}/config.json"
@@ -1180,7 +1178,7 @@ class AvatarService:
                             .where(Avatar.id == avatar_id, Avatar.status == AvatarStatus.SUBMITTED)
                             .values(status=AvatarStatus.TRAINING, updated_at=self._clock.now())
                         )
-            except FalError as exc:
+            except RemoteError as exc:
                 log.warning("avatar.poll_failed", avatar_id=str(avatar_id), error=str(exc))
                 if not timed_out:
                     return False
@@ -1189,7 +1187,7 @@ class AvatarService:
         if trainer is not None and endpoint and request_id:
             try:
                 await trainer.cancel(endpoint=endpoint, request_id=request_id)
-            except FalError as exc:
+            except RemoteError as exc:
                 log.warning("avatar.cancel_failed", avatar_id=str(avatar_id), error=str(exc))
         return await self._finish(
             avatar_id, request_id=request_id, output=None, error="timeout", reason="timeout"

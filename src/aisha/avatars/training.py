@@ -18,14 +18,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from aisha.avatars.models import AvatarType
-from aisha.providers.fal import (
-    FalClient,
-    FalNotFound,
-    FalRequestFailed,
-    FalState,
-    TrainingOutput,
-    parse_training_result,
-)
+from aisha.providers.fal import FalClient, TrainingOutput, parse_training_result
+from aisha.remote import RemoteFailed, RemoteNotFound, RemoteState
 
 # A FLUX LoRA of rank 16 is about 90 MB; the trainers' largest ranks stay well under this.
 MAX_LORA_BYTES = 1024 * 1024 * 1024
@@ -59,7 +53,7 @@ class Trainer(Protocol):
         trigger_phrase: str,
         webhook_url: str | None,
     ) -> TrainingRequest:
-        """Queue a training. Raises FalRequestRefused (nothing queued), FalUnavailable."""
+        """Queue a training. Raises RemoteRefused (nothing queued), RemoteUnavailable."""
         ...
 
     async def state(self, *, endpoint: str, request_id: str) -> TrainingState: ...
@@ -77,7 +71,7 @@ class Trainer(Protocol):
     async def download(self, url: str) -> bytes:
         """A file of a finished training (the LoRA, its config) from the provider's CDN.
 
-        Raises FalNotFound when the file is gone, another FalError when it can't be had now.
+        Raises RemoteNotFound when the file is gone, another RemoteError when it can't be had now.
         """
         ...
 
@@ -144,20 +138,20 @@ class FalTrainer:
     async def state(self, *, endpoint: str, request_id: str) -> TrainingState:
         try:
             status = await self._client.status(endpoint, request_id)
-        except FalNotFound:
+        except RemoteNotFound:
             return TrainingState.UNKNOWN
-        if status.state is FalState.COMPLETED:
+        if status.state is RemoteState.COMPLETED:
             return TrainingState.DONE
-        if status.state is FalState.IN_PROGRESS:
+        if status.state is RemoteState.IN_PROGRESS:
             return TrainingState.RUNNING
         return TrainingState.QUEUED
 
     async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
         try:
             data = await self._client.result(endpoint, request_id)
-        except FalRequestFailed as exc:
+        except RemoteFailed as exc:
             raise TrainingFailed(str(exc)) from None
-        except FalNotFound as exc:
+        except RemoteNotFound as exc:
             raise TrainingFailed(str(exc)) from None
         return parse_training_result(data)
 

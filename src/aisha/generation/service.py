@@ -60,20 +60,17 @@ from aisha.generation.vision import Vision
 from aisha.i18n import Translator
 from aisha.jobs.metrics import JobMetrics
 from aisha.messaging import Button, Messenger
-from aisha.providers.fal import (
-    FalClient,
-    FalError,
-    FalMalformedOutput,
-    FalNotFound,
-    FalRequestFailed,
-    FalRequestRefused,
-    FalState,
-    FalUnavailable,
-    ImagesOutput,
-    parse_images_result,
-    webhook_url,
+from aisha.providers.fal import FalClient, ImagesOutput, parse_images_result, webhook_url
+from aisha.remote import (
+    RemoteError,
+    RemoteFailed,
+    RemoteMalformedOutput,
+    RemoteNotFound,
+    RemoteRefused,
+    RemoteState,
+    RemoteUnavailable,
+    RemoteWebhook,
 )
-from aisha.providers.fal_webhook import FalWebhook
 from aisha.storage import ObjectStorage, StorageError
 from aisha.users.service import user_locale
 
@@ -141,7 +138,7 @@ class ImageGenerator(Protocol):
         ...
 
     async def submit(self, *, endpoint: str, payload: dict[str, Any], webhook_url: str | None) -> str:
-        """Queue a job; its request id. Raises FalRequestRefused, FalUnavailable."""
+        """Queue a job; its request id. Raises RemoteRefused, RemoteUnavailable."""
         ...
 
     async def state(self, *, endpoint: str, request_id: str) -> ProviderState: ...
@@ -149,7 +146,7 @@ class ImageGenerator(Protocol):
     async def result(self, *, endpoint: str, request_id: str) -> ImagesOutput:
         """The images of a completed job; GenerationFailed if it failed or is gone.
 
-        Raises FalUnavailable (or another FalError) when FAL could not say: ask again later.
+        Raises RemoteUnavailable (or another RemoteError) when FAL could not say: ask again later.
         """
         ...
 
@@ -162,7 +159,7 @@ class ImageGenerator(Protocol):
         ...
 
     async def publish_lora(self, data: bytes) -> str:
-        """Put LoRA weights where the provider can fetch them; their new URL. Raises FalError."""
+        """Put LoRA weights where the provider can fetch them; their new URL. Raises RemoteError."""
         ...
 
 
@@ -209,18 +206,18 @@ class FalImageGenerator:
     async def state(self, *, endpoint: str, request_id: str) -> ProviderState:
         try:
             status = await self._client.status(endpoint, request_id)
-        except FalNotFound:
+        except RemoteNotFound:
             return ProviderState.UNKNOWN
-        if status.state is FalState.COMPLETED:
+        if status.state is RemoteState.COMPLETED:
             return ProviderState.DONE
-        if status.state is FalState.IN_PROGRESS:
+        if status.state is RemoteState.IN_PROGRESS:
             return ProviderState.RUNNING
         return ProviderState.QUEUED
 
     async def result(self, *, endpoint: str, request_id: str) -> ImagesOutput:
         try:
             return parse_images_result(await self._client.result(endpoint, request_id))
-        except (FalRequestFailed, FalNotFound, FalMalformedOutput) as exc:
+        except (RemoteFailed, RemoteNotFound, RemoteMalformedOutput) as exc:
             raise GenerationFailed(str(exc)) from None
 
     async def cancel(self, *, endpoint: str, request_id: str) -> None:
@@ -447,7 +444,7 @@ class GenerationService:
         notifier: GenerationNotifier,
         rules: GenerationRules,
         enqueue: Callable[[uuid.UUID], Awaitable[None]],
-        enqueue_finish: Callable[[uuid.UUID, FalWebhook], Awaitable[None]],
+        enqueue_finish: Callable[[uuid.UUID, RemoteWebhook], Awaitable[None]],
         metrics: JobMetrics | None = None,
     ) -> None:
         self._sessions = sessions
@@ -693,7 +690,7 @@ class GenerationService:
         if lora_url is not None and avatar_id is not None:
             try:
                 lora_url = await self._live_lora(generator, avatar_id, lora_url, lora_key)
-            except (FalError, StorageError) as exc:
+            except (RemoteError, StorageError) as exc:
                 log.error("generation.lora_unavailable", generation_id=str(generation_id), error=str(exc))
                 await self._finish(
                     generation_id, request_id=None, output=None, reason="provider", pending=True
@@ -736,14 +733,14 @@ class GenerationService:
             request_id: str | None = await generator.submit(
                 endpoint=endpoint, payload=payload, webhook_url=webhook
             )
-        except FalUnavailable as exc:
+        except RemoteUnavailable as exc:
             if not exc.maybe_submitted:
                 await self._finish(generation_id, request_id=None, output=None, reason="provider")
                 return
             # FAL may have queued it: keep the hold; its webhook or the timeout settles it.
             log.warning("generation.submit_outcome_unknown", generation_id=str(generation_id), error=str(exc))
             request_id = None
-        except (FalRequestRefused, FalError) as exc:
+        except (RemoteRefused, RemoteError) as exc:
             log.warning("generation.submit_refused", generation_id=str(generation_id), error=str(exc))
             await self._finish(generation_id, request_id=None, output=None, reason="provider")
             return
@@ -846,7 +843,7 @@ class GenerationService:
 
     # --- outcomes ------------------------------------------------------------------------------
 
-    async def apply_webhook(self, *, generation_id: uuid.UUID, webhook: FalWebhook) -> bool:
+    async def apply_webhook(self, *, generation_id: uuid.UUID, webhook: RemoteWebhook) -> bool:
         """A verified FAL webhook for this generation: queue `finish`. True if it was queued."""
         async with unit_of_work(self._sessions) as session:
             row = await session.get(ImageGeneration, generation_id, with_for_update=True)
@@ -863,7 +860,7 @@ class GenerationService:
             after_commit(session, lambda: self._enqueue_finish(generation_id, webhook))
         return True
 
-    async def finish(self, *, generation_id: uuid.UUID, webhook: FalWebhook) -> bool:
+    async def finish(self, *, generation_id: uuid.UUID, webhook: RemoteWebhook) -> bool:
         """The `generation.finish` job: apply the webhook's outcome. True if this call settled it."""
         async with self._sessions() as session:
             row = await session.get(ImageGeneration, generation_id)
@@ -874,12 +871,12 @@ class GenerationService:
         if webhook.ok:
             try:
                 if webhook.payload is None:
-                    raise FalMalformedOutput(webhook.payload_error or "no payload")
+                    raise RemoteMalformedOutput(webhook.payload_error or "no payload")
                 output = parse_images_result(webhook.payload)
-            except FalMalformedOutput:
+            except RemoteMalformedOutput:
                 try:
                     output = await self._fetch_result(endpoint, webhook.request_id)
-                except FalError as exc:
+                except RemoteError as exc:
                     # FAL can't say now: the sweep polls this row once `poll_after` has passed.
                     log.warning(
                         "generation.result_unavailable", generation_id=str(generation_id), error=str(exc)
@@ -894,7 +891,7 @@ class GenerationService:
     async def _fetch_result(self, endpoint: str, request_id: str) -> ImagesOutput | None:
         """The job's images; None when the job failed (the model's error, or no result).
 
-        An outage (FalUnavailable, or any FalError that isn't the job's own answer) propagates:
+        An outage (RemoteUnavailable, or any RemoteError that isn't the job's own answer) propagates:
         the job may well have succeeded, so the caller asks again later.
         """
         if self._generator is None or not endpoint:
@@ -915,7 +912,7 @@ class GenerationService:
         try:
             state = await generator.state(endpoint=endpoint, request_id=request_id)
             output = await self._fetch_result(endpoint, request_id) if state is ProviderState.DONE else None
-        except FalError as exc:
+        except RemoteError as exc:
             log.warning("generation.poll_failed", generation_id=str(generation_id), error=str(exc))
             return False
         if state is ProviderState.DONE:
@@ -1174,7 +1171,7 @@ class GenerationService:
                         await self._generator.cancel(
                             endpoint=row.provider_endpoint, request_id=row.provider_request_id
                         )
-                    except FalError as exc:
+                    except RemoteError as exc:
                         log.warning("generation.cancel_failed", generation_id=str(row.id), error=str(exc))
                 if await self._finish(row.id, request_id=None, output=None, reason="timeout"):
                     handled += 1

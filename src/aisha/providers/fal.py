@@ -24,8 +24,7 @@ import json
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlencode
@@ -33,21 +32,25 @@ from urllib.parse import urlencode
 import httpx
 import structlog
 
+from aisha.remote import (
+    CancelOutcome,
+    RemoteAuthFailed,
+    RemoteError,
+    RemoteFailed,
+    RemoteMalformedOutput,
+    RemoteNotFound,
+    RemoteNotReady,
+    RemoteRefused,
+    RemoteState,
+    RemoteStatus,
+    RemoteSubmission,
+    RemoteUnavailable,
+)
+
 __all__ = [
     "WEBHOOK_PATH",
     "CancelOutcome",
-    "FalAuthFailed",
     "FalClient",
-    "FalError",
-    "FalMalformedOutput",
-    "FalNotFound",
-    "FalNotReady",
-    "FalRequestFailed",
-    "FalRequestRefused",
-    "FalState",
-    "FalStatus",
-    "FalSubmission",
-    "FalUnavailable",
     "ImageOut",
     "ImagesOutput",
     "TrainingOutput",
@@ -73,113 +76,7 @@ _DETAIL_LIMIT = 600
 _RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-# ----------------------------------------------------------------------------------- errors
-
-
-class FalError(Exception):
-    """Base of every FAL failure. Messages never contain the API key."""
-
-
-class FalRequestRefused(FalError):
-    """FAL refused a submission (4xx): nothing was queued and nothing will be charged.
-
-    ``detail`` is FAL's own explanation (for a 422, the list of invalid fields).
-    """
-
-    def __init__(self, status_code: int, message: str, detail: Any = None) -> None:
-        super().__init__(f"FAL refused the request ({status_code}): {message}")
-        self.status_code = status_code
-        self.message = message
-        self.detail = detail
-
-
-class FalAuthFailed(FalRequestRefused):
-    """401/403: the FAL key is missing, wrong or lacks permission: an operator problem, not the user's."""
-
-
-class FalUnavailable(FalError):
-    """FAL could not be reached or answered 5xx/429 (after retries on idempotent calls): try later.
-
-    ``maybe_submitted`` is true only for a submission whose outcome is unknown (the request may
-    have been sent and queued before the connection broke); see ``FalClient.submit``.
-    """
-
-    def __init__(
-        self, message: str, *, status_code: int | None = None, maybe_submitted: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.maybe_submitted = maybe_submitted
-
-
-class FalRequestFailed(FalError):
-    """The job ran and failed: the result endpoint returned the model's error."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        error_type: str | None = None,
-        detail: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.error_type = error_type
-        self.detail = detail
-
-
-class FalNotFound(FalError):
-    """FAL does not know this request (wrong endpoint, or the result has expired)."""
-
-
-class FalNotReady(FalError):
-    """The result was asked for before the job completed."""
-
-
-class FalMalformedOutput(FalError):
-    """A completed job's output lacks what the parser needs."""
-
-
 # ----------------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class FalSubmission:
-    request_id: str
-    status_url: str
-    response_url: str
-    cancel_url: str
-    queue_position: int | None = None
-
-
-class FalState(StrEnum):
-    IN_QUEUE = "IN_QUEUE"
-    IN_PROGRESS = "IN_PROGRESS"
-    COMPLETED = "COMPLETED"
-
-
-@dataclass(frozen=True, slots=True)
-class FalStatus:
-    state: FalState
-    queue_position: int | None = None
-    logs: tuple[JsonDict, ...] = ()
-    # Present on a completed request that failed (newer queue versions report it here too);
-    # the result endpoint stays the authority on success or failure.
-    error: str | None = None
-    error_type: str | None = None
-    metrics: JsonDict = field(default_factory=dict)
-
-    @property
-    def done(self) -> bool:
-        return self.state is FalState.COMPLETED
-
-
-class CancelOutcome(StrEnum):
-    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"  # removed from the queue, or the runner was told
-    ALREADY_COMPLETED = "ALREADY_COMPLETED"
-    NOT_FOUND = "NOT_FOUND"
-    OK = "OK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,27 +228,29 @@ class FalClient:
                 timeout=self._timeout,
             )
             if response.status_code in (401, 403):
-                raise FalAuthFailed(response.status_code, _error_message(response), _error_detail(response))
+                raise RemoteAuthFailed(
+                    response.status_code, _error_message(response), _error_detail(response)
+                )
             if response.status_code >= 400:
-                raise FalUnavailable(f"FAL storage refused the upload: HTTP {response.status_code}")
+                raise RemoteUnavailable(f"FAL storage refused the upload: HTTP {response.status_code}")
             target = response.json()
             upload_url, file_url = target.get("upload_url"), target.get("file_url")
             if not isinstance(upload_url, str) or not isinstance(file_url, str):
-                raise FalMalformedOutput("FAL storage gave no upload_url/file_url")
+                raise RemoteMalformedOutput("FAL storage gave no upload_url/file_url")
             put = await self._http.put(
                 upload_url, content=data, headers={"Content-Type": content_type}, timeout=self._timeout
             )
         except httpx.TransportError as exc:
-            raise FalUnavailable(f"FAL storage is unreachable: {type(exc).__name__}") from None
+            raise RemoteUnavailable(f"FAL storage is unreachable: {type(exc).__name__}") from None
         if put.status_code >= 400:
-            raise FalUnavailable(f"FAL storage refused the upload: HTTP {put.status_code}")
+            raise RemoteUnavailable(f"FAL storage refused the upload: HTTP {put.status_code}")
         return file_url
 
     async def download(self, url: str, *, max_bytes: int) -> bytes:
         """A file a job left on FAL's CDN (a trained LoRA, its config).
 
-        Raises FalNotFound when the CDN no longer has it (media expiry), FalUnavailable when it
-        can't be reached, FalMalformedOutput past ``max_bytes``. CDN links are capabilities of
+        Raises RemoteNotFound when the CDN no longer has it (media expiry), RemoteUnavailable when it
+        can't be reached, RemoteMalformedOutput past ``max_bytes``. CDN links are capabilities of
         their own: the key is never sent with them.
         """
         chunks: list[bytes] = []
@@ -361,18 +260,18 @@ class FalClient:
                 "GET", url, timeout=self._timeout, follow_redirects=True
             ) as response:
                 if response.status_code in (403, 404, 410):
-                    raise FalNotFound(f"FAL's CDN no longer has the file (HTTP {response.status_code})")
+                    raise RemoteNotFound(f"FAL's CDN no longer has the file (HTTP {response.status_code})")
                 if response.status_code >= 400:
-                    raise FalUnavailable(
+                    raise RemoteUnavailable(
                         f"FAL's CDN answered {response.status_code}", status_code=response.status_code
                     )
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise FalMalformedOutput(f"the file is larger than {max_bytes} bytes")
+                        raise RemoteMalformedOutput(f"the file is larger than {max_bytes} bytes")
                     chunks.append(chunk)
         except httpx.TransportError as exc:
-            raise FalUnavailable(f"FAL's CDN is unreachable: {type(exc).__name__}") from None
+            raise RemoteUnavailable(f"FAL's CDN is unreachable: {type(exc).__name__}") from None
         return b"".join(chunks)
 
     async def answers(self, url: str) -> bool:
@@ -389,12 +288,12 @@ class FalClient:
 
     async def submit(
         self, endpoint: str, payload: Mapping[str, Any], *, webhook_url: str | None = None
-    ) -> FalSubmission:
+    ) -> RemoteSubmission:
         """Queue one job. Every submission is a paid job, so it is never retried blindly.
 
         Retried here only when FAL certainly queued nothing: the connection was never made, or
         FAL answered 429. Any other failure after the request may have left (a read timeout, a
-        dropped connection, a 5xx) raises ``FalUnavailable(maybe_submitted=True)``: a retry could
+        dropped connection, a 5xx) raises ``RemoteUnavailable(maybe_submitted=True)``: a retry could
         start a second paid job. The caller records the job row as submitting *before* calling and
         puts that row's id in ``webhook_url``; on an unknown outcome it keeps the row (and the
         credit hold) as it is instead of submitting again, so a job that did start still reports
@@ -424,9 +323,9 @@ class FalClient:
                 if attempt < self._max_attempts:
                     await self._backoff(attempt, what, type(exc).__name__)
                     continue
-                raise FalUnavailable(f"FAL is unreachable ({what}): {type(exc).__name__}") from None
+                raise RemoteUnavailable(f"FAL is unreachable ({what}): {type(exc).__name__}") from None
             except httpx.TransportError as exc:
-                raise FalUnavailable(
+                raise RemoteUnavailable(
                     f"FAL connection failed after sending ({what}): {type(exc).__name__}",
                     maybe_submitted=True,
                 ) from None
@@ -437,13 +336,13 @@ class FalClient:
                 await self._backoff(attempt, what, "429", retry_after=_retry_after(response))
                 continue
             if status == 429:
-                raise FalUnavailable(f"FAL rate limit ({what})", status_code=429)
+                raise RemoteUnavailable(f"FAL rate limit ({what})", status_code=429)
             if status in (401, 403):
-                raise FalAuthFailed(status, _error_message(response), _error_detail(response))
+                raise RemoteAuthFailed(status, _error_message(response), _error_detail(response))
             if 400 <= status < 500:
-                raise FalRequestRefused(status, _error_message(response), _error_detail(response))
+                raise RemoteRefused(status, _error_message(response), _error_detail(response))
             if status >= 500:
-                raise FalUnavailable(
+                raise RemoteUnavailable(
                     f"FAL answered {status} ({what}): {_error_message(response)}",
                     status_code=status,
                     maybe_submitted=True,
@@ -451,12 +350,12 @@ class FalClient:
             data = _json_object(response)
             request_id = data.get("request_id") if data is not None else None
             if data is None or not isinstance(request_id, str) or not request_id:
-                raise FalUnavailable(
+                raise RemoteUnavailable(
                     f"FAL answered {status} without a request id ({what})", maybe_submitted=True
                 )
             base = f"{self._queue_url}/{app}/requests/{request_id}"
             position = data.get("queue_position")
-            return FalSubmission(
+            return RemoteSubmission(
                 request_id=request_id,
                 status_url=_str_or(data.get("status_url"), base + "/status"),
                 response_url=_str_or(data.get("response_url"), base),
@@ -464,33 +363,33 @@ class FalClient:
                 queue_position=position if isinstance(position, int) else None,
             )
 
-    async def status(self, endpoint: str, request_id: str, *, logs: bool = False) -> FalStatus:
-        """The job's queue state. Retries transient failures; raises FalNotFound for an unknown id."""
+    async def status(self, endpoint: str, request_id: str, *, logs: bool = False) -> RemoteStatus:
+        """The job's queue state. Retries transient failures; raises RemoteNotFound for an unknown id."""
         url = self._request_url(endpoint, request_id) + "/status"
         response = await self._idempotent(
             "GET", url, params={"logs": "1"} if logs else None, what=f"status of {request_id}"
         )
         if response.status_code == 404:
-            raise FalNotFound(f"FAL does not know request {request_id} on {app_path(endpoint)}")
+            raise RemoteNotFound(f"FAL does not know request {request_id} on {app_path(endpoint)}")
         if response.status_code in (401, 403):
-            raise FalAuthFailed(response.status_code, _error_message(response), _error_detail(response))
+            raise RemoteAuthFailed(response.status_code, _error_message(response), _error_detail(response))
         if response.status_code >= 400:
-            raise FalError(
+            raise RemoteError(
                 f"FAL status of {request_id} failed ({response.status_code}): {_error_message(response)}"
             )
         data = _json_object(response)
         raw_state = data.get("status") if data is not None else None
         try:
-            state = FalState(str(raw_state))
+            state = RemoteState(str(raw_state))
         except ValueError:
-            raise FalError(f"FAL status of {request_id} is unknown: {raw_state!r}") from None
+            raise RemoteError(f"FAL status of {request_id} is unknown: {raw_state!r}") from None
         assert data is not None
         position = data.get("queue_position")
         raw_logs = data.get("logs")
         metrics = data.get("metrics")
         error = data.get("error")
         error_type = data.get("error_type")
-        return FalStatus(
+        return RemoteStatus(
             state=state,
             queue_position=position if isinstance(position, int) else None,
             logs=tuple(x for x in raw_logs if isinstance(x, dict)) if isinstance(raw_logs, list) else (),
@@ -502,20 +401,20 @@ class FalClient:
     async def result(self, endpoint: str, request_id: str) -> JsonDict:
         """The output of a completed job. Call it after status says COMPLETED (or on a webhook).
 
-        Raises FalRequestFailed when the job failed (FAL returns the model's error here),
-        FalNotReady before completion, FalNotFound for an unknown or expired request.
+        Raises RemoteFailed when the job failed (FAL returns the model's error here),
+        RemoteNotReady before completion, RemoteNotFound for an unknown or expired request.
         """
         url = self._request_url(endpoint, request_id)
         response = await self._idempotent("GET", url, what=f"result of {request_id}", job_errors=True)
         status = response.status_code
         if status == 202 or (status == 400 and "in progress" in _error_message(response).lower()):
-            raise FalNotReady(f"FAL request {request_id} has not completed yet")
+            raise RemoteNotReady(f"FAL request {request_id} has not completed yet")
         if status == 404:
-            raise FalNotFound(f"FAL has no result for request {request_id} (unknown or expired)")
+            raise RemoteNotFound(f"FAL has no result for request {request_id} (unknown or expired)")
         if status in (401, 403):
-            raise FalAuthFailed(status, _error_message(response), _error_detail(response))
+            raise RemoteAuthFailed(status, _error_message(response), _error_detail(response))
         if status >= 400:
-            raise FalRequestFailed(
+            raise RemoteFailed(
                 f"FAL request {request_id} failed ({status}): {_error_message(response)}",
                 status_code=status,
                 error_type=_error_type(response),
@@ -523,7 +422,7 @@ class FalClient:
             )
         data = _json_object(response)
         if data is None:
-            raise FalMalformedOutput(f"FAL result of {request_id} is not a JSON object")
+            raise RemoteMalformedOutput(f"FAL result of {request_id} is not a JSON object")
         return data
 
     async def cancel(self, endpoint: str, request_id: str) -> CancelOutcome:
@@ -539,9 +438,9 @@ class FalClient:
         if response.status_code == 404:
             return CancelOutcome.NOT_FOUND
         if response.status_code in (401, 403):
-            raise FalAuthFailed(response.status_code, _error_message(response), _error_detail(response))
+            raise RemoteAuthFailed(response.status_code, _error_message(response), _error_detail(response))
         if response.status_code >= 400:
-            raise FalError(
+            raise RemoteError(
                 f"FAL cancel of {request_id} failed ({response.status_code}): {_error_message(response)}"
             )
         return CancelOutcome.CANCELLATION_REQUESTED
@@ -580,14 +479,14 @@ class FalClient:
                 if attempt < self._max_attempts:
                     await self._backoff(attempt, what, type(exc).__name__)
                     continue
-                raise FalUnavailable(f"FAL is unreachable ({what}): {type(exc).__name__}") from None
+                raise RemoteUnavailable(f"FAL is unreachable ({what}): {type(exc).__name__}") from None
             status = response.status_code
             stored_failure = job_errors and status >= 500 and _is_job_answer(response)
             if status in _RETRY_STATUSES and not stored_failure:
                 if attempt < self._max_attempts:
                     await self._backoff(attempt, what, str(status), retry_after=_retry_after(response))
                     continue
-                raise FalUnavailable(
+                raise RemoteUnavailable(
                     f"FAL answered {status} ({what}): {_error_message(response)}", status_code=status
                 )
             return response
@@ -611,7 +510,7 @@ def parse_training_result(data: Mapping[str, Any]) -> TrainingOutput:
     lora = data.get("diffusers_lora_file")
     lora_url = lora.get("url") if isinstance(lora, Mapping) else None
     if not isinstance(lora_url, str) or not lora_url:
-        raise FalMalformedOutput("training output has no diffusers_lora_file.url")
+        raise RemoteMalformedOutput("training output has no diffusers_lora_file.url")
     config = data.get("config_file")
     config_url = config.get("url") if isinstance(config, Mapping) else None
     return TrainingOutput(lora_url=lora_url, config_url=config_url if isinstance(config_url, str) else None)
@@ -621,14 +520,14 @@ def parse_images_result(data: Mapping[str, Any]) -> ImagesOutput:
     """Output of fal-ai/flux-lora and fal-ai/flux/*: images, their NSFW flags and the seed."""
     raw_images = data.get("images")
     if not isinstance(raw_images, list) or not raw_images:
-        raise FalMalformedOutput("image output has no images")
+        raise RemoteMalformedOutput("image output has no images")
     flags = data.get("has_nsfw_concepts")
     nsfw = flags if isinstance(flags, list) else []
     images: list[ImageOut] = []
     for index, item in enumerate(raw_images):
         url = item.get("url") if isinstance(item, Mapping) else None
         if not isinstance(url, str) or not url:
-            raise FalMalformedOutput(f"image {index} has no url")
+            raise RemoteMalformedOutput(f"image {index} has no url")
         assert isinstance(item, Mapping)
         content_type = item.get("content_type")
         images.append(

@@ -25,9 +25,8 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import structlog
@@ -35,13 +34,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aisha.clock import Clock, SystemClock
+from aisha.remote import RemoteWebhook
 
 __all__ = [
     "HEADER_REQUEST_ID",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
     "HEADER_USER_ID",
-    "FalWebhook",
     "FalWebhookVerifier",
     "JwksUnavailable",
     "WebhookRejected",
@@ -73,28 +72,13 @@ class JwksUnavailable(Exception):
     """No FAL public key is known and the JWKS can't be fetched: answer 503 so FAL retries later."""
 
 
-@dataclass(frozen=True, slots=True)
-class FalWebhook:
-    request_id: str
-    status: Literal["OK", "ERROR"]
-    payload: dict[str, Any] | None
-    error: str | None = None
-    gateway_request_id: str | None = None
-    # Set when FAL could not serialise the output into the webhook: fetch the result instead.
-    payload_error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "OK"
-
-
 def signed_message(*, request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
     """The bytes FAL signs for one delivery."""
     digest = hashlib.sha256(body).hexdigest()
     return f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()
 
 
-def parse_webhook(body: bytes) -> FalWebhook:
+def parse_webhook(body: bytes) -> RemoteWebhook:
     """Parse a (verified) webhook body: ``{request_id, gateway_request_id, status, payload, error?, payload_error?}``."""
     try:
         data = json.loads(body)
@@ -110,7 +94,7 @@ def parse_webhook(body: bytes) -> FalWebhook:
         raise WebhookRejected(f"webhook status is neither OK nor ERROR: {status!r}")
     payload = data.get("payload")
     gateway = data.get("gateway_request_id")
-    return FalWebhook(
+    return RemoteWebhook(
         request_id=request_id,
         status=status,
         payload=payload if isinstance(payload, dict) else None,
@@ -197,7 +181,7 @@ class FalWebhookVerifier:
             return
         raise WebhookRejected("signature matches no FAL key")
 
-    async def verify_and_parse(self, headers: Mapping[str, str], body: bytes) -> FalWebhook:
+    async def verify_and_parse(self, headers: Mapping[str, str], body: bytes) -> RemoteWebhook:
         """``verify`` then ``parse_webhook``, checking that the signed request id is the body's."""
         await self.verify(headers, body)
         webhook = parse_webhook(body)
