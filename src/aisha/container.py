@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import SecretStr
@@ -28,25 +28,23 @@ from aisha.clock import Clock, SystemClock
 from aisha.config import ConfigError, Settings, TranscriptionBackend
 from aisha.db.base import parse_uuid
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
-from aisha.generation.enhance import OpenAIPromptWriter, PromptEnhancer
-from aisha.generation.service import FINISH_JOB as GENERATION_FINISH_JOB
-from aisha.generation.service import JOB_NAME as GENERATION_JOB
-from aisha.generation.service import (
-    FalImageGenerator,
-    GenerationNotifier,
-    GenerationRules,
-    GenerationService,
-    GeneratorConfig,
-)
-from aisha.generation.vision import OpenAIVision
+from aisha.generation.enhance import PromptEnhancer
+from aisha.generation.flow import GenerationFlow
+from aisha.generation.models import FINISH_JOB as GENERATION_FINISH_JOB
+from aisha.generation.models import JOB_NAME as GENERATION_JOB
+from aisha.generation.models import GenerationRules
+from aisha.generation.service import GenerationService
 from aisha.i18n import Translator
 from aisha.jobs.metrics import create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
+from aisha.jobs.tasks import register_tasks
 from aisha.messaging import Messenger
 from aisha.metrics import Metrics
 from aisha.notices import NoticeRules, NoticeService
+from aisha.operations import PaidOperations
 from aisha.providers.fal import FalClient
+from aisha.providers.fal_images import FalImageGenerator, GeneratorConfig
 from aisha.providers.fal_webhook import FalWebhookVerifier
 from aisha.providers.local_transcriber import (
     LocalModel,
@@ -54,6 +52,7 @@ from aisha.providers.local_transcriber import (
     bundled_model,
     local_speech_installed,
 )
+from aisha.providers.openai_chat import OpenAIPromptWriter, OpenAIVision
 from aisha.remote import RemoteWebhook
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
@@ -98,6 +97,7 @@ class Services:
     avatars: AvatarService = field(init=False)
     transcription: TranscriptionService = field(init=False)
     generation: GenerationService = field(init=False)
+    generation_flow: GenerationFlow = field(init=False)  # the generation jobs' steps
     openai_chat: AsyncOpenAI | None = None  # prompts and vision (generation)
     metrics: Metrics = field(default_factory=Metrics)  # this process's counters; GET /metrics
     admin: AdminService = field(init=False)
@@ -197,6 +197,7 @@ def build_services(
     _wire_transcription(services)
     _wire_generation(services)
     _wire_admin(services)
+    register_tasks(services)
     return services
 
 
@@ -234,10 +235,10 @@ def _wire_admin(services: Services) -> None:
     services.recovery.register("admin.broadcasts", admin.sweep)
 
 
-def _wire_generation(services: Services) -> None:
-    """Image generation: FLUX on FAL, prompt enhancement and vision on OpenAI (each optional),
-    the `generation.run` and `generation.finish` jobs, the recovery check and the `generation`
-    kind of FAL webhooks (which queue `generation.finish`)."""
+def _generation_providers(
+    services: Services,
+) -> tuple[FalImageGenerator | None, OpenAIPromptWriter | None, OpenAIVision | None]:
+    """FLUX on FAL and the OpenAI chat models, each None when its key is not set."""
     settings = services.settings
     generator = None
     if services.fal is not None:
@@ -251,6 +252,7 @@ def _wire_generation(services: Services) -> None:
                 guidance_scale=settings.generation_guidance_scale,
                 lora_scale=settings.generation_lora_scale,
             ),
+            public_base_url=settings.public_base_url,
         )
     writer, vision = None, None
     if settings.openai_api_key:
@@ -265,6 +267,15 @@ def _wire_generation(services: Services) -> None:
         )
         writer = OpenAIPromptWriter(services.openai_chat, model=settings.openai_chat_model)
         vision = OpenAIVision(services.openai_chat, model=settings.openai_vision_model)
+    return generator, writer, vision
+
+
+def _wire_generation(services: Services) -> None:
+    """Image generation: FLUX on FAL, prompt enhancement and vision on OpenAI (each optional), the
+    service and its job flow, and the `generation` kind of FAL webhooks (which queue
+    `generation.finish`). `jobs.generation` registers the jobs and attaches the presenter."""
+    settings = services.settings
+    generator, writer, vision = _generation_providers(services)
 
     async def enqueue(generation_id: uuid.UUID) -> None:
         await services.queue.enqueue(GENERATION_JOB, generation_id=str(generation_id))
@@ -275,7 +286,16 @@ def _wire_generation(services: Services) -> None:
             GENERATION_FINISH_JOB, generation_id=str(generation_id), webhook=asdict(webhook)
         )
 
-    services.generation = GenerationService(
+    rules = GenerationRules(
+        max_in_flight=settings.generation_max_in_flight,
+        timeout=timedelta(seconds=settings.generation_timeout_seconds),
+        poll_after=timedelta(seconds=settings.generation_poll_after_seconds),
+        poll_interval=settings.generation_poll_interval_seconds,
+        prompt_max_length=settings.prompt_max_length,
+        free_regeneration=settings.generation_free_regeneration,
+        quality_check=settings.generation_quality_check,
+    )
+    services.generation_flow = GenerationFlow(
         sessions=services.sessions,
         clock=services.clock,
         storage=services.storage,
@@ -285,30 +305,24 @@ def _wire_generation(services: Services) -> None:
         enhancer=PromptEnhancer(writer=writer, timeout=settings.openai_timeout_seconds),
         vision=vision,
         messenger=services.messenger,
-        notifier=GenerationNotifier(
-            messenger=services.messenger, translator=services.translator, storage=services.storage
-        ),
-        rules=GenerationRules(
-            max_in_flight=settings.generation_max_in_flight,
-            timeout=timedelta(seconds=settings.generation_timeout_seconds),
-            poll_after=timedelta(seconds=settings.generation_poll_after_seconds),
-            poll_interval=settings.generation_poll_interval_seconds,
-            prompt_max_length=settings.prompt_max_length,
-            free_regeneration=settings.generation_free_regeneration,
-            quality_check=settings.generation_quality_check,
-            public_base_url=settings.public_base_url,
-        ),
+        rules=rules,
         enqueue=enqueue,
         enqueue_finish=enqueue_finish,
         metrics=services.metrics.jobs,
     )
+    services.generation = GenerationService(
+        clock=services.clock,
+        storage=services.storage,
+        ledger=services.ledger,
+        prices=services.prices,
+        operations=PaidOperations(services.locks),
+        flow=services.generation_flow,
+        rules=rules,
+        enqueue=enqueue,
+        available=generator is not None,
+        vision_available=vision is not None,
+    )
     generation = services.generation
-
-    async def run_job(*, generation_id: str) -> None:
-        await generation.run(generation_id=uuid.UUID(generation_id))
-
-    async def finish_job(*, generation_id: str, webhook: dict[str, Any]) -> None:
-        await generation.finish(generation_id=uuid.UUID(generation_id), webhook=RemoteWebhook(**webhook))
 
     async def on_webhook(row_id: str, webhook: RemoteWebhook) -> bool:
         generation_id = parse_uuid(row_id)
@@ -316,9 +330,6 @@ def _wire_generation(services: Services) -> None:
             generation_id=generation_id, webhook=webhook
         )
 
-    services.queue.register(GENERATION_JOB, run_job)
-    services.queue.register(GENERATION_FINISH_JOB, finish_job)
-    services.recovery.register("generation.stuck", generation.sweep)
     services.fal_webhooks.register("generation", on_webhook)
 
 

@@ -30,8 +30,7 @@ from aisha.billing.models import CreditEntry, EntryKind
 from aisha.clock import FrozenClock
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
-from aisha.generation.models import ImageGeneration
-from aisha.generation.service import FINISH_JOB, storage_prefix
+from aisha.generation.models import FINISH_JOB, ImageGeneration, storage_prefix
 from aisha.jobs.queue import JobQueue
 from aisha.providers.fal import webhook_url
 from aisha.runtime import Runtime
@@ -676,7 +675,7 @@ async def test_a_submission_with_no_answer_is_never_resent_and_released_once_at_
     assert (await app.services.recovery.run_once())["generation.stuck"] == 0  # before the timeout
 
     later = FrozenClock(datetime.now(UTC) + app.services.generation.rules.timeout + timedelta(seconds=1))
-    monkeypatch.setattr(app.services.generation, "_clock", later)
+    monkeypatch.setattr(app.services.generation_flow, "_clock", later)
     assert (await app.services.recovery.run_once())["generation.stuck"] == 1
     assert (await app.services.recovery.run_once())["generation.stuck"] == 0
     generation = await _generation(db, user.id)

@@ -14,8 +14,7 @@ import pytest
 from openai import AsyncOpenAI
 from PIL import Image
 
-from aisha.generation.enhance import OpenAIPromptWriter
-from aisha.generation.vision import OpenAIVision, data_url
+from aisha.providers.openai_chat import OpenAIPromptWriter, OpenAIVision, data_url
 from aisha.providers.openai_transcriber import OpenAITranscriber
 from aisha.sandbox.fake_openai import MAX_UPLOAD_BYTES, FakeOpenAIServer
 

@@ -20,31 +20,33 @@ from aisha.avatars.models import Avatar, AvatarStatus, AvatarType
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.billing.prices import PriceList
 from aisha.billing.service import LedgerService
+from aisha.bot.presenters.generation import GenerationPresenter
 from aisha.clock import FrozenClock
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.generation.enhance import PromptEnhancer
 from aisha.generation.errors import FreeRegenerationUnavailable, GenerationNotFound, TooManyInFlight
-from aisha.generation.models import ImageGeneration
-from aisha.generation.service import (
-    FalImageGenerator,
-    GenerationNotifier,
+from aisha.generation.flow import GenerationFlow
+from aisha.generation.models import (
     GenerationRequest,
     GenerationRules,
-    GenerationService,
-    GeneratorConfig,
+    ImageGeneration,
+    QualityVerdict,
     Source,
     storage_prefix,
 )
-from aisha.generation.vision import QualityVerdict
+from aisha.generation.service import GenerationService
 from aisha.i18n import Translator
 from aisha.messaging import Buttons
+from aisha.operations import PaidOperations
 from aisha.providers.fal import FalClient
+from aisha.providers.fal_images import FalImageGenerator, GeneratorConfig
 from aisha.providers.fal_webhook import parse_webhook
 from aisha.remote import RemoteWebhook
 from aisha.sandbox.fake_fal import FakeFalServer
 from aisha.sandbox.faults import Fault
 from aisha.storage import LocalStorage
+from aisha.users.locks import UserLocks
 from aisha.users.service import TelegramProfile, UserService
 from tests.conftest import Database
 
@@ -103,6 +105,7 @@ class DefectVision:
 @dataclass
 class Harness:
     service: GenerationService
+    flow: GenerationFlow
     fal: FakeFalServer
     clock: FrozenClock
     messenger: RecordingMessenger
@@ -199,8 +202,11 @@ async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
             ),
             http,
             GeneratorConfig(),
+            # Webhook mode against an address nobody listens on: the test delivers by hand.
+            public_base_url="http://127.0.0.1:9" if webhooks else None,
         )
-        service = GenerationService(
+        generation_rules = GenerationRules(**({"poll_interval": 0.05} | rules))
+        flow = GenerationFlow(
             sessions=db.sessions,
             clock=clock,
             storage=storage,
@@ -210,21 +216,24 @@ async def make(db: Database, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
             enhancer=PromptEnhancer(writer=None),
             vision=vision,
             messenger=messenger,
-            notifier=GenerationNotifier(messenger=messenger, translator=translator, storage=storage),
-            rules=GenerationRules(
-                **(
-                    {
-                        # Webhook mode against an address nobody listens on: the test delivers by hand.
-                        "public_base_url": "http://127.0.0.1:9" if webhooks else None,
-                        "poll_interval": 0.05,
-                    }
-                    | rules
-                )
-            ),
+            events=GenerationPresenter(messenger=messenger, translator=translator, storage=storage),
+            rules=generation_rules,
             enqueue=enqueue,
             enqueue_finish=enqueue_finish,
         )
-        return Harness(service, fal, clock, messenger, db, ledger, enqueued, finishes, avatar_id)
+        service = GenerationService(
+            clock=clock,
+            storage=storage,
+            ledger=ledger,
+            prices=PriceList(),
+            operations=PaidOperations(UserLocks()),
+            flow=flow,
+            rules=generation_rules,
+            enqueue=enqueue,
+            available=True,
+            vision_available=vision is not None,
+        )
+        return Harness(service, flow, fal, clock, messenger, db, ledger, enqueued, finishes, avatar_id)
 
     yield build
     await http.aclose()
@@ -236,7 +245,7 @@ async def test_polling_mode_generates_and_captures(make: Callable[..., Any]) -> 
     h.fal.complete_after = 0.2
     generation_id = await h.create()
     async with asyncio.timeout(15):
-        await h.service.run(generation_id=generation_id)
+        await h.flow.run(generation_id=generation_id)
     row = await h.row(generation_id)
     assert row.status is JobStatus.SUCCEEDED and row.cost == 10 and len(row.results) == 2
     assert h.fal.submissions[0].webhook_url is None
@@ -247,7 +256,7 @@ async def test_polling_mode_generates_and_captures(make: Callable[..., Any]) -> 
 async def test_racing_outcomes_apply_exactly_once(make: Callable[..., Any]) -> None:
     h: Harness = await make()
     generation_id = await h.create()
-    await h.service.run(generation_id=generation_id)
+    await h.flow.run(generation_id=generation_id)
     job = h.fal.submissions[0]
     await h.fal.complete(job.request_id, nsfw=[True, False], deliver=False)
     webhook = parse_webhook(h.fal.webhook_body(job.request_id))
@@ -257,8 +266,8 @@ async def test_racing_outcomes_apply_exactly_once(make: Callable[..., Any]) -> N
     assert [queued for _, queued in h.finishes] == [webhook, webhook]
     h.clock.advance(timedelta(minutes=5))  # the sweep would poll this one too
     results = await asyncio.gather(
-        *(h.service.finish(generation_id=queued_id, webhook=queued) for queued_id, queued in h.finishes),
-        h.service.sweep(),
+        *(h.flow.finish(generation_id=queued_id, webhook=queued) for queued_id, queued in h.finishes),
+        h.flow.sweep(),
     )
     # `is True`: the sweep's count 1 would also equal True in list.count.
     assert sum(r is True for r in results[:2]) + results[2] == 1
@@ -272,9 +281,9 @@ async def test_racing_outcomes_apply_exactly_once(make: Callable[..., Any]) -> N
 async def test_a_forged_request_id_changes_nothing(make: Callable[..., Any]) -> None:
     h: Harness = await make()
     generation_id = await h.create()
-    await h.service.run(generation_id=generation_id)
+    await h.flow.run(generation_id=generation_id)
     other = await h.create(prompt="me in Oslo")
-    await h.service.run(generation_id=other)
+    await h.flow.run(generation_id=other)
     await h.fal.complete(h.fal.submissions[1].request_id, deliver=False)
     # The other job's genuine result, aimed at this row by the URL: the row holds another id.
     webhook = parse_webhook(h.fal.webhook_body(h.fal.submissions[1].request_id))
@@ -286,7 +295,7 @@ async def test_a_forged_request_id_changes_nothing(make: Callable[..., Any]) -> 
 async def test_the_sweep_settles_a_webhook_whose_finish_job_was_lost(make: Callable[..., Any]) -> None:
     h: Harness = await make()
     generation_id = await h.create()
-    await h.service.run(generation_id=generation_id)
+    await h.flow.run(generation_id=generation_id)
     request_id = h.fal.submissions[0].request_id
     async with unit_of_work(h.db.sessions) as session:  # as if FAL's answer to the submission was lost
         row = await session.get(ImageGeneration, generation_id)
@@ -300,37 +309,37 @@ async def test_the_sweep_settles_a_webhook_whose_finish_job_was_lost(make: Calla
     row = await h.row(generation_id)
     assert row.status is JobStatus.SUBMITTED and row.provider_request_id == request_id
 
-    assert await h.service.sweep() == 0  # the job gets `poll_after` from the webhook first
+    assert await h.flow.sweep() == 0  # the job gets `poll_after` from the webhook first
     h.clock.advance(timedelta(minutes=1))
-    assert await h.service.sweep() == 1
+    assert await h.flow.sweep() == 1
     row = await h.row(generation_id)
     assert row.status is JobStatus.SUCCEEDED and row.cost == 10
     assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
     assert h.messenger.kinds().count("album") == 1
     # The lost job turning up late changes nothing.
-    assert not await h.service.finish(generation_id=generation_id, webhook=webhook)
+    assert not await h.flow.finish(generation_id=generation_id, webhook=webhook)
     assert h.messenger.kinds().count("album") == 1
 
 
 async def test_sweep_reenqueues_a_lost_job_and_releases_past_the_timeout(make: Callable[..., Any]) -> None:
     h: Harness = await make()
     lost = await h.create()
-    assert await h.service.sweep() == 0  # too young to be called lost
+    assert await h.flow.sweep() == 0  # too young to be called lost
     h.clock.advance(timedelta(minutes=2))
-    assert await h.service.sweep() == 1
+    assert await h.flow.sweep() == 1
     assert h.enqueued == [lost]
 
     stuck = await h.create(prompt="me in Lima")
-    await h.service.run(generation_id=stuck)  # submitted; FAL never answers
+    await h.flow.run(generation_id=stuck)  # submitted; FAL never answers
     assert await h.balance() == FUNDS - 20
     h.clock.advance(timedelta(minutes=11))
-    assert await h.service.sweep() == 2
+    assert await h.flow.sweep() == 2
     for generation_id in (lost, stuck):
         row = await h.row(generation_id)
         assert row.status is JobStatus.FAILED and row.error == "timeout"
     assert await h.balance() == FUNDS
     assert h.fal.submissions[0].cancel_requested
-    assert await h.service.sweep() == 0  # nothing left, nothing applied twice
+    assert await h.flow.sweep() == 0  # nothing left, nothing applied twice
     assert (await h.entries()).count(EntryKind.RELEASE) == 2
 
 
@@ -345,11 +354,11 @@ async def test_in_flight_limit_reserves_nothing_for_the_refused_one(make: Callab
 async def test_a_defective_portrait_earns_one_free_regeneration(make: Callable[..., Any]) -> None:
     h: Harness = await make(vision=DefectVision())
     generation_id = await h.create(num_images=1)
-    await h.service.run(generation_id=generation_id)
+    await h.flow.run(generation_id=generation_id)
     await h.fal.complete(h.fal.submissions[0].request_id, deliver=False)
     webhook = parse_webhook(h.fal.webhook_body(h.fal.submissions[0].request_id))
     assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
-    assert await h.service.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
+    assert await h.flow.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
     row = await h.row(generation_id)
     assert row.results[0]["quality"] == {"ok": False, "defects": ["extra_fingers"]}
     assert row.config["free_regeneration"] == "offered"
@@ -379,7 +388,7 @@ async def test_deleting_removes_the_files_only_once_the_deletion_committed(
     h.fal.complete_after = 0.1
     generation_id = await h.create()
     async with asyncio.timeout(15):
-        await h.service.run(generation_id=generation_id)
+        await h.flow.run(generation_id=generation_id)
     folder = tmp_path / "files" / storage_prefix(USER, generation_id)
     assert sorted(p.name for p in folder.iterdir()) == ["1.png", "2.png"]
 
@@ -421,7 +430,7 @@ async def test_polling_a_job_failed_by_the_model_releases_at_once(make: Callable
         )
 
     async with asyncio.timeout(15):
-        await asyncio.gather(h.service.run(generation_id=generation_id), fail_when_submitted())
+        await asyncio.gather(h.flow.run(generation_id=generation_id), fail_when_submitted())
     row = await h.row(generation_id)
     assert row.status is JobStatus.FAILED and row.error == "provider" and row.cost == 0
     assert await h.balance() == FUNDS
@@ -442,7 +451,7 @@ async def test_polling_through_an_outage_of_the_result_endpoint_still_delivers(
         h.fal.fail_nth(f"GET /fal-ai/flux-lora/requests/{job.request_id}", Fault.SERVER_ERROR, n=1)
 
     async with asyncio.timeout(15):
-        await asyncio.gather(h.service.run(generation_id=generation_id), outage_then_done())
+        await asyncio.gather(h.flow.run(generation_id=generation_id), outage_then_done())
     row = await h.row(generation_id)
     assert row.status is JobStatus.SUCCEEDED and row.cost == 10
     assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
@@ -454,7 +463,7 @@ async def test_a_webhook_for_a_job_failed_by_the_model_releases_at_once(
 ) -> None:
     h: Harness = await make()
     generation_id = await h.create()
-    await h.service.run(generation_id=generation_id)
+    await h.flow.run(generation_id=generation_id)
     request_id = h.fal.submissions[0].request_id
     await h.fal.complete(
         request_id,
@@ -467,12 +476,12 @@ async def test_a_webhook_for_a_job_failed_by_the_model_releases_at_once(
     if delivery != "error webhook":  # FAL says OK but left the payload out: the result endpoint decides
         webhook = RemoteWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
     assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
-    assert await h.service.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
+    assert await h.flow.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
     row = await h.row(generation_id)
     assert row.status is JobStatus.FAILED and await h.balance() == FUNDS
     assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
     assert "the image service failed." in _told(h)[-1]
-    assert not await h.service.finish(generation_id=generation_id, webhook=webhook)  # once only
+    assert not await h.flow.finish(generation_id=generation_id, webhook=webhook)  # once only
     assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
 
 
@@ -481,16 +490,16 @@ async def test_a_webhook_whose_result_fal_cannot_serve_now_waits_for_the_sweep(
 ) -> None:
     h: Harness = await make()
     generation_id = await h.create()
-    await h.service.run(generation_id=generation_id)
+    await h.flow.run(generation_id=generation_id)
     request_id = h.fal.submissions[0].request_id
     await h.fal.complete(request_id, deliver=False)
     webhook = RemoteWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
     assert await h.service.apply_webhook(generation_id=generation_id, webhook=webhook)
     h.fal.outage(times=4, status=502)  # every try of one result call
-    assert not await h.service.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
+    assert not await h.flow.finish(generation_id=generation_id, webhook=h.finishes.pop()[1])
     assert (await h.row(generation_id)).status is JobStatus.SUBMITTED and await h.balance() == FUNDS - 10
     h.clock.advance(timedelta(minutes=2))
-    assert await h.service.sweep() == 1  # FAL is back: the sweep's poll delivers
+    assert await h.flow.sweep() == 1  # FAL is back: the sweep's poll delivers
     row = await h.row(generation_id)
     assert row.status is JobStatus.SUCCEEDED and row.cost == 10
     assert await h.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
@@ -512,7 +521,7 @@ async def test_a_lora_that_expires_within_the_check_window_fails_once_then_is_re
     async def generate() -> ImageGeneration:
         generation_id = await h.create(num_images=1)
         async with asyncio.timeout(15):
-            await h.service.run(generation_id=generation_id)
+            await h.flow.run(generation_id=generation_id)
         return await h.row(generation_id)
 
     assert (await generate()).status is JobStatus.SUCCEEDED  # FAL's CDN answered: remembered a while
@@ -542,7 +551,7 @@ async def test_a_gone_lora_without_our_copy_fails_as_fal_fails_it_and_releases(
     h.fal.expire_file(avatar.lora_url)
     generation_id = await h.create(num_images=1)
     async with asyncio.timeout(15):
-        await h.service.run(generation_id=generation_id)
+        await h.flow.run(generation_id=generation_id)
     row = await h.row(generation_id)
     assert row.status is JobStatus.FAILED and await h.balance() == FUNDS
     assert "the image service failed." in _told(h)[-1]

@@ -14,11 +14,11 @@ from openai import AsyncOpenAI
 from aisha.avatars.models import AvatarType
 from aisha.generation.enhance import (
     MODEL_PROMPT_MAX_CHARS,
-    OpenAIPromptWriter,
     PromptEnhancer,
     PromptSubject,
     enhance_deterministic,
 )
+from aisha.providers.openai_chat import OpenAIPromptWriter
 from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_json_schema
 
 TRIGGER = "ohwx1a2b3c4d5e"

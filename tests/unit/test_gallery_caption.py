@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aisha.bot.routers.generation import gallery_caption
-from aisha.generation.service import GalleryCard
+from aisha.bot.presenters.generation import gallery_caption
+from aisha.generation.models import GalleryCard
 from aisha.i18n import Translator
 from aisha.sandbox import parse_html
 

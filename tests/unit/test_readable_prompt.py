@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aisha.bot.routers.generation import readable_prompt
+from aisha.bot.presenters.generation import readable_prompt
 
 
 def test_a_portraits_token_reads_as_me() -> None:

@@ -6,7 +6,7 @@ cinematic detail the user did not ask for (light, lens and camera, composition) 
 detail for portraits, never overrides what the user did ask for (an explicit style, framing or
 light), and keeps the result within what the model reads.
 
-The LLM layer (OpenAI chat with structured output) translates a non-English prompt to English
+The LLM layer (a PromptWriter: an OpenAI chat model with structured output) translates a non-English prompt to English
 and enriches it; whatever it returns still goes through the deterministic layer. On a timeout,
 an error or no client at all the user's own prompt goes through the deterministic layer alone.
 """
@@ -14,17 +14,13 @@ an error or no client at all the user's own prompt goes through the deterministi
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from aisha.avatars.models import AvatarType
-
-if TYPE_CHECKING:
-    from openai import AsyncOpenAI
+from aisha.generation.models import EnhancedPrompt, PromptSubject
+from aisha.generation.ports import PromptWriter
 
 log = structlog.get_logger(__name__)
 
@@ -72,26 +68,6 @@ _PORTRAIT_LENS = "shot on a full-frame camera, 85mm lens, shallow depth of field
 _SCENE_LENS = "shot on a full-frame camera, 35mm lens"
 _COMPOSITION_DETAIL = "balanced cinematic composition"
 _PHOTO_QUALITY = "photorealistic, highly detailed"
-
-
-@dataclass(frozen=True, slots=True)
-class PromptSubject:
-    """The avatar a prompt is generated with."""
-
-    trigger_phrase: str
-    type: AvatarType
-
-
-@dataclass(frozen=True, slots=True)
-class EnhancedPrompt:
-    text: str
-    llm_used: bool  # False: the deterministic layer alone (no charge for enhancement either way)
-
-
-class PromptWriter(Protocol):
-    """The LLM layer: English, enriched, without the trigger phrase (the deterministic layer adds it)."""
-
-    async def rewrite(self, prompt: str, *, portrait: bool) -> str: ...
 
 
 # --- the deterministic layer -----------------------------------------------------------------
@@ -158,63 +134,6 @@ def enhance_deterministic(
     return text
 
 
-# --- the LLM layer ---------------------------------------------------------------------------
-
-_WRITER_SYSTEM = (
-    "You write prompts for the FLUX image model. Rewrite the user's request as one English image "
-    "prompt: translate it if it is not in English, keep every concrete thing the user asked for "
-    "(subject, clothing, place, style, framing, light, mood) and never replace an explicit choice, "
-    "then enrich it with concrete visual detail (setting, materials, colours, atmosphere). "
-    "When the user refers to themselves, write 'me'. Do not add names, trigger words, text to "
-    "render, or anything sexual or violent that was not asked for. At most {words} words. "
-    "Answer with the JSON object only."
-)
-_WRITER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "prompt": {"type": "string", "description": "the English image prompt"},
-        "source_language": {"type": "string", "description": "ISO 639-1 code of the user's language"},
-    },
-    "required": ["prompt", "source_language"],
-    "additionalProperties": False,
-}
-
-
-class OpenAIPromptWriter:
-    """The LLM layer over the official `openai` client (chat completions, json_schema output)."""
-
-    def __init__(self, client: AsyncOpenAI, *, model: str, max_words: int = 120) -> None:
-        self._client = client
-        self._model = model
-        self._max_words = max_words
-
-    async def rewrite(self, prompt: str, *, portrait: bool) -> str:
-        hint = " The image is a portrait of the user." if portrait else ""
-        response = await self._client.chat.completions.create(
-            model=self._model,
-            messages=[
-                {"role": "system", "content": _WRITER_SYSTEM.format(words=self._max_words) + hint},
-                {"role": "user", "content": prompt},
-            ],
-            response_format={
-                "type": "json_schema",
-                "json_schema": {"name": "image_prompt", "strict": True, "schema": _WRITER_SCHEMA},
-            },
-            temperature=0.4,
-        )
-        return _json_field(response.choices[0].message.content if response.choices else None, "prompt")
-
-
-def _json_field(content: str | None, name: str) -> str:
-    if not content:
-        raise ValueError("the model returned no content")
-    data = json.loads(content)
-    value = data.get(name) if isinstance(data, dict) else None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"the model's answer has no {name!r}")
-    return value.strip()
-
-
 class PromptEnhancer:
     def __init__(
         self,
@@ -245,3 +164,12 @@ class PromptEnhancer:
                 log.warning("generation.enhance_llm_failed", error=type(exc).__name__)
         text = enhance_deterministic(rewritten or prompt, subject=subject, max_chars=self._max_chars)
         return EnhancedPrompt(text=text, llm_used=rewritten is not None)
+
+
+__all__ = [
+    "MODEL_PROMPT_MAX_CHARS",
+    "EnhancedPrompt",
+    "PromptEnhancer",
+    "PromptSubject",
+    "enhance_deterministic",
+]

@@ -19,6 +19,10 @@ class GenerationUnavailable(GenerationError):
     """The provider (FAL, or the vision model for photo-to-prompt) is not configured."""
 
 
+class VisionUnavailable(GenerationUnavailable):
+    """No vision model is configured: a photo can't become a prompt."""
+
+
 class EmptyPrompt(GenerationError):
     pass
 
@@ -51,3 +55,11 @@ class WrongGenerationStatus(GenerationError):
 
 class FreeRegenerationUnavailable(GenerationError):
     """No defect was found, or the free regeneration was already used."""
+
+
+class InvalidRequest(GenerationError, ValueError):
+    """A request no button of ours makes (an unknown ratio, an image count out of range)."""
+
+
+class GenerationFailed(GenerationError):
+    """The provider ran the job and it failed, or its result (or an image of it) is gone."""

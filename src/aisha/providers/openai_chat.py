@@ -1,5 +1,7 @@
-"""Vision through any OpenAI-compatible model: a reference photo to a prompt, and a quality check
-of generated portraits. Both answer with structured output (json_schema)."""
+"""OpenAI-compatible chat models for image generation: the LLM that rewrites a prompt in English
+(`OpenAIPromptWriter`, the feature's PromptWriter) and the vision model that turns a reference photo
+into a prompt and checks generated portraits (`OpenAIVision`, its Vision). Both ask for structured
+output (json_schema); the feature keeps the fallbacks and timeouts around them."""
 
 from __future__ import annotations
 
@@ -7,35 +9,78 @@ import asyncio
 import base64
 import io
 import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
+from aisha.generation.models import QualityVerdict
+
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+
+# --- the prompt writer -----------------------------------------------------------------------
+
+_WRITER_SYSTEM = (
+    "You write prompts for the FLUX image model. Rewrite the user's request as one English image "
+    "prompt: translate it if it is not in English, keep every concrete thing the user asked for "
+    "(subject, clothing, place, style, framing, light, mood) and never replace an explicit choice, "
+    "then enrich it with concrete visual detail (setting, materials, colours, atmosphere). "
+    "When the user refers to themselves, write 'me'. Do not add names, trigger words, text to "
+    "render, or anything sexual or violent that was not asked for. At most {words} words. "
+    "Answer with the JSON object only."
+)
+_WRITER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prompt": {"type": "string", "description": "the English image prompt"},
+        "source_language": {"type": "string", "description": "ISO 639-1 code of the user's language"},
+    },
+    "required": ["prompt", "source_language"],
+    "additionalProperties": False,
+}
+
+
+class OpenAIPromptWriter:
+    """The LLM layer over the official `openai` client (chat completions, json_schema output)."""
+
+    def __init__(self, client: AsyncOpenAI, *, model: str, max_words: int = 120) -> None:
+        self._client = client
+        self._model = model
+        self._max_words = max_words
+
+    async def rewrite(self, prompt: str, *, portrait: bool) -> str:
+        hint = " The image is a portrait of the user." if portrait else ""
+        response = await self._client.chat.completions.create(
+            model=self._model,
+            messages=[
+                {"role": "system", "content": _WRITER_SYSTEM.format(words=self._max_words) + hint},
+                {"role": "user", "content": prompt},
+            ],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "image_prompt", "strict": True, "schema": _WRITER_SCHEMA},
+            },
+            temperature=0.4,
+        )
+        return _json_field(response.choices[0].message.content if response.choices else None, "prompt")
+
+
+def _json_field(content: str | None, name: str) -> str:
+    if not content:
+        raise ValueError("the model returned no content")
+    data = json.loads(content)
+    value = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"the model's answer has no {name!r}")
+    return value.strip()
+
+
+# --- vision ----------------------------------------------------------------------------------
 
 # The model sees at most this many pixels on the long side: enough for scene and defects.
 MAX_SIDE = 1024
 DEFECTS = ("distorted_eyes", "extra_fingers", "broken_face", "other")
 Detail = Literal["low", "high"]
-
-
-@dataclass(frozen=True, slots=True)
-class QualityVerdict:
-    ok: bool
-    defects: tuple[str, ...] = field(default_factory=tuple)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "defects": list(self.defects)}
-
-
-class Vision(Protocol):
-    async def describe(self, image: bytes) -> str:
-        """An image prompt for the scene, light, clothing and pose; never who the person is."""
-        ...
-
-    async def check_quality(self, image: bytes) -> QualityVerdict: ...
 
 
 _DESCRIBE_SYSTEM = (
@@ -150,3 +195,6 @@ class OpenAIVision:
             tuple(d for d in raw if isinstance(d, str) and d in DEFECTS) if isinstance(raw, list) else ()
         )
         return QualityVerdict(ok=data["ok"] and not defects, defects=defects)
+
+
+__all__ = ["DEFECTS", "MAX_SIDE", "OpenAIPromptWriter", "OpenAIVision", "data_url"]
