@@ -46,7 +46,7 @@ from aisha.generation.errors import (
     TooManyInFlight,
     VisionUnavailable,
 )
-from aisha.generation.models import GenerationRequest, Source
+from aisha.generation.models import DraftBasis, GenerationRequest, Source
 from aisha.i18n import Texts
 from aisha.operations import Busy
 from aisha.users.models import User
@@ -90,6 +90,30 @@ def _draft_error(t: Texts, error: GenerationError) -> str:
     return t("generation.not_found")
 
 
+def _new_draft(
+    basis: DraftBasis, source: Source, file_id: str | None, from_generation: uuid.UUID | None, index: int
+) -> dict[str, Any]:
+    """The card being configured, as the FSM keeps it (its id is in every button of the card)."""
+    draft: dict[str, Any] = {
+        "id": secrets.token_hex(4),
+        "source": source.value,
+        "prompt": basis.prompt,
+        "ratio": basis.ratio,
+        "n": basis.num_images,
+        "file_id": file_id,
+        "from": from_generation.hex if from_generation else None,
+        "index": index,
+        "avatar_id": None,
+    }
+    if basis.avatar is not None:
+        draft |= {
+            "avatar_id": basis.avatar.id.hex,
+            "avatar_name": basis.avatar.name,
+            "avatar_type": basis.avatar.type.value,
+        }
+    return draft
+
+
 async def start_draft(
     message: Message,
     services: Services,
@@ -121,23 +145,7 @@ async def start_draft(
         return
     if source is not Source.REGENERATE:
         await state.update_data({CHOSEN_AVATAR_KEY: None})  # for this one card
-    draft: dict[str, Any] = {
-        "id": secrets.token_hex(4),
-        "source": source.value,
-        "prompt": basis.prompt,
-        "ratio": basis.ratio,
-        "n": basis.num_images,
-        "file_id": file_id,
-        "from": from_generation.hex if from_generation else None,
-        "index": index,
-        "avatar_id": None,
-    }
-    if basis.avatar is not None:
-        draft |= {
-            "avatar_id": basis.avatar.id.hex,
-            "avatar_name": basis.avatar.name,
-            "avatar_type": basis.avatar.type.value,
-        }
+    draft = _new_draft(basis, source, file_id, from_generation, index)
     await state.update_data({DRAFT_KEY: draft})
     if basis.avatar is None and source is not Source.REGENERATE:
         price = services.generation.unit_price(with_avatar=False)
