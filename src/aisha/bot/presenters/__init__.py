@@ -1,0 +1,1 @@
+"""Presenters: how each feature's results and events read to users (texts, HTML, keyboards)."""
