@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiogram import F, Router
@@ -51,10 +52,6 @@ from aisha.users.models import User
 
 if TYPE_CHECKING:
     from aisha.container import Services
-
-    _Action = Callable[
-        [Services, AsyncSession, CallbackQuery, Message, User, Texts, FSMContext, uuid.UUID], Awaitable[None]
-    ]
 
 REVIEW_MESSAGE_KEY = "review_message"  # FSM data: the review whose Start and Cancel are shown
 
@@ -330,103 +327,60 @@ async def show_gallery(
     await present.show_gallery(message, t, views)
 
 
-async def _open(
-    services: Services,
-    session: AsyncSession,
-    query: CallbackQuery,
-    message: Message,
-    user: User,
-    t: Texts,
-    state: FSMContext,
-    avatar_id: uuid.UUID,
-) -> None:
-    view = await services.avatars.get(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
-    await query.answer()
-    await present.show_card(message, t, view)
+@dataclass(frozen=True, slots=True)
+class _Press:
+    """A press on an avatar's card, with what its action needs."""
+
+    services: Services
+    session: AsyncSession
+    query: CallbackQuery
+    message: Message
+    user_id: int
+    t: Texts
+    state: FSMContext
 
 
-async def _set_main(
-    services: Services,
-    session: AsyncSession,
-    query: CallbackQuery,
-    message: Message,
-    user: User,
-    t: Texts,
-    state: FSMContext,
-    avatar_id: uuid.UUID,
-) -> None:
-    await services.avatars.set_main(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
-    view = await services.avatars.get(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
-    await query.answer(t("avatars.main_set"))
-    await present.show_card(message, t, view)
+async def _open(p: _Press, avatar_id: uuid.UUID) -> None:
+    view = await p.services.avatars.get(session=p.session, user_id=p.user_id, avatar_id=avatar_id)
+    await p.query.answer()
+    await present.show_card(p.message, p.t, view)
 
 
-async def _rename(
-    services: Services,
-    session: AsyncSession,
-    query: CallbackQuery,
-    message: Message,
-    user: User,
-    t: Texts,
-    state: FSMContext,
-    avatar_id: uuid.UUID,
-) -> None:
-    await services.avatars.get(session=session, user_id=user.telegram_id, avatar_id=avatar_id)  # ownership
-    await state.set_state(AvatarRenaming.naming)
-    await state.update_data(rename_id=str(avatar_id))
-    await query.answer()
-    await message.answer(t("avatars.ask_new_name", max=MAX_NAME_LENGTH))
+async def _set_main(p: _Press, avatar_id: uuid.UUID) -> None:
+    await p.services.avatars.set_main(session=p.session, user_id=p.user_id, avatar_id=avatar_id)
+    view = await p.services.avatars.get(session=p.session, user_id=p.user_id, avatar_id=avatar_id)
+    await p.query.answer(p.t("avatars.main_set"))
+    await present.show_card(p.message, p.t, view)
 
 
-async def _photos(
-    services: Services,
-    session: AsyncSession,
-    query: CallbackQuery,
-    message: Message,
-    user: User,
-    t: Texts,
-    state: FSMContext,
-    avatar_id: uuid.UUID,
-) -> None:
-    photos = await services.avatars.sample_photos(
-        session=session, user_id=user.telegram_id, avatar_id=avatar_id
-    )
-    await query.answer()
-    await present.send_samples(message, t, photos)
+async def _rename(p: _Press, avatar_id: uuid.UUID) -> None:
+    await p.services.avatars.get(session=p.session, user_id=p.user_id, avatar_id=avatar_id)  # ownership
+    await p.state.set_state(AvatarRenaming.naming)
+    await p.state.update_data(rename_id=str(avatar_id))
+    await p.query.answer()
+    await p.message.answer(p.t("avatars.ask_new_name", max=MAX_NAME_LENGTH))
 
 
-async def _ask_delete(
-    services: Services,
-    session: AsyncSession,
-    query: CallbackQuery,
-    message: Message,
-    user: User,
-    t: Texts,
-    state: FSMContext,
-    avatar_id: uuid.UUID,
-) -> None:
-    view = await services.avatars.deletable(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
-    await query.answer()
-    await present.ask_delete(message, t, view)
+async def _photos(p: _Press, avatar_id: uuid.UUID) -> None:
+    photos = await p.services.avatars.sample_photos(session=p.session, user_id=p.user_id, avatar_id=avatar_id)
+    await p.query.answer()
+    await present.send_samples(p.message, p.t, photos)
 
 
-async def _delete(
-    services: Services,
-    session: AsyncSession,
-    query: CallbackQuery,
-    message: Message,
-    user: User,
-    t: Texts,
-    state: FSMContext,
-    avatar_id: uuid.UUID,
-) -> None:
-    await services.avatars.delete(session=session, user_id=user.telegram_id, avatar_id=avatar_id)
-    views = await services.avatars.list_avatars(session=session, user_id=user.telegram_id)
-    await query.answer(t("avatars.deleted"))
-    await present.show_gallery(message, t, views, edit=True)
+async def _ask_delete(p: _Press, avatar_id: uuid.UUID) -> None:
+    view = await p.services.avatars.deletable(session=p.session, user_id=p.user_id, avatar_id=avatar_id)
+    await p.query.answer()
+    await present.ask_delete(p.message, p.t, view)
 
 
-_ACTIONS: dict[str, _Action] = {
+async def _delete(p: _Press, avatar_id: uuid.UUID) -> None:
+    await p.services.avatars.delete(session=p.session, user_id=p.user_id, avatar_id=avatar_id)
+    views = await p.services.avatars.list_avatars(session=p.session, user_id=p.user_id)
+    await p.query.answer(p.t("avatars.deleted"))
+    await present.show_gallery(p.message, p.t, views, edit=True)
+
+
+_ACTIONS: dict[str, Callable[[_Press, uuid.UUID], Awaitable[None]]] = {
     "open": _open,
     "main": _set_main,
     "rename": _rename,
@@ -457,7 +411,7 @@ async def gallery_action(
     try:
         if avatar_id is None or message is None or action is None:
             raise AvatarNotFound(callback_data.id)
-        await action(services, session, query, message, user, t, state, avatar_id)
+        await action(_Press(services, session, query, message, user.telegram_id, t, state), avatar_id)
     except (AvatarNotFound, WrongAvatarStatus, ValueError):
         # Someone else's avatar, a deleted one, or tampered data: all look the same.
         await query.answer(t("errors.bad_button"), show_alert=True)
