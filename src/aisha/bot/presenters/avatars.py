@@ -17,9 +17,11 @@ from aiogram.types import (
     Message,
 )
 
+from aisha.avatars.errors import NotEnoughPhotos, TrainingUnavailable
 from aisha.avatars.models import AvatarStatus, AvatarType, AvatarView, Review, UploadStatus
 from aisha.i18n import Texts, Translator
 from aisha.messaging import Button, Buttons, Messenger
+from aisha.operations import Busy
 
 log = structlog.get_logger(__name__)
 
@@ -125,6 +127,17 @@ class AvatarNotifier:
 
 
 # --- the wizard ------------------------------------------------------------------------------
+
+
+def refusal(t: Texts, error: Exception) -> str:
+    """The alert for a review or a start the service refused (nothing was held or written)."""
+    if isinstance(error, Busy):
+        return t("limits.busy")
+    if isinstance(error, NotEnoughPhotos):
+        return t("avatars.not_enough", accepted=error.accepted, required=error.required)
+    if isinstance(error, TrainingUnavailable):
+        return t("avatars.unavailable")
+    return t("errors.bad_button")  # AvatarNotFound, WrongAvatarStatus: a stale or foreign button
 
 
 def _button(text: str, data: str) -> InlineKeyboardButton:

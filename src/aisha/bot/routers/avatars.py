@@ -207,13 +207,8 @@ async def review(
         summary, photos = await services.avatars.open_review(
             session=session, user_id=user.telegram_id, avatar_id=avatar_id
         )
-    except NotEnoughPhotos as error:
-        await query.answer(
-            t("avatars.not_enough", accepted=error.accepted, required=error.required), show_alert=True
-        )
-        return
-    except (AvatarNotFound, WrongAvatarStatus):
-        await query.answer(t("errors.bad_button"), show_alert=True)
+    except (NotEnoughPhotos, AvatarNotFound, WrongAvatarStatus) as error:
+        await query.answer(present.refusal(t, error), show_alert=True)
         return
     await query.answer()
     if not isinstance(query.message, Message):
@@ -281,24 +276,13 @@ async def _train(
         avatar = await services.avatars.start_training(
             session=session, user_id=user.telegram_id, avatar_id=avatar_id
         )
-    except Busy:
-        await query.answer(t("limits.busy"), show_alert=True)
-        return
     except InsufficientCredits as error:
         await _remember(services, state, avatar_id)  # nothing is held: a top-up offers to continue
         await query.answer()
         await message.answer(insufficient_text(t, error), reply_markup=insufficient_keyboard(t))
         return
-    except NotEnoughPhotos as error:
-        await query.answer(
-            t("avatars.not_enough", accepted=error.accepted, required=error.required), show_alert=True
-        )
-        return
-    except TrainingUnavailable:
-        await query.answer(t("avatars.unavailable"), show_alert=True)
-        return
-    except (AvatarNotFound, WrongAvatarStatus):
-        await query.answer(t("errors.bad_button"), show_alert=True)
+    except (Busy, NotEnoughPhotos, TrainingUnavailable, AvatarNotFound, WrongAvatarStatus) as error:
+        await query.answer(present.refusal(t, error), show_alert=True)
         return
     if await _draft_id(state) == avatar_id:
         await state.clear()  # the wizard of this avatar is done
