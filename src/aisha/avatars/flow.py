@@ -52,6 +52,15 @@ class _Due:
     unkept: list[uuid.UUID]  # READY with no copy of the LoRA recorded
 
 
+def _unanswered(avatar_id: uuid.UUID) -> tuple[Any, ...]:
+    """Being submitted, FAL's answer not recorded (so never to be sent twice)."""
+    return (
+        Avatar.id == avatar_id,
+        Avatar.status == AvatarStatus.SUBMITTING,
+        Avatar.provider_request_id.is_(None),
+    )
+
+
 class AvatarFlow(AvatarOutcomes):
     # --- training --------------------------------------------------------------------------------
 
@@ -178,11 +187,7 @@ class AvatarFlow(AvatarOutcomes):
         async with unit_of_work(self._sessions) as session:
             await session.execute(
                 update(Avatar)
-                .where(
-                    Avatar.id == avatar_id,
-                    Avatar.status == AvatarStatus.SUBMITTING,
-                    Avatar.provider_request_id.is_(None),
-                )
+                .where(*_unanswered(avatar_id))
                 .values(status=AvatarStatus.PENDING, updated_at=self._clock.now())
                 .execution_options(synchronize_session=False)
             )
@@ -196,11 +201,7 @@ class AvatarFlow(AvatarOutcomes):
         async with unit_of_work(self._sessions) as session:
             await session.execute(
                 update(Avatar)
-                .where(
-                    Avatar.id == avatar_id,
-                    Avatar.status == AvatarStatus.SUBMITTING,
-                    Avatar.provider_request_id.is_(None),
-                )
+                .where(*_unanswered(avatar_id))
                 .values(
                     status=AvatarStatus.SUBMITTED,
                     provider_endpoint=request.endpoint,

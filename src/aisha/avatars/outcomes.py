@@ -199,26 +199,31 @@ class AvatarOutcomes:
     async def _capture(
         self, session: AsyncSession, avatar_id: uuid.UUID, hold_id: uuid.UUID, price: int
     ) -> None:
-        try:
-            await self._ledger.capture(
+        await self._resolve_hold(
+            avatar_id,
+            self._ledger.capture(
                 session=session,
                 hold_id=hold_id,
                 amount=price,
                 key=f"avatar:{avatar_id}:capture",
                 description="avatars.ledger.trained",
-            )
-        except (HoldAlreadyResolved, HoldNotFound) as exc:
-            # The hold expired first (HOLD_TTL_SECONDS shorter than the training took).
-            log.error("avatar.hold_not_active", avatar_id=str(avatar_id), error=str(exc))
+            ),
+        )
 
     async def _release(self, session: AsyncSession, avatar_id: uuid.UUID, hold_id: uuid.UUID) -> None:
-        try:
-            await self._ledger.release(
+        await self._resolve_hold(
+            avatar_id,
+            self._ledger.release(
                 session=session,
                 hold_id=hold_id,
                 key=f"avatar:{avatar_id}:release",
                 description="avatars.ledger.refund",
-            )
+            ),
+        )
+
+    async def _resolve_hold(self, avatar_id: uuid.UUID, resolution: Awaitable[object]) -> None:
+        try:
+            await resolution
         except (HoldAlreadyResolved, HoldNotFound) as exc:
             # The hold expired first (HOLD_TTL_SECONDS shorter than the training took).
             log.error("avatar.hold_not_active", avatar_id=str(avatar_id), error=str(exc))
