@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from aisha.avatars.errors import AvatarNotFound, NotEnoughPhotos, WrongAvatarStatus
 from aisha.avatars.models import Avatar, AvatarPhoto, AvatarRules, AvatarStatus, AvatarType, TrainingOutput
+from aisha.avatars.photos import PhotoUpload
 from aisha.avatars.ports import TrainingRequest, TrainingState
 from aisha.avatars.service import AvatarService, photo_prefix
 from aisha.avatars.validation import PhotoValidator
@@ -287,6 +288,34 @@ async def world(db: Database, tmp_path: Path) -> World:
     w = World(db, tmp_path)
     await w.users()
     return w
+
+
+async def test_a_photo_sent_to_the_wizard_is_numbered_and_queued_once_the_update_commits(
+    world: World,
+) -> None:
+    avatar_id = await world.draft()
+    for number, file_id in enumerate(("F1", "F2"), start=1):
+        async with unit_of_work(world.db.sessions) as session:
+            upload = PhotoUpload(file_id=file_id, file_size=1000, file_name=f"{file_id}.jpg")
+            assert await world.photos.receive(
+                session=session, user_id=OWNER, avatar_id=avatar_id, upload=upload
+            )
+            assert len(world.photo_jobs) == number - 1  # not before the commit
+        assert world.photo_jobs[-1] == {
+            "user_id": OWNER,
+            "avatar_id": str(avatar_id),
+            "file_id": file_id,
+            "file_size": 1000,
+            "number": number,
+            "file_name": f"{file_id}.jpg",
+        }
+    # Someone else's draft, or none: nothing to add the photo to, nothing queued.
+    async with unit_of_work(world.db.sessions) as session:
+        upload = PhotoUpload(file_id="F3")
+        assert not await world.photos.receive(
+            session=session, user_id=OTHER, avatar_id=avatar_id, upload=upload
+        )
+    assert len(world.photo_jobs) == 2
 
 
 async def test_parallel_photos_respect_the_limit_and_duplicates_under_the_lock(world: World) -> None:
