@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import SecretStr
@@ -17,12 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.admin.service import BROADCAST_JOB, AdminRules, AdminService
 from aisha.api.fal import FalWebhookRegistry
-from aisha.avatars.service import KEEP_JOB, TRAIN_JOB, AvatarNotifier, AvatarRules, AvatarService
-from aisha.avatars.training import FalTrainer, TrainerConfig
+from aisha.avatars.models import AvatarRules
+from aisha.avatars.ports import KEEP_JOB as AVATAR_KEEP_JOB
+from aisha.avatars.ports import PHOTO_JOB as AVATAR_PHOTO_JOB
+from aisha.avatars.ports import TRAIN_JOB as AVATAR_TRAIN_JOB
+from aisha.avatars.service import AvatarService
 from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThresholds
 from aisha.billing.payments import PaymentService, StarRefunds
 from aisha.billing.prices import PriceList, load_prices
 from aisha.billing.service import LedgerService
+from aisha.bot.presenters.avatars import AvatarNotifier
 from aisha.bot.throttle import Throttle, create_throttle
 from aisha.clock import Clock, SystemClock
 from aisha.config import ConfigError, Settings, TranscriptionBackend
@@ -45,6 +49,7 @@ from aisha.notices import NoticeRules, NoticeService
 from aisha.operations import PaidOperations
 from aisha.providers.fal import FalClient
 from aisha.providers.fal_images import FalImageGenerator, GeneratorConfig
+from aisha.providers.fal_training import FalTrainer, TrainerConfig
 from aisha.providers.fal_webhook import FalWebhookVerifier
 from aisha.providers.local_transcriber import (
     LocalModel,
@@ -450,7 +455,8 @@ def local_speech_model(settings: Settings) -> LocalModel | None:
 
 
 def _wire_avatars(services: Services) -> None:
-    """Avatars: the trainer on FAL, the photo checks, jobs, the recovery check and webhook routing."""
+    """Avatars: the trainer on FAL, the photo checks, the service and webhook routing (its jobs:
+    `jobs/avatars.py`)."""
     settings = services.settings
     services.fal_verifier = FalWebhookVerifier(
         settings.fal_jwks_url, http=services.http, clock=services.clock, user_id=settings.fal_user_id
@@ -464,6 +470,7 @@ def _wire_avatars(services: Services) -> None:
                 style_endpoint=settings.fal_style_endpoint,
                 portrait_steps=settings.avatar_portrait_steps,
                 style_steps=settings.avatar_style_steps,
+                public_base_url=settings.public_base_url,
             ),
         )
     thresholds = ValidationThresholds(
@@ -473,10 +480,13 @@ def _wire_avatars(services: Services) -> None:
     )
 
     async def enqueue_training(avatar_id: uuid.UUID) -> None:
-        await services.queue.enqueue(TRAIN_JOB, avatar_id=str(avatar_id))
+        await services.queue.enqueue(AVATAR_TRAIN_JOB, avatar_id=str(avatar_id))
 
     async def enqueue_keep(avatar_id: uuid.UUID) -> None:
-        await services.queue.enqueue(KEEP_JOB, avatar_id=str(avatar_id))
+        await services.queue.enqueue(AVATAR_KEEP_JOB, avatar_id=str(avatar_id))
+
+    async def enqueue_photo(**photo: Any) -> None:
+        await services.queue.enqueue(AVATAR_PHOTO_JOB, **photo)
 
     services.avatars = AvatarService(
         sessions=services.sessions,
@@ -496,48 +506,20 @@ def _wire_avatars(services: Services) -> None:
             photo_retention=timedelta(seconds=settings.avatar_photo_retention_seconds),
             draft_ttl=timedelta(seconds=settings.avatar_draft_ttl_seconds),
             duplicate_max_distance=settings.photo_duplicate_max_distance,
-            public_base_url=settings.public_base_url,
             archive_route=settings.archive_route,
         ),
+        operations=PaidOperations(services.locks),
         enqueue_training=enqueue_training,
         enqueue_keep=enqueue_keep,
+        enqueue_photo=enqueue_photo,
         metrics=services.metrics.jobs,
     )
     avatars = services.avatars
-
-    async def photo_job(
-        *,
-        user_id: int,
-        avatar_id: str,
-        file_id: str,
-        file_size: int | None = None,
-        number: int = 0,
-        file_name: str | None = None,
-        **_queued_before: object,  # jobs queued by an older version also carried message_id
-    ) -> None:
-        await avatars.intake_photo(
-            user_id=user_id,
-            avatar_id=uuid.UUID(avatar_id),
-            file_id=file_id,
-            file_size=file_size,
-            number=number,
-            file_name=file_name,
-        )
-
-    async def train_job(*, avatar_id: str) -> None:
-        await avatars.train(avatar_id=uuid.UUID(avatar_id))
-
-    async def keep_job(*, avatar_id: str) -> None:
-        await avatars.keep_lora(avatar_id=uuid.UUID(avatar_id))
 
     async def on_webhook(row_id: str, webhook: RemoteWebhook) -> bool:
         avatar_id = parse_uuid(row_id)
         return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
 
-    services.queue.register("avatars.photo", photo_job)
-    services.queue.register(TRAIN_JOB, train_job)
-    services.queue.register(KEEP_JOB, keep_job)
-    services.recovery.register("avatars.stuck", avatars.sweep)
     services.fal_webhooks.register("avatar", on_webhook)
 
 

@@ -616,7 +616,7 @@ async def test_a_submission_with_no_answer_is_kept_until_the_timeout_then_releas
     assert await _balance(app, user.id) == BONUS - PRICE
     # A minute on, no webhook came: FAL never had it (or lost it).
     later = FrozenClock(datetime.now(UTC) + timedelta(seconds=61))
-    monkeypatch.setattr(app.services.avatars, "_clock", later)
+    monkeypatch.setattr(app.services.avatars.flow, "_clock", later)
     await app.services.recovery.run_once()
     assert await _status_is(db, avatar_id, AvatarStatus.FAILED)
     await app.services.recovery.run_once()
@@ -668,8 +668,8 @@ async def test_a_crash_right_after_fal_accepted_ends_ready_and_charged_once(
     db: Database,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    avatars = app.services.avatars
-    record = avatars._submitted
+    flow = app.services.avatars.flow
+    record = flow._submitted
     crashes: list[uuid.UUID] = []
 
     async def dies_once(avatar_id: uuid.UUID, request: Any) -> None:
@@ -678,7 +678,7 @@ async def test_a_crash_right_after_fal_accepted_ends_ready_and_charged_once(
             raise ConnectionResetError("the database went away before FAL's answer was stored")
         await record(avatar_id, request)
 
-    monkeypatch.setattr(avatars, "_submitted", dies_once)
+    monkeypatch.setattr(flow, "_submitted", dies_once)
     user = FakeUser(id=7901, language_code="en")
     avatar_id = await _seed_and_train(app, telegram, user)
     job = await _submitted(fal)

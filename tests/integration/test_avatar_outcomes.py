@@ -15,22 +15,33 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from aisha.avatars.models import CONFIG_KEY, LORA_KEY, LORA_LOST, Avatar, AvatarStatus, AvatarType
-from aisha.avatars.service import AvatarNotifier, AvatarRules, AvatarService, lora_prefix
-from aisha.avatars.training import FalTrainer, TrainerConfig
+from aisha.avatars.models import (
+    CONFIG_KEY,
+    LORA_KEY,
+    LORA_LOST,
+    Avatar,
+    AvatarRules,
+    AvatarStatus,
+    AvatarType,
+)
+from aisha.avatars.service import AvatarService, lora_prefix
 from aisha.avatars.validation import PhotoValidator
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.billing.prices import PriceList
 from aisha.billing.service import LedgerService
+from aisha.bot.presenters.avatars import AvatarNotifier
 from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.i18n import Translator
+from aisha.operations import PaidOperations
 from aisha.providers.fal import FalClient
+from aisha.providers.fal_training import FalTrainer, TrainerConfig
 from aisha.providers.fal_webhook import parse_webhook
 from aisha.remote import RemoteWebhook
 from aisha.sandbox.fake_fal import FakeFalServer, png_bytes
 from aisha.sandbox.faults import Fault
 from aisha.storage import LocalStorage
+from aisha.users.locks import UserLocks
 from aisha.users.models import User
 from tests.conftest import Database
 from tests.integration.test_avatar_service import ScriptedMessenger
@@ -54,6 +65,9 @@ class World:
         async def enqueue(avatar_id: uuid.UUID) -> None:
             raise AssertionError("training is not started here")
 
+        async def enqueue_photo(**photo: object) -> None:
+            raise AssertionError("no photos are sent here")
+
         async def enqueue_keep(avatar_id: uuid.UUID) -> None:
             self.kept.append(avatar_id)
 
@@ -65,14 +79,24 @@ class World:
             prices=PriceList(),
             validator=PhotoValidator(nsfw=None),
             trainer=FalTrainer(
-                self.client, TrainerConfig(PORTRAIT, "fal-ai/flux-lora-fast-training", 2500, 1000)
+                self.client,
+                TrainerConfig(
+                    PORTRAIT,
+                    "fal-ai/flux-lora-fast-training",
+                    2500,
+                    1000,
+                    public_base_url="https://bot.example",
+                ),
             ),
             messenger=self.messenger,
             notifier=AvatarNotifier(messenger=self.messenger, translator=Translator.load()),
-            rules=AvatarRules(public_base_url="https://bot.example"),
+            rules=AvatarRules(),
+            operations=PaidOperations(UserLocks()),
             enqueue_training=enqueue,
             enqueue_keep=enqueue_keep,
+            enqueue_photo=enqueue_photo,
         )
+        self.flow = self.service.flow
 
     async def training(self) -> tuple[uuid.UUID, str]:
         """An avatar FAL is training, its credits held: (its id, FAL's request id)."""
@@ -169,10 +193,10 @@ async def test_polling_a_training_the_model_failed_releases_it_at_once(
         request_id, error="Training failed", error_status=error[0], documented_type=error[1]
     )
     world.clock.advance(timedelta(minutes=16))  # no webhook came: the sweep polls FAL
-    assert await world.service.sweep() == 1
+    assert await world.flow.sweep() == 1
     await _assert_failed_once(world, avatar_id)
     world.clock.advance(timedelta(hours=4))  # past the timeout: nothing applies twice
-    assert await world.service.sweep() == 0
+    assert await world.flow.sweep() == 0
     await _assert_failed_once(world, avatar_id)
 
 
@@ -184,11 +208,11 @@ async def test_polling_through_an_outage_of_the_result_endpoint_waits_then_deliv
     result = f"GET /{PORTRAIT}/requests/{request_id}"  # the status path contains it too: call 1
     for n in range(2, 6):
         world.fal.fail_nth(result, Fault.SERVER_ERROR, n)
-    assert await world.service.sweep() == 0
+    assert await world.flow.sweep() == 0
     assert (
         await world.avatar(avatar_id)
     ).status is AvatarStatus.SUBMITTED and await world.balance() == FUNDS - PRICE
-    assert await world.service.sweep() == 1  # FAL is back
+    assert await world.flow.sweep() == 1  # FAL is back
     assert (await world.avatar(avatar_id)).status is AvatarStatus.READY
     assert await world.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
 
@@ -208,9 +232,9 @@ async def test_a_webhook_for_a_training_the_model_failed_releases_it_at_once(
     webhook = parse_webhook(world.fal.webhook_body(request_id))
     if delivery != "error webhook":  # FAL says OK but left the payload out: the result endpoint decides
         webhook = RemoteWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
-    assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+    assert await world.flow.apply_webhook(avatar_id=avatar_id, webhook=webhook)
     await _assert_failed_once(world, avatar_id)
-    assert not await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)  # FAL's retry
+    assert not await world.flow.apply_webhook(avatar_id=avatar_id, webhook=webhook)  # FAL's retry
     await _assert_failed_once(world, avatar_id)
 
 
@@ -219,10 +243,10 @@ async def test_a_webhook_whose_result_fal_cannot_serve_now_leaves_it_to_the_swee
     await world.fal.complete(request_id, deliver=False)
     webhook = RemoteWebhook(request_id=request_id, status="OK", payload=None, payload_error="too large")
     world.fal.outage(times=4, status=502)
-    assert not await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+    assert not await world.flow.apply_webhook(avatar_id=avatar_id, webhook=webhook)
     assert (await world.avatar(avatar_id)).status is AvatarStatus.SUBMITTED
     world.clock.advance(timedelta(minutes=16))
-    assert await world.service.sweep() == 1
+    assert await world.flow.sweep() == 1
     assert (
         await world.avatar(avatar_id)
     ).status is AvatarStatus.READY and await world.balance() == FUNDS - PRICE
@@ -234,7 +258,7 @@ async def test_a_webhook_whose_result_fal_cannot_serve_now_leaves_it_to_the_swee
 async def _ready(world: World) -> tuple[uuid.UUID, Avatar]:
     avatar_id, request_id = await world.training()
     await world.fal.complete(request_id, deliver=False)
-    assert await world.service.apply_webhook(
+    assert await world.flow.apply_webhook(
         avatar_id=avatar_id, webhook=parse_webhook(world.fal.webhook_body(request_id))
     )
     avatar = await world.avatar(avatar_id)
@@ -249,7 +273,7 @@ def _fal_file(world: World, url: str) -> bytes:
 async def test_a_trained_lora_and_its_config_are_copied_into_our_storage(world: World) -> None:
     avatar_id, avatar = await _ready(world)
     assert world.kept == [avatar_id]  # queued after the commit
-    await world.service.keep_lora(avatar_id=avatar_id)
+    await world.flow.keep_lora(avatar_id=avatar_id)
     kept = (await world.avatar(avatar_id)).training_config
     assert kept[LORA_KEY] == f"{lora_prefix(OWNER, avatar_id)}/lora.safetensors"
     assert await world.storage.get(kept[LORA_KEY]) == _fal_file(world, str(avatar.lora_url))
@@ -257,16 +281,16 @@ async def test_a_trained_lora_and_its_config_are_copied_into_our_storage(world: 
     assert kept["steps"] == 2500  # what was sent stays
     # FAL's media expiry no longer matters; a repeated job changes nothing.
     world.fal.expire_file(str(avatar.lora_url))
-    await world.service.keep_lora(avatar_id=avatar_id)
+    await world.flow.keep_lora(avatar_id=avatar_id)
     assert (await world.avatar(avatar_id)).training_config == kept
 
 
 async def test_a_copy_lost_to_a_crash_is_made_by_the_sweep(world: World) -> None:
     avatar_id, avatar = await _ready(world)
     world.kept.clear()  # the process died before its `keep_lora` job ran
-    assert await world.service.sweep() == 0  # the job gets `poll_after` first
+    assert await world.flow.sweep() == 0  # the job gets `poll_after` first
     world.clock.advance(timedelta(minutes=16))
-    assert await world.service.sweep() == 1
+    assert await world.flow.sweep() == 1
     assert world.kept == [avatar_id]
 
     # That job dies after storing the files, before recording them: the next one finishes it.
@@ -274,35 +298,35 @@ async def test_a_copy_lost_to_a_crash_is_made_by_the_sweep(world: World) -> None
         raise RuntimeError("killed")
 
     prefix = lora_prefix(OWNER, avatar_id)
-    original = world.service._locked
-    world.service._locked = died  # type: ignore[method-assign]
+    original = world.flow._locked
+    world.flow._locked = died  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        await world.service.keep_lora(avatar_id=avatar_id)
-    world.service._locked = original  # type: ignore[method-assign]
+        await world.flow.keep_lora(avatar_id=avatar_id)
+    world.flow._locked = original  # type: ignore[method-assign]
     assert await world.storage.exists(f"{prefix}/lora.safetensors")
     assert LORA_KEY not in (await world.avatar(avatar_id)).training_config
     world.kept.clear()
-    assert await world.service.sweep() == 1 and world.kept == [avatar_id]
-    await world.service.keep_lora(avatar_id=avatar_id)
+    assert await world.flow.sweep() == 1 and world.kept == [avatar_id]
+    await world.flow.keep_lora(avatar_id=avatar_id)
     kept = (await world.avatar(avatar_id)).training_config
     assert await world.storage.get(kept[LORA_KEY]) == _fal_file(world, str(avatar.lora_url))
     world.kept.clear()
-    assert await world.service.sweep() == 0 and world.kept == []  # kept: nothing more to do
+    assert await world.flow.sweep() == 0 and world.kept == []  # kept: nothing more to do
 
 
 async def test_a_lora_fal_expired_before_the_copy_is_marked_lost_and_not_retried(world: World) -> None:
     avatar_id, avatar = await _ready(world)
     world.fal.expire_file(str(avatar.lora_url))
-    await world.service.keep_lora(avatar_id=avatar_id)
+    await world.flow.keep_lora(avatar_id=avatar_id)
     assert (await world.avatar(avatar_id)).training_config[LORA_LOST] is True
     world.clock.advance(timedelta(minutes=16))
     world.kept.clear()
-    assert await world.service.sweep() == 0 and world.kept == []
+    assert await world.flow.sweep() == 0 and world.kept == []
 
 
 async def test_deleting_the_avatar_deletes_our_copy(world: World) -> None:
     avatar_id, _ = await _ready(world)
-    await world.service.keep_lora(avatar_id=avatar_id)
+    await world.flow.keep_lora(avatar_id=avatar_id)
     prefix = lora_prefix(OWNER, avatar_id)
     assert await world.storage.exists(f"{prefix}/lora.safetensors")
     async with unit_of_work(world.db.sessions) as session:

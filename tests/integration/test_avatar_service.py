@@ -15,28 +15,26 @@ from PIL import Image, ImageOps
 from sqlalchemy import select
 
 from aisha.avatars.errors import AvatarNotFound, NotEnoughPhotos, WrongAvatarStatus
-from aisha.avatars.models import Avatar, AvatarPhoto, AvatarStatus, AvatarType
-from aisha.avatars.service import (
-    REVIEW_CALLBACK,
-    AvatarNotifier,
-    AvatarRules,
-    AvatarService,
-    photo_prefix,
-)
-from aisha.avatars.training import TrainingRequest, TrainingState
+from aisha.avatars.models import Avatar, AvatarPhoto, AvatarRules, AvatarStatus, AvatarType, TrainingOutput
+from aisha.avatars.photos import PhotoUpload
+from aisha.avatars.ports import TrainingRequest, TrainingState
+from aisha.avatars.service import AvatarService, photo_prefix
 from aisha.avatars.validation import PhotoValidator
 from aisha.billing.errors import InsufficientCredits
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.billing.prices import PriceList
 from aisha.billing.service import LedgerService
+from aisha.bot.presenters.avatars import REVIEW_CALLBACK, AvatarNotifier
 from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.i18n import Translator
 from aisha.messaging import Button, Buttons
-from aisha.providers.fal import TrainingOutput
+from aisha.operations import PaidOperations
+from aisha.providers.fal import parse_training_result
 from aisha.remote import RemoteRefused, RemoteUnavailable, RemoteWebhook
 from aisha.storage import LocalStorage
 from aisha.storage.public import PublicRoute
+from aisha.users.locks import UserLocks
 from aisha.users.models import User
 from tests.conftest import Database
 
@@ -121,13 +119,13 @@ class ScriptedTrainer:
         return f"https://fal.media/files/upload-{len(self.uploads)}.zip"
 
     async def submit(
-        self, *, avatar_type: AvatarType, images_url: str, trigger_phrase: str, webhook_url: str | None
+        self, *, avatar_type: AvatarType, images_url: str, trigger_phrase: str, avatar_id: uuid.UUID
     ) -> TrainingRequest:
         self.attempts += 1
         if self.fail_submit is not None:
             raise self.fail_submit
         request_id = f"req-{len(self.submitted) + 1}"
-        self.submitted.append({"url": images_url, "trigger": trigger_phrase, "webhook": webhook_url})
+        self.submitted.append({"url": images_url, "trigger": trigger_phrase, "avatar_id": avatar_id})
         return TrainingRequest(endpoint="fal-ai/trainer", request_id=request_id, payload={"steps": 1})
 
     async def state(self, *, endpoint: str, request_id: str) -> TrainingState:
@@ -136,8 +134,18 @@ class ScriptedTrainer:
     async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
         return TrainingOutput(lora_url="https://fal/lora.safetensors", config_url=None)
 
+    def parse_output(self, payload: dict[str, Any]) -> TrainingOutput:
+        parsed = parse_training_result(payload)  # FAL's shape, as the scripted webhooks carry it
+        return TrainingOutput(lora_url=parsed.lora_url, config_url=parsed.config_url)
+
+    def endpoint(self, avatar_type: AvatarType) -> str:
+        return "fal-ai/trainer"
+
     async def cancel(self, *, endpoint: str, request_id: str) -> None:
         self.cancelled.append(request_id)
+
+    async def download(self, url: str) -> bytes:
+        raise AssertionError("no copy of the LoRA is made here")
 
 
 class World:
@@ -155,12 +163,16 @@ class World:
         self.trainer = ScriptedTrainer()
         self.enqueued: list[uuid.UUID] = []
         self.kept: list[uuid.UUID] = []  # `avatars.keep_lora` jobs queued
+        self.photo_jobs: list[dict[str, Any]] = []  # `avatars.photo` jobs queued
 
         async def enqueue(avatar_id: uuid.UUID) -> None:
             self.enqueued.append(avatar_id)
 
         async def enqueue_keep(avatar_id: uuid.UUID) -> None:
             self.kept.append(avatar_id)
+
+        async def enqueue_photo(**photo: Any) -> None:
+            self.photo_jobs.append(photo)
 
         self.service = AvatarService(
             sessions=db.sessions,
@@ -175,12 +187,14 @@ class World:
             rules=AvatarRules(
                 min_photos=2,
                 max_photos=3,
-                public_base_url="https://bot.example",
                 archive_route=PublicRoute.SIGNED_LINK if signer else PublicRoute.PROVIDER_UPLOAD,
             ),
+            operations=PaidOperations(UserLocks()),
             enqueue_training=enqueue,
             enqueue_keep=enqueue_keep,
+            enqueue_photo=enqueue_photo,
         )
+        self.flow, self.photos = self.service.flow, self.service.photos
 
     async def users(self, credits: int = FUNDS) -> None:
         async with unit_of_work(self.db.sessions) as session:
@@ -232,7 +246,7 @@ class World:
         self.clock.advance(timedelta(seconds=1))
         async with unit_of_work(self.db.sessions) as session:
             await self.service.confirm(session=session, user_id=OWNER, avatar_id=avatar_id)
-        await self.service.train(avatar_id=avatar_id)
+        await self.flow.train(avatar_id=avatar_id)
         return avatar_id
 
     async def avatar(self, avatar_id: uuid.UUID) -> Avatar:
@@ -276,6 +290,34 @@ async def world(db: Database, tmp_path: Path) -> World:
     return w
 
 
+async def test_a_photo_sent_to_the_wizard_is_numbered_and_queued_once_the_update_commits(
+    world: World,
+) -> None:
+    avatar_id = await world.draft()
+    for number, file_id in enumerate(("F1", "F2"), start=1):
+        async with unit_of_work(world.db.sessions) as session:
+            upload = PhotoUpload(file_id=file_id, file_size=1000, file_name=f"{file_id}.jpg")
+            assert await world.photos.receive(
+                session=session, user_id=OWNER, avatar_id=avatar_id, upload=upload
+            )
+            assert len(world.photo_jobs) == number - 1  # not before the commit
+        assert world.photo_jobs[-1] == {
+            "user_id": OWNER,
+            "avatar_id": str(avatar_id),
+            "file_id": file_id,
+            "file_size": 1000,
+            "number": number,
+            "file_name": f"{file_id}.jpg",
+        }
+    # Someone else's draft, or none: nothing to add the photo to, nothing queued.
+    async with unit_of_work(world.db.sessions) as session:
+        upload = PhotoUpload(file_id="F3")
+        assert not await world.photos.receive(
+            session=session, user_id=OTHER, avatar_id=avatar_id, upload=upload
+        )
+    assert len(world.photo_jobs) == 2
+
+
 async def test_parallel_photos_respect_the_limit_and_duplicates_under_the_lock(world: World) -> None:
     avatar_id = await world.draft()
 
@@ -283,7 +325,7 @@ async def test_parallel_photos_respect_the_limit_and_duplicates_under_the_lock(w
         return list(
             await asyncio.gather(
                 *(
-                    world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id=f, number=n)
+                    world.photos.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id=f, number=n)
                     for n, f in enumerate(file_ids, start=1)
                 )
             )
@@ -312,7 +354,7 @@ async def test_parallel_photos_respect_the_limit_and_duplicates_under_the_lock(w
 
 async def test_a_photo_for_someone_elses_draft_is_ignored(world: World) -> None:
     avatar_id = await world.draft()
-    assert await world.service.intake_photo(user_id=OTHER, avatar_id=avatar_id, file_id="A", number=1) is None
+    assert await world.photos.intake_photo(user_id=OTHER, avatar_id=avatar_id, file_id="A", number=1) is None
     assert world.files(avatar_id) == [] and world.messenger.sent == []
 
 
@@ -320,7 +362,7 @@ async def test_a_photo_over_the_size_limit_is_refused_without_being_fetched(worl
     # A local Bot API server would fetch a 2 GB "photo" to its disk on getFile: the size the
     # message gave is enough to refuse it. "huge" is not among the messenger's files either.
     avatar_id = await world.draft()
-    outcome = await world.service.intake_photo(
+    outcome = await world.photos.intake_photo(
         user_id=OWNER, avatar_id=avatar_id, file_id="huge", number=1, file_size=1_500 * 1024 * 1024
     )
     assert outcome is not None and (outcome.accepted, outcome.reason) == (False, "too_large")
@@ -339,7 +381,7 @@ async def test_racing_photo_jobs_share_one_status_message_that_ends_on_the_final
     world.messenger.delay = 0.05
     avatar_id = await world.draft(photos=1)
     jobs = [
-        world.service.intake_photo(
+        world.photos.intake_photo(
             user_id=OWNER, avatar_id=avatar_id, file_id=f"big-{n}", number=n, file_size=10**9
         )
         for n in range(1, 7)
@@ -350,7 +392,7 @@ async def test_racing_photo_jobs_share_one_status_message_that_ends_on_the_final
     assert "Not accepted: 6 photos" in text and "• photo 6 — file too large" in text
     assert "Accepted: 1 photo (you need 2–3)" in text
     # The turn was given back: a later photo is shown at once.
-    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=7)
+    await world.photos.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=7)
     text, buttons = world.messenger.shown[1]
     assert "Accepted: 2 photos" in text and buttons == [[Button("▶ Review and start", REVIEW_CALLBACK)]]
     assert len(world.messenger.sent) == 1
@@ -358,19 +400,19 @@ async def test_racing_photo_jobs_share_one_status_message_that_ends_on_the_final
 
 async def test_confirm_and_cancel_take_the_status_buttons_away(world: World, db: Database) -> None:
     avatar_id = await world.draft(photos=1)
-    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=1)
+    await world.photos.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=1)
     assert world.messenger.shown[1][1] is not None
     async with unit_of_work(db.sessions) as session:
         await world.service.confirm(session=session, user_id=OWNER, avatar_id=avatar_id)
-    await world.service.refresh_upload_status(user_id=OWNER, avatar_id=avatar_id)
+    await world.photos.refresh_upload_status(user_id=OWNER, avatar_id=avatar_id)
     text, buttons = world.messenger.shown[1]
     assert buttons is None and text.endswith("Accepted: 2 photos (you need 2–3).")
 
     # Cancelled: the caller is told which message still has its button.
     other = await world.draft(photos=1)
-    await world.service.intake_photo(user_id=OWNER, avatar_id=other, file_id="C", number=1)
+    await world.photos.intake_photo(user_id=OWNER, avatar_id=other, file_id="C", number=1)
     async with unit_of_work(db.sessions) as session:
-        discarded = await world.service.discard_draft(session=session, user_id=OWNER, avatar_id=other)
+        discarded = await world.photos.discard_draft(session=session, user_id=OWNER, avatar_id=other)
     assert discarded is not None and discarded.status_message == 2
 
 
@@ -378,7 +420,7 @@ async def test_training_that_begins_during_an_edit_leaves_no_button_behind(
     world: World, db: Database
 ) -> None:
     avatar_id = await world.draft(photos=1)
-    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=1)
+    await world.photos.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="B", number=1)
     messenger = world.messenger
     edit = messenger.edit_text
 
@@ -395,10 +437,10 @@ async def test_training_that_begins_during_an_edit_leaves_no_button_behind(
         await edit(*args, **kwargs)
 
     messenger.edit_text = confirmed_and_submitted_meanwhile  # type: ignore[method-assign]
-    await world.service.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="C", number=2)
+    await world.photos.intake_photo(user_id=OWNER, avatar_id=avatar_id, file_id="C", number=2)
     text, buttons = messenger.shown[1]
     assert "Accepted: 3 photos" in text and buttons is None  # the turn's holder took it away
-    await world.service.refresh_upload_status(user_id=OWNER, avatar_id=avatar_id)  # nothing more to do
+    await world.photos.refresh_upload_status(user_id=OWNER, avatar_id=avatar_id)  # nothing more to do
     assert len(messenger.sent) == 1
 
 
@@ -427,12 +469,10 @@ async def test_training_holds_and_submits_together_and_racing_outcomes_apply_onc
     avatar = await world.avatar(avatar_id)
     assert avatar.status is AvatarStatus.SUBMITTED and avatar.provider_request_id == "req-1"
     assert avatar.hold_id is not None and await world.balance() == FUNDS - PRICE
-    assert (
-        world.trainer.submitted[0]["webhook"]
-        == f"https://bot.example/webhooks/fal?kind=avatar&id={avatar_id}"
-    )
+    # The trainer is told whose training it is (FalTrainer puts it in FAL's webhook URL).
+    assert world.trainer.submitted[0]["avatar_id"] == avatar_id
     assert world.trainer.submitted[0]["url"].endswith("/training.zip")
-    await world.service.train(avatar_id=avatar_id)  # a repeated job does nothing
+    await world.flow.train(avatar_id=avatar_id)  # a repeated job does nothing
     assert len(world.trainer.submitted) == 1
 
     webhook = RemoteWebhook(
@@ -444,10 +484,10 @@ async def test_training_holds_and_submits_together_and_racing_outcomes_apply_onc
         },
     )
     forged = RemoteWebhook(request_id="req-other", status="ERROR", payload=None, error="x")
-    assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=forged) is False
+    assert await world.flow.apply_webhook(avatar_id=avatar_id, webhook=forged) is False
     results = await asyncio.gather(
-        *(world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook) for _ in range(4)),
-        world.service.sweep(),
+        *(world.flow.apply_webhook(avatar_id=avatar_id, webhook=webhook) for _ in range(4)),
+        world.flow.sweep(),
     )
     assert results[:4].count(True) == 1
     avatar = await world.avatar(avatar_id)
@@ -467,7 +507,7 @@ async def test_a_refusal_releases_the_committed_hold_and_tells_once(world: World
     assert await world.balance() == FUNDS
     assert await world.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.RELEASE]
     assert len(world.texts()) == 1 and "refused the job" in world.texts()[0]
-    await world.service.train(avatar_id=avatar_id)
+    await world.flow.train(avatar_id=avatar_id)
     assert world.trainer.attempts == 1 and len(world.texts()) == 1
     await world.settled()
 
@@ -482,14 +522,14 @@ async def test_unknown_submit_outcome_keeps_the_hold_is_never_resubmitted_and_th
     assert await world.balance() == FUNDS - PRICE
     # The job again (redelivered, or re-enqueued): FAL may have it, so it is not sent twice.
     world.trainer.fail_submit = None
-    await world.service.train(avatar_id=avatar_id)
+    await world.flow.train(avatar_id=avatar_id)
     world.clock.advance(timedelta(minutes=20))
-    await world.service.sweep()
+    await world.flow.sweep()
     assert world.trainer.attempts == 1 and world.enqueued == []
     assert (await world.avatar(avatar_id)).status is AvatarStatus.SUBMITTING
 
     webhook = RemoteWebhook(request_id="late-1", status="ERROR", payload=None, error="boom")
-    assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+    assert await world.flow.apply_webhook(avatar_id=avatar_id, webhook=webhook)
     avatar = await world.avatar(avatar_id)
     assert avatar.status is AvatarStatus.FAILED and avatar.provider_request_id == "late-1"
     assert await world.balance() == FUNDS
@@ -503,22 +543,22 @@ async def test_an_unknown_outcome_with_no_webhook_is_failed_and_released_after_t
     world.trainer.fail_submit = RemoteUnavailable("ReadTimeout", maybe_submitted=True)
     avatar_id = await world.submitted()
     world.clock.advance(timedelta(hours=2))
-    await world.service.sweep()  # nothing to poll: no request id
+    await world.flow.sweep()  # nothing to poll: no request id
     assert (await world.avatar(avatar_id)).status is AvatarStatus.SUBMITTING
     assert await world.balance() == FUNDS - PRICE and world.texts() == []
     world.clock.advance(timedelta(hours=1, seconds=1))
-    assert await world.service.sweep() >= 1
+    assert await world.flow.sweep() >= 1
     avatar = await world.avatar(avatar_id)
     assert avatar.status is AvatarStatus.FAILED and avatar.error == "timeout"
     assert await world.balance() == FUNDS
     assert world.trainer.cancelled == [] and world.trainer.attempts == 1
-    await world.service.sweep()
+    await world.flow.sweep()
     assert len(world.texts()) == 1 and "it took too long" in world.texts()[0]
     # FAL's late webhook finds the avatar settled and changes nothing.
     webhook = RemoteWebhook(
         request_id="late-2", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
     )
-    assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook) is False
+    assert await world.flow.apply_webhook(avatar_id=avatar_id, webhook=webhook) is False
     assert await world.balance() == FUNDS
     await world.settled()
 
@@ -529,7 +569,7 @@ async def test_a_crash_after_fal_accepted_is_settled_by_the_webhook_and_charged_
     async def crash(avatar_id: uuid.UUID, request: Any) -> None:
         raise ConnectionError("the process died before FAL's answer was recorded")
 
-    monkeypatch.setattr(world.service, "_submitted", crash)
+    monkeypatch.setattr(world.flow, "_submitted", crash)
     with pytest.raises(ConnectionError):
         await world.submitted()
     monkeypatch.undo()
@@ -537,7 +577,7 @@ async def test_a_crash_after_fal_accepted_is_settled_by_the_webhook_and_charged_
         avatar = await session.scalar(select(Avatar))
     assert avatar is not None and avatar.status is AvatarStatus.SUBMITTING
     assert avatar.provider_request_id is None and await world.balance() == FUNDS - PRICE
-    await world.service.train(avatar_id=avatar.id)  # the job is redelivered after the crash
+    await world.flow.train(avatar_id=avatar.id)  # the job is redelivered after the crash
     assert world.trainer.attempts == 1
 
     webhook = RemoteWebhook(
@@ -545,8 +585,8 @@ async def test_a_crash_after_fal_accepted_is_settled_by_the_webhook_and_charged_
         status="OK",
         payload={"diffusers_lora_file": {"url": "https://fal/l.safetensors"}},
     )
-    assert await world.service.apply_webhook(avatar_id=avatar.id, webhook=webhook)
-    assert await world.service.apply_webhook(avatar_id=avatar.id, webhook=webhook) is False
+    assert await world.flow.apply_webhook(avatar_id=avatar.id, webhook=webhook)
+    assert await world.flow.apply_webhook(avatar_id=avatar.id, webhook=webhook) is False
     ready = await world.avatar(avatar.id)
     assert ready.status is AvatarStatus.READY and ready.provider_request_id == "req-1"
     assert await world.entries() == [EntryKind.BONUS, EntryKind.HOLD, EntryKind.CAPTURE]
@@ -558,16 +598,16 @@ async def test_a_crash_after_fal_accepted_is_settled_by_the_webhook_and_charged_
 async def test_a_webhook_faster_than_the_recorded_answer_wins_and_the_answer_changes_nothing(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = world.service._submitted
+    record = world.flow._submitted
     webhook = RemoteWebhook(
         request_id="req-1", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
     )
 
     async def webhook_first(avatar_id: uuid.UUID, request: Any) -> None:
-        assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+        assert await world.flow.apply_webhook(avatar_id=avatar_id, webhook=webhook)
         await record(avatar_id, request)
 
-    monkeypatch.setattr(world.service, "_submitted", webhook_first)
+    monkeypatch.setattr(world.flow, "_submitted", webhook_first)
     avatar_id = await world.submitted()
     avatar = await world.avatar(avatar_id)
     assert avatar.status is AvatarStatus.READY and avatar.provider_request_id == "req-1"
@@ -584,10 +624,10 @@ async def test_a_certain_outage_keeps_the_hold_and_the_sweep_sends_it_once_more(
     assert len(pending) == 1 and pending[0].hold_id is not None
     assert await world.balance() == FUNDS - PRICE
     world.clock.advance(timedelta(minutes=20))
-    assert await world.service.sweep() == 1
+    assert await world.flow.sweep() == 1
     assert world.enqueued == [pending[0].id]
     world.trainer.fail_submit = None
-    await world.service.train(avatar_id=pending[0].id)
+    await world.flow.train(avatar_id=pending[0].id)
     avatar = await world.avatar(pending[0].id)
     assert avatar.status is AvatarStatus.SUBMITTED and avatar.hold_id == pending[0].hold_id
     assert await world.entries() == [EntryKind.BONUS, EntryKind.HOLD]  # held once for both tries
@@ -600,13 +640,13 @@ async def test_a_certain_outage_past_the_timeout_fails_and_releases(world: World
         await world.submitted()
     for _ in range(12):  # the sweep keeps trying; the first try's time still counts
         world.clock.advance(timedelta(minutes=16))
-        await world.service.sweep()
+        await world.flow.sweep()
         async with world.db.sessions() as session:
             avatar = await session.scalar(select(Avatar))
         assert avatar is not None
         if avatar.status is AvatarStatus.PENDING:
             with pytest.raises(RemoteUnavailable):
-                await world.service.train(avatar_id=avatar.id)
+                await world.flow.train(avatar_id=avatar.id)
     assert avatar.status is AvatarStatus.FAILED and await world.balance() == FUNDS
     assert len(world.texts()) == 1 and "it took too long" in world.texts()[0]
     await world.settled()
@@ -615,10 +655,10 @@ async def test_a_certain_outage_past_the_timeout_fails_and_releases(world: World
 async def test_timeout_cancels_at_the_provider_fails_and_releases(world: World) -> None:
     avatar_id = await world.submitted()
     world.clock.advance(timedelta(minutes=20))
-    await world.service.sweep()  # polled: still queued
+    await world.flow.sweep()  # polled: still queued
     assert (await world.avatar(avatar_id)).status is AvatarStatus.SUBMITTED
     world.clock.advance(timedelta(hours=3))
-    assert await world.service.sweep() >= 1
+    assert await world.flow.sweep() >= 1
     assert world.trainer.cancelled == ["req-1"]
     assert (await world.avatar(avatar_id)).status is AvatarStatus.FAILED
     assert await world.balance() == FUNDS
@@ -672,7 +712,7 @@ async def test_abandoned_drafts_and_their_files_are_swept(world: World) -> None:
     avatar_id = await world.draft(photos=2)
     assert len(world.files(avatar_id)) == 2
     world.clock.advance(timedelta(hours=25))
-    assert await world.service.sweep() == 1
+    assert await world.flow.sweep() == 1
     assert world.files(avatar_id) == []
     async with world.db.sessions() as session:
         assert await session.get(Avatar, avatar_id) is None
@@ -683,7 +723,7 @@ async def test_deleting_an_avatar_removes_its_files_only_once_the_deletion_commi
     webhook = RemoteWebhook(
         request_id="req-1", status="OK", payload={"diffusers_lora_file": {"url": "https://fal/l"}}
     )
-    assert await world.service.apply_webhook(avatar_id=avatar_id, webhook=webhook)
+    assert await world.flow.apply_webhook(avatar_id=avatar_id, webhook=webhook)
     # A kept file (retention would keep the photos; here a sample the gallery shows).
     key = f"{photo_prefix(OWNER, avatar_id)}/kept.jpg"
     await world.storage.put(key, PHOTO_A)

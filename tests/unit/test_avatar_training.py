@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
+
 import httpx
 import pytest
 
 from aisha.api.fal import FalWebhookRegistry
 from aisha.avatars.models import AvatarType
-from aisha.avatars.training import FalTrainer, TrainerConfig
 from aisha.avatars.validation import RejectReason
 from aisha.i18n import Translator
 from aisha.providers.fal import FalClient
+from aisha.providers.fal_training import FalTrainer, TrainerConfig
 from aisha.remote import RemoteWebhook
 
 CONFIG = TrainerConfig(
@@ -72,3 +75,13 @@ def test_every_reject_reason_and_failure_has_a_text(locale: str) -> None:
         assert translator.get(locale, f"avatars.refused.{reason}")
     for failure in ("provider", "timeout", "refused", "unavailable", "insufficient"):
         assert translator.get(locale, f"avatars.failure.{failure}")
+
+
+async def test_the_trainer_puts_the_avatar_in_fals_webhook_url_or_polls_without_one() -> None:
+    avatar_id = uuid.uuid4()
+    client = FalClient(key="k", http=httpx.AsyncClient())
+    webhook = FalTrainer(client, replace(CONFIG, public_base_url="https://bot.example")).webhook_url(
+        avatar_id
+    )
+    assert webhook == f"https://bot.example/webhooks/fal?kind=avatar&id={avatar_id}"
+    assert FalTrainer(client, CONFIG).webhook_url(avatar_id) is None

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aisha.avatars.models import AvatarType
-from aisha.avatars.service import REFUSED_SHOWN, REVIEW_CALLBACK, AvatarNotifier, UploadStatus
-from aisha.bot.routers.avatars import album_sizes
+from aisha.avatars.models import AvatarType, UploadStatus
+from aisha.bot.presenters.avatars import REFUSED_SHOWN, REVIEW_CALLBACK, AvatarNotifier, album_sizes
 from aisha.i18n import Translator
 from aisha.messaging import Button
 

@@ -32,3 +32,7 @@ class InvalidAvatarName(AvatarError):
 
 class TrainingUnavailable(AvatarError):
     """Training can't start on this deployment (no FAL key, or no URL FAL could fetch from)."""
+
+
+class TrainingFailed(AvatarError):
+    """The provider ran the training and it failed (or has no result): release the credits."""

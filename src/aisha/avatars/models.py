@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aisha.db.base import Base, Timestamps, UUIDPrimaryKey, str_enum, utcnow
+from aisha.storage.public import PublicRoute
 
 # Keys of `Avatar.training_config` that record our copy of the trained files (made when training
 # ends, so the avatar outlives FAL's media expiry): storage keys, or LORA_LOST when FAL's file
@@ -18,7 +20,7 @@ from aisha.db.base import Base, Timestamps, UUIDPrimaryKey, str_enum, utcnow
 LORA_KEY, CONFIG_KEY, LORA_LOST = "lora_key", "config_key", "lora_lost"
 # The key of `Avatar.training_config` that, while the wizard collects photos, keeps its one live
 # status message: its id, what it shows, the photos refused and who may edit it now (see
-# AvatarService.refresh_upload_status). Training replaces the whole dict with what FAL was sent.
+# AvatarPhotos.refresh_upload_status). Training replaces the whole dict with what FAL was sent.
 UPLOAD_KEY = "upload"
 
 
@@ -78,3 +80,80 @@ class AvatarPhoto(UUIDPrimaryKey, Base):
     # What validation measured, kept for support and threshold tuning.
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ----------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarRules:
+    min_photos: int = 10
+    max_photos: int = 20
+    training_timeout: timedelta = timedelta(hours=3)
+    poll_after: timedelta = timedelta(minutes=15)
+    photo_retention: timedelta = timedelta(0)
+    draft_ttl: timedelta = timedelta(hours=24)
+    duplicate_max_distance: int = 10
+    # How FAL gets the training archive (see storage/public.py).
+    archive_route: PublicRoute = PublicRoute.PROVIDER_UPLOAD
+
+    @property
+    def archive_ttl(self) -> timedelta:
+        """How long the archive's link (or FAL's copy) lives: the training's whole time limit, in
+        which FAL may queue it and fetch it late, plus an hour; not longer (the archive is faces)."""
+        return self.training_timeout + timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingOutput:
+    """A finished training's files on the provider's CDN."""
+
+    lora_url: str
+    config_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoOutcome:
+    accepted: bool
+    accepted_count: int
+    reason: str | None = None  # a RejectReason value, or "limit"
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    avatar_id: uuid.UUID
+    name: str
+    type: AvatarType
+    accepted: int
+    price: int
+    balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarView:
+    id: uuid.UUID
+    name: str
+    type: AvatarType
+    status: AvatarStatus
+    is_main: bool
+    photos: int  # photos still stored
+    queue_position: int | None  # among avatars waiting to be sent or trained
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    """What the wizard's status message shows."""
+
+    name: str
+    type: AvatarType
+    accepted: int
+    refused: list[tuple[int, str | None, str]]  # (upload number, file name, RejectReason value or "limit")
+    refused_count: int  # all refused so far; `refused` keeps the latest
+    collecting: bool  # still a draft: more photos may come, and review is offered
+
+
+@dataclass(frozen=True, slots=True)
+class DraftDiscarded:
+    """A discarded draft; `status_message`: its status message, whose button is still to go."""
+
+    status_message: int | None

@@ -22,19 +22,13 @@ import asyncio
 import functools
 import hashlib
 import os
-import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import TYPE_CHECKING, Any
 
 from aisha.avatars.imaging import (
-    DEFAULT_MAX_PIXELS,
-    SUPPORTED_FORMATS,
     CorruptImageError,
     DecodedImage,
     NotAnImageError,
@@ -46,13 +40,32 @@ from aisha.avatars.imaging import (
     perceptual_hash,
     write_training_zip,
 )
+from aisha.avatars.photo_checks import (
+    MEASURE_SHORT_SIDE,
+    NUDENET,
+    Detection,
+    Lazy,
+    NsfwDetector,
+    NudeNetDetector,
+    RejectReason,
+    ValidationThresholds,
+    face_cascade,
+    face_metrics,
+    face_reason,
+    faceless_reason,
+    find_faces,
+    nsfw_reason,
+    nsfw_scan,
+    resize_short_side,
+    whole_picture,
+)
 
 if TYPE_CHECKING:
-    import cv2
     import numpy as np
     from numpy.typing import NDArray
 
 __all__ = [
+    "NUDENET",
     "Detection",
     "NsfwDetector",
     "NudeNetDetector",
@@ -66,202 +79,6 @@ __all__ = [
     "perceptual_hash",
     "write_training_zip",
 ]
-
-# Sharpness and face detection are measured on a grayscale copy with this short side: Laplacian
-# variance depends on scale, so a fixed scale makes one threshold fit every resolution; it is also
-# the smallest short side we accept, so the copy is never upscaled for an accepted photo.
-_MEASURE_SHORT_SIDE = 512
-_FACE_CROP_SIDE = 128  # face crops are resized to this before their sharpness is measured
-_HAAR_MIN_FACE_PX = 24  # the cascade's own window; smaller faces can't be detected at all
-_NSFW_INPUT_MAX_SIDE = 640  # NudeNet resizes to 320×320 anyway; a smaller copy saves padding work
-
-
-class RejectReason(StrEnum):
-    TOO_LARGE = "too_large"
-    NOT_AN_IMAGE = "not_an_image"
-    CORRUPT = "corrupt"
-    TOO_MANY_PIXELS = "too_many_pixels"
-    TOO_SMALL = "too_small"
-    BLURRY = "blurry"
-    TOO_DARK = "too_dark"
-    TOO_BRIGHT = "too_bright"
-    NO_FACE = "no_face"
-    SEVERAL_FACES = "several_faces"
-    FACE_TOO_SMALL = "face_too_small"
-    NSFW = "nsfw"
-    DUPLICATE = "duplicate"
-
-
-_NSFW_LABELS = frozenset(
-    {
-        "FEMALE_GENITALIA_EXPOSED",
-        "FEMALE_BREAST_EXPOSED",
-        "MALE_GENITALIA_EXPOSED",
-        "ANUS_EXPOSED",
-        "BUTTOCKS_EXPOSED",
-    }
-)
-
-
-class ValidationThresholds(BaseModel):
-    """Every limit a photo is held to. Defaults were tuned on scikit-image's sample photos
-    (astronaut, coffee, chelsea, camera, coins, ...) and synthetic variants of them."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # Decoding.
-    max_file_bytes: int = Field(
-        20 * 1024 * 1024, gt=0, description="Refused before decoding (Telegram's cap)."
-    )
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="Declared width×height; bombs stop here.")
-    allowed_formats: tuple[str, ...] = Field(
-        SUPPORTED_FORMATS, min_length=1, description="Pillow format names."
-    )
-    analysis_max_side: int = Field(
-        1024, ge=_MEASURE_SHORT_SIDE, description="Long side of the copy the checks run on (JPEG draft mode)."
-    )
-    # Resolution.
-    min_short_side: int = Field(512, gt=0, description="Trainers work at 512–1024 px; smaller photos blur.")
-    # Exposure, grayscale 0–255 over the whole picture.
-    min_brightness: float = Field(40.0, ge=0, le=255, description="Mean below this: too dark.")
-    max_brightness: float = Field(220.0, ge=0, le=255, description="Mean above this: blown out.")
-    dark_level: int = Field(10, ge=0, le=255, description="A pixel at or below this is crushed black.")
-    max_dark_fraction: float = Field(0.75, ge=0, le=1, description="Share of crushed-black pixels allowed.")
-    bright_level: int = Field(245, ge=0, le=255, description="A pixel at or above this is clipped white.")
-    max_bright_fraction: float = Field(
-        0.6, ge=0, le=1, description="Share of clipped-white pixels allowed (a white studio wall is fine)."
-    )
-    # Without a detectable face a badly exposed picture is refused for its exposure (the likely cause).
-    faceless_bright_fraction: float = Field(
-        0.3, ge=0, le=1, description="Clipped-white share, no face found."
-    )
-    faceless_dark_fraction: float = Field(0.5, ge=0, le=1, description="Crushed-black share, no face found.")
-    # Exposure of the face itself (backlit portraits pass the global rule with a black face).
-    min_face_brightness: float = Field(45.0, ge=0, le=255)
-    max_face_brightness: float = Field(225.0, ge=0, le=255)
-    # Sharpness: variance of the Laplacian. With a face it is measured on the face (a sharp face on a
-    # blurred background is a good portrait; a sharp background behind a missed face is not).
-    min_sharpness: float = Field(40.0, ge=0, description="Whole picture at a 512 px short side.")
-    min_face_sharpness: float = Field(15.0, ge=0, description="Face crop resized to 128×128.")
-    # Faces (OpenCV Haar cascade; confidence is the cascade's final-stage level weight).
-    face_confidence: float = Field(
-        3.5,
-        description="A face this certain counts on its own (real faces measured 4.5–8, look-alikes ≤ 2.9).",
-    )
-    weak_face_confidence: float = Field(
-        1.5, description="A less certain face counts only when the NSFW model's face box confirms it."
-    )
-    face_search_min_fraction: float = Field(
-        0.06, gt=0, le=1, description="Smaller faces aren't searched for (the small scales cost most time)."
-    )
-    min_face_fraction: float = Field(0.08, gt=0, le=1, description="Face side / the picture's short side.")
-    min_face_px: int = Field(64, gt=0, description="Face side in original pixels.")
-    secondary_face_ratio: float = Field(
-        0.5, gt=0, le=1, description="Another face at least this size of the main one makes several_faces."
-    )
-    # NSFW (labels and scores from the NsfwDetector, NudeNet's by default).
-    nsfw_labels: frozenset[str] = Field(_NSFW_LABELS, description="Any of these at min score refuses.")
-    nsfw_min_score: float = Field(0.5, ge=0, le=1)
-    face_labels: frozenset[str] = Field(frozenset({"FACE_FEMALE", "FACE_MALE"}))
-    face_label_min_score: float = Field(0.25, ge=0, le=1)
-    # Near-duplicates: Hamming distance between 64-bit pHashes (resized copies measure 0–2, a mirrored
-    # or different photo 20+).
-    duplicate_max_distance: int = Field(10, ge=0, le=64)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ValidationThresholds:
-        if self.min_brightness >= self.max_brightness:
-            raise ValueError("min_brightness must be below max_brightness")
-        if self.weak_face_confidence > self.face_confidence:
-            raise ValueError("weak_face_confidence must not exceed face_confidence")
-        return self
-
-
-@dataclass(frozen=True, slots=True)
-class Detection:
-    """A labelled region found by an NsfwDetector, in the pixel coordinates of the array it was given."""
-
-    label: str
-    score: float
-    box: tuple[int, int, int, int]  # x, y, width, height
-
-
-class NsfwDetector(Protocol):
-    name: str
-
-    def detect(self, rgb: NDArray[np.uint8]) -> Sequence[Detection]:
-        """Labelled regions of an RGB image (H×W×3, uint8). Thread-safe."""
-        ...
-
-    def preload(self) -> None:
-        """Load the model now (at startup) rather than on the first photo."""
-        ...
-
-
-T = TypeVar("T")
-
-
-class _Lazy(Generic[T]):
-    """A value built once per process on first use, thread-safely."""
-
-    def __init__(self, factory: Callable[[], T]) -> None:
-        self._factory = factory
-        self._value: T | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> T:
-        if self._value is None:
-            with self._lock:
-                if self._value is None:
-                    self._value = self._factory()
-        assert self._value is not None
-        return self._value
-
-
-def _load_nudenet() -> Any:
-    from nudenet import NudeDetector  # type: ignore[import-untyped]  # heavy: onnxruntime
-
-    return NudeDetector()  # the 320n ONNX model ships inside the wheel
-
-
-_NUDENET: _Lazy[Any] = _Lazy(_load_nudenet)
-
-
-class NudeNetDetector:
-    """NudeNet 3 (YOLO-style ONNX detector): exposed/covered body parts and FACE_FEMALE/FACE_MALE."""
-
-    name = "nudenet"
-
-    def detect(self, rgb: NDArray[np.uint8]) -> Sequence[Detection]:
-        import cv2
-
-        # NudeNet expects what cv2.imread returns: BGR.
-        found = _NUDENET.get().detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        detections = []
-        for d in found:
-            x, y, w, h = (int(v) for v in d["box"])
-            detections.append(Detection(label=str(d["class"]), score=float(d["score"]), box=(x, y, w, h)))
-        return detections
-
-    def preload(self) -> None:
-        _NUDENET.get()
-
-
-NUDENET = NudeNetDetector()
-
-_thread_local = threading.local()
-
-
-def _face_cascade() -> cv2.CascadeClassifier:
-    import cv2
-
-    cascade: cv2.CascadeClassifier | None = getattr(_thread_local, "face_cascade", None)
-    if cascade is None:
-        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
-        if cascade.empty():
-            raise RuntimeError("OpenCV's frontal face Haar cascade could not be loaded")
-        _thread_local.face_cascade = cascade
-    return cascade
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,18 +94,9 @@ class PhotoVerdict:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Face:
-    x: int  # in the measuring copy's pixels
-    y: int
-    side: int
-    confidence: float
-    confirmed: bool
-
-
 # OpenCV and onnxruntime already spread one photo over the cores, so more workers than cores only
 # add memory (one decoded photo each), not speed.
-_default_executor: _Lazy[Executor] = _Lazy(
+_default_executor: Lazy[Executor] = Lazy(
     lambda: ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="photo-check")
 )
 
@@ -316,7 +124,7 @@ class PhotoValidator:
 
     def preload(self) -> None:
         """Load the models now (call once at startup, in a worker thread)."""
-        _face_cascade()
+        face_cascade()
         if self.nsfw is not None:
             self.nsfw.preload()
 
@@ -374,7 +182,7 @@ class PhotoValidator:
                 data,
                 max_pixels=t.max_pixels,
                 max_side=t.analysis_max_side,
-                min_short_side=_MEASURE_SHORT_SIDE,
+                min_short_side=MEASURE_SHORT_SIDE,
                 formats=t.allowed_formats,
             )
         except TooManyPixelsError as exc:
@@ -406,185 +214,23 @@ class PhotoValidator:
         accepted_hashes: Sequence[str],
         metrics: dict[str, Any],
     ) -> RejectReason | None:
-        import cv2
-
         t = self.thresholds
         if accepted_hashes:
             distance = min(hamming_distance(phash, known) for known in accepted_hashes)
             metrics["duplicate_distance"] = distance
             if distance <= t.duplicate_max_distance:
                 return RejectReason.DUPLICATE
-
-        gray = _resize_short_side(gray_full, _MEASURE_SHORT_SIDE)
-        brightness = float(gray.mean())
-        dark = float((gray <= t.dark_level).mean())
-        bright = float((gray >= t.bright_level).mean())
-        metrics.update(
-            brightness=round(brightness, 1), dark_fraction=round(dark, 3), bright_fraction=round(bright, 3)
-        )
-        if brightness < t.min_brightness or dark > t.max_dark_fraction:
-            return RejectReason.TOO_DARK
-        if brightness > t.max_brightness or bright > t.max_bright_fraction:
-            return RejectReason.TOO_BRIGHT
-
-        sharpness = float(cv2.Laplacian(gray, cv2.CV_64F).var())
-        metrics["sharpness"] = round(sharpness, 1)
-
-        detections: Sequence[Detection] | None = None
-        if self.nsfw is not None:
-            small = _resize_long_side(rgb, _NSFW_INPUT_MAX_SIDE)
-            detections = _rescale(self.nsfw.detect(small), gray.shape[1] / small.shape[1])
-            metrics["nsfw_detector"] = self.nsfw.name
-            best: dict[str, float] = {}
-            for d in detections:
-                best[d.label] = max(best.get(d.label, 0.0), round(d.score, 3))
-            metrics["detections"] = best
-        else:
-            metrics["nsfw"] = "skipped"
-
-        faces = self._faces(gray, detections)
+        gray = resize_short_side(gray_full, MEASURE_SHORT_SIDE)
+        light = whole_picture(gray, t, metrics)
+        if isinstance(light, RejectReason):
+            return light
+        detections = nsfw_scan(rgb, gray, self.nsfw, metrics)
+        faces = find_faces(gray, detections, t)
         scale_to_original = decoded.width / gray.shape[1]
-        metrics["faces"] = [
-            {
-                "box": [round(v * scale_to_original) for v in (f.x, f.y, f.side, f.side)],
-                "confidence": round(f.confidence, 2),
-                "confirmed": f.confirmed,
-            }
-            for f in faces
-        ]
-        main = faces[0] if faces else None
-
-        if main is None:
-            # Say why the face was likely lost when the picture shows it: that is what the user can fix.
-            if bright > t.faceless_bright_fraction:
-                return RejectReason.TOO_BRIGHT
-            if dark > t.faceless_dark_fraction:
-                return RejectReason.TOO_DARK
-            if sharpness < t.min_sharpness:
-                return RejectReason.BLURRY
-            return RejectReason.NO_FACE
-        face_gray = _crop_face(gray_full, main, gray_full.shape[1] / gray.shape[1])
-        face_sharpness = float(cv2.Laplacian(face_gray, cv2.CV_64F).var())
-        metrics["face_sharpness"] = round(face_sharpness, 1)
-        if face_sharpness < t.min_face_sharpness:
-            return RejectReason.BLURRY
-        if any(f.side >= main.side * t.secondary_face_ratio for f in faces[1:]):
-            return RejectReason.SEVERAL_FACES
-
-        face_fraction = main.side / min(gray.shape)
-        metrics["face_fraction"] = round(face_fraction, 3)
-        if face_fraction < t.min_face_fraction or main.side * scale_to_original < t.min_face_px:
-            return RejectReason.FACE_TOO_SMALL
-        face_brightness = float(face_gray.mean())
-        metrics["face_brightness"] = round(face_brightness, 1)
-        if face_brightness < t.min_face_brightness:
-            return RejectReason.TOO_DARK
-        if face_brightness > t.max_face_brightness:
-            return RejectReason.TOO_BRIGHT
-
-        if detections is not None:
-            nsfw = [d for d in detections if d.label in t.nsfw_labels and d.score >= t.nsfw_min_score]
-            if nsfw:
-                return RejectReason.NSFW
-        return None
-
-    def _faces(self, gray: NDArray[np.uint8], detections: Sequence[Detection] | None) -> list[_Face]:
-        """Clearly visible faces, largest first, one box per face."""
-        import numpy as np
-
-        t = self.thresholds
-        min_side = max(_HAAR_MIN_FACE_PX, round(min(gray.shape) * t.face_search_min_fraction))
-        # No histogram equalisation: on a flat background it stretches noise and hid real faces.
-        boxes, _levels, weights = _face_cascade().detectMultiScale3(
-            gray, scaleFactor=1.1, minNeighbors=4, minSize=(min_side, min_side), outputRejectLevels=True
-        )
-        model_faces = [
-            d.box for d in detections or () if d.label in t.face_labels and d.score >= t.face_label_min_score
-        ]
-        candidates = sorted(
-            (
-                _Face(
-                    int(x),
-                    int(y),
-                    int(w),
-                    float(weight),
-                    _confirmed((int(x), int(y), int(w), int(h)), model_faces),
-                )
-                for (x, y, w, h), weight in zip(boxes, np.ravel(weights), strict=True)
-                if float(weight) >= t.weak_face_confidence
-            ),
-            key=lambda f: f.confidence,
-            reverse=True,
-        )
-        clear = [f for f in candidates if f.confidence >= t.face_confidence or f.confirmed]
-        # The cascade often adds a second, larger box around the same head: keep the most certain one.
-        kept: list[_Face] = []
-        for face in clear:
-            if not any(_same_face(face, other) for other in kept):
-                kept.append(face)
-        return sorted(kept, key=lambda f: f.side, reverse=True)
-
-
-def _confirmed(box: tuple[int, int, int, int], model_faces: Sequence[tuple[int, int, int, int]]) -> bool:
-    x, y, w, h = box
-    cx, cy = x + w / 2, y + h / 2
-    return any(mx <= cx <= mx + mw and my <= cy <= my + mh for mx, my, mw, mh in model_faces)
-
-
-def _same_face(a: _Face, b: _Face) -> bool:
-    ax, ay = a.x + a.side / 2, a.y + a.side / 2
-    bx, by = b.x + b.side / 2, b.y + b.side / 2
-    return (b.x <= ax <= b.x + b.side and b.y <= ay <= b.y + b.side) or (
-        a.x <= bx <= a.x + a.side and a.y <= by <= a.y + a.side
-    )
-
-
-def _rescale(detections: Sequence[Detection], factor: float) -> list[Detection]:
-    return [
-        Detection(
-            d.label,
-            d.score,
-            (
-                round(d.box[0] * factor),
-                round(d.box[1] * factor),
-                round(d.box[2] * factor),
-                round(d.box[3] * factor),
-            ),
-        )
-        for d in detections
-    ]
-
-
-def _crop_face(gray_full: NDArray[np.uint8], face: _Face, factor: float) -> NDArray[np.uint8]:
-    import cv2
-    import numpy as np
-
-    x, y, side = round(face.x * factor), round(face.y * factor), max(1, round(face.side * factor))
-    crop = gray_full[y : y + side, x : x + side]
-    interpolation = cv2.INTER_AREA if side > _FACE_CROP_SIDE else cv2.INTER_LINEAR
-    resized = cv2.resize(crop, (_FACE_CROP_SIDE, _FACE_CROP_SIDE), interpolation=interpolation)
-    return np.asarray(resized, dtype=np.uint8)
-
-
-def _resize_short_side(image: NDArray[np.uint8], short: int) -> NDArray[np.uint8]:
-    import cv2
-    import numpy as np
-
-    h, w = image.shape[:2]
-    scale = short / min(h, w)
-    if scale >= 1:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
-
-
-def _resize_long_side(image: NDArray[np.uint8], long: int) -> NDArray[np.uint8]:
-    import cv2
-    import numpy as np
-
-    h, w = image.shape[:2]
-    scale = long / max(h, w)
-    if scale >= 1:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        metrics["faces"] = face_metrics(faces, scale_to_original)
+        if not faces:
+            return faceless_reason(light, t)
+        reason = face_reason(gray_full, gray, faces, scale_to_original, t, metrics)
+        if reason is None and detections is not None:
+            reason = nsfw_reason(detections, t)
+        return reason

@@ -1,4 +1,4 @@
-"""The trainer behind avatars: a Protocol the service depends on, and its FAL implementation.
+"""The avatar trainer on FAL (implements `aisha.avatars.ports.Trainer`).
 
 Schemas (fal.ai model pages, checked for this build):
 - ``fal-ai/flux-lora-portrait-trainer``: ``images_data_url``, ``trigger_phrase``, ``steps``
@@ -13,67 +13,19 @@ so the trainer never has to guess from a URL that, for a signed link, ends in a 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
-from aisha.avatars.models import AvatarType
-from aisha.providers.fal import FalClient, TrainingOutput, parse_training_result
+from aisha.avatars.errors import TrainingFailed
+from aisha.avatars.models import AvatarType, TrainingOutput
+from aisha.avatars.ports import TrainingRequest, TrainingState
+from aisha.providers.fal import FalClient, parse_training_result, webhook_url
 from aisha.remote import RemoteFailed, RemoteNotFound, RemoteState
 
 # A FLUX LoRA of rank 16 is about 90 MB; the trainers' largest ranks stay well under this.
 MAX_LORA_BYTES = 1024 * 1024 * 1024
-
-
-class TrainingFailed(Exception):
-    """The provider ran the training and it failed (or has no result): release the credits."""
-
-
-class TrainingState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"  # succeeded or failed: ask for the result
-    UNKNOWN = "unknown"  # the provider doesn't know the request (expired, or never queued)
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingRequest:
-    endpoint: str
-    request_id: str
-    payload: dict[str, Any]  # what was sent, kept as the avatar's training_config
-    queue_position: int | None = None
-
-
-class Trainer(Protocol):
-    async def submit(
-        self,
-        *,
-        avatar_type: AvatarType,
-        images_url: str,
-        trigger_phrase: str,
-        webhook_url: str | None,
-    ) -> TrainingRequest:
-        """Queue a training. Raises RemoteRefused (nothing queued), RemoteUnavailable."""
-        ...
-
-    async def state(self, *, endpoint: str, request_id: str) -> TrainingState: ...
-
-    async def upload_archive(self, data: bytes, *, expires_in: int) -> str:
-        """Put the training archive in the provider's storage for ``expires_in`` seconds; its URL."""
-        ...
-
-    async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
-        """The LoRA of a completed training; TrainingFailed if it failed or the result is gone."""
-        ...
-
-    async def cancel(self, *, endpoint: str, request_id: str) -> None: ...
-
-    async def download(self, url: str) -> bytes:
-        """A file of a finished training (the LoRA, its config) from the provider's CDN.
-
-        Raises RemoteNotFound when the file is gone, another RemoteError when it can't be had now.
-        """
-        ...
+WEBHOOK_KIND = "avatar"  # api/fal.py routes FAL's webhooks of this kind to the avatars
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +34,8 @@ class TrainerConfig:
     style_endpoint: str
     portrait_steps: int
     style_steps: int
+    # Where FAL posts its webhook; None: polling mode (the recovery sweep polls instead).
+    public_base_url: str | None = None
 
 
 class FalTrainer:
@@ -105,6 +59,12 @@ class FalTrainer:
             "data_archive_format": "zip",
         }
 
+    def webhook_url(self, avatar_id: uuid.UUID) -> str | None:
+        """Where FAL reports the end of this avatar's training; None in polling mode."""
+        if not self._config.public_base_url:
+            return None
+        return webhook_url(self._config.public_base_url, kind=WEBHOOK_KIND, row_id=avatar_id)
+
     async def upload_archive(self, data: bytes, *, expires_in: int) -> str:
         return await self._client.upload(
             data, file_name="training.zip", content_type="application/zip", expires_in=expires_in
@@ -121,11 +81,11 @@ class FalTrainer:
         avatar_type: AvatarType,
         images_url: str,
         trigger_phrase: str,
-        webhook_url: str | None,
+        avatar_id: uuid.UUID,
     ) -> TrainingRequest:
         endpoint = self.endpoint(avatar_type)
         payload = self.payload(avatar_type=avatar_type, images_url=images_url, trigger_phrase=trigger_phrase)
-        submission = await self._client.submit(endpoint, payload, webhook_url=webhook_url)
+        submission = await self._client.submit(endpoint, payload, webhook_url=self.webhook_url(avatar_id))
         # The archive URL is a bearer link to biometric data: don't keep it in the row.
         stored = {k: v for k, v in payload.items() if k != "images_data_url"}
         return TrainingRequest(
@@ -146,14 +106,16 @@ class FalTrainer:
             return TrainingState.RUNNING
         return TrainingState.QUEUED
 
+    def parse_output(self, payload: dict[str, Any]) -> TrainingOutput:
+        parsed = parse_training_result(payload)
+        return TrainingOutput(lora_url=parsed.lora_url, config_url=parsed.config_url)
+
     async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
         try:
             data = await self._client.result(endpoint, request_id)
-        except RemoteFailed as exc:
+        except (RemoteFailed, RemoteNotFound) as exc:
             raise TrainingFailed(str(exc)) from None
-        except RemoteNotFound as exc:
-            raise TrainingFailed(str(exc)) from None
-        return parse_training_result(data)
+        return self.parse_output(data)
 
     async def cancel(self, *, endpoint: str, request_id: str) -> None:
         await self._client.cancel(endpoint, request_id)
