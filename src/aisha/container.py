@@ -54,6 +54,7 @@ from aisha.providers.local_transcriber import (
     bundled_model,
     local_speech_installed,
 )
+from aisha.providers.redis_locks import create_user_locks
 from aisha.remote import RemoteWebhook
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
@@ -62,7 +63,7 @@ from aisha.transcription.audio import AudioConfig
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
 from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
 from aisha.transcription.service import TranscriptionService, TranscriptionSettings
-from aisha.users.locks import UserLocks, create_user_locks
+from aisha.users.locks import UserLocks
 from aisha.users.privacy import PrivacyService
 from aisha.users.service import UserService
 
