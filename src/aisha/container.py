@@ -15,7 +15,7 @@ import httpx
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from aisha.admin.service import BROADCAST_JOB, AdminRules, AdminService
+from aisha.admin.service import AdminRules, AdminService
 from aisha.api.fal import FalWebhookRegistry
 from aisha.avatars.service import KEEP_JOB, TRAIN_JOB, AvatarNotifier, AvatarRules, AvatarService
 from aisha.avatars.training import FalTrainer, TrainerConfig
@@ -40,9 +40,11 @@ from aisha.generation.service import (
 )
 from aisha.generation.vision import OpenAIVision
 from aisha.i18n import Translator
+from aisha.jobs.admin import broadcast_queue
 from aisha.jobs.metrics import create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
+from aisha.jobs.tasks import register_tasks
 from aisha.messaging import Messenger
 from aisha.metrics import Metrics
 from aisha.notices import NoticeRules, NoticeService
@@ -142,7 +144,7 @@ def build_services(
     signer = None
     if settings.public_base_url and settings.bot_token:
         signer = LinkSigner(link_secret(settings.bot_token.get_secret_value()), settings.public_base_url)
-    ledger = LedgerService(clock=clock, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+    ledger = build_ledger(settings, clock)
     # Job errors and generation latency: shared through Redis, where workers and API processes meet.
     metrics = Metrics(create_job_metrics(settings.redis_url))
     services = Services(
@@ -198,11 +200,13 @@ def build_services(
     _wire_transcription(services)
     _wire_generation(services)
     _wire_admin(services)
+    register_tasks(services)
     return services
 
 
 def _wire_admin(services: Services) -> None:
-    """Admin: statistics, credits by hand, blocking, broadcasts (job + recovery); the throttle."""
+    """Admin: statistics, credits by hand, blocking, broadcasts (their job: `aisha.jobs.admin`);
+    the throttle."""
     settings = services.settings
     services.throttle = create_throttle(
         redis_url=settings.redis_url,
@@ -210,29 +214,52 @@ def _wire_admin(services: Services) -> None:
         period=settings.throttle_period_seconds,
         clock=services.clock,
     )
-
-    async def enqueue(broadcast_id: uuid.UUID) -> None:
-        await services.queue.enqueue(BROADCAST_JOB, broadcast_id=str(broadcast_id))
-
     services.admin = AdminService(
         sessions=services.sessions,
         clock=services.clock,
         ledger=services.ledger,
         messenger=services.messenger,
-        rules=AdminRules(
-            admin_ids=settings.admin_ids,
-            broadcast_rate=settings.broadcast_rate,
-            credit_value_micro_usd=settings.credit_value_micro_usd,
-        ),
-        enqueue=enqueue,
+        rules=admin_rules(settings),
+        enqueue=broadcast_queue(services.queue),
     )
-    admin = services.admin
 
-    async def broadcast_job(*, broadcast_id: str) -> None:
-        await admin.run_broadcast(broadcast_id=uuid.UUID(broadcast_id))
 
-    services.queue.register(BROADCAST_JOB, broadcast_job)
-    services.recovery.register("admin.broadcasts", admin.sweep)
+def admin_rules(settings: Settings) -> AdminRules:
+    return AdminRules(
+        admin_ids=settings.admin_ids,
+        broadcast_rate=settings.broadcast_rate,
+        credit_value_micro_usd=settings.credit_value_micro_usd,
+    )
+
+
+def build_ledger(settings: Settings, clock: Clock) -> LedgerService:
+    return LedgerService(clock=clock, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+
+
+@dataclass
+class AdminTools:
+    """What `aisha admin` and `aisha ledger` work with: the database, the ledger and the admin
+    service, built as `build_services` builds them, with no bot (broadcasts are only stored: the
+    running bot or worker sends them)."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    ledger: LedgerService
+    admin: AdminService
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+
+def build_admin(settings: Settings, *, clock: Clock | None = None) -> AdminTools:
+    clock = clock or SystemClock()
+    engine = create_engine(settings.database_url)
+    sessions = create_session_factory(engine)
+    ledger = build_ledger(settings, clock)
+    admin = AdminService(
+        sessions=sessions, clock=clock, ledger=ledger, messenger=None, rules=admin_rules(settings)
+    )
+    return AdminTools(engine=engine, sessions=sessions, ledger=ledger, admin=admin)
 
 
 def _wire_generation(services: Services) -> None:
