@@ -12,25 +12,17 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.db.session import at_end
+from aisha.users.ports import LockBackend
 
 log = structlog.get_logger(__name__)
 
 # Longer than any start takes; the lock of a process that died frees itself after it.
 LOCK_TTL_MS = 30_000
-
-
-class LockBackend(Protocol):
-    async def acquire(self, key: str, token: str, ttl_ms: int) -> bool: ...
-
-    async def release(self, key: str, token: str) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class MemoryLocks:
