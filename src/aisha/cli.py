@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -178,21 +177,19 @@ def ledger_verify() -> None:
     from sqlalchemy import func, select
 
     from aisha.billing.models import CreditAccount
-    from aisha.billing.service import AccountMismatch, LedgerService
-    from aisha.clock import SystemClock
-    from aisha.db.session import create_engine, create_session_factory
+    from aisha.billing.service import AccountMismatch
+    from aisha.container import build_admin
 
     settings = _settings()
 
     async def check() -> tuple[int, list[AccountMismatch]]:
-        engine = create_engine(settings.database_url)
+        tools = build_admin(settings)
         try:
-            ledger = LedgerService(clock=SystemClock(), hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
-            async with create_session_factory(engine)() as session:
+            async with tools.sessions() as session:
                 accounts = int(await session.scalar(select(func.count()).select_from(CreditAccount)) or 0)
-                return accounts, await ledger.verify_all(session=session)
+                return accounts, await tools.ledger.verify_all(session=session)
         finally:
-            await engine.dispose()
+            await tools.aclose()
 
     accounts, mismatches = asyncio.run(check())
     for bad in mismatches:
@@ -256,38 +253,24 @@ app.add_typer(admin_app, name="admin")
 
 def _admin_run(action: Callable[[Any, Any], Any]) -> Any:
     """Runs `action(admin_service, session)` in one unit of work on the configured database."""
-    from aisha.admin.service import AdminRules, AdminService
-    from aisha.billing.service import LedgerService
-    from aisha.clock import SystemClock
-    from aisha.db.session import create_engine, create_session_factory, unit_of_work
+    from aisha.container import build_admin
+    from aisha.db.session import unit_of_work
 
     settings = _settings()
 
     async def main() -> Any:
-        engine = create_engine(settings.database_url)
+        tools = build_admin(settings)
         try:
-            sessions = create_session_factory(engine)
-            clock = SystemClock()
-            ledger = LedgerService(clock=clock, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
-            service = AdminService(
-                sessions=sessions,
-                clock=clock,
-                ledger=ledger,
-                messenger=None,
-                rules=AdminRules(
-                    admin_ids=settings.admin_ids, credit_value_micro_usd=settings.credit_value_micro_usd
-                ),
-            )
-            async with unit_of_work(sessions) as session:
-                return await action(service, session)
+            async with unit_of_work(tools.sessions) as session:
+                return await action(tools.admin, session)
         finally:
-            await engine.dispose()
+            await tools.aclose()
 
     return asyncio.run(main())
 
 
 def _admin_fail_on(error: Exception) -> None:
-    from aisha.admin.service import AdminError
+    from aisha.admin.errors import AdminError
     from aisha.billing.errors import InsufficientCredits, InvalidAmount
 
     if isinstance(error, InsufficientCredits):
@@ -354,11 +337,7 @@ def _adjust(query: str, amount: int, reason: str, key: str | None, sign: int) ->
     idempotency = key or f"cli:{uuid.uuid4()}"
 
     async def action(service: Any, session: Any) -> Any:
-        card = await service.find_user(session=session, query=query)
-        if card is None:
-            from aisha.admin.service import UserNotFound
-
-            raise UserNotFound()
+        card = await service.user(session=session, query=query)
         return card.telegram_id, await service.adjust_credits(
             session=session,
             user_id=card.telegram_id,
@@ -402,11 +381,7 @@ def admin_take(
 
 def _set_blocked(query: str, blocked: bool) -> None:
     async def action(service: Any, session: Any) -> Any:
-        card = await service.find_user(session=session, query=query)
-        if card is None:
-            from aisha.admin.service import UserNotFound
-
-            raise UserNotFound()
+        card = await service.user(session=session, query=query)
         await service.set_blocked(session=session, user_id=card.telegram_id, blocked=blocked)
         return card.telegram_id
 

@@ -15,7 +15,7 @@ import httpx
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from aisha.admin.service import BROADCAST_JOB, AdminRules, AdminService
+from aisha.admin.service import AdminRules, AdminService
 from aisha.api.fal import FalWebhookRegistry
 from aisha.avatars.models import AvatarRules
 from aisha.avatars.ports import KEEP_JOB as AVATAR_KEEP_JOB
@@ -39,6 +39,7 @@ from aisha.generation.models import JOB_NAME as GENERATION_JOB
 from aisha.generation.models import GenerationRules
 from aisha.generation.service import GenerationService
 from aisha.i18n import Translator
+from aisha.jobs.admin import broadcast_queue
 from aisha.jobs.metrics import create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
@@ -58,6 +59,7 @@ from aisha.providers.local_transcriber import (
     local_speech_installed,
 )
 from aisha.providers.openai_chat import OpenAIPromptWriter, OpenAIVision
+from aisha.providers.redis_locks import create_user_locks
 from aisha.remote import RemoteWebhook
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
@@ -66,7 +68,7 @@ from aisha.transcription.audio import AudioConfig
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
 from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
 from aisha.transcription.service import TranscriptionService, TranscriptionSettings
-from aisha.users.locks import UserLocks, create_user_locks
+from aisha.users.locks import UserLocks
 from aisha.users.privacy import PrivacyService
 from aisha.users.service import UserService
 
@@ -146,7 +148,7 @@ def build_services(
     signer = None
     if settings.public_base_url and settings.bot_token:
         signer = LinkSigner(link_secret(settings.bot_token.get_secret_value()), settings.public_base_url)
-    ledger = LedgerService(clock=clock, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+    ledger = build_ledger(settings, clock)
     # Job errors and generation latency: shared through Redis, where workers and API processes meet.
     metrics = Metrics(create_job_metrics(settings.redis_url))
     services = Services(
@@ -207,7 +209,8 @@ def build_services(
 
 
 def _wire_admin(services: Services) -> None:
-    """Admin: statistics, credits by hand, blocking, broadcasts (job + recovery); the throttle."""
+    """Admin: statistics, credits by hand, blocking, broadcasts (their job: `aisha.jobs.admin`);
+    the throttle."""
     settings = services.settings
     services.throttle = create_throttle(
         redis_url=settings.redis_url,
@@ -215,29 +218,52 @@ def _wire_admin(services: Services) -> None:
         period=settings.throttle_period_seconds,
         clock=services.clock,
     )
-
-    async def enqueue(broadcast_id: uuid.UUID) -> None:
-        await services.queue.enqueue(BROADCAST_JOB, broadcast_id=str(broadcast_id))
-
     services.admin = AdminService(
         sessions=services.sessions,
         clock=services.clock,
         ledger=services.ledger,
         messenger=services.messenger,
-        rules=AdminRules(
-            admin_ids=settings.admin_ids,
-            broadcast_rate=settings.broadcast_rate,
-            credit_value_micro_usd=settings.credit_value_micro_usd,
-        ),
-        enqueue=enqueue,
+        rules=admin_rules(settings),
+        enqueue=broadcast_queue(services.queue),
     )
-    admin = services.admin
 
-    async def broadcast_job(*, broadcast_id: str) -> None:
-        await admin.run_broadcast(broadcast_id=uuid.UUID(broadcast_id))
 
-    services.queue.register(BROADCAST_JOB, broadcast_job)
-    services.recovery.register("admin.broadcasts", admin.sweep)
+def admin_rules(settings: Settings) -> AdminRules:
+    return AdminRules(
+        admin_ids=settings.admin_ids,
+        broadcast_rate=settings.broadcast_rate,
+        credit_value_micro_usd=settings.credit_value_micro_usd,
+    )
+
+
+def build_ledger(settings: Settings, clock: Clock) -> LedgerService:
+    return LedgerService(clock=clock, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+
+
+@dataclass
+class AdminTools:
+    """What `aisha admin` and `aisha ledger` work with: the database, the ledger and the admin
+    service, built as `build_services` builds them, with no bot (broadcasts are only stored: the
+    running bot or worker sends them)."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    ledger: LedgerService
+    admin: AdminService
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+
+def build_admin(settings: Settings, *, clock: Clock | None = None) -> AdminTools:
+    clock = clock or SystemClock()
+    engine = create_engine(settings.database_url)
+    sessions = create_session_factory(engine)
+    ledger = build_ledger(settings, clock)
+    admin = AdminService(
+        sessions=sessions, clock=clock, ledger=ledger, messenger=None, rules=admin_rules(settings)
+    )
+    return AdminTools(engine=engine, sessions=sessions, ledger=ledger, admin=admin)
 
 
 def _generation_providers(

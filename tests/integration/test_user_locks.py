@@ -8,7 +8,8 @@ import pytest
 from redis.asyncio import Redis
 
 from aisha.db.session import unit_of_work
-from aisha.users.locks import MemoryLocks, RedisLocks, UserLocks, create_user_locks
+from aisha.providers.redis_locks import RedisLocks, create_user_locks
+from aisha.users.locks import MemoryLocks, UserLocks
 from tests.conftest import Database
 
 

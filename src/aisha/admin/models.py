@@ -1,5 +1,9 @@
+"""The broadcasts table and what the admin service answers with (plain frozen views)."""
+
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -37,3 +41,46 @@ class Broadcast(UUIDPrimaryKey, Base):
     locked_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    name: str
+    succeeded: int
+    in_flight: int
+    failed: int
+    credits_captured: int
+    provider_cost_micro_usd: int
+    margin_micro_usd: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    users_total: int
+    active_today: int
+    active_week: int
+    blocked: int
+    topups: int
+    spend: int
+    features: list[FeatureStats]
+
+
+@dataclass(frozen=True)
+class UserCard:
+    telegram_id: int
+    username: str | None
+    first_name: str | None
+    language: str
+    is_blocked: bool
+    created_at: datetime
+    last_seen_at: datetime
+    balance: int
+    held: int
+
+
+@dataclass(frozen=True)
+class BroadcastInfo:
+    id: uuid.UUID
+    status: BroadcastStatus
+    sent: int
+    failed: int

@@ -1,15 +1,17 @@
-"""Every feature's job functions and recovery sweeps, registered on the services' queue."""
+"""Every feature's job functions and recovery sweeps, registered on `services.queue` and
+`services.recovery` (each feature's `aisha.jobs.<feature>.register`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aisha.jobs import avatars, generation
+from aisha.jobs import admin, avatars, generation
 
 if TYPE_CHECKING:
     from aisha.container import Services
 
 
 def register_tasks(services: Services) -> None:
+    admin.register(services)
     avatars.register(services)
     generation.register(services)

@@ -2,10 +2,9 @@
 training, a generation or a transcription, /delete_me) run one at a time, also when two requests
 reach two processes at once (two `aisha api` behind a balancer, a double press).
 
-In Redis when REDIS_URL is set: SET NX PX with a random token, released by a compare-and-delete
-script, so a holder whose lock expired never frees somebody else's. In this process's memory
-otherwise (one process: nothing else to race with). A lock is never waited for: the second
-request is refused at once and the user asked to try again in a moment.
+The backend is a `LockBackend`: in Redis when REDIS_URL is set (`aisha.providers.redis_locks`),
+in this process's memory otherwise (one process: nothing else to race with). A lock is never
+waited for: the second request is refused at once and the user asked to try again in a moment.
 """
 
 from __future__ import annotations
@@ -13,32 +12,17 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.db.session import at_end
+from aisha.users.ports import LockBackend
 
 log = structlog.get_logger(__name__)
 
 # Longer than any start takes; the lock of a process that died frees itself after it.
 LOCK_TTL_MS = 30_000
-RELEASE_SCRIPT = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("del", KEYS[1])
-end
-return 0
-"""
-
-
-class LockBackend(Protocol):
-    async def acquire(self, key: str, token: str, ttl_ms: int) -> bool: ...
-
-    async def release(self, key: str, token: str) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class MemoryLocks:
@@ -61,21 +45,6 @@ class MemoryLocks:
 
     async def aclose(self) -> None:
         return None
-
-
-class RedisLocks:
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._release = redis.register_script(RELEASE_SCRIPT)
-
-    async def acquire(self, key: str, token: str, ttl_ms: int) -> bool:
-        return bool(await self._redis.set(key, token, nx=True, px=ttl_ms))
-
-    async def release(self, key: str, token: str) -> None:
-        await self._release(keys=[key], args=[token])
-
-    async def aclose(self) -> None:
-        await self._redis.aclose()
 
 
 @dataclass(frozen=True)
@@ -111,7 +80,3 @@ class UserLocks:
 
     async def aclose(self) -> None:
         await self._backend.aclose()
-
-
-def create_user_locks(redis_url: str | None) -> UserLocks:
-    return UserLocks(RedisLocks(Redis.from_url(redis_url)) if redis_url else MemoryLocks())

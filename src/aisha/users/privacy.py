@@ -64,13 +64,6 @@ class PrivacyService:
         self._ledger = ledger
         self._storage = storage
 
-    def confirm_data(self, *, user_id: int) -> str:
-        """Callback data of the confirm button: names the user, so nobody else's press counts."""
-        return f"privacy:confirm:{user_id}"
-
-    def confirmed_by(self, *, data: str, user_id: int) -> bool:
-        return data == self.confirm_data(user_id=user_id)
-
     async def delete_user_data(self, *, session: AsyncSession, user_id: int) -> DeletionReport:
         """Delete everything of the user inside the caller's transaction; files after it commits."""
         holds = await self._ledger.active_holds(session=session, user_id=user_id)

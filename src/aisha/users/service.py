@@ -11,11 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aisha.billing.service import LedgerService
 from aisha.clock import Clock
 from aisha.db.upsert import insert_ignore
+from aisha.users.errors import UnknownLanguage
 from aisha.users.models import User
 
 # last_seen_at is read by the day ("active today", "this week") and shown as a date: written at
 # most this often per user, so most updates write nothing to the user row.
 LAST_SEEN_RESOLUTION = timedelta(minutes=5)
+# What recordings can be transcribed in; "auto" detects the language of each.
+TRANSCRIPTION_LANGUAGES = ("auto", "ru", "en")
 # Built once: it runs on every update.
 _USER_BY_ID = (
     select(User).where(User.telegram_id == bindparam("telegram_id")).execution_options(populate_existing=True)
@@ -120,6 +123,17 @@ class UserService:
         await session.execute(
             update(User).where(User.telegram_id == telegram_id).values(transcription_language=language)
         )
+
+    async def choose_transcription_language(
+        self, session: AsyncSession, *, telegram_id: int, choice: str
+    ) -> str | None:
+        """One of TRANSCRIPTION_LANGUAGES, stored ("auto" as None) and returned. Raises
+        UnknownLanguage for anything else."""
+        if choice not in TRANSCRIPTION_LANGUAGES:
+            raise UnknownLanguage(choice)
+        language = None if choice == "auto" else choice
+        await self.set_transcription_language(session, telegram_id=telegram_id, language=language)
+        return language
 
     async def set_language(self, session: AsyncSession, *, telegram_id: int, language: str) -> None:
         await session.execute(update(User).where(User.telegram_id == telegram_id).values(language=language))

@@ -17,44 +17,47 @@ if TYPE_CHECKING:
     from aisha.container import Services
 
 
+async def start(message: Message, user: User, t: Texts, state: FSMContext) -> None:
+    await state.clear()
+    name = html.quote(user.first_name or user.username or "")
+    await message.answer(
+        t("start.welcome", name=name, name_sep=", " if name else ""), reply_markup=main_menu(t)
+    )
+
+
+async def help_(message: Message, t: Texts) -> None:
+    await message.answer(t("help.text"), reply_markup=main_menu(t))
+
+
+async def cancel(message: Message, t: Texts, state: FSMContext) -> None:
+    if await state.get_state() is None:
+        await message.answer(t("cancel.nothing"), reply_markup=main_menu(t))
+        return
+    await state.clear()
+    await message.answer(t("cancel.done"), reply_markup=main_menu(t))
+
+
+async def unknown(message: Message, t: Texts) -> None:
+    await message.answer(t("fallback.unknown"), reply_markup=main_menu(t))
+
+
+async def unknown_button(query: CallbackQuery, t: Texts) -> None:
+    # Stale or tampered callback data that no feature could parse.
+    await query.answer(t("errors.bad_button"), show_alert=True)
+
+
 def create_router(services: Services) -> Router:
     router = Router(name="start")
-
-    @router.message(CommandStart())
-    async def start(message: Message, user: User, t: Texts, state: FSMContext) -> None:
-        await state.clear()
-        name = html.quote(user.first_name or user.username or "")
-        await message.answer(
-            t("start.welcome", name=name, name_sep=", " if name else ""), reply_markup=main_menu(t)
-        )
-
-    @router.message(Command("help"))
-    @router.message(menu_button(services.translator, "menu.help"))
-    async def help_(message: Message, t: Texts) -> None:
-        await message.answer(t("help.text"), reply_markup=main_menu(t))
-
-    @router.message(Command("cancel"))
-    async def cancel(message: Message, t: Texts, state: FSMContext) -> None:
-        if await state.get_state() is None:
-            await message.answer(t("cancel.nothing"), reply_markup=main_menu(t))
-            return
-        await state.clear()
-        await message.answer(t("cancel.done"), reply_markup=main_menu(t))
-
+    router.message.register(start, CommandStart())
+    router.message.register(help_, menu_button(services.translator, "menu.help"))
+    router.message.register(help_, Command("help"))
+    router.message.register(cancel, Command("cancel"))
     return router
 
 
 def create_fallback_router() -> Router:
     """Included last: whatever no feature understood gets a pointer to the menu."""
     router = Router(name="fallback")
-
-    @router.message(F.chat.type == "private")
-    async def unknown(message: Message, t: Texts) -> None:
-        await message.answer(t("fallback.unknown"), reply_markup=main_menu(t))
-
-    @router.callback_query()
-    async def unknown_button(query: CallbackQuery, t: Texts) -> None:
-        # Stale or tampered callback data that no feature could parse.
-        await query.answer(t("errors.bad_button"), show_alert=True)
-
+    router.message.register(unknown, F.chat.type == "private")
+    router.callback_query.register(unknown_button)
     return router

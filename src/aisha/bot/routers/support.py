@@ -20,13 +20,14 @@ from aiogram import Bot, F, Router, html
 from aiogram.enums import ContentType
 from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError
 from aiogram.filters import Command, StateFilter
-from aiogram.filters.callback_data import CallbackData
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
-from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters
+from aiogram.types import CallbackQuery, Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.bot.keyboards import MAIN_MENU, main_menu
+from aisha.bot.presenters import support as present
+from aisha.bot.presenters.support import SupportReply
 from aisha.i18n import Texts
 from aisha.support.service import SupportCard
 from aisha.users.models import User
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from aisha.container import Services
 
 log = structlog.get_logger(__name__)
-TEXT_LIMIT = 4096
 
 # What copyMessage carries as it was sent. Anything else (a payment, a service message) goes on to
 # its own handler, also in the middle of a support conversation.
@@ -61,60 +61,6 @@ class Support(StatesGroup):
     answering = State()  # an operator answering data["user_id"]
 
 
-class SupportReply(CallbackData, prefix="supr"):
-    user_id: int
-
-
-# --- presentation ---------------------------------------------------------------------------------
-
-
-def user_label(card: SupportCard) -> str:
-    name = " ".join(part for part in (card.first_name, card.last_name) if part)
-    ident = f"<code>{card.telegram_id}</code>"
-    return f"{html.quote(name)} ({ident})" if name else ident
-
-
-def card_text(t: Texts, card: SupportCard) -> str:
-    when = t("support.date_format")
-    payments = [
-        t(
-            "support.payment_line",
-            when=p.created_at.strftime(when),
-            stars=p.stars,
-            credits=p.credits,
-            status=t(f"support.payment_status.{p.status.value}"),
-            charge_id=html.quote(p.charge_id),
-        )
-        for p in card.payments
-    ]
-    holds = [
-        t(
-            "support.hold_line",
-            amount=h.amount,
-            reference=html.quote(h.reference),
-            when=h.created_at.strftime(when),
-        )
-        for h in card.holds
-    ]
-    return t(
-        "support.card",
-        user=user_label(card),
-        username=f"@{html.quote(card.username)}" if card.username else t("support.none"),
-        language=card.language,
-        balance=card.balance,
-        held=card.held,
-        payments="\n".join(payments) or t("support.none"),
-        holds="\n".join(holds) or t("support.none"),
-    )
-
-
-def reply_keyboard(t: Texts, user_id: int) -> InlineKeyboardMarkup:
-    button = InlineKeyboardButton(
-        text=t("support.button.reply"), callback_data=SupportReply(user_id=user_id).pack()
-    )
-    return InlineKeyboardMarkup(inline_keyboard=[[button]])
-
-
 # --- the user's side ------------------------------------------------------------------------------
 
 
@@ -136,29 +82,14 @@ async def user_writes(
     bot: Bot,
     services: Services,
 ) -> None:
-    support, translator = services.support, services.translator
+    support = services.support
     card = await support.card(session=session, user_id=user.telegram_id)
     if card is None:  # deleted meanwhile; the middleware registers a user before this runs
         return
     operators = await support.operators(session=session)
     # The full card with the first message; a short pointer with the ones after it.
     first = not (await state.get_data()).get("delivered")
-    delivered = 0
-    for operator in operators:
-        ot = translator.bind(operator.language or translator.default_locale)
-        header = card_text(ot, card) if first else ot("support.more", user=user_label(card))
-        try:
-            copied = await bot.copy_message(operator.telegram_id, message.chat.id, message.message_id)
-            await bot.send_message(
-                operator.telegram_id,
-                header,
-                reply_markup=reply_keyboard(ot, card.telegram_id),
-                reply_parameters=ReplyParameters(message_id=copied.message_id),
-            )
-        except TelegramAPIError as error:  # this operator blocked the bot or never started it
-            log.warning("support.operator_unreachable", operator_id=operator.telegram_id, error=error.message)
-            continue
-        delivered += 1
+    delivered = await present.pass_on(bot, services.translator, operators, card, message, first=first)
     log.info("support.message_passed_on", user_id=user.telegram_id, operators=delivered)
     if not delivered:
         await message.answer(t("support.not_delivered"))
@@ -196,7 +127,7 @@ async def reply_pressed(
     await state.set_state(Support.answering)
     await state.set_data({"user_id": card.telegram_id})
     await query.answer()
-    await bot.send_message(query.from_user.id, t("support.write_answer", user=user_label(card)))
+    await bot.send_message(query.from_user.id, t("support.write_answer", user=present.user_label(card)))
 
 
 async def answering_card(session: AsyncSession, state: FSMContext, services: Services) -> SupportCard | None:
@@ -223,26 +154,19 @@ async def operator_writes(
     if card is None:
         await message.answer(t("support.no_such_user"))
         return
-    # The user reads the "Support:" line in their own language, not the operator's.
-    header = services.translator.get(card.language, "support.answer_header")
     try:
-        text = f"{header}\n{message.html_text}" if message.text is not None else ""
-        if text and len(text.encode("utf-16-le")) // 2 <= TEXT_LIMIT:  # Telegram counts UTF-16
-            await bot.send_message(card.telegram_id, text)
-        else:  # media, or a text too long to carry the line: the line, then the message as it is
-            await bot.send_message(card.telegram_id, header)
-            await bot.copy_message(card.telegram_id, message.chat.id, message.message_id)
+        await present.answer_user(bot, services.translator, card, message)
     except TelegramForbiddenError:
         await state.clear()
-        await message.answer(t("support.answer_blocked", user=user_label(card)))
+        await message.answer(t("support.answer_blocked", user=present.user_label(card)))
         return
     except TelegramAPIError as error:
         await message.answer(
-            t("support.answer_failed", user=user_label(card), error=html.quote(error.message))
+            t("support.answer_failed", user=present.user_label(card), error=html.quote(error.message))
         )
         return
     log.info("support.answered", user_id=card.telegram_id, operator_id=message.chat.id)
-    await message.answer(t("support.answer_delivered", user=user_label(card)))
+    await message.answer(t("support.answer_delivered", user=present.user_label(card)))
 
 
 async def operator_leaves(message: Message, t: Texts, state: FSMContext) -> None:
