@@ -46,6 +46,7 @@ from aisha.jobs.recovery import RecoverySweep
 from aisha.messaging import Messenger
 from aisha.metrics import Metrics
 from aisha.notices import NoticeRules, NoticeService
+from aisha.operations import PaidOperations
 from aisha.providers.fal import FalClient
 from aisha.providers.fal_webhook import FalWebhookVerifier
 from aisha.providers.local_transcriber import (
@@ -59,9 +60,12 @@ from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
 from aisha.support.service import SupportService
 from aisha.transcription.audio import AudioConfig
+from aisha.transcription.flow import TranscriptionFlow
+from aisha.transcription.ledger import TranscriptLedger
+from aisha.transcription.models import TranscriptionSettings
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
-from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
-from aisha.transcription.service import TranscriptionService, TranscriptionSettings
+from aisha.transcription.ports import TranscriptionEvents
+from aisha.transcription.service import TranscriptionService
 from aisha.users.locks import UserLocks, create_user_locks
 from aisha.users.privacy import PrivacyService
 from aisha.users.service import UserService
@@ -97,6 +101,10 @@ class Services:
     fal_webhooks: FalWebhookRegistry = field(default_factory=FalWebhookRegistry)
     avatars: AvatarService = field(init=False)
     transcription: TranscriptionService = field(init=False)
+    # The job's steps, given the bot's presenter to tell the user through: built and registered by
+    # aisha.jobs.transcription.register, which sets `transcription_flow`.
+    transcription_flow_for: Callable[[TranscriptionEvents], TranscriptionFlow] = field(init=False)
+    transcription_flow: TranscriptionFlow = field(init=False)
     generation: GenerationService = field(init=False)
     openai_chat: AsyncOpenAI | None = None  # prompts and vision (generation)
     metrics: Metrics = field(default_factory=Metrics)  # this process's counters; GET /metrics
@@ -324,7 +332,9 @@ def _wire_generation(services: Services) -> None:
 
 def _wire_transcription(services: Services) -> None:
     """Transcription: the speech backend (the OpenAI-compatible API or a local Whisper, see
-    :func:`_transcriber`), the pipeline around it, the job and its recovery check."""
+    :func:`_transcriber`), the pipeline around it, the service and the job's flow."""
+    from aisha.jobs.transcription import enqueuer
+
     settings = services.settings
     pipeline = None
     prices = services.prices
@@ -351,31 +361,37 @@ def _wire_transcription(services: Services) -> None:
             retry = replace(retry, attempt_timeout=max(600.0, 4.0 * settings.transcription_chunk_seconds))
             prices = local_speech_prices(prices)
         pipeline = TranscriptionPipeline(transcriber, audio=audio, concurrency=concurrency, retry=retry)
-    services.transcription = TranscriptionService(
-        sessions=services.sessions,
-        clock=services.clock,
-        ledger=services.ledger,
-        prices=prices,
-        storage=services.storage,
-        messenger=services.messenger,
-        pipeline=pipeline,
-        translator=services.translator,
-        settings=TranscriptionSettings(
-            keep_audio=settings.transcription_keep_audio,
-            model=model,
-            max_in_flight=settings.transcription_max_in_flight,
-        ),
-        metrics=services.metrics.jobs,
+    rules = TranscriptionSettings(
+        keep_audio=settings.transcription_keep_audio,
+        model=model,
+        max_in_flight=settings.transcription_max_in_flight,
     )
-    services.queue.register(TRANSCRIPTION_JOB, services.transcription.run)
+    services.transcription = TranscriptionService(
+        operations=PaidOperations(services.locks),
+        files=services.messenger,
+        storage=services.storage,
+        settings=rules,
+        enqueue=enqueuer(services.queue),
+        available=pipeline is not None,
+    )
+    ledger = TranscriptLedger(
+        sessions=services.sessions, clock=services.clock, ledger=services.ledger, prices=prices
+    )
 
-    async def redrive() -> int:
-        stuck = await services.transcription.stuck()
-        for transcript_id in stuck:
-            await services.queue.enqueue(TRANSCRIPTION_JOB, transcript_id=str(transcript_id))
-        return len(stuck)
+    def flow(events: TranscriptionEvents) -> TranscriptionFlow:
+        return TranscriptionFlow(
+            sessions=services.sessions,
+            clock=services.clock,
+            ledger=ledger,
+            storage=services.storage,
+            files=services.messenger,
+            events=events,
+            pipeline=pipeline,
+            settings=rules,
+            metrics=services.metrics.jobs,
+        )
 
-    services.recovery.register("transcription.stuck", redrive)
+    services.transcription_flow_for = flow
 
 
 def local_speech_prices(prices: PriceList) -> PriceList:
