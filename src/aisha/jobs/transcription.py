@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -12,7 +11,7 @@ from aisha.jobs.queue import JobQueue
 from aisha.jobs.recovery import RecoverySweep
 from aisha.messaging import Messenger
 from aisha.transcription.flow import JOB_NAME, TranscriptionFlow
-from aisha.transcription.ports import Enqueue, TranscriptionEvents
+from aisha.transcription.ports import TranscriptionEvents
 
 
 class _Wired(Protocol):
@@ -32,28 +31,18 @@ class _Wired(Protocol):
     transcription_flow: TranscriptionFlow
 
 
-def enqueuer(queue: JobQueue) -> Enqueue:
-    """Queue the job of one transcript; the job is keyed by the row's id."""
-
-    async def enqueue(transcript_id: uuid.UUID) -> None:
-        await queue.enqueue(JOB_NAME, transcript_id=str(transcript_id))
-
-    return enqueue
-
-
 def register(services: _Wired) -> None:
     """The job's flow, told what the user sees through the bot's presenter; `transcription.run` in
     every process that runs jobs, and the sweep that re-drives rows whose job was lost (a crash, a
     restart, a job dropped between commit and enqueue)."""
     presenter = TranscriptionPresenter(messenger=services.messenger, translator=services.translator)
     flow = services.transcription_flow = services.transcription_flow_for(presenter)
-    enqueue = enqueuer(services.queue)
     services.queue.register(JOB_NAME, flow.run)
 
     async def redrive() -> int:
         stuck = await flow.stuck()
         for transcript_id in stuck:
-            await enqueue(transcript_id)
+            await services.queue.enqueue(JOB_NAME, transcript_id=str(transcript_id))
         return len(stuck)
 
     services.recovery.register("transcription.stuck", redrive)

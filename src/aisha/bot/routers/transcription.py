@@ -181,6 +181,22 @@ async def list_transcripts(
     await _show_page(message, services, session, user, t, 0, edit=False)
 
 
+async def turn_page(
+    query: CallbackQuery,
+    callback_data: TranscriptAction,
+    services: Services,
+    session: AsyncSession,
+    user: User,
+    t: Texts,
+) -> None:
+    """Newer or older transcripts, in the same message."""
+    if not isinstance(query.message, Message) or callback_data.offset < 0:
+        await query.answer(t("errors.bad_button"), show_alert=True)  # forged data
+        return
+    await _show_page(query.message, services, session, user, t, callback_data.offset, edit=True)
+    await query.answer()
+
+
 async def act(
     query: CallbackQuery,
     callback_data: TranscriptAction,
@@ -189,12 +205,8 @@ async def act(
     user: User,
     t: Texts,
 ) -> None:
-    """The buttons of /transcripts: a page, or one transcript's view, files, and deletion."""
+    """The buttons under one transcript of /transcripts: its view, its files, and deletion."""
     message = query.message if isinstance(query.message, Message) else None
-    if callback_data.action == "page" and message is not None and callback_data.offset >= 0:
-        await _show_page(message, services, session, user, t, callback_data.offset, edit=True)
-        await query.answer()
-        return
     transcript = (
         await services.transcription.get_owned(
             session, user_id=user.telegram_id, transcript_id=parse_uuid(callback_data.id)
@@ -258,5 +270,6 @@ def create_router(services: Services) -> Router:
     router.message.register(transcribe_reply, Command("transcribe"))
     router.message.register(list_transcripts, menu_button(services.translator, "menu.transcripts"))
     router.message.register(list_transcripts, Command("transcripts"))
+    router.callback_query.register(turn_page, TranscriptAction.filter(F.action == "page"))
     router.callback_query.register(act, TranscriptAction.filter())
     return router
