@@ -182,6 +182,9 @@ class TranscriptionFlow:
             return transcript, user.language if user else None, claim
 
     async def _run(self, run: _Run) -> None:
+        """Download, probe, hold, store, decode, price, transcribe, keep, deliver: each step that
+        fails ends the transcript (`_fail`) and returns None."""
+        transcript = run.transcript
         source = await self._download(run)
         if source is None:
             return
@@ -193,21 +196,20 @@ class TranscriptionFlow:
         # first hold, with a margin so that a header a little short (rounding, a VBR estimate)
         # rarely needs a second one; the decoded length below sets the price.
         try:
-            run.held = await self._ledger.hold(run.transcript.id, run.claim, duration=info.duration)
+            run.held = await self._ledger.hold(transcript.id, run.claim, duration=info.duration)
         except InsufficientCredits as error:
             required, balance, shortfall = error.required, error.balance, error.shortfall
-            await self._fail(run, CantHold(run.transcript.id, required, balance, shortfall))
+            await self._fail(run, CantHold(transcript.id, required, balance, shortfall))
             return
-        transcript = run.transcript
         audio_key = f"transcripts/{transcript.user_id}/{transcript.id}/audio{source.suffix or '.bin'}"
         await self._storage.put(audio_key, _read_file(source))
-        await self._ledger.set(run.transcript.id, run.claim, audio_key=audio_key)
+        await self._ledger.set(transcript.id, run.claim, audio_key=audio_key)
         prepared = await self._prepare(run, pipeline, source, info)
         if prepared is None:
             return
         try:
             run.price, balance = await self._ledger.settle_price(
-                run.transcript.id, run.claim, duration=prepared.duration, held=run.held
+                transcript.id, run.claim, duration=prepared.duration, held=run.held
             )
         except InsufficientCredits as error:
             failure = CantPayLength(transcript.id, prepared.duration, error.required, error.balance)
