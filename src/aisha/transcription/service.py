@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.db.base import JobStatus
+from aisha.db.session import after_commit
 from aisha.operations import PaidOperations
 from aisha.storage import ObjectStorage
 from aisha.transcription.errors import TooManyTranscriptions, TranscriptionUnavailable
@@ -153,13 +154,19 @@ class TranscriptionService:
         return transcript
 
     async def delete(self, session: AsyncSession, *, user_id: int, transcript_id: uuid.UUID) -> bool:
+        """Delete the user's finished transcript; its stored files once that has committed."""
         transcript = await self.get_owned(session, user_id=user_id, transcript_id=transcript_id)
         if transcript is None:
             return False
-        for key in (transcript.audio_key, transcript.text_key, transcript.srt_key):
-            if key:
-                await self._storage.delete(key)
+        keys = [key for key in (transcript.audio_key, transcript.text_key, transcript.srt_key) if key]
         await session.delete(transcript)
+
+        async def delete_files() -> None:
+            for key in keys:
+                await self._storage.delete(key)
+
+        # Its files go once the row is gone for good: no storage call while the transaction is open.
+        after_commit(session, delete_files)
         return True
 
     async def read_file(self, key: str) -> bytes:
