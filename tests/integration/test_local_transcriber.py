@@ -92,11 +92,11 @@ async def test_an_english_only_model_refuses_russian_before_any_work(model: obje
 
 def test_backend_rule(model: object, tmp_path: Path) -> None:
     from aisha.config import ConfigError
-    from aisha.container import _transcriber
     from aisha.providers.openai_transcriber import OpenAITranscriber
+    from aisha.providers.speech import transcriber_for
 
     def backend(**env: object) -> object:
-        return _transcriber(load_settings(_env_file=None, **env))
+        return transcriber_for(load_settings(_env_file=None, **env))
 
     assert isinstance(backend(), local.LocalTranscriber)  # no key, a bundled model: local
     assert isinstance(backend(openai_api_key="sk-x"), OpenAITranscriber)  # a key: the API
@@ -110,7 +110,7 @@ def test_backend_rule(model: object, tmp_path: Path) -> None:
 
 def test_local_speech_costs_nothing_unless_the_operator_prices_it() -> None:
     from aisha.billing.prices import load_prices
-    from aisha.container import local_speech_prices
+    from aisha.providers.speech import local_speech_prices
 
     assert load_prices(environ={}).transcription_cost_micro_usd(90) == 12_000  # whisper-1: 2 minutes
     assert local_speech_prices(load_prices(environ={})).transcription_cost_micro_usd(90) == 0

@@ -3,7 +3,7 @@ one Telegram message (4096 UTF-16 units)."""
 
 from __future__ import annotations
 
-from aisha.bot.routers.transcription import PREVIEW_UNITS, _preview
+from aisha.bot.presenters.transcription import PREVIEW_UNITS, preview
 from aisha.sandbox import parse_html
 from aisha.transcription.models import Transcript
 
@@ -14,11 +14,11 @@ def _units(text: str) -> int:
 
 def test_words_are_previewed_as_before() -> None:
     transcript = Transcript(text="one two three four five six seven eight nine ten <b>")
-    assert _preview(transcript) == "one two three four five six seven eight …"
+    assert preview(transcript) == "one two three four five six seven eight …"
 
 
 def test_speech_without_spaces_is_cut_too() -> None:
     for text in ("雪が降っている。" * 500, "😀" * 3000, "x" * 5000):
-        preview, _ = parse_html(_preview(Transcript(text=text)))
-        assert _units(preview) <= PREVIEW_UNITS
-        assert preview.endswith(" …")
+        shown, _ = parse_html(preview(Transcript(text=text)))
+        assert _units(shown) <= PREVIEW_UNITS
+        assert shown.endswith(" …")

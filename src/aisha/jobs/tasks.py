@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aisha.jobs import admin, avatars, generation
+from aisha.jobs import admin, avatars, generation, transcription
 
 if TYPE_CHECKING:
     from aisha.container import Services
@@ -15,3 +15,4 @@ def register_tasks(services: Services) -> None:
     admin.register(services)
     avatars.register(services)
     generation.register(services)
+    transcription.register(services)

@@ -1,4 +1,4 @@
-"""A :class:`~aisha.transcription.pipeline.Transcriber` that runs Whisper on this machine.
+"""A :class:`~aisha.transcription.ports.Transcriber` that runs Whisper on this machine.
 
 It uses faster-whisper (CTranslate2) on the CPU, with a model folder in CTranslate2 format:
 ``WHISPER_MODEL``, or, when that is unset, the ``tiny.en`` model bundled in the
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from aisha.transcription.merge import Segment
-from aisha.transcription.pipeline import ChunkResult, TranscriberError
+from aisha.transcription.ports import ChunkResult, TranscriberError
 
 __all__ = ["BUNDLED_MODEL_NAME", "LocalModel", "LocalTranscriber", "bundled_model", "local_speech_installed"]
 

@@ -1,4 +1,4 @@
-"""A :class:`~aisha.transcription.pipeline.Transcriber` over OpenAI's speech-to-text API.
+"""A :class:`~aisha.transcription.ports.Transcriber` over OpenAI's speech-to-text API.
 
 It uses the official ``openai`` client, so any server speaking the same protocol works through
 ``base_url`` (a self-hosted faster-whisper, a proxy, the sandbox's fake).
@@ -23,7 +23,7 @@ import openai
 from openai import AsyncOpenAI
 
 from aisha.transcription.merge import Segment
-from aisha.transcription.pipeline import ChunkResult, TranscriberError
+from aisha.transcription.ports import ChunkResult, TranscriberError
 
 __all__ = ["OpenAITranscriber", "ResponseFormat", "language_code", "response_format_for"]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, String, Text
@@ -36,3 +37,38 @@ class Transcript(UUIDPrimaryKey, Timestamps, Base):
     provider_cost_micro_usd: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None]
+
+
+IN_FLIGHT = (JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.RUNNING)
+# The error of a transcript refused for credits: a top-up can resume it (see `refused_for_credits`).
+REFUSED_FOR_CREDITS = "insufficient_credits"
+
+
+@dataclass(frozen=True)
+class IncomingMedia:
+    """A recording a user sent, as Telegram described it."""
+
+    user_id: int
+    chat_id: int
+    message_id: int
+    file_id: str
+    kind: str  # voice, audio, video, video_note, document
+    file_name: str | None = None
+    file_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RefusedRecording:
+    """A recording whose transcription was refused for credits: what it needed, and the file."""
+
+    media: IncomingMedia
+    required: int
+
+
+@dataclass(frozen=True)
+class TranscriptionSettings:
+    keep_audio: bool = False
+    model: str = "whisper-1"
+    # A running job that hasn't reported progress for this long is taken to be lost.
+    stale_after: timedelta = timedelta(minutes=30)
+    max_in_flight: int = 2  # per user

@@ -1,7 +1,6 @@
 """Transcribing a recording: cut into chunks by ffmpeg, chunks sent concurrently, texts merged.
 
-The provider is any :class:`Transcriber` (an OpenAI-compatible speech API in production, see
-``aisha.providers.openai_transcriber``).
+The provider is any :class:`Transcriber` (see :mod:`aisha.transcription.ports`).
 
 Concurrency and continuity. Whisper reads a ``prompt`` (the text said just before) to keep names,
 spelling and punctuation consistent across a cut; waiting for chunk i-1 before sending chunk i
@@ -32,8 +31,6 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from aisha.transcription.audio import (
     AudioChunk,
@@ -53,6 +50,7 @@ from aisha.transcription.merge import (
     merge_segments,
     split_message,
 )
+from aisha.transcription.ports import ChunkResult, Transcriber, TranscriberError
 
 __all__ = [
     "ChunkResult",
@@ -71,35 +69,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkResult:
-    """What a provider heard in one chunk; segment times are relative to the chunk."""
-
-    text: str
-    segments: list[Segment] | None = None
-    language: str | None = None
-
-
-class Transcriber(Protocol):
-    """A speech-to-text provider for one audio file of at most a few minutes."""
-
-    async def transcribe(self, path: Path, *, language: str | None, prompt: str | None) -> ChunkResult:
-        """Transcribe ``path``; raise :class:`TranscriberError` when the provider fails."""
-        ...
-
-
-class TranscriberError(Exception):
-    """A provider call failed; ``retryable`` for rate limits, server errors and timeouts."""
-
-    def __init__(
-        self, message: str, *, retryable: bool, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.status = status
-        self.retry_after = retry_after
 
 
 class TranscriptionFailed(Exception):
