@@ -21,7 +21,8 @@ from aisha.sandbox.telegram.params import _bool, _chat_id, _commands_key, _float
 
 
 class BotMethods(MessageMethods):
-    """The other Bot API methods: identity, polling and webhooks, callbacks, payments, commands and menus."""
+    """The other Bot API methods: identity, polling and webhooks, callbacks, payments, commands
+    and menus."""
 
     def _method_table(self) -> dict[str, tuple[str, _Handler]]:
         """Every Bot API method the fake answers, by lower-case name: (its spelling, its handler)."""

@@ -31,7 +31,8 @@ from aisha.sandbox.telegram.params import _commands_key
 
 
 class ChatState(LoopbackServer):
-    """The stored conversation: users, chats and their messages, commands, charges; saved on every change when given a folder."""
+    """The stored conversation: users, chats and their messages, commands, charges; saved on every
+    change when given a folder."""
 
     def __init__(
         self,
