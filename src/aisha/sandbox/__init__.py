@@ -1,8 +1,8 @@
 """Fakes of external protocols for end-to-end tests and the sandbox mode."""
 
-from aisha.sandbox.fake_fal import FakeFalServer
-from aisha.sandbox.fake_openai import FakeOpenAIServer, FakeTranscript
-from aisha.sandbox.fake_telegram import (
+from aisha.sandbox.fal import FakeFalServer
+from aisha.sandbox.openai import FakeOpenAIServer, FakeTranscript
+from aisha.sandbox.telegram import (
     FakeTelegramServer,
     FakeUser,
     RecordedCall,

@@ -34,11 +34,11 @@ from aisha.i18n import Translator
 from aisha.runtime import Role, Runtime
 from aisha.sandbox._state import read_json, write_json_atomically
 from aisha.sandbox.errors import SandboxError
-from aisha.sandbox.fake_fal import FakeFalServer
-from aisha.sandbox.fake_openai import FakeOpenAIServer
-from aisha.sandbox.fake_telegram import FakeTelegramServer, FakeUser
+from aisha.sandbox.fal import FakeFalServer
+from aisha.sandbox.openai import FakeOpenAIServer
 from aisha.sandbox.panel import CALLS_LIMIT
 from aisha.sandbox.simulated import STRUCTURED_REPLIES, render_sandbox_image, transcript_script
+from aisha.sandbox.telegram import FakeTelegramServer, FakeUser
 from aisha.sandbox.user import SandboxUser
 
 log = structlog.get_logger(__name__)

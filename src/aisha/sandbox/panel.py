@@ -19,9 +19,9 @@ from aisha.db.base import JobStatus
 from aisha.generation.models import ImageGeneration
 from aisha.i18n import Texts
 from aisha.sandbox.exchanges import Exchange, shorten
-from aisha.sandbox.fake_fal import FakeFalServer
-from aisha.sandbox.fake_openai import FakeOpenAIServer
-from aisha.sandbox.fake_telegram import FakeTelegramServer, RecordedCall, parse_html
+from aisha.sandbox.fal import FakeFalServer
+from aisha.sandbox.openai import FakeOpenAIServer
+from aisha.sandbox.telegram import FakeTelegramServer, RecordedCall, parse_html
 from aisha.transcription.models import Transcript
 
 JsonDict = dict[str, Any]

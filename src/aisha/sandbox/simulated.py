@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from aisha.i18n import Translator
-from aisha.sandbox.fake_openai import (
+from aisha.sandbox.openai import (
     FakeTranscript,
     StructuredReply,
     TranscriptionRequest,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aisha.sandbox.errors import SandboxError
-from aisha.sandbox.fake_telegram import FakeTelegramServer, FakeUser
+from aisha.sandbox.telegram import FakeTelegramServer, FakeUser
 from aisha.sandbox.uploads import KINDS, Upload, as_media, as_photo
 
 JsonDict = dict[str, Any]

@@ -17,7 +17,19 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    _create_processed_updates()
+    _create_users()
+    _create_credit_accounts()
+    _create_credit_holds()
+    _create_payments()
+    _create_avatars()
+    _create_credit_entries()
+    _create_transcripts()
+    _create_avatar_photos()
+    _create_image_generations()
 
+
+def _create_processed_updates() -> None:
     op.create_table(
         "processed_updates",
         sa.Column("update_id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -27,6 +39,8 @@ def upgrade() -> None:
     with op.batch_alter_table("processed_updates", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_processed_updates_processed_at"), ["processed_at"], unique=False)
 
+
+def _create_users() -> None:
     op.create_table(
         "users",
         sa.Column("telegram_id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -44,6 +58,8 @@ def upgrade() -> None:
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_users_last_seen_at"), ["last_seen_at"], unique=False)
 
+
+def _create_credit_accounts() -> None:
     op.create_table(
         "credit_accounts",
         sa.Column("user_id", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -58,6 +74,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_credit_accounts")),
     )
+
+
+def _create_credit_holds() -> None:
     op.create_table(
         "credit_holds",
         sa.Column("user_id", sa.BigInteger(), nullable=False),
@@ -92,6 +111,8 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_credit_holds_user_id"), ["user_id"], unique=False)
 
+
+def _create_payments() -> None:
     op.create_table(
         "payments",
         sa.Column("user_id", sa.BigInteger(), nullable=False),
@@ -121,6 +142,8 @@ def upgrade() -> None:
     with op.batch_alter_table("payments", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_payments_user_id"), ["user_id"], unique=False)
 
+
+def _create_avatars() -> None:
     op.create_table(
         "avatars",
         sa.Column("user_id", sa.BigInteger(), nullable=False),
@@ -181,6 +204,8 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_avatars_user_id_status"), ["user_id", "status"], unique=False)
 
+
+def _create_credit_entries() -> None:
     op.create_table(
         "credit_entries",
         sa.Column("user_id", sa.BigInteger(), nullable=False),
@@ -230,6 +255,8 @@ def upgrade() -> None:
             batch_op.f("ix_credit_entries_user_id_created_at"), ["user_id", "created_at"], unique=False
         )
 
+
+def _create_transcripts() -> None:
     op.create_table(
         "transcripts",
         sa.Column("user_id", sa.BigInteger(), nullable=False),
@@ -284,6 +311,8 @@ def upgrade() -> None:
             batch_op.f("ix_transcripts_user_id_created_at"), ["user_id", "created_at"], unique=False
         )
 
+
+def _create_avatar_photos() -> None:
     op.create_table(
         "avatar_photos",
         sa.Column("avatar_id", sa.Uuid(), nullable=False),
@@ -305,6 +334,8 @@ def upgrade() -> None:
     with op.batch_alter_table("avatar_photos", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_avatar_photos_avatar_id"), ["avatar_id"], unique=False)
 
+
+def _create_image_generations() -> None:
     op.create_table(
         "image_generations",
         sa.Column("user_id", sa.BigInteger(), nullable=False),
