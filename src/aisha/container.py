@@ -5,6 +5,7 @@ The bot, the HTTP app and the workers all receive the same `Services`.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -27,7 +28,7 @@ from aisha.bot.throttle import Throttle, create_throttle
 from aisha.clock import Clock, SystemClock
 from aisha.config import ConfigError, Settings, TranscriptionBackend
 from aisha.db.base import parse_uuid
-from aisha.db.session import create_engine, create_session_factory, unit_of_work
+from aisha.db.session import create_engine, create_session_factory
 from aisha.generation.enhance import OpenAIPromptWriter, PromptEnhancer
 from aisha.generation.service import FINISH_JOB as GENERATION_FINISH_JOB
 from aisha.generation.service import JOB_NAME as GENERATION_JOB
@@ -43,6 +44,7 @@ from aisha.i18n import Translator
 from aisha.jobs.metrics import create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
+from aisha.jobs.tasks import register_tasks
 from aisha.messaging import Messenger
 from aisha.metrics import Metrics
 from aisha.notices import NoticeRules, NoticeService
@@ -136,7 +138,7 @@ def build_services(
     clock = clock or SystemClock()
     engine = create_engine(settings.database_url)
     sessions = create_session_factory(engine)
-    prices = load_prices(settings.prices_file)
+    prices = load_prices(settings.prices_file, environ=os.environ)  # PRICE_*, PROVIDER_COST_*
     # Signed links to stored files exist only where FAL can reach us: webhook mode.
     signer = None
     if settings.public_base_url and settings.bot_token:
@@ -172,7 +174,6 @@ def build_services(
     )
     services.privacy = PrivacyService(clock=clock, ledger=ledger, storage=services.storage)
     services.support = SupportService(ledger=ledger, operator_ids=settings.admin_ids)
-    services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
     services.notices = NoticeService(
         sessions=sessions,
         clock=clock,
@@ -183,8 +184,7 @@ def build_services(
         ),
     )
     services.recovery.register("notices.owed", services.notices.sweep)
-    if refunds is not None:
-        services.recovery.register("billing.refunds", services.payments.sweep_refunds)
+    register_tasks(services)
     if settings.fal_key:
         services.fal = FalClient(
             key=settings.fal_key.get_secret_value(),
@@ -528,8 +528,3 @@ def _wire_avatars(services: Services) -> None:
     services.queue.register(KEEP_JOB, keep_job)
     services.recovery.register("avatars.stuck", avatars.sweep)
     services.fal_webhooks.register("avatar", on_webhook)
-
-
-async def _expire_holds(services: Services) -> int:
-    async with unit_of_work(services.sessions) as session:
-        return len(await services.ledger.expire_holds(session=session))

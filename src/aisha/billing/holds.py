@@ -44,8 +44,8 @@ class Holds:
 
     async def hold(
         self,
-        session: AsyncSession,
         *,
+        session: AsyncSession,
         user_id: int,
         amount: int,
         key: str,
@@ -143,8 +143,8 @@ class Holds:
 
     async def resolve(
         self,
-        session: AsyncSession,
         *,
+        session: AsyncSession,
         hold_id: uuid.UUID,
         target: HoldStatus,
         spend: int,
@@ -271,7 +271,7 @@ class Holds:
         )
         return balance, entry_id
 
-    async def expire(self, session: AsyncSession, *, limit: int) -> list[ResolutionResult]:
+    async def expire(self, *, session: AsyncSession, limit: int) -> list[ResolutionResult]:
         """Release up to `limit` active holds whose time is up; a hold resolved meanwhile is skipped."""
         now = self._clock.now()
         hold_ids = (
@@ -287,7 +287,7 @@ class Holds:
         for hold_id in hold_ids:
             try:
                 result = await self.resolve(
-                    session,
+                    session=session,
                     hold_id=hold_id,
                     target=HoldStatus.EXPIRED,
                     spend=0,

@@ -16,7 +16,6 @@ made outside the bot (none when nothing was); and one REFUND credit (`refund-bac
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -39,9 +38,14 @@ from aisha.billing.errors import (
     RefundInProgress,
     RefundRefused,
 )
+
+# Re-exported: the keys were first defined here.
+from aisha.billing.keys import payment_key as payment_key
+from aisha.billing.keys import refund_back_key as refund_back_key
+from aisha.billing.keys import refund_key as refund_key
 from aisha.billing.models import EntryKind, Payment, PaymentStatus
 from aisha.billing.prices import PriceList, StarPackage
-from aisha.billing.service import MAX_KEY_LENGTH, LedgerService
+from aisha.billing.service import LedgerService
 from aisha.db.session import unit_of_work
 from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
@@ -115,30 +119,6 @@ class RefundResult:
     balance: int
 
 
-def payment_key(telegram_payment_charge_id: str) -> str:
-    return _key("payment", telegram_payment_charge_id)
-
-
-def refund_key(telegram_payment_charge_id: str, attempt: int = 1) -> str:
-    """The REFUND debit of a payment's `attempt`-th refund (only a refused one is followed by another)."""
-    suffix = "" if attempt == 1 else f"#{attempt}"
-    return _key("refund", telegram_payment_charge_id + suffix)
-
-
-def refund_back_key(telegram_payment_charge_id: str, attempt: int = 1) -> str:
-    """The REFUND credit that gives the debit of a refused refund back."""
-    suffix = "" if attempt == 1 else f"#{attempt}"
-    return _key("refund-back", telegram_payment_charge_id + suffix)
-
-
-def _key(prefix: str, charge_id: str) -> str:
-    key = f"{prefix}:{charge_id}"
-    if len(key) <= MAX_KEY_LENGTH:
-        return key
-    # Charge ids may be up to 256 characters; the key column holds 160. A digest stays unique.
-    return f"{prefix}:sha256:{hashlib.sha256(charge_id.encode()).hexdigest()}"
-
-
 def parse_payload(payload: str) -> InvoicePayload | None:
     parts = payload.split(":")
     if len(parts) != 4 or parts[0] != PAYLOAD_PREFIX or not parts[2].isdigit():
@@ -159,6 +139,11 @@ class PaymentService:
         self._prices = prices
         self._sessions = sessions  # for the refund's own transactions (complete_refund, the sweep)
         self._refunds = refunds
+
+    @property
+    def refunds_enabled(self) -> bool:
+        """Whether Telegram can be asked for refunds (the bot adapter gave its refundStarPayment)."""
+        return self._refunds is not None
 
     @property
     def packages(self) -> tuple[StarPackage, ...]:

@@ -4,7 +4,7 @@ Every method runs inside the caller's transaction (`session`) and never commits.
 writes its entry and moves the cached balance together, so that a refused or duplicated operation
 leaves nothing behind while the caller's other work stays: on PostgreSQL in one statement
 (`billing/pg.py`: the entry's unique key is the gate, no savepoint), and when that statement writes
-nothing, or on SQLite, by the portable path here (a pre-read, then the writes in a SAVEPOINT),
+nothing, or on SQLite, by the portable path (a pre-read, then the writes in a SAVEPOINT),
 which also replays a used key or raises the precise error.
 
 Invariants:
@@ -67,6 +67,7 @@ from aisha.billing.results import (
     Overview,
     ResolutionResult,
 )
+from aisha.billing.verify import verify_ledger
 from aisha.clock import Clock
 
 __all__ = [
@@ -286,7 +287,7 @@ class LedgerService:
         """Reserve credits for a job; they leave the balance now and resolve exactly once later."""
         require_positive(amount)
         return await self._holds.hold(
-            session,
+            session=session,
             user_id=user_id,
             amount=amount,
             key=key,
@@ -307,7 +308,7 @@ class LedgerService:
     ) -> ResolutionResult:
         """The job succeeded: spend `amount` (0..held) and give the rest back in the same entry."""
         return await self._holds.resolve(
-            session,
+            session=session,
             hold_id=hold_id,
             target=HoldStatus.CAPTURED,
             spend=amount,
@@ -327,7 +328,7 @@ class LedgerService:
     ) -> ResolutionResult:
         """The job failed: the whole held amount goes back."""
         return await self._holds.resolve(
-            session,
+            session=session,
             hold_id=hold_id,
             target=HoldStatus.RELEASED,
             spend=0,
@@ -342,7 +343,7 @@ class LedgerService:
         A hold captured or released meanwhile is skipped. Call it again while it returns `limit`
         results; each call may run in its own short transaction.
         """
-        return await self._holds.expire(session, limit=limit)
+        return await self._holds.expire(session=session, limit=limit)
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -392,10 +393,7 @@ class LedgerService:
     async def verify_all(self, *, session: AsyncSession) -> list[AccountMismatch]:
         """Every account whose books are wrong: balances and the balance_after chain, holds
         resolved once with matching amounts, payments credited (and refunded) once. Empty when
-        the books are right. The checks live in `billing/verify.py`."""
-        # Imported here: verify.py uses payments.py, which imports this module.
-        from aisha.billing.verify import verify_ledger
-
+        the books are right. The checks live in `billing/verify/`."""
         return await verify_ledger(session)
 
     # --- internals -----------------------------------------------------------------------------

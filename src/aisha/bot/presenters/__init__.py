@@ -1,0 +1,1 @@
+"""Presenters: what each feature shows the user (texts, HTML, keyboards, callback-data shapes)."""
