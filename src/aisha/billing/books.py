@@ -9,24 +9,27 @@ its key, or an IdempotencyConflict.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import BindParameter, Table, bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing import ids
 from aisha.billing.errors import IdempotencyConflict, InsufficientCredits, InvalidAmount
 from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, EntryKind, HoldStatus
-from aisha.billing.results import EntryResult, HoldInfo, HoldResult, ResolutionResult
+from aisha.billing.results import HISTORY_COLUMNS, EntryResult, HoldInfo, HoldResult, ResolutionResult
 from aisha.clock import Clock
 from aisha.db.upsert import insert_ignore
 
 MAX_KEY_LENGTH = 160
 MAX_DESCRIPTION_LENGTH = 64
 MAX_REFERENCE_LENGTH = 128
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,76 @@ class HoldLost(Exception):
     """Internal: the conditional hold UPDATE matched nothing (resolved concurrently)."""
 
 
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """An entry without a hold, as asked: the balance moves by `delta` (signed)."""
+
+    user_id: int
+    kind: EntryKind
+    delta: int
+    key: str
+    description: str
+    description_args: Mapping[str, Any] | None
+    reference: str | None
+
+
 class Books:
     """The account, entry and hold rows of one clock's ledger."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+
+    async def write_once(
+        self,
+        session: AsyncSession,
+        *,
+        key: str,
+        one_statement: Callable[[], Awaitable[R | None]],
+        write: Callable[[], Awaitable[R]],
+        replay: Callable[[StoredEntry], R],
+    ) -> R:
+        """The shape of every operation under an idempotency key.
+
+        On PostgreSQL `one_statement` (`billing/pg.py`) first: its result, or None when it wrote
+        nothing (key used, credits short, no account yet). Then the portable path: the entry stored
+        under `key` is replayed; else `write` runs in a SAVEPOINT. A write that lost a race (on
+        PostgreSQL a concurrent insert of this key waited for the other transaction and then
+        conflicted, or found the credits already gone) replays the winner's entry: it is ours.
+        """
+        if on_postgresql(session):
+            result = await one_statement()
+            if result is not None:
+                return result
+        stored = await self.stored_entry(session, key)
+        if stored is not None:
+            return replay(stored)
+        try:
+            async with session.begin_nested():
+                return await write()
+        except (IntegrityError, InsufficientCredits):
+            stored = await self.stored_entry(session, key)
+            if stored is None:
+                raise
+            return replay(stored)
+
+    async def write_entry(self, session: AsyncSession, entry: NewEntry) -> EntryResult:
+        """The portable entry without a hold, inside the caller's savepoint."""
+        balance, seq = await self.move(session, user_id=entry.user_id, delta=entry.delta)
+        entry_id = await self.insert_entry(
+            session,
+            user_id=entry.user_id,
+            kind=entry.kind,
+            amount=entry.delta,
+            balance_after=balance,
+            seq=seq,
+            hold_id=None,
+            reference=entry.reference,
+            description=entry.description,
+            description_args=entry.description_args,
+            key=entry.key,
+            now=self._clock.now(),
+        )
+        return EntryResult(entry_id=entry_id, balance=balance, amount=entry.delta, replayed=False)
 
     async def ensure_account(self, *, session: AsyncSession, user_id: int) -> None:
         """Create the user's account with balance 0 unless it exists (the user row must exist)."""
@@ -287,3 +355,31 @@ def replay_resolution(
         entry_id=stored.id,
         replayed=True,
     )
+
+
+# What /balance shows, built once (it runs on every /balance): the figures as scalar subqueries,
+# riding along each entry of the page, or alone when the page is empty.
+_OVERVIEW_USER: BindParameter[int] = bindparam("user_id")
+_OVERVIEW_FIGURE_COLUMNS = (
+    select(CreditAccount.balance)
+    .where(CreditAccount.user_id == _OVERVIEW_USER)
+    .scalar_subquery()
+    .label("balance"),
+    select(func.coalesce(func.sum(CreditHold.amount), 0))
+    .where(CreditHold.user_id == _OVERVIEW_USER, CreditHold.status == HoldStatus.ACTIVE)
+    .scalar_subquery()
+    .label("held"),
+    select(func.count())
+    .select_from(CreditEntry)
+    .where(CreditEntry.user_id == _OVERVIEW_USER)
+    .scalar_subquery()
+    .label("total"),
+)
+OVERVIEW_FIGURES = select(*_OVERVIEW_FIGURE_COLUMNS)
+OVERVIEW_PAGE = (
+    select(*HISTORY_COLUMNS, *_OVERVIEW_FIGURE_COLUMNS)
+    .where(CreditEntry.user_id == _OVERVIEW_USER)
+    .order_by(CreditEntry.seq.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)

@@ -28,7 +28,7 @@ from aisha.billing.books import (
     replay_hold,
     replay_resolution,
 )
-from aisha.billing.errors import HoldAlreadyResolved, HoldNotFound, InsufficientCredits, InvalidAmount
+from aisha.billing.errors import HoldAlreadyResolved, HoldNotFound, InvalidAmount
 from aisha.billing.models import CreditHold, EntryKind, HoldStatus
 from aisha.billing.results import HoldInfo, HoldResult, ResolutionResult
 from aisha.clock import Clock
@@ -55,7 +55,8 @@ class Holds:
     ) -> HoldResult:
         """Reserve `amount` (already checked positive): one statement on PostgreSQL, else portable."""
         check_texts(key=key, description=description, reference=reference)
-        if on_postgresql(session):
+
+        async def one_statement() -> HoldResult | None:
             now = self._clock.now()
             hold_id = ids.ordered_uuid()  # time-ordered: the expiry sweep takes the oldest first
             balance = await pg.hold(
@@ -71,30 +72,29 @@ class Holds:
                 now=now,
                 expires_at=now + self._hold_ttl,
             )
-            if balance is not None:
-                return HoldResult(hold_id=hold_id, amount=amount, balance=balance, replayed=False)
-            # Nothing written: the portable path below replays the key or says why not.
-        stored = await self._books.stored_entry(session, key)
-        if stored is not None:
-            return replay_hold(stored, key=key, user_id=user_id, amount=amount)
-        try:
-            async with session.begin_nested():
-                hold_id, balance = await self._write_hold(
-                    session,
-                    user_id=user_id,
-                    amount=amount,
-                    key=key,
-                    reference=reference,
-                    description=description,
-                    description_args=description_args,
-                )
-        except (IntegrityError, InsufficientCredits):
-            # A concurrent call with the same key may have committed first: its result is ours.
-            stored = await self._books.stored_entry(session, key)
-            if stored is None:
-                raise
-            return replay_hold(stored, key=key, user_id=user_id, amount=amount)
-        return HoldResult(hold_id=hold_id, amount=amount, balance=balance, replayed=False)
+            if balance is None:
+                return None
+            return HoldResult(hold_id=hold_id, amount=amount, balance=balance, replayed=False)
+
+        async def write() -> HoldResult:
+            hold_id, balance = await self._write_hold(
+                session,
+                user_id=user_id,
+                amount=amount,
+                key=key,
+                reference=reference,
+                description=description,
+                description_args=description_args,
+            )
+            return HoldResult(hold_id=hold_id, amount=amount, balance=balance, replayed=False)
+
+        return await self._books.write_once(
+            session,
+            key=key,
+            one_statement=one_statement,
+            write=write,
+            replay=lambda stored: replay_hold(stored, key=key, user_id=user_id, amount=amount),
+        )
 
     async def _write_hold(
         self,
@@ -156,10 +156,8 @@ class Holds:
         check_texts(key=key, description=description, reference=None)
         kind = EntryKind.CAPTURE if target is HoldStatus.CAPTURED else EntryKind.RELEASE
         if on_postgresql(session) and is_amount(spend) and spend >= 0:
-            entry_id = ids.ordered_uuid()
-            moved = await pg.resolve(
+            done = await self._resolve_in_one_statement(
                 session,
-                entry_id=entry_id,
                 hold_id=hold_id,
                 target=target,
                 kind=kind,
@@ -167,19 +165,9 @@ class Holds:
                 key=key,
                 description=description,
                 description_args=description_args,
-                now=self._clock.now(),
             )
-            if moved is not None:
-                balance, returned = moved
-                return ResolutionResult(
-                    hold_id=hold_id,
-                    status=target,
-                    captured=spend,
-                    returned=returned,
-                    balance=balance,
-                    entry_id=entry_id,
-                    replayed=False,
-                )
+            if done is not None:
+                return done
             # Nothing written: the portable path below replays the key or says why not.
         hold, stored = await self._books.hold_and_entry(session, hold_id, key)
         if hold is None:
@@ -212,6 +200,45 @@ class Holds:
             if isinstance(exc, HoldLost) and current is not None:
                 raise HoldAlreadyResolved(hold_id=hold_id, status=current.status) from None
             raise
+        return ResolutionResult(
+            hold_id=hold_id,
+            status=target,
+            captured=spend,
+            returned=returned,
+            balance=balance,
+            entry_id=entry_id,
+            replayed=False,
+        )
+
+    async def _resolve_in_one_statement(
+        self,
+        session: AsyncSession,
+        *,
+        hold_id: uuid.UUID,
+        target: HoldStatus,
+        kind: EntryKind,
+        spend: int,
+        key: str,
+        description: str,
+        description_args: Mapping[str, Any] | None,
+    ) -> ResolutionResult | None:
+        """`billing/pg.py`'s statement; None when it wrote nothing."""
+        entry_id = ids.ordered_uuid()
+        moved = await pg.resolve(
+            session,
+            entry_id=entry_id,
+            hold_id=hold_id,
+            target=target,
+            kind=kind,
+            spend=spend,
+            key=key,
+            description=description,
+            description_args=description_args,
+            now=self._clock.now(),
+        )
+        if moved is None:
+            return None
+        balance, returned = moved
         return ResolutionResult(
             hold_id=hold_id,
             status=target,

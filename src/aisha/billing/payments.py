@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import Table, select, update
@@ -44,6 +44,7 @@ from aisha.billing.keys import payment_key as payment_key
 from aisha.billing.keys import refund_back_key as refund_back_key
 from aisha.billing.keys import refund_key as refund_key
 from aisha.billing.models import EntryKind, Payment, PaymentStatus
+from aisha.billing.ports import StarRefunds as StarRefunds  # re-exported: first defined here
 from aisha.billing.prices import PriceList, StarPackage
 from aisha.billing.service import LedgerService
 from aisha.db.session import unit_of_work
@@ -100,15 +101,6 @@ class RefundedPayment:
     taken: int  # credits taken back now
     shortfall: int  # credits that were already spent
     replayed: bool
-
-
-class StarRefunds(Protocol):
-    """Telegram's refundStarPayment, implemented by the bot adapter."""
-
-    async def refund_star_payment(self, *, user_id: int, telegram_payment_charge_id: str) -> None:
-        """Give the Stars back. Raises ChargeAlreadyRefunded and RefundRefused (a definitive no);
-        any other error means no answer, and asking again is safe."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,27 +35,25 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing import ids, pg
 from aisha.billing.books import (
     HOLD_COLUMNS,
-    MAX_DESCRIPTION_LENGTH,
     MAX_KEY_LENGTH,
-    MAX_REFERENCE_LENGTH,
+    OVERVIEW_FIGURES,
+    OVERVIEW_PAGE,
     Books,
+    NewEntry,
     check_texts,
     hold_from_row,
-    on_postgresql,
     replay_entry,
     require_positive,
 )
-from aisha.billing.errors import InsufficientCredits, InvalidAmount
-from aisha.billing.holds import EXPIRED_DESCRIPTION, Holds
-from aisha.billing.ids import ordered_uuid
-from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, EntryKind, HoldStatus
+from aisha.billing.errors import InvalidAmount
+from aisha.billing.holds import Holds
+from aisha.billing.models import CreditAccount, CreditHold, EntryKind, HoldStatus
 from aisha.billing.results import (
     HISTORY_COLUMNS,
     AccountMismatch,
@@ -70,16 +68,9 @@ from aisha.billing.results import (
 from aisha.billing.verify import verify_ledger
 from aisha.clock import Clock
 
-__all__ = [
-    "CREDIT_KINDS",
-    "DEBIT_KINDS",
-    "DEFAULT_DESCRIPTIONS",
-    "EXPIRED_DESCRIPTION",
+__all__ = [  # re-exported: first defined here
     "HISTORY_COLUMNS",
-    "MAX_DESCRIPTION_LENGTH",
     "MAX_KEY_LENGTH",
-    "MAX_REFERENCE_LENGTH",
-    "WELCOME_DESCRIPTION",
     "AccountMismatch",
     "EntryResult",
     "HistoryItem",
@@ -87,9 +78,7 @@ __all__ = [
     "HoldInfo",
     "HoldResult",
     "LedgerService",
-    "Overview",
     "ResolutionResult",
-    "ordered_uuid",
 ]
 
 CREDIT_KINDS = frozenset({EntryKind.BONUS, EntryKind.TOPUP, EntryKind.REFUND, EntryKind.ADJUSTMENT})
@@ -381,8 +370,8 @@ class LedgerService:
         if limit < 1 or offset < 0:
             raise ValueError("limit must be >= 1 and offset >= 0")
         params = {"user_id": user_id, "limit": limit, "offset": offset}
-        rows = (await session.execute(_OVERVIEW_PAGE, params)).all()
-        first = rows[0] if rows else (await session.execute(_OVERVIEW_FIGURES, params)).one()
+        rows = (await session.execute(OVERVIEW_PAGE, params)).all()
+        first = rows[0] if rows else (await session.execute(OVERVIEW_FIGURES, params)).one()
         items = [HistoryItem.of(row) for row in rows]
         return Overview(
             balance=int(first.balance or 0),
@@ -413,81 +402,40 @@ class LedgerService:
     ) -> EntryResult:
         """One entry without a hold: move the balance by `delta` and record it, once per key."""
         check_texts(key=key, description=description, reference=reference)
-        if on_postgresql(session):
-            entry_id = ids.ordered_uuid()
-            balance = await pg.apply(
-                session,
-                entry_id=entry_id,
-                user_id=user_id,
-                kind=kind,
-                delta=delta,
-                key=key,
-                description=description,
-                description_args=description_args,
-                reference=reference,
-                now=self._clock.now(),
-            )
-            if balance is not None:
-                return EntryResult(entry_id=entry_id, balance=balance, amount=delta, replayed=False)
-            # Nothing written (key used, credits short, no account yet): the portable path below
-            # replays, raises or creates the account.
-        stored = await self._books.stored_entry(session, key)
-        if stored is not None:
-            return replay_entry(
-                stored, key=key, user_id=user_id, kind=kind, amount=delta if check_amount else None
-            )
-        try:
-            async with session.begin_nested():
-                balance, seq = await self._books.move(session, user_id=user_id, delta=delta)
-                entry_id = await self._books.insert_entry(
-                    session,
-                    user_id=user_id,
-                    kind=kind,
-                    amount=delta,
-                    balance_after=balance,
-                    seq=seq,
-                    hold_id=None,
-                    reference=reference,
-                    description=description,
-                    description_args=description_args,
-                    key=key,
-                    now=self._clock.now(),
-                )
-        except (IntegrityError, InsufficientCredits):
-            # On PostgreSQL a concurrent insert of this key waited for the other transaction and
-            # then conflicted (or found the credits already gone): the stored result is ours.
-            stored = await self._books.stored_entry(session, key)
-            if stored is None:
-                raise
-            return replay_entry(
-                stored, key=key, user_id=user_id, kind=kind, amount=delta if check_amount else None
-            )
-        return EntryResult(entry_id=entry_id, balance=balance, amount=delta, replayed=False)
+        entry = NewEntry(
+            user_id=user_id,
+            kind=kind,
+            delta=delta,
+            key=key,
+            description=description,
+            description_args=description_args,
+            reference=reference,
+        )
+        amount = delta if check_amount else None
+        return await self._books.write_once(
+            session,
+            key=key,
+            one_statement=lambda: self._apply_in_one_statement(session, entry),
+            write=lambda: self._books.write_entry(session, entry),
+            replay=lambda stored: replay_entry(stored, key=key, user_id=user_id, kind=kind, amount=amount),
+        )
 
-
-# What /balance shows, built once (it runs on every /balance): the figures as scalar subqueries,
-# riding along each entry of the page, or alone when the page is empty.
-_OVERVIEW_USER: BindParameter[int] = bindparam("user_id")
-_OVERVIEW_FIGURES_COLUMNS = (
-    select(CreditAccount.balance)
-    .where(CreditAccount.user_id == _OVERVIEW_USER)
-    .scalar_subquery()
-    .label("balance"),
-    select(func.coalesce(func.sum(CreditHold.amount), 0))
-    .where(CreditHold.user_id == _OVERVIEW_USER, CreditHold.status == HoldStatus.ACTIVE)
-    .scalar_subquery()
-    .label("held"),
-    select(func.count())
-    .select_from(CreditEntry)
-    .where(CreditEntry.user_id == _OVERVIEW_USER)
-    .scalar_subquery()
-    .label("total"),
-)
-_OVERVIEW_FIGURES = select(*_OVERVIEW_FIGURES_COLUMNS)
-_OVERVIEW_PAGE = (
-    select(*HISTORY_COLUMNS, *_OVERVIEW_FIGURES_COLUMNS)
-    .where(CreditEntry.user_id == _OVERVIEW_USER)
-    .order_by(CreditEntry.seq.desc())
-    .limit(bindparam("limit"))
-    .offset(bindparam("offset"))
-)
+    async def _apply_in_one_statement(self, session: AsyncSession, entry: NewEntry) -> EntryResult | None:
+        """`billing/pg.py`'s statement; None when it wrote nothing (key used, credits short, no
+        account yet): then the portable path replays, raises or creates the account."""
+        entry_id = ids.ordered_uuid()
+        balance = await pg.apply(
+            session,
+            entry_id=entry_id,
+            user_id=entry.user_id,
+            kind=entry.kind,
+            delta=entry.delta,
+            key=entry.key,
+            description=entry.description,
+            description_args=entry.description_args,
+            reference=entry.reference,
+            now=self._clock.now(),
+        )
+        if balance is None:
+            return None
+        return EntryResult(entry_id=entry_id, balance=balance, amount=entry.delta, replayed=False)
