@@ -5,6 +5,7 @@ The bot, the HTTP app and the workers all receive the same `Services`.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from aisha.bot.throttle import Throttle, create_throttle
 from aisha.clock import Clock, SystemClock
 from aisha.config import Settings
 from aisha.db.base import parse_uuid
-from aisha.db.session import create_engine, create_session_factory, unit_of_work
+from aisha.db.session import create_engine, create_session_factory
 from aisha.generation.enhance import PromptEnhancer
 from aisha.generation.flow import GenerationFlow
 from aisha.generation.models import FINISH_JOB as GENERATION_FINISH_JOB
@@ -142,7 +143,7 @@ def build_services(
     clock = clock or SystemClock()
     engine = create_engine(settings.database_url)
     sessions = create_session_factory(engine)
-    prices = load_prices(settings.prices_file)
+    prices = load_prices(settings.prices_file, environ=os.environ)  # PRICE_*, PROVIDER_COST_*
     # Signed links to stored files exist only where FAL can reach us: webhook mode.
     signer = None
     if settings.public_base_url and settings.bot_token:
@@ -178,7 +179,6 @@ def build_services(
     )
     services.privacy = PrivacyService(clock=clock, ledger=ledger, storage=services.storage)
     services.support = SupportService(ledger=ledger, operator_ids=settings.admin_ids)
-    services.recovery.register("billing.expired_holds", lambda: _expire_holds(services))
     services.notices = NoticeService(
         sessions=sessions,
         clock=clock,
@@ -189,8 +189,6 @@ def build_services(
         ),
     )
     services.recovery.register("notices.owed", services.notices.sweep)
-    if refunds is not None:
-        services.recovery.register("billing.refunds", services.payments.sweep_refunds)
     if settings.fal_key:
         services.fal = FalClient(
             key=settings.fal_key.get_secret_value(),
@@ -475,8 +473,3 @@ def _wire_avatars(services: Services) -> None:
         return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
 
     services.fal_webhooks.register("avatar", on_webhook)
-
-
-async def _expire_holds(services: Services) -> int:
-    async with unit_of_work(services.sessions) as session:
-        return len(await services.ledger.expire_holds(session=session))

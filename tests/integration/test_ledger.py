@@ -510,7 +510,7 @@ async def test_entry_order_does_not_depend_on_clocks(
 ) -> None:
     # Another machine's clock: timestamps stand still or run backwards, and so do the ids.
     ids = (uuid.UUID(int=n) for n in range(1 << 40, 0, -1))
-    monkeypatch.setattr("aisha.billing.service.ordered_uuid", lambda: next(ids))
+    monkeypatch.setattr("aisha.billing.ids.ordered_uuid", lambda: next(ids))
     steps: list[tuple[str, Callable[[AsyncSession], Awaitable[Any]]]] = [
         ("a", lambda s: ledger.credit(session=s, user_id=alice, amount=50, key="a")),
         ("h", lambda s: ledger.hold(session=s, user_id=alice, amount=20, key="h", reference="gen:1")),

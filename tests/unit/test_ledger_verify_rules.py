@@ -6,7 +6,7 @@ import uuid
 
 from aisha.billing.models import EntryKind, PaymentStatus
 from aisha.billing.payments import payment_key, refund_back_key, refund_key
-from aisha.billing.verify import _PAYMENT_RULES, _PaymentEntry, _PaymentRow
+from aisha.billing.verify.payments import _PAYMENT_RULES, _PaymentEntry, _PaymentRow
 
 PAYER = 7
 

@@ -16,14 +16,13 @@ made outside the bot (none when nothing was); and one REFUND credit (`refund-bac
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import Table, select, update
@@ -39,9 +38,15 @@ from aisha.billing.errors import (
     RefundInProgress,
     RefundRefused,
 )
+
+# Re-exported: the keys were first defined here.
+from aisha.billing.keys import payment_key as payment_key
+from aisha.billing.keys import refund_back_key as refund_back_key
+from aisha.billing.keys import refund_key as refund_key
 from aisha.billing.models import EntryKind, Payment, PaymentStatus
+from aisha.billing.ports import StarRefunds as StarRefunds  # re-exported: first defined here
 from aisha.billing.prices import PriceList, StarPackage
-from aisha.billing.service import MAX_KEY_LENGTH, LedgerService
+from aisha.billing.service import LedgerService
 from aisha.db.session import unit_of_work
 from aisha.db.upsert import insert_ignore
 from aisha.users.models import User
@@ -98,45 +103,12 @@ class RefundedPayment:
     replayed: bool
 
 
-class StarRefunds(Protocol):
-    """Telegram's refundStarPayment, implemented by the bot adapter."""
-
-    async def refund_star_payment(self, *, user_id: int, telegram_payment_charge_id: str) -> None:
-        """Give the Stars back. Raises ChargeAlreadyRefunded and RefundRefused (a definitive no);
-        any other error means no answer, and asking again is safe."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class RefundResult:
     user_id: int
     stars: int  # what Telegram should give back (refundStarPayment)
     credits: int  # what was taken from the balance
     balance: int
-
-
-def payment_key(telegram_payment_charge_id: str) -> str:
-    return _key("payment", telegram_payment_charge_id)
-
-
-def refund_key(telegram_payment_charge_id: str, attempt: int = 1) -> str:
-    """The REFUND debit of a payment's `attempt`-th refund (only a refused one is followed by another)."""
-    suffix = "" if attempt == 1 else f"#{attempt}"
-    return _key("refund", telegram_payment_charge_id + suffix)
-
-
-def refund_back_key(telegram_payment_charge_id: str, attempt: int = 1) -> str:
-    """The REFUND credit that gives the debit of a refused refund back."""
-    suffix = "" if attempt == 1 else f"#{attempt}"
-    return _key("refund-back", telegram_payment_charge_id + suffix)
-
-
-def _key(prefix: str, charge_id: str) -> str:
-    key = f"{prefix}:{charge_id}"
-    if len(key) <= MAX_KEY_LENGTH:
-        return key
-    # Charge ids may be up to 256 characters; the key column holds 160. A digest stays unique.
-    return f"{prefix}:sha256:{hashlib.sha256(charge_id.encode()).hexdigest()}"
 
 
 def parse_payload(payload: str) -> InvoicePayload | None:
@@ -159,6 +131,11 @@ class PaymentService:
         self._prices = prices
         self._sessions = sessions  # for the refund's own transactions (complete_refund, the sweep)
         self._refunds = refunds
+
+    @property
+    def refunds_enabled(self) -> bool:
+        """Whether Telegram can be asked for refunds (the bot adapter gave its refundStarPayment)."""
+        return self._refunds is not None
 
     @property
     def packages(self) -> tuple[StarPackage, ...]:

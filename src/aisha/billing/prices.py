@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -134,7 +133,7 @@ class PriceList(BaseModel):
         return next((p for p in self.packages if p.id == package_id), None)
 
     @classmethod
-    def load(cls, path: Path | None = None, *, environ: Mapping[str, str] | None = None) -> PriceList:
+    def load(cls, path: Path | None = None, *, environ: Mapping[str, str]) -> PriceList:
         return load_prices(path, environ=environ)
 
 
@@ -158,12 +157,12 @@ def _check_count(count: int) -> int:
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
 
-def load_prices(path: Path | None = None, *, environ: Mapping[str, str] | None = None) -> PriceList:
-    """Defaults, then the file (if any), then `PRICE_*` / `PROVIDER_COST_*` variables.
+def load_prices(path: Path | None = None, *, environ: Mapping[str, str]) -> PriceList:
+    """Defaults, then the file (if any), then the `PRICE_*` / `PROVIDER_COST_*` variables of
+    `environ` (the caller's environment: the process's in `container.py`, a test's own).
 
     Every bad value is refused with a ValueError naming where it came from.
     """
-    environ = os.environ if environ is None else environ
     data = _read_file(path) if path is not None else {}
     source = str(path) if path is not None else "prices"
 

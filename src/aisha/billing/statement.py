@@ -18,7 +18,8 @@ from sqlalchemy import String, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.models import CreditEntry, EntryKind
-from aisha.billing.service import HISTORY_COLUMNS, HistoryItem
+from aisha.billing.results import HISTORY_COLUMNS, HistoryItem
+from aisha.billing.service import LedgerService
 
 FOLDED_KINDS = (EntryKind.HOLD, EntryKind.CAPTURE, EntryKind.RELEASE)
 
@@ -53,6 +54,26 @@ class StatementPage:
     @property
     def has_more(self) -> bool:
         return self.offset + len(self.operations) < self.total
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """What /balance shows: the spendable balance, the credits held, one page of the statement."""
+
+    balance: int
+    held: int
+    page: StatementPage
+
+
+async def account_view(
+    session: AsyncSession, *, ledger: LedgerService, user_id: int, limit: int, offset: int
+) -> AccountView:
+    """The balance, the credits held by running jobs and one statement page (newest first)."""
+    return AccountView(
+        balance=await ledger.get_balance(session=session, user_id=user_id),
+        held=await ledger.held_total(session=session, user_id=user_id),
+        page=await statement(session, user_id=user_id, limit=limit, offset=offset),
+    )
 
 
 def _operation_key() -> Any:

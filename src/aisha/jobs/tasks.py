@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aisha.jobs import admin, avatars, generation, transcription
+from aisha.jobs import admin, avatars, billing, generation, transcription
 
 if TYPE_CHECKING:
     from aisha.container import Services
@@ -14,5 +14,6 @@ if TYPE_CHECKING:
 def register_tasks(services: Services) -> None:
     admin.register(services)
     avatars.register(services)
+    billing.register(services)
     generation.register(services)
     transcription.register(services)
