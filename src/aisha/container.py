@@ -16,17 +16,14 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.admin.service import BROADCAST_JOB, AdminRules, AdminService
-from aisha.api.fal import FalWebhookRegistry
 from aisha.avatars.service import KEEP_JOB, TRAIN_JOB, AvatarNotifier, AvatarRules, AvatarService
 from aisha.avatars.training import FalTrainer, TrainerConfig
 from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThresholds
 from aisha.billing.payments import PaymentService, StarRefunds
 from aisha.billing.prices import PriceList, load_prices
 from aisha.billing.service import LedgerService
-from aisha.bot.throttle import Throttle, create_throttle
 from aisha.clock import Clock, SystemClock
 from aisha.config import ConfigError, Settings, TranscriptionBackend
-from aisha.db.base import parse_uuid
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
 from aisha.generation.enhance import OpenAIPromptWriter, PromptEnhancer
 from aisha.generation.service import FINISH_JOB as GENERATION_FINISH_JOB
@@ -54,10 +51,12 @@ from aisha.providers.local_transcriber import (
     bundled_model,
     local_speech_installed,
 )
+from aisha.providers.redis_throttle import RedisThrottle
 from aisha.remote import RemoteWebhook
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
 from aisha.support.service import SupportService
+from aisha.throttle import MemoryThrottle, Throttle
 from aisha.transcription.audio import AudioConfig
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionPipeline
 from aisha.transcription.service import JOB_NAME as TRANSCRIPTION_JOB
@@ -90,11 +89,10 @@ class Services:
     messenger: Messenger
     link_signer: LinkSigner | None = None
     recovery: RecoverySweep = field(default_factory=RecoverySweep)
-    # FAL: one HTTP pool for the queue client and the webhook keys; features route webhooks by kind.
+    # FAL: one HTTP pool for the queue client and the webhook keys (api/fal.py routes webhooks by kind).
     http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
     fal: FalClient | None = None  # None without FAL_KEY: avatars and generation are unavailable
     fal_verifier: FalWebhookVerifier | None = None
-    fal_webhooks: FalWebhookRegistry = field(default_factory=FalWebhookRegistry)
     avatars: AvatarService = field(init=False)
     transcription: TranscriptionService = field(init=False)
     generation: GenerationService = field(init=False)
@@ -120,6 +118,15 @@ class Services:
         await self.http.aclose()
         await self.storage.aclose()
         await self.engine.dispose()
+
+
+def create_throttle(*, redis_url: str | None, rate: int, period: int, clock: Clock) -> Throttle | None:
+    """The per-user rate limit: in Redis when there is one, else in memory; None when the rate is 0."""
+    if rate <= 0:
+        return None
+    if redis_url:
+        return RedisThrottle.from_url(redis_url, rate=rate, period=period, clock=clock)
+    return MemoryThrottle(rate=rate, period=period, clock=clock)
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -182,7 +189,6 @@ def build_services(
             retry_base=timedelta(seconds=settings.notice_retry_seconds),
         ),
     )
-    services.recovery.register("notices.owed", services.notices.sweep)
     if refunds is not None:
         services.recovery.register("billing.refunds", services.payments.sweep_refunds)
     if settings.fal_key:
@@ -310,16 +316,9 @@ def _wire_generation(services: Services) -> None:
     async def finish_job(*, generation_id: str, webhook: dict[str, Any]) -> None:
         await generation.finish(generation_id=uuid.UUID(generation_id), webhook=RemoteWebhook(**webhook))
 
-    async def on_webhook(row_id: str, webhook: RemoteWebhook) -> bool:
-        generation_id = parse_uuid(row_id)
-        return generation_id is not None and await generation.apply_webhook(
-            generation_id=generation_id, webhook=webhook
-        )
-
     services.queue.register(GENERATION_JOB, run_job)
     services.queue.register(GENERATION_FINISH_JOB, finish_job)
     services.recovery.register("generation.stuck", generation.sweep)
-    services.fal_webhooks.register("generation", on_webhook)
 
 
 def _wire_transcription(services: Services) -> None:
@@ -519,15 +518,10 @@ def _wire_avatars(services: Services) -> None:
     async def keep_job(*, avatar_id: str) -> None:
         await avatars.keep_lora(avatar_id=uuid.UUID(avatar_id))
 
-    async def on_webhook(row_id: str, webhook: RemoteWebhook) -> bool:
-        avatar_id = parse_uuid(row_id)
-        return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
-
     services.queue.register("avatars.photo", photo_job)
     services.queue.register(TRAIN_JOB, train_job)
     services.queue.register(KEEP_JOB, keep_job)
     services.recovery.register("avatars.stuck", avatars.sweep)
-    services.fal_webhooks.register("avatar", on_webhook)
 
 
 async def _expire_holds(services: Services) -> int:

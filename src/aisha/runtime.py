@@ -13,6 +13,7 @@ import uvicorn
 from aiogram import Bot, Dispatcher
 
 from aisha.api.app import create_api
+from aisha.api.telegram import WEBHOOK_PATH
 from aisha.bot.app import create_bot, create_dispatcher
 from aisha.bot.commands import publish_commands
 from aisha.bot.local_files import local_folder
@@ -21,9 +22,10 @@ from aisha.bot.outgoing import OutgoingLimiter, create_limiter
 from aisha.clock import Clock
 from aisha.config import ConfigError, Settings
 from aisha.container import Services, build_services
+from aisha.jobs.tasks import register_tasks
 
 log = structlog.get_logger(__name__)
-WEBHOOK_PATH = "/telegram/webhook"
+__all__ = ["WEBHOOK_PATH", "Role", "Runtime"]
 
 
 class Role(StrEnum):
@@ -49,6 +51,7 @@ class Runtime:
         self.services: Services = build_services(
             settings, messenger=messenger, clock=clock, refunds=messenger
         )
+        register_tasks(self.services)
         self.dispatcher: Dispatcher = create_dispatcher(self.services)
         self._server: _QuietServer | None = None
         self._tasks: list[asyncio.Task[None]] = []

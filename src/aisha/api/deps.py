@@ -1,19 +1,40 @@
-"""Typed dependencies for the HTTP routes."""
+"""Typed dependencies for the HTTP routes.
+
+The routes see the running process through `AppContext` (what `aisha.runtime.Runtime` offers),
+so the HTTP adapter never imports the runtime that serves it.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from fastapi import Depends, Request
 
 if TYPE_CHECKING:
-    from aisha.runtime import Runtime
+    from aiogram import Bot, Dispatcher
+
+    from aisha.config import Settings
+    from aisha.container import Services
 
 
-async def get_runtime(request: Request) -> Runtime:
+class AppContext(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def services(self) -> Services: ...
+
+    @property
+    def bot(self) -> Bot: ...
+
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+
+
+async def get_runtime(request: Request) -> AppContext:
     # async: FastAPI runs a plain function dependency in a worker thread, a hop per request.
-    runtime: Runtime = request.app.state.runtime
+    runtime: AppContext = request.app.state.runtime
     return runtime
 
 
-RuntimeDep = Annotated["Runtime", Depends(get_runtime)]
+RuntimeDep = Annotated["AppContext", Depends(get_runtime)]

@@ -18,6 +18,7 @@ from aisha.api.body import BodyTooLarge, read_capped
 from aisha.api.deps import RuntimeDep
 from aisha.bot.updates import UnreadableUpdate, parse_update
 
+WEBHOOK_PATH = "/telegram/webhook"  # the route below, and the URL `setWebhook` gives Telegram
 # Far above any real update (texts are at most 4096 characters, files are sent as ids).
 MAX_UPDATE_BYTES = 1024 * 1024
 
@@ -30,7 +31,7 @@ def secret_matches(expected: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
-@router.post("/telegram/webhook", include_in_schema=False)
+@router.post(WEBHOOK_PATH, include_in_schema=False)
 async def telegram_webhook(
     request: Request,
     runtime: RuntimeDep,

@@ -1,0 +1,16 @@
+"""Every job and recovery check of the product, registered on the services' queue and sweep.
+
+Each feature's `aisha.jobs.<feature>.register(services)` adds its own; the runtime calls
+`register_tasks` once, right after building the services, in every process (bot, API, worker).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aisha.container import Services
+
+
+def register_tasks(services: Services) -> None:
+    services.recovery.register("notices.owed", services.notices.sweep)
