@@ -1,6 +1,8 @@
 """The one place that wires everything: settings in, the set of services out.
 
-The bot, the HTTP app and the workers all receive the same `Services`.
+The bot, the HTTP app and the workers all receive the same `Services`. It only builds objects: it
+imports no adapter (`bot/`, `api/`); the jobs are registered by `jobs/tasks.py`, the FAL webhook
+kinds routed by `api/fal.py`.
 """
 
 from __future__ import annotations
