@@ -6,12 +6,13 @@ from fastapi import FastAPI
 
 from aisha import __version__
 from aisha.api import fal, files, health, metrics, telegram
-from aisha.api.deps import AppContext
+from aisha.api.deps import AppContext, HttpRules
 
 
 def create_api(runtime: AppContext) -> FastAPI:
     app = FastAPI(title="Aisha", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
+    app.state.rules = HttpRules.from_settings(runtime.settings)
     app.state.fal_webhooks = fal.feature_targets(runtime.services)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, status
 from starlette.requests import ClientDisconnect
 
 from aisha.api.body import BodyTooLarge, read_capped
-from aisha.api.deps import RuntimeDep
+from aisha.api.deps import RulesDep, RuntimeDep
 from aisha.bot.updates import UnreadableUpdate, parse_update
 
 WEBHOOK_PATH = "/telegram/webhook"  # the route below, and the URL `setWebhook` gives Telegram
@@ -35,10 +35,11 @@ def secret_matches(expected: str, given: str | None) -> bool:
 async def telegram_webhook(
     request: Request,
     runtime: RuntimeDep,
+    rules: RulesDep,
     secret: Annotated[str | None, Header(alias="X-Telegram-Bot-Api-Secret-Token")] = None,
 ) -> dict[str, Any]:
-    expected = runtime.settings.webhook_secret
-    if expected is None or not secret_matches(expected.get_secret_value(), secret):
+    expected = rules.webhook_secret
+    if expected is None or not secret_matches(expected, secret):
         log.warning("webhook.telegram.bad_secret", client=request.client.host if request.client else None)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bad secret token")
     try:
