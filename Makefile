@@ -40,6 +40,8 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python .ci/check-shape
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

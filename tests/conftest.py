@@ -28,7 +28,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.db.migrate import upgrade
-from aisha.db.models import Base
 from aisha.db.session import (
     before_outside_call,
     create_engine,
@@ -36,6 +35,7 @@ from aisha.db.session import (
     execute_autocommit,
     refuse_outside_call,
 )
+from aisha.models import Base
 from aisha.sandbox.faults import Fault, FaultPlan
 from aisha.storage.local import LocalStorage
 from aisha.storage.s3 import S3Storage

@@ -1,6 +1,8 @@
 """The one place that wires everything: settings in, the set of services out.
 
-The bot, the HTTP app and the workers all receive the same `Services`.
+The bot, the HTTP app and the workers all receive the same `Services`. It only builds objects: it
+imports no adapter (`bot/`, `api/`); the jobs are registered by `jobs/tasks.py`, the FAL webhook
+kinds routed by `api/fal.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from aisha.admin.service import AdminRules, AdminService
-from aisha.api.fal import FalWebhookRegistry
 from aisha.avatars.models import AvatarRules
 from aisha.avatars.ports import KEEP_JOB as AVATAR_KEEP_JOB
 from aisha.avatars.ports import PHOTO_JOB as AVATAR_PHOTO_JOB
@@ -27,11 +28,8 @@ from aisha.avatars.validation import NUDENET, PhotoValidator, ValidationThreshol
 from aisha.billing.payments import PaymentService, StarRefunds
 from aisha.billing.prices import PriceList, load_prices
 from aisha.billing.service import LedgerService
-from aisha.bot.presenters.avatars import AvatarNotifier
-from aisha.bot.throttle import Throttle, create_throttle
 from aisha.clock import Clock, SystemClock
 from aisha.config import Settings
-from aisha.db.base import parse_uuid
 from aisha.db.session import create_engine, create_session_factory
 from aisha.generation.enhance import PromptEnhancer
 from aisha.generation.flow import GenerationFlow
@@ -54,12 +52,14 @@ from aisha.providers.fal_training import FalTrainer, TrainerConfig
 from aisha.providers.fal_webhook import FalWebhookVerifier
 from aisha.providers.openai_chat import OpenAIPromptWriter, OpenAIVision
 from aisha.providers.redis_locks import create_user_locks
+from aisha.providers.redis_throttle import RedisThrottle
 from aisha.providers.speech import local_speech_model as local_speech_model  # the sandbox asks
 from aisha.providers.speech import speech_setup
 from aisha.remote import RemoteWebhook
 from aisha.storage import ObjectStorage, create_storage
 from aisha.storage.links import LinkSigner, link_secret
 from aisha.support.service import SupportService
+from aisha.throttle import MemoryThrottle, Throttle
 from aisha.transcription.flow import JOB_NAME as TRANSCRIPTION_JOB
 from aisha.transcription.flow import TranscriptionFlow
 from aisha.transcription.ledger import TranscriptLedger
@@ -92,11 +92,10 @@ class Services:
     messenger: Messenger
     link_signer: LinkSigner | None = None
     recovery: RecoverySweep = field(default_factory=RecoverySweep)
-    # FAL: one HTTP pool for the queue client and the webhook keys; features route webhooks by kind.
+    # FAL: one HTTP pool for the queue client and the webhook keys (api/fal.py routes webhooks by kind).
     http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)
     fal: FalClient | None = None  # None without FAL_KEY: avatars and generation are unavailable
     fal_verifier: FalWebhookVerifier | None = None
-    fal_webhooks: FalWebhookRegistry = field(default_factory=FalWebhookRegistry)
     avatars: AvatarService = field(init=False)
     transcription: TranscriptionService = field(init=False)
     # The job's steps, given the bot's presenter to tell the user through: built and registered by
@@ -127,6 +126,15 @@ class Services:
         await self.http.aclose()
         await self.storage.aclose()
         await self.engine.dispose()
+
+
+def create_throttle(*, redis_url: str | None, rate: int, period: int, clock: Clock) -> Throttle | None:
+    """The per-user rate limit: in Redis when there is one, else in memory; None when the rate is 0."""
+    if rate <= 0:
+        return None
+    if redis_url:
+        return RedisThrottle.from_url(redis_url, rate=rate, period=period, clock=clock)
+    return MemoryThrottle(rate=rate, period=period, clock=clock)
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -188,7 +196,6 @@ def build_services(
             retry_base=timedelta(seconds=settings.notice_retry_seconds),
         ),
     )
-    services.recovery.register("notices.owed", services.notices.sweep)
     if settings.fal_key:
         services.fal = FalClient(
             key=settings.fal_key.get_secret_value(),
@@ -349,15 +356,6 @@ def _wire_generation(services: Services) -> None:
         available=generator is not None,
         vision_available=vision is not None,
     )
-    generation = services.generation
-
-    async def on_webhook(row_id: str, webhook: RemoteWebhook) -> bool:
-        generation_id = parse_uuid(row_id)
-        return generation_id is not None and await generation.apply_webhook(
-            generation_id=generation_id, webhook=webhook
-        )
-
-    services.fal_webhooks.register("generation", on_webhook)
 
 
 def _wire_transcription(services: Services) -> None:
@@ -449,7 +447,6 @@ def _wire_avatars(services: Services) -> None:
         validator=PhotoValidator(thresholds, NUDENET if settings.photo_nsfw_check else None),
         trainer=trainer,
         messenger=services.messenger,
-        notifier=AvatarNotifier(messenger=services.messenger, translator=services.translator),
         rules=AvatarRules(
             min_photos=settings.avatar_min_photos,
             max_photos=settings.avatar_max_photos,
@@ -466,10 +463,3 @@ def _wire_avatars(services: Services) -> None:
         enqueue_photo=enqueue_photo,
         metrics=services.metrics.jobs,
     )
-    avatars = services.avatars
-
-    async def on_webhook(row_id: str, webhook: RemoteWebhook) -> bool:
-        avatar_id = parse_uuid(row_id)
-        return avatar_id is not None and await avatars.apply_webhook(avatar_id=avatar_id, webhook=webhook)
-
-    services.fal_webhooks.register("avatar", on_webhook)

@@ -13,6 +13,7 @@ import uvicorn
 from aiogram import Bot, Dispatcher
 
 from aisha.api.app import create_api
+from aisha.api.telegram import WEBHOOK_PATH
 from aisha.bot.app import create_bot, create_dispatcher
 from aisha.bot.commands import publish_commands
 from aisha.bot.local_files import local_folder
@@ -24,7 +25,7 @@ from aisha.container import Services, build_services
 from aisha.jobs.tasks import register_tasks
 
 log = structlog.get_logger(__name__)
-WEBHOOK_PATH = "/telegram/webhook"
+__all__ = ["WEBHOOK_PATH", "Role", "Runtime"]
 
 
 class Role(StrEnum):

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiogram.fsm.storage.base import StorageKey
 
-from aisha.db.models import User
+from aisha.models import User
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from tests.conftest import Database

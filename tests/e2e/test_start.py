@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from aisha.db.models import ProcessedUpdate, User
+from aisha.models import ProcessedUpdate, User
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.faults import Fault
 from tests.conftest import Database

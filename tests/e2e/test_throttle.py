@@ -7,10 +7,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aisha.bot.throttle import MemoryThrottle, RedisThrottle, Verdict
 from aisha.clock import FrozenClock
+from aisha.providers.redis_throttle import RedisThrottle
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
+from aisha.throttle import MemoryThrottle, Verdict
 from tests.e2e.conftest import eventually, press, say
 
 ADMIN = FakeUser(id=900, first_name="Op", language_code="en")

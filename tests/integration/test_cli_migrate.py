@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import inspect, text
 
-from aisha.db.models import Base
 from aisha.db.session import create_engine, execute_autocommit
+from aisha.models import Base
 from tests.conftest import PG_ADMIN_URL, _require, run_aisha
 
 

@@ -43,8 +43,8 @@ from aisha.billing import (
 )
 from aisha.billing.models import CreditEntry, CreditHold
 from aisha.clock import FrozenClock
-from aisha.db.models import Base
 from aisha.db.session import create_engine, create_session_factory, unit_of_work
+from aisha.models import Base
 from aisha.users.models import User
 
 T = TypeVar("T")

@@ -30,8 +30,8 @@ from sqlalchemy import (
 from aisha.billing import LedgerService
 from aisha.clock import FrozenClock
 from aisha.db.migrate import upgrade
-from aisha.db.models import Base
 from aisha.db.session import create_engine, create_session_factory, execute_autocommit, unit_of_work
+from aisha.models import Base
 from tests.conftest import PG_ADMIN_URL, Database, _require
 
 

@@ -9,7 +9,7 @@ or forged gets 401 and changes nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import APIRouter, HTTPException, Request, status
@@ -17,9 +17,13 @@ from starlette.requests import ClientDisconnect
 
 from aisha.api.body import BodyTooLarge, read_capped
 from aisha.api.deps import RuntimeDep
+from aisha.db.base import parse_uuid
 from aisha.providers.fal import WEBHOOK_PATH
 from aisha.providers.fal_webhook import JwksUnavailable, WebhookRejected
 from aisha.remote import RemoteWebhook
+
+if TYPE_CHECKING:
+    from aisha.container import Services
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a training or image result is a few KB of JSON
 
@@ -49,6 +53,27 @@ class FalWebhookRegistry:
         return sorted(self._targets)
 
 
+def feature_targets(services: Services) -> FalWebhookRegistry:
+    """The kinds our services put in their webhook URLs, each routed to its feature's service."""
+    registry = FalWebhookRegistry()
+
+    async def generation(row_id: str, webhook: RemoteWebhook) -> bool:
+        generation_id = parse_uuid(row_id)
+        return generation_id is not None and await services.generation.apply_webhook(
+            generation_id=generation_id, webhook=webhook
+        )
+
+    async def avatar(row_id: str, webhook: RemoteWebhook) -> bool:
+        avatar_id = parse_uuid(row_id)
+        return avatar_id is not None and await services.avatars.apply_webhook(
+            avatar_id=avatar_id, webhook=webhook
+        )
+
+    registry.register("generation", generation)
+    registry.register("avatar", avatar)
+    return registry
+
+
 @router.post(WEBHOOK_PATH, include_in_schema=False)
 async def fal_webhook(request: Request, runtime: RuntimeDep, kind: str = "", id: str = "") -> dict[str, Any]:
     verifier = runtime.services.fal_verifier
@@ -69,7 +94,8 @@ async def fal_webhook(request: Request, runtime: RuntimeDep, kind: str = "", id:
     except JwksUnavailable:
         log.error("webhook.fal.no_keys")
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "FAL keys unavailable") from None
-    target = runtime.services.fal_webhooks.get(kind)
+    registry: FalWebhookRegistry = request.app.state.fal_webhooks
+    target = registry.get(kind)
     if target is None:
         # Genuine but not ours to route: answer 200 so FAL stops retrying.
         log.warning("webhook.fal.unknown_kind", kind=kind[:32], request_id=webhook.request_id)

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from aisha.api.deps import RuntimeDep
+from aisha.api.deps import RulesDep, RuntimeDep
 from aisha.api.telegram import secret_matches
 from aisha.config import Network
 
@@ -33,15 +33,16 @@ def peer_allowed(host: str | None, networks: Sequence[Network]) -> bool:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(
-    request: Request, runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None
+    request: Request,
+    runtime: RuntimeDep,
+    rules: RulesDep,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> Response:
-    settings = runtime.settings
-    if not peer_allowed(request.client.host if request.client else None, settings.metrics_allowed_networks):
+    if not peer_allowed(request.client.host if request.client else None, rules.metrics_networks):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "metrics are not served to this address")
-    token = settings.metrics_token
-    if token is not None:
+    if rules.metrics_token is not None:
         scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not secret_matches(token.get_secret_value(), given.strip()):
+        if scheme.lower() != "bearer" or not secret_matches(rules.metrics_token, given.strip()):
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED, "metrics need a bearer token", {"WWW-Authenticate": "Bearer"}
             )

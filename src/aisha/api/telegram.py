@@ -15,9 +15,10 @@ from fastapi import APIRouter, Header, HTTPException, Request, status
 from starlette.requests import ClientDisconnect
 
 from aisha.api.body import BodyTooLarge, read_capped
-from aisha.api.deps import RuntimeDep
+from aisha.api.deps import RulesDep, RuntimeDep
 from aisha.bot.updates import UnreadableUpdate, parse_update
 
+WEBHOOK_PATH = "/telegram/webhook"  # the route below, and the URL `setWebhook` gives Telegram
 # Far above any real update (texts are at most 4096 characters, files are sent as ids).
 MAX_UPDATE_BYTES = 1024 * 1024
 
@@ -30,14 +31,15 @@ def secret_matches(expected: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
-@router.post("/telegram/webhook", include_in_schema=False)
+@router.post(WEBHOOK_PATH, include_in_schema=False)
 async def telegram_webhook(
     request: Request,
     runtime: RuntimeDep,
+    rules: RulesDep,
     secret: Annotated[str | None, Header(alias="X-Telegram-Bot-Api-Secret-Token")] = None,
 ) -> dict[str, Any]:
-    expected = runtime.settings.webhook_secret
-    if expected is None or not secret_matches(expected.get_secret_value(), secret):
+    expected = rules.webhook_secret
+    if expected is None or not secret_matches(expected, secret):
         log.warning("webhook.telegram.bad_secret", client=request.client.host if request.client else None)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bad secret token")
     try:

@@ -56,7 +56,7 @@ class AvatarOutcomes:
         ledger: LedgerService,
         prices: PriceList,
         trainer: Trainer | None,
-        events: AvatarEvents,
+        events: AvatarEvents | None = None,
         rules: AvatarRules,
         enqueue_training: Callable[[uuid.UUID], Awaitable[None]],
         enqueue_keep: Callable[[uuid.UUID], Awaitable[None]],
@@ -68,11 +68,20 @@ class AvatarOutcomes:
         self._ledger = ledger
         self._prices = prices
         self._trainer = trainer
-        self._events = events
+        self._told = events
         self.rules = rules
         self._enqueue_training = enqueue_training
         self._enqueue_keep = enqueue_keep
         self._metrics: JobFigures = metrics or NoFigures()
+
+    def tell_through(self, events: AvatarEvents) -> None:
+        """Who tells the user (the bot's presenter): attached by the adapters, which own it."""
+        self._told = events
+
+    @property
+    def _events(self) -> AvatarEvents:
+        assert self._told is not None, "tell_through was not called"
+        return self._told
 
     async def _locked(
         self, session: AsyncSession, avatar_id: uuid.UUID, user_id: int | None = None

@@ -84,7 +84,7 @@ class AvatarPhotos:
         storage: ObjectStorage,
         validator: PhotoValidator,
         messenger: Messenger,
-        events: AvatarEvents,
+        events: AvatarEvents | None = None,
         rules: AvatarRules,
         enqueue_photo: Callable[..., Awaitable[None]],
     ) -> None:
@@ -93,9 +93,18 @@ class AvatarPhotos:
         self._storage = storage
         self._validator = validator
         self._messenger = messenger
-        self._events = events
+        self._told = events
         self.rules = rules
         self._enqueue_photo = enqueue_photo
+
+    def tell_through(self, events: AvatarEvents) -> None:
+        """Who tells the user (the bot's presenter): attached by the adapters, which own it."""
+        self._told = events
+
+    @property
+    def _events(self) -> AvatarEvents:
+        assert self._told is not None, "tell_through was not called"
+        return self._told
 
     async def receive(
         self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID, upload: PhotoUpload

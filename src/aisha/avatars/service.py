@@ -72,7 +72,7 @@ class AvatarService:
         validator: PhotoValidator,
         trainer: Trainer | None,
         messenger: Messenger,
-        notifier: AvatarEvents,
+        notifier: AvatarEvents | None = None,
         rules: AvatarRules,
         operations: PaidOperations,
         enqueue_training: Callable[[uuid.UUID], Awaitable[None]],
@@ -112,6 +112,11 @@ class AvatarService:
             enqueue_keep=enqueue_keep,
             metrics=metrics,
         )
+
+    def tell_through(self, events: AvatarEvents) -> None:
+        """Who tells the user (the bot's presenter): attached by the adapters, which own it."""
+        self.photos.tell_through(events)
+        self.flow.tell_through(events)
 
     # --- prices --------------------------------------------------------------------------------
 

@@ -17,11 +17,11 @@ from aiogram.types import User as TelegramUser
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.bot.metrics import DUPLICATE_KEY
-from aisha.bot.throttle import Verdict
 from aisha.db.context import current_session
 from aisha.db.models import ProcessedUpdate
 from aisha.db.session import before_outside_call, commit, commits_before_outside_calls, run_at_end
 from aisha.db.upsert import insert_ignore
+from aisha.throttle import Verdict
 from aisha.users.models import User
 from aisha.users.service import TelegramProfile
 

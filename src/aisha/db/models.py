@@ -1,4 +1,5 @@
-"""Every table of the product in one metadata, for Alembic and for tests."""
+"""The tables of the update pipeline itself (repeat guard, wizard state); every feature's tables are
+in its own `models.py`, and `aisha.models` gathers them all into one metadata."""
 
 from __future__ import annotations
 
@@ -8,14 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from aisha.admin.models import Broadcast
-from aisha.avatars.models import Avatar, AvatarPhoto
-from aisha.billing.models import AnonymizedLedgerTotal, CreditAccount, CreditEntry, CreditHold, Payment
 from aisha.db.base import Base, utcnow
-from aisha.generation.models import ImageGeneration
-from aisha.notices.models import OwedMessage
-from aisha.transcription.models import Transcript
-from aisha.users.models import User
 
 
 class ProcessedUpdate(Base):
@@ -36,22 +30,3 @@ class FsmRecord(Base):
     state: Mapped[str | None] = mapped_column(String(255))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-
-__all__ = [
-    "AnonymizedLedgerTotal",
-    "Avatar",
-    "AvatarPhoto",
-    "Base",
-    "Broadcast",
-    "CreditAccount",
-    "CreditEntry",
-    "CreditHold",
-    "FsmRecord",
-    "ImageGeneration",
-    "OwedMessage",
-    "Payment",
-    "ProcessedUpdate",
-    "Transcript",
-    "User",
-]

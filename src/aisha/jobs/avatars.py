@@ -4,26 +4,19 @@ our copy of a trained LoRA (`avatars.keep_lora`), and the recovery sweep."""
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from aisha.avatars.ports import KEEP_JOB, PHOTO_JOB, TRAIN_JOB
+from aisha.bot.presenters.avatars import AvatarNotifier
 
 if TYPE_CHECKING:
-    from aisha.avatars.service import AvatarService
-    from aisha.jobs.queue import JobQueue
-    from aisha.jobs.recovery import RecoverySweep
+    from aisha.container import Services
 
 
-class AvatarJobServices(Protocol):
-    """What the avatar jobs need of the services."""
-
-    avatars: AvatarService
-    queue: JobQueue
-    recovery: RecoverySweep
-
-
-def register(services: AvatarJobServices) -> None:
+def register(services: Services) -> None:
     avatars = services.avatars
+    # The presenter is the bot's: attached here, where adapters meet, not in the container.
+    avatars.tell_through(AvatarNotifier(messenger=services.messenger, translator=services.translator))
 
     async def photo_job(
         *,

@@ -1,5 +1,8 @@
-"""Every feature's job functions and recovery sweeps, registered on `services.queue` and
-`services.recovery` (each feature's `aisha.jobs.<feature>.register`)."""
+"""Every job and recovery check of the product, registered on the services' queue and sweep.
+
+Each feature's `aisha.jobs.<feature>.register(services)` adds its own; the runtime calls
+`register_tasks` once, right after building the services, in every process (bot, API, worker).
+"""
 
 from __future__ import annotations
 
@@ -17,3 +20,4 @@ def register_tasks(services: Services) -> None:
     billing.register(services)
     generation.register(services)
     transcription.register(services)
+    services.recovery.register("notices.owed", services.notices.sweep)

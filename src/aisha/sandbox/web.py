@@ -10,7 +10,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
@@ -20,7 +20,38 @@ from aisha.sandbox.errors import SandboxError
 from aisha.sandbox.uploads import read_form
 
 if TYPE_CHECKING:
-    from aisha.sandbox.app import Sandbox
+    from aisha.i18n import Translator
+    from aisha.runtime import Runtime
+    from aisha.sandbox.fake_fal import FakeFalServer
+    from aisha.sandbox.fake_openai import FakeOpenAIServer
+    from aisha.sandbox.fake_telegram import FakeTelegramServer
+    from aisha.sandbox.user import SandboxUser
+
+
+class Sandbox(Protocol):
+    """What the page reads of the running sandbox (`aisha.sandbox.app.Sandbox`, which serves it)."""
+
+    @property
+    def language(self) -> str: ...
+
+    @property
+    def translator(self) -> Translator: ...
+
+    @property
+    def telegram(self) -> FakeTelegramServer: ...
+
+    @property
+    def fal(self) -> FakeFalServer: ...
+
+    @property
+    def openai(self) -> FakeOpenAIServer: ...
+
+    @property
+    def user(self) -> SandboxUser: ...
+
+    @property
+    def runtime(self) -> Runtime: ...
+
 
 STATIC_DIR = Path(__file__).parent / "static"
 LONG_POLL_SECONDS = 25.0

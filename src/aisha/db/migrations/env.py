@@ -9,8 +9,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from aisha.db.base import UTCDateTime
-from aisha.db.models import Base
 from aisha.db.session import create_engine
+from aisha.models import Base
 
 config = context.config
 target_metadata = Base.metadata
