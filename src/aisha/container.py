@@ -18,6 +18,7 @@ import httpx
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from aisha.admin.ports import BROADCAST_JOB
 from aisha.admin.service import AdminRules, AdminService
 from aisha.avatars.models import AvatarRules
 from aisha.avatars.ports import KEEP_JOB as AVATAR_KEEP_JOB
@@ -38,7 +39,6 @@ from aisha.generation.models import JOB_NAME as GENERATION_JOB
 from aisha.generation.models import GenerationRules
 from aisha.generation.service import GenerationService
 from aisha.i18n import Translator
-from aisha.jobs.admin import broadcast_queue
 from aisha.jobs.metrics import create_job_metrics
 from aisha.jobs.queue import JobQueue, create_broker
 from aisha.jobs.recovery import RecoverySweep
@@ -221,13 +221,17 @@ def _wire_admin(services: Services) -> None:
         period=settings.throttle_period_seconds,
         clock=services.clock,
     )
+
+    async def enqueue_broadcast(broadcast_id: uuid.UUID) -> None:
+        await services.queue.enqueue(BROADCAST_JOB, broadcast_id=str(broadcast_id))
+
     services.admin = AdminService(
         sessions=services.sessions,
         clock=services.clock,
         ledger=services.ledger,
         messenger=services.messenger,
         rules=admin_rules(settings),
-        enqueue=broadcast_queue(services.queue),
+        enqueue=enqueue_broadcast,
     )
 
 

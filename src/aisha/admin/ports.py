@@ -8,7 +8,9 @@ from typing import Protocol
 
 from aisha.messaging import Messenger
 
-__all__ = ["BroadcastQueue", "Messenger"]
+__all__ = ["BROADCAST_JOB", "BroadcastQueue", "Messenger"]
+
+BROADCAST_JOB = "admin.broadcast"
 
 
 class BroadcastQueue(Protocol):

@@ -5,22 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from aisha.admin.ports import BroadcastQueue
-from aisha.jobs.queue import JobQueue
+from aisha.admin.ports import BROADCAST_JOB
 
 if TYPE_CHECKING:
     from aisha.container import Services
-
-BROADCAST_JOB = "admin.broadcast"
-
-
-def broadcast_queue(queue: JobQueue) -> BroadcastQueue:
-    """How the admin service queues a broadcast's job."""
-
-    async def enqueue(broadcast_id: uuid.UUID) -> None:
-        await queue.enqueue(BROADCAST_JOB, broadcast_id=str(broadcast_id))
-
-    return enqueue
 
 
 def register(services: Services) -> None:
