@@ -32,7 +32,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from aisha.sandbox.fake_telegram import FakeTelegramServer
+from aisha.sandbox.telegram import FakeTelegramServer
 
 TOKEN = "123456:BENCH"  # the fake server's token
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"  # sent to the fake only

@@ -64,7 +64,6 @@ from aisha.transcription.flow import JOB_NAME as TRANSCRIPTION_JOB
 from aisha.transcription.flow import TranscriptionFlow
 from aisha.transcription.ledger import TranscriptLedger
 from aisha.transcription.models import TranscriptionSettings
-from aisha.transcription.ports import TranscriptionEvents
 from aisha.transcription.service import TranscriptionService
 from aisha.users.locks import UserLocks
 from aisha.users.privacy import PrivacyService
@@ -98,10 +97,7 @@ class Services:
     fal_verifier: FalWebhookVerifier | None = None
     avatars: AvatarService = field(init=False)
     transcription: TranscriptionService = field(init=False)
-    # The job's steps, given the bot's presenter to tell the user through: built and registered by
-    # aisha.jobs.transcription.register, which sets `transcription_flow`.
-    transcription_flow_for: Callable[[TranscriptionEvents], TranscriptionFlow] = field(init=False)
-    transcription_flow: TranscriptionFlow = field(init=False)
+    transcription_flow: TranscriptionFlow = field(init=False)  # the transcription job's steps
     generation: GenerationService = field(init=False)
     generation_flow: GenerationFlow = field(init=False)  # the generation jobs' steps
     openai_chat: AsyncOpenAI | None = None  # prompts and vision (generation)
@@ -392,20 +388,16 @@ def _wire_transcription(services: Services) -> None:
         sessions=services.sessions, clock=services.clock, ledger=services.ledger, prices=prices
     )
 
-    def flow(events: TranscriptionEvents) -> TranscriptionFlow:
-        return TranscriptionFlow(
-            sessions=services.sessions,
-            clock=services.clock,
-            ledger=ledger,
-            storage=services.storage,
-            files=services.messenger,
-            events=events,
-            pipeline=pipeline,
-            settings=rules,
-            metrics=services.metrics.jobs,
-        )
-
-    services.transcription_flow_for = flow
+    services.transcription_flow = TranscriptionFlow(
+        sessions=services.sessions,
+        clock=services.clock,
+        ledger=ledger,
+        storage=services.storage,
+        files=services.messenger,
+        pipeline=pipeline,
+        settings=rules,
+        metrics=services.metrics.jobs,
+    )
 
 
 def _wire_avatars(services: Services) -> None:

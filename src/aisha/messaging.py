@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
+
+EventsT = TypeVar("EventsT")
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,20 @@ class Messenger(Protocol):
         """Saves a Telegram file to `destination`; returns its size. Raises FileTooLarge (also over
         the caller's own `max_bytes`, checked before anything is copied), NotEnoughRoom."""
         ...
+
+
+class Tells(Generic[EventsT]):
+    """A feature's object that tells users what happened through the bot's presenter (its events
+    port). The presenter is an adapter, so the wiring can't build it: the adapters attach it with
+    `tell_through` when they register the feature's jobs (`aisha/jobs/<feature>.py`)."""
+
+    _told: EventsT | None = None
+
+    def tell_through(self, events: EventsT) -> None:
+        self._told = events
+
+    @property
+    def _events(self) -> EventsT:
+        if self._told is None:
+            raise RuntimeError(f"{type(self).__name__}.tell_through was not called")
+        return self._told

@@ -15,7 +15,7 @@ from taskiq import InMemoryBroker
 from aisha.config import Settings, load_settings
 from aisha.runtime import Role, Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_telegram import RefusedCall
+from aisha.sandbox.telegram import RefusedCall
 from tests.conftest import Database
 
 WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"

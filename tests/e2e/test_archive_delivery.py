@@ -20,7 +20,7 @@ from aisha.avatars.service import photo_prefix
 from aisha.billing.models import EntryKind
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.fal import FakeFalServer
 from aisha.storage.links import LinkSigner, link_secret
 from tests.conftest import Database
 from tests.e2e.conftest import eventually

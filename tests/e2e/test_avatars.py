@@ -28,7 +28,7 @@ from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.fal import FakeFalServer
 from aisha.sandbox.faults import Fault
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, free_port, jobs_done, say

@@ -35,9 +35,9 @@ from aisha.jobs.queue import JobQueue
 from aisha.providers.fal import webhook_url
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer, png_bytes
-from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_image_urls, chat_json_schema
+from aisha.sandbox.fal import FakeFalJob, FakeFalServer, png_bytes
 from aisha.sandbox.faults import Fault
+from aisha.sandbox.openai import FakeOpenAIServer, chat_image_urls, chat_json_schema
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, free_port
 from tests.e2e.test_metrics import scrape_samples, value

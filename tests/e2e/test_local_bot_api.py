@@ -16,7 +16,7 @@ from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_openai import FakeOpenAIServer
+from aisha.sandbox.openai import FakeOpenAIServer
 from aisha.transcription.models import Transcript
 from tests.conftest import Database
 from tests.e2e.conftest import check_refusals, count, eventually

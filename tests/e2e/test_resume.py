@@ -27,8 +27,8 @@ from aisha.db.session import unit_of_work
 from aisha.generation.models import ImageGeneration
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_fal import FakeFalJob, FakeFalServer
-from aisha.sandbox.fake_openai import FakeOpenAIServer
+from aisha.sandbox.fal import FakeFalJob, FakeFalServer
+from aisha.sandbox.openai import FakeOpenAIServer
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, buttons, free_port
 from tests.media import face_photo

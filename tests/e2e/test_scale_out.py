@@ -23,7 +23,7 @@ from aisha.config import Settings
 from aisha.db.session import unit_of_work
 from aisha.runtime import WEBHOOK_PATH, Role, Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.fal import FakeFalServer
 from aisha.users.models import User
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, count, eventually, free_port

@@ -17,7 +17,7 @@ from aisha.db.session import unit_of_work
 from aisha.generation.models import ImageGeneration
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.fal import FakeFalServer
 from aisha.sandbox.faults import Fault
 from aisha.transcription.models import Transcript
 from tests.conftest import Database

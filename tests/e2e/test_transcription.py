@@ -17,8 +17,8 @@ from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_openai import FakeOpenAIServer, TranscriptionRequest
 from aisha.sandbox.faults import Fault
+from aisha.sandbox.openai import FakeOpenAIServer, TranscriptionRequest
 from aisha.transcription.audio import find_ffmpeg
 from aisha.transcription.flow import MAX_RUNS
 from aisha.transcription.models import Transcript

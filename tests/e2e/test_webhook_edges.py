@@ -19,7 +19,7 @@ from aisha.db.models import ProcessedUpdate
 from aisha.logs import configure_logging
 from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
-from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.fal import FakeFalServer
 from aisha.users.models import User
 from tests.conftest import Database
 from tests.e2e.conftest import WEBHOOK_SECRET, buttons, count, eventually, sent_to

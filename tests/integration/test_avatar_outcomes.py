@@ -38,7 +38,7 @@ from aisha.providers.fal import FalClient
 from aisha.providers.fal_training import FalTrainer, TrainerConfig
 from aisha.providers.fal_webhook import parse_webhook
 from aisha.remote import RemoteWebhook
-from aisha.sandbox.fake_fal import FakeFalServer, png_bytes
+from aisha.sandbox.fal import FakeFalServer, png_bytes
 from aisha.sandbox.faults import Fault
 from aisha.storage import LocalStorage
 from aisha.users.locks import UserLocks

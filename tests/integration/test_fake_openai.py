@@ -16,7 +16,7 @@ from PIL import Image
 
 from aisha.providers.openai_chat import OpenAIPromptWriter, OpenAIVision, data_url
 from aisha.providers.openai_transcriber import OpenAITranscriber
-from aisha.sandbox.fake_openai import MAX_UPLOAD_BYTES, FakeOpenAIServer
+from aisha.sandbox.openai import MAX_UPLOAD_BYTES, FakeOpenAIServer
 
 KEY = "sk-strict"
 

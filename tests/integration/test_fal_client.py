@@ -30,7 +30,7 @@ from aisha.remote import (
     RemoteUnavailable,
     RemoteWebhook,
 )
-from aisha.sandbox.fake_fal import FakeFalServer, png_bytes
+from aisha.sandbox.fal import FakeFalServer, png_bytes
 
 PORTRAIT = "fal-ai/flux-lora-portrait-trainer"
 FAST = "fal-ai/flux-lora-fast-training"

@@ -43,7 +43,7 @@ from aisha.providers.fal import FalClient
 from aisha.providers.fal_images import FalImageGenerator, GeneratorConfig
 from aisha.providers.fal_webhook import parse_webhook
 from aisha.remote import RemoteWebhook
-from aisha.sandbox.fake_fal import FakeFalServer
+from aisha.sandbox.fal import FakeFalServer
 from aisha.sandbox.faults import Fault
 from aisha.storage import LocalStorage
 from aisha.users.locks import UserLocks

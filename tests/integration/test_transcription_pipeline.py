@@ -17,7 +17,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from aisha.providers.openai_transcriber import OpenAITranscriber, language_code, response_format_for
-from aisha.sandbox.fake_openai import FakeOpenAIServer, FakeTranscript, TranscriptionRequest, chat_completion
+from aisha.sandbox.openai import FakeOpenAIServer, FakeTranscript, TranscriptionRequest, chat_completion
 from aisha.transcription.audio import AudioConfig, AudioTooLong, NoAudioStream, find_ffmpeg, plan_chunks
 from aisha.transcription.pipeline import RetryPolicy, TranscriptionFailed, TranscriptionPipeline, prompt_tail
 from tests.media import lying_ogg

@@ -19,7 +19,7 @@ from aisha.generation.enhance import (
     enhance_deterministic,
 )
 from aisha.providers.openai_chat import OpenAIPromptWriter
-from aisha.sandbox.fake_openai import FakeOpenAIServer, chat_json_schema
+from aisha.sandbox.openai import FakeOpenAIServer, chat_json_schema
 
 TRIGGER = "ohwx1a2b3c4d5e"
 PORTRAIT = PromptSubject(TRIGGER, AvatarType.PORTRAIT)

@@ -40,7 +40,7 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from aisha.sandbox import FakeTelegramServer, FakeUser, image_size, parse_html
-from aisha.sandbox.fake_telegram import RefusedCall
+from aisha.sandbox.telegram import RefusedCall
 
 pytest_plugins = ["pytester"]
 

@@ -12,9 +12,9 @@ from aiogram.exceptions import TelegramForbiddenError, TelegramNetworkError, Tel
 from openai import APIConnectionError, APITimeoutError, AsyncOpenAI, InternalServerError
 
 from aisha.sandbox import FakeTelegramServer
-from aisha.sandbox.fake_fal import FakeFalServer
-from aisha.sandbox.fake_openai import FakeOpenAIServer
+from aisha.sandbox.fal import FakeFalServer
 from aisha.sandbox.faults import Fault, FaultPlan
+from aisha.sandbox.openai import FakeOpenAIServer
 
 
 def test_the_plan_fails_only_the_nth_matching_call() -> None:

@@ -36,6 +36,7 @@ from aisha.billing.prices import PriceList
 from aisha.billing.service import LedgerService
 from aisha.clock import Clock
 from aisha.db.session import unit_of_work
+from aisha.messaging import Tells
 from aisha.remote import RemoteError, RemoteMalformedOutput, RemoteNotFound, RemoteWebhook
 from aisha.storage import ObjectStorage
 from aisha.users.service import user_locale
@@ -46,7 +47,7 @@ log = structlog.get_logger(__name__)
 IN_TRAINING = (AvatarStatus.SUBMITTING, AvatarStatus.SUBMITTED, AvatarStatus.TRAINING)
 
 
-class AvatarOutcomes:
+class AvatarOutcomes(Tells[AvatarEvents]):
     def __init__(
         self,
         *,
@@ -73,15 +74,6 @@ class AvatarOutcomes:
         self._enqueue_training = enqueue_training
         self._enqueue_keep = enqueue_keep
         self._metrics: JobFigures = metrics or NoFigures()
-
-    def tell_through(self, events: AvatarEvents) -> None:
-        """Who tells the user (the bot's presenter): attached by the adapters, which own it."""
-        self._told = events
-
-    @property
-    def _events(self) -> AvatarEvents:
-        assert self._told is not None, "tell_through was not called"
-        return self._told
 
     async def _locked(
         self, session: AsyncSession, avatar_id: uuid.UUID, user_id: int | None = None

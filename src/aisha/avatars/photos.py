@@ -39,7 +39,7 @@ from aisha.avatars.ports import AvatarEvents
 from aisha.avatars.validation import PhotoValidator, PhotoVerdict, RejectReason, hamming_distance
 from aisha.clock import Clock
 from aisha.db.session import after_commit, unit_of_work
-from aisha.messaging import FileTooLarge, Messenger
+from aisha.messaging import FileTooLarge, Messenger, Tells
 from aisha.storage import ObjectStorage, StorageError
 from aisha.users.service import user_locale
 
@@ -75,7 +75,7 @@ class _Checked:
     verdict: PhotoVerdict | None = None
 
 
-class AvatarPhotos:
+class AvatarPhotos(Tells[AvatarEvents]):
     def __init__(
         self,
         *,
@@ -96,15 +96,6 @@ class AvatarPhotos:
         self._told = events
         self.rules = rules
         self._enqueue_photo = enqueue_photo
-
-    def tell_through(self, events: AvatarEvents) -> None:
-        """Who tells the user (the bot's presenter): attached by the adapters, which own it."""
-        self._told = events
-
-    @property
-    def _events(self) -> AvatarEvents:
-        assert self._told is not None, "tell_through was not called"
-        return self._told
 
     async def receive(
         self, *, session: AsyncSession, user_id: int, avatar_id: uuid.UUID, upload: PhotoUpload

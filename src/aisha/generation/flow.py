@@ -53,7 +53,7 @@ from aisha.generation.ports import (
     ProviderState,
     Vision,
 )
-from aisha.messaging import Messenger
+from aisha.messaging import Messenger, Tells
 from aisha.remote import RemoteError, RemoteMalformedOutput, RemoteUnavailable, RemoteWebhook
 from aisha.storage import ObjectStorage, StorageError
 from aisha.users.service import user_locale
@@ -80,7 +80,7 @@ class _Job:
         return self.avatar_id is not None and self.subject is None
 
 
-class GenerationFlow:
+class GenerationFlow(Tells[GenerationEvents]):
     def __init__(
         self,
         *,
@@ -124,15 +124,6 @@ class GenerationFlow:
             metrics=metrics or NoFigures(),
             forget_lora=self._loras.forget,
         )
-
-    def tell_through(self, events: GenerationEvents) -> None:
-        """Who tells the user (the bot's presenter): attached by the adapters, which own it."""
-        self._told = events
-
-    @property
-    def _events(self) -> GenerationEvents:
-        assert self._told is not None, "GenerationFlow.tell_through was not called"
-        return self._told
 
     async def _settle(
         self,

@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from aisha.bot.presenters.transcription import TranscriptionPresenter
-from aisha.i18n import Translator
-from aisha.jobs.queue import JobQueue
-from aisha.jobs.recovery import RecoverySweep
-from aisha.messaging import Messenger
-from aisha.transcription.flow import JOB_NAME, TranscriptionFlow
-from aisha.transcription.ports import TranscriptionEvents
+from aisha.transcription.flow import JOB_NAME
+
+if TYPE_CHECKING:
+    from aisha.container import Services
 
 
-class _Wired(Protocol):
-    """What of `aisha.container.Services` the job needs."""
-
-    @property
-    def queue(self) -> JobQueue: ...
-    @property
-    def recovery(self) -> RecoverySweep: ...
-    @property
-    def messenger(self) -> Messenger: ...
-    @property
-    def translator(self) -> Translator: ...
-    @property
-    def transcription_flow_for(self) -> Callable[[TranscriptionEvents], TranscriptionFlow]: ...
-
-    transcription_flow: TranscriptionFlow
-
-
-def register(services: _Wired) -> None:
+def register(services: Services) -> None:
     """The job's flow, told what the user sees through the bot's presenter; `transcription.run` in
     every process that runs jobs, and the sweep that re-drives rows whose job was lost (a crash, a
     restart, a job dropped between commit and enqueue)."""
-    presenter = TranscriptionPresenter(messenger=services.messenger, translator=services.translator)
-    flow = services.transcription_flow = services.transcription_flow_for(presenter)
+    flow = services.transcription_flow
+    # The presenter is the bot's: attached here, where adapters meet, not in the container.
+    flow.tell_through(TranscriptionPresenter(messenger=services.messenger, translator=services.translator))
     services.queue.register(JOB_NAME, flow.run)
 
     async def redrive() -> int:

@@ -22,9 +22,9 @@ from aisha.sandbox.uploads import read_form
 if TYPE_CHECKING:
     from aisha.i18n import Translator
     from aisha.runtime import Runtime
-    from aisha.sandbox.fake_fal import FakeFalServer
-    from aisha.sandbox.fake_openai import FakeOpenAIServer
-    from aisha.sandbox.fake_telegram import FakeTelegramServer
+    from aisha.sandbox.fal import FakeFalServer
+    from aisha.sandbox.openai import FakeOpenAIServer
+    from aisha.sandbox.telegram import FakeTelegramServer
     from aisha.sandbox.user import SandboxUser
 
 

@@ -39,7 +39,7 @@ from aisha.billing.errors import InsufficientCredits
 from aisha.clock import Clock
 from aisha.db.base import JobStatus
 from aisha.db.session import unit_of_work
-from aisha.messaging import FileTooLarge, NotEnoughRoom
+from aisha.messaging import FileTooLarge, NotEnoughRoom, Tells
 from aisha.storage import ObjectStorage
 from aisha.transcription.audio import AudioError, AudioInfo, AudioTooLong, FFmpegError, PreparedAudio
 from aisha.transcription.ledger import ClaimLost, TranscriptLedger
@@ -93,7 +93,7 @@ class _Run:
     price: int = 0  # of the decoded length
 
 
-class TranscriptionFlow:
+class TranscriptionFlow(Tells[TranscriptionEvents]):
     def __init__(
         self,
         *,
@@ -102,7 +102,7 @@ class TranscriptionFlow:
         ledger: TranscriptLedger,
         storage: ObjectStorage,
         files: FileSource,
-        events: TranscriptionEvents,
+        events: TranscriptionEvents | None = None,
         pipeline: TranscriptionPipeline | None,
         settings: TranscriptionSettings,
         metrics: JobFigures,
@@ -112,7 +112,7 @@ class TranscriptionFlow:
         self._ledger = ledger
         self._storage = storage
         self._files = files
-        self._events = events
+        self._told = events
         self._pipeline = pipeline
         self._settings = settings
         self._metrics = metrics

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aisha.sandbox.exchanges import Exchange
 
-log = logging.getLogger("aisha.sandbox.fake_fal")
+log = logging.getLogger("aisha.sandbox.fal")
 
 JsonDict = dict[str, Any]
 KeyName = Literal["test", "unknown"]

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-log = logging.getLogger("aisha.sandbox.fake_openai")
+log = logging.getLogger("aisha.sandbox.openai")
 
 JsonDict = dict[str, Any]
 

@@ -26,7 +26,7 @@ from aisha.sandbox.telegram.models import (
 )
 from aisha.sandbox.telegram.params import _read_request
 
-log = logging.getLogger("aisha.sandbox.fake_telegram")
+log = logging.getLogger("aisha.sandbox.telegram")
 
 
 class CallLog(FileStore):
