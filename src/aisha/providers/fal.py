@@ -290,6 +290,13 @@ class FalClient:
                 queue_position=position if isinstance(position, int) else None,
             )
 
+    async def known_state(self, endpoint: str, request_id: str) -> RemoteState | None:
+        """The job's queue state, or None when FAL does not know the id (what every poller asks)."""
+        try:
+            return (await self.status(endpoint, request_id)).state
+        except RemoteNotFound:
+            return None
+
     async def status(self, endpoint: str, request_id: str, *, logs: bool = False) -> RemoteStatus:
         """The job's queue state. Retries transient failures; raises RemoteNotFound for an unknown id."""
         url = self._request_url(endpoint, request_id) + "/status"

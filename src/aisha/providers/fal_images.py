@@ -25,6 +25,13 @@ IMAGE_SIZES: dict[str, str] = {
 }
 WEBHOOK_KIND = "generation"
 
+# FAL's queue state as the port names it; None: FAL does not know the id. Anything else is queued.
+_STATES: dict[RemoteState | None, ProviderState] = {
+    None: ProviderState.UNKNOWN,
+    RemoteState.COMPLETED: ProviderState.DONE,
+    RemoteState.IN_PROGRESS: ProviderState.RUNNING,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class GeneratorConfig:
@@ -85,15 +92,7 @@ class FalImageGenerator:
         return submission.request_id
 
     async def state(self, *, endpoint: str, request_id: str) -> ProviderState:
-        try:
-            status = await self._client.status(endpoint, request_id)
-        except RemoteNotFound:
-            return ProviderState.UNKNOWN
-        if status.state is RemoteState.COMPLETED:
-            return ProviderState.DONE
-        if status.state is RemoteState.IN_PROGRESS:
-            return ProviderState.RUNNING
-        return ProviderState.QUEUED
+        return _STATES.get(await self._client.known_state(endpoint, request_id), ProviderState.QUEUED)
 
     async def result(self, *, endpoint: str, request_id: str) -> ImagesOutput:
         try:

@@ -27,6 +27,13 @@ from aisha.remote import RemoteFailed, RemoteNotFound, RemoteState
 MAX_LORA_BYTES = 1024 * 1024 * 1024
 WEBHOOK_KIND = "avatar"  # api/fal.py routes FAL's webhooks of this kind to the avatars
 
+# FAL's queue state as the port names it; None: FAL does not know the id. Anything else is queued.
+_STATES: dict[RemoteState | None, TrainingState] = {
+    None: TrainingState.UNKNOWN,
+    RemoteState.COMPLETED: TrainingState.DONE,
+    RemoteState.IN_PROGRESS: TrainingState.RUNNING,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class TrainerConfig:
@@ -96,15 +103,7 @@ class FalTrainer:
         )
 
     async def state(self, *, endpoint: str, request_id: str) -> TrainingState:
-        try:
-            status = await self._client.status(endpoint, request_id)
-        except RemoteNotFound:
-            return TrainingState.UNKNOWN
-        if status.state is RemoteState.COMPLETED:
-            return TrainingState.DONE
-        if status.state is RemoteState.IN_PROGRESS:
-            return TrainingState.RUNNING
-        return TrainingState.QUEUED
+        return _STATES.get(await self._client.known_state(endpoint, request_id), TrainingState.QUEUED)
 
     def parse_output(self, payload: dict[str, Any]) -> TrainingOutput:
         parsed = parse_training_result(payload)
