@@ -46,6 +46,8 @@ from aisha.billing.books import (
     OVERVIEW_PAGE,
     Books,
     NewEntry,
+    NewHold,
+    Resolution,
     check_texts,
     hold_from_row,
     replay_entry,
@@ -275,8 +277,7 @@ class LedgerService:
     ) -> HoldResult:
         """Reserve credits for a job; they leave the balance now and resolve exactly once later."""
         require_positive(amount)
-        return await self._holds.hold(
-            session=session,
+        new = NewHold(
             user_id=user_id,
             amount=amount,
             key=key,
@@ -284,6 +285,7 @@ class LedgerService:
             description=description or DEFAULT_DESCRIPTIONS[EntryKind.HOLD],
             description_args=description_args,
         )
+        return await self._holds.hold(session=session, new=new)
 
     async def capture(
         self,
@@ -296,14 +298,9 @@ class LedgerService:
         description_args: Mapping[str, Any] | None = None,
     ) -> ResolutionResult:
         """The job succeeded: spend `amount` (0..held) and give the rest back in the same entry."""
-        return await self._holds.resolve(
-            session=session,
-            hold_id=hold_id,
-            target=HoldStatus.CAPTURED,
-            spend=amount,
-            key=key,
-            description=description or DEFAULT_DESCRIPTIONS[EntryKind.CAPTURE],
-            description_args=description_args,
+        description = description or DEFAULT_DESCRIPTIONS[EntryKind.CAPTURE]
+        return await self._resolve(
+            session, hold_id, HoldStatus.CAPTURED, amount, key, description, description_args
         )
 
     async def release(
@@ -316,14 +313,9 @@ class LedgerService:
         description_args: Mapping[str, Any] | None = None,
     ) -> ResolutionResult:
         """The job failed: the whole held amount goes back."""
-        return await self._holds.resolve(
-            session=session,
-            hold_id=hold_id,
-            target=HoldStatus.RELEASED,
-            spend=0,
-            key=key,
-            description=description or DEFAULT_DESCRIPTIONS[EntryKind.RELEASE],
-            description_args=description_args,
+        description = description or DEFAULT_DESCRIPTIONS[EntryKind.RELEASE]
+        return await self._resolve(
+            session, hold_id, HoldStatus.RELEASED, 0, key, description, description_args
         )
 
     async def expire_holds(self, *, session: AsyncSession, limit: int = 100) -> list[ResolutionResult]:
@@ -387,6 +379,27 @@ class LedgerService:
 
     # --- internals -----------------------------------------------------------------------------
 
+    async def _resolve(
+        self,
+        session: AsyncSession,
+        hold_id: uuid.UUID,
+        target: HoldStatus,
+        spend: int,
+        key: str,
+        description: str,
+        description_args: Mapping[str, Any] | None,
+    ) -> ResolutionResult:
+        """Capture or release: the resolution as asked."""
+        resolution = Resolution(
+            hold_id=hold_id,
+            target=target,
+            spend=spend,
+            key=key,
+            description=description,
+            description_args=description_args,
+        )
+        return await self._holds.resolve(session=session, resolution=resolution)
+
     async def _apply(
         self,
         session: AsyncSession,
@@ -424,18 +437,7 @@ class LedgerService:
         """`billing/pg.py`'s statement; None when it wrote nothing (key used, credits short, no
         account yet): then the portable path replays, raises or creates the account."""
         entry_id = ids.ordered_uuid()
-        balance = await pg.apply(
-            session,
-            entry_id=entry_id,
-            user_id=entry.user_id,
-            kind=entry.kind,
-            delta=entry.delta,
-            key=entry.key,
-            description=entry.description,
-            description_args=entry.description_args,
-            reference=entry.reference,
-            now=self._clock.now(),
-        )
+        balance = await pg.apply(session, entry, entry_id=entry_id, now=self._clock.now())
         if balance is None:
             return None
         return EntryResult(entry_id=entry_id, balance=balance, amount=entry.delta, replayed=False)
