@@ -37,8 +37,9 @@ from aisha.billing.models import HoldStatus
 from aisha.db.session import mark_writing
 
 
-def _statement(sql: str) -> TextClause:
-    return text(sql).bindparams(bindparam("args", type_=JSON()))
+def _statement(*pieces: str) -> TextClause:
+    """One statement from this module's constant pieces; every value goes in as a bind parameter."""
+    return text("".join(pieces)).bindparams(bindparam("args", type_=JSON()))
 
 
 # Every statement has the same shape: `account` (locked, unless the key is already used: then
@@ -74,9 +75,9 @@ RETURNING credit_accounts.balance, entry.amount
 """
 
 _APPLY = _statement(
-    _ACCOUNT
-    + _ENTRY_INSERT
-    + """    SELECT CAST(:entry_id AS uuid), user_id, CAST(:kind AS varchar), CAST(:amount AS bigint),
+    _ACCOUNT,
+    _ENTRY_INSERT,
+    """    SELECT CAST(:entry_id AS uuid), user_id, CAST(:kind AS varchar), CAST(:amount AS bigint),
            balance + :amount, last_seq + 1, NULL, CAST(:reference AS varchar),
            CAST(:description AS varchar), CAST(:args AS json), CAST(:key AS varchar),
            CAST(:now AS timestamptz)
@@ -85,14 +86,14 @@ _APPLY = _statement(
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING user_id, amount, balance_after, seq
 )
-"""
-    + _MOVE_BALANCE
+""",
+    _MOVE_BALANCE,
 )
 
 _HOLD = _statement(
-    _ACCOUNT
-    + _ENTRY_INSERT
-    + """    SELECT CAST(:entry_id AS uuid), user_id, 'hold', -CAST(:amount AS bigint),
+    _ACCOUNT,
+    _ENTRY_INSERT,
+    """    SELECT CAST(:entry_id AS uuid), user_id, 'hold', -CAST(:amount AS bigint),
            balance - :amount, last_seq + 1, CAST(:hold_id AS uuid), CAST(:reference AS varchar),
            CAST(:description AS varchar), CAST(:args AS json), CAST(:key AS varchar),
            CAST(:now AS timestamptz)
@@ -112,8 +113,8 @@ held AS (
            CAST(:expires_at AS timestamptz), CAST(:now AS timestamptz), NULL
     FROM entry
 )
-"""
-    + _MOVE_BALANCE
+""",
+    _MOVE_BALANCE,
 )
 
 _RESOLVE = _statement(
@@ -139,9 +140,9 @@ locked AS MATERIALIZED (
       AND (NOT CAST(:expiring AS boolean) OR h.expires_at <= CAST(:now AS timestamptz))
     FOR UPDATE OF h
 ),
-"""
-    + _ENTRY_INSERT
-    + """    SELECT CAST(:entry_id AS uuid), account.user_id, CAST(:kind AS varchar),
+""",
+    _ENTRY_INSERT,
+    """    SELECT CAST(:entry_id AS uuid), account.user_id, CAST(:kind AS varchar),
            locked.amount - :spend, account.balance + locked.amount - :spend,
            account.last_seq + 1, locked.id, locked.reference, CAST(:description AS varchar),
            CAST(:args AS json), CAST(:key AS varchar), CAST(:now AS timestamptz)
@@ -157,8 +158,8 @@ resolved AS (
     FROM entry
     WHERE credit_holds.id = entry.hold_id
 )
-"""
-    + _MOVE_BALANCE
+""",
+    _MOVE_BALANCE,
 )
 
 
