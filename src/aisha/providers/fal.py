@@ -46,7 +46,6 @@ from aisha.providers.fal_http import (
 from aisha.providers.fal_results import (
     ImageOut,
     ImagesOutput,
-    TrainingOutput,
     parse_images_result,
     parse_training_result,
 )
@@ -72,7 +71,6 @@ __all__ = [
     "FalClient",
     "ImageOut",
     "ImagesOutput",
-    "TrainingOutput",
     "app_path",
     "parse_images_result",
     "parse_training_result",

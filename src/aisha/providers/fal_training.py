@@ -106,8 +106,7 @@ class FalTrainer:
         return _STATES.get(await self._client.known_state(endpoint, request_id), TrainingState.QUEUED)
 
     def parse_output(self, payload: dict[str, Any]) -> TrainingOutput:
-        parsed = parse_training_result(payload)
-        return TrainingOutput(lora_url=parsed.lora_url, config_url=parsed.config_url)
+        return parse_training_result(payload)
 
     async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
         try:
