@@ -25,13 +25,13 @@ import json
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import structlog
 
+from aisha.closing import Closing
 from aisha.providers.fal_http import (
     JsonDict,
     detail_text,
@@ -136,7 +136,7 @@ def _check_request_id(request_id: str) -> str:
 # ----------------------------------------------------------------------------------- client
 
 
-class FalClient:
+class FalClient(Closing):
     """FAL's queue API over httpx.
 
     ``http`` lets the app share one connection pool; without it the client owns one and closes it
@@ -180,17 +180,6 @@ class FalClient:
     async def aclose(self) -> None:
         if self._own_http:
             await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # ------------------------------------------------------------------------- operations
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self, cast
+from typing import Literal, cast
 
 import openai
 from openai import AsyncOpenAI
 from openai.types.audio import TranscriptionVerbose
 
+from aisha.closing import Closing
 from aisha.transcription.merge import Segment
 from aisha.transcription.ports import ChunkResult, TranscriberError
 
@@ -120,7 +120,7 @@ def response_format_for(model: str) -> ResponseFormat:
     return "verbose_json" if "whisper" in model.lower() else "json"
 
 
-class OpenAITranscriber:
+class OpenAITranscriber(Closing):
     """Transcribes one chunk per request through ``AsyncOpenAI().audio.transcriptions.create``."""
 
     def __init__(
@@ -196,16 +196,7 @@ class OpenAITranscriber:
     async def close(self) -> None:
         await self._client.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
+    aclose = close  # what leaving `async with` calls (Closing)
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
