@@ -24,7 +24,7 @@ class Closing:
         await self.aclose()
 
 
-class Started:
+class Started(Closing):
     """Entering the block calls `start()`, leaving it `stop()` (a server on a port)."""
 
     async def start(self) -> None:
@@ -33,14 +33,9 @@ class Started:
     async def stop(self) -> None:
         raise NotImplementedError
 
+    async def aclose(self) -> None:
+        await self.stop()
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()

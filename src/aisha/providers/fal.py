@@ -105,6 +105,20 @@ def webhook_url(public_base_url: str, *, kind: str, row_id: object) -> str:
     return f"{public_base_url.rstrip('/')}{WEBHOOK_PATH}?{query}"
 
 
+# FAL's queue state as every port names it (queued, running, done, unknown); None: FAL does not
+# know the id. Anything else is still queued.
+_PORT_STATES: dict[RemoteState | None, str] = {
+    None: "unknown",
+    RemoteState.COMPLETED: "done",
+    RemoteState.IN_PROGRESS: "running",
+}
+
+
+def port_state(state: RemoteState | None) -> str:
+    """`known_state`'s answer as a feature's state port spells it."""
+    return _PORT_STATES.get(state, "queued")
+
+
 def app_path(endpoint: str) -> str:
     """The part of an endpoint id that status/result/cancel URLs use: owner and app only.
 

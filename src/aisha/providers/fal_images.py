@@ -12,8 +12,8 @@ import httpx
 
 from aisha.generation.errors import GenerationFailed
 from aisha.generation.ports import ImageJob, ProviderState
-from aisha.providers.fal import FalClient, ImagesOutput, parse_images_result, webhook_url
-from aisha.remote import RemoteFailed, RemoteMalformedOutput, RemoteNotFound, RemoteState
+from aisha.providers.fal import FalClient, ImagesOutput, parse_images_result, port_state, webhook_url
+from aisha.remote import RemoteFailed, RemoteMalformedOutput, RemoteNotFound
 
 # The aspect ratios the feature offers, as FAL's image_size enum names them.
 IMAGE_SIZES: dict[str, str] = {
@@ -24,13 +24,6 @@ IMAGE_SIZES: dict[str, str] = {
     "16:9": "landscape_16_9",
 }
 WEBHOOK_KIND = "generation"
-
-# FAL's queue state as the port names it; None: FAL does not know the id. Anything else is queued.
-_STATES: dict[RemoteState | None, ProviderState] = {
-    None: ProviderState.UNKNOWN,
-    RemoteState.COMPLETED: ProviderState.DONE,
-    RemoteState.IN_PROGRESS: ProviderState.RUNNING,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +85,7 @@ class FalImageGenerator:
         return submission.request_id
 
     async def state(self, *, endpoint: str, request_id: str) -> ProviderState:
-        return _STATES.get(await self._client.known_state(endpoint, request_id), ProviderState.QUEUED)
+        return ProviderState(port_state(await self._client.known_state(endpoint, request_id)))
 
     async def result(self, *, endpoint: str, request_id: str) -> ImagesOutput:
         try:

@@ -20,19 +20,12 @@ from typing import Any
 from aisha.avatars.errors import TrainingFailed
 from aisha.avatars.models import AvatarType, TrainingOutput
 from aisha.avatars.ports import TrainingRequest, TrainingState
-from aisha.providers.fal import FalClient, parse_training_result, webhook_url
-from aisha.remote import RemoteFailed, RemoteNotFound, RemoteState
+from aisha.providers.fal import FalClient, parse_training_result, port_state, webhook_url
+from aisha.remote import RemoteFailed, RemoteNotFound
 
 # A FLUX LoRA of rank 16 is about 90 MB; the trainers' largest ranks stay well under this.
 MAX_LORA_BYTES = 1024 * 1024 * 1024
 WEBHOOK_KIND = "avatar"  # api/fal.py routes FAL's webhooks of this kind to the avatars
-
-# FAL's queue state as the port names it; None: FAL does not know the id. Anything else is queued.
-_STATES: dict[RemoteState | None, TrainingState] = {
-    None: TrainingState.UNKNOWN,
-    RemoteState.COMPLETED: TrainingState.DONE,
-    RemoteState.IN_PROGRESS: TrainingState.RUNNING,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +96,7 @@ class FalTrainer:
         )
 
     async def state(self, *, endpoint: str, request_id: str) -> TrainingState:
-        return _STATES.get(await self._client.known_state(endpoint, request_id), TrainingState.QUEUED)
+        return TrainingState(port_state(await self._client.known_state(endpoint, request_id)))
 
     def parse_output(self, payload: dict[str, Any]) -> TrainingOutput:
         return parse_training_result(payload)
