@@ -414,24 +414,20 @@ def _crop_face(gray_full: NDArray[np.uint8], face: _Face, factor: float) -> NDAr
 
 
 def resize_short_side(image: NDArray[np.uint8], short: int) -> NDArray[np.uint8]:
-    import cv2
-    import numpy as np
-
-    h, w = image.shape[:2]
-    scale = short / min(h, w)
-    if scale >= 1:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)
+    return _shrink(image, short / min(image.shape[:2]))
 
 
 def _resize_long_side(image: NDArray[np.uint8], long: int) -> NDArray[np.uint8]:
+    return _shrink(image, long / max(image.shape[:2]))
+
+
+def _shrink(image: NDArray[np.uint8], scale: float) -> NDArray[np.uint8]:
+    """The image scaled down by `scale`; unchanged when that would not make it smaller."""
     import cv2
     import numpy as np
 
-    h, w = image.shape[:2]
-    scale = long / max(h, w)
     if scale >= 1:
         return image
+    h, w = image.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)

@@ -59,6 +59,34 @@ class NewEntry:
     reference: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class NewHold:
+    """A hold as asked: `amount` (positive) leaves the balance until the hold is resolved."""
+
+    user_id: int
+    amount: int
+    key: str
+    reference: str
+    description: str
+    description_args: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """A capture, release or expiry as asked: `spend` of the held amount is spent, the rest returned."""
+
+    hold_id: uuid.UUID
+    target: HoldStatus
+    spend: int
+    key: str
+    description: str
+    description_args: Mapping[str, Any] | None
+
+    @property
+    def kind(self) -> EntryKind:
+        return EntryKind.CAPTURE if self.target is HoldStatus.CAPTURED else EntryKind.RELEASE
+
+
 class Books:
     """The account, entry and hold rows of one clock's ledger."""
 

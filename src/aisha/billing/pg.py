@@ -26,26 +26,29 @@ What each guarantee rests on, in every statement below:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aisha.billing.models import EntryKind, HoldStatus
+from aisha.billing.books import NewEntry, NewHold, Resolution
+from aisha.billing.models import HoldStatus
 from aisha.db.session import mark_writing
 
 
-def _statement(sql: str) -> TextClause:
-    return text(sql).bindparams(bindparam("args", type_=JSON()))
+def _statement(*pieces: str) -> TextClause:
+    """One statement from this module's constant pieces; every value goes in as a bind parameter."""
+    return text("".join(pieces)).bindparams(bindparam("args", type_=JSON()))
 
 
 # Every statement has the same shape: `account` (locked, unless the key is already used: then
 # nothing is written and no lock is needed), `entry` (the gate), the other writes reading `entry`,
 # and the final UPDATE moving the balance to what the entry says (no row: nothing was written).
+# The pieces every statement shares are written once:
 
-_APPLY = _statement("""
+# The user's account, locked, unless the key is already used (a credit, debit or hold).
+_ACCOUNT = """
 WITH account AS MATERIALIZED (
     SELECT user_id, balance, last_seq
     FROM credit_accounts
@@ -53,12 +56,28 @@ WITH account AS MATERIALIZED (
       AND NOT EXISTS (SELECT 1 FROM credit_entries WHERE idempotency_key = :key)
     FOR UPDATE
 ),
-entry AS (
+"""
+
+# The head of every statement's `entry` CTE: the entry INSERT (the gate).
+_ENTRY_INSERT = """entry AS (
     INSERT INTO credit_entries (
         id, user_id, kind, amount, balance_after, seq, hold_id,
         reference, description, description_args, idempotency_key, created_at
     )
-    SELECT CAST(:entry_id AS uuid), user_id, CAST(:kind AS varchar), CAST(:amount AS bigint),
+"""
+
+# The final UPDATE: the balance and sequence move to what the entry says.
+_MOVE_BALANCE = """UPDATE credit_accounts
+SET balance = entry.balance_after, last_seq = entry.seq, updated_at = CAST(:now AS timestamptz)
+FROM entry
+WHERE credit_accounts.user_id = entry.user_id
+RETURNING credit_accounts.balance, entry.amount
+"""
+
+_APPLY = _statement(
+    _ACCOUNT,
+    _ENTRY_INSERT,
+    """    SELECT CAST(:entry_id AS uuid), user_id, CAST(:kind AS varchar), CAST(:amount AS bigint),
            balance + :amount, last_seq + 1, NULL, CAST(:reference AS varchar),
            CAST(:description AS varchar), CAST(:args AS json), CAST(:key AS varchar),
            CAST(:now AS timestamptz)
@@ -67,27 +86,14 @@ entry AS (
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING user_id, amount, balance_after, seq
 )
-UPDATE credit_accounts
-SET balance = entry.balance_after, last_seq = entry.seq, updated_at = CAST(:now AS timestamptz)
-FROM entry
-WHERE credit_accounts.user_id = entry.user_id
-RETURNING credit_accounts.balance, entry.amount
-""")
+""",
+    _MOVE_BALANCE,
+)
 
-_HOLD = _statement("""
-WITH account AS MATERIALIZED (
-    SELECT user_id, balance, last_seq
-    FROM credit_accounts
-    WHERE user_id = :user_id
-      AND NOT EXISTS (SELECT 1 FROM credit_entries WHERE idempotency_key = :key)
-    FOR UPDATE
-),
-entry AS (
-    INSERT INTO credit_entries (
-        id, user_id, kind, amount, balance_after, seq, hold_id,
-        reference, description, description_args, idempotency_key, created_at
-    )
-    SELECT CAST(:entry_id AS uuid), user_id, 'hold', -CAST(:amount AS bigint),
+_HOLD = _statement(
+    _ACCOUNT,
+    _ENTRY_INSERT,
+    """    SELECT CAST(:entry_id AS uuid), user_id, 'hold', -CAST(:amount AS bigint),
            balance - :amount, last_seq + 1, CAST(:hold_id AS uuid), CAST(:reference AS varchar),
            CAST(:description AS varchar), CAST(:args AS json), CAST(:key AS varchar),
            CAST(:now AS timestamptz)
@@ -107,14 +113,12 @@ held AS (
            CAST(:expires_at AS timestamptz), CAST(:now AS timestamptz), NULL
     FROM entry
 )
-UPDATE credit_accounts
-SET balance = entry.balance_after, last_seq = entry.seq, updated_at = CAST(:now AS timestamptz)
-FROM entry
-WHERE credit_accounts.user_id = entry.user_id
-RETURNING credit_accounts.balance, entry.amount
-""")
+""",
+    _MOVE_BALANCE,
+)
 
-_RESOLVE = _statement("""
+_RESOLVE = _statement(
+    """
 WITH owner AS (
     -- A hold's user never changes: read without a lock, to lock the account first.
     SELECT user_id FROM credit_holds WHERE id = CAST(:hold_id AS uuid)
@@ -136,12 +140,9 @@ locked AS MATERIALIZED (
       AND (NOT CAST(:expiring AS boolean) OR h.expires_at <= CAST(:now AS timestamptz))
     FOR UPDATE OF h
 ),
-entry AS (
-    INSERT INTO credit_entries (
-        id, user_id, kind, amount, balance_after, seq, hold_id,
-        reference, description, description_args, idempotency_key, created_at
-    )
-    SELECT CAST(:entry_id AS uuid), account.user_id, CAST(:kind AS varchar),
+""",
+    _ENTRY_INSERT,
+    """    SELECT CAST(:entry_id AS uuid), account.user_id, CAST(:kind AS varchar),
            locked.amount - :spend, account.balance + locked.amount - :spend,
            account.last_seq + 1, locked.id, locked.reference, CAST(:description AS varchar),
            CAST(:args AS json), CAST(:key AS varchar), CAST(:now AS timestamptz)
@@ -157,40 +158,25 @@ resolved AS (
     FROM entry
     WHERE credit_holds.id = entry.hold_id
 )
-UPDATE credit_accounts
-SET balance = entry.balance_after, last_seq = entry.seq, updated_at = CAST(:now AS timestamptz)
-FROM entry
-WHERE credit_accounts.user_id = entry.user_id
-RETURNING credit_accounts.balance, entry.amount
-""")
+""",
+    _MOVE_BALANCE,
+)
 
 
-async def apply(
-    session: AsyncSession,
-    *,
-    entry_id: uuid.UUID,
-    user_id: int,
-    kind: EntryKind,
-    delta: int,
-    key: str,
-    description: str,
-    description_args: Mapping[str, Any] | None,
-    reference: str | None,
-    now: datetime,
-) -> int | None:
+async def apply(session: AsyncSession, entry: NewEntry, *, entry_id: uuid.UUID, now: datetime) -> int | None:
     """A credit or debit; the balance after it, or None when nothing was written."""
     moved = await _run(
         session,
         _APPLY,
         {
             "entry_id": entry_id,
-            "user_id": user_id,
-            "kind": kind.value,
-            "amount": delta,
-            "reference": reference,
-            "description": description,
-            "args": dict(description_args or {}),
-            "key": key,
+            "user_id": entry.user_id,
+            "kind": entry.kind.value,
+            "amount": entry.delta,
+            "reference": entry.reference,
+            "description": entry.description,
+            "args": dict(entry.description_args or {}),
+            "key": entry.key,
             "now": now,
         },
     )
@@ -199,15 +185,10 @@ async def apply(
 
 async def hold(
     session: AsyncSession,
+    new: NewHold,
     *,
     entry_id: uuid.UUID,
     hold_id: uuid.UUID,
-    user_id: int,
-    amount: int,
-    key: str,
-    reference: str,
-    description: str,
-    description_args: Mapping[str, Any] | None,
     now: datetime,
     expires_at: datetime,
 ) -> int | None:
@@ -218,12 +199,12 @@ async def hold(
         {
             "entry_id": entry_id,
             "hold_id": hold_id,
-            "user_id": user_id,
-            "amount": amount,
-            "reference": reference,
-            "description": description,
-            "args": dict(description_args or {}),
-            "key": key,
+            "user_id": new.user_id,
+            "amount": new.amount,
+            "reference": new.reference,
+            "description": new.description,
+            "args": dict(new.description_args or {}),
+            "key": new.key,
             "now": now,
             "expires_at": expires_at,
         },
@@ -232,17 +213,7 @@ async def hold(
 
 
 async def resolve(
-    session: AsyncSession,
-    *,
-    entry_id: uuid.UUID,
-    hold_id: uuid.UUID,
-    target: HoldStatus,
-    kind: EntryKind,
-    spend: int,
-    key: str,
-    description: str,
-    description_args: Mapping[str, Any] | None,
-    now: datetime,
+    session: AsyncSession, resolution: Resolution, *, entry_id: uuid.UUID, now: datetime
 ) -> tuple[int, int] | None:
     """Capture, release or expire an active hold: (the balance after it, the credits returned),
     or None when nothing was written (no such hold, not active, not yet due, `spend` over the
@@ -252,14 +223,14 @@ async def resolve(
         _RESOLVE,
         {
             "entry_id": entry_id,
-            "hold_id": hold_id,
-            "status": target.value,
-            "kind": kind.value,
-            "spend": spend,
-            "expiring": target is HoldStatus.EXPIRED,
-            "description": description,
-            "args": dict(description_args or {}),
-            "key": key,
+            "hold_id": resolution.hold_id,
+            "status": resolution.target.value,
+            "kind": resolution.kind.value,
+            "spend": resolution.spend,
+            "expiring": resolution.target is HoldStatus.EXPIRED,
+            "description": resolution.description,
+            "args": dict(resolution.description_args or {}),
+            "key": resolution.key,
             "now": now,
         },
     )

@@ -46,6 +46,8 @@ from aisha.billing.books import (
     OVERVIEW_PAGE,
     Books,
     NewEntry,
+    NewHold,
+    Resolution,
     check_texts,
     hold_from_row,
     replay_entry,
@@ -150,19 +152,10 @@ class LedgerService:
         reference: str | None = None,
     ) -> EntryResult:
         """Add credits (a bonus, top-up, refund or positive adjustment)."""
-        if kind not in CREDIT_KINDS:
-            raise ValueError(f"credit kind must be one of {sorted(CREDIT_KINDS)}, got {kind!r}")
-        require_positive(amount)
-        return await self._apply(
-            session,
-            user_id=user_id,
-            kind=kind,
-            delta=amount,
-            key=key,
-            description=description or DEFAULT_DESCRIPTIONS[kind],
-            description_args=description_args,
-            reference=reference,
+        entry = _one_way(
+            "credit", CREDIT_KINDS, +1, user_id, amount, key, kind, description, description_args, reference
         )
+        return await self._apply(session, entry)
 
     async def debit(
         self,
@@ -177,19 +170,10 @@ class LedgerService:
         reference: str | None = None,
     ) -> EntryResult:
         """Take credits at once; InsufficientCredits (and nothing written) if they aren't there."""
-        if kind not in DEBIT_KINDS:
-            raise ValueError(f"debit kind must be one of {sorted(DEBIT_KINDS)}, got {kind!r}")
-        require_positive(amount)
-        return await self._apply(
-            session,
-            user_id=user_id,
-            kind=kind,
-            delta=-amount,
-            key=key,
-            description=description or DEFAULT_DESCRIPTIONS[kind],
-            description_args=description_args,
-            reference=reference,
+        entry = _one_way(
+            "debit", DEBIT_KINDS, -1, user_id, amount, key, kind, description, description_args, reference
         )
+        return await self._apply(session, entry)
 
     async def charge(
         self,
@@ -228,8 +212,7 @@ class LedgerService:
         """An admin correction, signed; a negative one is refused if it would go below zero."""
         if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
             raise InvalidAmount(f"adjustment must be a non-zero integer, got {amount!r}")
-        return await self._apply(
-            session,
+        entry = NewEntry(
             user_id=user_id,
             kind=EntryKind.ADJUSTMENT,
             delta=amount,
@@ -238,6 +221,7 @@ class LedgerService:
             description_args=description_args,
             reference=reference,
         )
+        return await self._apply(session, entry)
 
     async def grant_welcome_bonus(
         self, *, session: AsyncSession, user_id: int, amount: int
@@ -247,8 +231,7 @@ class LedgerService:
             raise InvalidAmount(f"welcome bonus can't be negative, got {amount}")
         if amount == 0:
             return None
-        return await self._apply(
-            session,
+        entry = NewEntry(
             user_id=user_id,
             kind=EntryKind.BONUS,
             delta=amount,
@@ -256,9 +239,9 @@ class LedgerService:
             description=WELCOME_DESCRIPTION,
             description_args={"amount": amount},
             reference=None,
-            # The operator may change the bonus later; a user who had one keeps the first.
-            check_amount=False,
         )
+        # The operator may change the bonus later; a user who had one keeps the first.
+        return await self._apply(session, entry, check_amount=False)
 
     # --- holds ---------------------------------------------------------------------------------
 
@@ -275,8 +258,7 @@ class LedgerService:
     ) -> HoldResult:
         """Reserve credits for a job; they leave the balance now and resolve exactly once later."""
         require_positive(amount)
-        return await self._holds.hold(
-            session=session,
+        new = NewHold(
             user_id=user_id,
             amount=amount,
             key=key,
@@ -284,6 +266,7 @@ class LedgerService:
             description=description or DEFAULT_DESCRIPTIONS[EntryKind.HOLD],
             description_args=description_args,
         )
+        return await self._holds.hold(session=session, new=new)
 
     async def capture(
         self,
@@ -296,14 +279,9 @@ class LedgerService:
         description_args: Mapping[str, Any] | None = None,
     ) -> ResolutionResult:
         """The job succeeded: spend `amount` (0..held) and give the rest back in the same entry."""
-        return await self._holds.resolve(
-            session=session,
-            hold_id=hold_id,
-            target=HoldStatus.CAPTURED,
-            spend=amount,
-            key=key,
-            description=description or DEFAULT_DESCRIPTIONS[EntryKind.CAPTURE],
-            description_args=description_args,
+        description = description or DEFAULT_DESCRIPTIONS[EntryKind.CAPTURE]
+        return await self._resolve(
+            session, hold_id, HoldStatus.CAPTURED, amount, key, description, description_args
         )
 
     async def release(
@@ -316,14 +294,9 @@ class LedgerService:
         description_args: Mapping[str, Any] | None = None,
     ) -> ResolutionResult:
         """The job failed: the whole held amount goes back."""
-        return await self._holds.resolve(
-            session=session,
-            hold_id=hold_id,
-            target=HoldStatus.RELEASED,
-            spend=0,
-            key=key,
-            description=description or DEFAULT_DESCRIPTIONS[EntryKind.RELEASE],
-            description_args=description_args,
+        description = description or DEFAULT_DESCRIPTIONS[EntryKind.RELEASE]
+        return await self._resolve(
+            session, hold_id, HoldStatus.RELEASED, 0, key, description, description_args
         )
 
     async def expire_holds(self, *, session: AsyncSession, limit: int = 100) -> list[ResolutionResult]:
@@ -387,55 +360,75 @@ class LedgerService:
 
     # --- internals -----------------------------------------------------------------------------
 
-    async def _apply(
+    async def _resolve(
         self,
         session: AsyncSession,
-        *,
-        user_id: int,
-        kind: EntryKind,
-        delta: int,
+        hold_id: uuid.UUID,
+        target: HoldStatus,
+        spend: int,
         key: str,
         description: str,
         description_args: Mapping[str, Any] | None,
-        reference: str | None,
-        check_amount: bool = True,
-    ) -> EntryResult:
-        """One entry without a hold: move the balance by `delta` and record it, once per key."""
-        check_texts(key=key, description=description, reference=reference)
-        entry = NewEntry(
-            user_id=user_id,
-            kind=kind,
-            delta=delta,
+    ) -> ResolutionResult:
+        """Capture or release: the resolution as asked."""
+        resolution = Resolution(
+            hold_id=hold_id,
+            target=target,
+            spend=spend,
             key=key,
             description=description,
             description_args=description_args,
-            reference=reference,
         )
-        amount = delta if check_amount else None
+        return await self._holds.resolve(session=session, resolution=resolution)
+
+    async def _apply(
+        self, session: AsyncSession, entry: NewEntry, *, check_amount: bool = True
+    ) -> EntryResult:
+        """One entry without a hold: move the balance by `entry.delta` and record it, once per key."""
+        check_texts(key=entry.key, description=entry.description, reference=entry.reference)
+        amount = entry.delta if check_amount else None
         return await self._books.write_once(
             session,
-            key=key,
+            key=entry.key,
             one_statement=lambda: self._apply_in_one_statement(session, entry),
             write=lambda: self._books.write_entry(session, entry),
-            replay=lambda stored: replay_entry(stored, key=key, user_id=user_id, kind=kind, amount=amount),
+            replay=lambda stored: replay_entry(
+                stored, key=entry.key, user_id=entry.user_id, kind=entry.kind, amount=amount
+            ),
         )
 
     async def _apply_in_one_statement(self, session: AsyncSession, entry: NewEntry) -> EntryResult | None:
         """`billing/pg.py`'s statement; None when it wrote nothing (key used, credits short, no
         account yet): then the portable path replays, raises or creates the account."""
         entry_id = ids.ordered_uuid()
-        balance = await pg.apply(
-            session,
-            entry_id=entry_id,
-            user_id=entry.user_id,
-            kind=entry.kind,
-            delta=entry.delta,
-            key=entry.key,
-            description=entry.description,
-            description_args=entry.description_args,
-            reference=entry.reference,
-            now=self._clock.now(),
-        )
+        balance = await pg.apply(session, entry, entry_id=entry_id, now=self._clock.now())
         if balance is None:
             return None
         return EntryResult(entry_id=entry_id, balance=balance, amount=entry.delta, replayed=False)
+
+
+def _one_way(
+    name: str,
+    kinds: frozenset[EntryKind],
+    sign: int,
+    user_id: int,
+    amount: int,
+    key: str,
+    kind: EntryKind,
+    description: str | None,
+    description_args: Mapping[str, Any] | None,
+    reference: str | None,
+) -> NewEntry:
+    """A credit (`sign` 1) or debit (-1) as asked: its kind one of `kinds`, its amount positive."""
+    if kind not in kinds:
+        raise ValueError(f"{name} kind must be one of {sorted(kinds)}, got {kind!r}")
+    require_positive(amount)
+    return NewEntry(
+        user_id=user_id,
+        kind=kind,
+        delta=sign * amount,
+        key=key,
+        description=description or DEFAULT_DESCRIPTIONS[kind],
+        description_args=description_args,
+        reference=reference,
+    )

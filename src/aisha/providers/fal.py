@@ -25,13 +25,13 @@ import json
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import structlog
 
+from aisha.closing import Closing
 from aisha.providers.fal_http import (
     JsonDict,
     detail_text,
@@ -46,7 +46,6 @@ from aisha.providers.fal_http import (
 from aisha.providers.fal_results import (
     ImageOut,
     ImagesOutput,
-    TrainingOutput,
     parse_images_result,
     parse_training_result,
 )
@@ -72,7 +71,6 @@ __all__ = [
     "FalClient",
     "ImageOut",
     "ImagesOutput",
-    "TrainingOutput",
     "app_path",
     "parse_images_result",
     "parse_training_result",
@@ -107,6 +105,20 @@ def webhook_url(public_base_url: str, *, kind: str, row_id: object) -> str:
     return f"{public_base_url.rstrip('/')}{WEBHOOK_PATH}?{query}"
 
 
+# FAL's queue state as every port names it (queued, running, done, unknown); None: FAL does not
+# know the id. Anything else is still queued.
+_PORT_STATES: dict[RemoteState | None, str] = {
+    None: "unknown",
+    RemoteState.COMPLETED: "done",
+    RemoteState.IN_PROGRESS: "running",
+}
+
+
+def port_state(state: RemoteState | None) -> str:
+    """`known_state`'s answer as a feature's state port spells it."""
+    return _PORT_STATES.get(state, "queued")
+
+
 def app_path(endpoint: str) -> str:
     """The part of an endpoint id that status/result/cancel URLs use: owner and app only.
 
@@ -138,7 +150,7 @@ def _check_request_id(request_id: str) -> str:
 # ----------------------------------------------------------------------------------- client
 
 
-class FalClient:
+class FalClient(Closing):
     """FAL's queue API over httpx.
 
     ``http`` lets the app share one connection pool; without it the client owns one and closes it
@@ -182,17 +194,6 @@ class FalClient:
     async def aclose(self) -> None:
         if self._own_http:
             await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # ------------------------------------------------------------------------- operations
 
@@ -289,6 +290,13 @@ class FalClient:
                 cancel_url=str_or(data.get("cancel_url"), base + "/cancel"),
                 queue_position=position if isinstance(position, int) else None,
             )
+
+    async def known_state(self, endpoint: str, request_id: str) -> RemoteState | None:
+        """The job's queue state, or None when FAL does not know the id (what every poller asks)."""
+        try:
+            return (await self.status(endpoint, request_id)).state
+        except RemoteNotFound:
+            return None
 
     async def status(self, endpoint: str, request_id: str, *, logs: bool = False) -> RemoteStatus:
         """The job's queue state. Retries transient failures; raises RemoteNotFound for an unknown id."""

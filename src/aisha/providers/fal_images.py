@@ -12,8 +12,8 @@ import httpx
 
 from aisha.generation.errors import GenerationFailed
 from aisha.generation.ports import ImageJob, ProviderState
-from aisha.providers.fal import FalClient, ImagesOutput, parse_images_result, webhook_url
-from aisha.remote import RemoteFailed, RemoteMalformedOutput, RemoteNotFound, RemoteState
+from aisha.providers.fal import FalClient, ImagesOutput, parse_images_result, port_state, webhook_url
+from aisha.remote import RemoteFailed, RemoteMalformedOutput, RemoteNotFound
 
 # The aspect ratios the feature offers, as FAL's image_size enum names them.
 IMAGE_SIZES: dict[str, str] = {
@@ -85,15 +85,7 @@ class FalImageGenerator:
         return submission.request_id
 
     async def state(self, *, endpoint: str, request_id: str) -> ProviderState:
-        try:
-            status = await self._client.status(endpoint, request_id)
-        except RemoteNotFound:
-            return ProviderState.UNKNOWN
-        if status.state is RemoteState.COMPLETED:
-            return ProviderState.DONE
-        if status.state is RemoteState.IN_PROGRESS:
-            return ProviderState.RUNNING
-        return ProviderState.QUEUED
+        return ProviderState(port_state(await self._client.known_state(endpoint, request_id)))
 
     async def result(self, *, endpoint: str, request_id: str) -> ImagesOutput:
         try:

@@ -6,13 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aisha.avatars.models import TrainingOutput
 from aisha.remote import RemoteMalformedOutput
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingOutput:
-    lora_url: str
-    config_url: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from typing import Any
 from aisha.avatars.errors import TrainingFailed
 from aisha.avatars.models import AvatarType, TrainingOutput
 from aisha.avatars.ports import TrainingRequest, TrainingState
-from aisha.providers.fal import FalClient, parse_training_result, webhook_url
-from aisha.remote import RemoteFailed, RemoteNotFound, RemoteState
+from aisha.providers.fal import FalClient, parse_training_result, port_state, webhook_url
+from aisha.remote import RemoteFailed, RemoteNotFound
 
 # A FLUX LoRA of rank 16 is about 90 MB; the trainers' largest ranks stay well under this.
 MAX_LORA_BYTES = 1024 * 1024 * 1024
@@ -96,19 +96,10 @@ class FalTrainer:
         )
 
     async def state(self, *, endpoint: str, request_id: str) -> TrainingState:
-        try:
-            status = await self._client.status(endpoint, request_id)
-        except RemoteNotFound:
-            return TrainingState.UNKNOWN
-        if status.state is RemoteState.COMPLETED:
-            return TrainingState.DONE
-        if status.state is RemoteState.IN_PROGRESS:
-            return TrainingState.RUNNING
-        return TrainingState.QUEUED
+        return TrainingState(port_state(await self._client.known_state(endpoint, request_id)))
 
     def parse_output(self, payload: dict[str, Any]) -> TrainingOutput:
-        parsed = parse_training_result(payload)
-        return TrainingOutput(lora_url=parsed.lora_url, config_url=parsed.config_url)
+        return parse_training_result(payload)
 
     async def result(self, *, endpoint: str, request_id: str) -> TrainingOutput:
         try:

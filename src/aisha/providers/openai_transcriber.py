@@ -14,14 +14,16 @@ timeouts), so each attempt is one request and nothing is retried twice over.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, cast
 
 import openai
 from openai import AsyncOpenAI
+from openai.types.audio import TranscriptionVerbose
 
+from aisha.closing import Closing
 from aisha.transcription.merge import Segment
 from aisha.transcription.ports import ChunkResult, TranscriberError
 
@@ -118,7 +120,7 @@ def response_format_for(model: str) -> ResponseFormat:
     return "verbose_json" if "whisper" in model.lower() else "json"
 
 
-class OpenAITranscriber:
+class OpenAITranscriber(Closing):
     """Transcribes one chunk per request through ``AsyncOpenAI().audio.transcriptions.create``."""
 
     def __init__(
@@ -147,37 +149,27 @@ class OpenAITranscriber:
         return self._format
 
     async def transcribe(self, path: Path, *, language: str | None, prompt: str | None) -> ChunkResult:
+        # The SDK reads the file with anyio and names the upload after it (the server tells the
+        # format by the extension). A chunk is a few MB at most. Only the response format differs.
+        create = functools.partial(
+            self._client.audio.transcriptions.create,
+            model=self._model,
+            file=Path(path),
+            language=language or openai.omit,
+            prompt=prompt or openai.omit,
+        )
         try:
-            # The SDK reads the file with anyio and names the upload after it (the server tells
-            # the format by the extension). A chunk is a few MB at most.
             if self._format == "verbose_json":
-                verbose = await self._client.audio.transcriptions.create(
-                    model=self._model,
-                    file=Path(path),
-                    response_format="verbose_json",
-                    language=language or openai.omit,
-                    prompt=prompt or openai.omit,
-                )
+                # functools.partial keeps only the SDK's first overload: the verbose type is named.
+                verbose = cast(TranscriptionVerbose, await create(response_format="verbose_json"))
                 segments = [Segment(float(s.start), float(s.end), s.text) for s in verbose.segments or []]
                 return ChunkResult(
                     text=verbose.text, segments=segments, language=language_code(verbose.language)
                 )
             if self._format == "text":
-                text = await self._client.audio.transcriptions.create(
-                    model=self._model,
-                    file=Path(path),
-                    response_format="text",
-                    language=language or openai.omit,
-                    prompt=prompt or openai.omit,
-                )
+                text = await create(response_format="text")
                 return ChunkResult(text=str(text).strip())
-            plain = await self._client.audio.transcriptions.create(
-                model=self._model,
-                file=Path(path),
-                response_format="json",
-                language=language or openai.omit,
-                prompt=prompt or openai.omit,
-            )
+            plain = await create(response_format="json")
             # Newer models list the detected languages; older SDKs have no such field.
             detected = getattr(plain, "languages", None) or []
             code = getattr(detected[0], "code", None) if detected else None
@@ -204,16 +196,7 @@ class OpenAITranscriber:
     async def close(self) -> None:
         await self._client.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
+    aclose = close  # what leaving `async with` calls (Closing)
 
 
 def _error_message(exc: openai.APIStatusError) -> str:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
+from aisha.closing import Started
 
-class LoopbackServer:
+
+class LoopbackServer(Started):
     def __init__(self, *, host: str, port: int) -> None:
         self._host = host
         self._port = port  # 0 picks a free one
         self._runner: web.AppRunner | None = None
         self._root: str | None = None
-
-    async def start(self) -> None:
-        raise NotImplementedError
-
-    async def stop(self) -> None:
-        raise NotImplementedError
 
     async def _listen(self, app: web.Application, **runner_options: Any) -> None:
         if self._runner is not None:
@@ -42,15 +37,3 @@ class LoopbackServer:
         if self._root is None:
             raise RuntimeError(f"{type(self).__name__} is not started")
         return self._root
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -20,13 +20,13 @@ import contextlib
 import secrets
 import socket
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
+from aisha.closing import Started
 from aisha.config import Settings, TranscriptionBackend, load_settings
 from aisha.container import local_speech_model
 from aisha.db.migrate import upgrade
@@ -56,7 +56,7 @@ class SandboxStartError(Exception):
     """The sandbox cannot start; the message says why and what to do."""
 
 
-class Sandbox:
+class Sandbox(Started):
     """``async with Sandbox(data_dir=..., port=...) as sandbox:`` then open ``sandbox.url``."""
 
     def __init__(
@@ -197,18 +197,6 @@ class Sandbox:
 
     async def stop(self) -> None:
         await self._stack.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def url(self) -> str:

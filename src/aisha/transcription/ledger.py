@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.billing.errors import InsufficientCredits
@@ -64,11 +64,7 @@ class TranscriptLedger:
         """The row, locked, if this run still owns it and it is not finished; else ClaimLost."""
         row = await session.scalar(
             select(Transcript)
-            .where(
-                Transcript.id == transcript_id,
-                Transcript.claim == claim,
-                Transcript.status.in_(IN_FLIGHT),
-            )
+            .where(*_still_owned(transcript_id, claim))
             .with_for_update()
             .execution_options(populate_existing=True)
         )
@@ -81,11 +77,7 @@ class TranscriptLedger:
         async with unit_of_work(self._sessions) as session:
             updated = await session.scalar(
                 update(Transcript)
-                .where(
-                    Transcript.id == transcript_id,
-                    Transcript.claim == claim,
-                    Transcript.status.in_(IN_FLIGHT),
-                )
+                .where(*_still_owned(transcript_id, claim))
                 .values(**values)
                 .returning(Transcript.id)
             )
@@ -232,3 +224,8 @@ class TranscriptLedger:
                 session=session, hold_id=hold.id, key=f"transcript:{row.id}:release:{hold.id}"
             )
         row.hold_id = None
+
+
+def _still_owned(transcript_id: uuid.UUID, claim: int) -> tuple[ColumnElement[bool], ...]:
+    """The row is this run's (its claim) and not finished: the condition of every write of a run."""
+    return (Transcript.id == transcript_id, Transcript.claim == claim, Transcript.status.in_(IN_FLIGHT))
