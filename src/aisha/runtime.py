@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-import uvicorn
 from aiogram import Bot, Dispatcher
 
-from aisha.api.app import create_api
 from aisha.api.telegram import WEBHOOK_PATH
 from aisha.bot.app import create_bot, create_dispatcher
 from aisha.bot.commands import publish_commands
@@ -24,6 +22,9 @@ from aisha.config import ConfigError, Settings
 from aisha.container import Services, build_services
 from aisha.jobs.tasks import register_tasks
 
+if TYPE_CHECKING:
+    from aisha.api.server import QuietServer
+
 log = structlog.get_logger(__name__)
 __all__ = ["WEBHOOK_PATH", "Role", "Runtime"]
 
@@ -32,14 +33,6 @@ class Role(StrEnum):
     ALL = "all"  # bot (polling or webhook), HTTP app and jobs in one process
     API = "api"  # HTTP app taking webhooks; jobs go to the Redis queue
     WORKER = "worker"  # runs queued jobs and the recovery sweep
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the runtime decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class Runtime:
@@ -53,7 +46,7 @@ class Runtime:
         )
         register_tasks(self.services)
         self.dispatcher: Dispatcher = create_dispatcher(self.services)
-        self._server: _QuietServer | None = None
+        self._server: QuietServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._polling = False
@@ -104,6 +97,12 @@ class Runtime:
             self._receiver = asyncio.create_task(run_receiver_task(self.services.queue.broker))
 
     async def start_http(self) -> None:
+        # Imported here: a worker serves no HTTP and never loads uvicorn or the routes.
+        import uvicorn
+
+        from aisha.api.app import create_api
+        from aisha.api.server import QuietServer
+
         config = uvicorn.Config(
             create_api(self),
             host=self.settings.http_host,
@@ -112,7 +111,7 @@ class Runtime:
             access_log=False,
             lifespan="off",
         )
-        self._server = _QuietServer(config)
+        self._server = QuietServer(config)
         self._spawn(self._server.serve())
         while not self._server.started:
             if self._tasks[-1].done():

@@ -1,7 +1,8 @@
 """What a process loads at start is what its role needs: an operator sees it as start-up time and
 memory. The bot, the API and the services are importable without OpenCV, NudeNet, numpy, the
-openai client, aioboto3 or alembic; those load where they are used (a photo checked, an OpenAI key
-configured, s3:// storage, a migration)."""
+openai client, aioboto3, alembic, redis, cryptography or uvicorn; those load where they are used
+(a photo checked, an OpenAI key configured, s3:// storage, a migration, REDIS_URL set, a FAL
+webhook verified, HTTP served: a worker serves none)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ HEAVY = [
     "botocore",
     "alembic",
     "imageio_ffmpeg",
+    "redis",
+    "cryptography",
+    "uvicorn",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
@@ -19,7 +20,6 @@ from aiogram.fsm.storage.base import (
     StorageKey,
 )
 from aiogram.fsm.storage.memory import DisabledEventIsolation
-from aiogram.fsm.storage.redis import RedisEventIsolation, RedisStorage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.bot.fsm import SqlStorage, UserEventIsolation
@@ -93,6 +93,9 @@ def create_fsm_storage(settings: Settings, sessions: async_sessionmaker[AsyncSes
     """Redis when configured (shared by every process), else the database: never only memory,
     so a wizard survives a restart."""
     if settings.redis_url:
+        # Imported here: a process with no REDIS_URL never loads redis (6 MB here).
+        from aiogram.fsm.storage.redis import RedisStorage
+
         return RedisStorage.from_url(settings.redis_url, key_builder=DestinyKeyBuilder())
     return SqlStorage(sessions)
 
@@ -101,8 +104,11 @@ def create_event_isolation(storage: BaseStorage) -> BaseEventIsolation:
     """Each user's updates one at a time (see UserEventIsolation): across every process through
     the FSM's Redis when it has one (a lock that expires after 60 s, should a process die holding
     it; closed with the storage)."""
-    if isinstance(storage, RedisStorage):
-        return RedisEventIsolation(storage.redis)
+    if "aiogram.fsm.storage.redis" in sys.modules:  # a RedisStorage exists only once it is loaded
+        from aiogram.fsm.storage.redis import RedisEventIsolation, RedisStorage
+
+        if isinstance(storage, RedisStorage):
+            return RedisEventIsolation(storage.redis)
     return UserEventIsolation()
 
 

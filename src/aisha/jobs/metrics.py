@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from redis.asyncio import Redis
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis  # imported where a client is made: only with REDIS_URL
 
 log = structlog.get_logger(__name__)
 
@@ -122,4 +124,8 @@ class JobMetrics:
 
 
 def create_job_metrics(redis_url: str | None) -> JobMetrics:
-    return JobMetrics(RedisFigures(Redis.from_url(redis_url)) if redis_url else MemoryFigures())
+    if not redis_url:
+        return JobMetrics(MemoryFigures())
+    from redis.asyncio import Redis
+
+    return JobMetrics(RedisFigures(Redis.from_url(redis_url)))

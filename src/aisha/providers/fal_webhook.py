@@ -26,15 +26,18 @@ import hashlib
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aisha.clock import Clock, SystemClock
 from aisha.remote import RemoteWebhook
+
+if TYPE_CHECKING:
+    # Imported where keys are parsed and checked: a process loads cryptography (7 MB here) at its
+    # first FAL webhook, not at start.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
     "HEADER_REQUEST_ID",
@@ -244,6 +247,8 @@ class FalWebhookVerifier:
 
 def parse_jwks(data: Any) -> tuple[Ed25519PublicKey, ...]:
     """The Ed25519 keys of a JWKS document; other key types are skipped. Raises ValueError if none."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     raw_keys = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(raw_keys, list):
         raise ValueError("JWKS has no keys list")
@@ -266,6 +271,8 @@ def parse_jwks(data: Any) -> tuple[Ed25519PublicKey, ...]:
 
 
 def _any_verifies(keys: tuple[Ed25519PublicKey, ...], signature: bytes, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     for key in keys:
         try:
             key.verify(signature, message)

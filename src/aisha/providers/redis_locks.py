@@ -3,9 +3,13 @@ compare-and-delete script, so a holder whose lock expired never frees somebody e
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING
 
 from aisha.users.locks import MemoryLocks, UserLocks
+
+if TYPE_CHECKING:
+    # Imported where a client is made: a process with no REDIS_URL never loads redis (6 MB here).
+    from redis.asyncio import Redis
 
 RELEASE_SCRIPT = """
 if redis.call("get", KEYS[1]) == ARGV[1] then
@@ -32,4 +36,8 @@ class RedisLocks:
 
 def create_user_locks(redis_url: str | None) -> UserLocks:
     """In Redis when REDIS_URL is set; in this process's memory otherwise."""
-    return UserLocks(RedisLocks(Redis.from_url(redis_url)) if redis_url else MemoryLocks())
+    if not redis_url:
+        return UserLocks(MemoryLocks())
+    from redis.asyncio import Redis
+
+    return UserLocks(RedisLocks(Redis.from_url(redis_url)))

@@ -3,10 +3,13 @@ every process counts together. The rule is `aisha.throttle`'s."""
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING
 
 from aisha.clock import Clock
 from aisha.throttle import Decision, current_window, decide
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis  # imported in from_url: only a process with Redis loads it
 
 
 class RedisThrottle:
@@ -18,6 +21,8 @@ class RedisThrottle:
 
     @classmethod
     def from_url(cls, url: str, *, rate: int, period: int, clock: Clock) -> RedisThrottle:
+        from redis.asyncio import Redis
+
         return cls(Redis.from_url(url), rate=rate, period=period, clock=clock)
 
     async def hit(self, *, user_id: int) -> Decision:
