@@ -14,12 +14,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import String, case, cast, func, select
+from sqlalchemy import Integer, Select, String, bindparam, case, cast, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aisha.billing.models import CreditEntry, EntryKind
+from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, EntryKind, HoldStatus
 from aisha.billing.results import HISTORY_COLUMNS, HistoryItem
-from aisha.billing.service import LedgerService
 
 FOLDED_KINDS = (EntryKind.HOLD, EntryKind.CAPTURE, EntryKind.RELEASE)
 
@@ -65,57 +64,88 @@ class AccountView:
     page: StatementPage
 
 
-async def account_view(
-    session: AsyncSession, *, ledger: LedgerService, user_id: int, limit: int, offset: int
-) -> AccountView:
-    """The balance, the credits held by running jobs and one statement page (newest first)."""
-    return AccountView(
-        balance=await ledger.get_balance(session=session, user_id=user_id),
-        held=await ledger.held_total(session=session, user_id=user_id),
-        page=await statement(session, user_id=user_id, limit=limit, offset=offset),
+async def account_view(session: AsyncSession, *, user_id: int, limit: int, offset: int) -> AccountView:
+    """The balance, the credits held by running jobs and one statement page (newest first), read
+    in one statement (the same on PostgreSQL and SQLite)."""
+    if limit < 1 or offset < 0:
+        raise ValueError("limit must be >= 1 and offset >= 0")
+    rows = (await session.execute(_ACCOUNT, {"user_id": user_id, "limit": limit, "offset": offset})).all()
+    first = rows[0]  # the figures' row is always there, with no entry when the page is empty
+    grouped: dict[str, list[HistoryItem]] = {}
+    for row in rows:
+        if row.operation is not None:
+            grouped.setdefault(row.operation, []).append(HistoryItem.of(row))
+    page = StatementPage(
+        operations=[fold(entries) for entries in grouped.values()],
+        total=int(first.total or 0),
+        limit=limit,
+        offset=offset,
     )
-
-
-def _operation_key() -> Any:
-    """The job's reference for its hold, capture and release entries; the seq for any other entry."""
-    folded = CreditEntry.kind.in_(FOLDED_KINDS) & CreditEntry.reference.is_not(None)
-    return case((folded, CreditEntry.reference), else_=cast(CreditEntry.seq, String))
+    return AccountView(balance=int(first.balance or 0), held=int(first.held or 0), page=page)
 
 
 async def statement(
     session: AsyncSession, *, user_id: int, limit: int = 10, offset: int = 0
 ) -> StatementPage:
     """One page of the user's operations, newest first (by when each started), with their count."""
-    if limit < 1 or offset < 0:
-        raise ValueError("limit must be >= 1 and offset >= 0")
-    key = _operation_key().label("operation")
+    return (await account_view(session, user_id=user_id, limit=limit, offset=offset)).page
+
+
+def _operation_key(entry: Any) -> Any:
+    """The job's reference for its hold, capture and release entries; the seq for any other entry."""
+    folded = entry.c.kind.in_(FOLDED_KINDS) & entry.c.reference.is_not(None)
+    return case((folded, entry.c.reference), else_=cast(entry.c.seq, String))
+
+
+def _account_statement() -> Select[Any]:
+    """What /balance reads, built once: one row per entry of the page's operations (the page's
+    newest operation first, each one's entries oldest first), each carrying the balance, the
+    credits held and the count of operations; one row with these alone when the page is empty.
+
+    An operation is the entries sharing a key (`_operation_key`), placed by its first entry.
+    """
+    user = bindparam("user_id", type_=Integer)
+    entry = CreditEntry.__table__
+    columns = [entry.c[c.key] for c in HISTORY_COLUMNS]
+    # The user's entries, each with its operation's key (computed once, so it groups as itself).
+    keyed = (
+        select(_operation_key(entry).label("operation"), entry.c.seq, *columns)
+        .where(entry.c.user_id == user)
+        .cte("keyed")
+    )
     operations = (
-        select(key, func.min(CreditEntry.seq).label("first_seq"))
-        .where(CreditEntry.user_id == user_id)
-        .group_by(key)
-        .subquery()
+        select(keyed.c.operation, func.min(keyed.c.seq).label("first_seq"))
+        .group_by(keyed.c.operation)
+        .cte("operations")
     )
-    total = await session.scalar(select(func.count()).select_from(operations))
-    keys = (
-        await session.scalars(
-            select(operations.c.operation).order_by(operations.c.first_seq.desc()).limit(limit).offset(offset)
-        )
-    ).all()
-    grouped: dict[str, list[HistoryItem]] = {k: [] for k in keys}
-    if keys:
-        rows = await session.execute(
-            select(key, *HISTORY_COLUMNS)
-            .where(CreditEntry.user_id == user_id, _operation_key().in_(keys))
-            .order_by(CreditEntry.seq)
-        )
-        for row in rows:
-            grouped[row.operation].append(HistoryItem.of(row))
-    return StatementPage(
-        operations=[fold(entries) for entries in grouped.values() if entries],
-        total=int(total or 0),
-        limit=limit,
-        offset=offset,
+    page = (
+        select(operations.c.operation, operations.c.first_seq)
+        .order_by(operations.c.first_seq.desc())
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
+        .subquery("page")
     )
+    lines = (
+        select(page.c.first_seq, keyed)
+        .select_from(page.join(keyed, keyed.c.operation == page.c.operation))
+        .subquery("lines")
+    )
+    figures = select(
+        select(CreditAccount.balance).where(CreditAccount.user_id == user).scalar_subquery().label("balance"),
+        select(func.coalesce(func.sum(CreditHold.amount), 0))
+        .where(CreditHold.user_id == user, CreditHold.status == HoldStatus.ACTIVE)
+        .scalar_subquery()
+        .label("held"),
+        select(func.count()).select_from(operations).scalar_subquery().label("total"),
+    ).subquery("figures")
+    return (
+        select(figures, lines.c.operation, *(lines.c[c.key] for c in HISTORY_COLUMNS))
+        .select_from(figures.outerjoin(lines, true()))
+        .order_by(lines.c.first_seq.desc(), lines.c.seq)
+    )
+
+
+_ACCOUNT = _account_statement()
 
 
 def fold(entries: list[HistoryItem]) -> Operation:

@@ -3,8 +3,10 @@ blocked users and per-user rate limits."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from aiogram import BaseMiddleware, Bot, Router
@@ -14,7 +16,10 @@ from aiogram.methods import Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import TelegramObject, Update
 from aiogram.types import User as TelegramUser
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
+from sqlalchemy.sql import ClauseElement
 
 from aisha.bot.metrics import DUPLICATE_KEY
 from aisha.db.context import current_session
@@ -23,7 +28,7 @@ from aisha.db.session import before_outside_call, commit, commits_before_outside
 from aisha.db.upsert import insert_ignore
 from aisha.throttle import Verdict
 from aisha.users.models import User
-from aisha.users.service import TelegramProfile
+from aisha.users.service import LAST_SEEN_RESOLUTION, TelegramProfile
 
 if TYPE_CHECKING:
     from aisha.container import Services
@@ -151,11 +156,97 @@ class UnitOfWorkMiddleware(BaseMiddleware):
             current_session.reset(token)
 
 
-class UserMiddleware(BaseMiddleware):
-    """Registers the user on first contact, refreshes them after, and binds their texts."""
+# A returning user's row is taken from here for this long (no read), as long as Telegram's profile
+# and the last-seen mark need no write. A change through any session of this process (the bot's
+# own settings, an admin's block, a deletion) drops it at once; one made by another process (the
+# CLI, another replica) is seen at the latest after this long.
+USER_CACHE_SECONDS = 10.0
+_USER_COLUMNS = tuple(column.key for column in User.__table__.columns)
+_CHANGED_KEY = "aisha.users_changed"
 
-    def __init__(self, services: Services) -> None:
+
+class _UserChanges:
+    """Which users changed in this process: their ids (or every one, when a statement's ids can't
+    be read), counted by the `do_orm_execute` and `after_flush` events of every session."""
+
+    def __init__(self) -> None:
+        self.everyone = 0  # bumped when any user may have changed
+        self.changed: dict[int, int] = {}  # telegram id → the `everyone` count it changed at
+
+    def mark(self, ids: Iterable[int] | None) -> None:
+        if ids is None:
+            self.everyone += 1
+            self.changed.clear()
+            return
+        for user_id in ids:
+            self.changed[user_id] = self.everyone
+        if len(self.changed) > 10_000:  # forget the old marks: count them all as changed
+            self.mark(None)
+
+
+USER_CHANGES = _UserChanges()
+
+
+def _statement_user_ids(state: ORMExecuteState) -> list[int] | None:
+    """The telegram ids a statement on `users` names in its WHERE, else None (maybe any user)."""
+    try:
+        params = dict(cast(ClauseElement, state.statement).compile().params)
+    except Exception:  # a statement we can't read: every user may have changed
+        return None
+    if isinstance(state.parameters, Mapping):
+        params.update(state.parameters)
+    ids = [v for k, v in params.items() if k.startswith("telegram_id") and isinstance(v, int)]
+    return ids or None
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _user_statement(state: ORMExecuteState) -> None:
+    # A row inserted was in no cache (a deleted one was dropped when it was deleted).
+    if not (state.is_update or state.is_delete):
+        return
+    table = getattr(state.statement, "table", None)
+    if table is None or getattr(table, "name", None) != User.__tablename__:
+        return
+    ids = _statement_user_ids(state)
+    USER_CHANGES.mark(ids)
+    # Again once committed: a read between this statement and the commit saw the old row.
+    pending = state.session.info.setdefault(_CHANGED_KEY, [])
+    pending.append(ids)
+
+
+@event.listens_for(Session, "after_flush")
+def _user_flushed(session: Session, _context: Any) -> None:
+    ids = [o.telegram_id for o in (*session.new, *session.dirty, *session.deleted) if isinstance(o, User)]
+    if ids:
+        USER_CHANGES.mark(ids)
+        session.info.setdefault(_CHANGED_KEY, []).append(ids)
+
+
+@event.listens_for(Session, "after_commit")
+def _user_committed(session: Session) -> None:
+    for ids in session.info.pop(_CHANGED_KEY, ()):
+        USER_CHANGES.mark(ids)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    values: dict[str, Any]
+    profile: tuple[str | None, str | None, str | None]
+    until: float  # time.monotonic()
+    everyone: int  # USER_CHANGES.everyone when read
+
+
+class UserMiddleware(BaseMiddleware):
+    """Registers the user on first contact, refreshes them after, and binds their texts.
+
+    A returning user whose row was read a moment ago (USER_CACHE_SECONDS) and changed by nobody
+    since is put into the update's session as read then, without a round trip.
+    """
+
+    def __init__(self, services: Services, *, cache_seconds: float = USER_CACHE_SECONDS) -> None:
         self._services = services
+        self._cache_seconds = cache_seconds
+        self._cache: dict[int, _Cached] = {}
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         tg_user: TelegramUser | None = data.get("event_from_user")
@@ -163,6 +254,37 @@ class UserMiddleware(BaseMiddleware):
         if tg_user is None or tg_user.is_bot:
             data["t"] = translator.bind(translator.default_locale)
             return await handler(event, data)
+        session: AsyncSession = data["session"]
+        user = self._cached(session, tg_user)
+        created = False
+        if user is None:
+            user, created = await self._read(session, tg_user)
+        data["user"] = user
+        data["user_created"] = created
+        data["t"] = translator.bind(user.language)
+        return await handler(event, data)
+
+    def _cached(self, session: AsyncSession, tg_user: TelegramUser) -> User | None:
+        cached = self._cache.get(tg_user.id)
+        if cached is None:
+            return None
+        now = time.monotonic()
+        if (
+            now >= cached.until
+            or cached.everyone != USER_CHANGES.everyone
+            or tg_user.id in USER_CHANGES.changed
+            or cached.profile != (tg_user.username, tg_user.first_name, tg_user.last_name)
+            or self._services.clock.now() - cached.values["last_seen_at"] >= LAST_SEEN_RESOLUTION
+        ):
+            del self._cache[tg_user.id]
+            return None
+        # As if read: persistent in this session, no statement sent.
+        user = User(**cached.values)
+        make_transient_to_detached(user)
+        return session.sync_session.merge(user, load=False)
+
+    async def _read(self, session: AsyncSession, tg_user: TelegramUser) -> tuple[User, bool]:
+        translator = self._services.translator
         profile = TelegramProfile(
             telegram_id=tg_user.id,
             username=tg_user.username,
@@ -170,15 +292,22 @@ class UserMiddleware(BaseMiddleware):
             last_name=tg_user.last_name,
             language_code=tg_user.language_code,
         )
+        USER_CHANGES.changed.pop(tg_user.id, None)  # what is read now is the news
+        everyone = USER_CHANGES.everyone
         user, created = await self._services.users.register_or_touch(
-            data["session"], profile=profile, locale=translator.resolve_locale(tg_user.language_code)
+            session, profile=profile, locale=translator.resolve_locale(tg_user.language_code)
         )
         if created:
             log.info("user.registered", user_id=user.telegram_id, language=user.language)
-        data["user"] = user
-        data["user_created"] = created
-        data["t"] = translator.bind(user.language)
-        return await handler(event, data)
+        if len(self._cache) >= 100_000:
+            self._cache.clear()
+        self._cache[tg_user.id] = _Cached(
+            values={key: getattr(user, key) for key in _USER_COLUMNS},
+            profile=(user.username, user.first_name, user.last_name),
+            until=time.monotonic() + self._cache_seconds,
+            everyone=everyone,
+        )
+        return user, created
 
 
 def _is_payment(event: Update) -> bool:

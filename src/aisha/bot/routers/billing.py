@@ -30,12 +30,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-async def show_balance(
-    message: Message, session: AsyncSession, user: User, t: Texts, services: Services
-) -> None:
-    view = await account_view(
-        session, ledger=services.ledger, user_id=user.telegram_id, limit=HISTORY_PAGE_SIZE, offset=0
-    )
+async def show_balance(message: Message, session: AsyncSession, user: User, t: Texts) -> None:
+    view = await account_view(session, user_id=user.telegram_id, limit=HISTORY_PAGE_SIZE, offset=0)
     await present.show_account(message, t, view)
 
 
@@ -45,14 +41,12 @@ async def turn_page(
     session: AsyncSession,
     user: User,
     t: Texts,
-    services: Services,
 ) -> None:
     if callback_data.offset < 0 or not isinstance(query.message, Message):
         await query.answer(t("errors.bad_button"), show_alert=True)
         return
     view = await account_view(
         session,
-        ledger=services.ledger,
         user_id=user.telegram_id,
         limit=HISTORY_PAGE_SIZE,
         offset=callback_data.offset,
