@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from aisha.bot.fsm import SqlStorage, UserEventIsolation
 from aisha.bot.metrics import ObserveUpdateMiddleware
 from aisha.bot.middlewares import (
+    USER_CACHE_SECONDS,
     BlockedMiddleware,
     CommitBeforeSend,
     KeepResponseModels,
@@ -129,7 +130,9 @@ def create_dispatcher(services: Services) -> Dispatcher:
     dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services))
     # The wizard state, read once in the update's transaction (the lock is already held).
     dispatcher.update.outer_middleware(FSMContextMiddleware(storage, DisabledEventIsolation()))
-    dispatcher.update.outer_middleware(UserMiddleware(services))
+    # One process: its cache of user rows sees every change; several (REDIS_URL): no cache.
+    user_cache = 0.0 if services.settings.redis_url else USER_CACHE_SECONDS
+    dispatcher.update.outer_middleware(UserMiddleware(services, cache_seconds=user_cache))
     dispatcher.update.outer_middleware(BlockedMiddleware(services))
     dispatcher.update.outer_middleware(ThrottleMiddleware(services))
     dispatcher.include_routers(

@@ -159,7 +159,8 @@ class UnitOfWorkMiddleware(BaseMiddleware):
 # A returning user's row is taken from here for this long (no read), as long as Telegram's profile
 # and the last-seen mark need no write. A change through any session of this process (the bot's
 # own settings, an admin's block, a deletion) drops it at once; one made by another process (the
-# CLI, another replica) is seen at the latest after this long.
+# CLI) is seen at the latest after this long. With REDIS_URL (several replicas serve one user) the
+# cache is off: a block or a deletion on one replica must hold on the next update, wherever it lands.
 USER_CACHE_SECONDS = 10.0
 _USER_COLUMNS = tuple(column.key for column in User.__table__.columns)
 _CHANGED_KEY = "aisha.users_changed"
@@ -299,6 +300,8 @@ class UserMiddleware(BaseMiddleware):
         )
         if created:
             log.info("user.registered", user_id=user.telegram_id, language=user.language)
+        if self._cache_seconds <= 0:
+            return user, created
         if len(self._cache) >= 100_000:
             self._cache.clear()
         self._cache[tg_user.id] = _Cached(
