@@ -802,3 +802,31 @@ async def test_the_status_never_counts_past_the_maximum_and_cancel_leaves_no_but
     # No button is left: neither the status message's review nor the review's start.
     assert _buttons_in_chat(telegram, user) == []
     assert await count(db, Avatar, Avatar.user_id == user.id) == 0
+
+
+async def test_an_expired_draft_leaves_no_review_button_under_its_status_message(
+    telegram: FakeTelegramServer,
+    avatar_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    app: Runtime = await start_app(avatar_settings(avatar_min_photos=2, avatar_max_photos=3))
+    user = FakeUser(id=7552, language_code="en")
+    intro = await _say(telegram, user, "/avatar")
+    await _press(telegram, user, "avt:portrait", intro)
+    await _say(telegram, user, "Me")
+    for i in DISTINCT[:2]:
+        await _send(telegram, telegram.message_update(user, photo=face_photo(i)))
+    await jobs_done(app, timeout=40)
+    [status] = _statuses(telegram, user)
+    assert _buttons_in_chat(telegram, user) == [("▶ Review and start", "avw:review")]
+
+    # Abandoned for longer than a draft is kept: the sweep discards it, and its button goes.
+    async with unit_of_work(app.services.sessions) as session:
+        avatar = await session.scalar(select(Avatar).where(Avatar.user_id == user.id))
+        assert avatar is not None
+        avatar.updated_at = datetime.now(UTC) - timedelta(days=2)
+    assert (await app.services.recovery.run_once())["avatars.stuck"] == 1
+    assert await count(db, Avatar, Avatar.user_id == user.id) == 0
+    assert _buttons_in_chat(telegram, user) == []
+    assert _message(telegram, user, status["message_id"])["text"] == status["text"]
