@@ -821,7 +821,7 @@ async def test_an_expired_draft_leaves_no_review_button_under_its_status_message
     [status] = _statuses(telegram, user)
     assert _buttons_in_chat(telegram, user) == [("▶ Review and start", "avw:review")]
 
-    # Abandoned for longer than a draft is kept: the sweep discards it, and its button goes.
+    # Abandoned for longer than a draft is kept: the sweep discards it, and its status says so.
     async with unit_of_work(app.services.sessions) as session:
         avatar = await session.scalar(select(Avatar).where(Avatar.user_id == user.id))
         assert avatar is not None
@@ -829,7 +829,9 @@ async def test_an_expired_draft_leaves_no_review_button_under_its_status_message
     assert (await app.services.recovery.run_once())["avatars.stuck"] == 1
     assert await count(db, Avatar, Avatar.user_id == user.id) == 0
     assert _buttons_in_chat(telegram, user) == []
-    assert _message(telegram, user, status["message_id"])["text"] == status["text"]
+    assert _message(telegram, user, status["message_id"])["text"] == (
+        "📸 The draft Me has expired, and its photos are deleted. Send /avatar to start again."
+    )
 
 
 async def test_a_second_review_of_the_same_photos_does_not_send_the_album_again(

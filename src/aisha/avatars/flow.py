@@ -245,11 +245,14 @@ class AvatarFlow(AvatarOutcomes):
                     user_id=user_id,
                     avatar_id=avatar_id,
                 )
+                locale = await user_locale(session, user_id)
             if discarded is None:
                 continue
             handled += 1
             if discarded.status_message is not None:  # committed: its "Review and start" goes
-                await self._events.remove_buttons(user_id, discarded.status_message)
+                await self._events.draft_expired(
+                    user_id=user_id, locale=locale, name=discarded.name, message_id=discarded.status_message
+                )
         for avatar_id in due.unkept if self._trainer is not None else ():
             await self._queue_keep(avatar_id)
             handled += 1

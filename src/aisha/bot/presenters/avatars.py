@@ -75,6 +75,10 @@ class AvatarNotifier:
             return False
         return True
 
+    async def draft_expired(self, *, user_id: int, locale: str, name: str, message_id: int) -> None:
+        text = self._translator.bind(locale)("avatars.upload.expired", name=quote(name))
+        await self.edit(user_id, message_id, text, buttons=None)  # no button: the draft is gone
+
     async def remove_buttons(self, user_id: int, message_id: int) -> None:
         try:
             await self._messenger.remove_buttons(user_id, message_id)
