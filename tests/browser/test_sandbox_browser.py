@@ -12,7 +12,8 @@ Playwright drives /usr/bin/chromium (apt package `chromium`); no browser is ever
 Screenshots of the key steps, each 1280 and 390 px wide (a laptop and a phone), and the server's
 log go to `test-output/browser/` at the repository root (git-ignored), so CI can keep them as
 artifacts. At every screenshot, no picture on the page may be drawn in other proportions than its
-file's, and no reply-keyboard button may be cut.
+file's, and no reply-keyboard button may be cut; and in Russian, whose menu words are the
+longest, every reply-keyboard button is whole at 390 px (a check shown to catch a cut one).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class SandboxProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *, language: str = "en") -> None:
         command = [
             sys.executable,
             "-m",
@@ -108,7 +109,7 @@ class SandboxProcess:
             "--training-delay",
             "2",
             "--language",
-            "en",
+            language,
         ]
         env = {key: value for key, value in os.environ.items() if key != "BOT_TOKEN"}
         with self.log_path.open("ab") as log:
@@ -247,6 +248,9 @@ _SQUASHED_IMAGES = """() => [...document.images]
     .filter(Boolean)"""
 
 # Reply-keyboard buttons whose label doesn't fit or that stick out of the window.
+# A stylesheet that undoes the wrap (each label on one line, as before the fix), to show that the
+# check above sees a cut button when there is one.
+_NO_WRAP = "#reply-keyboard .reply-button { white-space: nowrap !important; overflow: hidden !important; }"
 _CUT_REPLY_BUTTONS = """() => [...document.querySelectorAll("#reply-keyboard .reply-button")]
     .filter((b) => b.getClientRects().length > 0)
     .filter((b) => b.scrollWidth > b.clientWidth + 1 || b.getBoundingClientRect().right > window.innerWidth)
@@ -744,3 +748,39 @@ def test_a_voice_recorded_in_the_browser_comes_back_as_its_words(
             context.close()
         finally:
             browser.close()
+
+
+def test_the_russian_reply_keyboard_wraps_on_a_phone(
+    browser: Any, sandbox: SandboxProcess, output: Path
+) -> None:
+    """Russian has the menu's longest words: at 390 px every reply-keyboard button shows its whole
+    label inside the window (it wraps onto a second line instead of being cut)."""
+    from aisha.bot.keyboards import MAIN_MENU
+    from aisha.i18n import Translator
+
+    sandbox.start(language="ru")
+    context = browser.new_context(viewport=NARROW, locale="ru-RU")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(STEP)
+        chat = Chat(page, output)
+        page.goto(sandbox.url)
+        chat.send("/start")
+        chat.wait_bot("Я Аиша")
+        keyboard = page.locator("#reply-keyboard .reply-button")
+        chat.expect(keyboard.first).to_be_visible()
+        t = Translator.load("ru").bind("ru")
+        assert keyboard.all_inner_texts() == [t(key) for row in MAIN_MENU for key in row]
+        page.evaluate(_NEXT_FRAME)
+        page.screenshot(path=str(output / "ru-reply-keyboard-390.png"))
+        assert page.evaluate(_CUT_REPLY_BUTTONS) == []
+        width = page.evaluate("() => window.innerWidth")
+        for box in (keyboard.nth(i).bounding_box() for i in range(keyboard.count())):
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, box
+
+        # The same keyboard without the wrap is caught: the check is not blind.
+        page.add_style_tag(content=_NO_WRAP)
+        page.evaluate(_NEXT_FRAME)
+        assert "🎨 Создать изображение" in page.evaluate(_CUT_REPLY_BUTTONS)
+    finally:
+        context.close()

@@ -802,3 +802,71 @@ async def test_the_status_never_counts_past_the_maximum_and_cancel_leaves_no_but
     # No button is left: neither the status message's review nor the review's start.
     assert _buttons_in_chat(telegram, user) == []
     assert await count(db, Avatar, Avatar.user_id == user.id) == 0
+
+
+async def test_an_expired_draft_leaves_no_review_button_under_its_status_message(
+    telegram: FakeTelegramServer,
+    avatar_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    app: Runtime = await start_app(avatar_settings(avatar_min_photos=2, avatar_max_photos=3))
+    user = FakeUser(id=7552, language_code="en")
+    intro = await _say(telegram, user, "/avatar")
+    await _press(telegram, user, "avt:portrait", intro)
+    await _say(telegram, user, "Me")
+    for i in DISTINCT[:2]:
+        await _send(telegram, telegram.message_update(user, photo=face_photo(i)))
+    await jobs_done(app, timeout=40)
+    [status] = _statuses(telegram, user)
+    assert _buttons_in_chat(telegram, user) == [("▶ Review and start", "avw:review")]
+
+    # Abandoned for longer than a draft is kept: the sweep discards it, and its status says so.
+    async with unit_of_work(app.services.sessions) as session:
+        avatar = await session.scalar(select(Avatar).where(Avatar.user_id == user.id))
+        assert avatar is not None
+        avatar.updated_at = datetime.now(UTC) - timedelta(days=2)
+    assert (await app.services.recovery.run_once())["avatars.stuck"] == 1
+    assert await count(db, Avatar, Avatar.user_id == user.id) == 0
+    assert _buttons_in_chat(telegram, user) == []
+    assert _message(telegram, user, status["message_id"])["text"] == (
+        "📸 The draft Me has expired, and its photos are deleted. Send /avatar to start again."
+    )
+
+
+async def test_a_second_review_of_the_same_photos_does_not_send_the_album_again(
+    telegram: FakeTelegramServer, avatar_settings: Callable[..., Any], start_app: Callable[..., Any]
+) -> None:
+    app: Runtime = await start_app(avatar_settings(avatar_min_photos=2, avatar_max_photos=3))
+    user = FakeUser(id=7553, language_code="en")
+    intro = await _say(telegram, user, "/avatar")
+    await _press(telegram, user, "avt:portrait", intro)
+    await _say(telegram, user, "Me")
+    for i in DISTINCT[:2]:
+        await _send(telegram, telegram.message_update(user, photo=face_photo(i)))
+    await jobs_done(app, timeout=40)
+    [status] = _statuses(telegram, user)
+
+    await _press_on(telegram, user, "avw:review", status["message_id"])
+    [album] = telegram.calls_of("sendMediaGroup")
+    assert len(album.params["media"]) == 2
+    first = telegram.calls_of("sendMessage")[-1]
+    assert "The photos are in the album above." not in first.params["text"]
+
+    # The same draft, unchanged: the review again, pointing at the album it already sent.
+    await _press_on(telegram, user, "avw:review", status["message_id"])
+    assert len(telegram.calls_of("sendMediaGroup")) == 1
+    second = telegram.calls_of("sendMessage")[-1]
+    assert second.result["message_id"] != first.result["message_id"]
+    assert "2 photos accepted.\nThe photos are in the album above.\nTraining costs" in second.params["text"]
+    assert [data for _, data in buttons(second)] == ["avw:top", "avw:cancel"]  # no credits yet
+    older = _message(telegram, user, first.result["message_id"])
+    assert not (older.get("reply_markup") or {}).get("inline_keyboard")  # the older review's went
+
+    # One more photo: the draft changed, so the review shows its album again.
+    await _send(telegram, telegram.message_update(user, photo=face_photo(DISTINCT[2])))
+    await jobs_done(app, timeout=40)
+    await _press_on(telegram, user, "avw:review", status["message_id"])
+    albums = telegram.calls_of("sendMediaGroup")
+    assert len(albums) == 2 and len(albums[-1].params["media"]) == 3
+    assert "album above" not in telegram.calls_of("sendMessage")[-1].params["text"]

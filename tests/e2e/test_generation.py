@@ -374,6 +374,57 @@ async def test_fal_gets_its_answer_before_the_album_is_sent(
     await _captured_once(app, db, user.id, images=2)
 
 
+def _chat_buttons(telegram: FakeTelegramServer, user: FakeUser, message_id: int) -> list[str]:
+    """The callback data of the inline buttons under a message, as the chat shows it now."""
+    message = next(m for m in telegram.chat_messages(user.id) if m.get("message_id") == message_id)
+    rows = (message.get("reply_markup") or {}).get("inline_keyboard", [])
+    return [b.get("callback_data", "") for row in rows for b in row]
+
+
+async def test_a_newer_result_takes_the_what_next_buttons_from_the_older_one(
+    app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database
+) -> None:
+    user = FakeUser(id=5117, first_name="Kai", language_code="en")
+    await _setup_user(app, telegram, user, avatar=True)
+    await _confirm(telegram, user, await _say(telegram, user, "me on a bridge"), images=2)
+    await _complete(app, fal, (await _submitted(fal)).request_id)
+    first = await _generation(db, user.id)
+    actions = telegram.calls_of("sendMessage")[-1]
+    assert actions.params["text"] == "What next?"
+    assert f"gact:regen:{first.id.hex}:0" in _chat_buttons(telegram, user, actions.result["message_id"])
+
+    # A newer result (one picture, its buttons under it): the album's "What next?" loses its own.
+    await _confirm(telegram, user, await _say(telegram, user, "me in a forest"))
+    await _complete(app, fal, (await _submitted(fal, 2)).request_id)
+    second = await _generation(db, user.id)
+    assert second.id != first.id
+    [photo] = [c for c in telegram.calls_of("sendPhoto") if c.params.get("chat_id") == user.id]
+    assert f"gact:regen:{second.id.hex}:0" in _chat_buttons(telegram, user, photo.result["message_id"])
+    assert _chat_buttons(telegram, user, actions.result["message_id"]) == []
+    assert actions.result["message_id"] in [
+        c.params["message_id"] for c in telegram.calls_of("editMessageReplyMarkup")
+    ]
+
+    # The newest of all: the single picture's buttons go too, the album's stay gone.
+    await _confirm(telegram, user, await _say(telegram, user, "me on a boat"), images=2)
+    await _complete(app, fal, (await _submitted(fal, 3)).request_id)
+    third = await _generation(db, user.id)
+    assert _chat_buttons(telegram, user, photo.result["message_id"]) == []
+    newest = telegram.calls_of("sendMessage")[-1]
+    assert f"gact:regen:{third.id.hex}:0" in _chat_buttons(telegram, user, newest.result["message_id"])
+    assert await _balance(app, user.id) == FUNDS - 5 * PRICE
+
+    # Telegram refuses to take the older buttons off: only logged, the newest result is delivered.
+    telegram.fail_next("editMessageReplyMarkup", 400, description="Bad Request: message can't be edited")
+    await _confirm(telegram, user, await _say(telegram, user, "me in the snow"))
+    await _complete(app, fal, (await _submitted(fal, 4)).request_id)
+    fourth = await _generation(db, user.id)
+    assert fourth.status is JobStatus.SUCCEEDED
+    last_photo = [c for c in telegram.calls_of("sendPhoto") if c.params.get("chat_id") == user.id][-1]
+    assert f"gact:regen:{fourth.id.hex}:0" in _chat_buttons(telegram, user, last_photo.result["message_id"])
+    assert await _balance(app, user.id) == FUNDS - 6 * PRICE
+
+
 async def test_a_webhook_delivered_twice_delivers_one_album_and_captures_once(
     app: Runtime, telegram: FakeTelegramServer, fal: FakeFalServer, db: Database, held: HeldFinishJobs
 ) -> None:

@@ -249,6 +249,61 @@ async def test_a_recording_refused_for_credits_is_transcribed_after_a_top_up_in_
     assert len(speech.transcription_calls) == 1
 
 
+async def _pay_through_topup(telegram: FakeTelegramServer, user: FakeUser, charge: str) -> None:
+    """/topup typed (not a refusal's button) → the small package → pre-checkout → paid, handled."""
+
+    def to_user(c: Any) -> bool:
+        return bool(c.params.get("chat_id") == user.id)
+
+    telegram.queue_update(telegram.message_update(user, "/topup"))
+    packages = await telegram.wait_for_call(
+        "sendMessage", lambda c: to_user(c) and "Choose a package" in c.params["text"]
+    )
+    press(telegram, user, "buy:s", packages)
+    payload = (await telegram.wait_for_call("sendInvoice", to_user)).params["payload"]
+    telegram.queue_update(
+        telegram.pre_checkout_update(user, currency="XTR", total_amount=50, invoice_payload=payload)
+    )
+    await telegram.wait_for_call("answerPreCheckoutQuery")
+    paid = telegram.successful_payment_update(
+        user, currency="XTR", total_amount=50, invoice_payload=payload, telegram_payment_charge_id=charge
+    )
+    telegram.queue_update(paid)
+    await telegram.wait_until_handled(paid)
+
+
+async def test_a_recording_refused_for_credits_is_offered_after_a_top_up_started_by_topup(
+    telegram: FakeTelegramServer, app: Runtime, db: Database, voice: bytes, speech: FakeOpenAIServer
+) -> None:
+    user = FakeUser(id=7064, language_code="en")
+    await _fund(app, user, telegram, 0)
+    telegram.queue_update(telegram.message_update(user, voice=(voice, 3)))
+    await _final_status(telegram, user, "Not enough credits")
+    await eventually(lambda: _status_is(db, user.id, JobStatus.FAILED))
+
+    # Not the refusal's button: /topup, as a user who went to pay first would.
+    await _pay_through_topup(telegram, user, "tr-topup-1")
+    offer = await telegram.wait_for_call(
+        "sendMessage",
+        lambda c: c.params.get("chat_id") == user.id and "Pick up where you left off" in c.params["text"],
+    )
+    [(label, data)] = buttons(offer)
+    assert label == "▶ Continue: transcribe for 1 credit" and data.startswith("resume:tr:")
+    await telegram.wait_until_handled(press(telegram, user, data, offer))
+    await _final_status(telegram, user, "✅ Transcribed")
+    await eventually(lambda: _balance_is(app, user.id, 49))
+    assert len(speech.transcription_calls) == 1
+
+    # Continued: the next top-up offers it no more.
+    await _pay_through_topup(telegram, user, "tr-topup-2")
+    offers = [c for c in telegram.calls_of("sendMessage") if "Pick up where you left off" in c.params["text"]]
+    assert [c.params["chat_id"] for c in offers] == [user.id]
+
+
+async def _balance_is(runtime: Runtime, user_id: int, value: int) -> bool:
+    return await _balance(runtime, user_id) == value
+
+
 async def test_files_that_cannot_be_transcribed_are_refused_without_charge(
     telegram: FakeTelegramServer, app: Runtime, db: Database, silent_video: bytes, speech: FakeOpenAIServer
 ) -> None:

@@ -69,6 +69,9 @@ class RecordingMessenger:
     ) -> None:
         self.sent.append(("edit", chat_id, text))
 
+    async def remove_buttons(self, chat_id: int, message_id: int) -> None:
+        self.sent.append(("remove_buttons", chat_id, message_id))
+
     async def send_document(
         self, chat_id: int, *, file_name: str, data: bytes, caption: str | None = None
     ) -> None:

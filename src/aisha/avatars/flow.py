@@ -238,14 +238,21 @@ class AvatarFlow(AvatarOutcomes):
             handled += 1
         for avatar_id, user_id in due.drafts:
             async with unit_of_work(self._sessions) as session:
-                if await rows.discard_draft(
+                discarded = await rows.discard_draft(
                     session,
                     storage=self._storage,
                     now=self._clock.now(),
                     user_id=user_id,
                     avatar_id=avatar_id,
-                ):
-                    handled += 1
+                )
+                locale = await user_locale(session, user_id)
+            if discarded is None:
+                continue
+            handled += 1
+            if discarded.status_message is not None:  # committed: its "Review and start" goes
+                await self._events.draft_expired(
+                    user_id=user_id, locale=locale, name=discarded.name, message_id=discarded.status_message
+                )
         for avatar_id in due.unkept if self._trainer is not None else ():
             await self._queue_keep(avatar_id)
             handled += 1

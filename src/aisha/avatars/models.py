@@ -157,3 +157,4 @@ class DraftDiscarded:
     """A discarded draft; `status_message`: its status message, whose button is still to go."""
 
     status_message: int | None
+    name: str = ""

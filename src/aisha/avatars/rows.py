@@ -104,4 +104,4 @@ async def discard_draft(
     await session.flush()
     # The files go once the row is gone for good (a photo job then finds no draft and adds none).
     after_commit(session, lambda: storage.delete_prefix(photo_prefix(user_id, avatar_id)))
-    return DraftDiscarded(status_message=button_left)
+    return DraftDiscarded(status_message=button_left, name=avatar.name)

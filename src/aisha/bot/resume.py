@@ -89,6 +89,27 @@ async def current(state: FSMContext, *, now: datetime) -> Intent | None:
     return intent if intent is not None and not intent.expired(now) else None
 
 
+async def pending(
+    services: Services, session: AsyncSession, state: FSMContext, *, user_id: int, now: datetime
+) -> Intent | None:
+    """What a paid top-up offers to continue, whichever way the top-up was started: the
+    remembered intent, or the user's latest recording when its job refused it for credits after
+    that (a job has no button press to remember it by: it is remembered here)."""
+    intent = await current(state, now=now)
+    refused = await services.transcription.last_refused_for_credits(
+        session, user_id=user_id, since=now - INTENT_TTL
+    )
+    if refused is None:
+        return intent
+    transcript_id, refused_at = refused
+    if intent is not None and (
+        intent.data.get("transcript_id") == transcript_id.hex or intent.expires_at - INTENT_TTL >= refused_at
+    ):
+        return intent  # that very recording, or something refused after it
+    data = {"transcript_id": transcript_id.hex}
+    return await remember(state, kind=IntentKind.TRANSCRIPTION, data=data, now=now)
+
+
 async def lookup(state: FSMContext, callback: Resume, *, now: datetime) -> tuple[Lookup, Intent | None]:
     """The intent a "Continue" button was offered for, if it is still the user's and of its kind."""
     intent = await _load(state)

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.avatars.models import AvatarType
@@ -45,6 +45,9 @@ from aisha.storage import ObjectStorage, StorageError
 from aisha.users.service import user_locale
 
 log = structlog.get_logger(__name__)
+
+# In a generation's config: the message carrying its "What next?" buttons, while it is the newest.
+ACTIONS_KEY = "actions_message_id"
 
 
 class NoFigures:
@@ -243,16 +246,43 @@ class Outcomes:
             await self._events().failed(finished=finished, reason=error)
             await self._metrics.job_failed(JOB_NAME, error)
             return
-        await self._events().delivered(
+        actions = await self._events().delivered(
             generation_id=generation_id,
             finished=finished,
             results=delivery.results,
             blocked=delivery.blocked,
             failed=delivery.failed,
         )
+        await self._move_actions(generation_id, finished.user_id, actions)
         # The latency the user felt: from their confirmation to the images in the chat.
         await self._metrics.generation_delivered((self.clock.now() - requested_at).total_seconds())
         await self._check_quality(generation_id, finished, delivery.results)
+
+    async def _move_actions(self, generation_id: uuid.UUID, user_id: int, message_id: int | None) -> None:
+        """The newest result carries the "What next?" buttons: its message is recorded, and the
+        older results' buttons go once that committed (a failed edit is the presenter's to log)."""
+        if message_id is None:
+            return
+        async with unit_of_work(self._sessions) as session:
+            older = (
+                await session.scalars(
+                    select(ImageGeneration)
+                    .where(
+                        ImageGeneration.user_id == user_id,
+                        ImageGeneration.id != generation_id,
+                        ImageGeneration.config[ACTIONS_KEY].as_integer().is_not(None),
+                    )
+                    .with_for_update()
+                )
+            ).all()
+            previous = [int(row.config[ACTIONS_KEY]) for row in older]
+            for row in older:
+                row.config = {key: value for key, value in row.config.items() if key != ACTIONS_KEY}
+            newest = await session.get(ImageGeneration, generation_id, with_for_update=True)
+            if newest is not None:
+                newest.config = {**newest.config, ACTIONS_KEY: message_id}
+        for older_message in previous:
+            await self._events().remove_buttons(user_id, older_message)
 
     async def _store(
         self, generation_id: uuid.UUID, user_id: int, output: GeneratedImages, wanted: int
@@ -318,8 +348,13 @@ class Outcomes:
         offer = defect and self._rules.free_regeneration and config.get("source") != Source.FREE.value
         async with unit_of_work(self._sessions) as session:
             values: dict[str, Any] = {"results": checked, "updated_at": self.clock.now()}
-            if offer:
-                values["config"] = {**config, "free_regeneration": "offered"}
+            if offer:  # read again: the buttons' message was recorded since
+                current = await session.scalar(
+                    select(ImageGeneration.config)
+                    .where(ImageGeneration.id == generation_id)
+                    .with_for_update()
+                )
+                values["config"] = {**(current or config), "free_regeneration": "offered"}
             await session.execute(
                 update(ImageGeneration)
                 .where(ImageGeneration.id == generation_id)

@@ -144,7 +144,14 @@ class GenerationEvents(Protocol):
         results: list[dict[str, Any]],
         blocked: int,
         failed: int,
-    ) -> None: ...
+    ) -> int | None:
+        """The images and their "What next?" buttons; the id of the message carrying those
+        buttons (None if there is none)."""
+        ...
+
+    async def remove_buttons(self, user_id: int, message_id: int) -> None:
+        """An older result's "What next?" buttons go (a newer result carries them)."""
+        ...
 
     async def failed(self, *, finished: Finished, reason: str) -> None: ...
 

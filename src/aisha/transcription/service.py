@@ -10,6 +10,7 @@ recording's length) and the job is queued after that commit. What happens next i
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -122,6 +123,30 @@ class TranscriptionService:
             file_size=details.get("file_size"),
         )
         return RefusedRecording(media=media, required=int(details.get("required", 0)))
+
+    async def last_refused_for_credits(
+        self, session: AsyncSession, *, user_id: int, since: datetime
+    ) -> tuple[uuid.UUID, datetime] | None:
+        """The user's latest recording and when it was refused, if its job refused it for credits
+        since `since`: what a top-up, however it was started, offers to continue. None once a
+        newer recording was sent (or this one continued)."""
+        last = (
+            await session.execute(
+                select(Transcript.id, Transcript.status, Transcript.error, Transcript.finished_at)
+                .where(Transcript.user_id == user_id)
+                .order_by(Transcript.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+        if (
+            last is None
+            or last.status != JobStatus.FAILED
+            or last.error != REFUSED_FOR_CREDITS
+            or last.finished_at is None
+            or last.finished_at < since
+        ):
+            return None
+        return last.id, last.finished_at
 
     async def list_for(
         self, session: AsyncSession, *, user_id: int, limit: int, offset: int

@@ -4,6 +4,7 @@ locale files; names are HTML-escaped; callback data shapes are defined here."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 
@@ -73,6 +74,10 @@ class AvatarNotifier:
             log.warning("avatar.status_edit_failed", user_id=user_id, exc_info=True)
             return False
         return True
+
+    async def draft_expired(self, *, user_id: int, locale: str, name: str, message_id: int) -> None:
+        text = self._translator.bind(locale)("avatars.upload.expired", name=quote(name))
+        await self.edit(user_id, message_id, text, buttons=None)  # no button: the draft is gone
 
     async def remove_buttons(self, user_id: int, message_id: int) -> None:
         try:
@@ -189,16 +194,29 @@ async def send_albums(message: Message, photos: list[bytes]) -> None:
         start += size
 
 
-async def show_review(message: Message, t: Texts, summary: Review, photos: list[bytes]) -> int:
-    """The accepted photos, then the review with Start (or a top-up when short) and Cancel; the
-    review's message id."""
-    await send_albums(message, photos)
+def album_key(photos: list[bytes]) -> str:
+    """What a review's album showed: the same photos give the same key."""
+    digest = hashlib.sha256()
+    for data in photos:
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+async def show_review(
+    message: Message, t: Texts, summary: Review, photos: list[bytes], *, album_above: bool = False
+) -> int:
+    """The accepted photos (unless `album_above`: the last review's album shows these very
+    photos), then the review with Start (or a top-up when short) and Cancel; its message id."""
+    if not album_above:
+        await send_albums(message, photos)
     text = t(
         "avatars.review",
         name=quote(summary.name),
         type=t(f"avatars.type.{summary.type.value}"),
         count=summary.accepted,
     )
+    if album_above:
+        text += "\n" + t("avatars.review_album_above")
     text += "\n" + t("avatars.review_price", price=summary.price, balance=summary.balance)
     # A balance that doesn't cover the price gets the top-up at once, not a refusal after the press.
     if summary.balance < summary.price:

@@ -8,7 +8,7 @@ import html
 import re
 import uuid
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiogram.filters.callback_data import CallbackData
@@ -296,7 +296,7 @@ class GenerationPresenter:
         results: list[dict[str, Any]],
         blocked: int,
         failed: int,
-    ) -> None:
+    ) -> int | None:
         t = self._translator.bind(finished.locale)
         user_id = finished.user_id
         lines = [t("generation.done", delivered=len(results), cost=finished.captured, count=len(results))]
@@ -315,18 +315,18 @@ class GenerationPresenter:
             except StorageError:
                 log.error("generation.stored_image_missing", generation_id=str(generation_id))
         if not photos:
-            return
+            return None
         caption = t("generation.caption", prompt=excerpt(finished.prompt, CAPTION_PROMPT_CHARS))
         buttons = result_buttons(t, generation_id, len(photos))
         if len(photos) == 1:
-            await self._safely(
-                "photo", self._messenger.send_photo(user_id, photos[0], caption=caption, buttons=buttons)
-            )
-            return
+            sent = self._messenger.send_photo(user_id, photos[0], caption=caption, buttons=buttons)
+            return cast("int | None", await self._safely("photo", sent))
         await self._safely("album", self._messenger.send_album(user_id, photos, caption=caption))
-        await self._safely(
-            "actions", self._messenger.send_text(user_id, t("generation.actions"), buttons=buttons)
-        )
+        sent = self._messenger.send_text(user_id, t("generation.actions"), buttons=buttons)
+        return cast("int | None", await self._safely("actions", sent))
+
+    async def remove_buttons(self, user_id: int, message_id: int) -> None:
+        await self._safely("older_actions", self._messenger.remove_buttons(user_id, message_id))
 
     async def failed(self, *, finished: Finished, reason: str) -> None:
         t = self._translator.bind(finished.locale)

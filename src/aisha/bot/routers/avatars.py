@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from aisha.container import Services
 
 REVIEW_MESSAGE_KEY = "review_message"  # FSM data: the review whose Start and Cancel are shown
+REVIEW_ALBUM_KEY = "review_album"  # FSM data: what the last review's album showed (album_key)
 
 
 class AvatarWizard(StatesGroup):
@@ -214,8 +215,10 @@ async def review(
     if not isinstance(query.message, Message):
         return
     await _close_review(services, user, state)  # a newer review replaces it
-    sent = await present.show_review(query.message, t, summary, photos)
-    await state.update_data({REVIEW_MESSAGE_KEY: sent})
+    album = present.album_key(photos)  # the same photos again: their album is above already
+    above = (await state.get_data()).get(REVIEW_ALBUM_KEY) == album
+    sent = await present.show_review(query.message, t, summary, photos, album_above=above)
+    await state.update_data({REVIEW_MESSAGE_KEY: sent, REVIEW_ALBUM_KEY: album})
 
 
 async def _remember(services: Services, state: FSMContext, avatar_id: uuid.UUID) -> None:

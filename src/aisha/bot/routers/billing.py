@@ -122,7 +122,9 @@ async def paid(
     )
     if result.replayed:  # the same payment again: offered when it was first credited
         return
-    intent = await resume.current(state, now=services.clock.now())
+    intent = await resume.pending(
+        services, session, state, user_id=user.telegram_id, now=services.clock.now()
+    )
     if intent is None:
         return
     found = await resume.offer(services, session, t, user_id=user.telegram_id, intent=intent)
