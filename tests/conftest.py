@@ -135,6 +135,26 @@ class Database:
         return self.engine.dialect.name
 
 
+async def waits_for_a_lock(db: Database, task: asyncio.Task[Any], *, timeout: float = 10.0) -> bool:
+    """True once a backend of `db` waits for a lock while `task` still runs (PostgreSQL's pg_locks):
+    proof that the task is blocked, where a sleep would only show it was slow."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done() and loop.time() < deadline:
+        async with db.engine.connect() as connection:
+            waiting = await connection.scalar(
+                text(
+                    # A row lock is waited for as a transaction id, which names no database.
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE NOT l.granted AND a.datname = current_database()"
+                )
+            )
+        if waiting:
+            return not task.done()
+        await asyncio.sleep(0.02)
+    return False
+
+
 async def _truncate_all(engine: AsyncEngine) -> None:
     names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     async with engine.begin() as connection:

@@ -32,7 +32,7 @@ from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, Payment
 from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.users.models import User
-from tests.conftest import Database
+from tests.conftest import Database, waits_for_a_lock
 
 T = TypeVar("T")
 TTL = timedelta(hours=1)
@@ -599,11 +599,6 @@ async def test_verify_all_names_a_tampered_counter(db: Database, ledger: LedgerS
 # --- concurrency on PostgreSQL -----------------------------------------------------------------
 
 
-async def _blocked(task: asyncio.Task[Any]) -> bool:
-    await asyncio.sleep(0.3)
-    return not task.done()
-
-
 @pytest.mark.postgres
 async def test_same_key_from_two_transactions_applies_once(
     postgres_db: Database, ledger: LedgerService
@@ -618,7 +613,7 @@ async def test_same_key_from_two_transactions_applies_once(
         second = asyncio.create_task(
             tx(db, lambda s: ledger.charge(session=s, user_id=ALICE, amount=10, key="gen:1:charge"))
         )
-        assert await _blocked(second)
+        assert await waits_for_a_lock(db, second)
     replayed = await second
     assert (applied.replayed, replayed.replayed, replayed.entry_id) == (False, True, applied.entry_id)
     assert await balance_row(db, ALICE) == 0
@@ -639,7 +634,7 @@ async def test_two_transactions_resolving_one_hold(postgres_db: Database, ledger
         other_key = asyncio.create_task(
             tx(db, lambda s: ledger.release(session=s, hold_id=held.hold_id, key="rel"))
         )
-        assert await _blocked(same_key)
+        assert await waits_for_a_lock(db, same_key)
     assert (await same_key).replayed is True
     with pytest.raises(HoldAlreadyResolved):
         await other_key
@@ -709,7 +704,7 @@ async def test_concurrent_duplicate_payments_credit_once(
         duplicate = asyncio.create_task(
             tx(db, lambda s: payments.record_successful_payment(session=s, **args))
         )
-        assert await _blocked(duplicate)
+        assert await waits_for_a_lock(db, duplicate)
     assert (await duplicate).replayed is True
     # And a free-for-all of eight deliveries of another payment.
     args8 = _payment_args(payments, ALICE, "s", telegram_payment_charge_id="stxCHARGE2")

@@ -24,7 +24,7 @@ from aisha.billing.models import CreditAccount, CreditEntry, CreditHold
 from aisha.clock import FrozenClock
 from aisha.db.session import uncommitted_writes, unit_of_work
 from aisha.users.models import User
-from tests.conftest import Database
+from tests.conftest import Database, waits_for_a_lock
 
 pytestmark = pytest.mark.postgres
 
@@ -238,8 +238,7 @@ async def test_a_key_taken_by_another_operation_while_waiting_writes_nothing(
         capture = asyncio.create_task(
             outcome(db, lambda s: ledger.capture(session=s, hold_id=held.hold_id, amount=10, key="shared"))
         )
-        await asyncio.sleep(0.3)
-        assert not capture.done()
+        assert await waits_for_a_lock(db, capture)
     assert isinstance(await capture, IdempotencyConflict)
     balance, entries, holds = await stored(db)
     assert balance == 55
