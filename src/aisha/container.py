@@ -53,7 +53,6 @@ from aisha.providers.fal_webhook import FalWebhookVerifier
 from aisha.providers.openai_chat import OpenAIPromptWriter, OpenAIVision
 from aisha.providers.redis_locks import create_user_locks
 from aisha.providers.redis_throttle import RedisThrottle
-from aisha.providers.speech import local_speech_model as local_speech_model  # the sandbox asks
 from aisha.providers.speech import speech_setup
 from aisha.remote import RemoteWebhook
 from aisha.storage import ObjectStorage, create_storage

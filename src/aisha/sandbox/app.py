@@ -28,9 +28,9 @@ from aiohttp import web
 
 from aisha.closing import Started
 from aisha.config import Settings, TranscriptionBackend, load_settings
-from aisha.container import local_speech_model
 from aisha.db.migrate import upgrade
 from aisha.i18n import Translator
+from aisha.providers.speech import local_speech_model
 from aisha.runtime import Role, Runtime
 from aisha.sandbox._state import read_json, write_json_atomically
 from aisha.sandbox.errors import SandboxError
