@@ -159,6 +159,9 @@ async def jobs_done(runtime: Runtime, *, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while broker._running_tasks:  # a job may start another
             await broker.wait_all()
+            # A finished task leaves the set only in a done-callback; awaiting a finished task
+            # never yields, so without this the loop could spin forever and starve that callback.
+            await asyncio.sleep(0)
 
 
 async def count(db: Database, model: Any, *where: Any) -> int:

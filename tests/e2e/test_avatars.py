@@ -575,12 +575,10 @@ async def test_a_hanging_fal_submission_blocks_no_other_user(
     assert await _balance(app, trainee.id) == BONUS - PRICE  # the hold is committed already
 
     other = FakeUser(id=7602, language_code="en")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     answer = await _say(telegram, other, "/balance")
-    assert loop.time() - started < 1.0
     assert "0" in answer.params["text"] and "credits" in answer.params["text"]
-    assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)  # FAL still hasn't answered
+    # Answered while FAL still hangs (it answers only when told to, or after 20 s): nothing waited for it.
+    assert await _status_is(db, avatar_id, AvatarStatus.SUBMITTING)
 
     fal.answer_submissions()
     await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.SUBMITTED))

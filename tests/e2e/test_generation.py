@@ -830,10 +830,10 @@ async def test_a_hanging_fal_submission_blocks_no_other_user(
     assert (await _generation(db, user.id)).status is JobStatus.SUBMITTED  # committed before the call
 
     other = FakeUser(id=5206, first_name="Oz", language_code="en")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     answer = await _say(telegram, other, "/balance")
-    assert loop.time() - started < 1.0 and "credits" in answer.params["text"]
+    assert "credits" in answer.params["text"]
+    # Answered while FAL still hangs (it answers only when told to, or after 20 s): nothing waited for it.
+    assert (await _generation(db, user.id)).provider_request_id is None
 
     fal.answer_submissions()
     await _jobs_done(app)
