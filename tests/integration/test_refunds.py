@@ -113,7 +113,9 @@ async def test_two_sweeps_at_once_end_the_refund_once(
 
     refunds.gate = asyncio.Event()
     both = asyncio.gather(payments.sweep_refunds(), payments.sweep_refunds())
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):
+        while refunds.calls < 3:  # both sweeps found it REFUNDING and are asking Telegram
+            await asyncio.sleep(0.01)
     refunds.gate.set()
     assert await both == [1, 1]  # one refunded, the other heard CHARGE_ALREADY_REFUNDED
     assert refunds.refunded == {CHARGE} and refunds.calls == 3
