@@ -193,7 +193,9 @@ async def test_an_archive_fal_cannot_fetch_fails_the_training_and_gives_the_cred
     avatar_id = await _seed_and_train(app, telegram, user)
     job = await _submitted(fal)
 
-    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.FAILED), timeout=20)
+    await eventually(
+        lambda: _status_is(db, avatar_id, AvatarStatus.FAILED),
+    )
     assert job.request_id not in fal.archives
     assert await _balance(app, user.id) == BONUS
     assert [kind for kind, _ in await _entries(db, user.id)] == [
