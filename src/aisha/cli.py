@@ -421,10 +421,19 @@ def admin_broadcast(
 ) -> None:
     """Queue a broadcast; the running bot or worker sends it (its recovery sweep picks it up)."""
 
+    from aisha.admin.errors import BroadcastRefused
+
     async def action(service: Any, session: Any) -> Any:
         return await service.create_broadcast(session=session, text=text, created_by=0)
 
-    broadcast_id = _admin_run(action)
+    try:
+        broadcast_id = _admin_run(action)
+    except BroadcastRefused as refused:
+        _fail(
+            f"refused, nothing queued: Telegram would not send this text ({refused.reason}). Only the"
+            " tags b, i, u, s, a, code, pre, blockquote, tg-spoiler and tg-emoji, each closed; write"
+            " &lt; for a < that starts no tag"
+        )
     typer.echo(f"broadcast {broadcast_id} queued; the running bot or worker sends it")
 
 

@@ -7,7 +7,7 @@ from aiogram import html
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from aisha.admin.errors import MAX_ADJUST_AMOUNT, MAX_REASON_LENGTH, AdminError, TakeRefused
+from aisha.admin.errors import MAX_ADJUST_AMOUNT, MAX_REASON_LENGTH, AdminError, BroadcastRefused, TakeRefused
 from aisha.admin.models import Stats, UserCard
 from aisha.billing.errors import InvalidAmount
 from aisha.i18n import Texts
@@ -35,6 +35,8 @@ def error_text(t: Texts, error: AdminError | TakeRefused | InvalidAmount) -> str
         return t("admin.take_refused", id=error.user_id, balance=error.balance, amount=error.required)
     if isinstance(error, InvalidAmount):
         return t("admin.error.bad_amount")
+    if isinstance(error, BroadcastRefused):  # Telegram's words quote the admin's tags
+        return t(error.key, reason=html.quote(error.reason))
     return t(error.key, **error.params)
 
 
