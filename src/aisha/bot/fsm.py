@@ -101,8 +101,8 @@ def remember_read(session: AsyncSession, key: str, row: dict[str, Any] | None) -
         _absent(session).add(key)
     else:
         record = FsmRecord(**row)
-        make_transient_to_detached(record)
-        record = session.sync_session.merge(record, load=False)
+        make_transient_to_detached(record)  # its values as loaded, no changes pending
+        session.sync_session.add(record)
     session.info.setdefault(_CLAIMED, {})[key] = record
 
 

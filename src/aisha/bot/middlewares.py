@@ -367,8 +367,9 @@ def _as_read(session: AsyncSession, values: dict[str, Any]) -> User:
     """The user's row, read elsewhere (the claim, the cache), as if this session had read it:
     persistent in it, no statement sent."""
     user = User(**values)
-    make_transient_to_detached(user)
-    return session.sync_session.merge(user, load=False)
+    make_transient_to_detached(user)  # its values as loaded, no changes pending
+    session.sync_session.add(user)  # now persistent in the session, like a row it read
+    return user
 
 
 def _is_payment(event: Update) -> bool:
