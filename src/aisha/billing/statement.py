@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Integer, Select, String, bindparam, case, cast, func, select, true
+from sqlalchemy import Integer, Select, String, bindparam, case, cast, func, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, EntryKind, HoldStatus
@@ -93,7 +93,10 @@ async def statement(
 
 def _operation_key(entry: Any) -> Any:
     """The job's reference for its hold, capture and release entries; the seq for any other entry."""
-    folded = entry.c.kind.in_(FOLDED_KINDS) & entry.c.reference.is_not(None)
+    # The kinds as plain parameters: a list of values would be an "expanding" IN, whose SQL is
+    # rendered again on every execution of this statement built once.
+    kinds = [literal(kind, entry.c.kind.type) for kind in FOLDED_KINDS]
+    folded = entry.c.kind.in_(kinds) & entry.c.reference.is_not(None)
     return case((folded, entry.c.reference), else_=cast(entry.c.seq, String))
 
 
