@@ -98,7 +98,8 @@ def _serve(role_name: str) -> None:
     def start() -> None:
         if role is Role.ALL:
             # One process on the embedded defaults needs no other setup: bring the schema up to date.
-            from aisha.db.migrate import upgrade  # alembic: only the role that migrates loads it
+            # Alembic itself loads only when the schema is behind (or its version can't be read).
+            from aisha.db.migrate import upgrade
 
             upgrade(settings.database_url)
         asyncio.run(main())

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aisha.avatars.imaging import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS
+from aisha.avatars.formats import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS
 
 if TYPE_CHECKING:
     import cv2

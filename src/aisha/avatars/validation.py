@@ -28,18 +28,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aisha.avatars.imaging import (
-    CorruptImageError,
-    DecodedImage,
-    NotAnImageError,
-    TooManyPixelsError,
-    build_training_zip,
-    decode_image,
-    hamming_distance,
-    normalize_for_training,
-    perceptual_hash,
-    write_training_zip,
-)
+from aisha.avatars.formats import hamming_distance
 from aisha.avatars.photo_checks import (
     MEASURE_SHORT_SIDE,
     NUDENET,
@@ -64,6 +53,14 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+    from aisha.avatars.imaging import (
+        DecodedImage,
+        build_training_zip,
+        normalize_for_training,
+        perceptual_hash,
+        write_training_zip,
+    )
+
 __all__ = [
     "NUDENET",
     "Detection",
@@ -79,6 +76,20 @@ __all__ = [
     "perceptual_hash",
     "write_training_zip",
 ]
+
+# Re-exported from `imaging` on first use (below): importing the validator, as every process does,
+# must not load Pillow and its HEIF plugin; the first photo checked or archive built does.
+_FROM_IMAGING = frozenset(
+    {"build_training_zip", "normalize_for_training", "perceptual_hash", "write_training_zip"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_IMAGING:
+        from aisha.avatars import imaging
+
+        return getattr(imaging, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +135,8 @@ class PhotoValidator:
 
     def preload(self) -> None:
         """Load the models now (call once at startup, in a worker thread)."""
+        import aisha.avatars.imaging  # noqa: F401  # Pillow and its HEIF plugin
+
         face_cascade()
         if self.nsfw is not None:
             self.nsfw.preload()
@@ -177,6 +190,14 @@ class PhotoValidator:
         if sha in accepted_sha256:
             metrics["duplicate_distance"] = 0
             return verdict(RejectReason.DUPLICATE)
+        from aisha.avatars.imaging import (  # Pillow: loaded by the first photo checked
+            CorruptImageError,
+            NotAnImageError,
+            TooManyPixelsError,
+            decode_image,
+            perceptual_hash,
+        )
+
         try:
             decoded = decode_image(
                 data,
