@@ -307,6 +307,8 @@ def admin_stats() -> None:
     typer.echo(f"blocked: {stats.blocked}")
     typer.echo(f"topped up: {stats.topups}")
     typer.echo(f"spent: {stats.spend}")
+    if stats.refunds_waiting:
+        typer.echo(f"refunds Telegram never answered, waiting for the operator: {stats.refunds_waiting}")
     typer.echo(
         f"{'feature':<14} {'done':>6} {'running':>8} {'failed':>7} {'credits':>8} {'cost $':>9} {'margin $':>9}"
     )

@@ -58,7 +58,7 @@ def stats_text(t: Texts, stats: Stats) -> str:
         )
         for f in stats.features
     )
-    return t(
+    text = t(
         "admin.stats",
         users=stats.users_total,
         today=stats.active_today,
@@ -68,6 +68,9 @@ def stats_text(t: Texts, stats: Stats) -> str:
         spend=stats.spend,
         features=features,
     )
+    if stats.refunds_waiting:
+        text += "\n\n" + t("admin.stats_refunds_waiting", count=stats.refunds_waiting)
+    return text
 
 
 def card_text(t: Texts, card: UserCard) -> str:
