@@ -40,10 +40,10 @@ from aisha.avatars.imaging import (
     perceptual_hash,
     write_training_zip,
 )
+from aisha.avatars.nsfw_model import Detection
 from aisha.avatars.photo_checks import (
     MEASURE_SHORT_SIDE,
     NUDENET,
-    Detection,
     Lazy,
     NsfwDetector,
     NudeNetDetector,
@@ -94,8 +94,8 @@ class PhotoVerdict:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-# OpenCV and onnxruntime already spread one photo over the cores, so more workers than cores only
-# add memory (one decoded photo each), not speed.
+# OpenCV already spreads one photo's face search over the cores (the NSFW model runs on one), so
+# more workers than cores only add memory (one decoded photo each), not speed.
 _default_executor: Lazy[Executor] = Lazy(
     lambda: ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="photo-check")
 )
