@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aisha.avatars.formats import hamming_distance
+from aisha.avatars.nsfw_model import Detection
 from aisha.avatars.photo_checks import (
     MEASURE_SHORT_SIDE,
     NUDENET,
-    Detection,
     Lazy,
     NsfwDetector,
     NudeNetDetector,
@@ -105,8 +105,8 @@ class PhotoVerdict:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-# OpenCV and onnxruntime already spread one photo over the cores, so more workers than cores only
-# add memory (one decoded photo each), not speed.
+# OpenCV already spreads one photo's face search over the cores (the NSFW model runs on one), so
+# more workers than cores only add memory (one decoded photo each), not speed.
 _default_executor: Lazy[Executor] = Lazy(
     lambda: ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="photo-check")
 )
