@@ -69,7 +69,10 @@ async def account_view(session: AsyncSession, *, user_id: int, limit: int, offse
     in one statement (the same on PostgreSQL and SQLite)."""
     if limit < 1 or offset < 0:
         raise ValueError("limit must be >= 1 and offset >= 0")
-    rows = (await session.execute(_ACCOUNT, {"user_id": user_id, "limit": limit, "offset": offset})).all()
+    # Core on the session's connection: nothing here for the ORM to do (plain rows, no objects;
+    # no autoflush either: the ledger writes with statements of its own, never pending objects).
+    connection = await session.connection()
+    rows = (await connection.execute(_ACCOUNT, {"user_id": user_id, "limit": limit, "offset": offset})).all()
     first = rows[0]  # the figures' row is always there, with no entry when the page is empty
     grouped: dict[str, list[HistoryItem]] = {}
     for row in rows:
