@@ -13,12 +13,12 @@ SQLite has no data-modifying CTE: there the middlewares make the three statement
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, String, bindparam, func, literal_column, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.db.models import FsmRecord, ProcessedUpdate
@@ -28,9 +28,13 @@ from aisha.users.models import User
 _FSM_PREFIX = "fsm_"
 
 
+@functools.cache
 def _claim_statement() -> Any:
-    """Built once: one row, with `first_time` (1 when this call inserted the id), the user's
-    columns (all NULL when there is no such user) and the FSM record's (`fsm_…`, NULL when none)."""
+    """Built once, at PostgreSQL's first update (so SQLite never loads that dialect): one row, with
+    `first_time` (1 when this call inserted the id), the user's columns (all NULL when there is no
+    such user) and the FSM record's (`fsm_…`, NULL when none)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
     updates, users, records = ProcessedUpdate.__table__, User.__table__, FsmRecord.__table__
     claimed = (
         pg_insert(ProcessedUpdate)
@@ -55,7 +59,6 @@ def _claim_statement() -> Any:
     )
 
 
-_CLAIM = _claim_statement()
 _USER_COLUMNS = tuple(column.key for column in User.__table__.columns)
 _FSM_COLUMNS = tuple(column.key for column in FsmRecord.__table__.columns)
 
@@ -75,7 +78,8 @@ async def claim_update(
     connection = await session.connection()
     row = (
         await connection.execute(
-            _CLAIM, {"update_id": update_id, "processed_at": now, "user_id": user_id, "fsm_key": fsm_key}
+            _claim_statement(),
+            {"update_id": update_id, "processed_at": now, "user_id": user_id, "fsm_key": fsm_key},
         )
     ).one()
     values = row._mapping
