@@ -97,6 +97,13 @@ async def start_app(telegram: FakeTelegramServer) -> AsyncIterator[Callable[...,
         else:
             await runtime.start(role)
         started.append(runtime)
+        if role in (Role.ALL, Role.WORKER) and not serve_only:
+            # The recovery sweep runs once at start (then hourly here): let that run end, so a row a
+            # test makes stale is swept by the test's own call, not by a race with the first sweep.
+            async def first_sweep_done() -> bool:
+                return runtime.services.recovery.runs >= 1
+
+            await eventually(first_sweep_done)
         return runtime
 
     yield start
