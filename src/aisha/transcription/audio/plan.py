@@ -65,9 +65,12 @@ def _hard_cut(
 ) -> tuple[float, float]:
     """A cut with no silence near ``target``, and how far before it the next piece starts: both
     in the middle of the longest gap near them when there is one (the next piece with half to
-    twice ``overlap``, and from ``earliest`` on if it can), else at the target, ``overlap`` back."""
-    lo = max(target - window, earliest + overlap / 2)
-    cut = _middle_of_longest(gaps, lo, min(target + window, latest), target)
+    twice ``overlap``), else at the target, ``overlap`` back. Gaps that let the next piece start
+    from ``earliest`` on come first: they need no extra piece."""
+    hi = min(target + window, latest)
+    cut = _middle_of_longest(gaps, max(target - window, earliest + overlap / 2), hi, target)
+    if cut is None:  # rather one more piece than a cut inside a word
+        cut = _middle_of_longest(gaps, target - window, hi, target)
     if cut is None:
         return target, overlap
     at = _middle_of_longest(gaps, max(cut - 2 * overlap, earliest), cut - overlap / 2, cut - overlap)
