@@ -888,3 +888,31 @@ def test_plan_invariants(
             assert inside(before.end, silences), "a cut that is not hard must be inside a silence"
     # Never more chunks than needed with a quarter of each chunk spent on finding a silence.
     assert len(plans) <= max(1, int(duration / (max_chunk / 2)) + 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    duration=st.floats(min_value=0.5, max_value=20_000),
+    max_chunk=st.floats(min_value=10, max_value=900),
+    overlap=st.floats(min_value=0.1, max_value=5),
+    raw=st.lists(st.tuples(st.floats(0, 1), st.floats(0.1, 0.5)), max_size=200),
+)
+def test_plan_with_gaps_only_cuts_hard_in_gaps_and_starts_in_them(
+    duration: float, max_chunk: float, overlap: float, raw: list[tuple[float, float]]
+) -> None:
+    gaps = sorted(
+        (Silence(a * duration, min(duration, a * duration + d)) for a, d in raw), key=lambda s: s.start
+    )
+
+    plans = plan_chunks(duration, [], max_chunk=max_chunk, overlap=overlap, gaps=gaps)
+
+    asked = min(overlap, max_chunk / 8)  # the overlap as clamped for short chunks
+    assert plans[0].start == 0.0 and plans[-1].end == duration
+    for plan in plans:
+        assert 0 < plan.duration <= max_chunk + 1e-6
+    for before, after in itertools.pairwise(plans):
+        assert after.hard_cut and before.start < after.start
+        assert after.start == pytest.approx(before.end - after.overlap)
+        assert asked / 2 - 1e-6 <= after.overlap <= 2 * asked + 1e-6
+        if after.overlap != asked:  # not the fallback: the next piece starts in a gap
+            assert inside(after.start, gaps)
