@@ -188,6 +188,24 @@ def test_after_a_hard_cut_the_overlap_is_taken_from_the_following_chunk() -> Non
     assert [(s.start, s.end) for s in segments] == [(0.0, 4.0), (4.0, 7.5)]
 
 
+def test_after_a_hard_cut_a_run_both_chunks_heard_alike_is_where_they_join() -> None:
+    # The following chunk starts 3 s before the cut and misses "them" at its very start; both
+    # heard "and the state of" alike, so the previous one's words up to there are kept.
+    previous = ChunkText(
+        "All political connection between them and the state of Britain.",
+        segments=[Segment(0.0, 6.0, "All political connection between them and the state of Britain.")],
+    )
+    following = ChunkText(
+        "and the state of Great Britain is dissolved.",
+        start=3.0,
+        overlap=3.0,
+        segments=[Segment(0.0, 4.0, "and the state of Great Britain is dissolved.")],
+    )
+
+    expected = "All political connection between them and the state of Great Britain is dissolved."
+    assert join_chunk_texts([previous, following]) == expected
+
+
 def test_a_word_kept_past_the_following_start_is_said_once() -> None:
     # Word times inside a segment are estimated: "lazy" is taken as said before the following
     # chunk starts, which heard it too, after a word it garbled.

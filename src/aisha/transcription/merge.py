@@ -16,10 +16,11 @@ and a run of four words or more may hold one word the two pieces heard different
 Measured on ten minutes of real speech cut every minute (``bench/transcript_quality.py``).
 Languages written without spaces get no word-level de-duplication.
 
-When the chunks come with timed segments, the previous text first stops where the next chunk
-starts (each word's time estimated within its segment): the next chunk starts in a gap between
-words and hears the overlap with what follows, while a recognizer hears the end of its audio
-worst. Only a word or two then repeats at the edges, and one word within two of them is enough.
+When the two texts share no such run and the chunks come with timed segments, the previous text
+stops where the next chunk starts (each word's time estimated within its segment): the next
+chunk starts in a gap between words and hears the overlap with what follows, while a recognizer
+hears the end of its audio worst. Only a word or two then repeats at the edges, and one word
+within two of them is enough.
 """
 
 from __future__ import annotations
@@ -184,18 +185,25 @@ def _said_before(segments: Sequence[Segment], seconds: float) -> list[Segment]:
 
 
 def _heard_best(chunks: Sequence[ChunkText]) -> list[tuple[ChunkText, bool]]:
-    """The chunks, each one before a hard cut ending where the following one starts when it has
-    timed segments; with each chunk, whether the one before it was cut so (see ``near``).
+    """The chunks; each one before a hard cut whose two sides share no run of words ends where the
+    following one starts, when it has timed segments. With each chunk, whether the one before it
+    was cut so (see ``near``).
 
-    Both hear the overlap, but a recognizer hears the end of its audio worst (a last sentence it
-    takes as running on past the end comes out garbled, or not at all), while the following chunk
-    starts in a gap between words and hears the overlap with what comes after it. A word or two
-    kept past the start (word times are estimated) is removed with the repeated run.
+    Both hear the overlap. Where they heard a run of it alike, the join is there. Where they
+    don't, the following chunk's words are taken: a recognizer hears the end of its audio worst
+    (a last sentence it takes as running on past the end comes out garbled, or not at all), while
+    the following chunk starts in a gap between words and hears the overlap with what comes after
+    it. A word or two kept past the start (word times are estimated) is removed as repeated.
     """
     best = [(chunk, False) for chunk in chunks]
     for i in range(1, len(chunks)):
         previous, following = chunks[i - 1], chunks[i]
-        if following.overlap > 0 and previous.segments is not None and following.text.strip():
+        if (
+            following.overlap > 0
+            and previous.segments is not None
+            and following.text.strip()
+            and find_overlap(previous.text, following.text) == (len(previous.text), 0)
+        ):
             kept = _said_before(previous.segments, following.start - previous.start)
             text = " ".join(segment.text.strip() for segment in kept)
             best[i - 1] = (ChunkText(text, previous.start, previous.overlap, kept), best[i - 1][1])
