@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 import pytest
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -44,6 +45,17 @@ PG_ADMIN_URL = os.environ.get("DATABASE_TEST_URL", "postgresql+asyncpg://postgre
 REDIS_TEST_URL = os.environ.get("REDIS_TEST_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("AISHA_REQUIRE_SERVICES") == "1"
 T = TypeVar("T")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """structlog's console output, with plain tracebacks: its default renders each logged exception
+    with rich and every frame's locals, about a second of CPU inside the event loop the app shares
+    with the test, which on a loaded machine can run a wait past its deadline."""
+    processors = list(structlog.get_config()["processors"])
+    processors[-1] = structlog.dev.ConsoleRenderer(
+        colors=False, exception_formatter=structlog.dev.plain_traceback
+    )
+    structlog.configure(processors=processors)
 
 
 def _in_thread(function: Callable[[], T]) -> T:

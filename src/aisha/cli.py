@@ -98,7 +98,8 @@ def _serve(role_name: str) -> None:
     def start() -> None:
         if role is Role.ALL:
             # One process on the embedded defaults needs no other setup: bring the schema up to date.
-            from aisha.db.migrate import upgrade  # alembic: only the role that migrates loads it
+            # Alembic itself loads only when the schema is behind (or its version can't be read).
+            from aisha.db.migrate import upgrade
 
             upgrade(settings.database_url)
         asyncio.run(main())
@@ -306,6 +307,8 @@ def admin_stats() -> None:
     typer.echo(f"blocked: {stats.blocked}")
     typer.echo(f"topped up: {stats.topups}")
     typer.echo(f"spent: {stats.spend}")
+    if stats.refunds_waiting:
+        typer.echo(f"refunds Telegram never answered, waiting for the operator: {stats.refunds_waiting}")
     typer.echo(
         f"{'feature':<14} {'done':>6} {'running':>8} {'failed':>7} {'credits':>8} {'cost $':>9} {'margin $':>9}"
     )
@@ -421,10 +424,19 @@ def admin_broadcast(
 ) -> None:
     """Queue a broadcast; the running bot or worker sends it (its recovery sweep picks it up)."""
 
+    from aisha.admin.errors import BroadcastRefused
+
     async def action(service: Any, session: Any) -> Any:
         return await service.create_broadcast(session=session, text=text, created_by=0)
 
-    broadcast_id = _admin_run(action)
+    try:
+        broadcast_id = _admin_run(action)
+    except BroadcastRefused as refused:
+        _fail(
+            f"refused, nothing queued: Telegram would not send this text ({refused.reason}). Only the"
+            " tags b, i, u, s, a, code, pre, blockquote, tg-spoiler and tg-emoji, each closed; write"
+            " &lt; for a < that starts no tag"
+        )
     typer.echo(f"broadcast {broadcast_id} queued; the running bot or worker sends it")
 
 

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # Messages owed (a payment's thank-you...): retried after 30 s, 60 s, 120 s... up to N sends.
     notice_retry_seconds: float = Field(default=30.0, ge=0)
     notice_max_attempts: int = Field(default=8, ge=1)
+    # A refund Telegram never answers: asked at most this many times (once per sweep: about an hour
+    # at the default interval), then left for the operator.
+    refund_max_asks: int = Field(default=60, ge=1)
 
     # Avatars: FAL trainers, limits, timeouts, retention of the source photos
     fal_portrait_endpoint: str = "fal-ai/flux-lora-portrait-trainer"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from babel import Locale as BabelLocale
+from babel.plural import PluralRule
 
 from aisha.config import Locale
 
@@ -40,7 +41,13 @@ def plural_categories(locale: str) -> frozenset[str]:
 
 def plural_form(locale: str, count: int) -> str:
     """The CLDR cardinal category of `count` in this locale: one, few, many or other."""
-    return str(_babel(locale).plural_form(abs(count)))
+    return str(_plural_rule(locale)(abs(count)))
+
+
+@cache
+def _plural_rule(locale: str) -> PluralRule:
+    # Babel looks its locale data up again on every `plural_form` access.
+    return _babel(locale).plural_form
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ class Metrics:
             buckets=UPDATE_BUCKETS,
             registry=self.registry,
         )
+        self._update_children: dict[tuple[str, Outcome], tuple[Any, Any]] = {}
         self.errors = Counter(
             "aisha_errors",
             "Exceptions raised while handling updates, by exception class.",
@@ -66,8 +67,19 @@ class Metrics:
         )
 
     def observe_update(self, update_type: str, outcome: Outcome, seconds: float) -> None:
-        self.updates.labels(type=update_type, outcome=outcome.value).inc()
-        self.update_seconds.labels(type=update_type).observe(seconds)
+        # The labelled children kept: `labels()` checks and locks on every call, and this runs
+        # on every update (a handful of update types and outcomes).
+        key = (update_type, outcome)
+        children = self._update_children.get(key)
+        if children is None:
+            children = (
+                self.updates.labels(type=update_type, outcome=outcome.value),
+                self.update_seconds.labels(type=update_type),
+            )
+            self._update_children[key] = children
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
 
     def count_error(self, exc: BaseException) -> None:
         # The class name only: a message could carry user text or a URL with a key in it.

@@ -110,6 +110,7 @@ class Runtime:
             log_config=None,
             access_log=False,
             lifespan="off",
+            ws="none",  # no WebSocket route: spares loading the websockets package
         )
         self._server = QuietServer(config)
         self._spawn(self._server.serve())

@@ -19,6 +19,10 @@ from aisha.sandbox.telegram import RefusedCall
 from tests.conftest import Database
 
 WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"
+# How long a wait for something that must happen may take before the test fails. Generous: it only
+# bounds a failing test, and CI runs the whole suite on a shared 2-core machine, where a wait that
+# takes 0.2 s alone was seen taking 2.5 s.
+WAIT_LIMIT = 30.0
 
 
 def free_port() -> int:
@@ -127,32 +131,40 @@ def press(telegram: FakeTelegramServer, user: FakeUser, data: str, under: Any) -
 
 
 async def sent_to(
-    telegram: FakeTelegramServer, chat_id: int, method: str = "sendMessage", *, timeout: float = 5.0
+    telegram: FakeTelegramServer, chat_id: int, method: str = "sendMessage", *, timeout: float = WAIT_LIMIT
 ) -> Any:
     """The first `method` call to `chat_id`, waiting for it; unlike wait_for_call it skips nothing,
     so calls to several chats can be awaited in any order. A refused call raises RefusedCall."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
+        looked_at = asyncio.get_running_loop().time()
         for call in telegram.calls_of(method):
             if call.params.get("chat_id") == chat_id and call.answered:
                 if call.failed and not call.expected:
                     raise RefusedCall(call)
                 return call
-        if asyncio.get_running_loop().time() > deadline:
+        if looked_at > deadline:
             raise TimeoutError(f"no {method} to chat {chat_id} within {timeout}s")
         await asyncio.sleep(0.02)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5.0) -> None:
-    """Handlers answer before their transaction commits: wait for the effect to be visible."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = WAIT_LIMIT) -> None:
+    """Handlers answer before their transaction commits: wait for the effect to be visible.
+
+    Fails only when a check that began after the deadline still doesn't see it: a check that
+    began in time and was answered late (the event loop stalled meanwhile) proves nothing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        began = loop.time()
+        if await check():
+            return
+        if began > deadline:
             raise AssertionError("the expected state was not reached in time")
         await asyncio.sleep(0.02)
 
 
-async def jobs_done(runtime: Runtime, *, timeout: float = 10.0) -> None:
+async def jobs_done(runtime: Runtime, *, timeout: float = WAIT_LIMIT) -> None:
     """Wait until every background job the runtime's in-process queue is running has ended."""
     broker = runtime.services.queue.broker
     assert isinstance(broker, InMemoryBroker), "only an in-process queue can be waited for"

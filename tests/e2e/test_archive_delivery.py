@@ -142,9 +142,9 @@ async def test_with_no_public_address_the_archive_goes_to_fal_storage_and_expire
     telegram: FakeTelegramServer,
     fal: FakeFalServer,
     make_settings: Callable[..., Any],
-    start_app: Callable[..., Any],
     s3_server: S3Server,
-    s3_bucket: str,
+    s3_bucket: str,  # set up before start_app, so the app (and its LoRA copy job) stops before it goes
+    start_app: Callable[..., Any],
     db: Database,
 ) -> None:
     # Long polling, S3 on an internal endpoint only: nothing FAL could fetch from us.
@@ -193,7 +193,9 @@ async def test_an_archive_fal_cannot_fetch_fails_the_training_and_gives_the_cred
     avatar_id = await _seed_and_train(app, telegram, user)
     job = await _submitted(fal)
 
-    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.FAILED), timeout=20)
+    await eventually(
+        lambda: _status_is(db, avatar_id, AvatarStatus.FAILED),
+    )
     assert job.request_id not in fal.archives
     assert await _balance(app, user.id) == BONUS
     assert [kind for kind, _ in await _entries(db, user.id)] == [

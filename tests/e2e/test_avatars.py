@@ -505,7 +505,9 @@ async def test_provider_refusal_charges_nothing(
     fal.refuse_next(422)
     user = FakeUser(id=7401, language_code="en")
     avatar_id = await _seed_and_train(app, telegram, user)
-    await eventually(lambda: _status_is(db, avatar_id, AvatarStatus.FAILED), timeout=20)
+    await eventually(
+        lambda: _status_is(db, avatar_id, AvatarStatus.FAILED),
+    )
     assert fal.submissions == []
     assert await _balance(app, user.id) == BONUS
     # Held (committed) before FAL was asked, given back when it refused.
@@ -532,7 +534,9 @@ async def test_cancel_removes_uploaded_photos(
     async def stored() -> bool:
         return len(await _files(app, user.id, avatar.id)) == 2
 
-    await eventually(stored, timeout=20)
+    await eventually(
+        stored,
+    )
     done = await _say(telegram, user, "/cancel")
     assert done.params["text"] == "Cancelled. The photos you uploaded have been deleted."
     assert await _files(app, user.id, avatar.id) == []

@@ -42,7 +42,7 @@ async def _startup_sweep_done(runtime: Runtime) -> None:
     async def done() -> bool:
         return runtime.services.recovery.runs >= 1
 
-    await eventually(done, timeout=10)
+    await eventually(done)
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ async def test_a_user_who_blocked_the_bot_right_after_paying_is_credited(
 async def test_a_thank_you_that_failed_arrives_once_after_the_sweep(
     telegram: FakeTelegramServer, app: Runtime, db: Database, fault: Fault
 ) -> None:
-    app.bot.session.timeout = 1  # a hung sendMessage gives up quickly
+    patient, app.bot.session.timeout = app.bot.session.timeout, 1  # a hung sendMessage gives up quickly
     user = FakeUser(id=6002, language_code="en")
     telegram.fail_nth("sendMessage", fault)
     update = _payment_update(telegram, app, user, "charge-flaky")
@@ -184,7 +184,10 @@ async def test_a_thank_you_that_failed_arrives_once_after_the_sweep(
         owed = await _owed(db)
         return len(owed) == 1 and (owed[0].sent_at is not None or _waiting_to_retry(owed[0]))
 
-    await eventually(failed_once, timeout=10)  # the failure is recorded: no attempt under way
+    await eventually(failed_once)  # the failure is recorded: no attempt under way
+    # The retry must get through: a second give-up after 1 s on a loaded machine would be no fault
+    # of the bot's.
+    app.bot.session.timeout = patient
     assert await _balance(app, user.id) == 110
     assert any(c.failed for c in telegram.calls_of("sendMessage"))
 
@@ -263,15 +266,16 @@ async def test_a_refund_stands_when_the_admins_reply_fails(
 async def test_a_refund_without_an_answer_is_finished_by_the_sweep(
     telegram: FakeTelegramServer, app: Runtime, db: Database, fault: Fault
 ) -> None:
-    app.bot.session.timeout = 1
     user = FakeUser(id=6102, language_code="en")
     await _paid(telegram, app, user, "charge-r2")
     telegram.fail_nth("refundStarPayment", fault)
 
+    patient, app.bot.session.timeout = app.bot.session.timeout, 1  # a hung refund gives up quickly
     reply = await say(telegram, ADMIN, "/refund charge-r2")
+    app.bot.session.timeout = patient  # the sweep's retry must get through, however loaded the machine
     assert reply.params["text"] == (
         "110 credits taken back; Telegram hasn't confirmed the refund of 100 ⭐ yet."
-        " It is retried automatically until it answers."
+        " It is retried automatically; if Telegram stays silent, the refund is left to you and counted in /admin."
     )
     payment = await _payment(db, "charge-r2")
     assert payment.status == PaymentStatus.REFUNDING

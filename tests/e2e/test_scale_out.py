@@ -116,7 +116,7 @@ async def test_two_api_processes_and_a_worker_share_the_work(
             row = await session.get(Avatar, avatar_id)
             return row is not None and row.status is AvatarStatus.SUBMITTED
 
-    await eventually(submitted, timeout=10)
+    await eventually(submitted)
 
     # FAL's webhook arrives at API #2 (behind the load balancer), then again at API #1.
     await fal.complete(job.request_id, deliver=False)

@@ -103,3 +103,25 @@ def test_block_stats_and_broadcast(database: str, tmp_path: Path) -> None:
     rows = asyncio.run(_query(database, select(Broadcast)))
     assert [(r.text, r.status) for r in rows] == [("Hello from the CLI", BroadcastStatus.RUNNING)]  # type: ignore[attr-defined]
     assert "stopped 1" in _aisha(database, tmp_path, "admin", "broadcast-stop").stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("<b>Sale today", 'Can\'t find end tag corresponding to start tag "b"'),
+        ("<div>Sale</div>", 'Unsupported start tag "div" at byte offset 0'),
+    ],
+)
+def test_a_broadcast_telegram_would_refuse_is_not_queued(
+    database: str, tmp_path: Path, text: str, reason: str
+) -> None:
+    refused = _aisha(database, tmp_path, "admin", "broadcast", text)
+    assert refused.returncode == 2
+    assert "refused, nothing queued: Telegram would not send this text" in refused.stderr
+    assert reason in refused.stderr
+    assert asyncio.run(_query(database, select(Broadcast))) == []
+
+    queued = _aisha(database, tmp_path, "admin", "broadcast", "<b>Sale</b> today")
+    assert queued.returncode == 0, queued.stderr
+    rows = asyncio.run(_query(database, select(Broadcast.text)))
+    assert rows == ["<b>Sale</b> today"]

@@ -7,12 +7,13 @@ second refund of a charge is CHARGE_ALREADY_REFUNDED), so races can be driven st
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from aisha.admin.stats import collect_stats
 from aisha.billing.errors import ChargeAlreadyRefunded, RefundInProgress, RefundRefused
 from aisha.billing.models import CreditEntry, EntryKind, Payment, PaymentStatus
 from aisha.billing.payments import PaymentService, RefundOutcome
@@ -113,7 +114,9 @@ async def test_two_sweeps_at_once_end_the_refund_once(
 
     refunds.gate = asyncio.Event()
     both = asyncio.gather(payments.sweep_refunds(), payments.sweep_refunds())
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):
+        while refunds.calls < 3:  # both sweeps found it REFUNDING and are asking Telegram
+            await asyncio.sleep(0.01)
     refunds.gate.set()
     assert await both == [1, 1]  # one refunded, the other heard CHARGE_ALREADY_REFUNDED
     assert refunds.refunded == {CHARGE} and refunds.calls == 3
@@ -193,3 +196,58 @@ async def test_a_refund_outside_the_bot_of_spent_credits_warns_the_operator(
     assert (status, balance, entries[-1]) == (PaymentStatus.REFUNDED, 0, (EntryKind.REFUND, -80, DEBIT[2]))
     async with db.sessions() as session:
         assert await session.scalar(select(Payment.refund_shortfall)) == 30
+
+
+async def _refunds_waiting(db: Database) -> int:
+    async with db.sessions() as session:
+        stats = await collect_stats(session, now=datetime.now(UTC), credit_value_micro_usd=10_000)
+    return stats.refunds_waiting
+
+
+async def test_a_refund_telegram_never_answers_is_asked_a_bounded_number_of_times(
+    db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
+) -> None:
+    capped = PaymentService(
+        ledger=ledger, prices=PriceList(), sessions=db.sessions, refunds=refunds, max_refund_asks=3
+    )
+    refunds.script = [OSError("timeout"), OSError("timeout"), OSError("timeout")]
+    await _start(db, capped)
+    assert (await capped.complete_refund(telegram_payment_charge_id=CHARGE)).outcome is RefundOutcome.PENDING
+    assert await capped.sweep_refunds() == 0  # the second ask, unanswered too
+    with capture_logs() as logs:
+        assert await capped.sweep_refunds() == 0  # the third and last
+    [given_up] = [log for log in logs if log["event"] == "payment.refund_given_up"]
+    assert (given_up["log_level"], given_up["charge_id"], given_up["asks"]) == ("error", CHARGE, 3)
+    assert await _refunds_waiting(db) == 1  # the admin panel shows it
+
+    assert await capped.sweep_refunds() == 0
+    assert refunds.calls == 3  # asked no more
+    # Left for the operator as it was: credits taken back once, no Stars known to be returned.
+    assert await _state(db, ledger) == (PaymentStatus.REFUNDING, 0, [TOPUP, DEBIT])
+    async with db.sessions() as session:
+        payment = (await session.scalars(select(Payment))).one()
+    assert (payment.refund_asks, payment.refund_given_up_at is not None) == (3, True)
+
+    # Telegram's refunded_payment comes after all: the refund ends, nothing more is taken.
+    async with unit_of_work(db.sessions) as session:
+        await capped.record_refunded_payment(session=session, user_id=USER, telegram_payment_charge_id=CHARGE)
+    assert await _state(db, ledger) == (PaymentStatus.REFUNDED, 0, [TOPUP, DEBIT])
+    assert await _refunds_waiting(db) == 0
+
+
+async def test_a_refund_started_again_after_a_refusal_gets_every_ask_again(
+    db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
+) -> None:
+    capped = PaymentService(
+        ledger=ledger, prices=PriceList(), sessions=db.sessions, refunds=refunds, max_refund_asks=2
+    )
+    refunds.script = [OSError("timeout"), RefundRefused("Bad Request: CHARGE_NOT_FOUND"), OSError("timeout")]
+    await _start(db, capped)
+    assert (await capped.complete_refund(telegram_payment_charge_id=CHARGE)).outcome is RefundOutcome.PENDING
+    assert await capped.sweep_refunds() == 1  # refused: paid again, credits back
+    await _start(db, capped)  # the second refund of the payment
+    assert (await capped.complete_refund(telegram_payment_charge_id=CHARGE)).outcome is RefundOutcome.PENDING
+    assert await capped.sweep_refunds() == 1  # its own second ask: refunded now
+    assert refunds.refunded == {CHARGE} and refunds.calls == 4
+    status, balance, _ = await _state(db, ledger)
+    assert (status, balance) == (PaymentStatus.REFUNDED, 0)

@@ -30,12 +30,16 @@ async def _second_is_refused_until_the_first_releases(first: UserLocks, second: 
     await second.release(other)
 
 
+# Long enough that the second try surely comes before it runs out, even on a loaded machine.
+EXPIRING_TTL_MS = 1000
+
+
 async def _expired_lock_frees_itself(locks: UserLocks) -> None:
     assert await locks.acquire(9) is not None  # never released: its holder died
     assert await locks.acquire(9) is None
-    await asyncio.sleep(0.1)
-    lease = await locks.acquire(9)
-    assert lease is not None
+    async with asyncio.timeout(10):  # then it runs out by itself
+        while (lease := await locks.acquire(9)) is None:
+            await asyncio.sleep(0.05)
     await locks.release(lease)
 
 
@@ -54,7 +58,7 @@ async def test_in_process_lock_refuses_a_second_request_until_released() -> None
 
 
 async def test_redis_lock_expires(redis_url: str) -> None:
-    locks = UserLocks(RedisLocks(Redis.from_url(redis_url)), ttl_ms=50)
+    locks = UserLocks(RedisLocks(Redis.from_url(redis_url)), ttl_ms=EXPIRING_TTL_MS)
     try:
         await _expired_lock_frees_itself(locks)
     finally:
@@ -62,7 +66,7 @@ async def test_redis_lock_expires(redis_url: str) -> None:
 
 
 async def test_in_process_lock_expires() -> None:
-    await _expired_lock_frees_itself(UserLocks(MemoryLocks(), ttl_ms=50))
+    await _expired_lock_frees_itself(UserLocks(MemoryLocks(), ttl_ms=EXPIRING_TTL_MS))
 
 
 async def test_a_lock_held_for_a_unit_of_work_ends_with_it(sqlite_db: Database) -> None:

@@ -172,16 +172,20 @@ async def test_llm_error_falls_back_to_the_deterministic_layer(
 async def test_llm_timeout_falls_back_to_the_deterministic_layer(
     openai_server: FakeOpenAIServer, client: AsyncOpenAI
 ) -> None:
-    async def slow(body: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(3)
+    answer = asyncio.Event()  # the model answers only once the test has its result
+
+    async def hanging(body: dict[str, Any]) -> dict[str, Any]:
+        await answer.wait()
         return {"choices": []}
 
-    openai_server.chat_handler = slow
-    enhancer = PromptEnhancer(writer=OpenAIPromptWriter(client, model="gpt-4o-mini"), timeout=0.3)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    result = await enhancer.enhance("me in Paris", subject=STYLE)
-    assert loop.time() - started < 2
+    openai_server.chat_handler = hanging
+    patient = client.with_options(timeout=60)  # only the enhancer's own timeout can end the wait
+    enhancer = PromptEnhancer(writer=OpenAIPromptWriter(patient, model="gpt-4o-mini"), timeout=0.3)
+    try:
+        async with asyncio.timeout(30):  # a guard against a hang, not a latency bound
+            result = await enhancer.enhance("me in Paris", subject=STYLE)
+    finally:
+        answer.set()
     assert not result.llm_used
     assert result.text == enhance_deterministic("me in Paris", subject=STYLE)
 

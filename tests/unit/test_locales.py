@@ -21,13 +21,13 @@ CATEGORY = {
 # Counted words in the case a bare number takes ("5 кредитов"), by the category they belong to.
 WORDS = {
     "ru": {
-        "one": "кредит изображение минута секунда символ генерация запись рассылка мегапиксель",
-        "few": "кредита изображения минуты секунды символа генерации записи рассылки мегапикселя",
-        "many": "кредитов изображений минут секунд символов генераций записей рассылок мегапикселей",
+        "one": "кредит изображение минута секунда символ генерация запись рассылка мегапиксель возврат",
+        "few": "кредита изображения минуты секунды символа генерации записи рассылки мегапикселя возврата",
+        "many": "кредитов изображений минут секунд символов генераций записей рассылок мегапикселей возвратов",
     },
     "en": {
-        "one": "credit image photo minute second character generation recording broadcast megapixel",
-        "other": "credits images photos minutes seconds characters generations recordings broadcasts megapixels",
+        "one": "credit image photo minute second character generation recording broadcast megapixel refund",
+        "other": "credits images photos minutes seconds characters generations recordings broadcasts megapixels refunds",
     },
 }
 FORM_OF = {lang: {w: form for form, words in t.items() for w in words.split()} for lang, t in WORDS.items()}

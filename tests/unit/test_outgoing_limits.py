@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
+import pytest
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, SendChatAction, SendMessage, SendPhoto
 
+from aisha.bot import outgoing
 from aisha.bot.outgoing import Limits, LocalSlots, OutgoingLimiter, RedisSlots, _chat_of
 from aisha.config import load_settings
 
@@ -29,11 +32,12 @@ def test_only_messages_to_a_chat_are_limited() -> None:
     assert _chat_of(AnswerCallbackQuery(callback_query_id="1")) is None
 
 
-async def test_local_slots_space_a_chat_and_leave_others_alone() -> None:
+async def test_local_slots_space_a_chat_and_leave_others_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clock stands still: the waits are exact, however slowly a loaded machine runs this.
+    monkeypatch.setattr(outgoing, "time", SimpleNamespace(monotonic=lambda: 1000.0))
     slots = LocalSlots()
     waits = [await slots.reserve("chat:1", 1.0) for _ in range(3)]
-    assert waits[0] == 0
-    assert 0.95 <= waits[1] <= 1.0 and 1.95 <= waits[2] <= 2.0
+    assert waits == [0, 1.0, 2.0]
     assert await slots.reserve("chat:2", 1.0) == 0
 
 
@@ -48,7 +52,8 @@ async def test_a_waiting_chat_does_not_hold_up_another() -> None:
 
     await asyncio.gather(send("a1", 1), send("a2", 1), send("b", 2))
     assert done["a2"] >= 0.29
-    assert done["b"] < 0.1
+    # b waited only for the overall spacing: it was through before a2's chat slot came round.
+    assert done["b"] < done["a2"]
 
 
 async def test_an_unreachable_redis_lets_messages_through() -> None:

@@ -1,8 +1,9 @@
 """What a process loads at start is what its role needs: an operator sees it as start-up time and
-memory. The bot, the API and the services are importable without OpenCV, NudeNet, numpy, the
-openai client, aioboto3, alembic, redis, cryptography or uvicorn; those load where they are used
-(a photo checked, an OpenAI key configured, s3:// storage, a migration, REDIS_URL set, a FAL
-webhook verified, HTTP served: a worker serves none)."""
+memory. The bot, the API and the services are importable without OpenCV, NudeNet, numpy, Pillow
+and its HEIF plugin, the openai client, aioboto3, alembic, redis, cryptography, uvicorn or
+SQLAlchemy's PostgreSQL dialect; those load where they are used (a photo checked or a training
+archive built, an OpenAI key configured, s3:// storage, a migration, REDIS_URL set, a FAL webhook
+verified, HTTP served: a worker serves none; an engine on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ HEAVY = [
     "cv2",
     "numpy",
     "nudenet",
+    "PIL",
+    "pillow_heif",
     "onnxruntime",
     "openai",
     "aioboto3",
@@ -23,6 +26,7 @@ HEAVY = [
     "redis",
     "cryptography",
     "uvicorn",
+    "sqlalchemy.dialects.postgresql",
 ]
 
 

@@ -18,11 +18,12 @@ import structlog
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from aisha.admin.errors import EmptyBroadcast
+from aisha.admin.errors import BroadcastRefused, EmptyBroadcast
 from aisha.admin.models import Broadcast, BroadcastInfo, BroadcastStatus
 from aisha.admin.ports import BroadcastQueue, Messenger
 from aisha.clock import Clock
 from aisha.db.session import after_commit, unit_of_work
+from aisha.telegram_html import html_refusal
 from aisha.users.models import User
 
 log = structlog.get_logger(__name__)
@@ -51,7 +52,12 @@ class Broadcasts:
         self._enqueue = enqueue
 
     async def create(self, *, session: AsyncSession, text: str, created_by: int) -> uuid.UUID:
-        """Store a broadcast; it is sent by the job (enqueued after commit, or found by the sweep)."""
+        """Store a broadcast; it is sent by the job (enqueued after commit, or found by the sweep).
+        Raises BroadcastRefused, storing nothing, for a text Telegram would refuse: sent as HTML,
+        it would fail for every single user."""
+        refusal = html_refusal(text)
+        if refusal is not None:
+            raise BroadcastRefused(refusal)
         broadcast = Broadcast(
             id=uuid.uuid4(),
             text=text,
@@ -69,7 +75,7 @@ class Broadcasts:
 
     async def start(self, *, session: AsyncSession, text: str, created_by: int) -> uuid.UUID:
         """`create`, then queue the job once the caller's transaction has committed. Raises
-        EmptyBroadcast for a text with nothing in it."""
+        EmptyBroadcast for a text with nothing in it, BroadcastRefused for one Telegram would refuse."""
         if not text.strip():
             raise EmptyBroadcast()
         broadcast_id = await self.create(session=session, text=text.strip(), created_by=created_by)

@@ -51,6 +51,17 @@ class EmptyBroadcast(AdminError):
     key = "admin.usage.broadcast"
 
 
+class BroadcastRefused(AdminError):
+    """Telegram would refuse the broadcast's text (HTML it can't parse, nothing left to show, too
+    long): refused before anything is queued, with Telegram's own words as the `reason`."""
+
+    key = "admin.error.broadcast_refused"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class TakeRefused(InsufficientCredits):
     """Taking `required` credits from `user_id` would bring the balance below zero."""
 

@@ -63,6 +63,8 @@ class Stats:
     topups: int
     spend: int
     features: list[FeatureStats]
+    # Stars refunds Telegram never answered, asked as often as allowed: the operator's to finish.
+    refunds_waiting: int = 0
 
 
 @dataclass(frozen=True)

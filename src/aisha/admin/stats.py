@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.admin.models import FeatureStats, Stats
 from aisha.avatars.models import Avatar, AvatarStatus
-from aisha.billing.models import CreditEntry, CreditHold, EntryKind, HoldStatus
+from aisha.billing.models import CreditEntry, CreditHold, EntryKind, HoldStatus, Payment, PaymentStatus
 from aisha.db.base import JobStatus
 from aisha.generation.models import ImageGeneration
 from aisha.transcription.models import Transcript
@@ -48,6 +48,11 @@ async def collect_stats(session: AsyncSession, *, now: datetime, credit_value_mi
             CreditHold.status == HoldStatus.CAPTURED
         )
     )
+    refunds_waiting = await scalar(
+        select(func.count())
+        .select_from(Payment)
+        .where(Payment.status == PaymentStatus.REFUNDING, Payment.refund_given_up_at.is_not(None))
+    )
     value = credit_value_micro_usd
     features = [
         await _feature(
@@ -68,6 +73,7 @@ async def collect_stats(session: AsyncSession, *, now: datetime, credit_value_mi
         topups=topups,
         spend=captured - charges,
         features=features,
+        refunds_waiting=refunds_waiting,
     )
 
 

@@ -21,7 +21,6 @@ from aisha.avatars import rows
 from aisha.avatars.models import LORA_KEY, LORA_LOST, Avatar, AvatarStatus, AvatarType
 from aisha.avatars.outcomes import IN_TRAINING, AvatarOutcomes
 from aisha.avatars.ports import Trainer, TrainingRequest, TrainingState
-from aisha.avatars.validation import build_training_zip, normalize_for_training
 from aisha.billing.errors import InsufficientCredits
 from aisha.db.session import unit_of_work
 from aisha.remote import RemoteError, RemoteRefused, RemoteUnavailable
@@ -133,6 +132,9 @@ class AvatarFlow(AvatarOutcomes):
             return None
 
     async def _archive(self, keys: Sequence[str]) -> bytes:
+        # Pillow: loaded by the process that builds an archive (a job), not by every importer.
+        from aisha.avatars.imaging import build_training_zip, normalize_for_training
+
         items: list[tuple[str, bytes]] = []
         for index, key in enumerate(keys, start=1):
             data = await self._storage.get(key)

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, BinaryIO
 import pillow_heif
 from PIL import Image, ImageCms, UnidentifiedImageError
 
+from aisha.avatars.formats import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS
+
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
@@ -29,11 +31,6 @@ if TYPE_CHECKING:
 # Registers the "HEIF" format (iPhone photos) with Pillow once per process.
 pillow_heif.register_heif_opener()
 
-# Pillow format names we decode. MPO is how Pillow names many camera and phone JPEGs (a JPEG with a
-# second, depth or preview picture); everything else (TIFF, BMP, PSD, ...) is refused up front so
-# that exotic, less-audited decoders never see user bytes.
-SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "HEIF")
-DEFAULT_MAX_PIXELS = 50_000_000
 _ORIENTATION_TAG = 0x0112
 _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90° (width and height trade places)
 _TRANSPOSE = {
@@ -200,10 +197,6 @@ def perceptual_hash(image: Image.Image | NDArray[np.uint8]) -> str:
     low = cv2.dct(small)[:8, :8]
     bits = (low > np.median(low)).flatten()
     return f"{int(''.join('1' if bit else '0' for bit in bits), 2):016x}"
-
-
-def hamming_distance(hash_a: str, hash_b: str) -> int:
-    return (int(hash_a, 16) ^ int(hash_b, 16)).bit_count()
 
 
 def _as_gray(image: Image.Image | NDArray[np.uint8]) -> NDArray[np.uint8]:

@@ -28,22 +28,11 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aisha.avatars.imaging import (
-    CorruptImageError,
-    DecodedImage,
-    NotAnImageError,
-    TooManyPixelsError,
-    build_training_zip,
-    decode_image,
-    hamming_distance,
-    normalize_for_training,
-    perceptual_hash,
-    write_training_zip,
-)
+from aisha.avatars.formats import hamming_distance
+from aisha.avatars.nsfw_model import Detection
 from aisha.avatars.photo_checks import (
     MEASURE_SHORT_SIDE,
     NUDENET,
-    Detection,
     Lazy,
     NsfwDetector,
     NudeNetDetector,
@@ -64,6 +53,14 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+    from aisha.avatars.imaging import (
+        DecodedImage,
+        build_training_zip,
+        normalize_for_training,
+        perceptual_hash,
+        write_training_zip,
+    )
+
 __all__ = [
     "NUDENET",
     "Detection",
@@ -80,6 +77,20 @@ __all__ = [
     "write_training_zip",
 ]
 
+# Re-exported from `imaging` on first use (below): importing the validator, as every process does,
+# must not load Pillow and its HEIF plugin; the first photo checked or archive built does.
+_FROM_IMAGING = frozenset(
+    {"build_training_zip", "normalize_for_training", "perceptual_hash", "write_training_zip"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_IMAGING:
+        from aisha.avatars import imaging
+
+        return getattr(imaging, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class PhotoVerdict:
@@ -94,8 +105,8 @@ class PhotoVerdict:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-# OpenCV and onnxruntime already spread one photo over the cores, so more workers than cores only
-# add memory (one decoded photo each), not speed.
+# OpenCV already spreads one photo's face search over the cores (the NSFW model runs on one), so
+# more workers than cores only add memory (one decoded photo each), not speed.
 _default_executor: Lazy[Executor] = Lazy(
     lambda: ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="photo-check")
 )
@@ -124,6 +135,8 @@ class PhotoValidator:
 
     def preload(self) -> None:
         """Load the models now (call once at startup, in a worker thread)."""
+        import aisha.avatars.imaging  # noqa: F401  # Pillow and its HEIF plugin
+
         face_cascade()
         if self.nsfw is not None:
             self.nsfw.preload()
@@ -177,6 +190,14 @@ class PhotoValidator:
         if sha in accepted_sha256:
             metrics["duplicate_distance"] = 0
             return verdict(RejectReason.DUPLICATE)
+        from aisha.avatars.imaging import (  # Pillow: loaded by the first photo checked
+            CorruptImageError,
+            NotAnImageError,
+            TooManyPixelsError,
+            decode_image,
+            perceptual_hash,
+        )
+
         try:
             decoded = decode_image(
                 data,

@@ -123,6 +123,10 @@ class Payment(UUIDPrimaryKey, Base):
     refund_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     # Credits a refund made outside the bot couldn't take back: already spent when it came.
     refund_shortfall: Mapped[int] = mapped_column(default=0, server_default="0")
+    # refundStarPayment calls of the open refund that got no answer; after the last one allowed
+    # the sweep stops asking, and the refund waits for the operator since `refund_given_up_at`.
+    refund_asks: Mapped[int] = mapped_column(default=0, server_default="0")
+    refund_given_up_at: Mapped[datetime | None]
 
 
 class AnonymizedLedgerTotal(Base):

@@ -46,6 +46,7 @@ from aisha.billing.keys import refund_key as refund_key
 from aisha.billing.models import EntryKind, Payment, PaymentStatus
 from aisha.billing.ports import StarRefunds as StarRefunds  # re-exported: first defined here
 from aisha.billing.prices import PriceList, StarPackage
+from aisha.billing.refund_asks import count_unanswered
 from aisha.billing.service import LedgerService
 from aisha.db.session import unit_of_work
 from aisha.db.upsert import insert_ignore
@@ -126,11 +127,13 @@ class PaymentService:
         prices: PriceList,
         sessions: async_sessionmaker[AsyncSession] | None = None,
         refunds: StarRefunds | None = None,
+        max_refund_asks: int = 60,
     ) -> None:
         self._ledger = ledger
         self._prices = prices
         self._sessions = sessions  # for the refund's own transactions (complete_refund, the sweep)
         self._refunds = refunds
+        self._max_refund_asks = max_refund_asks  # then the refund waits for the operator
 
     @property
     def refunds_enabled(self) -> bool:
@@ -304,6 +307,13 @@ class PaymentService:
             return RefundCompletion(outcome=RefundOutcome.REFUSED, reason=refusal.reason)
         except Exception as error:
             log.warning("payment.refund_unanswered", user_id=row.user_id, error=repr(error))
+            await count_unanswered(
+                self._sessions,
+                row=row,
+                charge_id=telegram_payment_charge_id,
+                now=self._ledger.clock.now(),
+                max_asks=self._max_refund_asks,
+            )
             return RefundCompletion(outcome=RefundOutcome.PENDING)
         async with unit_of_work(self._sessions) as session:
             await self._move(session, row, to=PaymentStatus.REFUNDED, refunded_at=self._ledger.clock.now())
@@ -311,13 +321,14 @@ class PaymentService:
         return RefundCompletion(outcome=RefundOutcome.REFUNDED)
 
     async def sweep_refunds(self) -> int:
-        """The recovery check: ask Telegram again for every refund still without an answer."""
+        """The recovery check: ask Telegram again for every refund still without an answer, unless
+        it was asked as many times as allowed (then the refund waits for the operator)."""
         assert self._sessions is not None
         async with self._sessions() as session:
             charges = (
                 await session.scalars(
                     select(Payment.telegram_payment_charge_id).where(
-                        Payment.status == PaymentStatus.REFUNDING
+                        Payment.status == PaymentStatus.REFUNDING, Payment.refund_given_up_at.is_(None)
                     )
                 )
             ).all()
@@ -402,6 +413,8 @@ class PaymentService:
         values: dict[str, Any] = {"status": to, "refunded_at": refunded_at}
         if attempt is not None:
             values["refund_attempts"] = attempt
+        if to == PaymentStatus.REFUNDING:  # a refund started: Telegram not asked yet
+            values |= {"refund_asks": 0, "refund_given_up_at": None}
         won = await session.execute(
             update(Payment)
             .where(

@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Integer, Select, String, bindparam, case, cast, func, select, true
+from sqlalchemy import Integer, Select, String, bindparam, case, cast, func, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, EntryKind, HoldStatus
@@ -69,7 +69,10 @@ async def account_view(session: AsyncSession, *, user_id: int, limit: int, offse
     in one statement (the same on PostgreSQL and SQLite)."""
     if limit < 1 or offset < 0:
         raise ValueError("limit must be >= 1 and offset >= 0")
-    rows = (await session.execute(_ACCOUNT, {"user_id": user_id, "limit": limit, "offset": offset})).all()
+    # Core on the session's connection: nothing here for the ORM to do (plain rows, no objects;
+    # no autoflush either: the ledger writes with statements of its own, never pending objects).
+    connection = await session.connection()
+    rows = (await connection.execute(_ACCOUNT, {"user_id": user_id, "limit": limit, "offset": offset})).all()
     first = rows[0]  # the figures' row is always there, with no entry when the page is empty
     grouped: dict[str, list[HistoryItem]] = {}
     for row in rows:
@@ -93,7 +96,10 @@ async def statement(
 
 def _operation_key(entry: Any) -> Any:
     """The job's reference for its hold, capture and release entries; the seq for any other entry."""
-    folded = entry.c.kind.in_(FOLDED_KINDS) & entry.c.reference.is_not(None)
+    # The kinds as plain parameters: a list of values would be an "expanding" IN, whose SQL is
+    # rendered again on every execution of this statement built once.
+    kinds = [literal(kind, entry.c.kind.type) for kind in FOLDED_KINDS]
+    folded = entry.c.kind.in_(kinds) & entry.c.reference.is_not(None)
     return case((folded, entry.c.reference), else_=cast(entry.c.seq, String))
 
 

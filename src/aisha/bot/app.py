@@ -127,10 +127,14 @@ def create_dispatcher(services: Services) -> Dispatcher:
     dispatcher.update.outer_middleware(UserIsolationMiddleware(dispatcher.fsm))
     # Times the whole update and tags its log lines.
     dispatcher.update.outer_middleware(ObserveUpdateMiddleware(services.metrics))
-    dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services))
-    # The wizard state, read once in the update's transaction (the lock is already held).
-    dispatcher.update.outer_middleware(FSMContextMiddleware(storage, DisabledEventIsolation()))
-    # One process: its cache of user rows sees every change; several (REDIS_URL): no cache.
+    # The wizard state, read once in the update's transaction (the lock is already held); with
+    # the records in the database, on PostgreSQL, read by the unit of work's first statement.
+    fsm = FSMContextMiddleware(storage, DisabledEventIsolation())
+    in_database = fsm if isinstance(storage, SqlStorage) else None
+    dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services, fsm=in_database))
+    dispatcher.update.outer_middleware(fsm)
+    # On PostgreSQL the user's row is read with the update's claim. Elsewhere (SQLite), one
+    # process: its cache of user rows sees every change; several (REDIS_URL): no cache.
     user_cache = 0.0 if services.settings.redis_url else USER_CACHE_SECONDS
     dispatcher.update.outer_middleware(UserMiddleware(services, cache_seconds=user_cache))
     dispatcher.update.outer_middleware(BlockedMiddleware(services))

@@ -10,15 +10,21 @@ from typing import Any
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, StateType, StorageKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import make_transient_to_detached
 
 from aisha.db.context import current_session
 from aisha.db.models import FsmRecord
 from aisha.db.session import unit_of_work
 
 
-def _key(key: StorageKey) -> str:
+def storage_key(key: StorageKey) -> str:
+    """The record's key for aiogram's StorageKey."""
     parts = (key.bot_id, key.chat_id, key.user_id, key.thread_id, key.business_connection_id, key.destiny)
     return ":".join("" if part is None else str(part) for part in parts)
+
+
+# Records read by the update's claim (bot/claim.py), by key, until the storage first reads them.
+_CLAIMED = "aisha.fsm_claimed"
 
 
 class SqlStorage(BaseStorage):
@@ -28,22 +34,25 @@ class SqlStorage(BaseStorage):
     async def _read(self, key: StorageKey) -> FsmRecord | None:
         session = current_session.get()
         if session is not None:
-            record = await session.get(FsmRecord, _key(key), populate_existing=True)
+            claimed: dict[str, FsmRecord | None] = session.info.get(_CLAIMED, {})
+            if storage_key(key) in claimed:  # read by the update's claim: its first read is free
+                return claimed.pop(storage_key(key))
+            record = await session.get(FsmRecord, storage_key(key), populate_existing=True)
             if record is None:
-                _absent(session).add(_key(key))
+                _absent(session).add(storage_key(key))
             return record
         async with self._sessions() as own:
-            return await own.get(FsmRecord, _key(key))
+            return await own.get(FsmRecord, storage_key(key))
 
     async def _write(self, key: StorageKey, **values: Any) -> None:
         # Inside an update, write in its transaction: on SQLite a second connection would wait
         # for the lock that this very update holds.
         session = current_session.get()
         if session is not None:
-            await self._upsert(session, _key(key), values)
+            await self._upsert(session, storage_key(key), values)
             return
         async with unit_of_work(self._sessions) as own:
-            await self._upsert(own, _key(key), values)
+            await self._upsert(own, storage_key(key), values)
 
     @staticmethod
     async def _upsert(session: AsyncSession, key: str, values: dict[str, Any]) -> None:
@@ -82,6 +91,19 @@ class SqlStorage(BaseStorage):
 
     async def close(self) -> None:
         return None
+
+
+def remember_read(session: AsyncSession, key: str, row: dict[str, Any] | None) -> None:
+    """The record of `key` as this session's transaction has just read it (None: there is none),
+    for the storage's next read in the update (the state aiogram reads before the handlers)."""
+    record = None
+    if row is None:
+        _absent(session).add(key)
+    else:
+        record = FsmRecord(**row)
+        make_transient_to_detached(record)  # its values as loaded, no changes pending
+        session.sync_session.add(record)
+    session.info.setdefault(_CLAIMED, {})[key] = record
 
 
 def _absent(session: AsyncSession) -> set[str]:

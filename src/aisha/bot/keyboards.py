@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from aiogram import F
 from aiogram.types import (
     InlineKeyboardButton,
@@ -23,7 +25,13 @@ MAIN_MENU: list[list[str]] = [
 
 
 def main_menu(t: Texts) -> ReplyKeyboardMarkup:
-    rows = [[KeyboardButton(text=t(key)) for key in row] for row in MAIN_MENU]
+    return _main_menu(t.translator, t.locale)
+
+
+@lru_cache(maxsize=64)
+def _main_menu(translator: Translator, locale: str) -> ReplyKeyboardMarkup:
+    # Built once per language: it goes with many answers, and aiogram's models are frozen.
+    rows = [[KeyboardButton(text=translator.get(locale, key)) for key in row] for row in MAIN_MENU]
     return ReplyKeyboardMarkup(keyboard=rows, resize_keyboard=True, is_persistent=True)
 
 

@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
 from sqlalchemy.sql import ClauseElement
 
+from aisha.bot.claim import claim_update
+from aisha.bot.fsm import remember_read, storage_key
 from aisha.bot.metrics import DUPLICATE_KEY
 from aisha.db.context import current_session
 from aisha.db.models import ProcessedUpdate
@@ -118,8 +120,12 @@ class UnitOfWorkMiddleware(BaseMiddleware):
     while Telegram answers. What a handler writes after its reply commits at the end.
     """
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, fsm: FSMContextMiddleware | None = None) -> None:
         self._services = services
+        # The FSM whose records are in the database (no Redis): its key, to read the state in
+        # the claim (PostgreSQL).
+        self._fsm = fsm
+        self._one_statement: bool | None = None  # PostgreSQL: known at the first update
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         assert isinstance(event, Update)
@@ -138,12 +144,17 @@ class UnitOfWorkMiddleware(BaseMiddleware):
     async def _handle(
         self, handler: Handler, event: Update, data: dict[str, Any], session: AsyncSession
     ) -> Any:
-        first_time = await insert_ignore(
-            session,
-            ProcessedUpdate.__table__,  # type: ignore[arg-type]
-            {"update_id": event.update_id, "processed_at": self._services.clock.now()},
-            conflict_columns=["update_id"],
-        )
+        if self._one_statement is None:
+            self._one_statement = session.get_bind().dialect.name == "postgresql"
+        if self._one_statement:
+            first_time = await self._claim(event, data, session)
+        else:
+            first_time = await insert_ignore(
+                session,
+                ProcessedUpdate.__table__,  # type: ignore[arg-type]
+                {"update_id": event.update_id, "processed_at": self._services.clock.now()},
+                conflict_columns=["update_id"],
+            )
         if not first_time:
             log.info("update.duplicate_dropped", update_id=event.update_id)
             data[DUPLICATE_KEY] = True
@@ -155,6 +166,25 @@ class UnitOfWorkMiddleware(BaseMiddleware):
         finally:
             current_session.reset(token)
 
+    async def _claim(self, event: Update, data: dict[str, Any], session: AsyncSession) -> bool:
+        """The update id, the user's row and the wizard state in one statement (bot/claim.py);
+        the rows are left in the session for UserMiddleware and the FSM storage."""
+        tg_user: TelegramUser | None = data.get("event_from_user")
+        context = self._fsm.resolve_event_context(data["bot"], data) if self._fsm else None
+        fsm_key = storage_key(context.key) if context else None
+        claim = await claim_update(
+            session,
+            update_id=event.update_id,
+            now=self._services.clock.now(),
+            user_id=tg_user.id if tg_user else None,
+            fsm_key=fsm_key,
+        )
+        if claim.first_time:
+            session.info[_CLAIMED_USER] = claim.user
+            if fsm_key is not None:
+                remember_read(session, fsm_key, claim.fsm)
+        return claim.first_time
+
 
 # A returning user's row is taken from here for this long (no read), as long as Telegram's profile
 # and the last-seen mark need no write. A change through any session of this process (the bot's
@@ -162,6 +192,9 @@ class UnitOfWorkMiddleware(BaseMiddleware):
 # CLI) is seen at the latest after this long. With REDIS_URL (several replicas serve one user) the
 # cache is off: a block or a deletion on one replica must hold on the next update, wherever it lands.
 USER_CACHE_SECONDS = 10.0
+# The user's row as the update's claim read it (PostgreSQL), None when there is none.
+_CLAIMED_USER = "aisha.claimed_user"
+_NOT_CLAIMED = object()
 _USER_COLUMNS = tuple(column.key for column in User.__table__.columns)
 _CHANGED_KEY = "aisha.users_changed"
 
@@ -240,8 +273,9 @@ class _Cached:
 class UserMiddleware(BaseMiddleware):
     """Registers the user on first contact, refreshes them after, and binds their texts.
 
-    A returning user whose row was read a moment ago (USER_CACHE_SECONDS) and changed by nobody
-    since is put into the update's session as read then, without a round trip.
+    On PostgreSQL the row comes with the update's claim (bot/claim.py), fresh on every update.
+    Elsewhere, a returning user whose row was read a moment ago (USER_CACHE_SECONDS) and changed
+    by nobody since is put into the update's session as read then, without a round trip.
     """
 
     def __init__(self, services: Services, *, cache_seconds: float = USER_CACHE_SECONDS) -> None:
@@ -256,10 +290,12 @@ class UserMiddleware(BaseMiddleware):
             data["t"] = translator.bind(translator.default_locale)
             return await handler(event, data)
         session: AsyncSession = data["session"]
-        user = self._cached(session, tg_user)
-        created = False
-        if user is None:
-            user, created = await self._read(session, tg_user)
+        claimed = session.info.pop(_CLAIMED_USER, _NOT_CLAIMED)
+        if claimed is not _NOT_CLAIMED:  # read with the update's claim: fresh, no cache needed
+            user, created = await self._from_claim(session, tg_user, claimed)
+        else:
+            cached = self._cached(session, tg_user)
+            user, created = (cached, False) if cached else await self._read(session, tg_user)
         data["user"] = user
         data["user_created"] = created
         data["t"] = translator.bind(user.language)
@@ -279,24 +315,28 @@ class UserMiddleware(BaseMiddleware):
         ):
             del self._cache[tg_user.id]
             return None
-        # As if read: persistent in this session, no statement sent.
-        user = User(**cached.values)
-        make_transient_to_detached(user)
-        return session.sync_session.merge(user, load=False)
+        return _as_read(session, cached.values)
+
+    async def _from_claim(
+        self, session: AsyncSession, tg_user: TelegramUser, row: dict[str, Any] | None
+    ) -> tuple[User, bool]:
+        found = None if row is None else _as_read(session, row)
+        user, created = await self._services.users.registered_or_touched(
+            session,
+            found,
+            profile=_profile(tg_user),
+            locale=self._services.translator.resolve_locale(tg_user.language_code),
+        )
+        if created:
+            log.info("user.registered", user_id=user.telegram_id, language=user.language)
+        return user, created
 
     async def _read(self, session: AsyncSession, tg_user: TelegramUser) -> tuple[User, bool]:
         translator = self._services.translator
-        profile = TelegramProfile(
-            telegram_id=tg_user.id,
-            username=tg_user.username,
-            first_name=tg_user.first_name,
-            last_name=tg_user.last_name,
-            language_code=tg_user.language_code,
-        )
         USER_CHANGES.changed.pop(tg_user.id, None)  # what is read now is the news
         everyone = USER_CHANGES.everyone
         user, created = await self._services.users.register_or_touch(
-            session, profile=profile, locale=translator.resolve_locale(tg_user.language_code)
+            session, profile=_profile(tg_user), locale=translator.resolve_locale(tg_user.language_code)
         )
         if created:
             log.info("user.registered", user_id=user.telegram_id, language=user.language)
@@ -311,6 +351,25 @@ class UserMiddleware(BaseMiddleware):
             everyone=everyone,
         )
         return user, created
+
+
+def _profile(tg_user: TelegramUser) -> TelegramProfile:
+    return TelegramProfile(
+        telegram_id=tg_user.id,
+        username=tg_user.username,
+        first_name=tg_user.first_name,
+        last_name=tg_user.last_name,
+        language_code=tg_user.language_code,
+    )
+
+
+def _as_read(session: AsyncSession, values: dict[str, Any]) -> User:
+    """The user's row, read elsewhere (the claim, the cache), as if this session had read it:
+    persistent in it, no statement sent."""
+    user = User(**values)
+    make_transient_to_detached(user)  # its values as loaded, no changes pending
+    session.sync_session.add(user)  # now persistent in the session, like a row it read
+    return user
 
 
 def _is_payment(event: Update) -> bool:

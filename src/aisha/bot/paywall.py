@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from aisha.billing.errors import InsufficientCredits
 from aisha.billing.prices import StarPackage
-from aisha.i18n import Texts
+from aisha.i18n import Texts, Translator
 
 
 class TopUp(CallbackData, prefix="topup"):
@@ -21,7 +22,14 @@ class Buy(CallbackData, prefix="buy"):
 
 
 def topup_button(t: Texts) -> InlineKeyboardButton:
-    return InlineKeyboardButton(text=t("billing.topup_button"), callback_data=TopUp().pack())
+    return _topup_button(t.translator, t.locale)
+
+
+@lru_cache(maxsize=64)
+def _topup_button(translator: Translator, locale: str) -> InlineKeyboardButton:
+    # Built once per language: it goes under every /balance (aiogram's models are frozen).
+    text = translator.get(locale, "billing.topup_button")
+    return InlineKeyboardButton(text=text, callback_data=TopUp().pack())
 
 
 def price_line(t: Texts, *, price: int, balance: int) -> str:

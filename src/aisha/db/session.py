@@ -240,7 +240,8 @@ async def run_at_end(session: AsyncSession) -> None:
 async def commit(session: AsyncSession) -> None:
     """Commit the unit of work so far, then run what waited for it (`after_commit`). The session
     goes on: its next statement opens a new transaction."""
-    await session.commit()
+    if session.in_transaction():  # else nothing happened since the last commit: nothing to send
+        await session.commit()
     await run_after_commit(session)
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Insert, Table, bindparam
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects.postgresql import Insert as PgInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 
 async def insert_ignore(
@@ -27,7 +30,17 @@ async def insert_ignore(
 
 @functools.cache
 def _statement(dialect: str, table: Table, columns: tuple[str, ...], conflict: tuple[str, ...]) -> Insert:
-    # Built once per shape, with the values as parameters: it runs on every update.
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # Built once per shape, with the values as parameters: it runs on every update. The dialect's
+    # module is imported here, when the engine has loaded it already: a process on SQLite never
+    # loads PostgreSQL's (some 3 MB), and one on PostgreSQL never SQLite's.
+    statement: PgInsert | SqliteInsert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(table)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table)
     values = {name: bindparam(name, type_=table.c[name].type) for name in columns}
-    return insert(table).values(values).on_conflict_do_nothing(index_elements=list(conflict))
+    return statement.values(values).on_conflict_do_nothing(index_elements=list(conflict))

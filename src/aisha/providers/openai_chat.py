@@ -11,8 +11,6 @@ import io
 import json
 from typing import TYPE_CHECKING, Any, Literal
 
-from PIL import Image
-
 from aisha.generation.models import QualityVerdict
 
 if TYPE_CHECKING:
@@ -113,6 +111,8 @@ _QUALITY_SCHEMA: dict[str, Any] = {
 
 def data_url(image: bytes) -> str:
     """The image as a JPEG data URL, scaled down (CPU work: call it in a thread)."""
+    from PIL import Image  # only a process that shows OpenAI a picture loads Pillow
+
     with Image.open(io.BytesIO(image)) as im:
         im.thumbnail((MAX_SIDE, MAX_SIDE))
         out = io.BytesIO()

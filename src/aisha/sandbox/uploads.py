@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from PIL import Image, UnidentifiedImageError
 
-from aisha.avatars.imaging import DEFAULT_MAX_PIXELS
+from aisha.avatars.formats import DEFAULT_MAX_PIXELS
 from aisha.sandbox.errors import SandboxError
 from aisha.transcription.audio import AudioConfig, AudioError, FFmpegError, NoAudioStream, probe, run_ffmpeg
 

@@ -56,8 +56,15 @@ class UserService:
         row is written only when Telegram's profile changed or `last_seen_at` is older than
         LAST_SEEN_RESOLUTION (the admin's "active today" needs no finer clock).
         """
-        now = self._clock.now()
         user = await session.scalar(_USER_BY_ID, {"telegram_id": profile.telegram_id})
+        return await self.registered_or_touched(session, user, profile=profile, locale=locale)
+
+    async def registered_or_touched(
+        self, session: AsyncSession, user: User | None, *, profile: TelegramProfile, locale: str
+    ) -> tuple[User, bool]:
+        """register_or_touch with the user's row already read in this transaction (`user`, None
+        when there was none)."""
+        now = self._clock.now()
         if user is not None:
             if (user.username, user.first_name, user.last_name) != (
                 profile.username,

@@ -7,7 +7,7 @@ from aiogram import html
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from aisha.admin.errors import MAX_ADJUST_AMOUNT, MAX_REASON_LENGTH, AdminError, TakeRefused
+from aisha.admin.errors import MAX_ADJUST_AMOUNT, MAX_REASON_LENGTH, AdminError, BroadcastRefused, TakeRefused
 from aisha.admin.models import Stats, UserCard
 from aisha.billing.errors import InvalidAmount
 from aisha.i18n import Texts
@@ -35,6 +35,8 @@ def error_text(t: Texts, error: AdminError | TakeRefused | InvalidAmount) -> str
         return t("admin.take_refused", id=error.user_id, balance=error.balance, amount=error.required)
     if isinstance(error, InvalidAmount):
         return t("admin.error.bad_amount")
+    if isinstance(error, BroadcastRefused):  # Telegram's words quote the admin's tags
+        return t(error.key, reason=html.quote(error.reason))
     return t(error.key, **error.params)
 
 
@@ -56,7 +58,7 @@ def stats_text(t: Texts, stats: Stats) -> str:
         )
         for f in stats.features
     )
-    return t(
+    text = t(
         "admin.stats",
         users=stats.users_total,
         today=stats.active_today,
@@ -66,6 +68,9 @@ def stats_text(t: Texts, stats: Stats) -> str:
         spend=stats.spend,
         features=features,
     )
+    if stats.refunds_waiting:
+        text += "\n\n" + t("admin.stats_refunds_waiting", count=stats.refunds_waiting)
+    return text
 
 
 def card_text(t: Texts, card: UserCard) -> str:

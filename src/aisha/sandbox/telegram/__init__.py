@@ -22,10 +22,10 @@ It runs inside the caller's event loop (``aiohttp.web``); nothing here blocks.
 Split by concern into the modules of this package.
 """
 
-from aisha.sandbox.telegram.html import parse_html
 from aisha.sandbox.telegram.images import image_size
 from aisha.sandbox.telegram.models import FakeUser, RecordedCall, RefusedCall, StoredFile, WebhookConfig
 from aisha.sandbox.telegram.server import FakeTelegramServer
+from aisha.telegram_html import parse_html
 
 __all__ = [
     "FakeTelegramServer",

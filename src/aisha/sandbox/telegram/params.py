@@ -22,8 +22,8 @@ from aisha.sandbox.telegram.constants import (
     JsonDict,
     _utf16_len,
 )
-from aisha.sandbox.telegram.html import parse_html
 from aisha.sandbox.telegram.models import StoredFile, _bad_request, _Upload
+from aisha.telegram_html import parse_html
 
 
 async def _read_request(request: web.Request) -> tuple[JsonDict, dict[str, _Upload]]:

@@ -1,11 +1,14 @@
-"""Telegram's HTML parse mode, ported from TDLib."""
+"""Telegram's HTML parse mode, ported from TDLib: what the fake Bot API refuses, and what the bot
+checks before it queues a text written by hand (an admin's broadcast) that Telegram would refuse."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from aisha.sandbox.telegram.constants import JsonDict
+JsonDict = dict[str, Any]
+TEXT_LIMIT = 4096  # a message's text once its entities are parsed, in UTF-16 code units
 
 # Telegram's HTML parse mode, ported from TDLib's ``parse_html`` (td/telegram/MessageEntity.cpp),
 # which the Bot API server runs: the same tags, the same character references, and the same error
@@ -273,3 +276,22 @@ def _close_html_tag(tag: _OpenTag, length: int, text: bytes, entities: list[Json
         if tag.argument:
             entity["language"] = tag.argument
     entities.append(entity)
+
+
+def utf16_len(text: str) -> int:
+    """Telegram measures texts, entity offsets and lengths in UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def html_refusal(text: str) -> str | None:
+    """Why sendMessage with parse_mode HTML would refuse `text`, in Telegram's words; None if it
+    would be sent."""
+    try:
+        plain, _ = parse_html(text)
+    except ValueError as error:
+        return f"can't parse entities: {error}"
+    if not plain.strip():
+        return "message text is empty"
+    if utf16_len(plain) > TEXT_LIMIT:
+        return "message is too long"
+    return None

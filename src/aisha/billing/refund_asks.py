@@ -1,0 +1,53 @@
+"""How often Telegram is asked for a refund it doesn't answer: a bounded number of times, like every
+other outside call the sweep retries; after the last one the refund waits for the operator."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from aisha.billing.models import Payment, PaymentStatus
+from aisha.db.session import unit_of_work
+
+log = structlog.get_logger(__name__)
+
+
+async def count_unanswered(
+    sessions: async_sessionmaker[AsyncSession], *, row: Any, charge_id: str, now: datetime, max_asks: int
+) -> None:
+    """One more refundStarPayment of the open refund (`row`, as read before asking) got no answer.
+    At `max_asks` the refund is given up: the sweep asks no more and the credits stay taken back
+    (nothing moves); the operator sees it in the log and the admin statistics."""
+    async with unit_of_work(sessions) as session:
+        asks = await session.scalar(
+            update(Payment)
+            .where(
+                Payment.id == row.id,
+                Payment.status == PaymentStatus.REFUNDING,
+                Payment.refund_attempts == row.refund_attempts,  # still the refund that was asked
+                Payment.refund_given_up_at.is_(None),
+            )
+            .values(refund_asks=Payment.refund_asks + 1)
+            .returning(Payment.refund_asks)
+            .execution_options(synchronize_session=False)
+        )
+        if asks is None or asks < max_asks:
+            return
+        await session.execute(
+            update(Payment)
+            .where(Payment.id == row.id)
+            .values(refund_given_up_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    log.error(
+        "payment.refund_given_up",
+        user_id=row.user_id,
+        payment_id=str(row.id),
+        charge_id=charge_id,
+        asks=asks,
+        stars=row.amount,
+    )

@@ -1,0 +1,40 @@
+"""Our NudeNet runner feeds the model what `nudenet.NudeDetector.detect` feeds it and reads the
+same boxes back (it only skips the library's colour round trip and Python loop): checked against
+the library itself on real photos, whole and cut to other shapes, so a NudeNet release that
+changed its pre- or post-processing would show here."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from numpy.typing import NDArray
+
+from aisha.avatars.nsfw_model import NudeNetModel
+
+
+def _shapes(rgb: NDArray[np.uint8]) -> list[NDArray[np.uint8]]:
+    h, w = rgb.shape[:2]
+    return [rgb, np.ascontiguousarray(rgb[: h // 2]), np.ascontiguousarray(rgb[:, : w // 3])]
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[NudeNetModel, object]:
+    from nudenet import NudeDetector  # type: ignore[import-untyped]
+
+    return NudeNetModel(), NudeDetector()
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_the_same_detections_as_the_library(models: tuple[NudeNetModel, object], name: str) -> None:
+    ours, library = models
+    for rgb in _shapes(getattr(skimage.data, name)()):
+        theirs = library.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # type: ignore[attr-defined]
+        expected = [(d["class"], d["score"], tuple(d["box"])) for d in theirs]
+        assert [(d.label, d.score, d.box) for d in ours.detect(rgb)] == expected
+
+
+def test_the_astronaut_face_is_found(models: tuple[NudeNetModel, object]) -> None:
+    found = {d.label for d in models[0].detect(skimage.data.astronaut()) if d.score >= 0.25}
+    assert found & {"FACE_FEMALE", "FACE_MALE"}
