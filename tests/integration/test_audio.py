@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import random
 import re
@@ -703,6 +704,82 @@ async def test_real_speech_is_cut_between_sentences(
     await assert_chunk_files(prepared.chunks, codec="mp3", suffix=".mp3")
 
 
+@pytest.fixture(scope="module")
+def run_on(media: Path) -> Path:
+    """Speech whose sentences are only 0.2 s apart (no silence to cut at) as an Opus voice note."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng): no synthetic speech to cut")
+    inputs: list[str] = []
+    for i, sentence in enumerate(SENTENCES * 2):
+        wav = media / f"run-on-{i}.wav"
+        subprocess.run([espeak, "-v", "en", "-s", "170", "-w", str(wav), sentence], check=True)
+        inputs += ["-i", str(wav)]
+    n = len(SENTENCES) * 2
+    # espeak-ng leaves some silence around each sentence: trim it, then 0.2 s between sentences.
+    trim = "silenceremove=start_periods=1:start_threshold=-50dB,areverse," * 2
+    graph = (
+        "".join(f"[{i}]aresample=22050,{trim}apad=pad_dur=0.2[s{i}];" for i in range(n))
+        + "".join(f"[s{i}]" for i in range(n))
+        + f"concat=n={n}:v=0:a=1[out]"
+    )
+    path = media / "run-on.ogg"
+    ffmpeg(*inputs, "-filter_complex", graph, "-map", "[out]", *ACCEPTED["voice.ogg"][0], str(path))
+    return path
+
+
+def peak_db(samples: bytes) -> float:
+    values = struct.unpack(f"<{len(samples) // 2}h", samples)
+    return 20 * math.log10(max(1, *map(abs, values)) / 32768)
+
+
+def edges_db(path: Path, seconds: float = 0.04) -> tuple[float, float]:
+    """The loudest sample of the first and the last ``seconds`` of ``path``, in dBFS."""
+    pcm = subprocess.run(
+        [FFMPEG, "-hide_banner", "-loglevel", "error", "-i", str(path), "-ac", "1", "-ar", "8000",
+         "-f", "s16le", "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    edge = round(seconds * 8000) * 2
+    return peak_db(pcm[:edge]), peak_db(pcm[-edge:])
+
+
+async def test_hard_cuts_start_and_end_pieces_between_words(run_on: Path, tmp_path: Path) -> None:
+    # No silence long enough for a clean cut: the cuts are hard, but each piece still starts and
+    # ends in a short gap between words, so no word is cut in half on either side of the overlap.
+    prepared = await prepare_audio(run_on, tmp_path, config=CONFIG)
+
+    plans = [chunk.plan for chunk in prepared.chunks]
+    assert prepared.copied and prepared.silences == ()
+    assert len(plans) >= 3 and all(plan.hard_cut for plan in plans[1:])
+    for before, after in itertools.pairwise(plans):
+        assert 1.0 <= after.overlap <= 4.0  # half to twice the 2 s asked for
+        assert after.start == pytest.approx(before.end - after.overlap)
+    for chunk in prepared.chunks:
+        head, tail = edges_db(chunk.path)
+        first, last = chunk.index == 0, chunk.index == len(plans) - 1
+        assert first or head < CONFIG.silence_noise_db, f"{chunk.path.name} starts in a word ({head:.0f} dB)"
+        assert last or tail < CONFIG.silence_noise_db, f"{chunk.path.name} ends in a word ({tail:.0f} dB)"
+
+
+def test_plan_puts_a_hard_cut_and_the_next_start_in_the_longest_gaps_near_them() -> None:
+    gaps = [
+        Silence(46.0, 46.1),
+        Silence(47.5, 47.7),
+        Silence(48.4, 48.5),
+        Silence(49.9, 50.2),
+        Silence(53.0, 53.2),
+    ]
+
+    plans = plan_chunks(100.0, [], max_chunk=60.0, window=10.0, overlap=2.0, gaps=gaps)
+
+    # The longest gap near the target (50), then the longest one to four seconds before that.
+    assert len(plans) == 2 and plans[1].hard_cut
+    assert plans[0].end == pytest.approx(50.05)
+    assert plans[1].start == pytest.approx(47.6)
+    assert plans[1].overlap == pytest.approx(50.05 - 47.6)
+
+
 # ----------------------------------------------------------------------------- the subprocess
 
 
@@ -811,3 +888,31 @@ def test_plan_invariants(
             assert inside(before.end, silences), "a cut that is not hard must be inside a silence"
     # Never more chunks than needed with a quarter of each chunk spent on finding a silence.
     assert len(plans) <= max(1, int(duration / (max_chunk / 2)) + 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    duration=st.floats(min_value=0.5, max_value=20_000),
+    max_chunk=st.floats(min_value=10, max_value=900),
+    overlap=st.floats(min_value=0.1, max_value=5),
+    raw=st.lists(st.tuples(st.floats(0, 1), st.floats(0.1, 0.5)), max_size=200),
+)
+def test_plan_with_gaps_only_cuts_hard_in_gaps_and_starts_in_them(
+    duration: float, max_chunk: float, overlap: float, raw: list[tuple[float, float]]
+) -> None:
+    gaps = sorted(
+        (Silence(a * duration, min(duration, a * duration + d)) for a, d in raw), key=lambda s: s.start
+    )
+
+    plans = plan_chunks(duration, [], max_chunk=max_chunk, overlap=overlap, gaps=gaps)
+
+    asked = min(overlap, max_chunk / 8)  # the overlap as clamped for short chunks
+    assert plans[0].start == 0.0 and plans[-1].end == duration
+    for plan in plans:
+        assert 0 < plan.duration <= max_chunk + 1e-6
+    for before, after in itertools.pairwise(plans):
+        assert after.hard_cut and before.start < after.start
+        assert after.start == pytest.approx(before.end - after.overlap)
+        assert asked / 2 - 1e-6 <= after.overlap <= 2 * asked + 1e-6
+        if after.overlap != asked:  # not the fallback: the next piece starts in a gap
+            assert inside(after.start, gaps)

@@ -158,6 +158,65 @@ def test_an_overlapping_split_is_rejoined_exactly(words: list[str], data: st.Dat
     assert merged.split() == words
 
 
+def test_after_a_hard_cut_the_overlap_is_taken_from_the_following_chunk() -> None:
+    # The previous chunk garbled the end of its audio; the following one started in a gap between
+    # words 3 s before that end and heard the same words whole, with what comes after them.
+    previous = ChunkText(
+        "The right of representation in the legislature, right in nest in a built-in and formidable.",
+        start=0.0,
+        segments=[
+            Segment(0.0, 4.0, "The right of representation in the legislature,"),
+            Segment(4.0, 7.0, "right in nest in a built-in and formidable."),
+        ],
+    )
+    following = ChunkText(
+        "a right inestimable to them and formidable to tyrants only.",
+        start=4.0,
+        overlap=3.0,
+        segments=[Segment(0.0, 3.5, "a right inestimable to them and formidable to tyrants only.")],
+    )
+
+    text = join_chunk_texts([previous, following])
+    segments = merge_segments([previous, following])
+
+    expected = (
+        "The right of representation in the legislature, a right inestimable to them and formidable"
+        " to tyrants only."
+    )
+    assert text == expected
+    assert segments is not None and " ".join(s.text for s in segments) == expected
+    assert [(s.start, s.end) for s in segments] == [(0.0, 4.0), (4.0, 7.5)]
+
+
+def test_after_a_hard_cut_a_run_both_chunks_heard_alike_is_where_they_join() -> None:
+    # The following chunk starts 3 s before the cut and misses "them" at its very start; both
+    # heard "and the state of" alike, so the previous one's words up to there are kept.
+    previous = ChunkText(
+        "All political connection between them and the state of Britain.",
+        segments=[Segment(0.0, 6.0, "All political connection between them and the state of Britain.")],
+    )
+    following = ChunkText(
+        "and the state of Great Britain is dissolved.",
+        start=3.0,
+        overlap=3.0,
+        segments=[Segment(0.0, 4.0, "and the state of Great Britain is dissolved.")],
+    )
+
+    expected = "All political connection between them and the state of Great Britain is dissolved."
+    assert join_chunk_texts([previous, following]) == expected
+
+
+def test_a_word_kept_past_the_following_start_is_said_once() -> None:
+    # Word times inside a segment are estimated: "lazy" is taken as said before the following
+    # chunk starts, which heard it too, after a word it garbled.
+    previous = ChunkText("We walked over the lazy", segments=[Segment(0.0, 10.0, "We walked over the lazy")])
+    following = ChunkText(
+        "uh lazy dog slept.", start=9.0, overlap=2.0, segments=[Segment(0.0, 3.0, "uh lazy dog slept.")]
+    )
+
+    assert join_chunk_texts([previous, following]) == "We walked over the lazy dog slept."
+
+
 # ------------------------------------------------------------------------------------- segments
 
 

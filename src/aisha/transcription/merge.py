@@ -15,6 +15,12 @@ word heard in part matches the whole word ("izing" and "organizing",
 and a run of four words or more may hold one word the two pieces heard differently.
 Measured on ten minutes of real speech cut every minute (``bench/transcript_quality.py``).
 Languages written without spaces get no word-level de-duplication.
+
+When the two texts share no such run and the chunks come with timed segments, the previous text
+stops where the next chunk starts (each word's time estimated within its segment): the next
+chunk starts in a gap between words and hears the overlap with what follows, while a recognizer
+hears the end of its audio worst. Only a word or two then repeats at the edges, and one word
+within two of them is enough.
 """
 
 from __future__ import annotations
@@ -93,16 +99,25 @@ _PART_MIN = 4
 _MISHEARD_RUN = 4  # the shortest run that may hold one word the pieces heard differently
 
 
-def _shortest_run(dropped: int) -> int:
+def _shortest_run(dropped: int, *, near: bool = False) -> int:
     """The run needed when ``dropped`` edge words are skipped in all: the more, the more proof."""
+    if near and dropped <= _NEAR_SLACK:
+        return 1
     return 1 if dropped == 0 else 2 if dropped <= 3 else 3 if dropped <= 6 else 4
 
 
-def find_overlap(previous: str, following: str, *, max_words: int = 40, slack: int = 6) -> tuple[int, int]:
+_NEAR_SLACK = 2
+
+
+def find_overlap(
+    previous: str, following: str, *, max_words: int = 40, slack: int = 6, near: bool = False
+) -> tuple[int, int]:
     """Where to join two texts whose edges repeat the same words.
 
     Returns ``(keep, skip)``: ``previous[:keep] + following[skip:]`` says everything once.
-    ``(len(previous), 0)`` when no repeated run is found.
+    ``(len(previous), 0)`` when no repeated run is found. ``near``: ``previous`` already ends
+    about where ``following`` starts, so what repeats is a word or two at the edges, and one
+    word within two of them is proof enough.
     """
     tail = _words(previous)[-(max_words + slack) :]
     head = _words(following)[: max_words + slack]
@@ -110,7 +125,7 @@ def find_overlap(previous: str, following: str, *, max_words: int = 40, slack: i
     for a in range(min(slack, len(tail)) + 1):  # words dropped from the end of previous
         for b in range(min(slack, len(head)) + 1):  # words dropped from the start of following
             longest = min(len(tail) - a, len(head) - b, max_words)
-            shortest = _shortest_run(a + b)  # a single common word at an offset proves nothing
+            shortest = _shortest_run(a + b, near=near)  # one common word at an offset proves little
             for k in range(longest, shortest - 1, -1):
                 if best is not None and (k, -(a + b)) <= best[:2]:
                     break  # no run of k words here can match more than the best one found
@@ -143,15 +158,68 @@ def find_overlap(previous: str, following: str, *, max_words: int = 40, slack: i
     return tail[start + m - 1][2], head[b + m - 1][2]
 
 
+def _said_before(segments: Sequence[Segment], seconds: float) -> list[Segment]:
+    """The words of ``segments`` said before ``seconds``, each word's time estimated by its place
+    among the characters of its segment; a segment that runs past ``seconds`` is cut short."""
+    kept: list[Segment] = []
+    for segment in segments:
+        text = segment.text.strip()
+        if not text:
+            continue
+        if segment.start >= seconds:
+            break
+        span = max(0.0, segment.end - segment.start)
+        late = (
+            m.start()
+            for m in _TOKEN_RE.finditer(text)
+            if segment.start + span * m.start() / len(text) >= seconds
+        )
+        cut = next(late, None)
+        if cut is None:
+            kept.append(segment)
+            continue
+        if text[:cut].strip():
+            kept.append(Segment(segment.start, seconds, text[:cut].rstrip()))
+        break
+    return kept
+
+
+def _heard_best(chunks: Sequence[ChunkText]) -> list[tuple[ChunkText, bool]]:
+    """The chunks; each one before a hard cut whose two sides share no run of words ends where the
+    following one starts, when it has timed segments. With each chunk, whether the one before it
+    was cut so (see ``near``).
+
+    Both hear the overlap. Where they heard a run of it alike, the join is there. Where they
+    don't, the following chunk's words are taken: a recognizer hears the end of its audio worst
+    (a last sentence it takes as running on past the end comes out garbled, or not at all), while
+    the following chunk starts in a gap between words and hears the overlap with what comes after
+    it. A word or two kept past the start (word times are estimated) is removed as repeated.
+    """
+    best = [(chunk, False) for chunk in chunks]
+    for i in range(1, len(chunks)):
+        previous, following = chunks[i - 1], chunks[i]
+        if (
+            following.overlap > 0
+            and previous.segments is not None
+            and following.text.strip()
+            and find_overlap(previous.text, following.text) == (len(previous.text), 0)
+        ):
+            kept = _said_before(previous.segments, following.start - previous.start)
+            text = " ".join(segment.text.strip() for segment in kept)
+            best[i - 1] = (ChunkText(text, previous.start, previous.overlap, kept), best[i - 1][1])
+            best[i] = (following, True)
+    return best
+
+
 def join_chunk_texts(chunks: Sequence[ChunkText]) -> str:
     """The chunks' texts in order, one space apart, with words repeated across hard cuts removed."""
     parts: list[str] = []
-    for chunk in chunks:
+    for chunk, near in _heard_best(chunks):
         text = chunk.text.strip()
         if not text:
             continue
         if parts and chunk.overlap > 0:
-            keep, skip = find_overlap(parts[-1], text)
+            keep, skip = find_overlap(parts[-1], text, near=near)
             parts[-1] = parts[-1][:keep].rstrip()
             text = text[skip:].strip()
             if not parts[-1]:
@@ -164,7 +232,7 @@ def join_chunk_texts(chunks: Sequence[ChunkText]) -> str:
 def merge_segments(chunks: Sequence[ChunkText]) -> list[Segment] | None:
     """All chunks' segments on one timeline, or None when some chunk with text came without any."""
     merged: list[Segment] = []
-    for chunk in chunks:
+    for chunk, near in _heard_best(chunks):
         if chunk.segments is None:
             if chunk.text.strip():
                 return None
@@ -176,14 +244,17 @@ def merge_segments(chunks: Sequence[ChunkText]) -> list[Segment] | None:
         ]
         if merged and chunk.overlap > 0:
             cut = chunk.start + chunk.overlap
-            # What was said wholly inside the overlap is already in the previous chunk.
-            segments = [s for s in segments if s.end > cut]
+            # What was said wholly inside the overlap before the previous chunk's words end is
+            # already there (they end where this chunk starts if they ran on past it).
+            heard_until = min(merged[-1].end, cut)
+            segments = [s for s in segments if s.end > heard_until]
             if segments:
-                keep, skip = find_overlap(merged[-1].text, segments[0].text)
+                keep, skip = find_overlap(merged[-1].text, segments[0].text, near=near)
                 last = merged[-1]
                 merged[-1] = Segment(last.start, last.end, last.text[:keep].rstrip())
                 first = segments[0]
-                segments[0] = Segment(max(first.start, cut), first.end, first.text[skip:].strip())
+                start = cut if first.start < heard_until else first.start
+                segments[0] = Segment(start, first.end, first.text[skip:].strip())
                 if not merged[-1].text:
                     merged.pop()
         for segment in segments:

@@ -27,7 +27,9 @@ The steps:
    decodes it once into mono 16 kHz Opus and finds the silences in the same pass; that file is cut.
 4. :func:`plan_chunks` (pure) picks the cut points: near each target boundary, the middle of the
    longest silence in a window; where there is none, a hard cut, and the next chunk starts a little
-   earlier so that no word is lost (the merge removes the words heard twice). Copied cuts land on
+   earlier so that no word is lost (the merge removes the words heard twice). A hard cut and the
+   next chunk's start go to the middle of short gaps between words (the same silencedetect finds
+   them), so that neither piece starts or ends inside a word. Copied cuts land on
    the nearest packet boundary (an MP3 or AAC frame, an Opus packet: tens of milliseconds), well
    inside a pause or the overlap.
 """

@@ -21,8 +21,10 @@ from aisha.transcription.audio.types import (
     AudioTooLong,
     ChunkPlan,
     FFmpegError,
+    NormalizedAudio,
     PieceFormat,
     PreparedAudio,
+    ScannedAudio,
     Silence,
 )
 
@@ -205,11 +207,14 @@ async def _within_size(
     return fitted
 
 
-def _plan(
-    duration: float, silences: Sequence[Silence], max_chunk: float, config: AudioConfig
-) -> list[ChunkPlan]:
+def _plan(audio: ScannedAudio | NormalizedAudio, max_chunk: float, config: AudioConfig) -> list[ChunkPlan]:
     return plan_chunks(
-        duration, silences, max_chunk=max_chunk, window=config.search_window, overlap=config.hard_cut_overlap
+        audio.duration,
+        audio.silences,
+        max_chunk=max_chunk,
+        window=config.search_window,
+        overlap=config.hard_cut_overlap,
+        gaps=audio.gaps,
     )
 
 
@@ -232,13 +237,13 @@ async def prepare_audio(
         piece, max_chunk = copying
         scanned = await scan(src, config=config)
         if abs(scanned.span - scanned.duration) <= _TIMELINE_TOLERANCE:
-            plans = _plan(scanned.duration, scanned.silences, max_chunk, config)
+            plans = _plan(scanned, max_chunk, config)
             chunks = await cut_chunks(src, plans, work_dir, piece=piece, config=config)
             chunks = await _within_size(chunks, config, reencode_from=src)
             return _prepared(info, scanned.duration, scanned.silences, chunks, copied=True)
         log.info("audio timestamps span %.1f s, %.1f s decoded: re-encoded", scanned.span, scanned.duration)
     normalized = await normalize(src, work_dir, config=config)
-    plans = _plan(normalized.duration, normalized.silences, config.chunk_seconds, config)
+    plans = _plan(normalized, config.chunk_seconds, config)
     if len(plans) == 1:
         chunks = [AudioChunk(plans[0], normalized.path)]
     else:

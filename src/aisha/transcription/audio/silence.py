@@ -32,6 +32,7 @@ _SILENCE_END_RE = re.compile(r"silence_end: (-?[0-9.eE+-]+)")
 _SAMPLES_RE = re.compile(r"\] n_samples: (\d+)")
 # Silences are found as well at 8 kHz as at 16, on half the samples.
 _SCAN_RATE = 8_000
+_ONE_SAMPLE = 1 / _SCAN_RATE
 
 
 class _SilenceLog:
@@ -48,10 +49,19 @@ class _SilenceLog:
             self._found.append(Silence(self._open, float(m.group(1))))
             self._open = None
 
-    def until(self, duration: float) -> tuple[Silence, ...]:
+    def until(self, duration: float, config: AudioConfig) -> tuple[tuple[Silence, ...], tuple[Silence, ...]]:
+        """The silences (``silence_min_seconds`` or more) and all the gaps found, in order."""
+        gaps = tuple(self._found)
         if self._open is not None:  # older ffmpeg leaves a silence running into the end unclosed
-            return (*self._found, Silence(self._open, duration))
-        return tuple(self._found)
+            gaps = (*gaps, Silence(self._open, duration))
+        # One detector finds both: a silence is a gap that lasts (a sample's worth of rounding).
+        silences = tuple(g for g in gaps if g.duration >= config.silence_min_seconds - _ONE_SAMPLE)
+        return silences, gaps
+
+
+def _detect(config: AudioConfig) -> str:
+    """The silencedetect filter: every gap of ``gap_min_seconds`` or more."""
+    return f"silencedetect=noise={config.silence_noise_db:g}dB:d={config.gap_min_seconds:g}"
 
 
 async def _too_long(src: str | os.PathLike[str], config: AudioConfig) -> AudioTooLong:
@@ -93,7 +103,7 @@ async def scan(src: str | os.PathLike[str], *, config: AudioConfig | None = None
         [
             f"aresample={rate}",
             f"aformat=sample_fmts=s16:sample_rates={rate}:channel_layouts=mono",
-            f"silencedetect=noise={config.silence_noise_db:g}dB:d={config.silence_min_seconds:g}",
+            _detect(config),
             "volumedetect",  # for its count of samples, printed at the end
         ]
     )
@@ -115,7 +125,8 @@ async def scan(src: str | os.PathLike[str], *, config: AudioConfig | None = None
     if duration < MIN_AUDIO_SECONDS:
         raise EmptyAudio(f"the audio lasts {duration:.3f} s")
     span = span_us / 1_000_000
-    return ScannedAudio(duration=duration, silences=silences.until(span), span=span)
+    found, gaps = silences.until(span, config)
+    return ScannedAudio(duration=duration, silences=found, span=span, gaps=gaps)
 
 
 # ------------------------------------------------------------------------------------ normalize
@@ -167,7 +178,7 @@ async def normalize(
                 f"aformat=sample_fmts=flt:sample_rates={config.sample_rate}:channel_layouts=mono",
                 # Count time in samples from zero, so silence times are times in the output file.
                 "asetpts=N/SR/TB",
-                f"silencedetect=noise={config.silence_noise_db:g}dB:d={config.silence_min_seconds:g}",
+                _detect(config),
             ]
         ),
         *codec_args,
@@ -190,4 +201,5 @@ async def normalize(
         raise await _too_long(src, config)
     if duration < MIN_AUDIO_SECONDS:
         raise EmptyAudio(f"the audio lasts {duration:.3f} s")
-    return NormalizedAudio(path=dst, duration=duration, silences=silences.until(duration))
+    found, gaps = silences.until(duration, config)
+    return NormalizedAudio(path=dst, duration=duration, silences=found, gaps=gaps)

@@ -104,7 +104,12 @@ class AudioConfig:
     sample_rate: int = 16_000
     bitrate: int = 24_000  # bits/s of the Opus output: ~10.8 MB per hour, clear speech
     silence_noise_db: float = -35.0
-    silence_min_seconds: float = 0.4
+    # A pause a piece may end in with no overlap: half of it stays at the piece's end, and with
+    # less than about 0.3 s of quiet there a recognizer takes the last sentence as running on
+    # past the end and leaves it out (whisper defers it to a window of its own, often dropped).
+    silence_min_seconds: float = 0.6
+    # The shortest gap between words a hard cut may be placed in (no silence near its target).
+    gap_min_seconds: float = 0.1
     # How far from a target boundary a silence may lie and still be used (clamped to a quarter
     # of the chunk length, so chunks never get tiny).
     search_window: float = 30.0
@@ -121,6 +126,8 @@ class AudioConfig:
             raise ValueError("max_chunk_seconds and max_duration must be positive")
         if self.hard_cut_overlap < 0 or self.search_window < 0:
             raise ValueError("hard_cut_overlap and search_window must not be negative")
+        if not 0 < self.gap_min_seconds <= self.silence_min_seconds:
+            raise ValueError("gap_min_seconds must be positive and at most silence_min_seconds")
         if self.min_speed <= 0:
             raise ValueError("min_speed must be positive")
 
@@ -207,11 +214,13 @@ class AudioChunk:
 class ScannedAudio:
     """What decoding the first audio stream found: its real length (samples decoded, the length
     charged), its silences, and where its timestamps end (``span``: the timeline pieces are cut
-    on, and silences placed on)."""
+    on, and silences placed on). ``gaps`` are all its pauses of ``gap_min_seconds`` or more,
+    the silences among them."""
 
     duration: float
     silences: tuple[Silence, ...]
     span: float
+    gaps: tuple[Silence, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +228,7 @@ class NormalizedAudio:
     path: Path
     duration: float
     silences: tuple[Silence, ...]
+    gaps: tuple[Silence, ...] = ()  # as in ScannedAudio
 
 
 @dataclass(frozen=True, slots=True)
