@@ -25,18 +25,20 @@ from numpy.typing import NDArray
 from PIL import Image, ImageEnhance, ImageFilter
 from pydantic import ValidationError
 
-from aisha.avatars.imaging import decode_image
+from aisha.avatars.imaging import (
+    build_training_zip,
+    decode_image,
+    normalize_for_training,
+    perceptual_hash,
+    write_training_zip,
+)
 from aisha.avatars.validation import (
     Detection,
     PhotoValidator,
     PhotoVerdict,
     RejectReason,
     ValidationThresholds,
-    build_training_zip,
     hamming_distance,
-    normalize_for_training,
-    perceptual_hash,
-    write_training_zip,
 )
 
 ORIENTATION = 0x0112

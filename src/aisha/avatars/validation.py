@@ -53,13 +53,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from aisha.avatars.imaging import (
-        DecodedImage,
-        build_training_zip,
-        normalize_for_training,
-        perceptual_hash,
-        write_training_zip,
-    )
+    from aisha.avatars.imaging import DecodedImage
 
 __all__ = [
     "NUDENET",
@@ -70,26 +64,8 @@ __all__ = [
     "PhotoVerdict",
     "RejectReason",
     "ValidationThresholds",
-    "build_training_zip",
     "hamming_distance",
-    "normalize_for_training",
-    "perceptual_hash",
-    "write_training_zip",
 ]
-
-# Re-exported from `imaging` on first use (below): importing the validator, as every process does,
-# must not load Pillow and its HEIF plugin; the first photo checked or archive built does.
-_FROM_IMAGING = frozenset(
-    {"build_training_zip", "normalize_for_training", "perceptual_hash", "write_training_zip"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_IMAGING:
-        from aisha.avatars import imaging
-
-        return getattr(imaging, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
