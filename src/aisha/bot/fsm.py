@@ -10,11 +10,10 @@ from typing import Any
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage, StateType, StorageKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import make_transient_to_detached
 
 from aisha.db.context import current_session
 from aisha.db.models import FsmRecord
-from aisha.db.session import unit_of_work
+from aisha.db.session import add_as_loaded, unit_of_work
 
 
 def storage_key(key: StorageKey) -> str:
@@ -34,12 +33,13 @@ class SqlStorage(BaseStorage):
     async def _read(self, key: StorageKey) -> FsmRecord | None:
         session = current_session.get()
         if session is not None:
+            record_key = storage_key(key)
             claimed: dict[str, FsmRecord | None] = session.info.get(_CLAIMED, {})
-            if storage_key(key) in claimed:  # read by the update's claim: its first read is free
-                return claimed.pop(storage_key(key))
-            record = await session.get(FsmRecord, storage_key(key), populate_existing=True)
+            if record_key in claimed:  # read by the update's claim: its first read is free
+                return claimed.pop(record_key)
+            record = await session.get(FsmRecord, record_key, populate_existing=True)
             if record is None:
-                _absent(session).add(storage_key(key))
+                _absent(session).add(record_key)
             return record
         async with self._sessions() as own:
             return await own.get(FsmRecord, storage_key(key))
@@ -96,13 +96,9 @@ class SqlStorage(BaseStorage):
 def remember_read(session: AsyncSession, key: str, row: dict[str, Any] | None) -> None:
     """The record of `key` as this session's transaction has just read it (None: there is none),
     for the storage's next read in the update (the state aiogram reads before the handlers)."""
-    record = None
-    if row is None:
+    record = None if row is None else add_as_loaded(session, FsmRecord(**row))
+    if record is None:
         _absent(session).add(key)
-    else:
-        record = FsmRecord(**row)
-        make_transient_to_detached(record)  # its values as loaded, no changes pending
-        session.sync_session.add(record)
     session.info.setdefault(_CLAIMED, {})[key] = record
 
 

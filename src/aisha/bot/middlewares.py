@@ -18,7 +18,7 @@ from aiogram.types import TelegramObject, Update
 from aiogram.types import User as TelegramUser
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql import ClauseElement
 
 from aisha.bot.claim import claim_update
@@ -26,7 +26,13 @@ from aisha.bot.fsm import remember_read, storage_key
 from aisha.bot.metrics import DUPLICATE_KEY
 from aisha.db.context import current_session
 from aisha.db.models import ProcessedUpdate
-from aisha.db.session import before_outside_call, commit, commits_before_outside_calls, run_at_end
+from aisha.db.session import (
+    add_as_loaded,
+    before_outside_call,
+    commit,
+    commits_before_outside_calls,
+    run_at_end,
+)
 from aisha.db.upsert import insert_ignore
 from aisha.throttle import Verdict
 from aisha.users.models import User
@@ -315,12 +321,12 @@ class UserMiddleware(BaseMiddleware):
         ):
             del self._cache[tg_user.id]
             return None
-        return _as_read(session, cached.values)
+        return add_as_loaded(session, User(**cached.values))
 
     async def _from_claim(
         self, session: AsyncSession, tg_user: TelegramUser, row: dict[str, Any] | None
     ) -> tuple[User, bool]:
-        found = None if row is None else _as_read(session, row)
+        found = None if row is None else add_as_loaded(session, User(**row))
         user, created = await self._services.users.registered_or_touched(
             session,
             found,
@@ -361,15 +367,6 @@ def _profile(tg_user: TelegramUser) -> TelegramProfile:
         last_name=tg_user.last_name,
         language_code=tg_user.language_code,
     )
-
-
-def _as_read(session: AsyncSession, values: dict[str, Any]) -> User:
-    """The user's row, read elsewhere (the claim, the cache), as if this session had read it:
-    persistent in it, no statement sent."""
-    user = User(**values)
-    make_transient_to_detached(user)  # its values as loaded, no changes pending
-    session.sync_session.add(user)  # now persistent in the session, like a row it read
-    return user
 
 
 def _is_payment(event: Update) -> bool:

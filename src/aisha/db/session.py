@@ -16,7 +16,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, make_transient_to_detached
 from sqlalchemy.pool import ConnectionPoolEntry
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -132,6 +132,17 @@ def _mark_writing(session: Session) -> None:
 def mark_writing(session: AsyncSession) -> None:
     """Note a write the session events can't see (a text statement that inserts or updates)."""
     _mark_writing(session.sync_session)
+
+
+Row = TypeVar("Row")
+
+
+def add_as_loaded(session: AsyncSession, instance: Row) -> Row:
+    """A row another statement read (the update's claim, a cache), made persistent in the session
+    as if the session had loaded it: no statement sent, no change pending."""
+    make_transient_to_detached(instance)
+    session.sync_session.add(instance)
+    return instance
 
 
 @event.listens_for(Session, "do_orm_execute")
