@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import case, literal, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.billing.models import Payment, PaymentStatus
@@ -22,32 +22,34 @@ async def count_unanswered(
     """One more refundStarPayment of the open refund (`row`, as read before asking) got no answer.
     At `max_asks` the refund is given up: the sweep asks no more and the credits stay taken back
     (nothing moves); the operator sees it in the log and the admin statistics."""
+    asks_now = Payment.refund_asks + 1  # SET sees the row as it was: both values use the same count
     async with unit_of_work(sessions) as session:
-        asks = await session.scalar(
-            update(Payment)
-            .where(
-                Payment.id == row.id,
-                Payment.status == PaymentStatus.REFUNDING,
-                Payment.refund_attempts == row.refund_attempts,  # still the refund that was asked
-                Payment.refund_given_up_at.is_(None),
+        counted = (
+            await session.execute(
+                update(Payment)
+                .where(
+                    Payment.id == row.id,
+                    Payment.status == PaymentStatus.REFUNDING,
+                    Payment.refund_attempts == row.refund_attempts,  # still the refund that was asked
+                    Payment.refund_given_up_at.is_(None),
+                )
+                .values(
+                    refund_asks=asks_now,
+                    refund_given_up_at=case(
+                        (asks_now >= max_asks, literal(now, Payment.refund_given_up_at.type)), else_=None
+                    ),
+                )
+                .returning(Payment.refund_asks)
+                .execution_options(synchronize_session=False)
             )
-            .values(refund_asks=Payment.refund_asks + 1)
-            .returning(Payment.refund_asks)
-            .execution_options(synchronize_session=False)
-        )
-        if asks is None or asks < max_asks:
-            return
-        await session.execute(
-            update(Payment)
-            .where(Payment.id == row.id)
-            .values(refund_given_up_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        ).scalar_one_or_none()
+    if counted is None or counted < max_asks:
+        return
     log.error(
         "payment.refund_given_up",
         user_id=row.user_id,
         payment_id=str(row.id),
         charge_id=charge_id,
-        asks=asks,
+        asks=counted,
         stars=row.amount,
     )
