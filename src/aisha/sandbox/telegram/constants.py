@@ -132,7 +132,6 @@ _STATE_FORMAT = 1
 _COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _LEADING_COMMAND_RE = re.compile(r"^/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{1,64})?")
 _SECRET_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-_TEXT_LIMIT = 4096
 _CAPTION_LIMIT = 1024
 _CALLBACK_ANSWER_LIMIT = 200
 _CALLBACK_DATA_LIMIT = 64  # bytes
@@ -164,8 +163,3 @@ _DEFAULT_MIME: dict[str, str] = {
     "video_note": "video/mp4",
     "animation": "video/mp4",
 }
-
-
-def _utf16_len(text: str) -> int:
-    # Telegram measures entity offsets and lengths in UTF-16 code units.
-    return len(text.encode("utf-16-le")) // 2

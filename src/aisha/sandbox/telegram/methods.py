@@ -13,9 +13,7 @@ from aisha.sandbox.telegram.constants import (
     _COPYABLE,
     _MEDIA_KINDS,
     _NOT_MODIFIED,
-    _TEXT_LIMIT,
     JsonDict,
-    _utf16_len,
 )
 from aisha.sandbox.telegram.models import (
     _ApiError,
@@ -36,6 +34,7 @@ from aisha.sandbox.telegram.params import (
     _reply_markup,
 )
 from aisha.sandbox.telegram.updates import UpdateFeed
+from aisha.telegram_html import TEXT_LIMIT, utf16_len
 
 
 class MessageMethods(UpdateFeed):
@@ -46,7 +45,7 @@ class MessageMethods(UpdateFeed):
         text, entities = _formatted(req.params, "text", "entities")
         if text is None or not text.strip():
             raise _bad_request("message text is empty")
-        if _utf16_len(text) > _TEXT_LIMIT:
+        if utf16_len(text) > TEXT_LIMIT:
             raise _bad_request("message is too long")
         content: JsonDict = {"text": text}
         if entities:
@@ -194,7 +193,7 @@ class MessageMethods(UpdateFeed):
         text, entities = _formatted(req.params, "text", "entities")
         if text is None or not text.strip():
             raise _bad_request("message text is empty")
-        if _utf16_len(text) > _TEXT_LIMIT:
+        if utf16_len(text) > TEXT_LIMIT:
             raise _bad_request("MESSAGE_TOO_LONG")
         markup = _inline_markup(req.params)
         stored = self._editable(req.params)

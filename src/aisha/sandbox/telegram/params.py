@@ -20,10 +20,9 @@ from aisha.sandbox.telegram.constants import (
     _OPT_IN_UPDATES,
     _STRING_FIELDS,
     JsonDict,
-    _utf16_len,
 )
 from aisha.sandbox.telegram.models import StoredFile, _bad_request, _Upload
-from aisha.telegram_html import parse_html
+from aisha.telegram_html import parse_html, utf16_len
 
 
 async def _read_request(request: web.Request) -> tuple[JsonDict, dict[str, _Upload]]:
@@ -187,8 +186,8 @@ def _with_commands(text: str, entities: list[JsonDict]) -> list[JsonDict]:
     ]
     commands = []
     for match in _COMMAND_IN_TEXT_RE.finditer(text):
-        offset = _utf16_len(text[: match.start()])
-        length = _utf16_len(match[0])
+        offset = utf16_len(text[: match.start()])
+        length = utf16_len(match[0])
         if not any(start < offset + length and offset < end for start, end in taken):
             commands.append({"type": "bot_command", "offset": offset, "length": length})
     if not commands:
@@ -200,7 +199,7 @@ def _caption_content(params: JsonDict) -> JsonDict:
     caption, entities = _formatted(params, "caption", "caption_entities")
     if not caption:
         return {}
-    if _utf16_len(caption) > _CAPTION_LIMIT:
+    if utf16_len(caption) > _CAPTION_LIMIT:
         raise _bad_request("message caption is too long")
     content: JsonDict = {"caption": caption}
     if entities:

@@ -11,7 +11,7 @@ import time
 import aiohttp
 
 from aisha.sandbox.telegram.calls import CallLog
-from aisha.sandbox.telegram.constants import _LEADING_COMMAND_RE, JsonDict, _utf16_len
+from aisha.sandbox.telegram.constants import _LEADING_COMMAND_RE, JsonDict
 from aisha.sandbox.telegram.images import image_size
 from aisha.sandbox.telegram.models import FakeUser, _Charge, _Request, _StoredMessage, _Upload
 from aisha.sandbox.telegram.params import (
@@ -22,6 +22,7 @@ from aisha.sandbox.telegram.params import (
     _read_multipart,
     _update_allowed,
 )
+from aisha.telegram_html import utf16_len
 
 
 class UpdateFeed(CallLog):
@@ -181,7 +182,7 @@ class UpdateFeed(CallLog):
             message["text"] = text
             match = _LEADING_COMMAND_RE.match(text)
             if match:
-                message["entities"] = [{"type": "bot_command", "offset": 0, "length": _utf16_len(match[0])}]
+                message["entities"] = [{"type": "bot_command", "offset": 0, "length": utf16_len(match[0])}]
         if photo is not None:
             width, height = photo_size or image_size(photo) or (1280, 1280)
             stored = self._store_file(
