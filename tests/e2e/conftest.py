@@ -16,13 +16,10 @@ from aisha.config import Settings, load_settings
 from aisha.runtime import Role, Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.telegram import RefusedCall
+from aisha.sandbox.telegram.calls import WAIT_LIMIT  # the fake's own waits use the same bound
 from tests.conftest import Database
 
 WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"
-# How long a wait for something that must happen may take before the test fails. Generous: it only
-# bounds a failing test, and CI runs the whole suite on a shared 2-core machine, where a wait that
-# takes 0.2 s alone was seen taking 2.5 s.
-WAIT_LIMIT = 30.0
 
 
 def free_port() -> int:
