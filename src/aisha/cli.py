@@ -309,6 +309,8 @@ def admin_stats() -> None:
     typer.echo(f"spent: {stats.spend}")
     if stats.refunds_waiting:
         typer.echo(f"refunds Telegram never answered, waiting for the operator: {stats.refunds_waiting}")
+        for charge in stats.waiting_refund_charges:
+            typer.echo(f"  /refund {charge}  (in the bot: asks Telegram again)")
     typer.echo(
         f"{'feature':<14} {'done':>6} {'running':>8} {'failed':>7} {'credits':>8} {'cost $':>9} {'margin $':>9}"
     )

@@ -20,7 +20,7 @@ from aisha.runtime import Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.faults import Fault
 from tests.conftest import Database
-from tests.e2e.conftest import WEBHOOK_SECRET, eventually, say
+from tests.e2e.conftest import WEBHOOK_SECRET, eventually, press, say
 
 ADMIN = FakeUser(id=900, first_name="Op", language_code="en")
 THANKS = "Thank you! 110 credits added. Your balance: <b>110</b>."
@@ -275,7 +275,7 @@ async def test_a_refund_without_an_answer_is_finished_by_the_sweep(
     app.bot.session.timeout = patient  # the sweep's retry must get through, however loaded the machine
     assert reply.params["text"] == (
         "110 credits taken back; Telegram hasn't confirmed the refund of 100 ⭐ yet."
-        " It is retried automatically; if Telegram stays silent, the refund is left to you and counted in /admin."
+        " It is retried automatically; if Telegram stays silent, the refund waits for you in /admin, where /refund asks again."
     )
     payment = await _payment(db, "charge-r2")
     assert payment.status == PaymentStatus.REFUNDING
@@ -292,6 +292,39 @@ async def test_a_refund_without_an_answer_is_finished_by_the_sweep(
     assert await _entries(db, user.id) == [
         (EntryKind.TOPUP, 110, "payment:charge-r2"),
         (EntryKind.REFUND, -110, "refund:charge-r2"),
+    ]
+    await _ledger_adds_up(app)
+
+
+async def test_a_refund_the_sweep_gave_up_on_is_asked_again_by_the_admins_refund(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    db: Database,
+) -> None:
+    app: Runtime = await start_app(make_settings(admin_ids=str(ADMIN.id), refund_max_asks=1))
+    await _startup_sweep_done(app)
+    user = FakeUser(id=6109, language_code="en")
+    await _paid(telegram, app, user, "charge-r9")
+    telegram.fail_nth("refundStarPayment", Fault.SERVER_ERROR)
+    await say(telegram, ADMIN, "/refund charge-r9")  # its one ask allowed, unanswered: given up
+    assert (await _payment(db, "charge-r9")).refund_given_up_at is not None
+    assert (await app.services.recovery.run_once())["billing.refunds"] == 0
+    assert not telegram.refunded("charge-r9")
+
+    panel = await say(telegram, ADMIN, "/admin")
+    press(telegram, ADMIN, "adm:stats", panel)
+    stats = await telegram.wait_for_call("sendMessage", lambda c: "Statistics" in c.params["text"])
+    assert stats.params["text"].endswith(
+        "/refund with the charge id asks Telegram again:\n<code>/refund charge-r9</code>"
+    )
+    reply = await say(telegram, ADMIN, "/refund charge-r9")
+    assert reply.params["text"] == "Refunded 100 ⭐; 110 credits taken back."
+    assert telegram.refunded("charge-r9")
+    assert (await _payment(db, "charge-r9")).status == PaymentStatus.REFUNDED
+    assert await _entries(db, user.id) == [  # the credits were taken back once
+        (EntryKind.TOPUP, 110, "payment:charge-r9"),
+        (EntryKind.REFUND, -110, "refund:charge-r9"),
     ]
     await _ledger_adds_up(app)
 

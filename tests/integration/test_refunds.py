@@ -16,8 +16,9 @@ from structlog.testing import capture_logs
 from aisha.admin.stats import collect_stats
 from aisha.billing.errors import ChargeAlreadyRefunded, RefundInProgress, RefundRefused
 from aisha.billing.models import CreditEntry, EntryKind, Payment, PaymentStatus
-from aisha.billing.payments import PaymentService, RefundOutcome
+from aisha.billing.payments import PaymentService
 from aisha.billing.prices import PriceList
+from aisha.billing.results import RefundOutcome
 from aisha.billing.service import LedgerService
 from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
@@ -233,6 +234,36 @@ async def test_a_refund_telegram_never_answers_is_asked_a_bounded_number_of_time
         await capped.record_refunded_payment(session=session, user_id=USER, telegram_payment_charge_id=CHARGE)
     assert await _state(db, ledger) == (PaymentStatus.REFUNDED, 0, [TOPUP, DEBIT])
     assert await _refunds_waiting(db) == 0
+
+
+async def test_the_operators_refund_asks_again_where_the_sweep_gave_up(
+    db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
+) -> None:
+    capped = PaymentService(
+        ledger=ledger, prices=PriceList(), sessions=db.sessions, refunds=refunds, max_refund_asks=2
+    )
+    refunds.script = [OSError("timeout"), OSError("timeout"), OSError("timeout")]
+    await _start(db, capped)
+    assert (await capped.complete_refund(telegram_payment_charge_id=CHARGE)).outcome is RefundOutcome.PENDING
+    assert await capped.sweep_refunds() == 0  # the last ask: given up
+    async with db.sessions() as session:
+        stats = await collect_stats(session, now=datetime.now(UTC), credit_value_micro_usd=10_000)
+    assert (stats.refunds_waiting, stats.waiting_refund_charges) == (1, (CHARGE,))
+
+    async with unit_of_work(db.sessions) as session:  # the operator's /refund of the charge
+        again = await capped.refund(session=session, telegram_payment_charge_id=CHARGE)
+    assert (again.credits, again.balance) == (110, 0)
+    assert await _refunds_waiting(db) == 0
+    # Nothing is taken twice, and while it is being asked again it can't be started once more.
+    assert await _state(db, ledger) == (PaymentStatus.REFUNDING, 0, [TOPUP, DEBIT])
+    async with unit_of_work(db.sessions) as session:
+        with pytest.raises(RefundInProgress):
+            await capped.refund(session=session, telegram_payment_charge_id=CHARGE)
+    # Asked with every ask the bound allows: the first is unanswered, the sweep's gets through.
+    assert (await capped.complete_refund(telegram_payment_charge_id=CHARGE)).outcome is RefundOutcome.PENDING
+    assert await capped.sweep_refunds() == 1
+    assert refunds.calls == 4 and refunds.refunded == {CHARGE}
+    assert await _state(db, ledger) == (PaymentStatus.REFUNDED, 0, [TOPUP, DEBIT])
 
 
 async def test_a_refund_started_again_after_a_refusal_gets_every_ask_again(

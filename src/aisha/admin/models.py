@@ -63,8 +63,10 @@ class Stats:
     topups: int
     spend: int
     features: list[FeatureStats]
-    # Stars refunds Telegram never answered, asked as often as allowed: the operator's to finish.
+    # Stars refunds Telegram never answered, asked as often as allowed: the operator's to ask again
+    # with /refund; the charge ids of the oldest few.
     refunds_waiting: int = 0
+    waiting_refund_charges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

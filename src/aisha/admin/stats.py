@@ -19,6 +19,8 @@ from aisha.transcription.models import Transcript
 from aisha.users.models import User
 
 _IN_FLIGHT = (JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.RUNNING)
+WAITING_CHARGES_SHOWN = 10  # refunds waiting for the operator, named oldest first; the rest counted
+
 _AVATAR_IN_FLIGHT = (
     AvatarStatus.PENDING,
     AvatarStatus.SUBMITTING,
@@ -48,10 +50,17 @@ async def collect_stats(session: AsyncSession, *, now: datetime, credit_value_mi
             CreditHold.status == HoldStatus.CAPTURED
         )
     )
-    refunds_waiting = await scalar(
-        select(func.count())
-        .select_from(Payment)
-        .where(Payment.status == PaymentStatus.REFUNDING, Payment.refund_given_up_at.is_not(None))
+    given_up = (Payment.status == PaymentStatus.REFUNDING, Payment.refund_given_up_at.is_not(None))
+    refunds_waiting = await scalar(select(func.count()).select_from(Payment).where(*given_up))
+    waiting_charges = (
+        await session.scalars(
+            select(Payment.telegram_payment_charge_id)
+            .where(*given_up)
+            .order_by(Payment.refund_given_up_at, Payment.id)
+            .limit(WAITING_CHARGES_SHOWN)
+        )
+        if refunds_waiting
+        else ()
     )
     value = credit_value_micro_usd
     features = [
@@ -74,6 +83,7 @@ async def collect_stats(session: AsyncSession, *, now: datetime, credit_value_mi
         spend=captured - charges,
         features=features,
         refunds_waiting=refunds_waiting,
+        waiting_refund_charges=tuple(waiting_charges),
     )
 
 

@@ -14,15 +14,13 @@ from aisha.billing.errors import (
 )
 from aisha.billing.models import EntryKind, HoldStatus, PaymentStatus
 from aisha.billing.payments import (
-    InvoicePayload,
-    PaymentResult,
     PaymentService,
-    RefundResult,
     parse_payload,
     payment_key,
     refund_key,
 )
 from aisha.billing.prices import PriceList, ProviderCosts, StarPackage, billable_minutes, load_prices
+from aisha.billing.results import InvoicePayload, PaymentResult, RefundResult
 from aisha.billing.service import (
     AccountMismatch,
     EntryResult,

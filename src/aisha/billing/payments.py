@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from fractions import Fraction
 from typing import Any, cast
 
@@ -46,7 +44,15 @@ from aisha.billing.keys import refund_key as refund_key
 from aisha.billing.models import EntryKind, Payment, PaymentStatus
 from aisha.billing.ports import StarRefunds as StarRefunds  # re-exported: first defined here
 from aisha.billing.prices import PriceList, StarPackage
-from aisha.billing.refund_asks import count_unanswered
+from aisha.billing.refund_asks import ask_again, count_unanswered
+from aisha.billing.results import (
+    InvoicePayload,
+    PaymentResult,
+    RefundCompletion,
+    RefundedPayment,
+    RefundOutcome,
+    RefundResult,
+)
 from aisha.billing.service import LedgerService
 from aisha.db.session import unit_of_work
 from aisha.db.upsert import insert_ignore
@@ -69,47 +75,6 @@ TOPUP_DESCRIPTION = "ledger.topup"
 REFUND_DESCRIPTION = "ledger.payment_refund"
 REFUND_CANCELLED_DESCRIPTION = "ledger.payment_refund_cancelled"
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class InvoicePayload:
-    package_id: str
-    user_id: int
-    nonce: str
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentResult:
-    credits: int
-    balance: int  # right after crediting (for a replay: after the first call)
-    replayed: bool
-
-
-class RefundOutcome(StrEnum):
-    REFUNDED = "refunded"  # the Stars are back with the user
-    REFUSED = "refused"  # Telegram said no: the payment is paid again and its credits are back
-    PENDING = "pending"  # no answer from Telegram: the recovery sweep asks again
-
-
-@dataclass(frozen=True, slots=True)
-class RefundCompletion:
-    outcome: RefundOutcome
-    reason: str | None = None  # Telegram's words, for a refusal
-
-
-@dataclass(frozen=True, slots=True)
-class RefundedPayment:
-    taken: int  # credits taken back now
-    shortfall: int  # credits that were already spent
-    replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RefundResult:
-    user_id: int
-    stars: int  # what Telegram should give back (refundStarPayment)
-    credits: int  # what was taken from the balance
-    balance: int
 
 
 def parse_payload(payload: str) -> InvoicePayload | None:
@@ -247,14 +212,20 @@ class PaymentService:
 
         Once this commits, `complete_refund` asks Telegram (outside any transaction) and records
         the answer; the recovery sweep (`sweep_refunds`) asks again for refunds left without one.
-        Raises PaymentNotFound, RefundInProgress, AlreadyRefunded, InsufficientCredits (then
-        nothing is written).
+        A refund the sweep gave up on (`REFUND_MAX_ASKS`) is asked again the same way, with nothing
+        taken twice. Raises PaymentNotFound, RefundInProgress (still being asked), AlreadyRefunded,
+        InsufficientCredits (then nothing is written).
         """
         row = await self._payment_row(session, telegram_payment_charge_id)
         if row is None:
             raise PaymentNotFound(telegram_payment_charge_id)
         if row.status == PaymentStatus.REFUNDING:
-            raise RefundInProgress(telegram_payment_charge_id)
+            # One the sweep gave up on is the operator's to ask again: its credits are taken back
+            # already, so nothing moves; its asks are counted anew.
+            if not await ask_again(session, row=row):
+                raise RefundInProgress(telegram_payment_charge_id)
+            balance = await self._ledger.get_balance(session=session, user_id=row.user_id)
+            return RefundResult(user_id=row.user_id, stars=row.amount, credits=row.credits, balance=balance)
         if row.status == PaymentStatus.REFUNDED:
             raise AlreadyRefunded(telegram_payment_charge_id)
         attempt = row.refund_attempts + 1

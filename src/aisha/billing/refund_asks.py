@@ -1,5 +1,6 @@
 """How often Telegram is asked for a refund it doesn't answer: a bounded number of times, like every
-other outside call the sweep retries; after the last one the refund waits for the operator."""
+other outside call the sweep retries; after the last one the refund waits for the operator, whose
+/refund asks again."""
 
 from __future__ import annotations
 
@@ -53,3 +54,21 @@ async def count_unanswered(
         asks=counted,
         stars=row.amount,
     )
+
+
+async def ask_again(session: AsyncSession, *, row: Any) -> bool:
+    """The operator's /refund of a refund given up on (`row`, as read): its asks start over, in the
+    caller's transaction. False if it isn't given up (the sweep is still asking) or moved on."""
+    rearmed = await session.execute(
+        update(Payment)
+        .where(
+            Payment.id == row.id,
+            Payment.status == PaymentStatus.REFUNDING,
+            Payment.refund_attempts == row.refund_attempts,
+            Payment.refund_given_up_at.is_not(None),
+        )
+        .values(refund_asks=0, refund_given_up_at=None)
+        .returning(Payment.id)
+        .execution_options(synchronize_session=False)
+    )
+    return rearmed.first() is not None

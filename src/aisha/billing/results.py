@@ -1,10 +1,11 @@
-"""What the ledger's operations and queries return."""
+"""What the ledger's operations and queries, and the Stars payments, return."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from aisha.billing.models import CreditEntry, EntryKind, HoldStatus
@@ -127,3 +128,47 @@ class AccountMismatch:
     first_bad_entry_id: uuid.UUID | None
     reasons: tuple[str, ...]
     problems: tuple[str, ...] = ()
+
+
+# --- Stars payments ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePayload:
+    package_id: str
+    user_id: int
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    credits: int
+    balance: int  # right after crediting (for a replay: after the first call)
+    replayed: bool
+
+
+class RefundOutcome(StrEnum):
+    REFUNDED = "refunded"  # the Stars are back with the user
+    REFUSED = "refused"  # Telegram said no: the payment is paid again and its credits are back
+    PENDING = "pending"  # no answer from Telegram: the recovery sweep asks again
+
+
+@dataclass(frozen=True, slots=True)
+class RefundCompletion:
+    outcome: RefundOutcome
+    reason: str | None = None  # Telegram's words, for a refusal
+
+
+@dataclass(frozen=True, slots=True)
+class RefundedPayment:
+    taken: int  # credits taken back now
+    shortfall: int  # credits that were already spent
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    user_id: int
+    stars: int  # what Telegram should give back (refundStarPayment)
+    credits: int  # what was taken from the balance
+    balance: int

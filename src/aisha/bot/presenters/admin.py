@@ -70,6 +70,9 @@ def stats_text(t: Texts, stats: Stats) -> str:
     )
     if stats.refunds_waiting:
         text += "\n\n" + t("admin.stats_refunds_waiting", count=stats.refunds_waiting)
+        text += "".join(
+            f"\n<code>/refund {html.quote(charge)}</code>" for charge in stats.waiting_refund_charges
+        )
     return text
 
 

@@ -12,14 +12,9 @@ from aisha.billing.errors import (
     PaymentNotFound,
     RefundInProgress,
 )
-from aisha.billing.payments import (
-    STARS_CURRENCY,
-    PaymentResult,
-    RefundCompletion,
-    RefundOutcome,
-    RefundResult,
-)
+from aisha.billing.payments import STARS_CURRENCY
 from aisha.billing.prices import PriceList, StarPackage
+from aisha.billing.results import PaymentResult, RefundCompletion, RefundOutcome, RefundResult
 from aisha.billing.service import DEFAULT_DESCRIPTIONS
 from aisha.billing.statement import AccountView, Operation, OperationState, StatementPage
 from aisha.bot.paywall import topup_button
