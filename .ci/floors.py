@@ -2,7 +2,8 @@
 
     python .ci/floors.py constraints          # print `name==floor` for every `>=` bound
     python .ci/floors.py import-all           # import every module of the installed `aisha`,
-                                              # and render the help of every CLI command
+                                              # render the help of every CLI command, and build
+                                              # every aiogram model as a first use does
 
 `check-floors` (beside this file) installs the first into a fresh venv and runs the second, so a
 floor that no longer provides what the code imports fails CI instead of a user's install.
@@ -58,7 +59,32 @@ def import_all() -> int:
             )
     print(f"floors: imported {len(names) - failed} of {len(names)} aisha modules from {aisha.__path__[0]}")
     failed += check_cli()
+    failed += check_aiogram_models()
     return 1 if failed else 0
+
+
+def check_aiogram_models() -> int:
+    """Build every aiogram type and method as a first use does (aisha.aiogram_models defers them):
+    each must resolve its names on these versions of aiogram and pydantic."""
+    import aiogram.methods
+    import aiogram.types
+    from pydantic import BaseModel
+
+    failed = 0
+    models = [
+        model
+        for module in (aiogram.types, aiogram.methods)
+        for name in module.__all__
+        if isinstance(model := getattr(module, name), type) and issubclass(model, BaseModel)
+    ]
+    for model in models:
+        try:
+            model.__pydantic_validator__.validate_python  # noqa: B018 - the first use builds it
+        except Exception as error:
+            failed += 1
+            print(f"FLOOR AIOGRAM MODEL FAILED: {model.__name__}: {type(error).__name__}: {error}"[:300])
+    print(f"floors: built {len(models) - failed} of {len(models)} aiogram models on first use")
+    return failed
 
 
 def check_cli() -> int:
