@@ -97,7 +97,7 @@ async def test_a_fal_webhook_announcing_more_than_the_cap_is_refused_before_its_
 async def test_a_fal_webhook_whose_content_length_lies_is_cut_off_at_the_cap(fal_app: Runtime) -> None:
     # Announces 1 KB, sends on: what follows the declared length is not this request's body. The
     # server reads 1 KB and refuses it for want of a signature (401), or takes the rest for a
-    # malformed next request (uvicorn's 400); either way it never buffers the rest.
+    # malformed next request (the server's 400); either way it never buffers the rest.
     status, _ = await _post_raw(
         fal_app.http_port, _head(WEBHOOK_PATH, "Content-Length: 1024\r\n"), 1000, chunked=False
     )
