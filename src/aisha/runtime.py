@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiogram import Bot, Dispatcher
 
-from aisha.api.telegram import WEBHOOK_PATH
+from aisha.api import TELEGRAM_WEBHOOK_PATH as WEBHOOK_PATH
 from aisha.bot.app import create_bot, create_dispatcher
 from aisha.bot.commands import publish_commands
 from aisha.bot.local_files import local_folder

@@ -13,11 +13,11 @@ from http import HTTPStatus
 import structlog
 from aiohttp import web
 
+from aisha.api import TELEGRAM_WEBHOOK_PATH
 from aisha.api.body import BodyIncomplete, BodyTooLarge, read_capped
 from aisha.api.deps import refusal, rules_of, runtime_of
 from aisha.bot.updates import UnreadableUpdate, parse_update
 
-WEBHOOK_PATH = "/telegram/webhook"  # the route below, and the URL `setWebhook` gives Telegram
 # Far above any real update (texts are at most 4096 characters, files are sent as ids).
 MAX_UPDATE_BYTES = 1024 * 1024
 
@@ -57,4 +57,4 @@ async def telegram_webhook(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-routes = [web.post(WEBHOOK_PATH, telegram_webhook)]
+routes = [web.post(TELEGRAM_WEBHOOK_PATH, telegram_webhook)]
