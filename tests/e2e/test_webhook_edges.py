@@ -323,3 +323,36 @@ async def test_polling_passes_over_an_update_it_cannot_read_and_one_whose_handle
     await telegram.wait_until_handled(failing)  # its failure is logged once its handling ends
     failed = [line for line in logs() if f"update id={failing['update_id']}" in line["event"]]
     assert len(failed) == 1 and failed[0]["level"] == "error"
+
+
+async def test_an_update_whose_sender_goes_away_mid_body_is_left_for_its_next_delivery(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    logs: Callable[[], list[dict[str, Any]]],
+    db: Database,
+) -> None:
+    settings = make_settings(public_base_url="https://bot.example.com", webhook_secret=WEBHOOK_SECRET)
+    runtime: Runtime = await start_app(settings)
+    user = FakeUser(id=5103, first_name="Cy", language_code="en")
+    update = telegram.message_update(user, "/start")
+    body = json.dumps(update).encode()
+    # Half the update, then the connection drops: nothing to read, nothing to answer.
+    reader, writer = await asyncio.open_connection("127.0.0.1", runtime.http_port)
+    head = _head(
+        "/telegram/webhook",
+        f"X-Telegram-Bot-Api-Secret-Token: {WEBHOOK_SECRET}\r\nContent-Length: {len(body)}\r\n",
+    )
+    writer.write(head.encode() + body[: len(body) // 2])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+    # Telegram delivers it again, whole: handled once, and the cut copy left no trace.
+    url = f"http://127.0.0.1:{runtime.http_port}/telegram/webhook"
+    assert await telegram.post_webhook(url, update, secret=WEBHOOK_SECRET) == 200
+    assert (await sent_to(telegram, user.id)).params["text"].startswith("Hi, Cy!")
+    assert await count(db, ProcessedUpdate, ProcessedUpdate.update_id == update["update_id"]) == 1
+    lines = logs()
+    assert _events(lines, "webhook.telegram.update_skipped") == []
+    assert _events(lines, "webhook.telegram.update_failed") == []
