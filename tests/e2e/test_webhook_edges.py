@@ -338,7 +338,7 @@ async def test_an_update_whose_sender_goes_away_mid_body_is_left_for_its_next_de
     update = telegram.message_update(user, "/start")
     body = json.dumps(update).encode()
     # Half the update, then the connection drops: nothing to read, nothing to answer.
-    reader, writer = await asyncio.open_connection("127.0.0.1", runtime.http_port)
+    _, writer = await asyncio.open_connection("127.0.0.1", runtime.http_port)
     head = _head(
         "/telegram/webhook",
         f"X-Telegram-Bot-Api-Secret-Token: {WEBHOOK_SECRET}\r\nContent-Length: {len(body)}\r\n",

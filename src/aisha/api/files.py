@@ -36,4 +36,4 @@ async def signed_file(request: web.Request) -> web.StreamResponse:
 
 
 # The key may hold slashes (users/1/avatars/2/training.zip).
-routes = [web.get("/files/{key:.+}", signed_file)]
+routes = [web.get("/files/{key:.+}", signed_file, allow_head=False)]
