@@ -127,14 +127,16 @@ class Runtime:
         if self._polling:
             with contextlib.suppress(RuntimeError):
                 await self.dispatcher.stop_polling()
-        if self._server is not None:
-            await self._server.stop()  # the webhooks in flight finish while sessions are still open
         if self._receiver is not None:
             self._receiver.cancel()
             self._tasks.append(self._receiver)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.services.queue.shutdown()
+        if self._server is not None:
+            # Last of what takes work in: while the rest stops, FAL still fetches the files it was
+            # just given and webhooks in flight finish; then the sessions they use close.
+            await self._server.stop()
         await self.dispatcher.storage.close()
         await self.bot.session.close()
         await self.limiter.aclose()

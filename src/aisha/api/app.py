@@ -9,7 +9,6 @@ from aisha.api.deps import RULES, RUNTIME, AppContext, HttpRules
 
 
 def create_api(runtime: AppContext) -> web.Application:
-    """The routes (their GETs take no HEAD, as they never did: a file's body would follow one)."""
     app = web.Application()
     app[RUNTIME] = runtime
     app[RULES] = HttpRules.from_settings(runtime.settings)

@@ -29,11 +29,12 @@ async def signed_file(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": media_type})
     response.content_length = size
     await response.prepare(request)
-    async for chunk in services.storage.stream(key):
-        await response.write(chunk)
+    if request.method != "HEAD":  # a HEAD (a fetcher checking the link first) gets the headers alone
+        async for chunk in services.storage.stream(key):
+            await response.write(chunk)
     await response.write_eof()
     return response
 
 
 # The key may hold slashes (users/1/avatars/2/training.zip).
-routes = [web.get("/files/{key:.+}", signed_file, allow_head=False)]
+routes = [web.get("/files/{key:.+}", signed_file)]

@@ -26,4 +26,4 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
-routes = [web.get("/healthz", healthz, allow_head=False), web.get("/readyz", readyz, allow_head=False)]
+routes = [web.get("/healthz", healthz), web.get("/readyz", readyz)]

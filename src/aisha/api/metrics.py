@@ -46,4 +46,4 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-routes = [web.get("/metrics", metrics, allow_head=False)]
+routes = [web.get("/metrics", metrics)]
