@@ -5,13 +5,13 @@ aiogram handler that only answers, both fed the same way in the same run.
 
 Creates a temporary PostgreSQL database on the server of URL (default the local server), migrates
 it, and starts, in this process, the project's fake Telegram Bot API and two webhook apps on
-uvicorn, each answering by a real `sendMessage` to the fake over HTTP:
+aiohttp.web, each answering by a real `sendMessage` to the fake over HTTP:
 
 - **aisha**: a real `Runtime` (webhook mode, PostgreSQL): the secret check, the exactly-once guard,
   the user's registration or refresh, the ledger read for /balance, FSM, locale texts, metrics;
 - **baseline**: a bare aiogram Dispatcher with one handler that only answers (no database, no
-  middlewares) behind the same FastAPI route shape (`POST /telegram/webhook`, the same secret
-  header check and `Update` parsing).
+  middlewares) behind aiogram's plain webhook shape on the same server (`POST /telegram/webhook`,
+  the same secret header check, `Update` parsing).
 
 A second process posts the updates with httpx (N concurrent clients, one request in flight each, a
 pool of pre-registered users so /start is a returning user's), so the load generator doesn't take
@@ -42,16 +42,15 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import uvicorn
 from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import Message, Update
-from fastapi import FastAPI, Header, HTTPException
+from aiohttp import web
 from sqlalchemy import text
 
 from aisha.config import Settings, load_settings
@@ -182,7 +181,7 @@ def _load_at_rate(url: str, rate: float, seconds: float, users: int, first_id: i
 # -------------------------------------------------------------------------------- servers (parent)
 
 
-def _baseline_app(bot: Bot) -> FastAPI:
+def _baseline_app(bot: Bot) -> web.Application:
     dispatcher = Dispatcher()
     router = Router()
 
@@ -191,37 +190,29 @@ def _baseline_app(bot: Bot) -> FastAPI:
         await message.answer("ok")
 
     dispatcher.include_router(router)
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.post("/telegram/webhook")
-    async def webhook(
-        body: dict[str, Any],
-        secret: Annotated[str | None, Header(alias="X-Telegram-Bot-Api-Secret-Token")] = None,
-    ) -> dict[str, Any]:
-        if secret != SECRET:
-            raise HTTPException(401)
-        await dispatcher.feed_update(bot, Update.model_validate(body, context={"bot": bot}))
-        return {"ok": True}
+    async def webhook(request: web.Request) -> web.Response:
+        if request.headers.get("X-Telegram-Bot-Api-Secret-Token") != SECRET:
+            return web.json_response({"detail": "bad secret token"}, status=401)
+        update = Update.model_validate(await request.json(), context={"bot": bot})
+        await dispatcher.feed_update(bot, update)
+        return web.json_response({"ok": True})
 
+    app = web.Application()
+    app.router.add_post("/telegram/webhook", webhook)
     return app
 
 
 @contextlib.asynccontextmanager
-async def _serve(app: FastAPI, port: int) -> AsyncIterator[None]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
+async def _serve(app: web.Application, port: int) -> AsyncIterator[None]:
+    """Served as aisha's own app is (aisha.api.server): no access log, no signal handlers."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
     try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
         yield
     finally:
-        server.should_exit = True
-        await task
+        await runner.cleanup()
 
 
 def _settings(telegram: FakeTelegramServer, database_url: str, files: Path) -> Settings:

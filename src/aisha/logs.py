@@ -69,6 +69,6 @@ def configure_logging(*, secrets: Iterable[str] = (), level: str = "INFO", json:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiohttp and uvicorn are chatty at INFO about every request.
-    for noisy in ("aiohttp.access", "uvicorn.access", "aiogram.event"):
+    # Chatty at INFO about every request and update.
+    for noisy in ("aiohttp.access", "aiogram.event"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiogram import Bot, Dispatcher
 
-from aisha.api.telegram import WEBHOOK_PATH
+from aisha.api import TELEGRAM_WEBHOOK_PATH as WEBHOOK_PATH
 from aisha.bot.app import create_bot, create_dispatcher
 from aisha.bot.commands import publish_commands
 from aisha.bot.local_files import local_folder
@@ -23,7 +23,7 @@ from aisha.container import Services, build_services
 from aisha.jobs.tasks import register_tasks
 
 if TYPE_CHECKING:
-    from aisha.api.server import QuietServer
+    from aisha.api.server import HttpServer
 
 log = structlog.get_logger(__name__)
 __all__ = ["WEBHOOK_PATH", "Role", "Runtime"]
@@ -46,7 +46,7 @@ class Runtime:
         )
         register_tasks(self.services)
         self.dispatcher: Dispatcher = create_dispatcher(self.services)
-        self._server: QuietServer | None = None
+        self._server: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._polling = False
@@ -97,28 +97,12 @@ class Runtime:
             self._receiver = asyncio.create_task(run_receiver_task(self.services.queue.broker))
 
     async def start_http(self) -> None:
-        # Imported here: a worker serves no HTTP and never loads uvicorn or the routes.
-        import uvicorn
+        # Imported here: a worker serves no HTTP and never loads the server or the routes.
+        from aisha.api.server import HttpServer
 
-        from aisha.api.app import create_api
-        from aisha.api.server import QuietServer
-
-        config = uvicorn.Config(
-            create_api(self),
-            host=self.settings.http_host,
-            port=self.settings.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            ws="none",  # no WebSocket route: spares loading the websockets package
-        )
-        self._server = QuietServer(config)
-        self._spawn(self._server.serve())
-        while not self._server.started:
-            if self._tasks[-1].done():
-                self._tasks[-1].result()  # the bind failed: raise why
-                raise ConfigError(f"HTTP server could not start on {config.host}:{config.port}")
-            await asyncio.sleep(0.02)
+        server = HttpServer(self, host=self.settings.http_host, port=self.settings.http_port)
+        await server.start()
+        self._server = server
 
     async def _poll(self) -> None:
         await self.dispatcher.start_polling(
@@ -135,23 +119,24 @@ class Runtime:
     @property
     def http_port(self) -> int:
         """The bound port (useful with HTTP_PORT=0 in tests)."""
-        assert self._server is not None and self._server.servers
-        sockets = self._server.servers[0].sockets
-        return int(sockets[0].getsockname()[1])
+        assert self._server is not None
+        return self._server.port
 
     async def stop(self) -> None:
         self._stopping.set()
         if self._polling:
             with contextlib.suppress(RuntimeError):
                 await self.dispatcher.stop_polling()
-        if self._server is not None:
-            self._server.should_exit = True
         if self._receiver is not None:
             self._receiver.cancel()
             self._tasks.append(self._receiver)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.services.queue.shutdown()
+        if self._server is not None:
+            # Last of what takes work in: while the rest stops, FAL still fetches the files it was
+            # just given and webhooks in flight finish; then the sessions they use close.
+            await self._server.stop()
         await self.dispatcher.storage.close()
         await self.bot.session.close()
         await self.limiter.aclose()

@@ -28,6 +28,11 @@ async def test_signed_link_serves_the_file_and_refuses_tampering(
     async with httpx.AsyncClient(base_url=local) as client:
         ok = await client.get(f"{parts.path}?{parts.query}")
         assert ok.status_code == 200 and ok.content == b"PK\x03\x04 archive bytes"
+        # What a fetcher may check first (FAL's runner does): the size and type, and no body, which
+        # would be taken for the next answer on this connection.
+        head = await client.head(f"{parts.path}?{parts.query}")
+        assert (head.status_code, head.headers["content-length"]) == (200, str(len(ok.content)))
+        assert head.headers["content-type"] == "application/zip"
 
         other_key = await client.get(f"/files/avatars/a2/train.zip?{parts.query}")
         assert other_key.status_code == 403

@@ -97,7 +97,7 @@ async def test_a_fal_webhook_announcing_more_than_the_cap_is_refused_before_its_
 async def test_a_fal_webhook_whose_content_length_lies_is_cut_off_at_the_cap(fal_app: Runtime) -> None:
     # Announces 1 KB, sends on: what follows the declared length is not this request's body. The
     # server reads 1 KB and refuses it for want of a signature (401), or takes the rest for a
-    # malformed next request (uvicorn's 400); either way it never buffers the rest.
+    # malformed next request (the server's 400); either way it never buffers the rest.
     status, _ = await _post_raw(
         fal_app.http_port, _head(WEBHOOK_PATH, "Content-Length: 1024\r\n"), 1000, chunked=False
     )
@@ -323,3 +323,36 @@ async def test_polling_passes_over_an_update_it_cannot_read_and_one_whose_handle
     await telegram.wait_until_handled(failing)  # its failure is logged once its handling ends
     failed = [line for line in logs() if f"update id={failing['update_id']}" in line["event"]]
     assert len(failed) == 1 and failed[0]["level"] == "error"
+
+
+async def test_an_update_whose_sender_goes_away_mid_body_is_left_for_its_next_delivery(
+    telegram: FakeTelegramServer,
+    make_settings: Callable[..., Any],
+    start_app: Callable[..., Any],
+    logs: Callable[[], list[dict[str, Any]]],
+    db: Database,
+) -> None:
+    settings = make_settings(public_base_url="https://bot.example.com", webhook_secret=WEBHOOK_SECRET)
+    runtime: Runtime = await start_app(settings)
+    user = FakeUser(id=5103, first_name="Cy", language_code="en")
+    update = telegram.message_update(user, "/start")
+    body = json.dumps(update).encode()
+    # Half the update, then the connection drops: nothing to read, nothing to answer.
+    _, writer = await asyncio.open_connection("127.0.0.1", runtime.http_port)
+    head = _head(
+        "/telegram/webhook",
+        f"X-Telegram-Bot-Api-Secret-Token: {WEBHOOK_SECRET}\r\nContent-Length: {len(body)}\r\n",
+    )
+    writer.write(head.encode() + body[: len(body) // 2])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+    # Telegram delivers it again, whole: handled once, and the cut copy left no trace.
+    url = f"http://127.0.0.1:{runtime.http_port}/telegram/webhook"
+    assert await telegram.post_webhook(url, update, secret=WEBHOOK_SECRET) == 200
+    assert (await sent_to(telegram, user.id)).params["text"].startswith("Hi, Cy!")
+    assert await count(db, ProcessedUpdate, ProcessedUpdate.update_id == update["update_id"]) == 1
+    lines = logs()
+    assert _events(lines, "webhook.telegram.update_skipped") == []
+    assert _events(lines, "webhook.telegram.update_failed") == []

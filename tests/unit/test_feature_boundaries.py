@@ -1,5 +1,5 @@
 """The admin, users, support and notices features import no framework, client or adapter: not
-aiogram, FastAPI, httpx, openai, redis or taskiq, and nothing of aisha's providers, jobs, bot,
+aiogram, aiohttp (its web server included), httpx, openai, redis or taskiq, and nothing of aisha's providers, jobs, bot,
 api or sandbox, not even for type checking."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import aisha
 
 FEATURES = ("admin", "users", "support", "notices")
-FORBIDDEN = ("aiogram", "fastapi", "httpx", "openai", "redis", "taskiq")
+FORBIDDEN = ("aiogram", "aiohttp", "httpx", "openai", "redis", "taskiq")
 FORBIDDEN_AISHA = ("providers", "jobs", "bot", "api", "sandbox")
 
 

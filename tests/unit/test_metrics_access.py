@@ -5,8 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.api.app import create_api
@@ -25,9 +26,16 @@ async def _get(peer: str, headers: dict[str, str] | None = None, **settings: Any
     runtime = SimpleNamespace(
         settings=load_settings(**settings), services=SimpleNamespace(metrics=_Metrics(), sessions=None)
     )
-    transport = httpx.ASGITransport(app=create_api(runtime), client=(peer, 40000))  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://aisha") as client:
-        return (await client.get("/metrics", headers=headers or {})).status_code
+    app = create_api(runtime)  # type: ignore[arg-type]
+
+    @web.middleware
+    async def from_peer(request: web.Request, handler: Any) -> web.StreamResponse:
+        # As if the socket's peer were `peer` (the test client itself is always on 127.0.0.1).
+        return await handler(request.clone(remote=peer))
+
+    app.middlewares.append(from_peer)
+    async with TestClient(TestServer(app)) as client:
+        return (await client.get("/metrics", headers=headers or {})).status
 
 
 @pytest.mark.parametrize(

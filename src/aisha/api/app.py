@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from aiohttp import web
 
-from aisha import __version__
 from aisha.api import fal, files, health, metrics, telegram
-from aisha.api.deps import AppContext, HttpRules
+from aisha.api.deps import RULES, RUNTIME, AppContext, HttpRules
 
 
-def create_api(runtime: AppContext) -> FastAPI:
-    app = FastAPI(title="Aisha", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.runtime = runtime
-    app.state.rules = HttpRules.from_settings(runtime.settings)
-    app.state.fal_webhooks = fal.feature_targets(runtime.services)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(telegram.router)
-    app.include_router(files.router)
-    app.include_router(fal.router)
+def create_api(runtime: AppContext) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app[RULES] = HttpRules.from_settings(runtime.settings)
+    app[fal.FAL_WEBHOOKS] = fal.feature_targets(runtime.services)
+    for routes in (health.routes, metrics.routes, telegram.routes, files.routes, fal.routes):
+        app.add_routes(routes)
     return app

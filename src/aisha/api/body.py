@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from aiohttp import web
 
 
 class BodyTooLarge(Exception):
     """The body (announced or sent) is over the cap."""
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The body, streamed chunk by chunk and abandoned as soon as it goes over `limit` bytes.
+class BodyIncomplete(Exception):
+    """The client went away (or broke its chunked encoding) before the body was complete."""
+
+
+async def read_capped(request: web.Request, limit: int) -> bytes:
+    """The body, read piece by piece as it arrives and abandoned as soon as it goes over `limit` bytes.
 
     A Content-Length over the cap is refused before a byte is read; a chunked body, or one whose
-    Content-Length understates it, is refused at the chunk that crosses the cap.
+    Content-Length understates it, is refused at the piece that crosses the cap.
     """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise BodyTooLarge
     body = bytearray()
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
-            raise BodyTooLarge
-        body += chunk
+    try:
+        async for chunk in request.content.iter_any():
+            if len(body) + len(chunk) > limit:
+                raise BodyTooLarge
+            body += chunk
+    except (ConnectionError, web.RequestPayloadError):
+        raise BodyIncomplete from None
     return bytes(body)

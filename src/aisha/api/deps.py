@@ -1,4 +1,5 @@
-"""Typed dependencies for the HTTP routes.
+"""What the HTTP routes reach: the running process, the rules read from the settings, and one
+shape for a refusal.
 
 The routes see the running process through `AppContext` (what `aisha.runtime.Runtime` offers),
 so the HTTP adapter never imports the runtime that serves it.
@@ -6,10 +7,11 @@ so the HTTP adapter never imports the runtime that serves it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from fastapi import Depends, Request
+from aiohttp import web
 from pydantic import SecretStr
 
 from aisha.config import Network, Settings
@@ -54,16 +56,18 @@ class AppContext(Protocol):
     def dispatcher(self) -> Dispatcher: ...
 
 
-async def get_runtime(request: Request) -> AppContext:
-    # async: FastAPI runs a plain function dependency in a worker thread, a hop per request.
-    runtime: AppContext = request.app.state.runtime
-    return runtime
+RUNTIME = web.AppKey("runtime", AppContext)
+RULES = web.AppKey("rules", HttpRules)
 
 
-async def get_rules(request: Request) -> HttpRules:
-    rules: HttpRules = request.app.state.rules
-    return rules
+def runtime_of(request: web.Request) -> AppContext:
+    return request.app[RUNTIME]
 
 
-RuntimeDep = Annotated["AppContext", Depends(get_runtime)]
-RulesDep = Annotated[HttpRules, Depends(get_rules)]
+def rules_of(request: web.Request) -> HttpRules:
+    return request.app[RULES]
+
+
+def refusal(status: int, detail: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """An error answer, with the body every client of ours has always read: {"detail": ...}."""
+    return web.json_response({"detail": detail}, status=status, headers=headers)

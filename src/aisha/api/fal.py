@@ -9,14 +9,14 @@ or forged gets 401 and changes nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 import structlog
-from fastapi import APIRouter, HTTPException, Request, status
-from starlette.requests import ClientDisconnect
+from aiohttp import web
 
-from aisha.api.body import BodyTooLarge, read_capped
-from aisha.api.deps import RuntimeDep
+from aisha.api.body import BodyIncomplete, BodyTooLarge, read_capped
+from aisha.api.deps import refusal, runtime_of
 from aisha.db.base import parse_uuid
 from aisha.providers.fal import WEBHOOK_PATH
 from aisha.providers.fal_webhook import JwksUnavailable, WebhookRejected
@@ -30,7 +30,6 @@ MAX_BODY_BYTES = 2 * 1024 * 1024  # a training or image result is a few KB of JS
 # (the id from the URL, the verified webhook) → whether it was acted on (applied, or queued for a job)
 WebhookTarget = Callable[[str, RemoteWebhook], Awaitable[bool]]
 
-router = APIRouter()
 log = structlog.get_logger(__name__)
 
 
@@ -74,32 +73,37 @@ def feature_targets(services: Services) -> FalWebhookRegistry:
     return registry
 
 
-@router.post(WEBHOOK_PATH, include_in_schema=False)
-async def fal_webhook(request: Request, runtime: RuntimeDep, kind: str = "", id: str = "") -> dict[str, Any]:
-    verifier = runtime.services.fal_verifier
+FAL_WEBHOOKS = web.AppKey("fal_webhooks", FalWebhookRegistry)
+
+
+async def fal_webhook(request: web.Request) -> web.Response:
+    kind, row_id = request.query.get("kind", ""), request.query.get("id", "")
+    verifier = runtime_of(request).services.fal_verifier
     if verifier is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "FAL is not configured")
+        return refusal(HTTPStatus.NOT_FOUND, "FAL is not configured")
     try:
         body = await read_capped(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         log.warning("webhook.fal.too_large", kind=kind[:32])
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "body too large") from None
-    except ClientDisconnect:  # gone before its body was complete: nobody to answer
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "incomplete body") from None
+        return refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large")
+    except BodyIncomplete:  # gone before its body was complete: nobody to answer
+        return refusal(HTTPStatus.BAD_REQUEST, "incomplete body")
     try:
         webhook = await verifier.verify_and_parse(request.headers, body)
     except WebhookRejected as exc:
         log.warning("webhook.fal.rejected", reason=exc.reason, kind=kind)
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid FAL signature") from None
+        return refusal(HTTPStatus.UNAUTHORIZED, "invalid FAL signature")
     except JwksUnavailable:
         log.error("webhook.fal.no_keys")
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "FAL keys unavailable") from None
-    registry: FalWebhookRegistry = request.app.state.fal_webhooks
-    target = registry.get(kind)
+        return refusal(HTTPStatus.SERVICE_UNAVAILABLE, "FAL keys unavailable")
+    target = request.app[FAL_WEBHOOKS].get(kind)
     if target is None:
         # Genuine but not ours to route: answer 200 so FAL stops retrying.
         log.warning("webhook.fal.unknown_kind", kind=kind[:32], request_id=webhook.request_id)
-        return {"ok": True, "changed": False}
-    changed = await target(id, webhook)
+        return web.json_response({"ok": True, "changed": False})
+    changed = await target(row_id, webhook)
     log.info("webhook.fal.handled", kind=kind, request_id=webhook.request_id, changed=changed)
-    return {"ok": True, "changed": changed}
+    return web.json_response({"ok": True, "changed": changed})
+
+
+routes = [web.post(WEBHOOK_PATH, fal_webhook)]

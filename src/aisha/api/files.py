@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator
+from http import HTTPStatus
 
-from fastapi import APIRouter, HTTPException, status
-from fastapi.responses import StreamingResponse
+from aiohttp import web
 
-from aisha.api.deps import RuntimeDep
+from aisha.api.deps import refusal, runtime_of
 from aisha.storage import InvalidKeyError, ObjectNotFoundError
 
-router = APIRouter()
 
-
-@router.get("/files/{key:path}", include_in_schema=False)
-async def signed_file(
-    key: str, runtime: RuntimeDep, expires: str = "", signature: str = ""
-) -> StreamingResponse:
-    signer = runtime.services.link_signer
+async def signed_file(request: web.Request) -> web.StreamResponse:
+    key = request.match_info["key"]
+    services = runtime_of(request).services
+    signer = services.link_signer
+    expires, signature = request.query.get("expires", ""), request.query.get("signature", "")
     if signer is None or not signer.verify(key, expires, signature):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid or expired link")
-    storage = runtime.services.storage
+        return refusal(HTTPStatus.FORBIDDEN, "invalid or expired link")
     try:
-        size = await storage.size(key)
+        size = await services.storage.size(key)
     except (ObjectNotFoundError, InvalidKeyError):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such file") from None
-
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in storage.stream(key):
-            yield chunk
-
+        return refusal(HTTPStatus.NOT_FOUND, "no such file")
     # The type by the key's extension (a training archive is application/zip), for fetchers that look.
     media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-    return StreamingResponse(body(), media_type=media_type, headers={"Content-Length": str(size)})
+    if media_type.startswith("text/"):
+        media_type += "; charset=utf-8"  # our texts (transcripts, subtitles) are written as UTF-8
+    response = web.StreamResponse(headers={"Content-Type": media_type})
+    response.content_length = size
+    await response.prepare(request)
+    if request.method != "HEAD":  # a HEAD (a fetcher checking the link first) gets the headers alone
+        async for chunk in services.storage.stream(key):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+# The key may hold slashes (users/1/avatars/2/training.zip).
+routes = [web.get("/files/{key:.+}", signed_file)]

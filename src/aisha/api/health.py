@@ -5,26 +5,25 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from aiohttp import web
 
-from aisha.api.deps import RuntimeDep
+from aisha.api.deps import runtime_of
 from aisha.health import check_all
 
-router = APIRouter()
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@router.get("/readyz")
-async def readyz(runtime: RuntimeDep) -> JSONResponse:
+async def readyz(request: web.Request) -> web.Response:
+    runtime = runtime_of(request)
     results = await check_all(runtime.services, runtime.bot)
     ready = not any(r.failing for r in results)
     body: dict[str, Any] = {
         "status": "ok" if ready else "down",
         "checks": {r.name: {k: v for k, v in asdict(r).items() if k != "name"} for r in results},
     }
-    return JSONResponse(body, status_code=200 if ready else 503)
+    return web.json_response(body, status=200 if ready else 503)
+
+
+routes = [web.get("/healthz", healthz), web.get("/readyz", readyz)]

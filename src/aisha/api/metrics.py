@@ -4,17 +4,15 @@ and behind a bearer token (when METRICS_TOKEN is set); with both set, both are r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from http import HTTPStatus
 from ipaddress import IPv6Address, ip_address
-from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Request, Response, status
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from aisha.api.deps import RulesDep, RuntimeDep
+from aisha.api.deps import refusal, rules_of, runtime_of
 from aisha.api.telegram import secret_matches
 from aisha.config import Network
-
-router = APIRouter()
 
 
 def peer_allowed(host: str | None, networks: Sequence[Network]) -> bool:
@@ -31,20 +29,21 @@ def peer_allowed(host: str | None, networks: Sequence[Network]) -> bool:
     return any(address in network for network in networks)
 
 
-@router.get("/metrics", include_in_schema=False)
-async def metrics(
-    request: Request,
-    runtime: RuntimeDep,
-    rules: RulesDep,
-    authorization: Annotated[str | None, Header()] = None,
-) -> Response:
-    if not peer_allowed(request.client.host if request.client else None, rules.metrics_networks):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "metrics are not served to this address")
+async def metrics(request: web.Request) -> web.Response:
+    rules = rules_of(request)
+    # request.remote is the socket's peer: aiohttp never takes it from a forwarding header.
+    if not peer_allowed(request.remote, rules.metrics_networks):
+        return refusal(HTTPStatus.FORBIDDEN, "metrics are not served to this address")
     if rules.metrics_token is not None:
-        scheme, _, given = (authorization or "").partition(" ")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secret_matches(rules.metrics_token, given.strip()):
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, "metrics need a bearer token", {"WWW-Authenticate": "Bearer"}
+            return refusal(
+                HTTPStatus.UNAUTHORIZED, "metrics need a bearer token", {"WWW-Authenticate": "Bearer"}
             )
+    runtime = runtime_of(request)
     body = await runtime.services.metrics.render(runtime.services.sessions)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    # The type as a header: it carries a charset, which aiohttp's content_type argument refuses.
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+routes = [web.get("/metrics", metrics)]

@@ -1,16 +1,35 @@
-"""The HTTP server the runtime starts: uvicorn, imported only by a role that serves HTTP."""
+"""The HTTP server the runtime starts: aiohttp's (aiogram already runs on aiohttp), with no signal
+handlers and no access log of its own: the runtime decides when to stop, and logs.py what is logged."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from aiohttp import web
 
-import uvicorn
+from aisha.api.app import create_api
+from aisha.api.deps import AppContext
 
 
-class QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the runtime decides when to stop."""
+class HttpServer:
+    def __init__(self, runtime: AppContext, *, host: str, port: int) -> None:
+        self._runner = web.AppRunner(create_api(runtime), handle_signals=False, access_log=None)
+        self._host, self._port = host, port
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    async def start(self) -> None:
+        """Listening when this returns; an address already taken raises OSError."""
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with HTTP_PORT=0 in tests)."""
+        addresses = self._runner.addresses
+        assert addresses, "the server is not listening"
+        return int(addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stops listening, lets the requests in flight finish, then closes every connection."""
+        await self._runner.cleanup()
