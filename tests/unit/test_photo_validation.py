@@ -178,6 +178,52 @@ def test_a_face_far_away_is_too_small(validator: PhotoValidator) -> None:
     assert verdict.metrics["face_fraction"] < 0.08
 
 
+@pytest.mark.parametrize("texture", ["brick", "grass", "gravel"])
+def test_busy_textures_have_no_face(validator: PhotoValidator, texture: str) -> None:
+    verdict = validator.validate(encode(Image.fromarray(getattr(skimage.data, texture)()).convert("RGB")))
+    assert verdict.reason is RejectReason.NO_FACE, verdict.metrics
+    assert verdict.metrics["faces"] == []
+
+
+def test_two_people_of_different_sizes_are_several_faces(validator: PhotoValidator) -> None:
+    scene = Image.new("RGB", (1200, 600), (90, 110, 140))
+    scene.paste(astronaut().resize((560, 560), Image.Resampling.LANCZOS), (20, 20))
+    other = (
+        astronaut().resize((430, 430), Image.Resampling.LANCZOS).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    )
+    scene.paste(other, (700, 100))
+    verdict = validator.validate(encode(scene))
+    assert verdict.reason is RejectReason.SEVERAL_FACES
+    assert len(verdict.metrics["faces"]) == 2
+
+
+def test_a_face_the_nsfw_model_boxes_is_found_where_the_whole_picture_search_does_not_look() -> None:
+    # A minimum face of the whole short side: the whole-picture cascade search can't find her face,
+    # the crop around NudeNet's face box still does.
+    checker = PhotoValidator(ValidationThresholds(face_search_min_fraction=1.0))
+    verdict = checker.validate(astronaut_jpeg())
+    assert verdict.accepted, verdict.metrics
+    [face] = verdict.metrics["faces"]
+    assert face["confirmed"]
+    x, y, side, _ = face["box"]
+    assert 160 <= x <= 190 and 50 <= y <= 90 and 85 <= side <= 110  # her face, not the flag or the suit
+
+
+def test_a_model_face_box_without_a_face_in_it_is_no_face() -> None:
+    checker = PhotoValidator(nsfw=FakeNsfw(Detection("FACE_FEMALE", 0.9, (300, 150, 120, 120))))
+    verdict = checker.validate(encode(coffee()))
+    assert verdict.reason is RejectReason.NO_FACE
+    assert verdict.metrics["faces"] == []
+
+
+def test_without_model_face_boxes_the_whole_picture_is_searched() -> None:
+    checker = PhotoValidator(nsfw=FakeNsfw(Detection("BELLY_COVERED", 0.9, (0, 0, 9, 9))))
+    verdict = checker.validate(astronaut_jpeg())
+    assert verdict.accepted, verdict.metrics
+    [face] = verdict.metrics["faces"]
+    assert not face["confirmed"]  # found by the cascade alone, certain enough on its own
+
+
 # ---------------------------------------------------------------- quality
 
 
