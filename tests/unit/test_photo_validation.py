@@ -197,6 +197,25 @@ def test_two_people_of_different_sizes_are_several_faces(validator: PhotoValidat
     assert len(verdict.metrics["faces"]) == 2
 
 
+def test_a_second_face_the_nsfw_model_is_unsure_of_still_makes_several_faces(
+    validator: PhotoValidator,
+) -> None:
+    scene = Image.new("RGB", (1200, 600), (90, 110, 140))
+    scene.paste(astronaut().resize((400, 400), Image.Resampling.LANCZOS), (100, 100))
+    other = (
+        astronaut().resize((380, 380), Image.Resampling.LANCZOS).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    )
+    scene.paste(other, (650, 150))
+    photo = encode(scene)
+    # NudeNet scores the second face under its own 0.25 cut-off: held to that, only one is checked.
+    at_library_cut_off = PhotoValidator(ValidationThresholds(face_label_min_score=0.25)).validate(photo)
+    assert at_library_cut_off.accepted and len(at_library_cut_off.metrics["faces"]) == 1
+    verdict = validator.validate(photo)
+    assert verdict.reason is RejectReason.SEVERAL_FACES, verdict.metrics
+    assert len(verdict.metrics["faces"]) == 2
+    assert all(face["confirmed"] for face in verdict.metrics["faces"])
+
+
 def test_a_face_the_nsfw_model_boxes_is_found_where_the_whole_picture_search_does_not_look() -> None:
     # A minimum face of the whole short side: the whole-picture cascade search can't find her face,
     # the crop around NudeNet's face box still does.
