@@ -113,6 +113,7 @@ def sideways_jpeg(*, tag: bool) -> bytes:
 
 class FakeNsfw:
     name = "fake"
+    boxes_faint_faces = False
 
     def __init__(self, *detections: Detection) -> None:
         self.detections = list(detections)
@@ -181,6 +182,15 @@ def test_a_face_far_away_is_too_small(validator: PhotoValidator) -> None:
 @pytest.mark.parametrize("texture", ["brick", "grass", "gravel"])
 def test_busy_textures_have_no_face(validator: PhotoValidator, texture: str) -> None:
     verdict = validator.validate(encode(Image.fromarray(getattr(skimage.data, texture)()).convert("RGB")))
+    assert verdict.reason is RejectReason.NO_FACE, verdict.metrics
+    assert verdict.metrics["faces"] == []
+
+
+def test_face_look_alikes_the_nsfw_model_does_not_box_are_no_face(validator: PhotoValidator) -> None:
+    photo = encode(_upscale(Image.fromarray(skimage.data.coins()).convert("RGB")))
+    cascade_alone = PhotoValidator(ValidationThresholds(unsupported_face_confidence=3.5)).validate(photo)
+    assert cascade_alone.reason is RejectReason.SEVERAL_FACES  # coins the cascade takes for faces
+    verdict = validator.validate(photo)
     assert verdict.reason is RejectReason.NO_FACE, verdict.metrics
     assert verdict.metrics["faces"] == []
 

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aisha.avatars.formats import hamming_distance
+from aisha.avatars.lazy import Lazy
 from aisha.avatars.nsfw_model import Detection
 from aisha.avatars.photo_checks import (
     MEASURE_SHORT_SIDE,
     NUDENET,
-    Lazy,
     NsfwDetector,
     NudeNetDetector,
     RejectReason,
@@ -224,7 +224,9 @@ class PhotoValidator:
         if isinstance(light, RejectReason):
             return light
         detections = nsfw_scan(rgb, gray, self.nsfw, metrics)
-        faces = find_faces(gray, detections, t)
+        faces = find_faces(
+            gray, detections, t, boxes_faint_faces=self.nsfw is not None and self.nsfw.boxes_faint_faces
+        )
         scale_to_original = decoded.width / gray.shape[1]
         metrics["faces"] = face_metrics(faces, scale_to_original)
         if not faces:
