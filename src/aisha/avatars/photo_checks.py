@@ -343,7 +343,8 @@ def find_faces(
     around each one, to confirm it is an upright frontal face and to size it (a few milliseconds
     instead of the whole-picture search, the dearest step of a check). When the model saw no face
     the cascade confirms, the cascade searches the whole picture: faces too small for the model's
-    320 px input, or a detector without face boxes.
+    320 px input, or a detector without face boxes. There a face that no model box covers, not even
+    a faint one, must be far more certain (see ValidationThresholds.unsupported_face_confidence).
     """
 
     def face_boxes(min_score: float) -> list[tuple[int, int, int, int]]:
