@@ -35,6 +35,17 @@ def test_the_same_detections_as_the_library(models: tuple[NudeNetModel, object],
         assert [(d.label, d.score, d.box) for d in ours.detect(rgb)] == expected
 
 
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_a_lower_cut_off_only_adds_fainter_regions(models: tuple[NudeNetModel, object], name: str) -> None:
+    ours, library = models
+    for rgb in _shapes(getattr(skimage.data, name)()):
+        theirs = library.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # type: ignore[attr-defined]
+        expected = [(d["class"], d["score"], tuple(d["box"])) for d in theirs]
+        found = ours.detect(rgb, min_score=0.1)
+        assert [(d.label, d.score, d.box) for d in found if d.score > 0.25] == expected
+        assert all(d.score > 0.1 for d in found)
+
+
 def test_the_astronaut_face_is_found(models: tuple[NudeNetModel, object]) -> None:
     found = {d.label for d in models[0].detect(skimage.data.astronaut()) if d.score >= 0.25}
     assert found & {"FACE_FEMALE", "FACE_MALE"}

@@ -113,6 +113,7 @@ def sideways_jpeg(*, tag: bool) -> bytes:
 
 class FakeNsfw:
     name = "fake"
+    boxes_faint_faces = False
 
     def __init__(self, *detections: Detection) -> None:
         self.detections = list(detections)
@@ -176,6 +177,80 @@ def test_a_face_far_away_is_too_small(validator: PhotoValidator) -> None:
     verdict = validator.validate(encode(scene))
     assert verdict.reason is RejectReason.FACE_TOO_SMALL
     assert verdict.metrics["face_fraction"] < 0.08
+
+
+@pytest.mark.parametrize("texture", ["brick", "grass", "gravel"])
+def test_busy_textures_have_no_face(validator: PhotoValidator, texture: str) -> None:
+    verdict = validator.validate(encode(Image.fromarray(getattr(skimage.data, texture)()).convert("RGB")))
+    assert verdict.reason is RejectReason.NO_FACE, verdict.metrics
+    assert verdict.metrics["faces"] == []
+
+
+def test_face_look_alikes_the_nsfw_model_does_not_box_are_no_face(validator: PhotoValidator) -> None:
+    photo = encode(_upscale(Image.fromarray(skimage.data.coins()).convert("RGB")))
+    cascade_alone = PhotoValidator(ValidationThresholds(unsupported_face_confidence=3.5)).validate(photo)
+    assert cascade_alone.reason is RejectReason.SEVERAL_FACES  # coins the cascade takes for faces
+    verdict = validator.validate(photo)
+    assert verdict.reason is RejectReason.NO_FACE, verdict.metrics
+    assert verdict.metrics["faces"] == []
+
+
+def test_two_people_of_different_sizes_are_several_faces(validator: PhotoValidator) -> None:
+    scene = Image.new("RGB", (1200, 600), (90, 110, 140))
+    scene.paste(astronaut().resize((560, 560), Image.Resampling.LANCZOS), (20, 20))
+    other = (
+        astronaut().resize((430, 430), Image.Resampling.LANCZOS).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    )
+    scene.paste(other, (700, 100))
+    verdict = validator.validate(encode(scene))
+    assert verdict.reason is RejectReason.SEVERAL_FACES
+    assert len(verdict.metrics["faces"]) == 2
+
+
+def test_a_second_face_the_nsfw_model_is_unsure_of_still_makes_several_faces(
+    validator: PhotoValidator,
+) -> None:
+    scene = Image.new("RGB", (1200, 600), (90, 110, 140))
+    scene.paste(astronaut().resize((400, 400), Image.Resampling.LANCZOS), (100, 100))
+    other = (
+        astronaut().resize((380, 380), Image.Resampling.LANCZOS).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    )
+    scene.paste(other, (650, 150))
+    photo = encode(scene)
+    # NudeNet scores the second face under its own 0.25 cut-off: held to that, only one is checked.
+    at_library_cut_off = PhotoValidator(ValidationThresholds(face_label_min_score=0.25)).validate(photo)
+    assert at_library_cut_off.accepted and len(at_library_cut_off.metrics["faces"]) == 1
+    verdict = validator.validate(photo)
+    assert verdict.reason is RejectReason.SEVERAL_FACES, verdict.metrics
+    assert len(verdict.metrics["faces"]) == 2
+    assert all(face["confirmed"] for face in verdict.metrics["faces"])
+
+
+def test_a_face_the_nsfw_model_boxes_is_found_where_the_whole_picture_search_does_not_look() -> None:
+    # A minimum face of the whole short side: the whole-picture cascade search can't find her face,
+    # the crop around NudeNet's face box still does.
+    checker = PhotoValidator(ValidationThresholds(face_search_min_fraction=1.0))
+    verdict = checker.validate(astronaut_jpeg())
+    assert verdict.accepted, verdict.metrics
+    [face] = verdict.metrics["faces"]
+    assert face["confirmed"]
+    x, y, side, _ = face["box"]
+    assert 160 <= x <= 190 and 50 <= y <= 90 and 85 <= side <= 110  # her face, not the flag or the suit
+
+
+def test_a_model_face_box_without_a_face_in_it_is_no_face() -> None:
+    checker = PhotoValidator(nsfw=FakeNsfw(Detection("FACE_FEMALE", 0.9, (300, 150, 120, 120))))
+    verdict = checker.validate(encode(coffee()))
+    assert verdict.reason is RejectReason.NO_FACE
+    assert verdict.metrics["faces"] == []
+
+
+def test_without_model_face_boxes_the_whole_picture_is_searched() -> None:
+    checker = PhotoValidator(nsfw=FakeNsfw(Detection("BELLY_COVERED", 0.9, (0, 0, 9, 9))))
+    verdict = checker.validate(astronaut_jpeg())
+    assert verdict.accepted, verdict.metrics
+    [face] = verdict.metrics["faces"]
+    assert not face["confirmed"]  # found by the cascade alone, certain enough on its own
 
 
 # ---------------------------------------------------------------- quality

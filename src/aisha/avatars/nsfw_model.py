@@ -52,8 +52,12 @@ class NudeNetModel:
         self._input_name: str = self._session.get_inputs()[0].name
         self._labels: list[str] = list(vars(library)["__labels"])
 
-    def detect(self, rgb: NDArray[np.uint8]) -> list[Detection]:
-        """Labelled regions of an RGB image (H×W×3, uint8)."""
+    def detect(self, rgb: NDArray[np.uint8], min_score: float = _NMS_SCORE) -> list[Detection]:
+        """Labelled regions of an RGB image (H×W×3, uint8) scoring at least `min_score`.
+
+        The library's own cut-off by default. A lower one only adds fainter regions: non-maximum
+        suppression drops a box only for a higher-scoring one, so the boxes scoring above the
+        library's cut-off stay exactly the library's."""
         import cv2
 
         height, width = rgb.shape[:2]
@@ -65,16 +69,18 @@ class NudeNetModel:
             padded, 1 / 255.0, (_INPUT_SIDE, _INPUT_SIDE), (0, 0, 0), swapRB=True, crop=False
         )
         outputs = self._session.run(None, {self._input_name: blob})
-        return self._boxes(outputs[0], width, height, side)
+        return self._boxes(outputs[0], width, height, side, min_score)
 
-    def _boxes(self, output: NDArray[np.float32], width: int, height: int, side: int) -> list[Detection]:
+    def _boxes(
+        self, output: NDArray[np.float32], width: int, height: int, side: int, min_score: float
+    ) -> list[Detection]:
         import cv2
         import numpy as np
 
         rows = np.transpose(np.squeeze(output))  # 2100 candidates × (cx, cy, w, h, 18 class scores)
         scores = rows[:, 4:]
         best = scores.max(axis=1)
-        keep = best >= _MIN_SCORE
+        keep = best >= min(_MIN_SCORE, min_score)
         rows, scores, best = rows[keep], scores[keep], best[keep]
         classes = scores.argmax(axis=1)
         # The library's arithmetic, in float32 like its per-row numpy scalars.
@@ -88,7 +94,7 @@ class NudeNetModel:
         w = np.minimum(w, width - x)
         h = np.minimum(h, height - y)
         boxes = np.stack([x, y, w, h], axis=1).astype(np.float64).tolist()
-        kept = cv2.dnn.NMSBoxes(boxes, best.astype(np.float64).tolist(), _NMS_SCORE, _NMS_IOU)
+        kept = cv2.dnn.NMSBoxes(boxes, best.astype(np.float64).tolist(), min_score, _NMS_IOU)
         return [
             Detection(
                 label=self._labels[int(classes[i])],

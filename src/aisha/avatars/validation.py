@@ -10,6 +10,8 @@ last so that a photo without a person is told "no face" rather than accused of n
 5. with one: blurry (the face), several_faces, face_too_small, too_dark / too_bright (the face)
 6. nsfw
 
+Faces: NudeNet's face boxes confirmed by OpenCV's Haar cascade in a crop around each, the
+cascade's whole-picture search only when none is (see `photo_checks.find_faces`).
 Models (OpenCV's Haar cascade, NudeNet's ONNX detector) ship inside their wheels, load lazily
 once per process (the cascade once per thread: OpenCV doesn't promise a shared one is thread-safe)
 and never download anything. OpenCV and numpy themselves are imported where pixels are handled,
@@ -29,11 +31,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aisha.avatars.formats import hamming_distance
+from aisha.avatars.lazy import Lazy
 from aisha.avatars.nsfw_model import Detection
 from aisha.avatars.photo_checks import (
     MEASURE_SHORT_SIDE,
     NUDENET,
-    Lazy,
     NsfwDetector,
     NudeNetDetector,
     RejectReason,
@@ -81,8 +83,8 @@ class PhotoVerdict:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-# OpenCV already spreads one photo's face search over the cores (the NSFW model runs on one), so
-# more workers than cores only add memory (one decoded photo each), not speed.
+# One photo's checks run mostly on one core (the NSFW model, the decoder), so more workers than
+# cores only add memory (one decoded photo each), not speed.
 _default_executor: Lazy[Executor] = Lazy(
     lambda: ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="photo-check")
 )
@@ -222,7 +224,9 @@ class PhotoValidator:
         if isinstance(light, RejectReason):
             return light
         detections = nsfw_scan(rgb, gray, self.nsfw, metrics)
-        faces = find_faces(gray, detections, t)
+        faces = find_faces(
+            gray, detections, t, boxes_faint_faces=self.nsfw is not None and self.nsfw.boxes_faint_faces
+        )
         scale_to_original = decoded.width / gray.shape[1]
         metrics["faces"] = face_metrics(faces, scale_to_original)
         if not faces:
