@@ -33,7 +33,6 @@ from aisha.bot.middlewares import (
     UnitOfWorkMiddleware,
     UserIsolationMiddleware,
     UserMiddleware,
-    run_filters_inline,
 )
 from aisha.bot.outgoing import OutgoingLimiter, OutgoingLimitMiddleware, create_limiter
 from aisha.bot.routers import (
@@ -47,6 +46,7 @@ from aisha.bot.routers import (
     support,
     transcription,
 )
+from aisha.bot.routing import LeanDispatcher, run_filters_inline
 from aisha.bot.stale_callbacks import StaleCallbackAnswerMiddleware
 from aisha.bot.updates import SkipUnreadableUpdatesMiddleware
 from aisha.config import Settings
@@ -117,7 +117,7 @@ def create_dispatcher(services: Services) -> Dispatcher:
     storage = create_fsm_storage(services.settings, services.sessions)
     # aiogram's own FSM middleware is off: it would read the state before the update's unit of
     # work exists (on a connection of its own); ours below reads it inside, under the same lock.
-    dispatcher = Dispatcher(
+    dispatcher = LeanDispatcher(
         storage=storage,
         events_isolation=create_event_isolation(storage),
         disable_fsm=True,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from aiogram import BaseMiddleware, Bot, Router
+from aiogram import BaseMiddleware, Bot
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
 from aiogram.fsm.middleware import FSMContextMiddleware
 from aiogram.methods import Response, TelegramMethod
@@ -76,27 +76,6 @@ class KeepResponseModels(BaseRequestMiddleware):
         if type(method) not in self._models:
             self._models[type(method)] = Response[method.__returning__]  # type: ignore[name-defined]
         return await make_request(bot, method)
-
-
-def run_filters_inline(router: Router) -> None:
-    """aiogram runs a filter that is no coroutine (every `F` filter) through asyncio.to_thread: a
-    thread hop for each filter of each handler tried, for a check of a few attributes. Ours are
-    all such checks (no I/O), so they run on the event loop; call once the routers are joined."""
-    for each in router.chain_tail:
-        for observer in each.observers.values():
-            # The router's own filters (`router.message.filter(...)`), then each handler's.
-            for handler in (observer._handler, *observer.handlers):
-                for check in handler.filters or ():
-                    if not check.awaitable:
-                        check.callback = _as_coroutine(check.callback)
-                        check.awaitable = True
-
-
-def _as_coroutine(check: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        return check(*args, **kwargs)
-
-    return call
 
 
 class UserIsolationMiddleware(BaseMiddleware):
