@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Literal
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.fsm.middleware import FSMContextMiddleware
@@ -22,6 +21,7 @@ from aiogram.fsm.storage.base import (
 from aiogram.fsm.storage.memory import DisabledEventIsolation
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from aisha.bot.api_session import BotApiSession
 from aisha.bot.fsm import SqlStorage, UserEventIsolation
 from aisha.bot.metrics import ObserveUpdateMiddleware
 from aisha.bot.middlewares import (
@@ -59,9 +59,10 @@ def create_bot(settings: Settings, *, limiter: OutgoingLimiter | None = None) ->
     """The Bot; a handler's call first commits its update's work; every send and edit waits for
     its slot under Telegram's limits (shared through Redis when configured) and a 429 is waited
     out and retried, for handlers and jobs alike; a button answered too late counts as answered,
-    and polling passes over an unreadable update."""
+    and polling passes over an unreadable update. Calls go as JSON and answers are read straight
+    from it (bot/api_session.py)."""
     server = TelegramAPIServer.from_base(settings.telegram_api_url, is_local=settings.telegram_api_local)
-    session = AiohttpSession(api=server)
+    session = BotApiSession(api=server)
     # First: an update's work is committed before anything leaves (and before waiting for a slot).
     session.middleware(CommitBeforeSend())
     session.middleware(
