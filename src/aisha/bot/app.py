@@ -10,7 +10,6 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.fsm.middleware import FSMContextMiddleware
 from aiogram.fsm.storage.base import (
     DEFAULT_DESTINY,
     BaseEventIsolation,
@@ -18,7 +17,6 @@ from aiogram.fsm.storage.base import (
     DefaultKeyBuilder,
     StorageKey,
 )
-from aiogram.fsm.storage.memory import DisabledEventIsolation
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aisha.bot.api_session import BotApiSession
@@ -29,6 +27,7 @@ from aisha.bot.middlewares import (
     BlockedMiddleware,
     CommitBeforeSend,
     KeepResponseModels,
+    StateMiddleware,
     ThrottleMiddleware,
     UnitOfWorkMiddleware,
     UserIsolationMiddleware,
@@ -130,10 +129,9 @@ def create_dispatcher(services: Services) -> Dispatcher:
     dispatcher.update.outer_middleware(ObserveUpdateMiddleware(services.metrics))
     # The wizard state, read once in the update's transaction (the lock is already held); with
     # the records in the database, on PostgreSQL, read by the unit of work's first statement.
-    fsm = FSMContextMiddleware(storage, DisabledEventIsolation())
-    in_database = fsm if isinstance(storage, SqlStorage) else None
-    dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services, fsm=in_database))
-    dispatcher.update.outer_middleware(fsm)
+    in_database = isinstance(storage, SqlStorage)
+    dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services, fsm_in_database=in_database))
+    dispatcher.update.outer_middleware(StateMiddleware(storage))
     # On PostgreSQL the user's row is read with the update's claim. Elsewhere (SQLite), one
     # process: its cache of user rows sees every change; several (REDIS_URL): no cache.
     user_cache = 0.0 if services.settings.redis_url else USER_CACHE_SECONDS
