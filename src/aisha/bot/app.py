@@ -8,10 +8,8 @@ from typing import TYPE_CHECKING, Literal
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.fsm.middleware import FSMContextMiddleware
 from aiogram.fsm.storage.base import (
     DEFAULT_DESTINY,
     BaseEventIsolation,
@@ -19,9 +17,9 @@ from aiogram.fsm.storage.base import (
     DefaultKeyBuilder,
     StorageKey,
 )
-from aiogram.fsm.storage.memory import DisabledEventIsolation
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from aisha.bot.api_session import BotApiSession
 from aisha.bot.fsm import SqlStorage, UserEventIsolation
 from aisha.bot.metrics import ObserveUpdateMiddleware
 from aisha.bot.middlewares import (
@@ -29,11 +27,11 @@ from aisha.bot.middlewares import (
     BlockedMiddleware,
     CommitBeforeSend,
     KeepResponseModels,
+    StateMiddleware,
     ThrottleMiddleware,
     UnitOfWorkMiddleware,
     UserIsolationMiddleware,
     UserMiddleware,
-    run_filters_inline,
 )
 from aisha.bot.outgoing import OutgoingLimiter, OutgoingLimitMiddleware, create_limiter
 from aisha.bot.routers import (
@@ -47,6 +45,7 @@ from aisha.bot.routers import (
     support,
     transcription,
 )
+from aisha.bot.routing import LeanDispatcher, run_filters_inline
 from aisha.bot.stale_callbacks import StaleCallbackAnswerMiddleware
 from aisha.bot.updates import SkipUnreadableUpdatesMiddleware
 from aisha.config import Settings
@@ -59,9 +58,10 @@ def create_bot(settings: Settings, *, limiter: OutgoingLimiter | None = None) ->
     """The Bot; a handler's call first commits its update's work; every send and edit waits for
     its slot under Telegram's limits (shared through Redis when configured) and a 429 is waited
     out and retried, for handlers and jobs alike; a button answered too late counts as answered,
-    and polling passes over an unreadable update."""
+    and polling passes over an unreadable update. Calls go as JSON and answers are read straight
+    from it (bot/api_session.py)."""
     server = TelegramAPIServer.from_base(settings.telegram_api_url, is_local=settings.telegram_api_local)
-    session = AiohttpSession(api=server)
+    session = BotApiSession(api=server)
     # First: an update's work is committed before anything leaves (and before waiting for a slot).
     session.middleware(CommitBeforeSend())
     session.middleware(
@@ -117,7 +117,7 @@ def create_dispatcher(services: Services) -> Dispatcher:
     storage = create_fsm_storage(services.settings, services.sessions)
     # aiogram's own FSM middleware is off: it would read the state before the update's unit of
     # work exists (on a connection of its own); ours below reads it inside, under the same lock.
-    dispatcher = Dispatcher(
+    dispatcher = LeanDispatcher(
         storage=storage,
         events_isolation=create_event_isolation(storage),
         disable_fsm=True,
@@ -129,10 +129,9 @@ def create_dispatcher(services: Services) -> Dispatcher:
     dispatcher.update.outer_middleware(ObserveUpdateMiddleware(services.metrics))
     # The wizard state, read once in the update's transaction (the lock is already held); with
     # the records in the database, on PostgreSQL, read by the unit of work's first statement.
-    fsm = FSMContextMiddleware(storage, DisabledEventIsolation())
-    in_database = fsm if isinstance(storage, SqlStorage) else None
-    dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services, fsm=in_database))
-    dispatcher.update.outer_middleware(fsm)
+    in_database = isinstance(storage, SqlStorage)
+    dispatcher.update.outer_middleware(UnitOfWorkMiddleware(services, fsm_in_database=in_database))
+    dispatcher.update.outer_middleware(StateMiddleware(storage))
     # On PostgreSQL the user's row is read with the update's claim. Elsewhere (SQLite), one
     # process: its cache of user rows sees every change; several (REDIS_URL): no cache.
     user_cache = 0.0 if services.settings.redis_url else USER_CACHE_SECONDS

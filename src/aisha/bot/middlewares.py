@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from aiogram import BaseMiddleware, Bot, Router
+from aiogram import BaseMiddleware, Bot
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
+from aiogram.fsm.context import FSMContext
 from aiogram.fsm.middleware import FSMContextMiddleware
+from aiogram.fsm.storage.base import BaseStorage
 from aiogram.methods import Response, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import TelegramObject, Update
@@ -78,27 +80,6 @@ class KeepResponseModels(BaseRequestMiddleware):
         return await make_request(bot, method)
 
 
-def run_filters_inline(router: Router) -> None:
-    """aiogram runs a filter that is no coroutine (every `F` filter) through asyncio.to_thread: a
-    thread hop for each filter of each handler tried, for a check of a few attributes. Ours are
-    all such checks (no I/O), so they run on the event loop; call once the routers are joined."""
-    for each in router.chain_tail:
-        for observer in each.observers.values():
-            # The router's own filters (`router.message.filter(...)`), then each handler's.
-            for handler in (observer._handler, *observer.handlers):
-                for check in handler.filters or ():
-                    if not check.awaitable:
-                        check.callback = _as_coroutine(check.callback)
-                        check.awaitable = True
-
-
-def _as_coroutine(check: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        return check(*args, **kwargs)
-
-    return call
-
-
 class UserIsolationMiddleware(BaseMiddleware):
     """Each user's updates in a chat one after another (in this process, or in every process when
     the isolation is Redis's), each held until its unit of work has committed: the wizard state is
@@ -111,8 +92,25 @@ class UserIsolationMiddleware(BaseMiddleware):
         context = self._fsm.resolve_event_context(data["bot"], data)
         if context is None:
             return await handler(event, data)
+        # The handlers' `state`, resolved once here: the claim and StateMiddleware use its key.
+        data["state"] = context
         async with self._fsm.events_isolation.lock(key=context.key):
             return await handler(event, data)
+
+
+class StateMiddleware(BaseMiddleware):
+    """aiogram's FSM data for handlers (`fsm_storage`, `state`, `raw_state`), the state read inside
+    the update's unit of work and under the user's lock (UserIsolationMiddleware's)."""
+
+    def __init__(self, storage: BaseStorage) -> None:
+        self._storage = storage
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        data["fsm_storage"] = self._storage
+        context: FSMContext | None = data.get("state")
+        if context is not None:
+            data["raw_state"] = await context.get_state()
+        return await handler(event, data)
 
 
 class UnitOfWorkMiddleware(BaseMiddleware):
@@ -126,11 +124,10 @@ class UnitOfWorkMiddleware(BaseMiddleware):
     while Telegram answers. What a handler writes after its reply commits at the end.
     """
 
-    def __init__(self, services: Services, *, fsm: FSMContextMiddleware | None = None) -> None:
+    def __init__(self, services: Services, *, fsm_in_database: bool = False) -> None:
         self._services = services
-        # The FSM whose records are in the database (no Redis): its key, to read the state in
-        # the claim (PostgreSQL).
-        self._fsm = fsm
+        # The FSM's records are in the database (no Redis): the claim reads the state (PostgreSQL).
+        self._fsm_in_database = fsm_in_database
         self._one_statement: bool | None = None  # PostgreSQL: known at the first update
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
@@ -176,7 +173,7 @@ class UnitOfWorkMiddleware(BaseMiddleware):
         """The update id, the user's row and the wizard state in one statement (bot/claim.py);
         the rows are left in the session for UserMiddleware and the FSM storage."""
         tg_user: TelegramUser | None = data.get("event_from_user")
-        context = self._fsm.resolve_event_context(data["bot"], data) if self._fsm else None
+        context: FSMContext | None = data.get("state") if self._fsm_in_database else None
         fsm_key = storage_key(context.key) if context else None
         claim = await claim_update(
             session,

@@ -1,0 +1,94 @@
+"""How an update finds its handler: aiogram's walk through the routers, with less done per router.
+
+aiogram's `Router.propagate_event` wraps each router's outer middlewares for every update (a
+`functools.wraps` and a partial each, also when there are none) and awaits its root filters (a
+copy of the update's data, also when there are none), and a matched handler is wrapped in its
+inner middlewares the same way. With a dozen routers that was most of the dispatch. The walk here
+is the same (the same order, the same filters with the same data, the first handler that passes,
+`SkipHandler` going on to the next), skipping only that empty machinery: a router that has outer
+middlewares of its own is walked by aiogram itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram import Dispatcher, Router
+from aiogram.dispatcher.event.bases import REJECTED, UNHANDLED, SkipHandler
+from aiogram.dispatcher.event.telegram import TelegramEventObserver
+from aiogram.types import TelegramObject
+
+
+class LeanDispatcher(Dispatcher):
+    """A Dispatcher that walks its routers with `propagate` below."""
+
+    async def propagate_event(self, update_type: str, event: TelegramObject, **kwargs: Any) -> Any:
+        return await propagate(self, update_type, event, kwargs)
+
+
+async def propagate(router: Router, update_type: str, event: TelegramObject, data: dict[str, Any]) -> Any:
+    """`router.propagate_event(update_type, event, **data)`, as aiogram does it."""
+    observer = router.observers.get(update_type)
+    if observer is not None and len(observer.outer_middleware):
+        return await Router.propagate_event(router, update_type, event, **data)
+    data = {**data, "event_router": router}  # a copy: what this router adds stays in its subtree
+    if observer is not None:
+        if observer._handler.filters:  # the router's own filters (`router.message.filter(...)`)
+            passed, data = await observer.check_root_filters(event, **data)
+            if not passed:
+                return UNHANDLED
+        response = await _trigger(observer, event, data)
+        if response is REJECTED:
+            return UNHANDLED
+        if response is not UNHANDLED:
+            return response
+    response = UNHANDLED
+    for sub_router in router.sub_routers:
+        response = await propagate(sub_router, update_type, event, data)
+        if response is not UNHANDLED:
+            break
+    return response
+
+
+async def _trigger(observer: TelegramEventObserver, event: TelegramObject, data: dict[str, Any]) -> Any:
+    """`observer.trigger(event, **data)`: the first handler whose filters pass is called."""
+    if not observer.handlers:
+        return UNHANDLED
+    kwargs = dict(data)  # "handler" and what filters find are the handler's, not the sub-routers'
+    for handler in observer.handlers:
+        kwargs["handler"] = handler
+        passed, found = await handler.check(event, **kwargs)
+        if not passed:
+            continue
+        kwargs.update(found)
+        middlewares = observer._resolve_middlewares()  # inner ones, of this router and its parents
+        try:
+            if middlewares:
+                wrapped = observer.outer_middleware.wrap_middlewares(middlewares, handler.call)
+                return await wrapped(event, kwargs)
+            return await handler.call(event, **kwargs)
+        except SkipHandler:
+            continue
+    return UNHANDLED
+
+
+def run_filters_inline(router: Router) -> None:
+    """aiogram runs a filter that is no coroutine (every `F` filter) through asyncio.to_thread: a
+    thread hop for each filter of each handler tried, for a check of a few attributes. Ours are
+    all such checks (no I/O), so they run on the event loop; call once the routers are joined."""
+    for each in router.chain_tail:
+        for observer in each.observers.values():
+            # The router's own filters (`router.message.filter(...)`), then each handler's.
+            for handler in (observer._handler, *observer.handlers):
+                for check in handler.filters or ():
+                    if not check.awaitable:
+                        check.callback = _as_coroutine(check.callback)
+                        check.awaitable = True
+
+
+def _as_coroutine(check: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return check(*args, **kwargs)
+
+    return call

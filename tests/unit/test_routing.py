@@ -1,0 +1,108 @@
+"""The lean router walk (bot/routing.py) takes the handler aiogram would take, with the same data:
+root filters that refuse a router and its subtree, filters' data, SkipHandler, a router's own
+outer middleware, inner middlewares of a parent, and what nobody handles."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiogram import BaseMiddleware, Bot, Dispatcher, F, Router
+from aiogram.dispatcher.event.bases import UNHANDLED, SkipHandler
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message, TelegramObject, Update
+
+from aisha.bot.routing import LeanDispatcher, run_filters_inline
+
+TOKEN = "123456789:AAH-routing-test-token"
+ADMIN, USER = 1, 2
+
+
+def _update(update_id: int, user_id: int, text: str) -> Update:
+    return Update.model_validate(
+        {
+            "update_id": update_id,
+            "message": {
+                "message_id": update_id,
+                "date": 0,
+                "chat": {"id": user_id, "type": "private"},
+                "from": {"id": user_id, "is_bot": False, "first_name": "A"},
+                "text": text,
+            },
+        }
+    )
+
+
+class Tag(BaseMiddleware):
+    """Adds `name` to the data's trail, so a test sees which middlewares ran, in which order."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        data["trail"] = (*data.get("trail", ()), self.name)
+        return await handler(event, data)
+
+
+def _build(dispatcher: Dispatcher) -> Dispatcher:
+    admin = Router(name="admin")
+    admin.message.filter(F.from_user.id == ADMIN)
+
+    @admin.message(Command("stats"))
+    async def stats(message: Message, event_router: Router) -> str:
+        return f"stats by {event_router.name}"
+
+    features = Router(name="features")
+    features.message.middleware(Tag("inner"))
+
+    @features.message(Command("skip"))
+    async def skipped(message: Message) -> str:
+        raise SkipHandler
+
+    @features.message(Command("skip", "echo"))
+    async def echo(message: Message, command: CommandObject, trail: tuple[str, ...] = ()) -> str:
+        return f"echo {command.args} {'+'.join(trail)}"
+
+    wrapped = Router(name="wrapped")
+    wrapped.message.outer_middleware(Tag("outer"))
+
+    @wrapped.message(F.text.startswith("hello"))
+    async def hello(message: Message, trail: tuple[str, ...] = (), handler: Any = None) -> str:
+        return f"hello {'+'.join(trail)} {handler.callback.__name__}"
+
+    features.include_router(wrapped)
+    dispatcher.include_routers(admin, features)
+    run_filters_inline(dispatcher)
+    return dispatcher
+
+
+@pytest.mark.parametrize(
+    ("user_id", "text", "answer"),
+    [
+        (ADMIN, "/stats", "stats by admin"),
+        (USER, "/stats", UNHANDLED),  # the admin router's own filter refuses it
+        (
+            USER,
+            "/skip now",
+            "echo now inner+inner",
+        ),  # the first skips (its middleware ran): the next takes it
+        (USER, "/echo hi", "echo hi inner"),
+        (USER, "hello there", "hello outer+inner hello"),  # outer of its router, inner of its parent
+        (USER, "nothing matches", UNHANDLED),
+    ],
+)
+async def test_the_lean_walk_answers_as_aiogram_does(user_id: int, text: str, answer: object) -> None:
+    bot = Bot(token=TOKEN)
+    try:
+        theirs = await _build(Dispatcher()).feed_update(bot, _update(1, user_id, text))
+        ours = await _build(LeanDispatcher()).feed_update(bot, _update(1, user_id, text))
+    finally:
+        await bot.session.close()
+    assert theirs == answer
+    assert ours == answer
