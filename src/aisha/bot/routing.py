@@ -20,10 +20,27 @@ from aiogram.dispatcher.event.telegram import TelegramEventObserver
 from aiogram.types import TelegramObject
 
 
+def _walkable() -> bool:
+    """Whether this aiogram has the parts of its routers the walk below uses (aiogram 3.28-3.31
+    do); on one without them, aiogram walks its routers itself, as it always could."""
+    observer = Router().message
+    return (
+        hasattr(observer, "_handler")
+        and hasattr(observer, "_resolve_middlewares")
+        and hasattr(observer, "check_root_filters")
+        and hasattr(observer.outer_middleware, "wrap_middlewares")
+    )
+
+
+LEAN_WALK = _walkable()
+
+
 class LeanDispatcher(Dispatcher):
     """A Dispatcher that walks its routers with `propagate` below."""
 
     async def propagate_event(self, update_type: str, event: TelegramObject, **kwargs: Any) -> Any:
+        if not LEAN_WALK:
+            return await super().propagate_event(update_type, event, **kwargs)
         return await propagate(self, update_type, event, kwargs)
 
 
