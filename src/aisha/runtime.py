@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiogram import Bot, Dispatcher
 
-from aisha.api import TELEGRAM_WEBHOOK_PATH as WEBHOOK_PATH
+from aisha.api import TELEGRAM_WEBHOOK_PATH
 from aisha.bot.app import create_bot, create_dispatcher
 from aisha.bot.commands import publish_commands
 from aisha.bot.local_files import local_folder
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from aisha.api.server import HttpServer
 
 log = structlog.get_logger(__name__)
-__all__ = ["WEBHOOK_PATH", "Role", "Runtime"]
+__all__ = ["Role", "Runtime"]
 
 # An update in flight holds a few hundred new objects (aiogram's models, the unit of work's
 # session, the HTTP request), freed when it ends, next to none of them in a reference cycle. At
@@ -84,7 +84,7 @@ class Runtime:
             await publish_commands(self.bot, self.services.translator)
         if role in (Role.ALL, Role.API) and self.settings.webhook_mode:
             await self.bot.set_webhook(
-                url=f"{self.settings.public_base_url}{WEBHOOK_PATH}",
+                url=f"{self.settings.public_base_url}{TELEGRAM_WEBHOOK_PATH}",
                 secret_token=self.settings.webhook_secret.get_secret_value()
                 if self.settings.webhook_secret
                 else None,

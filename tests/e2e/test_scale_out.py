@@ -17,11 +17,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from aisha.api import TELEGRAM_WEBHOOK_PATH
 from aisha.avatars.models import Avatar, AvatarStatus
 from aisha.billing.models import CreditEntry, EntryKind
 from aisha.config import Settings
 from aisha.db.session import unit_of_work
-from aisha.runtime import WEBHOOK_PATH, Role, Runtime
+from aisha.runtime import Role, Runtime
 from aisha.sandbox import FakeTelegramServer, FakeUser
 from aisha.sandbox.fal import FakeFalServer
 from aisha.users.models import User
@@ -69,7 +70,7 @@ def cluster_settings(
 
 async def _post(http: httpx.AsyncClient, runtime: Runtime, update: dict[str, Any]) -> int:
     response = await http.post(
-        f"http://127.0.0.1:{runtime.http_port}{WEBHOOK_PATH}",
+        f"http://127.0.0.1:{runtime.http_port}{TELEGRAM_WEBHOOK_PATH}",
         json=update,
         headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET},
     )
