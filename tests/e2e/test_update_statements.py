@@ -57,18 +57,23 @@ def database_calls(runtime: Runtime, update_id: int) -> Iterator[list[str]]:
             event.remove(engine, name, listener)
 
 
+@pytest.fixture
+async def runtime(make_settings: Callable[..., Any], start_app: Callable[..., Any]) -> Runtime:
+    """The bot in webhook mode, as Telegram reaches it in production."""
+    app: Runtime = await start_app(
+        make_settings(public_base_url="https://bot.example.com", webhook_secret=WEBHOOK_SECRET)
+    )
+    return app
+
+
 async def _send(telegram: FakeTelegramServer, runtime: Runtime, update: dict[str, Any]) -> None:
     url = f"http://127.0.0.1:{runtime.http_port}/telegram/webhook"
     assert await telegram.post_webhook(url, update, secret=WEBHOOK_SECRET) == 200  # handled by then
 
 
 async def test_start_and_balance_of_a_returning_user_are_one_transaction_of_few_statements(
-    telegram: FakeTelegramServer,
-    make_settings: Callable[..., Any],
-    start_app: Callable[..., Any],
+    telegram: FakeTelegramServer, runtime: Runtime
 ) -> None:
-    settings = make_settings(public_base_url="https://bot.example.com", webhook_secret=WEBHOOK_SECRET)
-    runtime = await start_app(settings)
     user = FakeUser(id=7001, first_name="Vera", language_code="en")
     await _send(telegram, runtime, telegram.message_update(user, "/start"))  # registered
     await sent_to(telegram, user.id)
@@ -93,13 +98,7 @@ async def test_start_and_balance_of_a_returning_user_are_one_transaction_of_few_
     assert len(answers) == 3 and answers[1] == answers[0] and "balance" in answers[2].lower()
 
 
-async def test_a_repeated_update_costs_its_claim_only(
-    telegram: FakeTelegramServer,
-    make_settings: Callable[..., Any],
-    start_app: Callable[..., Any],
-) -> None:
-    settings = make_settings(public_base_url="https://bot.example.com", webhook_secret=WEBHOOK_SECRET)
-    runtime = await start_app(settings)
+async def test_a_repeated_update_costs_its_claim_only(telegram: FakeTelegramServer, runtime: Runtime) -> None:
     user = FakeUser(id=7002, first_name="Oleg", language_code="en")
     update = telegram.message_update(user, "/balance")
     await _send(telegram, runtime, update)

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from aisha.admin.models import Stats
 from aisha.admin.stats import collect_stats
 from aisha.billing.errors import ChargeAlreadyRefunded, RefundInProgress, RefundRefused
 from aisha.billing.models import CreditEntry, EntryKind, Payment, PaymentStatus
@@ -199,18 +200,28 @@ async def test_a_refund_outside_the_bot_of_spent_credits_warns_the_operator(
         assert await session.scalar(select(Payment.refund_shortfall)) == 30
 
 
-async def _refunds_waiting(db: Database) -> int:
+def _capped(
+    db: Database, ledger: LedgerService, refunds: ScriptedRefunds, *, max_asks: int
+) -> PaymentService:
+    """The payments, asking Telegram at most `max_asks` times for a refund."""
+    return PaymentService(
+        ledger=ledger, prices=PriceList(), sessions=db.sessions, refunds=refunds, max_refund_asks=max_asks
+    )
+
+
+async def _stats(db: Database) -> Stats:
     async with db.sessions() as session:
-        stats = await collect_stats(session, now=datetime.now(UTC), credit_value_micro_usd=10_000)
-    return stats.refunds_waiting
+        return await collect_stats(session, now=datetime.now(UTC), credit_value_micro_usd=10_000)
+
+
+async def _refunds_waiting(db: Database) -> int:
+    return (await _stats(db)).refunds_waiting
 
 
 async def test_a_refund_telegram_never_answers_is_asked_a_bounded_number_of_times(
     db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
 ) -> None:
-    capped = PaymentService(
-        ledger=ledger, prices=PriceList(), sessions=db.sessions, refunds=refunds, max_refund_asks=3
-    )
+    capped = _capped(db, ledger, refunds, max_asks=3)
     refunds.script = [OSError("timeout"), OSError("timeout"), OSError("timeout")]
     await _start(db, capped)
     assert (await capped.complete_refund(telegram_payment_charge_id=CHARGE)).outcome is RefundOutcome.PENDING
@@ -239,15 +250,12 @@ async def test_a_refund_telegram_never_answers_is_asked_a_bounded_number_of_time
 async def test_the_operators_refund_asks_again_where_the_sweep_gave_up(
     db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
 ) -> None:
-    capped = PaymentService(
-        ledger=ledger, prices=PriceList(), sessions=db.sessions, refunds=refunds, max_refund_asks=2
-    )
+    capped = _capped(db, ledger, refunds, max_asks=2)
     refunds.script = [OSError("timeout"), OSError("timeout"), OSError("timeout")]
     await _start(db, capped)
     assert (await capped.complete_refund(telegram_payment_charge_id=CHARGE)).outcome is RefundOutcome.PENDING
     assert await capped.sweep_refunds() == 0  # the last ask: given up
-    async with db.sessions() as session:
-        stats = await collect_stats(session, now=datetime.now(UTC), credit_value_micro_usd=10_000)
+    stats = await _stats(db)
     assert (stats.refunds_waiting, stats.waiting_refund_charges) == (1, (CHARGE,))
 
     async with unit_of_work(db.sessions) as session:  # the operator's /refund of the charge
@@ -269,9 +277,7 @@ async def test_the_operators_refund_asks_again_where_the_sweep_gave_up(
 async def test_a_refund_started_again_after_a_refusal_gets_every_ask_again(
     db: Database, payments: PaymentService, ledger: LedgerService, refunds: ScriptedRefunds
 ) -> None:
-    capped = PaymentService(
-        ledger=ledger, prices=PriceList(), sessions=db.sessions, refunds=refunds, max_refund_asks=2
-    )
+    capped = _capped(db, ledger, refunds, max_asks=2)
     refunds.script = [OSError("timeout"), RefundRefused("Bad Request: CHARGE_NOT_FOUND"), OSError("timeout")]
     await _start(db, capped)
     assert (await capped.complete_refund(telegram_payment_charge_id=CHARGE)).outcome is RefundOutcome.PENDING

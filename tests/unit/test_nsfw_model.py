@@ -26,12 +26,17 @@ def models() -> tuple[NudeNetModel, object]:
     return NudeNetModel(), NudeDetector()
 
 
+def _library_detections(library: object, rgb: NDArray[np.uint8]) -> list[tuple[str, float, tuple[int, ...]]]:
+    """What NudeNet's own `detect` finds (it reads BGR), in our Detection's terms."""
+    theirs = library.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # type: ignore[attr-defined]
+    return [(d["class"], d["score"], tuple(d["box"])) for d in theirs]
+
+
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
 def test_the_same_detections_as_the_library(models: tuple[NudeNetModel, object], name: str) -> None:
     ours, library = models
     for rgb in _shapes(getattr(skimage.data, name)()):
-        theirs = library.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # type: ignore[attr-defined]
-        expected = [(d["class"], d["score"], tuple(d["box"])) for d in theirs]
+        expected = _library_detections(library, rgb)
         assert [(d.label, d.score, d.box) for d in ours.detect(rgb)] == expected
 
 
@@ -39,8 +44,7 @@ def test_the_same_detections_as_the_library(models: tuple[NudeNetModel, object],
 def test_a_lower_cut_off_only_adds_fainter_regions(models: tuple[NudeNetModel, object], name: str) -> None:
     ours, library = models
     for rgb in _shapes(getattr(skimage.data, name)()):
-        theirs = library.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # type: ignore[attr-defined]
-        expected = [(d["class"], d["score"], tuple(d["box"])) for d in theirs]
+        expected = _library_detections(library, rgb)
         found = ours.detect(rgb, min_score=0.1)
         assert [(d.label, d.score, d.box) for d in found if d.score > 0.25] == expected
         assert all(d.score > 0.1 for d in found)
