@@ -32,6 +32,7 @@ from aisha.avatars.imaging import (
     perceptual_hash,
     write_training_zip,
 )
+from aisha.avatars.nsfw_model import nsfw_detections, scan_nsfw
 from aisha.avatars.validation import (
     Detection,
     PhotoValidator,
@@ -437,6 +438,53 @@ def test_nsfw_check_can_be_switched_off() -> None:
     verdict = PhotoValidator(nsfw=None).validate(astronaut_jpeg())
     assert verdict.accepted
     assert verdict.metrics["nsfw"] == "skipped"
+
+
+def test_the_nsfw_model_sees_whole_block_means_and_its_boxes_land_on_the_picture() -> None:
+    picture = np.zeros((750, 1001, 3), np.uint8)
+    picture[:2, :2] = 200  # one whole 2×2 block: the copy's first pixel
+    picture[:, 1000] = 255  # the odd column left over: no block of the copy takes it
+    seen: list[NDArray[np.uint8]] = []
+
+    class Recording(FakeNsfw):
+        def detect(self, rgb: NDArray[np.uint8]) -> Sequence[Detection]:
+            seen.append(rgb.copy())
+            return super().detect(rgb)
+
+    scan = scan_nsfw(picture, Recording(Detection("FACE_FEMALE", 0.8, (10, 20, 30, 40))))
+    assert seen[0].shape == (375, 500, 3)
+    assert seen[0][0, 0].tolist() == [200, 200, 200] and seen[0][1, 1].tolist() == [0, 0, 0]
+    assert int(seen[0][:, -1].max()) == 0
+    metrics: dict[str, object] = {}
+    [face] = nsfw_detections(scan, 0.25, metrics)  # the measuring copy: a quarter of the picture's side
+    assert face.box == (5, 10, 15, 20)
+    assert metrics["detections"] == {"FACE_FEMALE": 0.8}
+
+
+def test_a_picture_near_the_models_size_is_scanned_as_it_is() -> None:
+    picture = np.full((600, 790, 3), 7, np.uint8)
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(FakeNsfw):
+        def detect(self, rgb: NDArray[np.uint8]) -> Sequence[Detection]:
+            seen.append(rgb.shape)
+            return []
+
+    assert scan_nsfw(picture, Recording()).scale == 1
+    assert seen == [(600, 790, 3)]
+
+
+def test_the_nsfw_scan_runs_beside_the_rest_of_the_check_and_its_failure_reaches_the_caller() -> None:
+    threads: list[str] = []
+
+    class Failing(FakeNsfw):
+        def detect(self, rgb: NDArray[np.uint8]) -> Sequence[Detection]:
+            threads.append(threading.current_thread().name)
+            raise RuntimeError("onnxruntime failed")
+
+    with pytest.raises(RuntimeError, match="onnxruntime failed"):
+        PhotoValidator(nsfw=Failing()).validate(astronaut_jpeg())
+    assert threads and threads[0].startswith("nsfw-scan") and threads[0] != threading.current_thread().name
 
 
 # ---------------------------------------------------------------- async

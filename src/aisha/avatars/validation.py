@@ -26,18 +26,23 @@ import hashlib
 import os
 import time
 from collections.abc import Collection, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aisha.avatars.formats import hamming_distance
 from aisha.avatars.lazy import Lazy
-from aisha.avatars.nsfw_model import Detection
+from aisha.avatars.nsfw_model import (
+    NUDENET,
+    Detection,
+    NsfwDetector,
+    NsfwScan,
+    NudeNetDetector,
+    nsfw_detections,
+    scan_nsfw,
+)
 from aisha.avatars.photo_checks import (
     MEASURE_SHORT_SIDE,
-    NUDENET,
-    NsfwDetector,
-    NudeNetDetector,
     RejectReason,
     ValidationThresholds,
     face_cascade,
@@ -46,7 +51,6 @@ from aisha.avatars.photo_checks import (
     faceless_reason,
     find_faces,
     nsfw_reason,
-    nsfw_scan,
     resize_short_side,
     whole_picture,
 )
@@ -87,6 +91,12 @@ class PhotoVerdict:
 # cores only add memory (one decoded photo each), not speed.
 _default_executor: Lazy[Executor] = Lazy(
     lambda: ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="photo-check")
+)
+# The NSFW model runs on a thread of its own while the check measures the picture, so that one photo
+# is checked on two cores (onnxruntime releases the GIL). A pool of its own: a scan waits for
+# nothing, so a validator waiting for its scan can never hold the thread the scan needs.
+_scan_executor: Lazy[Executor] = Lazy(
+    lambda: ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="nsfw-scan")
 )
 
 
@@ -199,17 +209,22 @@ class PhotoValidator:
         import numpy as np
 
         rgb: NDArray[np.uint8] = np.asarray(decoded.image)
-        gray_full = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
-        phash = perceptual_hash(gray_full)
-        reason = self._check(decoded, rgb, gray_full, phash, accepted_hashes, metrics)
+        scan = None if self.nsfw is None else _scan_executor.get().submit(scan_nsfw, rgb, self.nsfw)
+        try:
+            gray_full = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+            phash = perceptual_hash(gray_full)
+            reason = self._check(decoded, gray_full, phash, scan, accepted_hashes, metrics)
+        finally:
+            if scan is not None:
+                scan.cancel()  # refused before its result was needed: don't start it at all
         return verdict(reason, phash, decoded.width, decoded.height)
 
     def _check(
         self,
         decoded: DecodedImage,
-        rgb: NDArray[np.uint8],
         gray_full: NDArray[np.uint8],
         phash: str,
+        scan: Future[NsfwScan] | None,
         accepted_hashes: Sequence[str],
         metrics: dict[str, Any],
     ) -> RejectReason | None:
@@ -223,7 +238,8 @@ class PhotoValidator:
         light = whole_picture(gray, t, metrics)
         if isinstance(light, RejectReason):
             return light
-        detections = nsfw_scan(rgb, gray, self.nsfw, metrics)
+        to_measure = gray.shape[1] / gray_full.shape[1]
+        detections = nsfw_detections(None if scan is None else scan.result(), to_measure, metrics)
         faces = find_faces(
             gray, detections, t, boxes_faint_faces=self.nsfw is not None and self.nsfw.boxes_faint_faces
         )
