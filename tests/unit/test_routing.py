@@ -4,6 +4,7 @@ outer middleware, inner middlewares of a parent, and what nobody handles."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiogram.dispatcher.event.bases import UNHANDLED, SkipHandler
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import Message, TelegramObject, Update
 
+from aisha.bot import routing
 from aisha.bot.routing import LEAN_WALK, LeanDispatcher, gate_commands, run_filters_inline
 
 TOKEN = "123456789:AAH-routing-test-token"
@@ -155,3 +157,13 @@ def test_the_aiogram_installed_is_walked_lean() -> None:
     # Else the tests above compare aiogram with itself: the bot would still answer (aiogram walks
     # its routers), but bot/routing.py needs bringing up to this aiogram.
     assert LEAN_WALK
+
+
+def test_a_dispatchers_command_gates_go_with_it() -> None:
+    gc.collect()  # the earlier tests' dispatchers, and their gates, gone first
+    before = len(routing._COMMAND_GATES)
+    dispatcher = _build(LeanDispatcher())
+    assert len(routing._COMMAND_GATES) == before + 8  # the handlers whose first filter is a Command
+    del dispatcher
+    gc.collect()
+    assert len(routing._COMMAND_GATES) == before

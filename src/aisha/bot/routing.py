@@ -13,12 +13,12 @@ is passed over, without running its filters, by a message whose first word that 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import Dispatcher, Router
 from aiogram.dispatcher.event.bases import REJECTED, UNHANDLED, SkipHandler
-from aiogram.dispatcher.event.handler import HandlerObject
 from aiogram.dispatcher.event.telegram import TelegramEventObserver
 from aiogram.filters import Command, CommandStart
 from aiogram.types import Message, TelegramObject
@@ -125,10 +125,9 @@ class _CommandGate:
     `validate_command`). A message that fails these is one the filter refuses; one that passes
     still goes through the filter itself (the mention, a deep link, its magic)."""
 
-    __slots__ = ("handler", "ignore_case", "names", "prefix")
+    __slots__ = ("ignore_case", "names", "prefix")
 
-    def __init__(self, handler: HandlerObject, command: Command) -> None:
-        self.handler = handler  # kept: the gates are found by the handler's id
+    def __init__(self, command: Command) -> None:
         self.names = frozenset(str(name) for name in command.commands)
         self.prefix = command.prefix
         self.ignore_case = command.ignore_case
@@ -142,7 +141,8 @@ class _CommandGate:
         return (name.casefold() if self.ignore_case else name) in self.names
 
 
-# Handler id -> its gate; filled once the routers are joined (`gate_commands`).
+# Handler id -> its gate; filled once the routers are joined (`gate_commands`), and each entry
+# gone with its handler (a test builds many dispatchers; an id is reused only after that).
 _COMMAND_GATES: dict[int, _CommandGate] = {}
 
 
@@ -167,4 +167,5 @@ def gate_commands(router: Router) -> None:
             if not isinstance(first, Command) or type(first) not in (Command, CommandStart):
                 continue
             if all(isinstance(name, str) for name in first.commands):
-                _COMMAND_GATES[id(handler)] = _CommandGate(handler, first)
+                _COMMAND_GATES[id(handler)] = _CommandGate(first)
+                weakref.finalize(handler, _COMMAND_GATES.pop, id(handler), None)
