@@ -29,6 +29,7 @@ from aisha.billing import (
     StarPackage,
 )
 from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, Payment
+from aisha.billing.statement import OperationState, account_view
 from aisha.clock import FrozenClock
 from aisha.db.session import unit_of_work
 from aisha.users.models import User
@@ -468,6 +469,20 @@ async def test_history_pages(db: Database, ledger: LedgerService, clock: FrozenC
     assert [i.balance_after for i in first.items] == [28, 21, 15]
     empty = await tx(db, lambda s: ledger.history(session=s, user_id=BOB))
     assert (empty.total, empty.items) == (0, [])
+
+
+async def test_the_account_of_a_user_whose_id_outgrows_32_bits(db: Database, ledger: LedgerService) -> None:
+    # Telegram's newer user ids do; /balance read them as 32-bit integers and failed on PostgreSQL.
+    user = 7_000_000_001
+    await add_user(db, user)
+    await add_user(db, user + 1)  # a neighbour whose credits must not show
+    await fund(db, ledger, user, 30)
+    await fund(db, ledger, user + 1, 99)
+    await tx(db, lambda s: ledger.hold(session=s, user_id=user, amount=12, key="h", reference="gen:1"))
+    view = await tx(db, lambda s: account_view(s, user_id=user, limit=5, offset=0))
+    assert (view.balance, view.held, view.page.total) == (18, 12, 2)
+    assert [op.state for op in view.page.operations] == [OperationState.PENDING, OperationState.DONE]
+    assert [op.amount for op in view.page.operations] == [-12, 30]
 
 
 async def test_verify_all_names_a_tampered_balance(db: Database, ledger: LedgerService, alice: int) -> None:

@@ -4,22 +4,31 @@ outer middleware, inner middlewares of a parent, and what nobody handles."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiogram import BaseMiddleware, Bot, Dispatcher, F, Router
 from aiogram.dispatcher.event.bases import UNHANDLED, SkipHandler
-from aiogram.filters import Command, CommandObject
+from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import Message, TelegramObject, Update
 
-from aisha.bot.routing import LEAN_WALK, LeanDispatcher, run_filters_inline
+from aisha.bot import routing
+from aisha.bot.routing import LEAN_WALK, LeanDispatcher, gate_commands, run_filters_inline
 
 TOKEN = "123456789:AAH-routing-test-token"
 ADMIN, USER = 1, 2
 
 
 def _update(update_id: int, user_id: int, text: str) -> Update:
+    # "caption:" makes the text a photo's caption (a Command filter reads either).
+    caption = text.removeprefix("caption:") if text.startswith("caption:") else None
+    content: dict[str, Any] = (
+        {"caption": caption, "photo": [{"file_id": "f", "file_unique_id": "u", "width": 1, "height": 1}]}
+        if caption is not None
+        else {"text": text}
+    )
     return Update.model_validate(
         {
             "update_id": update_id,
@@ -28,7 +37,7 @@ def _update(update_id: int, user_id: int, text: str) -> Update:
                 "date": 0,
                 "chat": {"id": user_id, "type": "private"},
                 "from": {"id": user_id, "is_bot": False, "first_name": "A"},
-                "text": text,
+                **content,
             },
         }
     )
@@ -69,6 +78,30 @@ def _build(dispatcher: Dispatcher) -> Dispatcher:
     async def echo(message: Message, command: CommandObject, trail: tuple[str, ...] = ()) -> str:
         return f"echo {command.args} {'+'.join(trail)}"
 
+    @features.message(Command("Shout", ignore_case=True))
+    async def shout(message: Message, command: CommandObject) -> str:
+        return f"shout {command.command}"
+
+    @features.message(Command("bang", prefix="!/"))
+    async def bang(message: Message, command: CommandObject) -> str:
+        return f"bang {command.prefix}"
+
+    @features.message(CommandStart(deep_link=True))
+    async def start_link(message: Message, command: CommandObject) -> str:
+        return f"start {command.args}"
+
+    @features.message(CommandStart())
+    async def start(message: Message) -> str:
+        return "start"
+
+    @features.message(Command("mine"))
+    async def mine(message: Message) -> str:
+        return "mine"
+
+    @features.message(F.text.startswith("/mine"))
+    async def other_command(message: Message) -> str:
+        return "other command"
+
     wrapped = Router(name="wrapped")
     wrapped.message.outer_middleware(Tag("outer"))
 
@@ -79,6 +112,7 @@ def _build(dispatcher: Dispatcher) -> Dispatcher:
     features.include_router(wrapped)
     dispatcher.include_routers(admin, features)
     run_filters_inline(dispatcher)
+    gate_commands(dispatcher)  # read by the lean walk only: aiogram's own walk runs every filter
     return dispatcher
 
 
@@ -95,6 +129,17 @@ def _build(dispatcher: Dispatcher) -> Dispatcher:
         (USER, "/echo hi", "echo hi inner"),
         (USER, "hello there", "hello outer+inner hello"),  # outer of its router, inner of its parent
         (USER, "nothing matches", UNHANDLED),
+        # Commands: by name, case, prefix, caption, deep link; what no Command takes.
+        (USER, "/SHOUT", "shout SHOUT"),
+        (USER, "!bang", "bang !"),
+        (USER, "/bang", "bang /"),
+        (USER, "caption:/echo in a caption", "echo in a caption inner"),
+        (USER, "/start ref-42", "start ref-42"),
+        (USER, "/start", "start"),
+        (USER, "  /mine  ", "mine"),
+        (USER, "/mines", "other command"),
+        (USER, "/ ", UNHANDLED),
+        (USER, "caption:no command", UNHANDLED),
     ],
 )
 async def test_the_lean_walk_answers_as_aiogram_does(user_id: int, text: str, answer: object) -> None:
@@ -112,3 +157,13 @@ def test_the_aiogram_installed_is_walked_lean() -> None:
     # Else the tests above compare aiogram with itself: the bot would still answer (aiogram walks
     # its routers), but bot/routing.py needs bringing up to this aiogram.
     assert LEAN_WALK
+
+
+def test_a_dispatchers_command_gates_go_with_it() -> None:
+    gc.collect()  # the earlier tests' dispatchers, and their gates, gone first
+    before = len(routing._COMMAND_GATES)
+    dispatcher = _build(LeanDispatcher())
+    assert len(routing._COMMAND_GATES) == before + 8  # the handlers whose first filter is a Command
+    del dispatcher
+    gc.collect()
+    assert len(routing._COMMAND_GATES) == before

@@ -14,7 +14,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Integer, Select, String, bindparam, case, cast, func, literal, select, true
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal_column,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aisha.billing.models import CreditAccount, CreditEntry, CreditHold, EntryKind, HoldStatus
@@ -96,11 +108,18 @@ async def statement(
 
 def _operation_key(entry: Any) -> Any:
     """The job's reference for its hold, capture and release entries; the seq for any other entry."""
-    # The kinds as plain parameters: a list of values would be an "expanding" IN, whose SQL is
-    # rendered again on every execution of this statement built once.
-    kinds = [literal(kind, entry.c.kind.type) for kind in FOLDED_KINDS]
+    # The kinds written into the SQL: no parameters to convert on each execution, and a plan
+    # that knows them (a list of values would be an "expanding" IN, rendered again each time).
+    kinds = [_constant(kind) for kind in FOLDED_KINDS]
     folded = entry.c.kind.in_(kinds) & entry.c.reference.is_not(None)
     return case((folded, entry.c.reference), else_=cast(entry.c.seq, String))
+
+
+def _constant(value: StrEnum) -> Any:
+    """An enum's value as an SQL string literal (ours are plain words: nothing to escape)."""
+    if not value.value.isidentifier():
+        raise ValueError(f"not a plain word: {value.value!r}")
+    return literal_column(f"'{value.value}'", String)
 
 
 def _account_statement() -> Select[Any]:
@@ -110,7 +129,7 @@ def _account_statement() -> Select[Any]:
 
     An operation is the entries sharing a key (`_operation_key`), placed by its first entry.
     """
-    user = bindparam("user_id", type_=Integer)
+    user = bindparam("user_id", type_=BigInteger)  # Telegram's ids outgrow 32 bits
     entry = CreditEntry.__table__
     columns = [entry.c[c.key] for c in HISTORY_COLUMNS]
     # The user's entries, each with its operation's key (computed once, so it groups as itself).
@@ -138,8 +157,9 @@ def _account_statement() -> Select[Any]:
     )
     figures = select(
         select(CreditAccount.balance).where(CreditAccount.user_id == user).scalar_subquery().label("balance"),
-        select(func.coalesce(func.sum(CreditHold.amount), 0))
-        .where(CreditHold.user_id == user, CreditHold.status == HoldStatus.ACTIVE)
+        # A sum of bigints is a numeric on PostgreSQL: read back as an int, not a Decimal.
+        select(cast(func.coalesce(func.sum(CreditHold.amount), literal_column("0")), BigInteger))
+        .where(CreditHold.user_id == user, CreditHold.status == _constant(HoldStatus.ACTIVE))
         .scalar_subquery()
         .label("held"),
         select(func.count()).select_from(operations).scalar_subquery().label("total"),

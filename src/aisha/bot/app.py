@@ -45,7 +45,7 @@ from aisha.bot.routers import (
     support,
     transcription,
 )
-from aisha.bot.routing import LeanDispatcher, run_filters_inline
+from aisha.bot.routing import LeanDispatcher, gate_commands, run_filters_inline
 from aisha.bot.stale_callbacks import StaleCallbackAnswerMiddleware
 from aisha.bot.updates import SkipUnreadableUpdatesMiddleware
 from aisha.config import Settings
@@ -158,4 +158,5 @@ def create_dispatcher(services: Services) -> Dispatcher:
         start.create_fallback_router(),
     )
     run_filters_inline(dispatcher)
+    gate_commands(dispatcher)
     return dispatcher

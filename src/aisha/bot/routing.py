@@ -6,18 +6,22 @@ copy of the update's data, also when there are none), and a matched handler is w
 inner middlewares the same way. With a dozen routers that was most of the dispatch. The walk here
 is the same (the same order, the same filters with the same data, the first handler that passes,
 `SkipHandler` going on to the next), skipping only that empty machinery: a router that has outer
-middlewares of its own is walked by aiogram itself.
+middlewares of its own is walked by aiogram itself. A handler whose first filter is a `Command`
+is passed over, without running its filters, by a message whose first word that filter refuses
+(`gate_commands`): a /balance no longer builds a CommandObject for each command above its own.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import Dispatcher, Router
 from aiogram.dispatcher.event.bases import REJECTED, UNHANDLED, SkipHandler
 from aiogram.dispatcher.event.telegram import TelegramEventObserver
-from aiogram.types import TelegramObject
+from aiogram.filters import Command, CommandStart
+from aiogram.types import Message, TelegramObject
 
 
 def _walkable() -> bool:
@@ -73,7 +77,11 @@ async def _trigger(observer: TelegramEventObserver, event: TelegramObject, data:
     if not observer.handlers:
         return UNHANDLED
     kwargs = dict(data)  # "handler" and what filters find are the handler's, not the sub-routers'
+    word = _command_word(event)
     for handler in observer.handlers:
+        gate = _COMMAND_GATES.get(id(handler))
+        if gate is not None and not gate.may_pass(word):
+            continue  # its Command filter, first of its filters, would refuse this message
         kwargs["handler"] = handler
         passed, found = await handler.check(event, **kwargs)
         if not passed:
@@ -109,3 +117,55 @@ def _as_coroutine(check: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         return check(*args, **kwargs)
 
     return call
+
+
+class _CommandGate:
+    """What a handler's first filter, an aiogram `Command` of plain names, asks first of a message:
+    its first word's prefix and name (`Command.extract_command`, `validate_prefix`,
+    `validate_command`). A message that fails these is one the filter refuses; one that passes
+    still goes through the filter itself (the mention, a deep link, its magic)."""
+
+    __slots__ = ("ignore_case", "names", "prefix")
+
+    def __init__(self, command: Command) -> None:
+        self.names = frozenset(str(name) for name in command.commands)
+        self.prefix = command.prefix
+        self.ignore_case = command.ignore_case
+
+    def may_pass(self, word: str | None) -> bool:
+        if word is None:  # no text or caption: the filter refuses it too, but let it say so
+            return True
+        if word[0] not in self.prefix:
+            return False
+        name = word[1:].partition("@")[0]
+        return (name.casefold() if self.ignore_case else name) in self.names
+
+
+# Handler id -> its gate; filled once the routers are joined (`gate_commands`), and each entry
+# gone with its handler (a test builds many dispatchers; an id is reused only after that).
+_COMMAND_GATES: dict[int, _CommandGate] = {}
+
+
+def _command_word(event: TelegramObject) -> str | None:
+    """The first word of a message's text (or caption), as `Command` reads it; None otherwise."""
+    if not isinstance(event, Message):
+        return None
+    text = event.text or event.caption
+    words = text.split(maxsplit=1) if text else None
+    return words[0] if words else None
+
+
+def gate_commands(router: Router) -> None:
+    """A message command (/balance) is tried against every handler above its own, and most of
+    them start with a `Command` filter that refuses it after building aiogram's CommandObject
+    through three calls. Such a handler gets a gate that refuses the message by its first word
+    alone, as the filter would; call once the routers are joined."""
+    for each in router.chain_tail:
+        for handler in each.message.handlers:
+            first = handler.filters[0].callback if handler.filters else None
+            # Only these two classes: a subclass may read a command otherwise.
+            if not isinstance(first, Command) or type(first) not in (Command, CommandStart):
+                continue
+            if all(isinstance(name, str) for name in first.commands):
+                _COMMAND_GATES[id(handler)] = _CommandGate(first)
+                weakref.finalize(handler, _COMMAND_GATES.pop, id(handler), None)
