@@ -128,9 +128,11 @@ class _CommandGate:
     __slots__ = ("ignore_case", "names", "prefix")
 
     def __init__(self, command: Command) -> None:
-        self.names = frozenset(str(name) for name in command.commands)
-        self.prefix = command.prefix
         self.ignore_case = command.ignore_case
+        self.names = frozenset(
+            str(name).casefold() if self.ignore_case else str(name) for name in command.commands
+        )
+        self.prefix = command.prefix
 
     def may_pass(self, word: str | None) -> bool:
         if word is None:  # no text or caption: the filter refuses it too, but let it say so
