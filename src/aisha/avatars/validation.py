@@ -216,7 +216,7 @@ class PhotoValidator:
             reason = self._check(decoded, gray_full, phash, scan, accepted_hashes, metrics)
         finally:
             if scan is not None:
-                scan.cancel()  # refused before its result was needed: don't start it at all
+                scan.cancel()  # refused without it: a scan still queued (a busy pool) never runs
         return verdict(reason, phash, decoded.width, decoded.height)
 
     def _check(
