@@ -45,11 +45,14 @@ class LeanDispatcher(Dispatcher):
     async def propagate_event(self, update_type: str, event: TelegramObject, **kwargs: Any) -> Any:
         if not LEAN_WALK:
             return await super().propagate_event(update_type, event, **kwargs)
-        return await propagate(self, update_type, event, kwargs)
+        return await propagate(self, update_type, event, kwargs, _command_word(event))
 
 
-async def propagate(router: Router, update_type: str, event: TelegramObject, data: dict[str, Any]) -> Any:
-    """`router.propagate_event(update_type, event, **data)`, as aiogram does it."""
+async def propagate(
+    router: Router, update_type: str, event: TelegramObject, data: dict[str, Any], word: str | None
+) -> Any:
+    """`router.propagate_event(update_type, event, **data)`, as aiogram does it; `word` is the
+    message's first word (`_command_word`), read once for the whole walk."""
     observer = router.observers.get(update_type)
     if observer is not None and len(observer.outer_middleware):
         return await Router.propagate_event(router, update_type, event, **data)
@@ -59,25 +62,26 @@ async def propagate(router: Router, update_type: str, event: TelegramObject, dat
             passed, data = await observer.check_root_filters(event, **data)
             if not passed:
                 return UNHANDLED
-        response = await _trigger(observer, event, data)
+        response = await _trigger(observer, event, data, word)
         if response is REJECTED:
             return UNHANDLED
         if response is not UNHANDLED:
             return response
     response = UNHANDLED
     for sub_router in router.sub_routers:
-        response = await propagate(sub_router, update_type, event, data)
+        response = await propagate(sub_router, update_type, event, data, word)
         if response is not UNHANDLED:
             break
     return response
 
 
-async def _trigger(observer: TelegramEventObserver, event: TelegramObject, data: dict[str, Any]) -> Any:
+async def _trigger(
+    observer: TelegramEventObserver, event: TelegramObject, data: dict[str, Any], word: str | None
+) -> Any:
     """`observer.trigger(event, **data)`: the first handler whose filters pass is called."""
     if not observer.handlers:
         return UNHANDLED
     kwargs = dict(data)  # "handler" and what filters find are the handler's, not the sub-routers'
-    word = _command_word(event)
     for handler in observer.handlers:
         gate = _COMMAND_GATES.get(id(handler))
         if gate is not None and not gate.may_pass(word):
